@@ -1,0 +1,43 @@
+// Shared test helpers: locating ../shared/data (QSERVE_DATA), skipping cleanly when data or a GPU is absent,
+// deterministic random inputs and the normalized-error metric of the tolerance policy (TESTING.md).
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace qs::test {
+
+// Path of a file below the data directory, e.g. data_path("models/qs-llama-tiny").
+std::string data_path(const std::string& rel);
+bool data_available(const std::string& rel);
+
+// ||out - ref|| / ||ref|| (L2), in double precision. Returns +inf if any output is NaN or inf.
+double normalized_error(const float* out, const float* ref, size_t n);
+inline double normalized_error(const std::vector<float>& out, const std::vector<float>& ref) {
+  EXPECT_EQ(out.size(), ref.size());
+  return normalized_error(out.data(), ref.data(), std::min(out.size(), ref.size()));
+}
+
+std::vector<float> random_normal(size_t n, uint64_t seed, float stddev = 1.0f);
+
+// True when a CUDA device is usable (always false in a build without CUDA).
+bool gpu_available();
+
+}  // namespace qs::test
+
+// Skips the current test with a message when the shared data file/folder `rel` is absent.
+#define QS_REQUIRE_DATA(rel)                                                                          \
+  do {                                                                                                \
+    if (!::qs::test::data_available(rel))                                                             \
+      GTEST_SKIP() << "test data not found: " << ::qs::test::data_path(rel) << " (set QSERVE_DATA)"; \
+  } while (0)
+
+// Skips the current test when no GPU is present.
+#define QS_REQUIRE_GPU()                                                                        \
+  do {                                                                                          \
+    if (!::qs::test::gpu_available()) GTEST_SKIP() << "no CUDA GPU on this machine: GPU test skipped"; \
+  } while (0)
