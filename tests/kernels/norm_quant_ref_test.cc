@@ -1,0 +1,110 @@
+// Tests of the CPU references for the fused quantization ops (backends/ref_cpu/norm_quant) against double-precision
+// formulas: dequantized outputs within half a quantization step, residual add exact in fp16, activation sum
+// consistent with the quantized row.
+// tests/kernels link only qs_kernels (CMake layering), so the reference source is compiled in here.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "backends/ref_cpu/norm_quant.cc"  // NOLINT: see the header comment
+#include "common/test_util.h"
+#include "core/dtype.h"
+
+namespace qs {
+namespace {
+
+std::vector<uint16_t> fp16_vec(size_t n, uint64_t seed, float sd) {
+  auto v = test::random_normal(n, seed, sd);
+  std::vector<uint16_t> h(n);
+  for (size_t i = 0; i < n; ++i) h[i] = float_to_fp16(v[i]);
+  return h;
+}
+
+// Every dequantized element within half a step (plus fp32 slack) of the exact value y; xsum consistent.
+void expect_quantized(const std::vector<double>& y, int rows, int cols, const std::vector<int8_t>& q,
+                      const std::vector<uint16_t>& sc, const std::vector<uint16_t>& xs) {
+  for (int r = 0; r < rows; ++r) {
+    const float s = fp16_to_float(sc[r]);
+    double amax = 0;
+    int64_t sum = 0;
+    for (int k = 0; k < cols; ++k) amax = std::max(amax, std::fabs(y[size_t(r) * cols + k]));
+    ASSERT_NEAR(s, amax / 127, amax / 127 * 1e-3 + 1e-7) << "row " << r;
+    for (int k = 0; k < cols; ++k) {
+      const double e = std::fabs(q[size_t(r) * cols + k] * double(s) - y[size_t(r) * cols + k]);
+      ASSERT_LE(e, 0.5 * s + 1e-5 * amax) << "row " << r << " col " << k;
+      sum += q[size_t(r) * cols + k];
+    }
+    EXPECT_EQ(xs[r], float_to_fp16(s * float(sum)));
+  }
+}
+
+TEST(NormQuantRef, RmsNormWithResidualMatchesFormula) {
+  for (int cols : {1, 67, 4096}) {
+    const int rows = 5;
+    auto x = fp16_vec(size_t(rows) * cols, 1, 1.0f), res = fp16_vec(size_t(rows) * cols, 2, 3.0f);
+    auto w = fp16_vec(cols, 3, 0.5f);
+    std::vector<uint16_t> res_out(x.size()), sc(rows), xs(rows);
+    std::vector<int8_t> q(x.size());
+    kernels::RmsNormQuantParams p;
+    p.x = x.data(); p.residual_in = res.data(); p.residual_out = res_out.data(); p.weight = w.data();
+    p.eps = 1e-5f; p.rows = rows; p.cols = cols;
+    p.out = {q.data(), sc.data(), xs.data()};
+    ref_cpu::rmsnorm_quant(p);
+    std::vector<double> y(x.size());
+    for (int r = 0; r < rows; ++r) {
+      double ss = 0;
+      for (int k = 0; k < cols; ++k) {
+        const size_t i = size_t(r) * cols + k;
+        ASSERT_EQ(res_out[i], float_to_fp16(fp16_to_float(x[i]) + fp16_to_float(res[i])));
+        ss += std::pow(fp16_to_float(res_out[i]), 2);
+      }
+      for (int k = 0; k < cols; ++k) {
+        const size_t i = size_t(r) * cols + k;
+        y[i] = fp16_to_float(res_out[i]) / std::sqrt(ss / cols + 1e-5) * fp16_to_float(w[k]);
+      }
+    }
+    expect_quantized(y, rows, cols, q, sc, xs);
+  }
+}
+
+TEST(NormQuantRef, SiluMulAndPlainMatchFormula) {
+  const int rows = 3, cols = 257;
+  auto gu = fp16_vec(size_t(rows) * 2 * cols, 4, 2.0f);
+  std::vector<int8_t> q(size_t(rows) * cols);
+  std::vector<uint16_t> sc(rows), xs(rows);
+  kernels::SiluMulQuantParams p;
+  p.gate_up = gu.data(); p.rows = rows; p.cols = cols;
+  p.out = {q.data(), sc.data(), xs.data()};
+  ref_cpu::silu_mul_quant(p);
+  std::vector<double> y(q.size());
+  for (int r = 0; r < rows; ++r)
+    for (int k = 0; k < cols; ++k) {
+      const double g = fp16_to_float(gu[size_t(r) * 2 * cols + k]), u = fp16_to_float(gu[size_t(r) * 2 * cols + cols + k]);
+      y[size_t(r) * cols + k] = g / (1 + std::exp(-g)) * u;
+    }
+  expect_quantized(y, rows, cols, q, sc, xs);
+
+  auto x = fp16_vec(size_t(rows) * cols, 5, 10.0f);
+  kernels::ActQuantParams a;
+  a.x = x.data(); a.rows = rows; a.cols = cols;
+  a.out = {q.data(), sc.data(), xs.data()};
+  ref_cpu::act_quant(a);
+  for (size_t i = 0; i < y.size(); ++i) y[i] = fp16_to_float(x[i]);
+  expect_quantized(y, rows, cols, q, sc, xs);
+}
+
+TEST(NormQuantRef, MissingOutputIsAnError) {
+  std::vector<uint16_t> x(8, 0x3c00);
+  kernels::ActQuantParams a;
+  a.x = x.data(); a.rows = 1; a.cols = 8;
+  try {
+    ref_cpu::act_quant(a);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), ::testing::HasSubstr("quantized output and scale are required"));
+  }
+}
+
+}  // namespace
+}  // namespace qs
