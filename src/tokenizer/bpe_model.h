@@ -1,0 +1,63 @@
+// The BPE model of a Hugging Face tokenizer.json ("model": {"type": "BPE"}): vocabulary, merges by rank,
+// byte fallback (<0xXX> pieces), unknown-token handling and ignore_merges, with the exact merge order of HF
+// tokenizers (lowest rank first, leftmost first among equal ranks) computed with a priority queue over a linked
+// list of symbols, and a bounded cache of encoded words (thread-safe) so that repeated words cost one lookup.
+#pragma once
+
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace qs::tokenizer {
+
+struct BpeOptions {
+  bool byte_fallback = false;  // characters outside the vocabulary become <0xXX> byte pieces
+  std::optional<std::string> unk_token;
+  bool fuse_unk = false;       // consecutive unknown characters become one unk
+  bool ignore_merges = false;  // a word that is itself in the vocabulary is emitted as is
+};
+
+class BpeModel {
+ public:
+  // Throws qs::Error when a merge names a piece that is not in the vocabulary, when the merged piece is not in
+  // it, or when unk_token is not in it.
+  BpeModel(std::unordered_map<std::string, int> vocab, const std::vector<std::pair<std::string, std::string>>& merges,
+           BpeOptions options);
+  BpeModel(const BpeModel&) = delete;
+  BpeModel& operator=(const BpeModel&) = delete;
+
+  // Appends the ids of one pre-tokenized word (valid UTF-8, already in the model's alphabet).
+  void encode_word(std::string_view word, std::vector<int>& out) const;
+
+  // Id of a piece, or -1.
+  int piece_to_id(std::string_view piece) const;
+  const std::unordered_map<std::string, int>& vocab() const { return vocab_; }
+  size_t num_merges() const { return merges_.size(); }
+
+ private:
+  void merge_word(std::string_view word, std::vector<int>& out) const;
+
+  struct StrHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  std::unordered_map<std::string, int, StrHash, std::equal_to<>> lookup_;
+  std::unordered_map<std::string, int> vocab_;
+  // (left id << 32 | right id) -> (rank, merged id)
+  std::unordered_map<uint64_t, std::pair<int, int>> merges_;
+  BpeOptions options_;
+  int unk_id_ = -1;
+  int byte_ids_[256];  // id of <0xXX>, or -1
+
+  static constexpr size_t kMaxCachedWordBytes = 256;
+  static constexpr size_t kMaxCacheEntries = 1 << 18;
+  mutable std::mutex cache_mu_;
+  mutable std::unordered_map<std::string, std::vector<int>, StrHash, std::equal_to<>> cache_;
+};
+
+}  // namespace qs::tokenizer
