@@ -39,6 +39,23 @@ BpeModel::BpeModel(std::unordered_map<std::string, int> vocab,
     std::snprintf(name, sizeof name, "<0x%02X>", b);
     byte_ids_[b] = piece_to_id(name);
   }
+  // Chunking is exact only while every symbol's text is the text it covers: not so for byte-fallback and unk
+  // symbols, so any merge that involves them turns it off.
+  std::unordered_set<int> opaque(byte_ids_, byte_ids_ + 256);
+  opaque.insert(unk_id_);
+  for (const auto& [key, value] : merges_)
+    if (opaque.count(int(key >> 32)) || opaque.count(int(key & 0xFFFFFFFFu))) chunking_ = false;
+  for (const auto& [piece, id] : vocab_) {
+    uint32_t prev = 0;
+    bool first = true;
+    for (size_t pos = 0; pos < piece.size();) {
+      const Utf8Char c = read_utf8(piece, pos);
+      const uint32_t cp = c.kind == Utf8Char::kValid ? c.cp : 0xFFFFFFFFu;  // invalid: never equal to a text char
+      if (!first) char_pairs_.insert((uint64_t(prev) << 32) | cp);
+      prev = cp, first = false;
+      pos += c.len;
+    }
+  }
 }
 
 int BpeModel::piece_to_id(std::string_view piece) const {
@@ -54,6 +71,26 @@ void BpeModel::encode_word(std::string_view word, std::vector<int>& out) const {
       return;
     }
   }
+  if (!chunking_ || word.size() <= kMaxCachedWordBytes) {
+    encode_chunk(word, out);
+    return;
+  }
+  size_t begin = 0;
+  uint32_t prev = 0;
+  for (size_t pos = 0; pos < word.size();) {
+    const Utf8Char c = read_utf8(word, pos);
+    const uint32_t cp = c.kind == Utf8Char::kValid ? c.cp : 0xFFFFFFFFu;
+    if (pos > begin && !char_pairs_.count((uint64_t(prev) << 32) | cp)) {
+      encode_chunk(word.substr(begin, pos - begin), out);
+      begin = pos;
+    }
+    prev = cp;
+    pos += c.len;
+  }
+  encode_chunk(word.substr(begin), out);
+}
+
+void BpeModel::encode_chunk(std::string_view word, std::vector<int>& out) const {
   const bool cacheable = word.size() <= kMaxCachedWordBytes;
   if (cacheable) {
     std::lock_guard<std::mutex> lock(cache_mu_);

@@ -1,7 +1,7 @@
 // The BPE model of a Hugging Face tokenizer.json ("model": {"type": "BPE"}): vocabulary, merges by rank,
 // byte fallback (<0xXX> pieces), unknown-token handling and ignore_merges, with the exact merge order of HF
 // tokenizers (lowest rank first, leftmost first among equal ranks) computed with a priority queue over a linked
-// list of symbols, and a bounded cache of encoded words (thread-safe) so that repeated words cost one lookup.
+// list of symbols, independent chunks of long words encoded separately, and a bounded cache of encoded words (thread-safe) so that repeated words cost one lookup.
 #pragma once
 
 #include <cstdint>
@@ -10,6 +10,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -41,6 +42,7 @@ class BpeModel {
 
  private:
   void merge_word(std::string_view word, std::vector<int>& out) const;
+  void encode_chunk(std::string_view chunk, std::vector<int>& out) const;  // through the cache
 
   struct StrHash {
     using is_transparent = void;
@@ -53,6 +55,12 @@ class BpeModel {
   BpeOptions options_;
   int unk_id_ = -1;
   int byte_ids_[256];  // id of <0xXX>, or -1
+  // Pairs of adjacent characters (code points a << 32 | b) that occur inside some piece. Where two neighbouring
+  // characters of a word form no such pair, no merge can ever join them, so the word is encoded as independent
+  // chunks (exactly the same result, and long unsplit words such as a whole text under a SentencePiece-style
+  // tokenizer become cacheable and fast). Disabled when a merge involves a byte-fallback or unk piece.
+  std::unordered_set<uint64_t> char_pairs_;
+  bool chunking_ = true;
 
   static constexpr size_t kMaxCachedWordBytes = 256;
   static constexpr size_t kMaxCacheEntries = 1 << 18;
