@@ -1,0 +1,56 @@
+// Quantized GEMMs on INT8 tensor cores: Y[m, n] (FP16) = epilogue(X[m, k] (INT8) x W[n, k]^T) for W4A8
+// per-channel, W4A8 g128 (progressive) and W8A8 (QSERVE.md sections 1 and 3; formats.h). Framework-free:
+// raw device pointers in a params struct, a host plan step (tile config and split-K, no device calls) and a
+// launch-only run step that allocates nothing and never syncs (CUDA-graph capturable).
+//
+// Weights must be repacked at load time (gemm_w4a8/repack.h) into tensor-core fragment order; the epilogue
+// matches ref_cpu/gemm_w4a8.h: per-channel y = acc*s[n]*sx[m] - sz[n]*xsum[m]; g128 y = acc*s1[n]*sx[m];
+// w8a8 y = acc*s_w[n]*sx[m]; then + bias[n] + residual[m, n]; rounded once to FP16.
+// Requirements (checked by qgemm_run, which returns an error Status): n % 16 == 0, k % 128 == 0, all pointers
+// 16-byte aligned, m >= 0. The sm_80 mma.sync kernel; it runs on sm_90a too.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "core/status.h"
+
+namespace qs::kernels {
+
+enum class QGemmVariant : int { kW4A8PerChannel = 0, kW4A8G128 = 1, kW8A8 = 2 };
+
+struct QGemmParams {
+  QGemmVariant variant = QGemmVariant::kW4A8PerChannel;
+  int m = 0, n = 0, k = 0;
+  const int8_t* x = nullptr;          // INT8 [m, k] row-major activations
+  const uint16_t* sx = nullptr;       // FP16 [m] per-token activation scale
+  const uint16_t* xsum = nullptr;     // FP16 [m] activation sum (per-channel only)
+  const void* w = nullptr;            // repacked weights (repack_w4 / repack_w8 layout)
+  const uint16_t* scale = nullptr;    // FP16 [n]: s / s1 / s_w
+  const uint16_t* szero = nullptr;    // FP16 [n] scaled zero (per-channel only)
+  const uint16_t* s2zn = nullptr;     // [k/128, n] of (s2 | zn << 8) (g128 only; repack_s2zn)
+  const uint16_t* bias = nullptr;     // FP16 [n], optional
+  const uint16_t* residual = nullptr; // FP16 [m, n] row-major, optional (may alias y)
+  uint16_t* y = nullptr;              // FP16 [m, n] row-major output
+  int32_t* acc_out = nullptr;         // debug: when set, INT32 [m, n] accumulators are written instead of y
+  void* workspace = nullptr;          // plan.workspace_bytes of device memory (split-K partials), or null if 0
+};
+
+struct QGemmPlan {
+  int config = 0;              // tile configuration index (see qgemm_config_name)
+  int splits = 1;              // split-K factor
+  size_t workspace_bytes = 0;  // device workspace run() needs
+};
+
+// Chooses the tile config and split-K for a problem on a GPU with `num_sms` multiprocessors (host only).
+// `splits_override` > 0 forces a split-K factor (tests), clamped to the number of 128-wide K tiles.
+QGemmPlan qgemm_plan(QGemmVariant v, int m, int n, int k, int num_sms, int splits_override = 0);
+const char* qgemm_config_name(int config);  // e.g. "bn64_bm16"
+int qgemm_num_configs();
+
+// Launches the GEMM on `stream` (no allocation, no sync).
+Status qgemm_run(const QGemmParams& p, const QGemmPlan& plan, cudaStream_t stream);
+
+}  // namespace qs::kernels

@@ -1,0 +1,262 @@
+// The INT8 tensor-core GEMM kernel template behind qgemm.h (sm_80+ design: mma.sync.m16n8k32.s8, cp.async
+// multistage ring, weights as the A operand in fragment order, tokens as B through ldmatrix).
+//
+// Block tile: BN weight rows (output channels) x BM tokens x 128 k per pipeline stage (one g128 group). Each
+// warp owns WTN = BN/WARPS_N rows (MT mma row tiles of 16) x WTM = BM/WARPS_M tokens (NT tiles of 8). A stage in
+// shared memory holds the block's weight tiles exactly as repacked (repack.h; a lane's 16-byte load is its
+// fragments), the activation rows [BM][128 B] with 16-byte chunks XOR-swizzled by row (conflict-free
+// ldmatrix), and for g128 the BN (s2 | zn << 8) words of the stage's group. W4 nibbles become INT8 in registers:
+// AND/shift for per-channel, plus one 32-bit multiply by s2 and one byte-wise add of zn for g128.
+// Split-K: blockIdx.z takes a range of k tiles; with splits > 1 (or the INT32 debug output) the block writes INT32
+// partials and qgemm_reduce_kernel sums them and applies the epilogue. The epilogue stages the accumulators in
+// shared memory and writes 16-byte coalesced rows.
+// Included by the .cu files that instantiate it (one per weight family) and by the dispatcher.
+#pragma once
+
+#include <cuda_fp16.h>
+
+#include "kernels/common/cuda_check.h"
+#include "kernels/common/mma.h"
+#include "kernels/gemm_w4a8/qgemm.h"
+
+namespace qs::kernels::qgemm_detail {
+
+constexpr int kBK = 128;
+
+// Tile configurations, indexed by QGemmPlan::config.
+struct TileShape {
+  int bn, bm, warps_n, warps_m;
+};
+constexpr TileShape kTileShapes[] = {{64, 16, 4, 1}, {64, 64, 4, 1}, {128, 128, 2, 4}};
+constexpr int kNumConfigs = 3;
+
+template <int V, int CONFIG>
+struct Cfg {
+  static constexpr bool kW4 = V != int(QGemmVariant::kW8A8);
+  static constexpr bool kG128 = V == int(QGemmVariant::kW4A8G128);
+  static constexpr int BN = kTileShapes[CONFIG].bn, BM = kTileShapes[CONFIG].bm;
+  static constexpr int WARPS_N = kTileShapes[CONFIG].warps_n, WARPS_M = kTileShapes[CONFIG].warps_m;
+  static constexpr int kThreads = 32 * WARPS_N * WARPS_M;
+  static constexpr int WTN = BN / WARPS_N, MT = WTN / 16;
+  static constexpr int WTM = BM / WARPS_M, NT = WTM / 8;
+  static constexpr int kTileBytes = kW4 ? 1024 : 2048;  // one 16 x 128 weight tile
+  static constexpr int kWBytes = (BN / 16) * kTileBytes;
+  static constexpr int kXBytes = BM * kBK;
+  static constexpr int kSBytes = kG128 ? BN * 2 : 0;
+  static constexpr int kStageBytes = kWBytes + kXBytes + kSBytes;
+  static constexpr int STAGES = kStageBytes * 4 <= 100 * 1024 ? 4 : 3;
+  static constexpr int kCPitch = BN + 4;  // staged INT32 accumulators, per token row
+  static constexpr int kSmemBytes =
+      STAGES * kStageBytes > BM * kCPitch * 4 ? STAGES * kStageBytes : BM * kCPitch * 4;
+  static_assert(MT >= 1 && NT >= 1 && WTN % 16 == 0 && WTM % 8 == 0, "bad tile shape");
+  static_assert(kStageBytes % 16 == 0, "stages must stay 16-byte aligned");
+};
+
+// Applies the epilogue to 8 consecutive outputs (m, n..n+7) and stores them as FP16 (16 bytes).
+__device__ __forceinline__ void epilogue8(const QGemmParams& p, int m, int n, const int32_t (&a)[8]) {
+  const float sxm = __half2float(__ushort_as_half(p.sx[m]));
+  const bool per_channel = p.variant == QGemmVariant::kW4A8PerChannel;
+  const float xs = per_channel ? __half2float(__ushort_as_half(p.xsum[m])) : 0.0f;
+  const size_t o = size_t(m) * p.n + n;
+  uint4 sv = *reinterpret_cast<const uint4*>(p.scale + n);
+  uint4 zv = per_channel ? *reinterpret_cast<const uint4*>(p.szero + n) : make_uint4(0, 0, 0, 0);
+  uint4 bv = p.bias ? *reinterpret_cast<const uint4*>(p.bias + n) : make_uint4(0, 0, 0, 0);
+  uint4 rv = p.residual ? *reinterpret_cast<const uint4*>(p.residual + o) : make_uint4(0, 0, 0, 0);
+  const __half* s = reinterpret_cast<const __half*>(&sv);
+  const __half* z = reinterpret_cast<const __half*>(&zv);
+  const __half* b = reinterpret_cast<const __half*>(&bv);
+  const __half* r = reinterpret_cast<const __half*>(&rv);
+  uint4 outv;
+  __half* out = reinterpret_cast<__half*>(&outv);
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    float v = __fmul_rn(__fmul_rn(float(a[e]), __half2float(s[e])), sxm);
+    v = __fsub_rn(v, __fmul_rn(__half2float(z[e]), xs));
+    v = __fadd_rn(v, __half2float(b[e]));
+    v = __fadd_rn(v, __half2float(r[e]));
+    out[e] = __float2half_rn(v);
+  }
+  *reinterpret_cast<uint4*>(p.y + o) = outv;
+}
+
+template <int V, int CONFIG>
+__global__ void __launch_bounds__(Cfg<V, CONFIG>::kThreads)
+    qgemm_kernel(const QGemmParams p, int tiles_per_split, int32_t* partial) {
+  using C = Cfg<V, CONFIG>;
+  extern __shared__ __align__(128) uint8_t smem[];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int warp_n = warp % C::WARPS_N, warp_m = warp / C::WARPS_N;
+  const int g = lane >> 2, t = lane & 3;
+  const int n0 = blockIdx.x * C::BN, m0 = blockIdx.y * C::BM;
+  const int kgs = p.k / kBK;
+  const int kt_begin = blockIdx.z * tiles_per_split;
+  const int nk = min(kgs, kt_begin + tiles_per_split) - kt_begin;
+  const uint8_t* wg = static_cast<const uint8_t*>(p.w);
+  const uint32_t sbase = ptx::smem_addr(smem);
+
+  auto load_stage = [&](int slot, int kt) {
+    const uint32_t st = sbase + slot * C::kStageBytes;
+    constexpr int kChunksPerTile = C::kTileBytes / 16;
+    for (int i = tid; i < C::kWBytes / 16; i += C::kThreads) {
+      const int nt = n0 / 16 + i / kChunksPerTile;
+      const bool ok = nt < p.n / 16;
+      const uint8_t* src = wg + (size_t(ok ? nt : 0) * kgs + kt) * C::kTileBytes + (i % kChunksPerTile) * 16;
+      ptx::cp_async16(st + i * 16, src, ok);
+    }
+    const uint32_t xs = st + C::kWBytes;
+    for (int i = tid; i < C::BM * 8; i += C::kThreads) {
+      const int r = i >> 3, c = i & 7;
+      const bool ok = m0 + r < p.m;
+      const int8_t* src = p.x + size_t(ok ? m0 + r : 0) * p.k + kt * kBK + c * 16;
+      ptx::cp_async16(xs + r * kBK + ((c ^ (r & 7)) << 4), src, ok);
+    }
+    if constexpr (C::kG128) {
+      const uint32_t ss = xs + C::kXBytes;
+      for (int i = tid; i < C::BN / 8; i += C::kThreads) {
+        const bool ok = n0 + i * 8 < p.n;
+        ptx::cp_async16(ss + i * 16, p.s2zn + size_t(kt) * p.n + (ok ? n0 + i * 8 : 0), ok);
+      }
+    }
+  };
+
+  int32_t acc[C::MT][C::NT][4];
+#pragma unroll
+  for (int i = 0; i < C::MT; ++i)
+#pragma unroll
+    for (int j = 0; j < C::NT; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0;
+
+#pragma unroll
+  for (int s = 0; s < C::STAGES - 1; ++s) {
+    if (s < nk) load_stage(s, kt_begin + s);
+    ptx::cp_async_commit();
+  }
+
+  for (int it = 0; it < nk; ++it) {
+    ptx::cp_async_wait<C::STAGES - 2>();
+    __syncthreads();
+    {
+      const int pf = it + C::STAGES - 1;
+      if (pf < nk) load_stage(pf % C::STAGES, kt_begin + pf);
+      ptx::cp_async_commit();
+    }
+    const int slot = it % C::STAGES;
+    const uint32_t st = sbase + slot * C::kStageBytes;
+    const uint32_t ws = st + warp_n * C::MT * C::kTileBytes;
+    const uint32_t xs = st + C::kWBytes;
+
+    uint32_t s2v[C::MT][2], zn4[C::MT][2];
+    if constexpr (C::kG128) {
+      const uint16_t* ss = reinterpret_cast<const uint16_t*>(smem + slot * C::kStageBytes + C::kWBytes + C::kXBytes);
+#pragma unroll
+      for (int i = 0; i < C::MT; ++i)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const uint32_t v = ss[warp_n * C::WTN + 16 * i + g + 8 * h];
+          s2v[i][h] = v & 0xffu;
+          zn4[i][h] = (v >> 8) * 0x01010101u;
+        }
+    }
+
+#pragma unroll
+    for (int pp = 0; pp < 2; ++pp) {  // k32 steps 2pp and 2pp+1
+      uint32_t a[2][C::MT][4];
+#pragma unroll
+      for (int i = 0; i < C::MT; ++i) {
+        if constexpr (C::kW4) {
+          const uint4 v = ptx::lds128(ws + i * C::kTileBytes + (pp * 32 + lane) * 16);
+          const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            uint32_t lo = words[j] & 0x0f0f0f0fu, hi = (words[j] >> 4) & 0x0f0f0f0fu;
+            if constexpr (C::kG128) {
+              lo = __vadd4(lo * s2v[i][0], zn4[i][0]);
+              hi = __vadd4(hi * s2v[i][1], zn4[i][1]);
+            }
+            a[j / 2][i][2 * (j % 2)] = lo;
+            a[j / 2][i][2 * (j % 2) + 1] = hi;
+          }
+        } else {
+#pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            const uint4 v = ptx::lds128(ws + i * C::kTileBytes + ((2 * pp + q) * 32 + lane) * 16);
+            a[q][i][0] = v.x;
+            a[q][i][1] = v.y;
+            a[q][i][2] = v.z;
+            a[q][i][3] = v.w;
+          }
+        }
+      }
+      uint32_t b[2][C::NT][2];
+#pragma unroll
+      for (int j = 0; j < C::NT; ++j) {
+        const int row = warp_m * C::WTM + 8 * j + (lane & 7);
+        const int c = 4 * pp + (lane >> 3);
+        uint32_t r[4];
+        ptx::ldmatrix_x4(r, xs + row * kBK + ((c ^ (row & 7)) << 4));
+        b[0][j][0] = r[0];
+        b[0][j][1] = r[1];
+        b[1][j][0] = r[2];
+        b[1][j][1] = r[3];
+      }
+#pragma unroll
+      for (int q = 0; q < 2; ++q)
+#pragma unroll
+        for (int i = 0; i < C::MT; ++i)
+#pragma unroll
+          for (int j = 0; j < C::NT; ++j) ptx::mma_s8_16832(acc[i][j], a[q][i], b[q][j]);
+    }
+  }
+
+  // Epilogue: stage INT32 accumulators as [token][channel] in shared memory, then 16-byte rows.
+  ptx::cp_async_wait<0>();
+  __syncthreads();
+  int32_t* cs = reinterpret_cast<int32_t*>(smem);
+#pragma unroll
+  for (int i = 0; i < C::MT; ++i)
+#pragma unroll
+    for (int j = 0; j < C::NT; ++j) {
+      const int nr = warp_n * C::WTN + 16 * i + g, tok = warp_m * C::WTM + 8 * j + 2 * t;
+      cs[tok * C::kCPitch + nr] = acc[i][j][0];
+      cs[(tok + 1) * C::kCPitch + nr] = acc[i][j][1];
+      cs[tok * C::kCPitch + nr + 8] = acc[i][j][2];
+      cs[(tok + 1) * C::kCPitch + nr + 8] = acc[i][j][3];
+    }
+  __syncthreads();
+  for (int i = tid; i < C::BM * C::BN / 8; i += C::kThreads) {
+    const int r = i / (C::BN / 8), c8 = (i % (C::BN / 8)) * 8;
+    const int m = m0 + r, n = n0 + c8;
+    if (m >= p.m || n >= p.n) continue;
+    const int4 v0 = *reinterpret_cast<const int4*>(cs + r * C::kCPitch + c8);
+    const int4 v1 = *reinterpret_cast<const int4*>(cs + r * C::kCPitch + c8 + 4);
+    if (partial) {
+      int4* dst = reinterpret_cast<int4*>(partial + (size_t(blockIdx.z) * p.m + m) * p.n + n);
+      dst[0] = v0;
+      dst[1] = v1;
+    } else {
+      const int32_t a8[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+      epilogue8(p, m, n, a8);
+    }
+  }
+}
+
+// Sums `splits` INT32 partials [splits][m][n] and writes acc_out (debug) or the FP16 epilogue.
+__global__ void qgemm_reduce_kernel(const QGemmParams p, const int32_t* partial, int splits);
+
+template <int V, int CONFIG>
+Status launch_qgemm(const QGemmParams& p, int splits, int tiles_per_split, int32_t* partial, cudaStream_t stream) {
+  using C = Cfg<V, CONFIG>;
+  static bool attr_set = false;  // benign race: setting the same attribute twice is harmless
+  if (!attr_set) {
+    QS_CUDA_RETURN(cudaFuncSetAttribute(qgemm_kernel<V, CONFIG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        C::kSmemBytes));
+    attr_set = true;
+  }
+  const dim3 grid((p.n + C::BN - 1) / C::BN, (p.m + C::BM - 1) / C::BM, splits);
+  qgemm_kernel<V, CONFIG><<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, tiles_per_split, partial);
+  QS_CUDA_RETURN(cudaGetLastError());
+  return Status::ok();
+}
+
+}  // namespace qs::kernels::qgemm_detail

@@ -1,0 +1,172 @@
+// GPU tests of the quantized GEMMs (kernels/gemm_w4a8, binding backends/cuda/gemm_w4a8) against the exact CPU
+// reference (ref_cpu/gemm_w4a8): INT32 accumulators bit-exact (debug acc_out path), and FP16 outputs equal to
+// the reference FP32 result rounded to FP16 (tolerance: 0, because the GPU epilogue performs the same IEEE fp32
+// operations, in the same order, without contraction: acc*s*sx - sz*xsum + bias + residual, then one
+// round-to-nearest-even). Awkward M (1, 3, 17, 67, 257, 1000), every tile config, forced split-K, the
+// Llama-3-8B and Llama-2-70B linear shapes; outputs poisoned (NaN) before each launch, so an unwritten element
+// fails; no NaN anywhere. Skips without a GPU.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cuda_runtime.h>
+
+#include <cstring>
+#include <vector>
+
+#include "backends/cuda/gemm_w4a8.h"
+#include "backends/gemm_test_data.h"
+#include "backends/ref_cpu/gemm_w4a8.h"
+#include "kernels/common/cuda_check.h"
+#include "kernels/common/guards.h"
+
+namespace qs {
+namespace {
+
+using ref_cpu::QGemmVariant;
+using ::testing::HasSubstr;
+
+template <typename T>
+struct DevBuf {
+  T* p = nullptr;
+  size_t n = 0;
+  explicit DevBuf(size_t count) : n(count) {
+    if (count) QS_CUDA_CHECK(cudaMalloc(&p, count * sizeof(T)));
+  }
+  DevBuf(const std::vector<T>& h) : DevBuf(h.size()) {
+    if (n) QS_CUDA_CHECK(cudaMemcpy(p, h.data(), n * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  ~DevBuf() {
+    if (p) cudaFree(p);
+  }
+  std::vector<T> get() const {
+    std::vector<T> h(n);
+    if (n) QS_CUDA_CHECK(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
+    return h;
+  }
+};
+
+// Runs one problem on the GPU with a given plan override and checks INT32 and FP16 results against the reference.
+void check_problem(const test::QGemmProblem& pr, int splits_override, int config_override = -1) {
+  const int64_t m = pr.m, n = pr.n;
+  SCOPED_TRACE(testing::Message() << ref_cpu::qgemm_variant_name(pr.variant) << " m=" << m << " n=" << n
+                                  << " k=" << pr.k << " splits=" << splits_override << " config=" << config_override);
+  std::vector<float> ref(size_t(m * n));
+  std::vector<int32_t> ref_acc(size_t(m * n));
+  ref_cpu::qgemm(pr.weights(), pr.acts(), pr.epilogue(), ref.data(), ref_acc.data());
+
+  const cuda::QGemmDeviceWeights w = cuda::QGemmDeviceWeights::upload(pr.weights());
+  DevBuf<int8_t> x(pr.xq);
+  DevBuf<uint16_t> sx(pr.sx), xsum(pr.xsum), bias(pr.bias), residual(pr.residual);
+  DevBuf<uint16_t> y(size_t(m * n));
+  DevBuf<int32_t> acc(size_t(m * n));
+  DevBuf<int> bad(1);
+  kernels::QGemmPlan plan = w.plan(int(m), splits_override);
+  if (config_override >= 0) {
+    plan.config = config_override;
+    plan = kernels::QGemmPlan{config_override, plan.splits, plan.workspace_bytes};
+  }
+  DevBuf<uint8_t> ws(plan.workspace_bytes);
+  cuda::QGemmCall call;
+  call.m = int(m);
+  call.x = x.p;
+  call.sx = sx.p;
+  call.xsum = xsum.p;
+  call.bias = bias.p;
+  call.residual = residual.p;
+  call.workspace = ws.p;
+
+  // 1) INT32 accumulators, bit-exact. Poison with 0x7f7f7f7f first.
+  QS_CUDA_CHECK(cudaMemset(acc.p, 0x7f, acc.n * sizeof(int32_t)));
+  call.acc_out = acc.p;
+  ASSERT_TRUE(w.run(plan, call, nullptr).is_ok());
+  QS_CUDA_CHECK(cudaDeviceSynchronize());
+  const std::vector<int32_t> got_acc = acc.get();
+  int64_t acc_bad = 0;
+  for (size_t i = 0; i < got_acc.size(); ++i)
+    if (got_acc[i] != ref_acc[i] && acc_bad++ < 5)
+      ADD_FAILURE() << "acc mismatch at (" << i / n << ", " << i % n << "): " << got_acc[i] << " vs " << ref_acc[i];
+  EXPECT_EQ(acc_bad, 0);
+
+  // 2) FP16 output, poisoned with NaN before the launch.
+  call.acc_out = nullptr;
+  call.y = y.p;
+  ASSERT_TRUE(kernels::poison_f16(y.p, int64_t(y.n), nullptr).is_ok());
+  const Status st = w.run(plan, call, nullptr);
+  ASSERT_TRUE(st.is_ok()) << st.message();
+  ASSERT_TRUE(kernels::count_nonfinite_f16(y.p, int64_t(y.n), bad.p, nullptr).is_ok());
+  QS_CUDA_CHECK(cudaDeviceSynchronize());
+  EXPECT_EQ(bad.get()[0], 0) << "non-finite or unwritten outputs";
+  const std::vector<uint16_t> got = y.get();
+  int64_t y_bad = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const uint16_t want = float_to_fp16(ref[i]);
+    if (got[i] != want && y_bad++ < 5)
+      ADD_FAILURE() << "y mismatch at (" << i / n << ", " << i % n << "): " << fp16_to_float(got[i]) << " vs "
+                    << fp16_to_float(want) << " (ref fp32 " << ref[i] << ")";
+  }
+  EXPECT_EQ(y_bad, 0);
+}
+
+class QGemmGpu : public ::testing::TestWithParam<QGemmVariant> {};
+
+TEST_P(QGemmGpu, AwkwardTokenCountsEveryConfig) {
+  QS_REQUIRE_GPU();
+  for (int64_t m : {1, 3, 17, 67, 257, 1000}) {
+    const auto pr = test::make_qgemm_problem(GetParam(), m, 208, 640, 100 + m, /*bias=*/m % 2 == 1, /*res=*/m > 3);
+    check_problem(pr, 0);  // the planned config and split
+    for (int config = 0; config < kernels::qgemm_num_configs(); ++config) check_problem(pr, 3, config);
+  }
+}
+
+TEST_P(QGemmGpu, SplitKFactors) {
+  QS_REQUIRE_GPU();
+  const auto pr = test::make_qgemm_problem(GetParam(), 33, 128, 1280, 7, true, true);
+  for (int splits : {1, 2, 3, 4, 7, 10}) check_problem(pr, splits);
+}
+
+TEST_P(QGemmGpu, ModelShapes) {
+  QS_REQUIRE_GPU();
+  const int64_t shapes[][2] = {{6144, 4096},  {4096, 4096},  {28672, 4096}, {4096, 14336},
+                               {10240, 8192}, {8192, 8192}, {57344, 8192}, {8192, 28672}};
+  for (const auto& s : shapes)
+    for (int64_t m : {3, 67}) {
+      if (m == 67 && s[0] * s[1] > 100'000'000) continue;  // keep the CPU reference time bounded
+      check_problem(test::make_qgemm_problem(GetParam(), m, s[0], s[1], uint64_t(s[0] + m), true, false), 0);
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllVariants, QGemmGpu,
+                         ::testing::Values(QGemmVariant::kW4A8PerChannel, QGemmVariant::kW4A8G128,
+                                           QGemmVariant::kW8A8),
+                         [](const auto& info) { return std::string(ref_cpu::qgemm_variant_name(info.param)); });
+
+TEST(QGemmGpuErrors, BadShapesAndPointers) {
+  QS_REQUIRE_GPU();
+  auto pr = test::make_qgemm_problem(QGemmVariant::kW8A8, 2, 24, 128, 3);
+  EXPECT_THAT([&] { cuda::QGemmDeviceWeights::upload(pr.weights()); },
+              ::testing::ThrowsMessage<Error>(HasSubstr("needs N % 16 == 0")));
+  kernels::QGemmParams p;
+  p.variant = kernels::QGemmVariant::kW8A8;
+  p.m = 4;
+  p.n = 32;
+  p.k = 200;
+  EXPECT_THAT(kernels::qgemm_run(p, {}, nullptr).message(), HasSubstr("multiple of 128"));
+  p.k = 256;
+  EXPECT_THAT(kernels::qgemm_run(p, {}, nullptr).message(), HasSubstr("required pointer"));
+  auto pc = test::make_qgemm_problem(QGemmVariant::kW4A8PerChannel, 20, 64, 1024, 3);
+  const auto w = cuda::QGemmDeviceWeights::upload(pc.weights());
+  DevBuf<int8_t> x(pc.xq);
+  DevBuf<uint16_t> sx(pc.sx), xs(pc.xsum), y(size_t(20 * 64));
+  cuda::QGemmCall call;
+  call.m = 20;
+  call.x = x.p;
+  call.sx = sx.p;
+  call.xsum = xs.p;
+  call.y = y.p;
+  EXPECT_THAT(w.run(w.plan(20, 4), call, nullptr).message(), HasSubstr("needs a workspace"));
+  call.xsum = nullptr;
+  EXPECT_THAT(w.run(w.plan(20, 1), call, nullptr).message(), HasSubstr("needs xsum"));
+}
+
+}  // namespace
+}  // namespace qs
