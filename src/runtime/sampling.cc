@@ -1,0 +1,87 @@
+// Token sampling (see sampling.h).
+#include "runtime/sampling.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "core/error.h"
+
+namespace qs::runtime {
+
+void validate(const SamplingParams& p) {
+  QS_CHECK(!std::isnan(p.temperature)) << "sampling: temperature is NaN";
+  QS_CHECK(p.top_k >= 0) << "sampling: top_k must be >= 0, got " << p.top_k;
+  QS_CHECK(p.top_p > 0.0f && p.top_p <= 1.0f) << "sampling: top_p must be in (0, 1], got " << p.top_p;
+  QS_CHECK(p.repetition_penalty > 0.0f) << "sampling: repetition_penalty must be > 0, got " << p.repetition_penalty;
+}
+
+int32_t argmax(const float* x, int64_t n) {
+  QS_CHECK(n > 0) << "argmax of an empty row";
+  int64_t best = 0;
+  for (int64_t i = 1; i < n; ++i)
+    if (x[i] > x[best]) best = i;
+  return int32_t(best);
+}
+
+Sampler::Sampler(const SamplingParams& p) : p_(p), rng_(p.seed) { validate(p_); }
+
+double Sampler::uniform() { return double(rng_() >> 11) * 0x1.0p-53; }
+
+int32_t Sampler::sample(const float* logits, int64_t vocab, const std::vector<int32_t>& history) {
+  QS_CHECK(vocab > 0) << "sampling: empty logits";
+  std::vector<float> l(logits, logits + vocab);
+  if (p_.repetition_penalty != 1.0f) {
+    std::vector<bool> seen(static_cast<size_t>(vocab), false);
+    for (int32_t id : history)
+      if (id >= 0 && id < vocab) seen[static_cast<size_t>(id)] = true;
+    for (int64_t i = 0; i < vocab; ++i)
+      if (seen[static_cast<size_t>(i)]) {
+        float& v = l[static_cast<size_t>(i)];
+        v = v > 0 ? v / p_.repetition_penalty : v * p_.repetition_penalty;
+      }
+  }
+  if (p_.temperature <= 0.0f) return argmax(l.data(), vocab);
+
+  // Candidates by decreasing logit, ties by id.
+  std::vector<int32_t> idx(static_cast<size_t>(vocab));
+  std::iota(idx.begin(), idx.end(), 0);
+  auto by_logit = [&](int32_t a, int32_t b) {
+    const float la = l[static_cast<size_t>(a)], lb = l[static_cast<size_t>(b)];
+    return la > lb || (la == lb && a < b);
+  };
+  size_t keep = idx.size();
+  if (p_.top_k > 0 && size_t(p_.top_k) < keep) {
+    keep = size_t(p_.top_k);
+    std::partial_sort(idx.begin(), idx.begin() + std::ptrdiff_t(keep), idx.end(), by_logit);
+  } else {
+    std::sort(idx.begin(), idx.end(), by_logit);
+  }
+  idx.resize(keep);
+
+  const double inv_t = 1.0 / double(p_.temperature);
+  const double mx = double(l[static_cast<size_t>(idx[0])]) * inv_t;
+  std::vector<double> prob(keep);
+  double total = 0.0;
+  for (size_t i = 0; i < keep; ++i) total += prob[i] = std::exp(double(l[static_cast<size_t>(idx[i])]) * inv_t - mx);
+  if (p_.top_p < 1.0f) {
+    double cum = 0.0;
+    size_t n = 0;
+    while (n < keep) {
+      cum += prob[n++] / total;
+      if (cum >= double(p_.top_p)) break;
+    }
+    keep = n;
+    total = 0.0;
+    for (size_t i = 0; i < keep; ++i) total += prob[i];
+  }
+  const double u = uniform() * total;
+  double cum = 0.0;
+  for (size_t i = 0; i < keep; ++i) {
+    cum += prob[i];
+    if (u < cum) return idx[i];
+  }
+  return idx[keep - 1];  // u within rounding of the total
+}
+
+}  // namespace qs::runtime
