@@ -1,0 +1,179 @@
+// QoQ transformations are output-preserving: each one, applied to qs-llama-tiny (tied embeddings) and to its
+// untied copy, leaves the FP32 logits unchanged within 1e-5 normalized error (TESTING.md: exact in real
+// arithmetic; only fp32 re-association remains). Negative controls show the check can fail (a SmoothAttention
+// scale that breaks the rotate-half pairing, folding without untying), and bad arguments give clear errors.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "common/test_util.h"
+#include "quant/qoq/model_view.h"
+
+namespace qs::quant::qoq {
+namespace {
+
+using ::testing::HasSubstr;
+constexpr const char* kModel = "models/qs-llama-tiny";
+constexpr double kTol = 1e-5;
+
+std::vector<int32_t> prompt_ids(int n, uint64_t seed, int vocab) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  for (auto& t : ids) t = int32_t(rng() % uint64_t(vocab));
+  ids[0] = 0;  // BOS
+  return ids;
+}
+
+std::vector<float> logits_of(model::Model& m, const std::vector<int32_t>& ids) {
+  auto cache = m.new_cache();
+  Tensor t = m.forward({{ids.data(), int64_t(ids.size()), &cache}}, model::LogitsMode::kAll);
+  return std::vector<float>(t.data<float>(), t.data<float>() + t.numel());
+}
+
+std::vector<float> positive_random(size_t n, uint64_t seed, float lo, float hi) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> d(std::log(lo), std::log(hi));
+  std::vector<float> v(n);
+  for (auto& x : v) x = std::exp(d(rng));
+  return v;
+}
+
+std::vector<int32_t> random_perm(int64_t n, uint64_t seed) {
+  std::vector<int32_t> p(static_cast<size_t>(n));
+  std::iota(p.begin(), p.end(), 0);
+  std::shuffle(p.begin(), p.end(), std::mt19937_64(seed));
+  return p;
+}
+
+class TransformsTest : public ::testing::TestWithParam<bool> {  // param: untie before transforming
+ protected:
+  void SetUp() override {
+    if (!qs::test::data_available(kModel)) GTEST_SKIP() << "test data not found: " << qs::test::data_path(kModel);
+    model_ = model::Model::load(qs::test::data_path(kModel));
+    ASSERT_TRUE(model_->config().tie_word_embeddings);
+    ids_ = prompt_ids(67, 7, model_->config().vocab_size);
+    ref_ = logits_of(*model_, ids_);
+    w_ = weights_view(*model_);
+    if (GetParam()) ASSERT_TRUE(untie_embeddings(w_));
+  }
+  double error() { return qs::test::normalized_error(logits_of(*model_, ids_), ref_); }
+  const io::ModelConfig& cfg() const { return model_->config(); }
+
+  std::unique_ptr<model::Model> model_;
+  std::vector<int32_t> ids_;
+  std::vector<float> ref_;
+  ModelWeights w_;
+};
+
+TEST_P(TransformsTest, FoldNorms) {
+  const Tensor embed_before = w_.embed->clone();
+  fold_norms(w_);
+  EXPECT_LE(error(), kTol);
+  for (const auto& l : w_.layers) EXPECT_EQ(l.input_norm->data<float>()[5], 1.0f);
+  EXPECT_NE(w_.lm_head->raw(), w_.embed->raw());
+  // The embeddings themselves are untouched (folding the final norm went into the untied lm_head only).
+  EXPECT_EQ(std::memcmp(embed_before.raw(), w_.embed->raw(), embed_before.nbytes()), 0);
+}
+
+TEST_P(TransformsTest, FoldAndRotateResidual) {
+  const Tensor q_before = w_.layers[1].q->clone();
+  fold_norms(w_);
+  rotate_residual(w_, Hadamard(cfg().hidden_size));
+  EXPECT_LE(error(), kTol);
+  // The weights really changed (a rotation that did nothing would also pass the logits check).
+  EXPECT_GT(qs::test::normalized_error(w_.layers[1].q->data<float>(), q_before.data<float>(), q_before.numel()), 0.5);
+}
+
+TEST_P(TransformsTest, RotateValueHeads) {
+  rotate_value_heads(w_, Hadamard(cfg().head_dim));
+  EXPECT_LE(error(), kTol);
+}
+
+TEST_P(TransformsTest, SmoothAttention) {
+  const auto kmax = positive_random(size_t(cfg().kv_size()), 11, 0.05f, 40.0f);
+  const auto lambda = smooth_attention_scales(kmax, cfg(), 0.5f);
+  const int64_t d = cfg().head_dim;
+  for (int64_t j = 0; j < d / 2; ++j) {  // rotate-half pairs share lambda = sqrt(max of the pair)
+    EXPECT_EQ(lambda[size_t(d + j)], lambda[size_t(d + j + d / 2)]);
+    EXPECT_FLOAT_EQ(lambda[size_t(j)], std::sqrt(std::max(kmax[size_t(j)], kmax[size_t(j + d / 2)])));
+  }
+  for (auto& l : w_.layers) apply_smooth_attention(l, cfg(), lambda);
+  EXPECT_LE(error(), kTol);
+}
+
+TEST_P(TransformsTest, SmoothAttentionWithoutPairingChangesTheOutput) {
+  // Negative control: independent scales for j and j + D/2 do not commute with RoPE.
+  const auto lambda = positive_random(size_t(cfg().kv_size()), 12, 0.2f, 5.0f);
+  for (auto& l : w_.layers) apply_smooth_attention(l, cfg(), lambda);
+  EXPECT_GT(error(), 1e-3);
+}
+
+TEST_P(TransformsTest, SmoothDown) {
+  for (size_t i = 0; i < w_.layers.size(); ++i) {
+    auto& l = w_.layers[i];
+    const auto xmax = positive_random(size_t(cfg().intermediate_size), 20 + i, 0.01f, 50.0f);
+    const auto s = smooth_down_scales(xmax, *l.down, 0.3f, 0.7f);
+    apply_smooth_down(l, s);
+  }
+  EXPECT_LE(error(), kTol);
+}
+
+TEST_P(TransformsTest, Reorder) {
+  for (size_t i = 0; i < w_.layers.size(); ++i) {
+    auto& l = w_.layers[i];
+    reorder_down(l, random_perm(cfg().intermediate_size, 30 + i));
+    std::vector<std::vector<int32_t>> perms;
+    for (int g = 0; g < cfg().num_kv_heads; ++g) perms.push_back(random_perm(cfg().head_dim, 40 + 10 * i + g));
+    reorder_value_heads(l, cfg(), perms);
+  }
+  EXPECT_LE(error(), kTol);
+}
+
+TEST_P(TransformsTest, AllTogether) {
+  fold_norms(w_);
+  rotate_residual(w_, Hadamard(cfg().hidden_size));
+  rotate_value_heads(w_, Hadamard(cfg().head_dim));
+  for (size_t i = 0; i < w_.layers.size(); ++i) {
+    auto& l = w_.layers[i];
+    std::vector<std::vector<int32_t>> perms;
+    for (int g = 0; g < cfg().num_kv_heads; ++g) perms.push_back(random_perm(cfg().head_dim, 50 + 10 * i + g));
+    reorder_value_heads(l, cfg(), perms);
+    reorder_down(l, random_perm(cfg().intermediate_size, 60 + i));
+    apply_smooth_attention(l, cfg(), smooth_attention_scales(positive_random(size_t(cfg().kv_size()), 70 + i, 0.1f, 20.0f), cfg(), 0.5f));
+    apply_smooth_down(l, smooth_down_scales(positive_random(size_t(cfg().intermediate_size), 80 + i, 0.01f, 30.0f), *l.down, 0.1f, 0.9f));
+  }
+  EXPECT_LE(error(), kTol);
+}
+
+INSTANTIATE_TEST_SUITE_P(Embeddings, TransformsTest, ::testing::Values(false, true),
+                         [](const auto& info) { return info.param ? std::string("Untied") : std::string("Tied"); });
+
+TEST(TransformsBadInput, RotateBeforeFoldingThrows) {
+  QS_REQUIRE_DATA(kModel);
+  auto m = model::Model::load(qs::test::data_path(kModel));
+  auto w = weights_view(*m);
+  try {
+    rotate_residual(w, Hadamard(m->config().hidden_size));
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("fold the RMSNorm weights first"));
+  }
+  try {
+    rotate_value_heads(w, Hadamard(64));
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("head_dim is 128"));
+  }
+  auto bad = random_perm(m->config().intermediate_size, 1);
+  bad[3] = bad[4];
+  try {
+    reorder_down(w.layers[0], bad);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("not a permutation"));
+  }
+}
+
+}  // namespace
+}  // namespace qs::quant::qoq
