@@ -1,0 +1,31 @@
+// Decode attention over the paged KV cache (KV4 or FP16; layout in kv_cache/kv_cache_params.h), with a host plan
+// and a launch-only run (STYLE.md #9). One warp streams a chunk of one sequence's cache for one KV head and serves
+// every query head of its GQA group (up to 16) with FP16 tensor-core mma; KV4 is converted with lop3 + 0x6400 and
+// one hfma2 per pair for scale/zero. When batch x KV heads cannot fill the GPU, contexts are split into chunks
+// (flash-decoding) whose partial results a second kernel merges.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+
+#include "core/status.h"
+#include "kernels/attention/attention_params.h"
+
+namespace qs::kernels {
+
+struct DecodePlan {
+  int32_t chunk_tokens = 0;    // tokens per chunk (multiple of 16)
+  int32_t max_chunks = 1;      // chunks of the longest context; 1 = no split (no workspace, no merge)
+  size_t workspace_bytes = 0;  // device workspace run_decode needs (0 when max_chunks == 1)
+};
+
+// Chooses the split for `batch` sequences of at most `max_context` tokens. num_sms: the device's SM count.
+// Throws qs::Error on an unsupported shape (head_dim, page size, GQA ratio > 16).
+DecodePlan plan_decode(int32_t batch, int32_t num_q_heads, const KvCacheLayout& layout, int32_t max_context,
+                       int32_t num_sms);
+
+// Launches only (no allocation, no sync): every context_lens[b] must be <= the plan's max_context.
+Status run_decode(const DecodeParams& p, const DecodePlan& plan, void* workspace, cudaStream_t stream);
+
+}  // namespace qs::kernels
