@@ -1,0 +1,308 @@
+// Quantized checkpoint writer and reader (see checkpoint.h).
+#include "quant/checkpoint.h"
+
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+
+namespace qs::quant {
+
+namespace fs = std::filesystem;
+
+const char* variant_name(WeightVariant v) {
+  switch (v) {
+    case WeightVariant::kW4PerChannel: return "per-channel";
+    case WeightVariant::kW4G128: return "g128";
+    case WeightVariant::kW8PerChannel: return "w8a8";
+  }
+  return "?";
+}
+
+WeightVariant parse_variant(const std::string& s) {
+  for (WeightVariant v : {WeightVariant::kW4PerChannel, WeightVariant::kW4G128, WeightVariant::kW8PerChannel})
+    if (s == variant_name(v)) return v;
+  QS_FAIL() << "unknown weight variant '" << s << "' (expected per-channel, g128 or w8a8)";
+  return WeightVariant::kW4G128;
+}
+
+namespace {
+
+Tensor to_f16(const Tensor& t, const std::string& name) {
+  if (t.dtype() == DType::F16) return t;
+  QS_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::BF16)
+      << "tensor '" << name << "': cannot store " << t.desc() << " as F16";
+  const Tensor f = t.to_f32();
+  Tensor out(DType::F16, t.shape());
+  const float* src = f.data<float>();
+  uint16_t* dst = out.data<uint16_t>();
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    dst[i] = float_to_fp16(src[i]);
+    QS_CHECK(std::isfinite(fp16_to_float(dst[i])) || !std::isfinite(src[i]))
+        << "tensor '" << name << "': value " << src[i] << " at " << i << " overflows FP16";
+  }
+  return out;
+}
+
+void expect_tensor(const Tensor& t, DType dt, const Shape& shape, const std::string& what) {
+  QS_CHECK(t.dtype() == dt && t.shape() == shape)
+      << "tensor '" << what << "' is " << t.desc() << ", expected " << dtype_name(dt) << shape_str(shape);
+}
+
+void write_text_atomically(const fs::path& path, const std::string& text) {
+  const std::string tmp = path.string() + ".tmp." + std::to_string(::getpid());
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    QS_CHECK(out.good()) << "cannot write " << path.string();
+    out << text;
+    out.flush();
+    QS_CHECK(out.good()) << "writing " << path.string() << " failed";
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) {
+    fs::remove(tmp);
+    QS_FAIL() << "cannot move " << tmp << " to " << path.string() << ": " << ec.message();
+  }
+}
+
+nlohmann::json meta_to_json(const CheckpointMeta& m) {
+  nlohmann::json linears = nlohmann::json::object();
+  for (const auto& [name, shape] : m.linears) linears[name] = shape;
+  const bool w4 = m.variant != WeightVariant::kW8PerChannel;
+  return {{"format", kCheckpointFormatName},
+          {"format_version", m.format_version},
+          {"variant", variant_name(m.variant)},
+          {"weight_bits", w4 ? 4 : 8},
+          {"activation_bits", 8},
+          {"kv_bits", m.kv_bits},
+          {"group_size", m.group_size},
+          {"protective_range", m.protective_range},
+          {"qoq", m.qoq},
+          {"source_model", m.source_model},
+          {"hf_config", m.hf_config},
+          {"linears", linears}};
+}
+
+CheckpointMeta meta_from_json(const std::string& text, const std::string& where) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    QS_FAIL() << where << ": metadata '" << kCheckpointMetadataKey << "' is not valid JSON (" << e.what() << ")";
+  }
+  CheckpointMeta m;
+  try {
+    QS_CHECK(j.value("format", "") == kCheckpointFormatName)
+        << where << ": metadata format is '" << j.value("format", "") << "', expected " << kCheckpointFormatName;
+    m.format_version = j.at("format_version").get<int>();
+    QS_CHECK(m.format_version == kCheckpointFormatVersion)
+        << where << ": unsupported format version " << m.format_version << " (this build reads version "
+        << kCheckpointFormatVersion << ")";
+    m.variant = parse_variant(j.at("variant").get<std::string>());
+    m.group_size = j.at("group_size").get<int>();
+    m.protective_range = j.at("protective_range").get<int>();
+    m.kv_bits = j.at("kv_bits").get<int>();
+    m.qoq = j.at("qoq");
+    m.source_model = j.at("source_model").get<std::string>();
+    m.hf_config = j.at("hf_config");
+    for (auto it = j.at("linears").begin(); it != j.at("linears").end(); ++it)
+      m.linears[it.key()] = it.value().get<std::vector<int64_t>>();
+  } catch (const nlohmann::json::exception& e) {
+    QS_FAIL() << where << ": malformed metadata (" << e.what() << ")";
+  }
+  const bool g128 = m.variant == WeightVariant::kW4G128;
+  QS_CHECK(m.group_size == (g128 ? fmt4::kGroupSize : 0))
+      << where << ": group size " << m.group_size << " does not match variant " << variant_name(m.variant);
+  QS_CHECK(!g128 || (m.protective_range >= 1 && m.protective_range <= kProtectiveRange))
+      << where << ": protective range " << m.protective_range << " is not in [1, " << kProtectiveRange
+      << "]: its weights could overflow INT8 when dequantized";
+  QS_CHECK(m.kv_bits == 4 || m.kv_bits == 16) << where << ": kv_bits " << m.kv_bits << " is not 4 or 16";
+  return m;
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------------- writer
+
+QuantizedCheckpointWriter::QuantizedCheckpointWriter(CheckpointMeta meta) : meta_(std::move(meta)) {
+  meta_.format_version = kCheckpointFormatVersion;
+  meta_.group_size = meta_.variant == WeightVariant::kW4G128 ? fmt4::kGroupSize : 0;
+  if (meta_.variant != WeightVariant::kW4G128) meta_.protective_range = 0;
+  else if (meta_.protective_range == 0) meta_.protective_range = kProtectiveRange;
+  QS_CHECK(meta_.kv_bits == 4 || meta_.kv_bits == 16) << "kv_bits " << meta_.kv_bits << " is not 4 or 16";
+  meta_.linears.clear();
+}
+
+void QuantizedCheckpointWriter::begin_linear(const std::string& name, WeightVariant v, int64_t n, int64_t k) {
+  QS_CHECK(v == meta_.variant) << "linear '" << name << "' is " << variant_name(v) << " but the checkpoint is "
+                               << variant_name(meta_.variant);
+  QS_CHECK(!meta_.linears.count(name)) << "linear '" << name << "' added twice";
+  meta_.linears[name] = {n, k};
+}
+
+void QuantizedCheckpointWriter::add_bias(const std::string& name, const Tensor& bias, int64_t n) {
+  if (!bias.defined()) return;
+  QS_CHECK(bias.ndim() == 1 && bias.dim(0) == n) << "linear '" << name << "': bias " << bias.desc()
+                                                 << " does not match " << n << " outputs";
+  writer_.add(name + ".bias", to_f16(bias, name + ".bias"));
+}
+
+void QuantizedCheckpointWriter::add_linear(const std::string& name, const W4PerChannelWeight& w, const Tensor& bias) {
+  const int64_t n = w.qweight.dim(0), k = w.qweight.dim(1) * 2;
+  begin_linear(name, WeightVariant::kW4PerChannel, n, k);
+  writer_.add(name + ".qweight", w.qweight);
+  writer_.add(name + ".scale", w.scale);
+  writer_.add(name + ".szero", w.szero);
+  add_bias(name, bias, n);
+}
+
+void QuantizedCheckpointWriter::add_linear(const std::string& name, const W4G128Weight& w, const Tensor& bias) {
+  const int64_t n = w.qweight.dim(0), k = w.qweight.dim(1) * 2;
+  begin_linear(name, WeightVariant::kW4G128, n, k);
+  QS_CHECK(w.protective_range == meta_.protective_range)
+      << "linear '" << name << "' was quantized with protective range " << w.protective_range
+      << " but the checkpoint records " << meta_.protective_range;
+  writer_.add(name + ".qweight", w.qweight);
+  writer_.add(name + ".s1", w.s1);
+  writer_.add(name + ".s2", w.s2);
+  writer_.add(name + ".zn", w.zn);
+  add_bias(name, bias, n);
+}
+
+void QuantizedCheckpointWriter::add_linear(const std::string& name, const Int8ChannelWeight& w, const Tensor& bias) {
+  const int64_t n = w.qweight.dim(0), k = w.qweight.dim(1);
+  begin_linear(name, WeightVariant::kW8PerChannel, n, k);
+  writer_.add(name + ".qweight", w.qweight);
+  writer_.add(name + ".scale", w.scale);
+  add_bias(name, bias, n);
+}
+
+void QuantizedCheckpointWriter::add_fp16(const std::string& name, const Tensor& t) {
+  writer_.add(name, to_f16(t, name));
+}
+
+void QuantizedCheckpointWriter::write(const std::string& dir) const {
+  QS_CHECK(!dir.empty()) << "no output directory given";
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  QS_CHECK(!ec && fs::is_directory(dir)) << "cannot create output directory " << dir << ": "
+                                         << (ec ? ec.message() : "not a directory");
+  QS_CHECK(::access(dir.c_str(), W_OK) == 0) << "output directory " << dir << " is not writable";
+  io::SafetensorsWriter w = writer_;  // the metadata goes in last, with the final list of linears
+  w.set_metadata(kCheckpointMetadataKey, meta_to_json(meta_).dump());
+  w.write((fs::path(dir) / kCheckpointFileName).string());
+  write_text_atomically(fs::path(dir) / "config.json", meta_.hf_config.dump(2) + "\n");
+}
+
+// ------------------------------------------------------------------------------------------------- reader
+
+bool QuantizedCheckpoint::is_quantized_checkpoint(const std::string& path) {
+  const fs::path file = fs::is_directory(path) ? fs::path(path) / kCheckpointFileName : fs::path(path);
+  if (!fs::exists(file)) return false;
+  try {
+    return io::SafetensorsFile::open(file.string())->metadata().count(kCheckpointMetadataKey) != 0;
+  } catch (const Error&) {
+    return false;
+  }
+}
+
+QuantizedCheckpoint QuantizedCheckpoint::open(const std::string& path) {
+  const fs::path file = fs::is_directory(path) ? fs::path(path) / kCheckpointFileName : fs::path(path);
+  QS_CHECK(fs::exists(file)) << "no quantized checkpoint at " << path << ": " << file.string() << " does not exist";
+  QuantizedCheckpoint c;
+  c.store_ = io::TensorStore::open(file.string());
+  const auto& md = c.store_.metadata();
+  const auto it = md.find(kCheckpointMetadataKey);
+  QS_CHECK(it != md.end()) << file.string() << " is not a qserve quantized checkpoint (no '"
+                           << kCheckpointMetadataKey << "' metadata; quantize it with `qserve quantize`)";
+  c.meta_ = meta_from_json(it->second, file.string());
+  for (const auto& [name, shape] : c.meta_.linears) c.linear(name);  // validates every listed linear
+  return c;
+}
+
+std::vector<std::string> QuantizedCheckpoint::linear_names() const {
+  std::vector<std::string> names;
+  for (const auto& [name, shape] : meta_.linears) names.push_back(name);
+  return names;
+}
+
+StoredLinear QuantizedCheckpoint::linear(const std::string& name) const {
+  const auto it = meta_.linears.find(name);
+  QS_CHECK(it != meta_.linears.end()) << "linear '" << name << "' is not in the quantized checkpoint "
+                                      << store_.path();
+  QS_CHECK(it->second.size() == 2 && it->second[0] > 0 && it->second[1] > 0)
+      << "linear '" << name << "': bad shape in metadata";
+  StoredLinear l;
+  l.variant = meta_.variant;
+  l.n = it->second[0];
+  l.k = it->second[1];
+  const int64_t n = l.n, k = l.k;
+  auto get = [&](const char* suffix) {
+    const std::string full = name + suffix;
+    QS_CHECK(store_.has(full)) << "quantized checkpoint " << store_.path() << ": tensor '" << full << "' is missing";
+    return store_.get(full);
+  };
+  switch (l.variant) {
+    case WeightVariant::kW4PerChannel:
+      QS_CHECK(k % 2 == 0) << "linear '" << name << "': K = " << k << " is odd";
+      l.qweight = get(".qweight");
+      expect_tensor(l.qweight, DType::U8, {n, k / 2}, name + ".qweight");
+      l.scale = get(".scale");
+      expect_tensor(l.scale, DType::F16, {n}, name + ".scale");
+      l.szero = get(".szero");
+      expect_tensor(l.szero, DType::F16, {n}, name + ".szero");
+      for (int64_t i = 0; i < n; ++i)
+        QS_CHECK(std::isfinite(fp16_to_float(l.scale.data<uint16_t>()[i])) &&
+                 std::isfinite(fp16_to_float(l.szero.data<uint16_t>()[i])))
+            << "linear '" << name << "': non-finite scale or zero for channel " << i;
+      break;
+    case WeightVariant::kW4G128: {
+      QS_CHECK(k % fmt4::kGroupSize == 0) << "linear '" << name << "': K = " << k << " is not a multiple of 128";
+      const int64_t ng = k / fmt4::kGroupSize;
+      l.qweight = get(".qweight");
+      expect_tensor(l.qweight, DType::U8, {n, k / 2}, name + ".qweight");
+      l.s1 = get(".s1");
+      expect_tensor(l.s1, DType::F16, {n}, name + ".s1");
+      l.s2 = get(".s2");
+      expect_tensor(l.s2, DType::U8, {n, ng}, name + ".s2");
+      l.zn = get(".zn");
+      expect_tensor(l.zn, DType::I8, {n, ng}, name + ".zn");
+      for (int64_t i = 0; i < n * ng; ++i) {
+        const int s2 = l.s2.data<uint8_t>()[i], zn = l.zn.data<int8_t>()[i];
+        QS_CHECK(s2 >= 1 && zn <= 0 && -zn % s2 == 0 && -zn / s2 <= 15)
+            << "linear '" << name << "': group " << i << " has s2 = " << s2 << ", zn = " << zn
+            << " (need s2 >= 1 and zn = -(z * s2) with z in 0..15)";
+      }
+      for (int64_t i = 0; i < n; ++i)
+        QS_CHECK(std::isfinite(fp16_to_float(l.s1.data<uint16_t>()[i])))
+            << "linear '" << name << "': non-finite s1 for channel " << i;
+      break;
+    }
+    case WeightVariant::kW8PerChannel:
+      l.qweight = get(".qweight");
+      expect_tensor(l.qweight, DType::I8, {n, k}, name + ".qweight");
+      l.scale = get(".scale");
+      expect_tensor(l.scale, DType::F16, {n}, name + ".scale");
+      break;
+  }
+  if (store_.has(name + ".bias")) {
+    l.bias = store_.get(name + ".bias");
+    expect_tensor(l.bias, DType::F16, {n}, name + ".bias");
+  }
+  return l;
+}
+
+Tensor StoredLinear::dequantize() const {
+  switch (variant) {
+    case WeightVariant::kW4PerChannel: return quant::dequantize(W4PerChannelWeight{qweight, scale, szero, Tensor()});
+    case WeightVariant::kW4G128: return quant::dequantize(W4G128Weight{qweight, s1, s2, zn, Tensor(), 0});
+    case WeightVariant::kW8PerChannel: return quant::dequantize(Int8ChannelWeight{qweight, scale, Tensor()});
+  }
+  return Tensor();
+}
+
+}  // namespace qs::quant
