@@ -10,6 +10,7 @@
 
 #include "kernels/common/cuda_check.h"
 #include "kernels/common/guards.h"
+#include "common/test_util.h"
 
 namespace qs::test {
 

@@ -1,0 +1,203 @@
+// Fused quantization kernels (see norm_quant.h). One CTA of 256 threads per row; a row is walked in vectors of
+// V halves (8 when the row length allows 16-byte accesses, else 1). The op is a functor that produces the fp32
+// value y_k to quantize; passes over the row: [statistics (RMSNorm)], amax, quantize. Re-reads of the row hit
+// L1/L2 (a row is at most a few tens of KB), so DRAM traffic is one read of the inputs and one write of the
+// outputs. Every fp32 operation is written as an IEEE intrinsic (no contraction), so y and the quantized values
+// match the reference bit for bit (SiLU up to expf's last-ulp differences).
+#include <cuda_fp16.h>
+
+#include "kernels/common/cuda_check.h"
+#include "kernels/norm_quant/norm_quant.h"
+
+namespace qs::kernels {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename T>
+__device__ T block_reduce(T v, T (*op)(T, T), T* smem) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  __syncthreads();  // smem may still be read by a previous reduction
+  if (lane == 0) smem[warp] = v;
+  __syncthreads();
+  v = smem[0];
+  for (int w = 1; w < kThreads / 32; ++w) v = op(v, smem[w]);
+  return v;
+}
+__device__ float fmax_op(float a, float b) { return fmaxf(a, b); }
+__device__ double dadd_op(double a, double b) { return a + b; }
+__device__ int iadd_op(int a, int b) { return a + b; }
+
+template <int V>
+__device__ __forceinline__ void load_h(const uint16_t* p, float (&f)[V]) {
+  if constexpr (V == 8) {
+    const uint4 u = *reinterpret_cast<const uint4*>(p);
+    const __half2* h = reinterpret_cast<const __half2*>(&u);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 x = __half22float2(h[i]);
+      f[2 * i] = x.x, f[2 * i + 1] = x.y;
+    }
+  } else {
+    f[0] = __half2float(__ushort_as_half(*p));
+  }
+}
+template <int V>
+__device__ __forceinline__ void store_h(uint16_t* p, const float (&f)[V]) {
+  if constexpr (V == 8) {
+    uint4 u;
+    __half2* h = reinterpret_cast<__half2*>(&u);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) h[i] = __floats2half2_rn(f[2 * i], f[2 * i + 1]);
+    *reinterpret_cast<uint4*>(p) = u;
+  } else {
+    *p = __half_as_ushort(__float2half_rn(f[0]));
+  }
+}
+
+// Quantizes the row given by op.y(row, k0, y[V]) (formats.h quantize_act_row).
+template <int V, typename Op>
+__device__ void quantize_row(const Op& op, int64_t row, int cols, const QuantOut& out) {
+  __shared__ float fsm[kThreads / 32];
+  __shared__ int ism[kThreads / 32];
+  float amax = 0.0f;
+  for (int k = threadIdx.x * V; k < cols; k += kThreads * V) {
+    float y[V];
+    op.y(row, k, y);
+#pragma unroll
+    for (int i = 0; i < V; ++i) amax = fmaxf(amax, fabsf(y[i]));
+  }
+  amax = block_reduce(amax, fmax_op, fsm);
+  const __half s_h = __float2half_rn(__fdiv_rn(amax, 127.0f));
+  const float s = __half2float(s_h);
+  int sum = 0;
+  for (int k = threadIdx.x * V; k < cols; k += kThreads * V) {
+    float y[V];
+    op.y(row, k, y);
+    int8_t q[V];
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      const int v = s > 0.0f ? min(max(__float2int_rn(__fdiv_rn(y[i], s)), -127), 127) : 0;
+      q[i] = int8_t(v);
+      sum += v;
+    }
+    int8_t* dst = out.q + row * cols + k;
+    if constexpr (V == 8) *reinterpret_cast<uint2*>(dst) = *reinterpret_cast<const uint2*>(q);
+    else *dst = q[0];
+  }
+  if (out.xsum) sum = block_reduce(sum, iadd_op, ism);
+  if (threadIdx.x == 0) {
+    out.scale[row] = __half_as_ushort(s_h);
+    if (out.xsum) out.xsum[row] = __half_as_ushort(__float2half_rn(__fmul_rn(s, float(sum))));
+  }
+}
+
+template <int V>
+struct RmsOp {
+  const RmsNormQuantParams& p;
+  const uint16_t* h;  // the normalized input: residual_out when a residual was added, else x
+  float inv;
+  __device__ void y(int64_t row, int k, float (&o)[V]) const {
+    float x[V], w[V];
+    load_h<V>(h + row * p.cols + k, x);
+    load_h<V>(p.weight + k, w);
+#pragma unroll
+    for (int i = 0; i < V; ++i) o[i] = __fmul_rn(__fmul_rn(x[i], inv), w[i]);
+  }
+};
+
+template <int V>
+__global__ void __launch_bounds__(kThreads) rmsnorm_quant_kernel(const RmsNormQuantParams p) {
+  __shared__ double dsm[kThreads / 32];
+  const int64_t row = blockIdx.x;
+  const int cols = p.cols;
+  double ss = 0.0;
+  for (int k = threadIdx.x * V; k < cols; k += kThreads * V) {
+    float x[V];
+    load_h<V>(p.x + row * cols + k, x);
+    if (p.residual_in) {
+      float r[V];
+      load_h<V>(p.residual_in + row * cols + k, r);
+#pragma unroll
+      for (int i = 0; i < V; ++i) x[i] = __half2float(__float2half_rn(__fadd_rn(x[i], r[i])));
+      store_h<V>(p.residual_out + row * cols + k, x);
+    }
+#pragma unroll
+    for (int i = 0; i < V; ++i) ss += double(x[i]) * double(x[i]);
+  }
+  ss = block_reduce(ss, dadd_op, dsm);
+  const float inv = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(float(ss), float(cols)), p.eps)));
+  // residual_out was written by this CTA above: make it visible to its own re-reads.
+  __syncthreads();
+  const RmsOp<V> op{p, p.residual_in ? p.residual_out : p.x, inv};
+  quantize_row<V>(op, row, cols, p.out);
+}
+
+template <int V>
+struct SiluOp {
+  const SiluMulQuantParams& p;
+  __device__ void y(int64_t row, int k, float (&o)[V]) const {
+    float g[V], u[V];
+    load_h<V>(p.gate_up + row * 2 * p.cols + k, g);
+    load_h<V>(p.gate_up + row * 2 * p.cols + p.cols + k, u);
+#pragma unroll
+    for (int i = 0; i < V; ++i) o[i] = __fmul_rn(__fdiv_rn(g[i], __fadd_rn(1.0f, expf(-g[i]))), u[i]);
+  }
+};
+
+template <int V>
+struct PlainOp {
+  const ActQuantParams& p;
+  __device__ void y(int64_t row, int k, float (&o)[V]) const { load_h<V>(p.x + row * p.cols + k, o); }
+};
+
+template <int V>
+__global__ void __launch_bounds__(kThreads) silu_mul_quant_kernel(const SiluMulQuantParams p) {
+  quantize_row<V>(SiluOp<V>{p}, blockIdx.x, p.cols, p.out);
+}
+template <int V>
+__global__ void __launch_bounds__(kThreads) act_quant_kernel(const ActQuantParams p) {
+  quantize_row<V>(PlainOp<V>{p}, blockIdx.x, p.cols, p.out);
+}
+
+Status check(int32_t rows, int32_t cols, const QuantOut& o, const char* what) {
+  if (rows < 0 || cols <= 0)
+    return Status::error(std::string(what) + ": bad shape [" + std::to_string(rows) + ", " + std::to_string(cols) +
+                         "]");
+  if (!o.q || !o.scale) return Status::error(std::string(what) + ": quantized output and scale are required");
+  return Status::ok();
+}
+
+}  // namespace
+
+Status rmsnorm_quant(const RmsNormQuantParams& p, cudaStream_t stream) {
+  QS_RETURN_IF_ERROR(check(p.rows, p.cols, p.out, "rmsnorm_quant"));
+  if (p.residual_in && !p.residual_out) return Status::error("rmsnorm_quant: residual_in needs residual_out");
+  if (p.rows == 0) return Status::ok();
+  if (p.cols % 8 == 0) rmsnorm_quant_kernel<8><<<p.rows, kThreads, 0, stream>>>(p);
+  else rmsnorm_quant_kernel<1><<<p.rows, kThreads, 0, stream>>>(p);
+  QS_CUDA_RETURN(cudaGetLastError());
+  return Status::ok();
+}
+
+Status silu_mul_quant(const SiluMulQuantParams& p, cudaStream_t stream) {
+  QS_RETURN_IF_ERROR(check(p.rows, p.cols, p.out, "silu_mul_quant"));
+  if (p.rows == 0) return Status::ok();
+  if (p.cols % 8 == 0) silu_mul_quant_kernel<8><<<p.rows, kThreads, 0, stream>>>(p);
+  else silu_mul_quant_kernel<1><<<p.rows, kThreads, 0, stream>>>(p);
+  QS_CUDA_RETURN(cudaGetLastError());
+  return Status::ok();
+}
+
+Status act_quant(const ActQuantParams& p, cudaStream_t stream) {
+  QS_RETURN_IF_ERROR(check(p.rows, p.cols, p.out, "act_quant"));
+  if (p.rows == 0) return Status::ok();
+  if (p.cols % 8 == 0) act_quant_kernel<8><<<p.rows, kThreads, 0, stream>>>(p);
+  else act_quant_kernel<1><<<p.rows, kThreads, 0, stream>>>(p);
+  QS_CUDA_RETURN(cudaGetLastError());
+  return Status::ok();
+}
+
+}  // namespace qs::kernels

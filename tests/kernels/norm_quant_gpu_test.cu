@@ -1,0 +1,136 @@
+// GPU tests of the fused quantization kernels against the CPU reference (backends/ref_cpu/norm_quant): plain
+// quantization bit-exact; RMSNorm and SiLU*up may differ from the reference only where the fp32 value they quantize
+// differs in its last bits (the order of RMSNorm's double sum; expf vs the host's exp): at most one quantization
+// step per element, on a tiny fraction of elements, and scales within one fp16 ulp. Outputs are poisoned before
+// the launch (q with -128, which the quantizer never produces; scales with NaN). Awkward widths 1, 67, 257 and the
+// real 4096 / 14336.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "backends/ref_cpu/norm_quant.cc"  // NOLINT: tests/kernels link only qs_kernels (CMake layering)
+#include "common/test_util.h"
+#include "kernels/attention_gpu_util.cuh"
+#include "kernels/norm_quant/norm_quant.h"
+
+namespace qs {
+namespace {
+
+using test::DevBuf;
+
+std::vector<uint16_t> fp16_rand(size_t n, uint64_t seed, float sd) {
+  auto v = test::random_normal(n, seed, sd);
+  std::vector<uint16_t> h(n);
+  for (size_t i = 0; i < n; ++i) h[i] = float_to_fp16(v[i]);
+  return h;
+}
+
+struct QBufs {
+  DevBuf<int8_t> q;
+  DevBuf<uint16_t> s, x;
+  QBufs(int rows, int cols) : q(size_t(rows) * cols), s(rows), x(rows) {
+    q.fill_bytes(0x80);
+    test::poison(s);
+    test::poison(x);
+  }
+  kernels::QuantOut out() { return {q.get(), s.get(), x.get()}; }
+};
+
+// Compares a GPU result with the reference; max_mismatch_frac = 0 demands bit-exactness.
+void compare(QBufs& g, const std::vector<int8_t>& q, const std::vector<uint16_t>& s, const std::vector<uint16_t>& xs,
+             double max_mismatch_frac) {
+  const auto gq = g.q.download();
+  const auto gs = g.s.download(), gx = g.x.download();
+  EXPECT_EQ(test::nonfinite(g.s), 0);
+  EXPECT_EQ(test::nonfinite(g.x), 0);
+  size_t mism = 0;
+  for (size_t i = 0; i < q.size(); ++i) {
+    ASSERT_NE(gq[i], int8_t(-128)) << "element " << i << " not written";
+    ASSERT_LE(std::abs(int(gq[i]) - int(q[i])), 1) << "element " << i;
+    mism += gq[i] != q[i];
+  }
+  EXPECT_LE(double(mism), max_mismatch_frac * double(q.size())) << mism << " of " << q.size() << " differ";
+  for (size_t r = 0; r < s.size(); ++r) {
+    ASSERT_LE(std::abs(int(gs[r]) - int(s[r])), max_mismatch_frac > 0 ? 1 : 0) << "scale of row " << r;
+    if (max_mismatch_frac == 0) EXPECT_EQ(gx[r], xs[r]) << "xsum of row " << r;
+    else EXPECT_NEAR(fp16_to_float(gx[r]), fp16_to_float(xs[r]), 1e-2 * std::fabs(fp16_to_float(xs[r])) + 1e-3);
+  }
+}
+
+class NormQuantGpu : public ::testing::TestWithParam<std::tuple<int, int>> {};
+
+TEST_P(NormQuantGpu, RmsNormResidualMatchesReference) {
+  QS_REQUIRE_GPU();
+  const auto [rows, cols] = GetParam();
+  const size_t n = size_t(rows) * cols;
+  auto x = fp16_rand(n, 1, 1.0f), res = fp16_rand(n, 2, 4.0f), w = fp16_rand(cols, 3, 0.3f);
+  std::vector<int8_t> q(n);
+  std::vector<uint16_t> s(rows), xs(rows), res_out(n);
+  kernels::RmsNormQuantParams p;
+  p.x = x.data(); p.residual_in = res.data(); p.residual_out = res_out.data(); p.weight = w.data();
+  p.rows = rows; p.cols = cols; p.eps = 1e-6f;
+  p.out = {q.data(), s.data(), xs.data()};
+  ref_cpu::rmsnorm_quant(p);
+  DevBuf<uint16_t> dx(x), dres(res), dw(w), dro(n);
+  test::poison(dro);
+  QBufs g(rows, cols);
+  p.x = dx.get(); p.residual_in = dres.get(); p.residual_out = dro.get(); p.weight = dw.get(); p.out = g.out();
+  ASSERT_TRUE(kernels::rmsnorm_quant(p, 0).is_ok());
+  EXPECT_EQ(dro.download(), res_out);
+  compare(g, q, s, xs, 1e-3);
+  // Without residual, in place of x.
+  p.residual_in = nullptr; p.residual_out = nullptr; p.x = dx.get();
+  kernels::RmsNormQuantParams hp = p;
+  hp.x = x.data(); hp.weight = w.data(); hp.out = {q.data(), s.data(), xs.data()};
+  ref_cpu::rmsnorm_quant(hp);
+  QBufs g2(rows, cols);
+  p.out = g2.out();
+  ASSERT_TRUE(kernels::rmsnorm_quant(p, 0).is_ok());
+  compare(g2, q, s, xs, 1e-3);
+}
+
+TEST_P(NormQuantGpu, SiluMulAndPlainMatchReference) {
+  QS_REQUIRE_GPU();
+  const auto [rows, cols] = GetParam();
+  const size_t n = size_t(rows) * cols;
+  auto gu = fp16_rand(2 * n, 4, 2.0f);
+  std::vector<int8_t> q(n);
+  std::vector<uint16_t> s(rows), xs(rows);
+  kernels::SiluMulQuantParams p;
+  p.gate_up = gu.data(); p.rows = rows; p.cols = cols; p.out = {q.data(), s.data(), xs.data()};
+  ref_cpu::silu_mul_quant(p);
+  DevBuf<uint16_t> dgu(gu);
+  QBufs g(rows, cols);
+  p.gate_up = dgu.get(); p.out = g.out();
+  ASSERT_TRUE(kernels::silu_mul_quant(p, 0).is_ok());
+  compare(g, q, s, xs, 1e-3);
+
+  auto x = fp16_rand(n, 5, 30.0f);
+  kernels::ActQuantParams a;
+  a.x = x.data(); a.rows = rows; a.cols = cols; a.out = {q.data(), s.data(), xs.data()};
+  ref_cpu::act_quant(a);
+  DevBuf<uint16_t> dxx(x);
+  QBufs g2(rows, cols);
+  a.x = dxx.get(); a.out = g2.out();
+  ASSERT_TRUE(kernels::act_quant(a, 0).is_ok());
+  compare(g2, q, s, xs, 0.0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, NormQuantGpu,
+                         ::testing::Values(std::tuple{1, 1}, std::tuple{3, 67}, std::tuple{17, 257},
+                                           std::tuple{5, 4096}, std::tuple{2, 14336}, std::tuple{64, 8192}));
+
+TEST(NormQuantGpuErrors, MissingOutputsAreReported) {
+  QS_REQUIRE_GPU();
+  kernels::ActQuantParams a;
+  a.rows = 1; a.cols = 8;
+  const Status s = kernels::act_quant(a, 0);
+  EXPECT_THAT(s.message(), ::testing::HasSubstr("quantized output and scale are required"));
+  kernels::RmsNormQuantParams r;
+  int8_t* dummy = reinterpret_cast<int8_t*>(16);
+  r.rows = 1; r.cols = 8; r.out = {dummy, reinterpret_cast<uint16_t*>(16), nullptr};
+  r.residual_in = reinterpret_cast<const uint16_t*>(16);
+  EXPECT_THAT(kernels::rmsnorm_quant(r, 0).message(), ::testing::HasSubstr("residual_in needs residual_out"));
+}
+
+}  // namespace
+}  // namespace qs
