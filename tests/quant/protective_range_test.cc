@@ -10,11 +10,13 @@
 namespace qs::quant {
 namespace {
 
-// First violation for ranges within [-p, p]; `clamp_to_group` false models a quantizer that would let any
-// q4 in 0..15 through (no clamp of the level-1 value into the group range).
-bool all_ranges_safe(int p, bool clamp_to_group, std::string* why = nullptr) {
+// Checks the ranges within [-p, p] that touch its boundary (those within [-(p-1), p-1] were checked for p-1);
+// `clamp_to_group` false models a quantizer that would let any q4 in 0..15 through (no clamp of the level-1
+// value into the group range).
+bool boundary_ranges_safe(int p, bool clamp_to_group, std::string* why) {
   for (int mn = -p; mn <= p; ++mn)
     for (int mx = mn; mx <= p; ++mx) {
+      if (mn != -p && mx != p) continue;
       const G128GroupParams g = g128_group_params(mn, mx);
       for (int v = -127; v <= 127; ++v) {
         const int q4 = clamp_to_group ? g128_quantize(v, g)
@@ -34,7 +36,7 @@ bool all_ranges_safe(int p, bool clamp_to_group, std::string* why = nullptr) {
 
 int largest_safe_range(bool clamp_to_group, std::string* why) {
   int p = 0;
-  while (p < 127 && all_ranges_safe(p + 1, clamp_to_group, why)) ++p;
+  while (p < 127 && boundary_ranges_safe(p + 1, clamp_to_group, why)) ++p;
   return p;
 }
 
