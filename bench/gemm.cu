@@ -1,0 +1,335 @@
+// GEMM benchmark (issue 4): our W4A8 per-channel, W4A8 g128 and W8A8 kernels against cuBLAS FP16 (GemmEx),
+// cuBLASLt INT8 (s8 x s8 -> s32) and cuBLASLt FP8 (e4m3 x e4m3 -> f16) on the Llama-3-8B and Llama-2-70B linear
+// shapes, all in one run. Timing: each kernel's launches rotate over enough copies of its operands (>= 160 MB)
+// that L2 (50 MB) is cold, captured in a CUDA graph (no launch gaps), replayed; the median over replays of the
+// time per launch. Inputs are random (never zeros). Prints a table and writes gemm.json + gemm.md to the folder
+// given as argv[1] (default "."). Correctness of our kernels is the job of tests/backends/gemm_w4a8_gpu_test.
+//   bench_gemm [out_dir] [--quick]
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "kernels/common/cuda_check.h"
+#include "kernels/gemm_w4a8/qgemm.h"
+
+namespace {
+
+using qs::kernels::QGemmVariant;
+
+#define CK(x) QS_CUDA_CHECK(x)
+#define CKB(x)                                                                                   \
+  do {                                                                                           \
+    cublasStatus_t _s = (x);                                                                     \
+    if (_s != CUBLAS_STATUS_SUCCESS) {                                                           \
+      std::fprintf(stderr, "%s failed: %d (line %d)\n", #x, int(_s), __LINE__);                  \
+      return -1.0;                                                                               \
+    }                                                                                            \
+  } while (0)
+
+__device__ uint64_t mix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+// kind 0: random bytes; 1: int8 in [-127, 127]; 2: fp16 in [lo, hi]; 3: fp8 e4m3 in [-1, 1];
+// 4: g128 (s2 | zn << 8) pairs inside the protective range.
+__global__ void fill_kernel(void* p, size_t n, int kind, uint64_t seed, float lo, float hi) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    const uint64_t r = mix(seed * 0x100000001b3ull + i);
+    switch (kind) {
+      case 0: static_cast<uint8_t*>(p)[i] = uint8_t(r); break;
+      case 1: static_cast<int8_t*>(p)[i] = int8_t(int(r % 255) - 127); break;
+      case 2: static_cast<__half*>(p)[i] = __float2half(lo + (hi - lo) * float(r >> 40) * (1.0f / 16777216.0f)); break;
+      case 3: {
+        const float v = -1.0f + 2.0f * float(r >> 40) * (1.0f / 16777216.0f);
+        static_cast<__nv_fp8_e4m3*>(p)[i] = __nv_fp8_e4m3(v);
+        break;
+      }
+      case 4: {
+        const int s2 = 1 + int(r % 16);
+        const int zlo = max(0, 15 - 127 / s2), zhi = min(15, 128 / s2);
+        const int z = zlo + int((r >> 8) % uint64_t(zhi - zlo + 1));
+        static_cast<uint16_t*>(p)[i] = uint16_t(s2 | (uint8_t(int8_t(-z * s2)) << 8));
+        break;
+      }
+    }
+  }
+}
+
+void fill(void* p, size_t n, int kind, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
+  fill_kernel<<<2048, 256>>>(p, n, kind, seed, lo, hi);
+  CK(cudaGetLastError());
+}
+
+void* dmalloc(size_t bytes) {
+  void* p = nullptr;
+  CK(cudaMalloc(&p, std::max<size_t>(bytes, 16)));
+  return p;
+}
+
+struct Pool {  // frees everything at scope exit
+  std::vector<void*> ptrs;
+  void* get(size_t bytes) {
+    ptrs.push_back(dmalloc(bytes));
+    return ptrs.back();
+  }
+  ~Pool() {
+    for (void* p : ptrs) cudaFree(p);
+  }
+};
+
+constexpr size_t kRotateBytes = 160ull << 20;
+int copies_for(size_t bytes_per_copy) {
+  return int(std::clamp<size_t>((kRotateBytes + bytes_per_copy - 1) / bytes_per_copy, 1, 64));
+}
+
+// Times `launch(i)` for i = 0..copies-1 captured in one graph: median over replays of time per launch, in us.
+template <typename F>
+double time_graph(cudaStream_t s, int copies, F&& launch, int replays = 15) {
+  for (int i = 0; i < copies; ++i)  // warm-up outside the graph (module load, heuristics)
+    if (!launch(i)) return -1.0;
+  CK(cudaStreamSynchronize(s));
+  cudaGraph_t g;
+  cudaGraphExec_t ge;
+  CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  bool ok = true;
+  for (int i = 0; i < copies; ++i) ok = ok && launch(i);
+  CK(cudaStreamEndCapture(s, &g));
+  if (!ok) {
+    cudaGraphDestroy(g);
+    return -1.0;
+  }
+  CK(cudaGraphInstantiate(&ge, g, 0));
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  CK(cudaGraphLaunch(ge, s));
+  std::vector<float> t;
+  for (int r = 0; r < replays; ++r) {
+    CK(cudaEventRecord(e0, s));
+    CK(cudaGraphLaunch(ge, s));
+    CK(cudaEventRecord(e1, s));
+    CK(cudaEventSynchronize(e1));
+    float ms = 0;
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+    t.push_back(ms * 1000.0f / copies);
+  }
+  std::sort(t.begin(), t.end());
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaGraphExecDestroy(ge);
+  cudaGraphDestroy(g);
+  return t[t.size() / 2];
+}
+
+struct Ctx {
+  cudaStream_t s;
+  cublasHandle_t blas;
+  cublasLtHandle_t lt;
+  void* ws;
+  size_t ws_bytes = 64ull << 20;
+  int sms;
+};
+
+double bench_ours(Ctx& c, QGemmVariant v, int m, int n, int k) {
+  Pool pool;
+  const size_t wbytes = v == QGemmVariant::kW8A8 ? size_t(n) * k : size_t(n) * k / 2;
+  const size_t sbytes = v == QGemmVariant::kW4A8G128 ? size_t(n) * (k / 128) * 2 : 0;
+  const int copies = copies_for(wbytes + sbytes + size_t(m) * k);
+  std::vector<qs::kernels::QGemmParams> ps(static_cast<size_t>(copies));
+  const qs::kernels::QGemmPlan plan = qs::kernels::qgemm_plan(v, m, n, k, c.sms);
+  void* ws = plan.workspace_bytes ? pool.get(plan.workspace_bytes) : nullptr;
+  auto* scale = static_cast<uint16_t*>(pool.get(size_t(n) * 2));
+  auto* szero = static_cast<uint16_t*>(pool.get(size_t(n) * 2));
+  auto* sx = static_cast<uint16_t*>(pool.get(size_t(m) * 2));
+  auto* xsum = static_cast<uint16_t*>(pool.get(size_t(m) * 2));
+  auto* y = static_cast<uint16_t*>(pool.get(size_t(m) * n * 2));
+  fill(scale, n, 2, 1, 1e-3f, 2e-3f);
+  fill(szero, n, 2, 2, 0.0f, 1e-2f);
+  fill(sx, m, 2, 3, 1e-3f, 2e-2f);
+  fill(xsum, m, 2, 4, -1.0f, 1.0f);
+  for (int i = 0; i < copies; ++i) {
+    auto& p = ps[size_t(i)];
+    p.variant = v;
+    p.m = m;
+    p.n = n;
+    p.k = k;
+    void* w = pool.get(wbytes);
+    fill(w, wbytes, 0, 10 + i);
+    auto* x = static_cast<int8_t*>(pool.get(size_t(m) * k));
+    fill(x, size_t(m) * k, 1, 100 + i);
+    p.w = w;
+    p.x = x;
+    if (sbytes) {
+      auto* s2zn = static_cast<uint16_t*>(pool.get(sbytes));
+      fill(s2zn, sbytes / 2, 4, 200 + i);
+      p.s2zn = s2zn;
+    }
+    p.sx = sx;
+    p.xsum = xsum;
+    p.scale = scale;
+    p.szero = szero;
+    p.y = y;
+    p.workspace = ws;
+  }
+  return time_graph(c.s, copies, [&](int i) {
+    const qs::Status st = qs::kernels::qgemm_run(ps[size_t(i)], plan, c.s);
+    if (!st.is_ok()) std::fprintf(stderr, "qgemm_run: %s\n", st.message().c_str());
+    return st.is_ok();
+  });
+}
+
+double bench_cublas_fp16(Ctx& c, int m, int n, int k) {
+  Pool pool;
+  const int copies = copies_for(size_t(n) * k * 2 + size_t(m) * k * 2);
+  std::vector<void*> w(static_cast<size_t>(copies)), x(static_cast<size_t>(copies));
+  for (int i = 0; i < copies; ++i) {
+    w[size_t(i)] = pool.get(size_t(n) * k * 2);
+    x[size_t(i)] = pool.get(size_t(m) * k * 2);
+    fill(w[size_t(i)], size_t(n) * k, 2, 300 + i, -0.05f, 0.05f);
+    fill(x[size_t(i)], size_t(m) * k, 2, 400 + i, -1.0f, 1.0f);
+  }
+  void* y = pool.get(size_t(m) * n * 2);
+  const float alpha = 1.0f, beta = 0.0f;
+  return time_graph(c.s, copies, [&](int i) {
+    return cublasGemmEx(c.blas, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &alpha, w[size_t(i)], CUDA_R_16F, k,
+                        x[size_t(i)], CUDA_R_16F, k, &beta, y, CUDA_R_16F, n, CUBLAS_COMPUTE_32F,
+                        CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS;
+  });
+}
+
+// cuBLASLt TN GEMM: D[n x m] (col-major, = Y[m, n] row-major) = W^T X. int8: s8 x s8 -> s32 (compute 32I);
+// fp8: e4m3 x e4m3 -> f16 (compute 32F).
+double bench_lt(Ctx& c, bool fp8, int m, int n, int k) {
+  Pool pool;
+  const int copies = copies_for(size_t(n) * k + size_t(m) * k);
+  std::vector<void*> w(static_cast<size_t>(copies)), x(static_cast<size_t>(copies));
+  for (int i = 0; i < copies; ++i) {
+    w[size_t(i)] = pool.get(size_t(n) * k);
+    x[size_t(i)] = pool.get(size_t(m) * k);
+    fill(w[size_t(i)], size_t(n) * k, fp8 ? 3 : 1, 500 + i);
+    fill(x[size_t(i)], size_t(m) * k, fp8 ? 3 : 1, 600 + i);
+  }
+  void* d = pool.get(size_t(m) * n * (fp8 ? 2 : 4));
+  const cudaDataType_t ab = fp8 ? CUDA_R_8F_E4M3 : CUDA_R_8I, dt = fp8 ? CUDA_R_16F : CUDA_R_32I;
+  cublasLtMatmulDesc_t desc;
+  CKB(cublasLtMatmulDescCreate(&desc, fp8 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32I, fp8 ? CUDA_R_32F : CUDA_R_32I));
+  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  CKB(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+  CKB(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+  cublasLtMatrixLayout_t la, lb, lc;
+  CKB(cublasLtMatrixLayoutCreate(&la, ab, k, n, k));
+  CKB(cublasLtMatrixLayoutCreate(&lb, ab, k, m, k));
+  CKB(cublasLtMatrixLayoutCreate(&lc, dt, n, m, n));
+  cublasLtMatmulPreference_t pref;
+  CKB(cublasLtMatmulPreferenceCreate(&pref));
+  CKB(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &c.ws_bytes,
+                                           sizeof(c.ws_bytes)));
+  cublasLtMatmulHeuristicResult_t heur;
+  int found = 0;
+  cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(c.lt, desc, la, lb, lc, lc, pref, 1, &heur, &found);
+  double t = -1.0;
+  if (hs == CUBLAS_STATUS_SUCCESS && found > 0) {
+    const float fa = 1.0f, fb = 0.0f;
+    const int32_t ia = 1, ib = 0;
+    const void* alpha = fp8 ? static_cast<const void*>(&fa) : static_cast<const void*>(&ia);
+    const void* beta = fp8 ? static_cast<const void*>(&fb) : static_cast<const void*>(&ib);
+    t = time_graph(c.s, copies, [&](int i) {
+      return cublasLtMatmul(c.lt, desc, alpha, w[size_t(i)], la, x[size_t(i)], lb, beta, d, lc, d, lc, &heur.algo,
+                            c.ws, c.ws_bytes, c.s) == CUBLAS_STATUS_SUCCESS;
+    });
+  } else {
+    std::fprintf(stderr, "cuBLASLt %s: no algorithm for m=%d n=%d k=%d\n", fp8 ? "fp8" : "int8", m, n, k);
+  }
+  cublasLtMatmulPreferenceDestroy(pref);
+  cublasLtMatrixLayoutDestroy(la);
+  cublasLtMatrixLayoutDestroy(lb);
+  cublasLtMatrixLayoutDestroy(lc);
+  cublasLtMatmulDescDestroy(desc);
+  return t;
+}
+
+double copy_bandwidth(Ctx& c) {
+  Pool pool;
+  const size_t bytes = 1ull << 30;
+  void* a = pool.get(bytes);
+  void* b = pool.get(bytes);
+  fill(a, bytes, 0, 7);
+  const double us = time_graph(c.s, 1, [&](int) { return cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, c.s) == cudaSuccess; });
+  return 2.0 * bytes / (us * 1e-6) / 1e12;  // TB/s, read + write
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string out_dir = argc > 1 && argv[1][0] != '-' ? argv[1] : ".";
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) quick = quick || std::string(argv[i]) == "--quick";
+  Ctx c;
+  cudaDeviceProp prop;
+  CK(cudaGetDeviceProperties(&prop, 0));
+  c.sms = prop.multiProcessorCount;
+  CK(cudaStreamCreate(&c.s));
+  if (cublasCreate(&c.blas) != CUBLAS_STATUS_SUCCESS || cublasLtCreate(&c.lt) != CUBLAS_STATUS_SUCCESS) {
+    std::fprintf(stderr, "cuBLAS init failed\n");
+    return 1;
+  }
+  CK(cudaMalloc(&c.ws, c.ws_bytes));
+  cublasSetStream(c.blas, c.s);
+  cublasSetWorkspace(c.blas, c.ws, c.ws_bytes);
+  const double bw = copy_bandwidth(c);
+  std::printf("device: %s, %d SMs; copy bandwidth %.2f TB/s\n", prop.name, c.sms, bw);
+
+  const int shapes[][2] = {{6144, 4096},  {4096, 4096},  {28672, 4096}, {4096, 14336},
+                           {10240, 8192}, {8192, 8192}, {57344, 8192}, {8192, 28672}};
+  std::vector<int> ms = {1, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192};
+  if (quick) ms = {16, 64, 1024, 4096};
+  std::ofstream js(out_dir + "/gemm.json"), md(out_dir + "/gemm.md");
+  js << "{\"device\": \"" << prop.name << "\", \"copy_tbps\": " << bw << ", \"rows\": [\n";
+  md << "Device: " << prop.name << " (" << c.sms << " SMs), copy bandwidth " << bw << " TB/s. Times in us (median, "
+     << "cold L2, CUDA graph). TOP/s = 2MNK/t. W-BW = weight bytes / t (TB/s).\n\n"
+     << "| N | K | M | W4A8 pc | W4A8 g128 | W8A8 | cuBLAS FP16 | Lt INT8 | Lt FP8 | pc TOP/s | pc W-BW | FP16/pc | "
+        "FP8/pc | pc/INT8 (TOP/s) | g128/pc (time) | W8A8 vs INT8 (speedup) |\n"
+     << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+  std::printf("%6s %6s %5s | %8s %8s %8s | %8s %8s %8s | %7s %6s | %6s %6s %6s %6s %6s\n", "N", "K", "M", "pc_us",
+              "g128_us", "w8a8_us", "fp16_us", "int8_us", "fp8_us", "pcTOPs", "pcWBW", "f16/pc", "f8/pc", "pc/i8",
+              "g/pc", "w8/i8");
+  bool first = true;
+  for (const auto& s : shapes) {
+    const int n = s[0], k = s[1];
+    for (int m : ms) {
+      const double t_pc = bench_ours(c, QGemmVariant::kW4A8PerChannel, m, n, k);
+      const double t_g = bench_ours(c, QGemmVariant::kW4A8G128, m, n, k);
+      const double t_w8 = bench_ours(c, QGemmVariant::kW8A8, m, n, k);
+      const double t_16 = bench_cublas_fp16(c, m, n, k);
+      const double t_i8 = bench_lt(c, false, m, n, k);
+      const double t_f8 = bench_lt(c, true, m, n, k);
+      const double ops = 2.0 * m * double(n) * k;
+      const double tops = ops / (t_pc * 1e-6) / 1e12;
+      const double wbw = double(n) * k / 2 / (t_pc * 1e-6) / 1e12;
+      std::printf("%6d %6d %5d | %8.1f %8.1f %8.1f | %8.1f %8.1f %8.1f | %7.0f %6.2f | %6.2f %6.2f %6.2f %6.2f %6.2f\n",
+                  n, k, m, t_pc, t_g, t_w8, t_16, t_i8, t_f8, tops, wbw, t_16 / t_pc, t_f8 / t_pc, t_i8 / t_pc,
+                  t_g / t_pc, t_i8 / t_w8);
+      std::fflush(stdout);
+      md << "| " << n << " | " << k << " | " << m << " | " << t_pc << " | " << t_g << " | " << t_w8 << " | " << t_16
+         << " | " << t_i8 << " | " << t_f8 << " | " << int(tops) << " | " << wbw << " | " << t_16 / t_pc << " | "
+         << t_f8 / t_pc << " | " << t_i8 / t_pc << " | " << t_g / t_pc << " | " << t_i8 / t_w8 << " |\n";
+      js << (first ? "" : ",\n") << "{\"n\": " << n << ", \"k\": " << k << ", \"m\": " << m << ", \"us\": {\"w4a8_pc\": "
+         << t_pc << ", \"w4a8_g128\": " << t_g << ", \"w8a8\": " << t_w8 << ", \"cublas_fp16\": " << t_16
+         << ", \"cublaslt_int8\": " << t_i8 << ", \"cublaslt_fp8\": " << t_f8 << "}}";
+      first = false;
+    }
+  }
+  js << "\n]}\n";
+  CK(cudaDeviceSynchronize());
+  return 0;
+}
