@@ -1,0 +1,45 @@
+// Chat templates: a small Jinja2 renderer for the chat_template.jinja / tokenizer_config.json chat_template of
+// HF models, with the environment transformers uses (trim_blocks, lstrip_blocks, loop controls). Supported:
+// {{ }}, {% if/elif/else %}, {% for x in xs %} (with loop.index/index0/first/last/length, tuple unpacking, else,
+// break/continue), {% set x = ... %} and {% set ns.attr = ... %} with namespace(), {# #} comments, `-` whitespace
+// control, literals (strings, numbers, lists, dicts), + - * / // % ~, comparisons, and/or/not, in / not in,
+// `is` tests (defined, none, string, ...), a ? b : c as `a if c else b`, subscripts and slices, the common
+// filters (trim, length, upper, lower, tojson, join, default, ...), Python string/dict methods (strip, startswith,
+// items, get, ...) and the functions raise_exception, range, namespace, strftime_now. Anything else (macros,
+// include, call blocks, ...) is rejected with a qs::Error naming it, at parse time where possible.
+#pragma once
+
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "tokenizer/tokenizer.h"
+
+namespace qs::tokenizer {
+
+struct ChatMessage {
+  std::string role;
+  std::string content;
+};
+
+struct TemplateNode;  // internal
+
+class ChatTemplate {
+ public:
+  // Parses the template; throws qs::Error (with the line number) on a syntax error or an unsupported construct.
+  explicit ChatTemplate(const std::string& source);
+  // Renders with the variables of `context` (a JSON object: messages, bos_token, add_generation_prompt, ...).
+  // Throws qs::Error on a runtime error, including the template's own raise_exception("...").
+  std::string render(const nlohmann::json& context) const;
+
+ private:
+  std::shared_ptr<const TemplateNode> root_;
+};
+
+// Renders the tokenizer's chat template for `messages` with bos_token / eos_token of the tokenizer and
+// add_generation_prompt. Throws qs::Error when the tokenizer has no chat template.
+std::string apply_chat_template(const Tokenizer& tokenizer, const std::vector<ChatMessage>& messages,
+                                bool add_generation_prompt = true);
+
+}  // namespace qs::tokenizer

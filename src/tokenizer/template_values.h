@@ -1,0 +1,39 @@
+// Values of the chat-template renderer (chat_template.cc): nlohmann::json stands for a Jinja value, a
+// "discarded" json for Undefined. Truthiness, str()/repr() as Python prints them, operators, subscripts and
+// slices, and the supported filters, tests, methods and global functions. Internal to the tokenizer area.
+#pragma once
+
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace qs::tokenizer::jinja {
+
+using json = nlohmann::json;
+
+inline json undefined() { return json(json::value_t::discarded); }
+inline bool is_undefined(const json& v) { return v.is_discarded(); }
+
+bool truthy(const json& v);
+const std::string& need_string(const json& v, const std::string& what);  // qs::Error unless v is a string
+std::string to_str(const json& v);  // Jinja's {{ v }}
+std::string repr(const json& v);    // Python repr (lists, quoted strings)
+
+// Filters (`v | name(args)`), tests (`v is name`), methods (`v.name(args)`), global functions (`name(args)`).
+bool is_known_filter(const std::string& name);
+bool is_known_test(const std::string& name);
+bool is_known_function(const std::string& name);
+json apply_filter(const std::string& name, const json& v, const std::vector<json>& args);
+bool apply_test(const std::string& name, const json& v);
+json call_method(const json& obj, const std::string& name, const std::vector<json>& args);
+json call_function(const std::string& name, const std::vector<json>& args, const std::map<std::string, json>& kw);
+
+json subscript(const json& v, const json& key);                      // v[key]; Undefined when absent
+json slice(const json& v, const json& lo, const json& hi);            // v[lo:hi]; null bounds are open
+bool equal(const json& a, const json& b);
+int compare(const json& a, const json& b);                            // numbers or strings
+bool contains(const json& haystack, const json& needle);              // `needle in haystack`
+json arith(char op, const json& a, const json& b);                    // + - * / % and 'f' (//)
+
+}  // namespace qs::tokenizer::jinja
