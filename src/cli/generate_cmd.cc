@@ -1,6 +1,7 @@
 // `qserve generate --model DIR --prompt TEXT [...]`: loads a checkpoint on the reference CPU backend, encodes the
 // prompt with the checkpoint's tokenizer, and streams the generated text to stdout as tokens are produced
-// (IncrementalDecoder: never half a UTF-8 character). The prompt is echoed first unless --chat or --no-echo.
+// (IncrementalDecoder: never half a UTF-8 character). --chat renders the prompt as one user message with the
+// model's chat template. The prompt is echoed first unless --chat or --no-echo.
 // Stops on the tokenizer's EOS ids (unless --ignore-eos), --stop strings or --max-tokens. Timing (prefill and
 // decode tokens/s) goes to stderr at the end.
 #include <cstdio>
@@ -11,6 +12,7 @@
 #include "cli/command.h"
 #include "model/model.h"
 #include "runtime/generate.h"
+#include "tokenizer/chat_template.h"
 #include "tokenizer/incremental_decoder.h"
 #include "tokenizer/tokenizer.h"
 
@@ -32,13 +34,8 @@ void run(const Options& o) {
 
   std::vector<int> ids;
   if (o.chat) {
-    // Llama-3-style chat framing (what qs-llama-tiny's chat_template.jinja renders for one user message).
-    // TODO(lead): switch to the tokenizer's apply_chat_template once it lands, to honour other templates.
-    QS_CHECK(!tok.chat_template().empty()) << "--chat: the model has no chat template";
-    QS_CHECK(tok.chat_template().find("<|start_header_id|>") != std::string::npos)
-        << "--chat: only Llama-3-style chat templates are supported by this command for now";
-    const std::string text = tok.bos_token() + "<|start_header_id|>user<|end_header_id|>\n\n" + o.prompt +
-                             "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n";
+    // The model's chat template (one user message + the assistant header); the template writes BOS itself.
+    const std::string text = qs::tokenizer::apply_chat_template(tok, {{"user", o.prompt}}, true);
     ids = tok.encode(text, /*add_special_tokens=*/false);
   } else {
     ids = tok.encode(o.prompt, /*add_special_tokens=*/true);
