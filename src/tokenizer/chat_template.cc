@@ -1,4 +1,4 @@
-// The small Jinja2 renderer behind chat templates (see chat_template.h). Values are nlohmann::json (a
+// The small Jinja2 renderer behind chat templates (see chat_template.h). Values are nlohmann::ordered_json (a
 // "discarded" json stands for Jinja's Undefined); the template is split into text / {{ }} / {% %} segments with
 // transformers' whitespace settings (trim_blocks, lstrip_blocks), then parsed by recursive descent into
 // closures: an expression is a function Ctx -> value, a statement appends to the output.
@@ -12,9 +12,6 @@
 #include "tokenizer/template_values.h"
 
 namespace qs::tokenizer {
-
-using json = nlohmann::json;
-
 namespace jinja {
 
 struct Ctx {
@@ -274,10 +271,12 @@ class ExprParser {
       } else if (accept_op("[")) {
         Expr lo = peek_op(":") ? Expr([](Ctx&) { return json(); }) : expr();
         if (accept_op(":")) {
-          Expr hi = peek_op("]") ? Expr([](Ctx&) { return json(); }) : expr();
-          QS_CHECK(!peek_op(":")) << where() << "slices with a step are not supported";
+          const Expr none = [](Ctx&) { return json(); };
+          Expr hi = peek_op("]") || peek_op(":") ? none : expr();
+          Expr step = none;
+          if (accept_op(":")) step = peek_op("]") ? none : expr();
           expect_op("]");
-          a = [a, lo, hi](Ctx& c) { json v = a(c); return slice(v, lo(c), hi(c)); };
+          a = [a, lo, hi, step](Ctx& c) { json v = a(c); return slice(v, lo(c), hi(c), step(c)); };
         } else {
           expect_op("]");
           a = [a, lo](Ctx& c) { json v = a(c); return subscript(v, lo(c)); };
@@ -585,6 +584,8 @@ class TemplateParser {
 
 }  // namespace jinja
 
+using jinja::json;
+
 struct TemplateNode {
   std::vector<jinja::Stmt> body;
 };
@@ -598,7 +599,11 @@ ChatTemplate::ChatTemplate(const std::string& source) {
   root_ = std::move(node);
 }
 
-std::string ChatTemplate::render(const json& context) const {
+std::string ChatTemplate::render(const nlohmann::json& context) const {
+  return render(json::parse(context.dump()));  // keys of a nlohmann::json are already sorted
+}
+
+std::string ChatTemplate::render(const nlohmann::ordered_json& context) const {
   QS_CHECK(context.is_object()) << "chat template: the context must be a JSON object";
   jinja::Ctx c;
   c.scopes.push_back(context);

@@ -29,8 +29,11 @@ class ChatTemplate {
  public:
   // Parses the template; throws qs::Error (with the line number) on a syntax error or an unsupported construct.
   explicit ChatTemplate(const std::string& source);
-  // Renders with the variables of `context` (a JSON object: messages, bos_token, add_generation_prompt, ...).
-  // Throws qs::Error on a runtime error, including the template's own raise_exception("...").
+  // Renders with the variables of `context` (a JSON object: messages, bos_token, add_generation_prompt, tools,
+  // ...). Throws qs::Error on a runtime error, including the template's own raise_exception("...").
+  // Pass an ordered_json (e.g. a request parsed with nlohmann::ordered_json::parse) to keep the key order of
+  // objects that the template prints with tojson, as transformers does; nlohmann::json sorts keys.
+  std::string render(const nlohmann::ordered_json& context) const;
   std::string render(const nlohmann::json& context) const;
 
  private:

@@ -328,18 +328,27 @@ json subscript(const json& v, const json& key) {
   return undefined();
 }
 
-json slice(const json& v, const json& lo_v, const json& hi_v) {
+json slice(const json& v, const json& lo_v, const json& hi_v, const json& step_v) {
   QS_CHECK(v.is_array() || v.is_string()) << "chat template: slice of " << repr(v);
   const long long n = v.is_array() ? (long long)v.size() : (long long)v.get<std::string>().size();
-  auto clamp = [&](const json& x, long long d) {
-    if (x.is_null()) return d;
+  const long long step = step_v.is_null() ? 1 : need_int(step_v, "slice step");
+  QS_CHECK(step != 0) << "chat template: slice step cannot be zero";
+  // Python's rules: negative indices count from the end; bounds clamp to [0, n] (or [-1, n-1] going backwards).
+  auto bound = [&](const json& x, long long dflt) {
+    if (x.is_null()) return dflt;
     long long i = need_int(x, "slice");
     if (i < 0) i += n;
-    return std::max(0LL, std::min(n, i));
+    return step > 0 ? std::clamp(i, 0LL, n) : std::clamp(i, -1LL, n - 1);
   };
-  const long long lo = clamp(lo_v, 0), hi = std::max(lo, clamp(hi_v, n));
-  if (v.is_string()) return v.get<std::string>().substr(size_t(lo), size_t(hi - lo));
-  return json(std::vector<json>(v.begin() + lo, v.begin() + hi));
+  const long long lo = bound(lo_v, step > 0 ? 0 : n - 1), hi = bound(hi_v, step > 0 ? n : -1);
+  json out = v.is_array() ? json::array() : json("");
+  for (long long i = lo; step > 0 ? i < hi : i > hi; i += step) {
+    if (v.is_array())
+      out.push_back(v[size_t(i)]);
+    else
+      out.get_ref<std::string&>() += v.get_ref<const std::string&>()[size_t(i)];
+  }
+  return out;
 }
 
 bool equal(const json& a, const json& b) {

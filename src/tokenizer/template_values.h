@@ -1,4 +1,4 @@
-// Values of the chat-template renderer (chat_template.cc): nlohmann::json stands for a Jinja value, a
+// Values of the chat-template renderer (chat_template.cc): nlohmann::ordered_json stands for a Jinja value, a
 // "discarded" json for Undefined. Truthiness, str()/repr() as Python prints them, operators, subscripts and
 // slices, and the supported filters, tests, methods and global functions. Internal to the tokenizer area.
 #pragma once
@@ -10,7 +10,8 @@
 
 namespace qs::tokenizer::jinja {
 
-using json = nlohmann::json;
+// Ordered, so that `tools | tojson` keeps the caller's key order as Python would.
+using json = nlohmann::ordered_json;
 
 inline json undefined() { return json(json::value_t::discarded); }
 inline bool is_undefined(const json& v) { return v.is_discarded(); }
@@ -30,7 +31,7 @@ json call_method(const json& obj, const std::string& name, const std::vector<jso
 json call_function(const std::string& name, const std::vector<json>& args, const std::map<std::string, json>& kw);
 
 json subscript(const json& v, const json& key);                      // v[key]; Undefined when absent
-json slice(const json& v, const json& lo, const json& hi);            // v[lo:hi]; null bounds are open
+json slice(const json& v, const json& lo, const json& hi, const json& step);  // v[lo:hi:step]; null = omitted
 bool equal(const json& a, const json& b);
 int compare(const json& a, const json& b);                            // numbers or strings
 bool contains(const json& haystack, const json& needle);              // `needle in haystack`

@@ -128,6 +128,24 @@ TEST(ChatTemplate, LoopsNamespacesAndExpressions) {
             "v!vvTrue");
 }
 
+TEST(ChatTemplate, SlicesTojsonAndKeyOrder) {
+  // Key order as given (z before a), as Python's json.dumps keeps it: the context is an ordered_json.
+  const nlohmann::ordered_json ctx = nlohmann::ordered_json::parse(
+      R"({"xs": [3, 1, 2], "s": "abcdef", "tools": [{"name": "f", "args": {"z": 1, "a": [1, 2]}}]})");
+  const ChatTemplate slices("{{ xs[::-1] }} {{ xs[::2] }} {{ s[1:-1] }} {{ s[::-2] }} {{ xs[5:] }} {{ xs[-2:] }}");
+  EXPECT_EQ(slices.render(ctx), "[2, 1, 3] [3, 2] bcde fdb [] [1, 2]");
+  EXPECT_EQ(ChatTemplate("{{ tools[0] | tojson }}|{{ tools[0] | tojson(indent=2) }}").render(ctx),
+            "{\"name\": \"f\", \"args\": {\"z\": 1, \"a\": [1, 2]}}|{\n  \"name\": \"f\",\n  \"args\": {\n    \"z\": "
+            "1,\n    \"a\": [\n      1,\n      2\n    ]\n  }\n}");
+  // Qwen3-style reverse scan: filters bind tighter than arithmetic.
+  EXPECT_EQ(ChatTemplate("{% for m in xs[::-1] %}{% set i = (xs|length - 1) - loop.index0 %}{{ i }}{% endfor %}")
+                .render(ctx),
+            "210");
+  EXPECT_EQ(render("{{ 'a\\tb' }}|{{ \"q'uote\" }}|{{ 'x' if none else 'y' }}|{{ [1,2] + [3] }}|{{ 2.5 * 2 }}|{{ 10 / 4 }}"),
+            "a\tb|q'uote|y|[1, 2, 3]|5.0|2.5");
+  EXPECT_THAT(error_of("{{ xs[::0] }}", {{"xs", {1}}}), HasSubstr("slice step cannot be zero"));
+}
+
 TEST(ChatTemplate, UnsupportedConstructsAreNamed) {
   EXPECT_THAT(error_of("{% macro f() %}x{% endmacro %}"), HasSubstr("unsupported statement '{% macro %}'"));
   EXPECT_THAT(error_of("{% include 'x' %}"), HasSubstr("unsupported statement '{% include %}'"));
