@@ -136,6 +136,26 @@ TEST_F(TinyModel, ChunkedPrefillAndDecodeEqualWholePrefillBitForBit) {
   EXPECT_EQ(std::memcmp(last.raw(), ref.data<float>() + 10 * s_.vocab, size_t(s_.vocab) * 4), 0);
 }
 
+TEST_F(TinyModel, LayerByLayerPiecesEqualForwardBitForBit) {
+  // The calibration protocol: embed, then forward_layer for each layer on the same fresh caches (their length
+  // stays 0, each layer writes its own K/V), then head. Two sequences of different lengths in one matrix.
+  const auto a = prompt(5, s_.vocab, 1), b = prompt(8, s_.vocab, 2);
+  KvCache ca = m_->new_cache(), cb = m_->new_cache();
+  Tensor ref = m_->forward({{a.data(), 5, &ca}, {b.data(), 8, &cb}}, LogitsMode::kAll);
+  std::vector<int32_t> ids(a);
+  ids.insert(ids.end(), b.begin(), b.end());
+  std::vector<float> hidden(size_t(13 * s_.hidden)), logits(size_t(13 * s_.vocab));
+  m_->embed(ids.data(), 13, hidden.data());
+  KvCache fa = m_->new_cache(), fb = m_->new_cache();
+  for (int l = 0; l < s_.layers; ++l) m_->forward_layer(l, hidden.data(), {{0, 5, &fa}, {5, 8, &fb}});
+  EXPECT_EQ(fa.length(), 0);
+  m_->head(hidden.data(), 13, logits.data());
+  EXPECT_EQ(std::memcmp(logits.data(), ref.raw(), ref.nbytes()), 0);
+  // The caches hold the same keys as forward's (after RoPE).
+  for (int l = 0; l < s_.layers; ++l)
+    EXPECT_EQ(std::memcmp(fb.k(l), cb.k(l), size_t(8 * s_.kv_heads * s_.head_dim) * 4), 0) << "layer " << l;
+}
+
 TEST_F(TinyModel, Kv4CacheQuantizesEveryKeyAndValueExactlyAsFormatsSays) {
   const auto ids = prompt(9, s_.vocab, 4);
   KvCache fp = m_->new_cache(KvMode::kFp32), q4 = m_->new_cache(KvMode::kKv4);
