@@ -1,0 +1,91 @@
+// The QoQ pipeline (QSERVE.md section 2): an FP32 Llama-family model -> output-preserving transformations ->
+// layer-by-layer calibration -> W4 weight quantization (clipping search + GPTQ with the per-channel or the
+// progressive g128 quantizer) -> a qserve quantized checkpoint (quant/checkpoint.h). Every step has a switch for
+// ablations; QoqOptions::rtn() turns them all off (round-to-nearest on the untransformed model).
+//
+// Order per model: fold RMSNorms, rotate the residual stream and the value heads (no calibration needed), embed
+// the calibration windows; then per decoder layer: (1) a statistics pass (max|X| per input channel, post-RoPE key
+// maxima), (2) SmoothAttention, down_proj smoothing (given or grid-searched alpha/beta), reordering (g128),
+// (3) a second pass through the transformed layer that accumulates the GPTQ Hessians, keeps sample rows for the
+// clipping search and error report, and advances the hidden states to the layer's FP output, (4) quantization
+// of the layer's seven linears. The model keeps its transformed FP32 weights; the quantized weights are returned.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "model/model.h"
+#include "quant/checkpoint.h"
+#include "quant/gptq.h"
+#include "quant/qoq/calibration.h"
+
+namespace qs::quant::qoq {
+
+struct QoqOptions {
+  WeightVariant variant = WeightVariant::kW4G128;  // kW4PerChannel or kW4G128
+  bool rotate = true;          // RMSNorm folding + residual Hadamard + per-head v/o Hadamard
+  bool smooth_attn = true;     // SmoothAttention
+  bool smooth_down = true;     // down_proj smoothing
+  bool reorder = true;         // channel reordering (g128 only; ignored for per-channel)
+  bool clip = true;            // clipping search (per-channel only)
+  bool gptq = true;            // GPTQ (else round to nearest)
+  float smooth_attn_alpha = 0.5f;
+  // Down_proj smoothing exponents; negative = the variant's default (Llama-3-8B's: 0.1/0.9 per-channel,
+  // 0.3/0.7 g128).
+  float smooth_down_alpha = -1.0f, smooth_down_beta = -1.0f;
+  bool smooth_down_search = false;  // grid-search (alpha, beta) by MLP output MSE instead
+  int calib_samples = 128, calib_len = 1024;
+  uint64_t calib_seed = 0;
+  int hessian_stride = 1;       // Hessians from every n-th calibration token
+  int64_t sample_rows = 256;    // tokens kept per linear input: clipping search, smoothing grid search, report
+  int clip_steps = 80;
+  GptqOptions gptq_options;
+  int windows_per_call = 4;     // calibration windows per forward_layer call
+  bool progress = true;         // progress bar on stderr (only when stderr is a terminal)
+
+  static QoqOptions rtn(WeightVariant v);  // every step off
+  float down_alpha() const;
+  float down_beta() const;
+  nlohmann::json to_json() const;  // every setting, for the checkpoint metadata
+};
+
+// Per-linear quantization report: relative output error ||X (W - Wq)^T|| / ||X W^T|| on the sample rows.
+struct LinearReport {
+  std::string name;
+  int64_t n = 0, k = 0;
+  double rel_error = 0.0;
+  float mean_clip = 1.0f;  // mean clip ratio (per-channel with clipping), 1 otherwise
+};
+struct LayerReport {
+  int layer = 0;
+  float down_alpha = 0.0f, down_beta = 0.0f;  // the smoothing exponents used (searched or given)
+  double seconds = 0.0;
+  std::vector<LinearReport> linears;
+};
+
+struct QoqResult {
+  std::map<std::string, std::variant<W4PerChannelWeight, W4G128Weight>> linears;  // by HF module name
+  std::vector<LayerReport> layers;
+  nlohmann::json settings;  // QoqOptions::to_json() plus what calibration found (tokens, windows)
+  double seconds = 0.0;
+};
+
+// Runs the pipeline on `model` (FP32, every linear an FpLinear; modified in place: it ends up holding the
+// transformed FP weights). The calibration windows come from sample_calibration*.
+QoqResult run_qoq(model::Model& model, const CalibrationSet& calib, const QoqOptions& opt);
+
+// Adds everything to a checkpoint writer: the quantized linears, the FP tensors (embeddings, norms, lm_head;
+// stored F16) and the metadata (variant, QoQ settings, source model, HF config with tie_word_embeddings as the
+// transformed model has it).
+QuantizedCheckpointWriter make_checkpoint(const model::Model& model, const QoqResult& result,
+                                          const nlohmann::json& hf_config, const std::string& source_model);
+
+// A per-layer quantization error table (one line per linear) for the end of `qserve quantize`.
+std::string format_report(const QoqResult& result);
+
+}  // namespace qs::quant::qoq
