@@ -1,7 +1,8 @@
-// `qserve generate --model DIR --prompt TEXT [...]`: loads a checkpoint on the reference CPU backend, encodes the
-// prompt with the checkpoint's tokenizer, and streams the generated text to stdout as tokens are produced
-// (IncrementalDecoder: never half a UTF-8 character). --chat renders the prompt as one user message with the
-// model's chat template. The prompt is echoed first unless --chat or --no-echo.
+// `qserve generate --model DIR --prompt TEXT [...]`: loads a checkpoint (Hugging Face FP, or a qserve quantized
+// one through quant/eval/model_loader: integer reference linears, KV4 by default when it was made for it) on the
+// reference CPU backend, encodes the prompt with the checkpoint's tokenizer, and streams the generated text to
+// stdout as tokens are produced (IncrementalDecoder: never half a UTF-8 character). --chat renders the prompt as
+// one user message with the model's chat template. The prompt is echoed first unless --chat or --no-echo.
 // Stops on the tokenizer's EOS ids (unless --ignore-eos), --stop strings or --max-tokens. Timing (prefill and
 // decode tokens/s) goes to stderr at the end.
 #include <cstdio>
@@ -11,6 +12,7 @@
 
 #include "cli/command.h"
 #include "model/model.h"
+#include "quant/eval/model_loader.h"
 #include "runtime/generate.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/incremental_decoder.h"
@@ -24,13 +26,16 @@ struct Options {
   float temperature = 0.0f, top_p = 1.0f, repetition_penalty = 1.0f;
   int top_k = 0;
   uint64_t seed = 0;
-  bool chat = false, kv4 = false, ignore_eos = false, no_echo = false;
+  bool chat = false, kv4 = false, fp_kv = false, ignore_eos = false, no_echo = false;
   std::vector<std::string> stop;
 };
 
 void run(const Options& o) {
-  auto tok = qs::tokenizer::Tokenizer::from_dir(o.model);
-  auto model = qs::model::Model::load(o.model);
+  // An HF checkpoint (FP32 weights) or a qserve quantized checkpoint (exact integer reference linears).
+  qs::quant::eval::LoadedModel loaded = qs::quant::eval::load_for_eval(o.model, {});
+  QS_CHECK(!loaded.tokenizer_dir.empty()) << "no tokenizer.json found for " << o.model;
+  auto tok = qs::tokenizer::Tokenizer::from_dir(loaded.tokenizer_dir);
+  qs::model::Model* model = loaded.model.get();
 
   std::vector<int> ids;
   if (o.chat) {
@@ -50,7 +55,9 @@ void run(const Options& o) {
   g.sampling.repetition_penalty = o.repetition_penalty;
   g.sampling.seed = o.seed;
   g.stop_strings = o.stop;
-  g.kv_mode = o.kv4 ? qs::model::KvMode::kKv4 : qs::model::KvMode::kFp32;
+  // KV4 when asked, or when the quantized checkpoint was made for a 4-bit KV cache (unless --fp-kv).
+  const bool kv4 = o.kv4 || (loaded.kv_bits == 4 && !o.fp_kv);
+  g.kv_mode = kv4 ? qs::model::KvMode::kKv4 : qs::model::KvMode::kFp32;
   if (!o.ignore_eos) {
     for (int id : tok.eos_ids()) g.eos_ids.push_back(id);
     for (int id : model->config().eos_token_ids) g.eos_ids.push_back(id);
@@ -76,12 +83,12 @@ void run(const Options& o) {
   std::fflush(stdout);
   std::fprintf(stderr,
                "[%s] prompt %lld tokens, generated %lld tokens (stop: %s) | prefill %.3f s (%.1f tok/s), decode "
-               "%.3f s (%.2f tok/s), overall %.2f tok/s | %s KV, %s backend\n",
+               "%.3f s (%.2f tok/s), overall %.2f tok/s | %s, %s KV, %s backend\n",
                o.model.c_str(), (long long)st.prompt_tokens, (long long)st.generated_tokens,
                qs::runtime::stop_reason_name(r.reason), st.prefill_seconds,
                st.prefill_seconds > 0 ? double(st.prompt_tokens) / st.prefill_seconds : 0.0, st.decode_seconds,
                st.decode_seconds > 0 ? double(st.generated_tokens - 1) / st.decode_seconds : 0.0,
-               st.tokens_per_second(), qs::model::kv_mode_name(g.kv_mode), model->backend().name().c_str());
+               st.tokens_per_second(), loaded.description.c_str(), qs::model::kv_mode_name(g.kv_mode), model->backend().name().c_str());
 }
 
 qs::cli::CommandRegistrar reg("generate", "Generate text from a prompt (reference CPU backend)", [](CLI::App* sub) {
@@ -97,6 +104,7 @@ qs::cli::CommandRegistrar reg("generate", "Generate text from a prompt (referenc
   sub->add_option("--stop", o->stop, "stop string (repeatable)");
   sub->add_flag("--chat", o->chat, "wrap the prompt as one user message in the model's chat format");
   sub->add_flag("--kv4", o->kv4, "quantize the KV cache to 4 bits (W4A8KV4 reference KV path)");
+  sub->add_flag("--fp-kv", o->fp_kv, "keep the KV cache in FP32 even for a KV4 quantized checkpoint");
   sub->add_flag("--ignore-eos", o->ignore_eos, "do not stop at EOS tokens");
   sub->add_flag("--no-echo", o->no_echo, "do not print the prompt before the generated text");
   sub->callback([o] { run(*o); });
