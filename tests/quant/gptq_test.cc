@@ -75,13 +75,35 @@ TEST(Hessian, EqualsTwoXtXOverN) {
   acc.add(x.data() + 3 * k, 5);
   EXPECT_EQ(acc.tokens(), 8);
   const std::vector<double> h = acc.hessian();
+  // FP32 partial sums of at most 256 products (one rounding per product and per add): error below
+  // 2 * 256 * 2^-24 < 4e-5 of sum |x_ti x_tj| (here 8 products: far less).
   for (int64_t i = 0; i < k; ++i)
     for (int64_t j = 0; j < k; ++j) {
-      double ref = 0;
-      for (int64_t t = 0; t < 8; ++t) ref += double(x[size_t(t * k + i)]) * x[size_t(t * k + j)];
-      ASSERT_NEAR(h[size_t(i * k + j)], 2.0 * ref / 8.0, 1e-12 * (1 + std::fabs(ref)));
+      double ref = 0, mag = 0;
+      for (int64_t t = 0; t < 8; ++t) {
+        ref += double(x[size_t(t * k + i)]) * x[size_t(t * k + j)];
+        mag += std::fabs(double(x[size_t(t * k + i)]) * x[size_t(t * k + j)]);
+      }
+      ASSERT_NEAR(h[size_t(i * k + j)], 2.0 * ref / 8.0, 4e-5 * 2.0 * mag / 8.0);
+      ASSERT_EQ(h[size_t(i * k + j)], h[size_t(j * k + i)]);
     }
   EXPECT_THAT(error_of([] { HessianAccumulator(4).hessian(); }), HasSubstr("no calibration inputs"));
+  // More tokens than one FP32 chunk, a K wider than one tile: still 2/n X^T X.
+  const int64_t k2 = 600, m2 = 700;
+  const std::vector<float> x2 = test::random_normal(size_t(m2 * k2), 4);
+  HessianAccumulator acc2(k2);
+  acc2.add(x2.data(), m2);
+  const std::vector<double> h2 = acc2.hessian();
+  for (int64_t i : {0, 17, 255, 599})
+    for (int64_t j : {0, 1, 300, 511, 512, 599}) {
+      double ref = 0, mag = 0;
+      for (int64_t t = 0; t < m2; ++t) {
+        const double p = double(x2[size_t(t * k2 + i)]) * x2[size_t(t * k2 + j)];
+        ref += p;
+        mag += std::fabs(p);
+      }
+      ASSERT_NEAR(h2[size_t(i * k2 + j)], 2.0 * ref / m2, 4e-5 * 2.0 * mag / m2) << i << ", " << j;
+    }
 }
 
 TEST(Gptq, InverseHessianFactor) {
