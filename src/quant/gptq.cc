@@ -29,6 +29,26 @@ void axpy(T* y, const T* x, T a, int64_t n) {
   for (; j < n; ++j) y[j] += a * x[j];
 }
 
+// sum_j x[j] * y[j] in double with 16-byte vector partial sums (a fixed summation order: deterministic).
+double dot(const double* x, const double* y, int64_t n) {
+  typedef double vec __attribute__((vector_size(16)));
+  vec a0 = {0.0, 0.0}, a1 = {0.0, 0.0};
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    vec x0, x1, y0, y1;
+    std::memcpy(&x0, x + j, 16);
+    std::memcpy(&x1, x + j + 2, 16);
+    std::memcpy(&y0, y + j, 16);
+    std::memcpy(&y1, y + j + 2, 16);
+    a0 += x0 * y0;
+    a1 += x1 * y1;
+  }
+  const vec a = a0 + a1;
+  double s = a[0] + a[1];
+  for (; j < n; ++j) s += x[j] * y[j];
+  return s;
+}
+
 }  // namespace
 
 HessianAccumulator::HessianAccumulator(int64_t k) : k_(k) {
@@ -88,8 +108,7 @@ namespace {
 void cholesky_lower(std::vector<double>& a, int64_t k, const char* what) {
   for (int64_t j = 0; j < k; ++j) {
     double* rj = a.data() + j * k;
-    double d = rj[j];
-    for (int64_t t = 0; t < j; ++t) d -= rj[t] * rj[t];
+    const double d = rj[j] - dot(rj, rj, j);
     QS_CHECK(d > 0.0 && std::isfinite(d)) << what << ": matrix is not positive definite (pivot " << j << " = " << d
                                           << ")";
     const double l = std::sqrt(d);
@@ -99,9 +118,7 @@ void cholesky_lower(std::vector<double>& a, int64_t k, const char* what) {
         [&](int64_t b, int64_t e) {
           for (int64_t i = j + 1 + b; i < j + 1 + e; ++i) {
             double* ri = a.data() + i * k;
-            double s = ri[j];
-            for (int64_t t = 0; t < j; ++t) s -= ri[t] * rj[t];
-            ri[j] = s / l;
+            ri[j] = (ri[j] - dot(ri, rj, j)) / l;
           }
         },
         64);
@@ -132,20 +149,18 @@ std::vector<double> gptq_inverse_hessian_factor(std::vector<double> h, int64_t k
   for (int64_t i = 0; i < k; ++i)
     for (int64_t j = 0; j < k; ++j) r[size_t(i * k + j)] = h[size_t((k - 1 - i) * k + (k - 1 - j))];
   cholesky_lower(r, k, "gptq (damped Hessian)");
-  std::vector<double> linv(size_t(k * k), 0.0);
-  parallel_for(k, [&](int64_t b, int64_t e) {  // column j of L^-1: forward substitution of L x = e_j
+  // Column j of L^-1 by forward substitution of L x = e_j, stored contiguously (row j of linv_t).
+  std::vector<double> linv_t(size_t(k * k), 0.0);
+  parallel_for(k, [&](int64_t b, int64_t e) {
     for (int64_t j = b; j < e; ++j) {
-      linv[size_t(j * k + j)] = 1.0 / r[size_t(j * k + j)];
-      for (int64_t i = j + 1; i < k; ++i) {
-        double s = 0.0;
-        for (int64_t t = j; t < i; ++t) s += r[size_t(i * k + t)] * linv[size_t(t * k + j)];
-        linv[size_t(i * k + j)] = -s / r[size_t(i * k + i)];
-      }
+      double* x = linv_t.data() + j * k;
+      x[j] = 1.0 / r[size_t(j * k + j)];
+      for (int64_t i = j + 1; i < k; ++i) x[i] = -dot(r.data() + i * k + j, x + j, i - j) / r[size_t(i * k + i)];
     }
   });
   std::vector<double> u(size_t(k * k));
   for (int64_t i = 0; i < k; ++i)
-    for (int64_t j = 0; j < k; ++j) u[size_t(i * k + j)] = linv[size_t((k - 1 - i) * k + (k - 1 - j))];
+    for (int64_t j = 0; j < k; ++j) u[size_t(i * k + j)] = linv_t[size_t((k - 1 - j) * k + (k - 1 - i))];
   return u;
 }
 
