@@ -138,15 +138,16 @@ struct Ctx {
   void* ws;
   size_t ws_bytes = 64ull << 20;
   int sms;
+  int sm_version;
 };
 
-double bench_ours(Ctx& c, QGemmVariant v, int m, int n, int k) {
+double bench_ours(Ctx& c, QGemmVariant v, int m, int n, int k, int sm_version) {
   Pool pool;
   const size_t wbytes = v == QGemmVariant::kW8A8 ? size_t(n) * k : size_t(n) * k / 2;
   const size_t sbytes = v == QGemmVariant::kW4A8G128 ? size_t(n) * (k / 128) * 2 : 0;
   const int copies = copies_for(wbytes + sbytes + size_t(m) * k);
   std::vector<qs::kernels::QGemmParams> ps(static_cast<size_t>(copies));
-  const qs::kernels::QGemmPlan plan = qs::kernels::qgemm_plan(v, m, n, k, c.sms);
+  const qs::kernels::QGemmPlan plan = qs::kernels::qgemm_plan(v, m, n, k, c.sms, sm_version);
   void* ws = plan.workspace_bytes ? pool.get(plan.workspace_bytes) : nullptr;
   auto* scale = static_cast<uint16_t*>(pool.get(size_t(n) * 2));
   auto* szero = static_cast<uint16_t*>(pool.get(size_t(n) * 2));
@@ -278,6 +279,7 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
   c.sms = prop.multiProcessorCount;
+  c.sm_version = prop.major * 10 + prop.minor;
   CK(cudaStreamCreate(&c.s));
   if (cublasCreate(&c.blas) != CUBLAS_STATUS_SUCCESS || cublasLtCreate(&c.lt) != CUBLAS_STATUS_SUCCESS) {
     std::fprintf(stderr, "cuBLAS init failed\n");
@@ -297,34 +299,36 @@ int main(int argc, char** argv) {
   js << "{\"device\": \"" << prop.name << "\", \"copy_tbps\": " << bw << ", \"rows\": [\n";
   md << "Device: " << prop.name << " (" << c.sms << " SMs), copy bandwidth " << bw << " TB/s. Times in us (median, "
      << "cold L2, CUDA graph). TOP/s = 2MNK/t. W-BW = weight bytes / t (TB/s).\n\n"
-     << "| N | K | M | W4A8 pc | W4A8 g128 | W8A8 | cuBLAS FP16 | Lt INT8 | Lt FP8 | pc TOP/s | pc W-BW | FP16/pc | "
+     << "| N | K | M | W4A8 pc | W4A8 g128 | W8A8 | pc (sm80 kernel) | cuBLAS FP16 | Lt INT8 | Lt FP8 | pc TOP/s | pc W-BW | FP16/pc | "
         "FP8/pc | pc/INT8 (TOP/s) | g128/pc (time) | W8A8 vs INT8 (speedup) |\n"
-     << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
-  std::printf("%6s %6s %5s | %8s %8s %8s | %8s %8s %8s | %7s %6s | %6s %6s %6s %6s %6s\n", "N", "K", "M", "pc_us",
-              "g128_us", "w8a8_us", "fp16_us", "int8_us", "fp8_us", "pcTOPs", "pcWBW", "f16/pc", "f8/pc", "pc/i8",
+     << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+  std::printf("%6s %6s %5s | %8s %8s %8s %8s | %8s %8s %8s | %7s %6s | %6s %6s %6s %6s %6s\n", "N", "K", "M",
+              "pc_us", "g128_us", "w8a8_us", "pc80_us", "fp16_us", "int8_us", "fp8_us", "pcTOPs", "pcWBW", "f16/pc", "f8/pc", "pc/i8",
               "g/pc", "w8/i8");
   bool first = true;
   for (const auto& s : shapes) {
     const int n = s[0], k = s[1];
     for (int m : ms) {
-      const double t_pc = bench_ours(c, QGemmVariant::kW4A8PerChannel, m, n, k);
-      const double t_g = bench_ours(c, QGemmVariant::kW4A8G128, m, n, k);
-      const double t_w8 = bench_ours(c, QGemmVariant::kW8A8, m, n, k);
+      const double t_pc = bench_ours(c, QGemmVariant::kW4A8PerChannel, m, n, k, c.sm_version);
+      const double t_g = bench_ours(c, QGemmVariant::kW4A8G128, m, n, k, c.sm_version);
+      const double t_w8 = bench_ours(c, QGemmVariant::kW8A8, m, n, k, c.sm_version);
+      const double t_pc80 = c.sm_version >= 90 ? bench_ours(c, QGemmVariant::kW4A8PerChannel, m, n, k, 80) : t_pc;
       const double t_16 = bench_cublas_fp16(c, m, n, k);
       const double t_i8 = bench_lt(c, false, m, n, k);
       const double t_f8 = bench_lt(c, true, m, n, k);
       const double ops = 2.0 * m * double(n) * k;
       const double tops = ops / (t_pc * 1e-6) / 1e12;
       const double wbw = double(n) * k / 2 / (t_pc * 1e-6) / 1e12;
-      std::printf("%6d %6d %5d | %8.1f %8.1f %8.1f | %8.1f %8.1f %8.1f | %7.0f %6.2f | %6.2f %6.2f %6.2f %6.2f %6.2f\n",
-                  n, k, m, t_pc, t_g, t_w8, t_16, t_i8, t_f8, tops, wbw, t_16 / t_pc, t_f8 / t_pc, t_i8 / t_pc,
+      std::printf(
+          "%6d %6d %5d | %8.1f %8.1f %8.1f %8.1f | %8.1f %8.1f %8.1f | %7.0f %6.2f | %6.2f %6.2f %6.2f %6.2f %6.2f\n", n,
+          k, m, t_pc, t_g, t_w8, t_pc80, t_16, t_i8, t_f8, tops, wbw, t_16 / t_pc, t_f8 / t_pc, t_i8 / t_pc,
                   t_g / t_pc, t_i8 / t_w8);
       std::fflush(stdout);
-      md << "| " << n << " | " << k << " | " << m << " | " << t_pc << " | " << t_g << " | " << t_w8 << " | " << t_16
+      md << "| " << n << " | " << k << " | " << m << " | " << t_pc << " | " << t_g << " | " << t_w8 << " | " << t_pc80 << " | " << t_16
          << " | " << t_i8 << " | " << t_f8 << " | " << int(tops) << " | " << wbw << " | " << t_16 / t_pc << " | "
          << t_f8 / t_pc << " | " << t_i8 / t_pc << " | " << t_g / t_pc << " | " << t_i8 / t_w8 << " |\n";
       js << (first ? "" : ",\n") << "{\"n\": " << n << ", \"k\": " << k << ", \"m\": " << m << ", \"us\": {\"w4a8_pc\": "
-         << t_pc << ", \"w4a8_g128\": " << t_g << ", \"w8a8\": " << t_w8 << ", \"cublas_fp16\": " << t_16
+         << t_pc << ", \"w4a8_g128\": " << t_g << ", \"w8a8\": " << t_w8 << ", \"w4a8_pc_sm80\": " << t_pc80 << ", \"cublas_fp16\": " << t_16
          << ", \"cublaslt_int8\": " << t_i8 << ", \"cublaslt_fp8\": " << t_f8 << "}}";
       first = false;
     }

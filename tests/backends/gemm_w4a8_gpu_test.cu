@@ -78,7 +78,8 @@ void check_problem(const test::QGemmProblem& pr, int splits_override, int config
   // 1) INT32 accumulators, bit-exact. Poison with 0x7f7f7f7f first.
   QS_CUDA_CHECK(cudaMemset(acc.p, 0x7f, acc.n * sizeof(int32_t)));
   call.acc_out = acc.p;
-  ASSERT_TRUE(w.run(plan, call, nullptr).is_ok());
+  const Status st_acc = w.run(plan, call, nullptr);
+  ASSERT_TRUE(st_acc.is_ok()) << st_acc.message();
   QS_CUDA_CHECK(cudaDeviceSynchronize());
   const std::vector<int32_t> got_acc = acc.get();
   int64_t acc_bad = 0;
@@ -107,6 +108,21 @@ void check_problem(const test::QGemmProblem& pr, int splits_override, int config
   EXPECT_EQ(y_bad, 0);
 }
 
+int sm_version() {
+  int dev = 0, major = 0, minor = 0;
+  QS_CUDA_CHECK(cudaGetDevice(&dev));
+  QS_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  QS_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+  return major * 10 + minor;
+}
+// Tile configs this GPU can run: the sm80 (mma.sync) ones everywhere, the wgmma ones on sm_90 only.
+std::vector<int> runnable_configs() {
+  std::vector<int> c;
+  for (int i = 0; i < kernels::qgemm_num_configs(); ++i)
+    if (!kernels::qgemm_config_is_sm90(i) || sm_version() == 90) c.push_back(i);
+  return c;
+}
+
 class QGemmGpu : public ::testing::TestWithParam<QGemmVariant> {};
 
 TEST_P(QGemmGpu, AwkwardTokenCountsEveryConfig) {
@@ -114,14 +130,25 @@ TEST_P(QGemmGpu, AwkwardTokenCountsEveryConfig) {
   for (int64_t m : {1, 3, 17, 67, 257, 1000}) {
     const auto pr = test::make_qgemm_problem(GetParam(), m, 208, 640, 100 + m, /*bias=*/m % 2 == 1, /*res=*/m > 3);
     check_problem(pr, 0);  // the planned config and split
-    for (int config = 0; config < kernels::qgemm_num_configs(); ++config) check_problem(pr, 3, config);
+    for (int config : runnable_configs()) check_problem(pr, 3, config);
   }
 }
 
 TEST_P(QGemmGpu, SplitKFactors) {
   QS_REQUIRE_GPU();
   const auto pr = test::make_qgemm_problem(GetParam(), 33, 128, 1280, 7, true, true);
-  for (int splits : {1, 2, 3, 4, 7, 10}) check_problem(pr, splits);
+  for (int config : runnable_configs())
+    for (int splits : {1, 2, 3, 4, 7, 10}) check_problem(pr, splits, config);
+}
+
+TEST(QGemmGpuPlan, HopperGetsTheWgmmaKernel) {
+  QS_REQUIRE_GPU();
+  for (int m : {1, 33, 64, 65, 4096}) {
+    const auto plan = kernels::qgemm_plan(kernels::QGemmVariant::kW4A8G128, m, 4096, 4096, 132, 90);
+    EXPECT_TRUE(kernels::qgemm_config_is_sm90(plan.config)) << kernels::qgemm_config_name(plan.config);
+    const auto old = kernels::qgemm_plan(kernels::QGemmVariant::kW4A8G128, m, 4096, 4096, 108, 80);
+    EXPECT_FALSE(kernels::qgemm_config_is_sm90(old.config));
+  }
 }
 
 TEST_P(QGemmGpu, ModelShapes) {

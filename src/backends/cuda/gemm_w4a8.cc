@@ -46,6 +46,10 @@ QGemmDeviceWeights QGemmDeviceWeights::upload(const ref_cpu::QGemmWeights& w) {
   int dev = 0;
   QS_CUDA_CHECK(cudaGetDevice(&dev));
   QS_CUDA_CHECK(cudaDeviceGetAttribute(&d.num_sms_, cudaDevAttrMultiProcessorCount, dev));
+  int major = 0, minor = 0;
+  QS_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  QS_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+  d.sm_version_ = major * 10 + minor;
   if (w.variant == ref_cpu::QGemmVariant::kW8A8) {
     const std::vector<uint8_t> r = kernels::repack_w8(reinterpret_cast<const int8_t*>(w.q), w.n, w.k);
     d.w_ = upload_bytes<void>(r.data(), r.size());
@@ -69,6 +73,7 @@ QGemmDeviceWeights& QGemmDeviceWeights::operator=(QGemmDeviceWeights&& o) noexce
     n_ = o.n_;
     k_ = o.k_;
     num_sms_ = o.num_sms_;
+    sm_version_ = o.sm_version_;
     w_ = o.w_;
     scale_ = o.scale_;
     szero_ = o.szero_;
@@ -89,7 +94,7 @@ void QGemmDeviceWeights::release() {
 }
 
 kernels::QGemmPlan QGemmDeviceWeights::plan(int m, int splits_override) const {
-  return kernels::qgemm_plan(variant_, m, n_, k_, num_sms_, splits_override);
+  return kernels::qgemm_plan(variant_, m, n_, k_, num_sms_, sm_version_, splits_override);
 }
 
 kernels::QGemmParams QGemmDeviceWeights::params(const QGemmCall& c) const {

@@ -43,7 +43,8 @@ class QGemmDeviceWeights {
   kernels::QGemmVariant variant() const { return variant_; }
   int n() const { return n_; }
   int k() const { return k_; }
-  // Host-only: tile config and split-K for m tokens (splits_override > 0 forces the split-K factor).
+  // Host-only: tile config and split-K for m tokens (splits_override > 0 forces the split-K factor). On sm_90 the
+  // plan picks the wgmma kernel, elsewhere the mma.sync one.
   kernels::QGemmPlan plan(int m, int splits_override = 0) const;
   Status run(const kernels::QGemmPlan& plan, const QGemmCall& call, cudaStream_t stream) const;
   // The raw kernel parameters for this weight (the caller fills the per-call fields).
@@ -52,7 +53,7 @@ class QGemmDeviceWeights {
  private:
   void release();
   kernels::QGemmVariant variant_ = kernels::QGemmVariant::kW4A8PerChannel;
-  int n_ = 0, k_ = 0, num_sms_ = 0;
+  int n_ = 0, k_ = 0, num_sms_ = 0, sm_version_ = 0;
   void* w_ = nullptr;            // repacked weights
   uint16_t* scale_ = nullptr;    // FP16 [n]
   uint16_t* szero_ = nullptr;    // FP16 [n] (per-channel)

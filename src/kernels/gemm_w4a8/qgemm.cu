@@ -1,8 +1,11 @@
 // Plan and run for the quantized GEMMs (qgemm.h): config choice by M, split-K when the output tiles cannot fill
 // the GPU, argument checks, dispatch to the instantiated kernels, and the split-K reduction kernel.
+#include <cudaTypedefs.h>
+
 #include <string>
 
 #include "kernels/gemm_w4a8/qgemm_kernel.cuh"
+#include "kernels/gemm_w4a8/qgemm_sm90.cuh"
 
 namespace qs::kernels {
 namespace qgemm_detail {
@@ -19,6 +22,67 @@ QS_QGEMM_EXTERN(2, 0)
 QS_QGEMM_EXTERN(2, 1)
 QS_QGEMM_EXTERN(2, 2)
 #undef QS_QGEMM_EXTERN
+#define QS_QGEMM_SM90_EXTERN(V, CONFIG) \
+  extern template Status launch_qgemm_sm90<V, CONFIG>(const QGemmParams&, int, int, int32_t*, cudaStream_t);
+QS_QGEMM_SM90_EXTERN(0, 0)
+QS_QGEMM_SM90_EXTERN(0, 1)
+QS_QGEMM_SM90_EXTERN(0, 2)
+QS_QGEMM_SM90_EXTERN(1, 0)
+QS_QGEMM_SM90_EXTERN(1, 1)
+QS_QGEMM_SM90_EXTERN(1, 2)
+QS_QGEMM_SM90_EXTERN(2, 0)
+QS_QGEMM_SM90_EXTERN(2, 1)
+QS_QGEMM_SM90_EXTERN(2, 2)
+#undef QS_QGEMM_SM90_EXTERN
+
+namespace {
+
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* ptr = nullptr;
+    cudaDriverEntryPointQueryResult q;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &q) !=
+            cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+      ptr = nullptr;
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
+  }();
+  return fn;
+}
+
+Status encode_2d(CUtensorMap* map, CUtensorMapDataType type, const void* ptr, uint64_t dim0, uint64_t dim1,
+                 uint64_t stride1_bytes, uint32_t box0, uint32_t box1, CUtensorMapSwizzle swizzle) {
+  const auto encode = tensor_map_encoder();
+  if (!encode) return Status::error("qgemm: cuTensorMapEncodeTiled is not available from the driver");
+  const cuuint64_t dims[2] = {dim0, dim1};
+  const cuuint64_t strides[1] = {stride1_bytes};
+  const cuuint32_t box[2] = {box0, box1};
+  const cuuint32_t elem[2] = {1, 1};
+  const CUresult r = encode(map, type, 2, const_cast<void*>(ptr), dims, strides, box, elem,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) return Status::error("qgemm: cuTensorMapEncodeTiled failed with CUresult " + std::to_string(int(r)));
+  return Status::ok();
+}
+
+}  // namespace
+
+Status make_sm90_maps(const QGemmParams& p, int bm, int bn, Sm90Maps* maps) {
+  const uint64_t kgs = uint64_t(p.k) / kBK;
+  const uint64_t tile_bytes = p.variant == QGemmVariant::kW8A8 ? 2048 : 1024;
+  QS_RETURN_IF_ERROR(encode_2d(&maps->x, CU_TENSOR_MAP_DATA_TYPE_UINT8, p.x, uint64_t(p.k), uint64_t(p.m),
+                               uint64_t(p.k), kBK, uint32_t(bm), CU_TENSOR_MAP_SWIZZLE_128B));
+  QS_RETURN_IF_ERROR(encode_2d(&maps->w, CU_TENSOR_MAP_DATA_TYPE_UINT64, p.w, kgs * tile_bytes / 8,
+                               uint64_t(p.n / 16), kgs * tile_bytes, uint32_t(tile_bytes / 8), uint32_t(bn / 16),
+                               CU_TENSOR_MAP_SWIZZLE_NONE));
+  if (p.variant == QGemmVariant::kW4A8G128) {
+    QS_RETURN_IF_ERROR(encode_2d(&maps->s, CU_TENSOR_MAP_DATA_TYPE_UINT16, p.s2zn, uint64_t(p.n), kgs,
+                                 uint64_t(p.n) * 2, uint32_t(bn), 1, CU_TENSOR_MAP_SWIZZLE_NONE));
+  } else {
+    maps->s = maps->w;  // unused
+  }
+  return Status::ok();
+}
 
 __global__ void qgemm_reduce_kernel(const QGemmParams p, const int32_t* partial, int splits) {
   const int per_row = p.n / 8;
@@ -49,36 +113,55 @@ Status launch_variant(int config, const QGemmParams& p, int splits, int tps, int
     case 0: return launch_qgemm<V, 0>(p, splits, tps, partial, s);
     case 1: return launch_qgemm<V, 1>(p, splits, tps, partial, s);
     case 2: return launch_qgemm<V, 2>(p, splits, tps, partial, s);
+    case kSm90ConfigBase + 0: return launch_qgemm_sm90<V, 0>(p, splits, tps, partial, s);
+    case kSm90ConfigBase + 1: return launch_qgemm_sm90<V, 1>(p, splits, tps, partial, s);
+    case kSm90ConfigBase + 2: return launch_qgemm_sm90<V, 2>(p, splits, tps, partial, s);
   }
   return Status::error("qgemm: unknown tile config " + std::to_string(config));
 }
 
 }  // namespace qgemm_detail
 
-int qgemm_num_configs() { return qgemm_detail::kNumConfigs; }
+int qgemm_num_configs() { return qgemm_detail::kNumConfigs + qgemm_detail::kNumSm90Configs; }
+bool qgemm_config_is_sm90(int config) { return config >= qgemm_detail::kSm90ConfigBase; }
 
 const char* qgemm_config_name(int config) {
   switch (config) {
     case 0: return "bn64_bm16";
     case 1: return "bn64_bm64";
     case 2: return "bn128_bm128";
+    case 3: return "sm90_bn128_bm32";
+    case 4: return "sm90_bn128_bm64";
+    case 5: return "sm90_bn256_bm128";
   }
   return "?";
 }
 
-QGemmPlan qgemm_plan(QGemmVariant v, int m, int n, int k, int num_sms, int splits_override) {
+QGemmPlan qgemm_plan(QGemmVariant v, int m, int n, int k, int num_sms, int sm_version, int splits_override) {
   (void)v;
+  using namespace qgemm_detail;
   QGemmPlan plan;
-  plan.config = m <= 16 ? 0 : m <= 64 ? 1 : 2;
-  const auto& ts = qgemm_detail::kTileShapes[plan.config];
-  const int kgs = k / qgemm_detail::kBK;
-  const int64_t tiles = int64_t((n + ts.bn - 1) / ts.bn) * ((m + ts.bm - 1) / ts.bm);
+  int bn, bm;
+  int64_t want;  // blocks wanted in flight
+  if (sm_version >= 90) {
+    const int idx = m <= 32 ? 0 : m <= 64 ? 1 : 2;
+    plan.config = kSm90ConfigBase + idx;
+    bm = kSm90Shapes[idx].bm;
+    bn = 64 * kSm90Shapes[idx].mt * 2;
+    want = num_sms;  // one 384-thread block per SM
+  } else {
+    plan.config = m <= 16 ? 0 : m <= 64 ? 1 : 2;
+    bn = kTileShapes[plan.config].bn;
+    bm = kTileShapes[plan.config].bm;
+    want = plan.config == 2 ? num_sms : 2 * int64_t(num_sms);
+  }
+  const int kgs = k / kBK;
+  const int64_t tiles = int64_t((n + bn - 1) / bn) * ((m + bm - 1) / bm);
   int splits = 1;
   if (splits_override > 0) {
     splits = splits_override;
   } else {
-    // Small problems: split K until the grid covers about two waves, keeping >= 4 k tiles per split.
-    const int64_t want = plan.config == 2 ? num_sms : 2 * int64_t(num_sms);
+    // Small problems: split K until the grid covers the GPU, keeping >= 4 k tiles per split.
     if (tiles < want) splits = int(std::min<int64_t>((want + tiles - 1) / tiles, std::max(1, kgs / 4)));
     splits = std::min(splits, 8);
   }
@@ -94,7 +177,7 @@ Status qgemm_run(const QGemmParams& p, const QGemmPlan& plan, cudaStream_t strea
   if (p.n <= 0 || p.n % 16 != 0) return Status::error("qgemm: N=" + std::to_string(p.n) + " must be a positive multiple of 16");
   if (p.k <= 0 || p.k % kBK != 0) return Status::error("qgemm: K=" + std::to_string(p.k) + " must be a positive multiple of 128");
   if (p.m < 0) return Status::error("qgemm: negative M");
-  if (plan.config < 0 || plan.config >= kNumConfigs) return Status::error("qgemm: bad plan config");
+  if (plan.config < 0 || plan.config >= qgemm_num_configs()) return Status::error("qgemm: bad plan config");
   if (p.m == 0) return Status::ok();
   if (!p.x || !p.sx || !p.w || !p.scale || (!p.y && !p.acc_out))
     return Status::error("qgemm: a required pointer (x, sx, w, scale, y) is null");

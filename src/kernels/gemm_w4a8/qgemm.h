@@ -7,7 +7,8 @@
 // matches ref_cpu/gemm_w4a8.h: per-channel y = acc*s[n]*sx[m] - sz[n]*xsum[m]; g128 y = acc*s1[n]*sx[m];
 // w8a8 y = acc*s_w[n]*sx[m]; then + bias[n] + residual[m, n]; rounded once to FP16.
 // Requirements (checked by qgemm_run, which returns an error Status): n % 16 == 0, k % 128 == 0, all pointers
-// 16-byte aligned, m >= 0. The sm_80 mma.sync kernel; it runs on sm_90a too.
+// 16-byte aligned, m >= 0. Two kernel families: an sm_80 design (mma.sync, cp.async; qgemm_kernel.cuh) and the
+// Hopper one (wgmma with register-A weights, TMA, mbarrier ring, warp specialization; qgemm_sm90.cuh).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -44,11 +45,13 @@ struct QGemmPlan {
   size_t workspace_bytes = 0;  // device workspace run() needs
 };
 
-// Chooses the tile config and split-K for a problem on a GPU with `num_sms` multiprocessors (host only).
-// `splits_override` > 0 forces a split-K factor (tests), clamped to the number of 128-wide K tiles.
-QGemmPlan qgemm_plan(QGemmVariant v, int m, int n, int k, int num_sms, int splits_override = 0);
-const char* qgemm_config_name(int config);  // e.g. "bn64_bm16"
-int qgemm_num_configs();
+// Chooses the tile config and split-K for a problem on a GPU with `num_sms` multiprocessors and compute
+// capability `sm_version` (e.g. 90; >= 90 selects the wgmma kernel), host only. `splits_override` > 0 forces a
+// split-K factor (tests), clamped to the number of 128-wide K tiles.
+QGemmPlan qgemm_plan(QGemmVariant v, int m, int n, int k, int num_sms, int sm_version, int splits_override = 0);
+const char* qgemm_config_name(int config);  // e.g. "bn64_bm16", "sm90_bn256_bm128"
+int qgemm_num_configs();                    // configs 0..n-1 (any may be forced in a plan)
+bool qgemm_config_is_sm90(int config);      // needs an sm_90a device
 
 // Launches the GEMM on `stream` (no allocation, no sync).
 Status qgemm_run(const QGemmParams& p, const QGemmPlan& plan, cudaStream_t stream);

@@ -1,0 +1,221 @@
+// The Hopper (sm_90a) kernel template behind qgemm.h: wgmma.mma_async s8 with the weights as the register A
+// operand (output channels on the wgmma M side, dequantized in registers from the repacked fragments: raw nibbles
+// for per-channel, one 32-bit multiply by s2 and one byte-wise add of zn for g128, INT8 as-is for W8A8) and the
+// tokens as B in shared memory (wgmma N = BM tokens), loaded by TMA with 128-byte swizzle.
+//
+// Warp specialization: warpgroup 0 is the producer (one thread issues, per 128-wide k tile, a TMA of the
+// activation tile [BM tokens x 128 B], a TMA of the block's repacked weight tiles viewed as a 2D u32 tensor
+// [n/16][k/128 * tile u64 words], and for g128 a TMA of the (s2 | zn << 8) words) into a STAGES-deep ring guarded by
+// full/empty mbarriers; warpgroups 1..2 are consumers, each owning MT m64 row tiles (64*MT output channels) x BM
+// tokens of INT32 accumulators. setmaxnreg moves registers from the producer to the consumers. Split-K and the
+// epilogue (INT32 partials or FP16 with scales/bias/residual through 16-byte rows) are those of the sm80 kernel.
+#pragma once
+
+#include <cuda.h>
+
+#include "kernels/common/tma.h"
+#include "kernels/common/wgmma.h"
+#include "kernels/gemm_w4a8/qgemm_kernel.cuh"
+
+namespace qs::kernels::qgemm_detail {
+
+struct Sm90Shape {
+  int bm, mt;  // tokens per block (wgmma N), m64 row tiles per consumer warpgroup
+};
+constexpr Sm90Shape kSm90Shapes[] = {{32, 1}, {64, 1}, {128, 2}};
+constexpr int kNumSm90Configs = 3;
+constexpr int kSm90ConfigBase = kNumConfigs;  // plan.config = kSm90ConfigBase + index
+
+template <int V, int CONFIG>
+struct Sm90Cfg {
+  static constexpr bool kW4 = V != int(QGemmVariant::kW8A8);
+  static constexpr bool kG128 = V == int(QGemmVariant::kW4A8G128);
+  static constexpr int kConsumers = 2;
+  static constexpr int BM = kSm90Shapes[CONFIG].bm, MT = kSm90Shapes[CONFIG].mt;
+  static constexpr int BN = 64 * MT * kConsumers;
+  static constexpr int kThreads = 128 * (1 + kConsumers);
+  static constexpr int kTileBytes = kW4 ? 1024 : 2048;
+  static constexpr int kXBytes = BM * kBK;
+  static constexpr int kWBytes = (BN / 16) * kTileBytes;
+  static constexpr int kSBytes = kG128 ? BN * 2 : 0;
+  static constexpr int kTxBytes = kXBytes + kWBytes + kSBytes;
+  static constexpr int kStageBytes = (kTxBytes + 1023) / 1024 * 1024;
+  static constexpr int STAGES = (200 * 1024) / kStageBytes > 8 ? 8 : (200 * 1024) / kStageBytes;
+  static constexpr int kCPitch = BN + 4;
+  static constexpr int kSmemBytes =
+      (STAGES * kStageBytes > BM * kCPitch * 4 ? STAGES * kStageBytes : BM * kCPitch * 4) + 1024;
+  static_assert(STAGES >= 2, "stage too large");
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory over the sm_90 limit");
+};
+
+template <int V, int CONFIG>
+__global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
+    qgemm_sm90_kernel(const QGemmParams p, const __grid_constant__ CUtensorMap tm_x,
+                      const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ CUtensorMap tm_s,
+                      int tiles_per_split, int32_t* partial) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  using C = Sm90Cfg<V, CONFIG>;
+  extern __shared__ uint8_t smem_raw[];
+  __shared__ __align__(8) uint64_t full_bar[C::STAGES], empty_bar[C::STAGES];
+  const uint32_t raw = ptx::smem_addr(smem_raw);
+  const uint32_t base = (raw + 1023u) & ~1023u;
+  uint8_t* smem = smem_raw + (base - raw);
+  const int tid = threadIdx.x, wg = tid / 128, lane = tid & 31;
+  const int n0 = blockIdx.x * C::BN, m0 = blockIdx.y * C::BM;
+  const int kgs = p.k / kBK;
+  const int kt_begin = blockIdx.z * tiles_per_split;
+  const int nk = min(kgs, kt_begin + tiles_per_split) - kt_begin;
+  const uint32_t full0 = ptx::smem_addr(full_bar), empty0 = ptx::smem_addr(empty_bar);
+
+  if (tid == 0) {
+    for (int s = 0; s < C::STAGES; ++s) {
+      ptx::mbar_init(full0 + 8 * s, 1);
+      ptx::mbar_init(empty0 + 8 * s, 4 * C::kConsumers);  // one arrive per consumer warp
+    }
+    ptx::fence_barrier_init();
+  }
+  __syncthreads();
+
+  if (wg == 0) {
+    ptx::setmaxnreg_dec<40>();
+    if (tid == 0) {
+      for (int it = 0; it < nk; ++it) {
+        const int slot = it % C::STAGES;
+        if (it >= C::STAGES) ptx::mbar_wait(empty0 + 8 * slot, ((it / C::STAGES) + 1) & 1);
+        const uint32_t st = base + slot * C::kStageBytes, bar = full0 + 8 * slot;
+        const int kt = kt_begin + it;
+        ptx::mbar_arrive_expect_tx(bar, C::kTxBytes);
+        ptx::tma_load_2d(st, &tm_x, bar, kt * kBK, m0);
+        ptx::tma_load_2d(st + C::kXBytes, &tm_w, bar, kt * (C::kTileBytes / 8), n0 / 16);
+        if constexpr (C::kG128) ptx::tma_load_2d(st + C::kXBytes + C::kWBytes, &tm_s, bar, n0, kt);
+      }
+    }
+    return;
+  }
+
+  ptx::setmaxnreg_inc<232>();
+  const int cw = wg - 1, w = (tid / 32) & 3, g = lane >> 2, t = lane & 3;
+  int32_t acc[C::MT][C::BM / 2];
+#pragma unroll
+  for (int i = 0; i < C::MT; ++i)
+#pragma unroll
+    for (int e = 0; e < C::BM / 2; ++e) acc[i][e] = 0;
+
+  for (int it = 0; it < nk; ++it) {
+    const int slot = it % C::STAGES;
+    ptx::mbar_wait(full0 + 8 * slot, (it / C::STAGES) & 1);
+    const uint32_t st = base + slot * C::kStageBytes;
+    const uint32_t ws = st + C::kXBytes;
+
+    uint32_t a[4][C::MT][4];
+#pragma unroll
+    for (int mt = 0; mt < C::MT; ++mt) {
+      const int rt = (cw * C::MT + mt) * 4 + w;  // 16-row tile within the block
+      if constexpr (C::kW4) {
+        uint32_t s2v[2] = {0, 0}, zn4[2] = {0, 0};
+        if constexpr (C::kG128) {
+          const uint16_t* ss = reinterpret_cast<const uint16_t*>(smem + slot * C::kStageBytes + C::kXBytes + C::kWBytes);
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const uint32_t v = ss[rt * 16 + g + 8 * h];
+            s2v[h] = v & 0xffu;
+            zn4[h] = (v >> 8) * 0x01010101u;
+          }
+        }
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const uint4 v = ptx::lds128(ws + rt * C::kTileBytes + (c * 32 + lane) * 16);
+          const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            uint32_t lo = words[j] & 0x0f0f0f0fu, hi = (words[j] >> 4) & 0x0f0f0f0fu;
+            if constexpr (C::kG128) {
+              lo = __vadd4(lo * s2v[0], zn4[0]);
+              hi = __vadd4(hi * s2v[1], zn4[1]);
+            }
+            a[2 * c + j / 2][mt][2 * (j % 2)] = lo;
+            a[2 * c + j / 2][mt][2 * (j % 2) + 1] = hi;
+          }
+        }
+      } else {
+#pragma unroll
+        for (int s = 0; s < 4; ++s) {
+          const uint4 v = ptx::lds128(ws + rt * C::kTileBytes + (s * 32 + lane) * 16);
+          a[s][mt][0] = v.x;
+          a[s][mt][1] = v.y;
+          a[s][mt][2] = v.z;
+          a[s][mt][3] = v.w;
+        }
+      }
+    }
+    ptx::wgmma_fence();
+#pragma unroll
+    for (int s = 0; s < 4; ++s) {
+      const uint64_t desc = ptx::wgmma_desc_k128sw(st + s * 32);
+#pragma unroll
+      for (int mt = 0; mt < C::MT; ++mt) ptx::wgmma_s8_rs<C::BM>(acc[mt], a[s][mt], desc, 1);
+    }
+    ptx::wgmma_commit();
+    ptx::wgmma_wait<0>();
+    __syncwarp();
+    if (lane == 0) ptx::mbar_arrive(empty0 + 8 * slot);
+  }
+
+  // Epilogue: every consumer is done with the ring (all TMAs it waited for have landed).
+  ptx::named_barrier(1, 128 * C::kConsumers);
+  int32_t* cs = reinterpret_cast<int32_t*>(smem);
+#pragma unroll
+  for (int mt = 0; mt < C::MT; ++mt)
+#pragma unroll
+    for (int j = 0; j < C::BM / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int ch = (cw * C::MT + mt) * 64 + 16 * w + g + 8 * (e >> 1);
+        const int tok = 8 * j + 2 * t + (e & 1);
+        cs[tok * C::kCPitch + ch] = acc[mt][4 * j + e];
+      }
+  ptx::named_barrier(1, 128 * C::kConsumers);
+  for (int i = tid - 128; i < C::BM * C::BN / 8; i += 128 * C::kConsumers) {
+    const int r = i / (C::BN / 8), c8 = (i % (C::BN / 8)) * 8;
+    const int m = m0 + r, n = n0 + c8;
+    if (m >= p.m || n >= p.n) continue;
+    const int4 v0 = *reinterpret_cast<const int4*>(cs + r * C::kCPitch + c8);
+    const int4 v1 = *reinterpret_cast<const int4*>(cs + r * C::kCPitch + c8 + 4);
+    if (partial) {
+      int4* dst = reinterpret_cast<int4*>(partial + (size_t(blockIdx.z) * p.m + m) * p.n + n);
+      dst[0] = v0;
+      dst[1] = v1;
+    } else {
+      const int32_t a8[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+      epilogue8(p, m, n, a8);
+    }
+  }
+#endif
+}
+
+// Builds the three tensor maps (qgemm.cu) and launches.
+struct Sm90Maps {
+  CUtensorMap x, w, s;
+};
+Status make_sm90_maps(const QGemmParams& p, int bm, int bn, Sm90Maps* maps);
+
+template <int V, int CONFIG>
+Status launch_qgemm_sm90(const QGemmParams& p, int splits, int tiles_per_split, int32_t* partial,
+                         cudaStream_t stream) {
+  using C = Sm90Cfg<V, CONFIG>;
+  static bool attr_set = false;
+  if (!attr_set) {
+    QS_CUDA_RETURN(cudaFuncSetAttribute(qgemm_sm90_kernel<V, CONFIG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        C::kSmemBytes));
+    attr_set = true;
+  }
+  Sm90Maps maps;
+  QS_RETURN_IF_ERROR(make_sm90_maps(p, C::BM, C::BN, &maps));
+  const dim3 grid((p.n + C::BN - 1) / C::BN, (p.m + C::BM - 1) / C::BM, splits);
+  qgemm_sm90_kernel<V, CONFIG>
+      <<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, maps.x, maps.w, maps.s, tiles_per_split, partial);
+  QS_CUDA_RETURN(cudaGetLastError());
+  return Status::ok();
+}
+
+}  // namespace qs::kernels::qgemm_detail
