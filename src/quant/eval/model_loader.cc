@@ -1,0 +1,116 @@
+// Loading FP and quantized checkpoints into runnable models for evaluation (see model_loader.h).
+#include "quant/eval/model_loader.h"
+
+#include <filesystem>
+
+#include "backends/ref_cpu/ops.h"
+#include "core/error.h"
+#include "io/model_config.h"
+#include "model/quantized/quantized_linear.h"
+#include "quant/checkpoint.h"
+
+namespace qs::quant::eval {
+
+namespace {
+
+ref_cpu::QGemmVariant gemm_variant(WeightVariant v) {
+  switch (v) {
+    case WeightVariant::kW4PerChannel: return ref_cpu::QGemmVariant::kW4A8PerChannel;
+    case WeightVariant::kW4G128: return ref_cpu::QGemmVariant::kW4A8G128;
+    case WeightVariant::kW8PerChannel: return ref_cpu::QGemmVariant::kW8A8;
+  }
+  QS_FAIL() << "unknown weight variant";
+  return ref_cpu::QGemmVariant::kW8A8;
+}
+
+std::unique_ptr<model::Linear> make_linear(const QuantizedCheckpoint& ck, const std::string& name,
+                                           model::ActMode act, const backends::Backend& be) {
+  const StoredLinear s = ck.linear(name);
+  model::QuantizedWeights w;
+  w.variant = gemm_variant(s.variant);
+  w.qweight = s.qweight;
+  w.scale = s.variant == WeightVariant::kW4G128 ? s.s1 : s.scale;
+  w.szero = s.szero;
+  w.s2 = s.s2;
+  w.zn = s.zn;
+  w.bias = s.bias;
+  return std::make_unique<model::QuantizedLinear>(std::move(w), act, be, name);
+}
+
+// An FP tensor of the checkpoint (stored F16) as F32 of the expected shape.
+Tensor fp_tensor(const QuantizedCheckpoint& ck, const std::string& name, const Shape& shape) {
+  QS_CHECK(ck.has(name)) << "quantized checkpoint " << ck.store().path() << ": tensor '" << name << "' missing";
+  Tensor t = ck.tensor(name).to_f32();
+  QS_CHECK(t.shape() == shape) << "quantized checkpoint " << ck.store().path() << ": tensor '" << name << "' is "
+                               << t.desc() << ", expected " << shape_str(shape);
+  return t;
+}
+
+LoadedModel load_quantized(const std::string& dir, const LoadOptions& opt) {
+  const QuantizedCheckpoint ck = QuantizedCheckpoint::open(dir);
+  const CheckpointMeta& meta = ck.meta();
+  io::ModelConfig c = io::parse_model_config(meta.hf_config);
+  const backends::Backend& be = backends::ref_cpu_backend();
+  const model::ActMode act = opt.weight_only ? model::ActMode::kFloat : model::ActMode::kInt8;
+  const int64_t H = c.hidden_size;
+
+  model::ModelWeights w;
+  w.embed_tokens = fp_tensor(ck, "model.embed_tokens.weight", {c.vocab_size, H});
+  w.final_norm = fp_tensor(ck, "model.norm.weight", {H});
+  w.layers.resize(size_t(c.num_layers));
+  for (int i = 0; i < c.num_layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    model::DecoderLayer& l = w.layers[size_t(i)];
+    l.input_norm = fp_tensor(ck, p + "input_layernorm.weight", {H});
+    l.post_attn_norm = fp_tensor(ck, p + "post_attention_layernorm.weight", {H});
+    std::unique_ptr<model::Linear>* slots[] = {&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj,
+                                               &l.gate_proj, &l.up_proj, &l.down_proj};
+    const char* names[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                           "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+    for (int j = 0; j < 7; ++j) {
+      const std::string n = p + names[j];
+      QS_CHECK(ck.has_linear(n)) << "quantized checkpoint " << dir << ": linear '" << n << "' missing";
+      *slots[j] = make_linear(ck, n, act, be);
+    }
+  }
+  if (ck.has_linear("lm_head")) {
+    w.lm_head = make_linear(ck, "lm_head", act, be);
+  } else {
+    // FP16 lm_head; tied checkpoints (no lm_head.weight) read the embeddings.
+    const std::string n = ck.has("lm_head.weight") ? "lm_head.weight" : "model.embed_tokens.weight";
+    w.lm_head = std::make_unique<model::Fp16Linear>(fp_tensor(ck, n, {c.vocab_size, H}), be);
+  }
+
+  LoadedModel r;
+  r.dir = dir;
+  r.quantized = true;
+  r.kv_bits = meta.kv_bits;
+  r.description = std::string(variant_name(meta.variant)) + (opt.weight_only ? " weight-only (FP32 acts)" : "") +
+                  (meta.qoq.empty() ? std::string() : " qoq " + meta.qoq.dump());
+  r.model = std::make_unique<model::Model>(std::move(c), std::move(w), be);
+  for (const std::string& d : {dir, meta.source_model})
+    if (!d.empty() && std::filesystem::exists(d + "/tokenizer.json")) {
+      r.tokenizer_dir = d;
+      break;
+    }
+  return r;
+}
+
+}  // namespace
+
+bool is_quantized_checkpoint(const std::string& dir) { return QuantizedCheckpoint::is_quantized_checkpoint(dir); }
+
+LoadedModel load_for_eval(const std::string& dir, const LoadOptions& opt) {
+  QS_CHECK(std::filesystem::exists(dir)) << "model directory '" << dir << "' does not exist";
+  if (is_quantized_checkpoint(dir)) return load_quantized(dir, opt);
+  LoadedModel r;
+  r.dir = dir;
+  if (std::filesystem::exists(dir + "/tokenizer.json")) r.tokenizer_dir = dir;
+  QS_CHECK(!opt.weight_only) << "--weight-only applies to quantized checkpoints; '" << dir << "' is an FP one";
+  r.model = model::Model::load(dir);
+  const std::string dt = r.model->config().torch_dtype;
+  r.description = "fp32" + (dt.empty() ? std::string() : " (" + dt + " checkpoint)");
+  return r;
+}
+
+}  // namespace qs::quant::eval

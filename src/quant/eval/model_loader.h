@@ -1,0 +1,32 @@
+// Loads a checkpoint directory for evaluation, whatever it holds: a Hugging Face FP checkpoint (config.json +
+// safetensors; model::Model::load, FP32) or a qserve quantized checkpoint (quant/checkpoint.h), which becomes a
+// runnable model::Model on the exact integer reference path: model::QuantizedLinear for every decoder-layer
+// linear, the FP16 lm_head (model::Fp16Linear), embeddings and norms from their stored FP16 values.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "model/model.h"
+
+namespace qs::quant::eval {
+
+struct LoadOptions {
+  bool weight_only = false;  // quantized checkpoints: FP32 activations x dequantized weights (W4A16 ablation)
+};
+
+struct LoadedModel {
+  std::string dir;
+  std::unique_ptr<model::Model> model;
+  bool quantized = false;
+  int kv_bits = 32;           // the KV cache the checkpoint was made for: 4 (KV4), 16 or 32 (FP)
+  std::string description;    // "fp32 (bfloat16 checkpoint)", "w4a8-g128 (qoq: ...)"
+  std::string tokenizer_dir;  // where tokenizer.json was found ("" when none)
+};
+
+// True when `dir` holds a qserve quantized checkpoint.
+bool is_quantized_checkpoint(const std::string& dir);
+
+LoadedModel load_for_eval(const std::string& dir, const LoadOptions& opt);
+
+}  // namespace qs::quant::eval
