@@ -336,7 +336,8 @@ std::vector<float> search_clip_ratios(const Tensor& w, const float* f, int64_t r
   parallel_for(n, [&](int64_t b, int64_t e) {
     // dt[j][s]: the RTN residual of element j under ratio s, so that F d for all ratios at once is a sequence of
     // axpys over s (vectorizable, fixed order).
-    std::vector<float> dt(static_cast<size_t>(k * ns)), acc(static_cast<size_t>(ns));
+    constexpr int64_t kTb = 8;
+    std::vector<float> dt(static_cast<size_t>(k * ns)), acc(static_cast<size_t>(kTb * ns));
     std::vector<double> total(static_cast<size_t>(ns));
     for (int64_t r = b; r < e; ++r) {
       const float* row = w.data<float>() + r * k;
@@ -346,15 +347,18 @@ std::vector<float> search_clip_ratios(const Tensor& w, const float* f, int64_t r
           dt[size_t(j * ns + s)] = row[j] - w4_channel_dequant(w4_channel_quantize(row[j], p), p);
       }
       std::fill(total.begin(), total.end(), 0.0);
-      for (int64_t t = 0; t < rows; ++t) {
-        const float* ft = f + t * k;
+      // Blocks of kTb tokens share each residual row dt[j] while it is in L1.
+      for (int64_t t0 = 0; t0 < rows; t0 += kTb) {
+        const int64_t tb = std::min(kTb, rows - t0);
         std::fill(acc.begin(), acc.end(), 0.0f);
         for (int64_t j = 0; j < k; ++j) {
-          const float fj = ft[j];
-          if (fj == 0.0f) continue;
-          axpy(acc.data(), dt.data() + j * ns, fj, ns);
+          const float* dj = dt.data() + j * ns;
+          for (int64_t tt = 0; tt < tb; ++tt) {
+            const float fj = f[(t0 + tt) * k + j];
+            if (fj != 0.0f) axpy(acc.data() + tt * ns, dj, fj, ns);
+          }
         }
-        for (int64_t s = 0; s < ns; ++s) total[size_t(s)] += double(acc[size_t(s)]) * double(acc[size_t(s)]);
+        for (int64_t i = 0; i < tb * ns; ++i) total[size_t(i % ns)] += double(acc[size_t(i)]) * double(acc[size_t(i)]);
       }
       double best_err = INFINITY;
       for (int64_t s = 0; s < ns; ++s)
