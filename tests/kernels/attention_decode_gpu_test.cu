@@ -117,7 +117,7 @@ TEST_P(DecodeGpu, MatchesReferencePagedBatchedAndSplit) {
   const int maxc = *std::max_element(kMixed.begin(), kMixed.end());
   const int bsz = int(kMixed.size());
   const auto split = kernels::plan_decode(bsz, hq, a.layout, maxc, 132);
-  const auto whole = kernels::plan_decode(bsz, hq, a.layout, maxc, 1);
+  const kernels::DecodePlan whole{(maxc + 15) / 16 * 16, 1, 0};  // one chunk per sequence: no merge
   ASSERT_GT(split.max_chunks, 1);
   ASSERT_EQ(whole.max_chunks, 1);
   const DecodeRun ra = gpu_decode(a, *ca.k, *ca.v, q, kMixed, a.block_table, split);
@@ -163,6 +163,18 @@ INSTANTIATE_TEST_SUITE_P(
                       std::tuple{128, KvDType::kKv4, 16, 2}, std::tuple{128, KvDType::kKv4, 32, 2},
                       std::tuple{64, KvDType::kKv4, 7, 1}, std::tuple{64, KvDType::kKv4, 4, 2},
                       std::tuple{128, KvDType::kFp16, 16, 2}, std::tuple{64, KvDType::kFp16, 14, 2}));
+
+TEST(DecodeGpuPlan, SplitsOnlyWhenTheBatchCannotFillTheGpu) {
+  const kernels::KvCacheLayout l{64, 8, 128, KvDType::kKv4};
+  const auto small = kernels::plan_decode(1, 32, l, 4096, 132);
+  EXPECT_GT(small.max_chunks, 1);
+  EXPECT_EQ(small.chunk_tokens % 16, 0);
+  EXPECT_GE(int64_t(small.chunk_tokens) * small.max_chunks, 4096);
+  EXPECT_EQ(small.workspace_bytes, size_t(32) * small.max_chunks * 129 * 4);
+  const auto big = kernels::plan_decode(1024, 32, l, 1024, 132);
+  EXPECT_EQ(big.max_chunks, 1);
+  EXPECT_EQ(big.workspace_bytes, 0u);
+}
 
 TEST(DecodeGpuPlan, UnsupportedGroupIsAnError) {
   try {

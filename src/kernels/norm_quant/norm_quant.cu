@@ -1,8 +1,8 @@
 // Fused quantization kernels (see norm_quant.h). One CTA of 256 threads per row; a row is walked in vectors of
 // V halves (8 when the row length allows 16-byte accesses, else 1). The op is a functor that produces the fp32
-// value y_k to quantize; passes over the row: [statistics (RMSNorm)], amax, quantize. Re-reads of the row hit
-// L1/L2 (a row is at most a few tens of KB), so DRAM traffic is one read of the inputs and one write of the
-// outputs. Every fp32 operation is written as an IEEE intrinsic (no contraction), so y and the quantized values
+// value y_k to quantize; passes over the row: [statistics (RMSNorm)], amax (y cached in shared memory for rows
+// up to 28672 values), quantize. Re-reads of the row hit L1/L2, so DRAM traffic is one read of the inputs and
+// one write of the outputs. Every fp32 operation is written as an IEEE intrinsic (no contraction), so y and the quantized values
 // match the reference bit for bit (SiLU up to expf's last-ulp differences).
 #include <cuda_fp16.h>
 
@@ -57,17 +57,28 @@ __device__ __forceinline__ void store_h(uint16_t* p, const float (&f)[V]) {
   }
 }
 
+// Rows of at most kCacheCols values (112 KiB) keep y in (dynamic) shared memory between the amax and quantize passes,
+// so y is computed once; longer rows recompute it.
+constexpr int kCacheCols = 28672;
+
 // Quantizes the row given by op.y(row, k0, y[V]) (formats.h quantize_act_row).
 template <int V, typename Op>
 __device__ void quantize_row(const Op& op, int64_t row, int cols, const QuantOut& out) {
   __shared__ float fsm[kThreads / 32];
   __shared__ int ism[kThreads / 32];
+  extern __shared__ float4 cache4[];
+  float* cache = reinterpret_cast<float*>(cache4);
+  const bool cached = Op::kCache && cols <= kCacheCols;
   float amax = 0.0f;
   for (int k = threadIdx.x * V; k < cols; k += kThreads * V) {
     float y[V];
     op.y(row, k, y);
 #pragma unroll
     for (int i = 0; i < V; ++i) amax = fmaxf(amax, fabsf(y[i]));
+    if (cached) {
+#pragma unroll
+      for (int i = 0; i < V; ++i) cache[k + i] = y[i];
+    }
   }
   amax = block_reduce(amax, fmax_op, fsm);
   const __half s_h = __float2half_rn(__fdiv_rn(amax, 127.0f));
@@ -75,7 +86,12 @@ __device__ void quantize_row(const Op& op, int64_t row, int cols, const QuantOut
   int sum = 0;
   for (int k = threadIdx.x * V; k < cols; k += kThreads * V) {
     float y[V];
-    op.y(row, k, y);
+    if (cached) {
+#pragma unroll
+      for (int i = 0; i < V; ++i) y[i] = cache[k + i];  // written by this thread in the first pass
+    } else {
+      op.y(row, k, y);
+    }
     int8_t q[V];
 #pragma unroll
     for (int i = 0; i < V; ++i) {
@@ -96,6 +112,7 @@ __device__ void quantize_row(const Op& op, int64_t row, int cols, const QuantOut
 
 template <int V>
 struct RmsOp {
+  static constexpr bool kCache = true;
   const RmsNormQuantParams& p;
   const uint16_t* h;  // the normalized input: residual_out when a residual was added, else x
   float inv;
@@ -137,6 +154,7 @@ __global__ void __launch_bounds__(kThreads) rmsnorm_quant_kernel(const RmsNormQu
 
 template <int V>
 struct SiluOp {
+  static constexpr bool kCache = true;
   const SiluMulQuantParams& p;
   __device__ void y(int64_t row, int k, float (&o)[V]) const {
     float g[V], u[V];
@@ -149,6 +167,7 @@ struct SiluOp {
 
 template <int V>
 struct PlainOp {
+  static constexpr bool kCache = false;  // y is the input itself: re-reading it is as cheap as a cache
   const ActQuantParams& p;
   __device__ void y(int64_t row, int k, float (&o)[V]) const { load_h<V>(p.x + row * p.cols + k, o); }
 };
@@ -170,14 +189,34 @@ Status check(int32_t rows, int32_t cols, const QuantOut& o, const char* what) {
   return Status::ok();
 }
 
+size_t cache_bytes(int cols) { return cols <= kCacheCols ? size_t(cols) * sizeof(float) : 0; }
+
+// Raises a kernel's dynamic shared-memory limit to the cache size (64 KiB), once per kernel.
+template <auto Kernel>
+Status allow_smem() {
+  static bool done = false;  // one flag per kernel instance
+  if (!done) {
+    QS_CUDA_RETURN(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        int(kCacheCols * sizeof(float))));
+    done = true;
+  }
+  return Status::ok();
+}
+
 }  // namespace
 
 Status rmsnorm_quant(const RmsNormQuantParams& p, cudaStream_t stream) {
   QS_RETURN_IF_ERROR(check(p.rows, p.cols, p.out, "rmsnorm_quant"));
   if (p.residual_in && !p.residual_out) return Status::error("rmsnorm_quant: residual_in needs residual_out");
   if (p.rows == 0) return Status::ok();
-  if (p.cols % 8 == 0) rmsnorm_quant_kernel<8><<<p.rows, kThreads, 0, stream>>>(p);
-  else rmsnorm_quant_kernel<1><<<p.rows, kThreads, 0, stream>>>(p);
+  const size_t smem = cache_bytes(p.cols);
+  if (p.cols % 8 == 0) {
+    QS_RETURN_IF_ERROR(allow_smem<rmsnorm_quant_kernel<8>>());
+    rmsnorm_quant_kernel<8><<<p.rows, kThreads, smem, stream>>>(p);
+  } else {
+    QS_RETURN_IF_ERROR(allow_smem<rmsnorm_quant_kernel<1>>());
+    rmsnorm_quant_kernel<1><<<p.rows, kThreads, smem, stream>>>(p);
+  }
   QS_CUDA_RETURN(cudaGetLastError());
   return Status::ok();
 }
@@ -185,8 +224,14 @@ Status rmsnorm_quant(const RmsNormQuantParams& p, cudaStream_t stream) {
 Status silu_mul_quant(const SiluMulQuantParams& p, cudaStream_t stream) {
   QS_RETURN_IF_ERROR(check(p.rows, p.cols, p.out, "silu_mul_quant"));
   if (p.rows == 0) return Status::ok();
-  if (p.cols % 8 == 0) silu_mul_quant_kernel<8><<<p.rows, kThreads, 0, stream>>>(p);
-  else silu_mul_quant_kernel<1><<<p.rows, kThreads, 0, stream>>>(p);
+  const size_t smem = cache_bytes(p.cols);
+  if (p.cols % 8 == 0) {
+    QS_RETURN_IF_ERROR(allow_smem<silu_mul_quant_kernel<8>>());
+    silu_mul_quant_kernel<8><<<p.rows, kThreads, smem, stream>>>(p);
+  } else {
+    QS_RETURN_IF_ERROR(allow_smem<silu_mul_quant_kernel<1>>());
+    silu_mul_quant_kernel<1><<<p.rows, kThreads, smem, stream>>>(p);
+  }
   QS_CUDA_RETURN(cudaGetLastError());
   return Status::ok();
 }

@@ -1,0 +1,214 @@
+// Benchmark of decode attention over the paged KV cache (KV4 and the engine's FP16 cache) and of causal prefill
+// attention, with the device copy bandwidth measured in the same process. Decode: Llama-3-8B heads (32 q / 8 kv)
+// and Llama-2-70B heads (64 / 8), head_dim 128, page 64, batch {1,8,32,64,128,256} x context {512..32768}
+// (skipping batch x context > 4M tokens); bandwidth is counted on the bytes the kernel must read (KV data +
+// scales/zeros + q) plus the output. Every timed launch starts with a cold L2 (a 256 MiB buffer is rewritten
+// before it); median of 15 after 3 warm-ups, CUDA events. Prefill: Llama-3-8B heads, 16384 tokens split into
+// sequences of 1024..8192, causal FLOPs = 4 * tokens_pairs * head_dim * heads. The PyTorch SDPA baselines run in
+// bench/sdpa_baseline.py in the same device call (scripts/gpu/attention.sh).
+//   bench_attention [out_dir] [--quick]      prints a table; writes out_dir/attention.json (JSON lines)
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/attention/decode_attention.h"
+#include "kernels/attention/prefill_attention.h"
+#include "kernels/common/cuda_check.h"
+
+using namespace qs;           // NOLINT
+using namespace qs::kernels;  // NOLINT
+
+namespace {
+
+__global__ void fill_random(uint32_t* p, int64_t n, uint32_t seed) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    uint32_t x = uint32_t(i) * 2654435761u ^ seed;
+    x ^= x >> 16, x *= 0x7feb352d, x ^= x >> 15, x *= 0x846ca68b, x ^= x >> 16;
+    p[i] = x;
+  }
+}
+// Random fp16 values in [-2, 2).
+__global__ void fill_half(__half* p, int64_t n, uint32_t seed) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    uint32_t x = uint32_t(i) * 2654435761u ^ seed;
+    x ^= x >> 16, x *= 0x7feb352d, x ^= x >> 15;
+    p[i] = __float2half_rn(float(x & 0xffff) / 16384.0f - 2.0f);
+  }
+}
+// Valid KV4 scales (0.02..0.1) and zeros (0..15) for every (page, head) block of a pool.
+__global__ void fix_scales(uint8_t* pool, KvCacheLayout L, int64_t blocks) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < blocks * L.page_size;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t blk = i / L.page_size;
+    const int tok = int(i % L.page_size);
+    uint8_t* b = pool + blk * L.block_bytes();
+    *reinterpret_cast<__half*>(b + L.scale_offset(tok)) = __float2half_rn(0.02f + 0.08f * float(i % 97) / 97.0f);
+    *reinterpret_cast<__half*>(b + L.zero_offset(tok)) = __float2half_rn(float(i % 16));
+  }
+}
+
+struct Dev {
+  void* p = nullptr;
+  explicit Dev(size_t n) { QS_CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(n, 16))); }
+  ~Dev() { cudaFree(p); }
+  template <typename T>
+  T* as() const { return static_cast<T*>(p); }
+};
+
+void rand_bytes(void* p, size_t bytes, uint32_t seed) {
+  fill_random<<<1024, 256>>>(static_cast<uint32_t*>(p), int64_t(bytes / 4), seed);
+  QS_CUDA_CHECK(cudaGetLastError());
+}
+
+// Median time (ms) of fn over reps launches, each after rewriting a 256 MiB buffer (cold L2).
+template <typename Fn>
+float time_ms(Fn fn, int reps, const Dev& flush) {
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  for (int i = 0; i < 3; ++i) fn();
+  std::vector<float> t;
+  for (int i = 0; i < reps; ++i) {
+    QS_CUDA_CHECK(cudaMemsetAsync(flush.p, i, 256 << 20));
+    cudaEventRecord(a);
+    fn();
+    cudaEventRecord(b);
+    QS_CUDA_CHECK(cudaEventSynchronize(b));
+    float ms = 0;
+    cudaEventElapsedTime(&ms, a, b);
+    t.push_back(ms);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+double copy_bandwidth(const Dev& flush) {
+  const size_t n = size_t(1) << 30;
+  Dev a(n), b(n);
+  rand_bytes(a.p, n, 1);
+  const float ms = time_ms([&] { QS_CUDA_CHECK(cudaMemcpyAsync(b.p, a.p, n, cudaMemcpyDeviceToDevice)); }, 10, flush);
+  return 2.0 * double(n) / (ms * 1e-3) / 1e12;  // TB/s, read + write
+}
+
+struct DecodeResult {
+  float ms = 0;
+  double bytes = 0;
+};
+
+DecodeResult bench_decode(int batch, int hq, int hkv, int ctx, KvDType dt, int sms, const Dev& flush, int reps) {
+  KvCacheLayout L{64, hkv, 128, dt};
+  const int pages_per = (ctx + 63) / 64;
+  const int64_t pages = int64_t(batch) * pages_per;
+  Dev kp(size_t(pages * L.page_bytes())), vp(size_t(pages * L.page_bytes()));
+  rand_bytes(kp.p, size_t(pages * L.page_bytes()), 3);
+  rand_bytes(vp.p, size_t(pages * L.page_bytes()), 4);
+  if (dt == KvDType::kKv4) {
+    fix_scales<<<1024, 256>>>(kp.as<uint8_t>(), L, pages * hkv);
+    fix_scales<<<1024, 256>>>(vp.as<uint8_t>(), L, pages * hkv);
+  } else {  // random bits are not valid fp16 (NaN/inf): fill real values
+    fill_half<<<1024, 256>>>(kp.as<__half>(), pages * L.page_bytes() / 2, 5);
+    fill_half<<<1024, 256>>>(vp.as<__half>(), pages * L.page_bytes() / 2, 6);
+  }
+  std::vector<int32_t> perm(static_cast<size_t>(pages));
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), std::mt19937(7));
+  Dev bt(perm.size() * 4), lens(size_t(batch) * 4), q(size_t(batch) * hq * 128 * 2), out(size_t(batch) * hq * 128 * 2);
+  QS_CUDA_CHECK(cudaMemcpy(bt.p, perm.data(), perm.size() * 4, cudaMemcpyHostToDevice));
+  std::vector<int32_t> cl(size_t(batch), ctx);
+  QS_CUDA_CHECK(cudaMemcpy(lens.p, cl.data(), cl.size() * 4, cudaMemcpyHostToDevice));
+  fill_half<<<256, 256>>>(q.as<__half>(), int64_t(batch) * hq * 128, 8);
+  const DecodePlan plan = plan_decode(batch, hq, L, ctx, sms);
+  Dev ws(plan.workspace_bytes);
+  DecodeParams p;
+  p.q = q.as<uint16_t>(); p.out = out.as<uint16_t>();
+  p.k_pool = kp.as<uint8_t>(); p.v_pool = vp.as<uint8_t>(); p.layout = L;
+  p.block_table = bt.as<int32_t>(); p.block_table_stride = pages_per;
+  p.context_lens = lens.as<int32_t>(); p.batch = batch; p.num_q_heads = hq;
+  p.softmax_scale = 1.0f / std::sqrt(128.0f);
+  DecodeResult r;
+  r.ms = time_ms([&] { run_decode(p, plan, ws.p, 0).throw_if_error(); }, reps, flush);
+  const double per_token = dt == KvDType::kKv4 ? 2.0 * (64 + 4) : 2.0 * 256;
+  r.bytes = double(batch) * hkv * ctx * per_token + 2.0 * batch * hq * 128 * 2;
+  return r;
+}
+
+float bench_prefill(int len, int hq, int hkv, const Dev& flush, int reps, double* flops) {
+  const int total = 16384, batch = total / len;
+  Dev q(size_t(total) * hq * 128 * 2), k(size_t(total) * hkv * 128 * 2), v(size_t(total) * hkv * 128 * 2),
+      out(size_t(total) * hq * 128 * 2), cu(size_t(batch + 1) * 4);
+  fill_half<<<1024, 256>>>(q.as<__half>(), int64_t(total) * hq * 128, 1);
+  fill_half<<<1024, 256>>>(k.as<__half>(), int64_t(total) * hkv * 128, 2);
+  fill_half<<<1024, 256>>>(v.as<__half>(), int64_t(total) * hkv * 128, 3);
+  std::vector<int32_t> c(size_t(batch + 1));
+  for (int i = 0; i <= batch; ++i) c[i] = i * len;
+  QS_CUDA_CHECK(cudaMemcpy(cu.p, c.data(), c.size() * 4, cudaMemcpyHostToDevice));
+  PrefillParams p;
+  p.q = q.as<uint16_t>(); p.k = k.as<uint16_t>(); p.v = v.as<uint16_t>(); p.out = out.as<uint16_t>();
+  p.cu_seqlens = cu.as<int32_t>(); p.batch = batch; p.max_q_len = len;
+  p.num_q_heads = hq; p.num_kv_heads = hkv; p.head_dim = 128; p.softmax_scale = 1.0f / std::sqrt(128.0f);
+  *flops = 4.0 * batch * hq * 128.0 * (double(len) * (len + 1) / 2);
+  return time_ms([&] { run_prefill(p, 0).throw_if_error(); }, reps, flush);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string out_dir = ".";
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--quick") == 0) quick = true;
+    else out_dir = argv[i];
+  }
+  cudaDeviceProp prop;
+  QS_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  Dev flush(256 << 20);
+  const double copy_tbs = copy_bandwidth(flush);
+  std::FILE* js = std::fopen((out_dir + "/attention.json").c_str(), "w");
+  std::printf("device %s, %d SMs; copy bandwidth %.3f TB/s (read+write)\n", prop.name, prop.multiProcessorCount,
+              copy_tbs);
+  if (js) std::fprintf(js, "{\"device\":\"%s\",\"copy_tbs\":%.4f}\n", prop.name, copy_tbs);
+  const int reps = quick ? 5 : 15;
+  std::printf("\n%-8s %5s %6s | %9s %7s %6s | %9s %7s %6s | %8s\n", "decode", "batch", "ctx", "kv4 us", "TB/s",
+              "%copy", "fp16 us", "TB/s", "%copy", "fp16/kv4");
+  struct Model { const char* name; int hq, hkv; };
+  const Model models[] = {{"l3-8b", 32, 8}, {"l2-70b", 64, 8}};
+  const std::vector<int> batches = quick ? std::vector<int>{1, 64} : std::vector<int>{1, 8, 32, 64, 128, 256};
+  const std::vector<int> ctxs = quick ? std::vector<int>{1024, 4096}
+                                      : std::vector<int>{512, 1024, 2048, 4096, 8192, 32768};
+  for (const Model& m : models)
+    for (int b : batches)
+      for (int c : ctxs) {
+        if (int64_t(b) * c > (int64_t(4) << 20)) continue;
+        const DecodeResult k4 = bench_decode(b, m.hq, m.hkv, c, KvDType::kKv4, prop.multiProcessorCount, flush, reps);
+        const DecodeResult f16 = bench_decode(b, m.hq, m.hkv, c, KvDType::kFp16, prop.multiProcessorCount, flush, reps);
+        const double t4 = k4.bytes / (k4.ms * 1e-3) / 1e12, t16 = f16.bytes / (f16.ms * 1e-3) / 1e12;
+        std::printf("%-8s %5d %6d | %9.1f %7.3f %5.0f%% | %9.1f %7.3f %5.0f%% | %7.2fx\n", m.name, b, c,
+                    k4.ms * 1e3, t4, 100 * t4 / copy_tbs, f16.ms * 1e3, t16, 100 * t16 / copy_tbs, f16.ms / k4.ms);
+        if (js)
+          std::fprintf(js,
+                       "{\"op\":\"decode\",\"model\":\"%s\",\"batch\":%d,\"ctx\":%d,\"kv4_us\":%.2f,\"kv4_tbs\":%.4f,"
+                       "\"fp16_us\":%.2f,\"fp16_tbs\":%.4f}\n",
+                       m.name, b, c, k4.ms * 1e3, t4, f16.ms * 1e3, t16);
+        std::fflush(stdout);
+      }
+  std::printf("\n%-8s %6s %6s | %9s %8s\n", "prefill", "len", "batch", "us", "TFLOP/s");
+  for (int len : {1024, 2048, 4096, 8192}) {
+    double flops = 0;
+    const float ms = bench_prefill(len, 32, 8, flush, reps, &flops);
+    std::printf("%-8s %6d %6d | %9.1f %8.1f\n", "l3-8b", len, 16384 / len, ms * 1e3, flops / (ms * 1e-3) / 1e12);
+    if (js)
+      std::fprintf(js, "{\"op\":\"prefill\",\"len\":%d,\"batch\":%d,\"us\":%.2f,\"tflops\":%.2f}\n", len, 16384 / len,
+                   ms * 1e3, flops / (ms * 1e-3) / 1e12);
+  }
+  if (js) std::fclose(js);
+  return 0;
+}

@@ -1,0 +1,16 @@
+// Causal prefill attention (FlashAttention-2 style, FP16 tensor cores via mma.sync m16n8k16) over packed
+// variable-length sequences, with optional earlier context read from the paged KV cache (chunked prefill; KV4
+// dequantized per formats.h while staging into shared memory). Parameters in attention_params.h.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "core/status.h"
+#include "kernels/attention/attention_params.h"
+
+namespace qs::kernels {
+
+// Launch only (the first call per head_dim raises the kernel's dynamic shared-memory limit).
+Status run_prefill(const PrefillParams& p, cudaStream_t stream);
+
+}  // namespace qs::kernels
