@@ -12,8 +12,11 @@
 namespace qs::tokenizer {
 
 BpeModel::BpeModel(std::unordered_map<std::string, int> vocab,
-                   const std::vector<std::pair<std::string, std::string>>& merges, BpeOptions options)
+                   const std::vector<std::pair<std::string, std::string>>& merges, BpeOptions options,
+                   const std::vector<int>& ranks)
     : vocab_(std::move(vocab)), options_(std::move(options)) {
+  QS_CHECK(ranks.empty() || ranks.size() == merges.size()) << "BPE: " << ranks.size() << " ranks for "
+                                                           << merges.size() << " merges";
   lookup_.reserve(vocab_.size());
   for (const auto& [piece, id] : vocab_) lookup_.emplace(piece, id);
   merges_.reserve(merges.size());
@@ -28,7 +31,8 @@ BpeModel::BpeModel(std::unordered_map<std::string, int> vocab,
     QS_CHECK(merged >= 0) << "merge #" << rank << " '" << a << " " << b << "': merged token '" << a + b
                           << "' is not in the vocabulary";
     // A repeated pair takes its last rank, as HF tokenizers' HashMap collect does.
-    merges_.insert_or_assign((uint64_t(uint32_t(ia)) << 32) | uint32_t(ib), std::make_pair(int(rank), merged));
+    merges_.insert_or_assign((uint64_t(uint32_t(ia)) << 32) | uint32_t(ib),
+                             std::make_pair(ranks.empty() ? int(rank) : ranks[rank], merged));
   }
   if (options_.unk_token) {
     unk_id_ = piece_to_id(*options_.unk_token);

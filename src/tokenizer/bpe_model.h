@@ -25,10 +25,11 @@ struct BpeOptions {
 
 class BpeModel {
  public:
+  // merges[i] has priority ranks[i] (lower first; equal ranks go leftmost first), or i when `ranks` is empty.
   // Throws qs::Error when a merge names a piece that is not in the vocabulary, when the merged piece is not in
   // it, or when unk_token is not in it.
   BpeModel(std::unordered_map<std::string, int> vocab, const std::vector<std::pair<std::string, std::string>>& merges,
-           BpeOptions options);
+           BpeOptions options, const std::vector<int>& ranks = {});
   BpeModel(const BpeModel&) = delete;
   BpeModel& operator=(const BpeModel&) = delete;
 

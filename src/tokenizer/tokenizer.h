@@ -1,7 +1,8 @@
 // A Hugging Face tokenizer.json tokenizer: byte-level BPE (Llama-3, Qwen2, qs-llama-tiny) and SentencePiece-style
 // BPE with byte fallback (Llama-2, Mistral), with added/special tokens, the normalizers, pre-tokenizers,
 // post-processors and decoders those files use, and the BOS/EOS/chat-template settings of tokenizer_config.json
-// (and eos ids of generation_config.json) found beside it.
+// (and eos ids of generation_config.json) found beside it. A SentencePiece tokenizer.model (BPE, identity
+// normalizer) loads into the same machinery (sentencepiece_load.cc).
 //
 // Encoding follows HF tokenizers step by step: added tokens are cut out first (leftmost, longest), the rest is
 // normalized, pre-tokenized into words and BPE-encoded per word; add_special_tokens applies the post-processor
@@ -32,7 +33,11 @@ class Tokenizer {
   // Reads tokenizer.json and, beside it when present, tokenizer_config.json, generation_config.json and
   // chat_template.jinja. Throws qs::Error naming the file and the problem.
   static Tokenizer from_file(const std::string& tokenizer_json_path);
-  static Tokenizer from_dir(const std::string& model_dir);  // model_dir/tokenizer.json
+  static Tokenizer from_dir(const std::string& model_dir);  // tokenizer.json, else tokenizer.model
+  // A SentencePiece tokenizer.model (BPE models such as Llama-2 / Mistral; identity normalizer). Encodes like
+  // the sentencepiece library (merges by piece score), which differs from the tokenizer.json ids on runs of
+  // spaces. Reads tokenizer_config.json etc. beside it like from_file; BOS is added unless add_bos_token=false.
+  static Tokenizer from_sentencepiece(const std::string& tokenizer_model_path);
   // From JSON text (tests); the optional texts play the role of tokenizer_config.json / generation_config.json.
   static Tokenizer from_json(std::string_view tokenizer_json, std::string_view tokenizer_config_json = {},
                              std::string_view generation_config_json = {}, std::string chat_template = {});

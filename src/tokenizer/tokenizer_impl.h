@@ -1,9 +1,11 @@
-// Internal state of a Tokenizer (tokenizer.h), shared by the loader (tokenizer_load.cc, tokenizer.json ->
-// these structs) and the runtime (tokenizer.cc: encode / decode). Not part of the public API.
+// Internal state of a Tokenizer (tokenizer.h), shared by the loaders (tokenizer_load.cc: tokenizer.json,
+// sentencepiece_load.cc: tokenizer.model -> these structs) and the runtime (tokenizer.cc: encode / decode).
+// Not part of the public API.
 #pragma once
 
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "tokenizer/bpe_model.h"
@@ -61,9 +63,16 @@ struct TokenizerImpl {
   char strip_char = ' ';
   std::vector<std::string> id_to_piece;  // "" for holes in the id range
   std::vector<uint8_t> flags;
+  int default_bos_id = -1;  // SentencePiece: the model's own bos id, used when no config names one
   int bos_id = -1;
   std::vector<int> eos_ids;
   std::string chat_template;
 };
+
+// Reads tokenizer_config.json / generation_config.json (texts, may be empty) into t: bos/eos ids, special flags,
+// add_bos_token / add_eos_token (default_add_bos: add BOS when the config does not say), chat_template.
+void finish_tokenizer(TokenizerImpl& t, std::string_view config_json, std::string_view generation_json,
+                      bool default_add_bos);
+std::string read_text_file(const std::string& path);
 
 }  // namespace qs::tokenizer

@@ -365,7 +365,7 @@ void check_id(const TokenizerImpl& t, int id, const std::string& what) {
       << what << ": token id " << id << " is not in the vocabulary";
 }
 
-void apply_configs(TokenizerImpl& t, const json& cfg, const json& gen) {
+void apply_configs(TokenizerImpl& t, const json& cfg, const json& gen, bool default_add_bos) {
   for (int id : t.prefix_ids) check_id(t, id, "post_processor");
   for (int id : t.suffix_ids) check_id(t, id, "post_processor");
   for (int id : t.prefix_ids) t.flags[id] |= kTokSpecial;
@@ -385,6 +385,7 @@ void apply_configs(TokenizerImpl& t, const json& cfg, const json& gen) {
   token_id("pad_token");
   if (eos >= 0) t.eos_ids.push_back(eos);
   if (t.bos_id < 0 && !t.prefix_ids.empty()) t.bos_id = t.prefix_ids.front();
+  if (t.bos_id < 0) t.bos_id = t.default_bos_id;
 
   auto config_bool = [&](const char* key) -> int {  // -1 absent, 0 false, 1 true
     if (!cfg.is_object() || !cfg.contains(key) || cfg[key].is_null()) return -1;
@@ -392,7 +393,8 @@ void apply_configs(TokenizerImpl& t, const json& cfg, const json& gen) {
     return cfg[key].get<bool>() ? 1 : 0;
   };
   // transformers (LlamaTokenizerFast) rebuilds the post-processor from add_bos_token / add_eos_token.
-  if (const int add_bos = config_bool("add_bos_token"); add_bos >= 0 && t.bos_id >= 0) {
+  if (const int add_bos = config_bool("add_bos_token") >= 0 ? config_bool("add_bos_token") : default_add_bos ? 1 : -1;
+      add_bos >= 0 && t.bos_id >= 0) {
     std::erase(t.prefix_ids, t.bos_id);
     if (add_bos) t.prefix_ids.insert(t.prefix_ids.begin(), t.bos_id);
   }
@@ -450,13 +452,20 @@ std::shared_ptr<const TokenizerImpl> build(std::string_view tokenizer_json, std:
   } catch (const json::exception& e) {
     QS_FAIL() << "tokenizer.json: " << e.what();
   }
-  const json cfg = config_json.empty() ? json() : parse_json(config_json, "tokenizer_config.json");
-  const json gen = generation_json.empty() ? json() : parse_json(generation_json, "generation_config.json");
-  apply_configs(*t, cfg, gen);
+  finish_tokenizer(*t, config_json, generation_json, /*default_add_bos=*/false);
   return t;
 }
 
 }  // namespace
+
+void finish_tokenizer(TokenizerImpl& t, std::string_view config_json, std::string_view generation_json,
+                      bool default_add_bos) {
+  const json cfg = config_json.empty() ? json() : parse_json(config_json, "tokenizer_config.json");
+  const json gen = generation_json.empty() ? json() : parse_json(generation_json, "generation_config.json");
+  apply_configs(t, cfg, gen, default_add_bos);
+}
+
+std::string read_text_file(const std::string& path) { return read_text(path); }
 
 Tokenizer Tokenizer::from_json(std::string_view tokenizer_json, std::string_view tokenizer_config_json,
                                std::string_view generation_config_json, std::string chat_template) {
@@ -466,6 +475,7 @@ Tokenizer Tokenizer::from_json(std::string_view tokenizer_json, std::string_view
 Tokenizer Tokenizer::from_file(const std::string& tokenizer_json_path) {
   const fs::path p(tokenizer_json_path);
   QS_CHECK(fs::is_regular_file(p)) << "tokenizer file not found: " << p.string();
+  if (p.extension() == ".model") return from_sentencepiece(p.string());
   const fs::path dir = p.parent_path();
   auto optional_text = [&](const char* name) {
     const fs::path f = dir / name;
@@ -481,7 +491,9 @@ Tokenizer Tokenizer::from_file(const std::string& tokenizer_json_path) {
 }
 
 Tokenizer Tokenizer::from_dir(const std::string& model_dir) {
-  return from_file((fs::path(model_dir) / "tokenizer.json").string());
+  const fs::path json_path = fs::path(model_dir) / "tokenizer.json", sp_path = fs::path(model_dir) / "tokenizer.model";
+  if (!fs::exists(json_path) && fs::exists(sp_path)) return from_sentencepiece(sp_path.string());
+  return from_file(json_path.string());
 }
 
 }  // namespace qs::tokenizer
