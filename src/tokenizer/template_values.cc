@@ -163,12 +163,13 @@ json items_of(const json& v) {
 
 json apply_filter(const std::string& name, const json& v, const std::vector<json>& a) {
   auto arg = [&](size_t i, json d) { return i < a.size() ? a[i] : d; };
-  if (name == "trim") return strip(need_string(v, "trim"), true, true);
-  if (name == "length" || name == "count") return length_of(v);
-  if (name == "upper") return case_map(need_string(v, name), 0);
-  if (name == "lower") return case_map(need_string(v, name), 1);
-  if (name == "capitalize") return case_map(need_string(v, name), 2);
-  if (name == "title") return case_map(need_string(v, name), 3);
+  // Jinja's string filters convert their input with str() first (None -> "None", Undefined -> "").
+  if (name == "trim") return strip(to_str(v), true, true);
+  if (name == "length" || name == "count") return is_undefined(v) ? json(0) : length_of(v);
+  if (name == "upper") return case_map(to_str(v), 0);
+  if (name == "lower") return case_map(to_str(v), 1);
+  if (name == "capitalize") return case_map(to_str(v), 2);
+  if (name == "title") return case_map(to_str(v), 3);
   if (name == "string") return to_str(v);
   if (name == "safe") return v;
   if (name == "int") return v.is_string() ? json(std::stoll(v.get<std::string>())) : json(v.get<long long>());
@@ -201,7 +202,7 @@ json apply_filter(const std::string& name, const json& v, const std::vector<json
     QS_CHECK(v.is_array()) << "chat template: reverse of " << repr(v);
     return json(std::vector<json>(v.rbegin(), v.rend()));
   }
-  if (name == "replace") return replace_all(need_string(v, name), to_str(arg(0, "")), to_str(arg(1, "")));
+  if (name == "replace") return replace_all(to_str(v), to_str(arg(0, "")), to_str(arg(1, "")));
   QS_FAIL() << "chat template: unsupported filter '" << name << "'";
   return json();
 }

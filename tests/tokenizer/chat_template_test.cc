@@ -144,6 +144,10 @@ TEST(ChatTemplate, SlicesTojsonAndKeyOrder) {
   EXPECT_EQ(render("{{ 'a\\tb' }}|{{ \"q'uote\" }}|{{ 'x' if none else 'y' }}|{{ [1,2] + [3] }}|{{ 2.5 * 2 }}|{{ 10 / 4 }}"),
             "a\tb|q'uote|y|[1, 2, 3]|5.0|2.5");
   EXPECT_THAT(error_of("{{ xs[::0] }}", {{"xs", {1}}}), HasSubstr("slice step cannot be zero"));
+  // String filters apply str() first, as Jinja's do (a tool-call message's content may be None).
+  EXPECT_EQ(render("{{ none | trim }}|{{ missing | trim }}|{{ missing | length }}|{{ 12 | upper }}|{{ none | "
+                   "replace('o','0') }}"),
+            "None||0|12|N0ne");
 }
 
 TEST(ChatTemplate, UnsupportedConstructsAreNamed) {
