@@ -18,7 +18,7 @@ std::string IncrementalDecoder::push(int id) {
 std::string IncrementalDecoder::flush() {
   std::string out = repair_utf8(pending_);
   pending_.clear();
-  state_ = DecodeState();
+  reset_state();
   return out;
 }
 

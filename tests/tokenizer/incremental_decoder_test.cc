@@ -106,6 +106,29 @@ TEST(IncrementalDecoder, Llama2ByteFallbackEmojiAndLeadingSpace) {
   EXPECT_EQ(tok.decode({953, 243, 162}, true), "em" + kFffd);
 }
 
+// Streaming a completion after a prompt: the SentencePiece-style leading-space strip applies to the start of
+// the whole text only, so the generated "▁brown" keeps its space.
+TEST(IncrementalDecoder, ContinuationKeepsLeadingSpace) {
+  QS_REQUIRE_DATA("fixtures/llama2-tokenizer/tokenizer.json");
+  const Tokenizer tok = Tokenizer::from_file(test::data_path("fixtures/llama2-tokenizer/tokenizer.json"));
+  const std::vector<int> prompt = tok.encode("The quick");
+  const std::vector<int> more = tok.encode("brown fox", false);  // "▁brown", "▁fox"
+  std::vector<int> all = prompt;
+  all.insert(all.end(), more.begin(), more.end());
+  const std::string whole = tok.decode(all, true);
+  ASSERT_EQ(whole, "The quick brown fox");
+  IncrementalDecoder cont(tok, true, /*continues_text=*/true);
+  std::string streamed;
+  for (int id : more) streamed += cont.push(id);
+  streamed += cont.flush();
+  EXPECT_EQ(streamed, " brown fox");
+  EXPECT_EQ(tok.decode(prompt, true) + streamed, whole);
+  IncrementalDecoder fresh(tok, true);  // a text of its own: its first space is dropped
+  EXPECT_EQ(fresh.push(more[0]), "brown");
+  EXPECT_EQ(fresh.flush(), "");
+  EXPECT_EQ(fresh.push(more[0]), "brown");  // flush() starts a new text
+}
+
 // Random streams of byte tokens and ordinary tokens: broken and complete sequences in every combination.
 TEST(IncrementalDecoder, RandomStreamsMatchDecode) {
   QS_REQUIRE_DATA("fixtures/llama2-tokenizer/tokenizer.json");
