@@ -138,11 +138,14 @@ TEST_P(DecodeGpu, MatchesReferencePagedBatchedAndSplit) {
   const double e_whole = test::normalized_error(test::from_fp16(rw.out), ref);
   EXPECT_LT(e_split, tol);
   EXPECT_LT(e_whole, tol);
+  std::printf("d=%d %s hq=%d hkv=%d: err split %.2e whole %.2e (tol %.0e)\n", d,
+              dt == KvDType::kKv4 ? "kv4" : "fp16", hq, hkv, e_split, e_whole, tol);
   // Per sequence too (a short context must not hide behind a long one).
   const int64_t row = int64_t(hq) * d;
+  const std::vector<float> out_f = test::from_fp16(ra.out);
   for (int s = 0; s < bsz; ++s) {
-    std::vector<float> o(test::from_fp16(ra.out).begin() + s * row, test::from_fp16(ra.out).begin() + (s + 1) * row);
-    std::vector<float> r(ref.begin() + s * row, ref.begin() + (s + 1) * row);
+    const std::vector<float> o(out_f.begin() + s * row, out_f.begin() + (s + 1) * row);
+    const std::vector<float> r(ref.begin() + s * row, ref.begin() + (s + 1) * row);
     EXPECT_LT(test::normalized_error(o, r), tol) << "sequence " << s << " context " << kMixed[s];
   }
   // Batched == request by request (same plan, own block-table row).
@@ -152,8 +155,6 @@ TEST_P(DecodeGpu, MatchesReferencePagedBatchedAndSplit) {
     const DecodeRun one = gpu_decode(a, *ca.k, *ca.v, qs, {kMixed[s]}, bt, split);
     EXPECT_TRUE(std::equal(one.out.begin(), one.out.end(), ra.out.begin() + s * row)) << "sequence " << s;
   }
-  std::printf("d=%d %s hq=%d hkv=%d: err split %.2e whole %.2e (tol %.0e)\n", d,
-              dt == KvDType::kKv4 ? "kv4" : "fp16", hq, hkv, e_split, e_whole, tol);
 }
 
 INSTANTIATE_TEST_SUITE_P(
