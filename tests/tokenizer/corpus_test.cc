@@ -9,6 +9,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <thread>
 
 #include "common/test_util.h"
 #include "tokenizer/incremental_decoder.h"
@@ -62,6 +63,33 @@ TEST(TokenizerCorpus, Llama2WikiText2RoundTrip) {
   // Byte-fallback BPE is lossless: decoding gives the text back exactly.
   EXPECT_EQ(tok.decode(ids, /*skip_special_tokens=*/true), text);
   EXPECT_GT(ids.size(), text.size() / 6);  // sanity: a 32k vocabulary averages a few bytes per token
+}
+
+// One Tokenizer shared by several threads (the word cache is shared): same ids as one thread alone.
+TEST(TokenizerCorpus, ConcurrentEncodeMatchesSerial) {
+  QS_REQUIRE_DATA("text/wikitext2_test.txt");
+  QS_REQUIRE_DATA("models/qs-llama-tiny/tokenizer.json");
+  const std::string text = read_all(test::data_path("text/wikitext2_test.txt"));
+  const size_t n_chunks = 8;
+  std::vector<std::string> chunks;
+  for (size_t i = 0; i < n_chunks; ++i) {  // lines i*20000.. (cut at newlines: never inside a character)
+    const size_t b = text.find('\n', i * 20000), e = text.find('\n', b + 20000 + 7 * i);
+    chunks.push_back(text.substr(b, e - b));
+  }
+  std::vector<std::vector<int>> serial;
+  {
+    const Tokenizer fresh = Tokenizer::from_dir(test::data_path("models/qs-llama-tiny"));
+    for (const std::string& c : chunks) serial.push_back(fresh.encode(c));
+  }
+  const Tokenizer shared = Tokenizer::from_dir(test::data_path("models/qs-llama-tiny"));
+  std::vector<std::vector<int>> parallel(n_chunks);
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < n_chunks; ++i)
+    threads.emplace_back([&, i] {
+      for (int rep = 0; rep < 3; ++rep) parallel[i] = shared.encode(chunks[i]);
+    });
+  for (std::thread& t : threads) t.join();
+  for (size_t i = 0; i < n_chunks; ++i) EXPECT_EQ(parallel[i], serial[i]) << "chunk " << i;
 }
 
 TEST(TokenizerCorpus, ReferenceGenerationPromptsAndTexts) {
