@@ -3,7 +3,8 @@
 # from the repo root with the binaries built here and copied to gpu-pack/attn/ (see the pack step below), or
 # under scripts/gpu-check (binaries in $QSERVE_GPU_PACK, tests already run there).
 # Runs the GPU tests, a SASS summary (HMMA count, local memory) of the kernels, bench_attention, bench_fused and
-# the PyTorch SDPA baseline (bench/sdpa_baseline.py) in the same call; logs and JSON under $OUT (or $1, or ./out).
+# the PyTorch SDPA baseline (bench/sdpa_baseline.py) in the same call. Everything goes to stdout and, as ONE file
+# (the device returns at most 8), to $OUT/attention_results.tgz (logs + JSON lines); $OUT = $1, $OUT or ./out.
 #   pack here:  for t in test_kernels_attention_decode_gpu_test test_kernels_attention_prefill_gpu_test \
 #                 test_kernels_norm_quant_gpu_test bench_attention bench_fused; do cp build-attn/$t gpu-pack/attn/; done
 #   scripts/gpu/attention.sh [OUT_DIR] [--quick] [--no-tests] [--no-bench]
@@ -15,6 +16,8 @@ for a in "$@"; do
 done
 if [ -n "${QSERVE_GPU_PACK:-}" ]; then BIN=$QSERVE_GPU_PACK; TESTS=0; else BIN=${ATTN_BIN:-gpu-pack/attn}; fi
 mkdir -p "$OUT"
+FINAL=$OUT
+OUT=$(mktemp -d /tmp/attn_out.XXXX)
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee "$OUT/attn_device.txt"
 rc=0
@@ -39,4 +42,5 @@ if [ $BENCH = 1 ]; then
   "$BIN/bench_attention" "$OUT" $QUICK 2>&1 | tee "$OUT/attention_bench.log" || rc=1
   PYTHONUNBUFFERED=1 python3 bench/sdpa_baseline.py "$OUT" $QUICK 2>&1 | tee "$OUT/sdpa_bench.log" || rc=1
 fi
+tar czf "$FINAL/attention_results.tgz" -C "$OUT" . && echo "results: $FINAL/attention_results.tgz"
 exit $rc

@@ -82,6 +82,25 @@ INSTANTIATE_TEST_SUITE_P(Shapes, WriteTest,
                          ::testing::Values(std::tuple{16, 64, KvDType::kKv4}, std::tuple{64, 128, KvDType::kKv4},
                                            std::tuple{16, 128, KvDType::kFp16}, std::tuple{64, 64, KvDType::kFp16}));
 
+TEST(WriteTest, TokensWithoutSlotAreNotCachedButStillRoped) {
+  KvCacheLayout l{16, 2, 64, KvDType::kKv4};
+  PagedBatch pb = test::make_paged_batch(l, 4, {20}, 3);
+  const auto q_before = pb.q_roped;
+  std::fill(pb.k_pool.begin(), pb.k_pool.end(), 0xA5);
+  std::fill(pb.v_pool.begin(), pb.v_pool.end(), 0xA5);
+  std::fill(pb.q_roped.begin(), pb.q_roped.end(), 0);
+  const int32_t skipped = pb.slots[17];
+  pb.slots[17] = -1;
+  ref_cpu::kv_cache_write(pb.write_params());
+  EXPECT_EQ(pb.q_roped, q_before);
+  const int64_t blk = l.block_offset(skipped / l.page_size, 1);
+  const int off = skipped % l.page_size;
+  EXPECT_EQ(pb.k_pool[blk + l.data_offset(off)], 0xA5);
+  EXPECT_EQ(pb.v_pool[blk + l.scale_offset(off)], 0xA5);
+  const int64_t blk16 = l.block_offset(pb.slots[16] / l.page_size, 1);
+  EXPECT_NE(pb.k_pool[blk16 + l.scale_offset(pb.slots[16] % l.page_size) + 1], 0xA5);
+}
+
 TEST(WriteTest, BadLayoutIsRejected) {
   KvCacheLayout l{24, 2, 128, KvDType::kKv4};
   try {
