@@ -5,8 +5,10 @@
 //           after RoPE) is quantized with qs::fmt4::quantize_kv4_group and immediately dequantized with
 //           qs::fmt4::dequantize_kv4; attention reads the dequantized values. The packed nibbles and FP16
 //           scale/zero are kept too, so a device cache can be compared with this one bit for bit.
-// Attention always reads the cache, also for the tokens of the current prefill chunk, so in KV4 mode every key
-// and value the model sees is quantized (as in fake-quantized perplexity evaluation).
+// By default attention reads everything from the cache, also the tokens of the current chunk, so in KV4 mode
+// every key and value the model sees is quantized (fake-quantized evaluation, and the engine's decode steps);
+// SeqInput::fp_self_kv (model.h) instead lets a prefill chunk see its own K/V unquantized, as the engine's
+// prefill kernel does.
 // Length protocol: Model::forward writes each layer's K/V at [length, length + n) and then advances length.
 #pragma once
 

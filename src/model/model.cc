@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <set>
+#include <tuple>
 
 #include "backends/ref_cpu/ops.h"
 #include "core/error.h"
@@ -148,6 +149,16 @@ void Model::forward_layer(int layer, float* hidden, const std::vector<SeqSlice>&
     a.q = q.data() + s.offset * Q;
     a.k = s.cache->k(layer);
     a.v = s.cache->v(layer);
+    std::vector<float> mixed_k, mixed_v;
+    if (s.fp_self_kv && s.cache->mode() == KvMode::kKv4) {
+      // Earlier positions from the (quantized) cache, this chunk's own keys/values unquantized.
+      for (auto [dst, cached, fresh] : {std::tuple{&mixed_k, a.k, k.data()}, std::tuple{&mixed_v, a.v, v.data()}}) {
+        dst->assign(cached, cached + pos0 * KV);
+        dst->insert(dst->end(), fresh + s.offset * KV, fresh + (s.offset + s.n) * KV);
+      }
+      a.k = mixed_k.data();
+      a.v = mixed_v.data();
+    }
     a.out = attn.data() + s.offset * Q;
     a.m = s.n;
     a.kv_len = pos0 + s.n;
@@ -200,7 +211,7 @@ Tensor Model::forward(const std::vector<SeqInput>& batch, LogitsMode mode) {
           << "model: sequence " << b << " would reach " << s.cache->length() + s.n
           << " positions, beyond max_position_embeddings " << config_.max_position_embeddings;
     }
-    slices.push_back({M, s.n, s.cache});
+    slices.push_back({M, s.n, s.cache, s.fp_self_kv});
     M += s.n;
   }
   const int64_t H = config_.hidden_size, V = config_.vocab_size;

@@ -46,10 +46,14 @@ struct ModelWeights {
 };
 
 // New tokens of one sequence in a forward call. Their positions are cache->length() + [0, n).
+// fp_self_kv (matters only for a KV4 cache): the new tokens attend to each other's K/V unquantized and to earlier
+// positions through the quantized cache, as the serving engine's prefill kernel does; by default (false) every
+// key and value is read back from the cache, i.e. quantized (fake-quantized evaluation; engine decode steps).
 struct SeqInput {
   const int32_t* ids = nullptr;
   int64_t n = 0;
   KvCache* cache = nullptr;
+  bool fp_self_kv = false;
 };
 
 // Rows [offset, offset + n) of a hidden-state matrix belong to one sequence (positions cache->length() + i).
@@ -57,6 +61,7 @@ struct SeqSlice {
   int64_t offset = 0;
   int64_t n = 0;
   KvCache* cache = nullptr;
+  bool fp_self_kv = false;  // as in SeqInput
 };
 
 enum class LogitsMode {

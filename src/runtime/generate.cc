@@ -106,7 +106,8 @@ std::vector<GenerateResult> generate_batch(model::Model& model, const std::vecto
   auto t0 = std::chrono::steady_clock::now();
   if (opts.max_new_tokens > 0) {
     std::vector<model::SeqInput> batch;
-    for (auto& s : seqs) batch.push_back({s.history.data(), int64_t(s.history.size()), &s.cache});
+    for (auto& s : seqs)
+      batch.push_back({s.history.data(), int64_t(s.history.size()), &s.cache, opts.fp_prefill_self_kv});
     Tensor logits = model.forward(batch, model::LogitsMode::kLast);
     for (size_t i = 0; i < seqs.size(); ++i)
       accept(i, seqs[i].sampler.sample(logits.data<float>() + int64_t(i) * V, V, seqs[i].history));

@@ -23,6 +23,9 @@ struct GenerateOptions {
   std::vector<int32_t> eos_ids;           // the EOS id is kept in tokens, its text is not emitted
   std::vector<std::string> stop_strings;  // need text (TokenText); the stop string is cut from the text
   model::KvMode kv_mode = model::KvMode::kFp32;
+  // KV4 only: the prompt attends to its own K/V unquantized (the engine's prefill kernel); decode steps read the
+  // quantized cache either way. Off: everything quantized (model/kv_cache.h).
+  bool fp_prefill_self_kv = false;
 };
 
 enum class StopReason { kMaxTokens, kEos, kStopString, kContextFull };

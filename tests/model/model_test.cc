@@ -189,6 +189,32 @@ TEST_F(TinyModel, Kv4CacheQuantizesEveryKeyAndValueExactlyAsFormatsSays) {
   EXPECT_LE(nerr(lf, qs::test::naive_forward(s_, w_, ids)), kFwdTol);
 }
 
+TEST_F(TinyModel, Kv4PrefillCanReadItsOwnKeysUnquantizedLikeTheEngine) {
+  const auto ids = prompt(10, s_.vocab, 6);
+  KvCache fp = m_->new_cache(KvMode::kFp32), mixed = m_->new_cache(KvMode::kKv4), quant = m_->new_cache(KvMode::kKv4);
+  Tensor lf = m_->forward({{ids.data(), 7, &fp}}, LogitsMode::kAll);
+  Tensor lm = m_->forward({{ids.data(), 7, &mixed, /*fp_self_kv=*/true}}, LogitsMode::kAll);
+  Tensor lq = m_->forward({{ids.data(), 7, &quant}}, LogitsMode::kAll);
+  // First chunk on an empty cache: nothing is read back quantized, so it is exactly the FP32 model ...
+  EXPECT_EQ(std::memcmp(lf.raw(), lm.raw(), lf.nbytes()), 0);
+  EXPECT_NE(std::memcmp(lq.raw(), lm.raw(), lf.nbytes()), 0);
+  // ... while the cache it leaves holds, in every layer, the KV4 quantization of the FP32 model's keys/values.
+  const int D = s_.head_dim;
+  for (int l = 0; l < s_.layers; ++l)
+    for (int g = 0; g < 7 * s_.kv_heads; ++g)
+      for (int which = 0; which < 2; ++which) {
+        std::vector<uint8_t> packed(size_t(D / 2), 0);
+        const auto p = fmt4::quantize_kv4_group((which ? fp.v(l) : fp.k(l)) + g * D, D, packed.data());
+        ASSERT_EQ(std::memcmp((which ? mixed.v4(l) : mixed.k4(l)) + g * D / 2, packed.data(), size_t(D / 2)), 0);
+        ASSERT_EQ((which ? mixed.v4_params(l) : mixed.k4_params(l))[g].scale, p.scale);
+      }
+  // Next chunk: earlier positions come from the quantized cache, so it differs from FP32.
+  Tensor nf = m_->forward({{ids.data() + 7, 3, &fp}}, LogitsMode::kAll);
+  Tensor nm = m_->forward({{ids.data() + 7, 3, &mixed, true}}, LogitsMode::kAll);
+  EXPECT_NE(std::memcmp(nf.raw(), nm.raw(), nf.nbytes()), 0);
+  EXPECT_LE(qs::test::normalized_error(nm.data<float>(), nf.data<float>(), size_t(nf.numel())), 0.1);
+}
+
 TEST_F(TinyModel, ObserverSeesEveryLinearInputInForwardOrder) {
   std::vector<std::string> names;
   std::map<std::string, std::vector<float>> first_input;
