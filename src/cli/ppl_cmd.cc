@@ -1,10 +1,13 @@
 // `qserve ppl`: WikiText-2 style perplexity of FP (Hugging Face) and quantized checkpoints with the GPTQ protocol
 // (quant/eval/perplexity.h), optionally with KL divergence and top-1 agreement against a reference FP model.
-// Several --model values are evaluated in one pass over the data (the reference runs once per window).
-//   qserve ppl --model DIR [--model DIR2 ...] [--dataset FILE] [--seq-len 2048] [--max-windows N]
+// Several --model values are evaluated in one pass over the data (the reference runs once per window):
+//   qserve ppl --model SPEC [--model SPEC ...] [--dataset FILE] [--seq-len 2048] [--max-windows N]
 //              [--reference HF_DIR] [--kv auto|fp32|kv4] [--rtn SCHEME] [--weight-only] [--json FILE]
-// --rtn quantizes HF models in memory with round-to-nearest (quant/eval/rtn_model.h) instead of loading a
-// quantized checkpoint; --weight-only runs quantized linears on FP32 activations (W4A16 ablation).
+// SPEC is a directory, optionally followed by per-model settings that override the global flags:
+//   DIR@kv=kv4,rtn=w8a8,weight-only,label=NAME
+// rtn=SCHEME quantizes an HF model in memory with round-to-nearest (quant/eval/rtn_model.h); weight-only runs a
+// quantized checkpoint's linears on FP32 activations (W4A16 ablation); kv=auto gives KV4 to checkpoints made for
+// it and to W4A8 RTN schemes, FP32 otherwise.
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -24,6 +27,8 @@
 
 namespace {
 
+namespace ev = qs::quant::eval;
+
 struct PplArgs {
   std::vector<std::string> models;
   std::string dataset;
@@ -37,6 +42,45 @@ struct PplArgs {
   std::string tokenizer;
 };
 
+// One --model value with its settings.
+struct ModelSpec {
+  std::string dir, label, kv, rtn;
+  bool weight_only = false;
+};
+
+ModelSpec parse_spec(const std::string& s, const PplArgs& a) {
+  ModelSpec m;
+  m.kv = a.kv;
+  m.rtn = a.rtn;
+  m.weight_only = a.weight_only;
+  const size_t at = s.rfind('@');
+  m.dir = s.substr(0, at);
+  if (at != std::string::npos) {
+    std::stringstream ss(s.substr(at + 1));
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+      const size_t eq = item.find('=');
+      const std::string key = item.substr(0, eq), val = eq == std::string::npos ? "" : item.substr(eq + 1);
+      if (key == "kv") {
+        QS_CHECK(val == "auto" || val == "fp32" || val == "kv4") << "--model " << s << ": kv must be auto, fp32 or kv4";
+        m.kv = val;
+      } else if (key == "rtn") {
+        ev::parse_rtn_scheme(val);  // validates
+        m.rtn = val;
+      } else if (key == "weight-only" && eq == std::string::npos) {
+        m.weight_only = true;
+      } else if (key == "label") {
+        m.label = val;
+      } else {
+        QS_FAIL() << "--model " << s << ": unknown setting '" << item
+                  << "' (expected kv=..., rtn=..., weight-only, label=...)";
+      }
+    }
+  }
+  if (m.label.empty()) m.label = s;
+  return m;
+}
+
 std::string read_text(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   QS_CHECK(f.good()) << "cannot read dataset file '" << path << "'";
@@ -45,9 +89,7 @@ std::string read_text(const std::string& path) {
   return ss.str();
 }
 
-// auto: the KV cache a quantized checkpoint was made for (KV4 unless its metadata says otherwise; --rtn models
-// are W4A8KV4 / W8A8 with KV4 too); FP checkpoints: FP32.
-qs::model::KvMode kv_mode_for(const std::string& kv, const qs::quant::eval::LoadedModel& lm) {
+qs::model::KvMode kv_mode_for(const std::string& kv, const ev::LoadedModel& lm) {
   if (kv == "fp32") return qs::model::KvMode::kFp32;
   if (kv == "kv4") return qs::model::KvMode::kKv4;
   return lm.quantized && lm.kv_bits == 4 ? qs::model::KvMode::kKv4 : qs::model::KvMode::kFp32;
@@ -58,77 +100,82 @@ void run(const PplArgs& a) {
   const std::string dataset = a.dataset.empty() ? qs::data_dir() + "/text/wikitext2_test.txt" : a.dataset;
   const bool tty = isatty(fileno(stderr));
 
-  qs::quant::eval::LoadOptions lo;
-  lo.weight_only = a.weight_only;
-  std::vector<qs::quant::eval::LoadedModel> loaded;
-  std::vector<qs::quant::eval::EvalModel> evals;
-  for (const auto& dir : a.models) {
-    loaded.push_back(qs::quant::eval::load_for_eval(dir, lo));
+  std::vector<ModelSpec> specs;
+  for (const auto& s : a.models) specs.push_back(parse_spec(s, a));
+  std::vector<ev::LoadedModel> loaded;
+  std::vector<ev::EvalModel> evals;
+  for (const auto& sp : specs) {
+    ev::LoadOptions lo;
+    lo.weight_only = sp.weight_only;
+    loaded.push_back(ev::load_for_eval(sp.dir, lo));
     auto& lm = loaded.back();
-    if (!a.rtn.empty()) {
-      QS_CHECK(!lm.quantized) << "ppl: --rtn quantizes FP checkpoints, but '" << dir << "' is already quantized";
-      qs::quant::eval::apply_rtn(*lm.model, qs::quant::eval::parse_rtn_scheme(a.rtn));
+    if (!sp.rtn.empty()) {
+      QS_CHECK(!lm.quantized) << "ppl: rtn quantizes FP checkpoints, but '" << sp.dir << "' is already quantized";
+      ev::apply_rtn(*lm.model, ev::parse_rtn_scheme(sp.rtn));
       lm.quantized = true;
       // W4A8 schemes are W4A8KV4; W8A8 (SmoothQuant's setting) and weight-only ones keep an FP KV cache.
-      lm.kv_bits = a.rtn.rfind("w4a8", 0) == 0 ? 4 : 32;
-      lm.description = std::string("rtn ") + a.rtn;
+      lm.kv_bits = sp.rtn.rfind("w4a8", 0) == 0 ? 4 : 32;
+      lm.description = "rtn " + sp.rtn + " (in memory)";
     }
+    evals.push_back({sp.label, lm.model.get(), kv_mode_for(sp.kv, lm)});
   }
-  for (auto& lm : loaded)
-    evals.push_back({lm.dir, lm.model.get(), kv_mode_for(a.kv, lm)});
 
-  std::unique_ptr<qs::quant::eval::LoadedModel> ref;
+  std::unique_ptr<ev::LoadedModel> ref;
   if (!a.reference.empty()) {
-    ref = std::make_unique<qs::quant::eval::LoadedModel>(qs::quant::eval::load_for_eval(a.reference, {}));
+    ref = std::make_unique<ev::LoadedModel>(ev::load_for_eval(a.reference, {}));
     QS_CHECK(!ref->quantized) << "ppl: --reference must be an FP (Hugging Face) checkpoint";
   }
-  const std::string tok_dir = !a.tokenizer.empty() ? a.tokenizer
-                              : loaded.front().tokenizer_dir.empty() && ref ? ref->tokenizer_dir
-                                                                            : loaded.front().tokenizer_dir;
-  QS_CHECK(!tok_dir.empty()) << "ppl: no tokenizer.json beside '" << a.models.front()
-                             << "'; give --tokenizer DIR (or --reference)";
+  std::string tok_dir = a.tokenizer;
+  for (size_t i = 0; tok_dir.empty() && i < loaded.size(); ++i) tok_dir = loaded[i].tokenizer_dir;
+  if (tok_dir.empty() && ref) tok_dir = ref->tokenizer_dir;
+  QS_CHECK(!tok_dir.empty()) << "ppl: no tokenizer.json found beside the models; give --tokenizer DIR";
   const auto tok = qs::tokenizer::Tokenizer::from_dir(tok_dir);
-  const std::vector<int32_t> tokens = qs::quant::eval::tokenize_dataset(tok, read_text(dataset));
-  const int64_t nw = qs::quant::eval::num_windows(int64_t(tokens.size()), a.seq_len, a.max_windows);
+  const std::vector<int32_t> tokens = ev::tokenize_dataset(tok, read_text(dataset));
+  const int64_t nw = ev::num_windows(int64_t(tokens.size()), a.seq_len, a.max_windows);
   std::fprintf(stderr, "ppl: %s: %zu tokens, %lld windows of %lld%s\n", dataset.c_str(), tokens.size(),
                (long long)nw, (long long)a.seq_len, a.max_windows > 0 ? " (--max-windows)" : "");
   for (size_t i = 0; i < loaded.size(); ++i)
-    std::fprintf(stderr, "ppl: model %s: %s, kv %s\n", loaded[i].dir.c_str(), loaded[i].description.c_str(),
+    std::fprintf(stderr, "ppl: model %s: %s, kv %s\n", evals[i].label.c_str(), loaded[i].description.c_str(),
                  qs::model::kv_mode_name(evals[i].kv_mode));
 
-  qs::quant::eval::EvalOptions opt;
+  ev::EvalOptions opt;
   opt.seq_len = a.seq_len;
   opt.max_windows = a.max_windows;
   const auto t0 = std::chrono::steady_clock::now();
   opt.progress = [&](int64_t done, int64_t total) {
     const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double eta = el / double(done) * double(total - done);
-    std::fprintf(stderr, tty ? "\rppl: window %lld/%lld  %.0fs elapsed, ETA %.0fs   " : "ppl: window %lld/%lld  %.0fs elapsed, ETA %.0fs\n",
+    std::fprintf(stderr, tty ? "\rppl: window %lld/%lld  %.0fs elapsed, ETA %.0fs   "
+                             : "ppl: window %lld/%lld  %.0fs elapsed, ETA %.0fs\n",
                  (long long)done, (long long)total, el, eta);
     if (tty && done == total) std::fprintf(stderr, "\n");
   };
-  qs::quant::eval::EvalModel ref_eval;
-  if (ref) ref_eval = {ref->dir, ref->model.get(), qs::model::KvMode::kFp32};
-  const auto results = qs::quant::eval::evaluate(tokens, evals, ref ? &ref_eval : nullptr, opt);
+  ev::EvalModel ref_eval;
+  if (ref) ref_eval = {a.reference, ref->model.get(), qs::model::KvMode::kFp32};
+  const auto results = ev::evaluate(tokens, evals, ref ? &ref_eval : nullptr, opt);
 
   nlohmann::json out = nlohmann::json::array();
   for (size_t i = 0; i < results.size(); ++i) {
     const auto& r = results[i];
     const bool is_ref = ref && i + 1 == results.size();
-    const std::string desc = is_ref ? "reference, " + ref->description : loaded[i].description;
+    const ev::LoadedModel& lm = is_ref ? *ref : loaded[i];
+    const std::string desc = is_ref ? "reference, " + ref->description : lm.description;
     const char* kv = qs::model::kv_mode_name(is_ref ? qs::model::KvMode::kFp32 : evals[i].kv_mode);
     std::printf("%s [%s, kv %s]: ppl %.4f", r.label.c_str(), desc.c_str(), kv, r.ppl);
     if (r.has_reference) std::printf("  KL %.5f  top1 %.4f", r.kl_mean, r.top1);
     std::printf("  (%lld windows x %lld, %lld tokens, %.1fs)\n", (long long)r.windows, (long long)a.seq_len,
                 (long long)r.tokens, r.seconds);
-    nlohmann::json j = {{"model", r.label},         {"description", desc},  {"kv", kv},
-                        {"reference", is_ref},      {"ppl", r.ppl},         {"nll_sum", r.nll_sum},
-                        {"windows", r.windows},     {"seq_len", a.seq_len}, {"tokens", r.tokens},
-                        {"seconds", r.seconds},     {"dataset", dataset}};
+    nlohmann::json j = {{"label", r.label},     {"model", is_ref ? a.reference : specs[i].dir},
+                        {"description", desc},  {"kv", kv},
+                        {"reference", is_ref},  {"ppl", r.ppl},
+                        {"nll_sum", r.nll_sum}, {"windows", r.windows},
+                        {"seq_len", a.seq_len}, {"tokens", r.tokens},
+                        {"seconds", r.seconds}, {"dataset", dataset}};
+    if (!lm.qoq.is_null()) j["qoq"] = lm.qoq;
     if (r.has_reference) {
       j["kl"] = r.kl_mean;
       j["top1"] = r.top1;
-      j["reference_model"] = ref->dir;
+      j["reference_model"] = a.reference;
     }
     out.push_back(j);
   }
@@ -142,13 +189,16 @@ void run(const PplArgs& a) {
 qs::cli::CommandRegistrar reg("ppl", "Perplexity (GPTQ protocol) and KL divergence vs an FP reference",
                               [](CLI::App* sub) {
   auto a = std::make_shared<PplArgs>();
-  sub->add_option("--model", a->models, "HF or quantized checkpoint directory (repeatable)")->required();
+  sub->add_option("--model", a->models,
+                  "HF or quantized checkpoint directory, optionally DIR@kv=kv4,rtn=w8a8,weight-only,label=NAME "
+                  "(repeatable)")
+      ->required();
   sub->add_option("--dataset", a->dataset, "text file (default: <data>/text/wikitext2_test.txt)");
   sub->add_option("--seq-len", a->seq_len, "window length in tokens")->check(CLI::Range(2, 1 << 20));
   sub->add_option("--max-windows", a->max_windows, "evaluate only the first N windows (0: all)")
       ->check(CLI::NonNegativeNumber);
   sub->add_option("--reference", a->reference, "FP (HF) checkpoint: adds KL divergence and top-1 agreement");
-  sub->add_option("--kv", a->kv, "KV cache: auto (kv4 for quantized models), fp32, kv4")
+  sub->add_option("--kv", a->kv, "KV cache: auto (kv4 for W4A8KV4 models), fp32, kv4")
       ->check(CLI::IsMember({"auto", "fp32", "kv4"}));
   sub->add_option("--rtn", a->rtn,
                   "quantize HF models in memory (round to nearest): w8a8, w4a8-per-channel, w4a8-g128, "

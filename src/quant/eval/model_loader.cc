@@ -85,8 +85,14 @@ LoadedModel load_quantized(const std::string& dir, const LoadOptions& opt) {
   r.dir = dir;
   r.quantized = true;
   r.kv_bits = meta.kv_bits;
-  r.description = std::string(variant_name(meta.variant)) + (opt.weight_only ? " weight-only (FP32 acts)" : "") +
-                  (meta.qoq.empty() ? std::string() : " qoq " + meta.qoq.dump());
+  r.description = std::string(variant_name(meta.variant)) + (opt.weight_only ? " weight-only" : "");
+  // The QoQ steps that were on, e.g. "qoq: rotate smooth_attention gptq" (all off: "rtn").
+  std::string steps;
+  for (const char* k : {"rotate", "smooth_attention", "smooth_down", "reorder", "clip", "gptq"})
+    if (meta.qoq.is_object() && meta.qoq.contains(k) && meta.qoq[k].is_boolean() && meta.qoq[k].get<bool>())
+      steps += std::string(" ") + k;
+  if (meta.qoq.is_object() && !meta.qoq.empty()) r.description += steps.empty() ? ", rtn" : ", qoq:" + steps;
+  r.qoq = meta.qoq;
   r.model = std::make_unique<model::Model>(std::move(c), std::move(w), be);
   for (const std::string& d : {dir, meta.source_model})
     if (!d.empty() && std::filesystem::exists(d + "/tokenizer.json")) {

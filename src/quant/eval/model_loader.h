@@ -5,6 +5,7 @@
 #pragma once
 
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "model/model.h"
@@ -20,8 +21,9 @@ struct LoadedModel {
   std::unique_ptr<model::Model> model;
   bool quantized = false;
   int kv_bits = 32;           // the KV cache the checkpoint was made for: 4 (KV4), 16 or 32 (FP)
-  std::string description;    // "fp32 (bfloat16 checkpoint)", "w4a8-g128 (qoq: ...)"
+  std::string description;    // "fp32 (bfloat16 checkpoint)", "g128, qoq: rotate smooth_attention gptq"
   std::string tokenizer_dir;  // where tokenizer.json was found ("" when none)
+  nlohmann::json qoq;         // quantized checkpoints: the QoQ settings recorded in the metadata
 };
 
 // True when `dir` holds a qserve quantized checkpoint.
