@@ -1,8 +1,9 @@
 // Golden tests of the reference forward pass on qs-llama-tiny against HF transformers (fp32) fixtures:
 // logits at every prompt position (normalized error <= 1e-4 per position: the reference differs from ours only
 // by fp32 summation order, ~1e-6, so 1e-4 leaves room for GPU fp32 kernels on the fixture side without hiding a
-// real bug: a sign error in RoPE's second half was checked to give 0.2-0.6), greedy decoding of 32 tokens through the KV cache
-// (exact ids), bit-identical reruns, and batched == one-by-one (bit-identical logits and tokens).
+// real bug: a sign error in RoPE's second half was checked to give 0.2-0.6), greedy decoding of 32 tokens
+// through the KV cache (exact ids), bit-identical reruns, and batched == one-by-one (bit-identical logits and
+// tokens).
 #include <gtest/gtest.h>
 
 #include <algorithm>
