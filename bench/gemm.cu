@@ -149,6 +149,7 @@ double bench_ours(Ctx& c, QGemmVariant v, int m, int n, int k, int sm_version) {
   std::vector<qs::kernels::QGemmParams> ps(static_cast<size_t>(copies));
   const qs::kernels::QGemmPlan plan = qs::kernels::qgemm_plan(v, m, n, k, c.sms, sm_version);
   void* ws = plan.workspace_bytes ? pool.get(plan.workspace_bytes) : nullptr;
+  if (ws) CK(cudaMemset(ws, 0, plan.workspace_bytes));  // split-K counters start (and stay) zero
   auto* scale = static_cast<uint16_t*>(pool.get(size_t(n) * 2));
   auto* szero = static_cast<uint16_t*>(pool.get(size_t(n) * 2));
   auto* sx = static_cast<uint16_t*>(pool.get(size_t(m) * 2));

@@ -62,10 +62,11 @@ void check_problem(const test::QGemmProblem& pr, int splits_override, int config
   DevBuf<int> bad(1);
   kernels::QGemmPlan plan = w.plan(int(m), splits_override);
   if (config_override >= 0) {
-    plan.config = config_override;
-    plan = kernels::QGemmPlan{config_override, plan.splits, plan.workspace_bytes};
+    // Another config has another tile count: leave room for its split-K counters.
+    plan = kernels::QGemmPlan{config_override, plan.splits, plan.workspace_bytes + (plan.splits > 1 ? 65536 : 0)};
   }
   DevBuf<uint8_t> ws(plan.workspace_bytes);
+  if (ws.n) QS_CUDA_CHECK(cudaMemset(ws.p, 0, ws.n));  // once: the kernels leave the split-K counters zeroed
   cuda::QGemmCall call;
   call.m = int(m);
   call.x = x.p;
@@ -141,14 +142,21 @@ TEST_P(QGemmGpu, SplitKFactors) {
     for (int splits : {1, 2, 3, 4, 7, 10}) check_problem(pr, splits, config);
 }
 
-TEST(QGemmGpuPlan, HopperGetsTheWgmmaKernel) {
-  QS_REQUIRE_GPU();
-  for (int m : {1, 33, 64, 65, 4096}) {
+TEST(QGemmGpuPlan, HopperGetsTheWgmmaKernelAbove16Tokens) {
+  for (int m : {17, 33, 64, 65, 300, 4096}) {
     const auto plan = kernels::qgemm_plan(kernels::QGemmVariant::kW4A8G128, m, 4096, 4096, 132, 90);
-    EXPECT_TRUE(kernels::qgemm_config_is_sm90(plan.config)) << kernels::qgemm_config_name(plan.config);
+    EXPECT_TRUE(kernels::qgemm_config_is_sm90(plan.config)) << m << " " << kernels::qgemm_config_name(plan.config);
     const auto old = kernels::qgemm_plan(kernels::QGemmVariant::kW4A8G128, m, 4096, 4096, 108, 80);
     EXPECT_FALSE(kernels::qgemm_config_is_sm90(old.config));
   }
+  // m <= 16: the mma.sync kernel (measured faster on H100), split over K to fill the GPU.
+  const auto small = kernels::qgemm_plan(kernels::QGemmVariant::kW4A8PerChannel, 1, 4096, 4096, 132, 90);
+  EXPECT_FALSE(kernels::qgemm_config_is_sm90(small.config));
+  EXPECT_GT(small.splits, 1);
+  // Workspace = INT32 partials (splits x m x n) + 256-byte-aligned per-tile counters (64 tiles of 64 channels).
+  EXPECT_EQ(small.workspace_bytes, size_t(small.splits) * 4096 * 4 + 256);
+  // A full wave of tiles is not split.
+  EXPECT_EQ(kernels::qgemm_plan(kernels::QGemmVariant::kW8A8, 1024, 4096, 4096, 132, 90).splits, 1);
 }
 
 TEST_P(QGemmGpu, ModelShapes) {
@@ -156,8 +164,10 @@ TEST_P(QGemmGpu, ModelShapes) {
   const int64_t shapes[][2] = {{6144, 4096},  {4096, 4096},  {28672, 4096}, {4096, 14336},
                                {10240, 8192}, {8192, 8192}, {57344, 8192}, {8192, 28672}};
   for (const auto& s : shapes)
-    for (int64_t m : {3, 67}) {
-      if (m == 67 && s[0] * s[1] > 100'000'000) continue;  // keep the CPU reference time bounded
+    for (int64_t m : {3, 67, 1000}) {
+      // Keep the CPU reference time bounded: m = 67 up to 100M weights, m = 1000 (the BN=256 wgmma tiles) on 4096^2.
+      if (m == 67 && s[0] * s[1] > 100'000'000) continue;
+      if (m == 1000 && s[0] * s[1] > 4096 * 4096) continue;
       check_problem(test::make_qgemm_problem(GetParam(), m, s[0], s[1], uint64_t(s[0] + m), true, false), 0);
     }
 }

@@ -24,7 +24,8 @@ struct QGemmCall {
   const uint16_t* residual = nullptr;  // FP16 [m, n] or null (may alias y)
   uint16_t* y = nullptr;               // FP16 [m, n]
   int32_t* acc_out = nullptr;          // debug: INT32 [m, n] accumulators instead of y
-  void* workspace = nullptr;           // plan(m).workspace_bytes bytes (null when 0)
+  void* workspace = nullptr;           // plan(m).workspace_bytes bytes (null when 0), zero-filled once after
+                                       // allocation (split-K counters; every run leaves them zero again)
 };
 
 // Quantized weights resident on the current CUDA device (move-only; frees on destruction).

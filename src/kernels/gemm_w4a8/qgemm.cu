@@ -11,7 +11,7 @@ namespace qs::kernels {
 namespace qgemm_detail {
 
 #define QS_QGEMM_EXTERN(V, CONFIG) \
-  extern template Status launch_qgemm<V, CONFIG>(const QGemmParams&, int, int, int32_t*, cudaStream_t);
+  extern template Status launch_qgemm<V, CONFIG>(const QGemmParams&, int, int, int32_t*, int*, cudaStream_t);
 QS_QGEMM_EXTERN(0, 0)
 QS_QGEMM_EXTERN(0, 1)
 QS_QGEMM_EXTERN(0, 2)
@@ -23,7 +23,7 @@ QS_QGEMM_EXTERN(2, 1)
 QS_QGEMM_EXTERN(2, 2)
 #undef QS_QGEMM_EXTERN
 #define QS_QGEMM_SM90_EXTERN(V, CONFIG) \
-  extern template Status launch_qgemm_sm90<V, CONFIG>(const QGemmParams&, int, int, int32_t*, cudaStream_t);
+  extern template Status launch_qgemm_sm90<V, CONFIG>(const QGemmParams&, int, int, int32_t*, int*, cudaStream_t);
 QS_QGEMM_SM90_EXTERN(0, 0)
 QS_QGEMM_SM90_EXTERN(0, 1)
 QS_QGEMM_SM90_EXTERN(0, 2)
@@ -33,6 +33,9 @@ QS_QGEMM_SM90_EXTERN(1, 2)
 QS_QGEMM_SM90_EXTERN(2, 0)
 QS_QGEMM_SM90_EXTERN(2, 1)
 QS_QGEMM_SM90_EXTERN(2, 2)
+QS_QGEMM_SM90_EXTERN(0, 3)
+QS_QGEMM_SM90_EXTERN(1, 3)
+QS_QGEMM_SM90_EXTERN(2, 3)
 #undef QS_QGEMM_SM90_EXTERN
 
 namespace {
@@ -84,38 +87,36 @@ Status make_sm90_maps(const QGemmParams& p, int bm, int bn, Sm90Maps* maps) {
   return Status::ok();
 }
 
-__global__ void qgemm_reduce_kernel(const QGemmParams p, const int32_t* partial, int splits) {
-  const int per_row = p.n / 8;
-  const int64_t items = int64_t(p.m) * per_row;
-  const size_t plane = size_t(p.m) * p.n;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < items; i += int64_t(gridDim.x) * blockDim.x) {
-    const int m = int(i / per_row), n = int(i % per_row) * 8;
-    const size_t o = size_t(m) * p.n + n;
-    int32_t a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    for (int s = 0; s < splits; ++s) {
-      const int4 v0 = *reinterpret_cast<const int4*>(partial + s * plane + o);
-      const int4 v1 = *reinterpret_cast<const int4*>(partial + s * plane + o + 4);
-      a[0] += v0.x, a[1] += v0.y, a[2] += v0.z, a[3] += v0.w;
-      a[4] += v1.x, a[5] += v1.y, a[6] += v1.z, a[7] += v1.w;
-    }
-    if (p.acc_out) {
-      *reinterpret_cast<int4*>(p.acc_out + o) = make_int4(a[0], a[1], a[2], a[3]);
-      *reinterpret_cast<int4*>(p.acc_out + o + 4) = make_int4(a[4], a[5], a[6], a[7]);
-    } else {
-      epilogue8(p, m, n, a);
-    }
+// Tile shape (bn output channels x bm tokens) of a config.
+void config_tile(int config, int* bn, int* bm) {
+  if (config >= kSm90ConfigBase) {
+    *bm = kSm90Shapes[config - kSm90ConfigBase].bm;
+    *bn = 64 * kSm90Shapes[config - kSm90ConfigBase].mt * 2;
+  } else {
+    *bm = kTileShapes[config].bm;
+    *bn = kTileShapes[config].bn;
   }
 }
 
+// Workspace: [per-tile split counters, 256-byte aligned][INT32 partials splits x m x n].
+size_t counter_bytes(int config, int m, int n) {
+  int bn, bm;
+  config_tile(config, &bn, &bm);
+  const size_t tiles = size_t((n + bn - 1) / bn) * size_t((m + bm - 1) / bm);
+  return (tiles * sizeof(int) + 255) / 256 * 256;
+}
+
 template <int V>
-Status launch_variant(int config, const QGemmParams& p, int splits, int tps, int32_t* partial, cudaStream_t s) {
+Status launch_variant(int config, const QGemmParams& p, int splits, int tps, int32_t* partial, int* ctr,
+                      cudaStream_t s) {
   switch (config) {
-    case 0: return launch_qgemm<V, 0>(p, splits, tps, partial, s);
-    case 1: return launch_qgemm<V, 1>(p, splits, tps, partial, s);
-    case 2: return launch_qgemm<V, 2>(p, splits, tps, partial, s);
-    case kSm90ConfigBase + 0: return launch_qgemm_sm90<V, 0>(p, splits, tps, partial, s);
-    case kSm90ConfigBase + 1: return launch_qgemm_sm90<V, 1>(p, splits, tps, partial, s);
-    case kSm90ConfigBase + 2: return launch_qgemm_sm90<V, 2>(p, splits, tps, partial, s);
+    case 0: return launch_qgemm<V, 0>(p, splits, tps, partial, ctr, s);
+    case 1: return launch_qgemm<V, 1>(p, splits, tps, partial, ctr, s);
+    case 2: return launch_qgemm<V, 2>(p, splits, tps, partial, ctr, s);
+    case kSm90ConfigBase + 0: return launch_qgemm_sm90<V, 0>(p, splits, tps, partial, ctr, s);
+    case kSm90ConfigBase + 1: return launch_qgemm_sm90<V, 1>(p, splits, tps, partial, ctr, s);
+    case kSm90ConfigBase + 2: return launch_qgemm_sm90<V, 2>(p, splits, tps, partial, ctr, s);
+    case kSm90ConfigBase + 3: return launch_qgemm_sm90<V, 3>(p, splits, tps, partial, ctr, s);
   }
   return Status::error("qgemm: unknown tile config " + std::to_string(config));
 }
@@ -133,6 +134,7 @@ const char* qgemm_config_name(int config) {
     case 3: return "sm90_bn128_bm32";
     case 4: return "sm90_bn128_bm64";
     case 5: return "sm90_bn256_bm128";
+    case 6: return "sm90_bn128_bm128";
   }
   return "?";
 }
@@ -141,34 +143,41 @@ QGemmPlan qgemm_plan(QGemmVariant v, int m, int n, int k, int num_sms, int sm_ve
   (void)v;
   using namespace qgemm_detail;
   QGemmPlan plan;
+  const int kgs = k / kBK;
+  auto tiles_of = [&](int bn_, int bm_) { return int64_t((n + bn_ - 1) / bn_) * ((m + bm_ - 1) / bm_); };
   int bn, bm;
-  int64_t want;  // blocks wanted in flight
-  if (sm_version >= 90) {
-    const int idx = m <= 32 ? 0 : m <= 64 ? 1 : 2;
+  int64_t want;  // blocks that fill the GPU in one wave
+  if (sm_version >= 90 && m > 16) {
+    // wgmma kernel, one 384-thread block per SM. BN=256 tiles only when they still fill most of the GPU.
+    int idx = m <= 32 ? 0 : m <= 64 ? 1 : 3;
+    if (m > 64 && tiles_of(256, 128) * 4 >= int64_t(num_sms) * 3) idx = 2;
     plan.config = kSm90ConfigBase + idx;
     bm = kSm90Shapes[idx].bm;
     bn = 64 * kSm90Shapes[idx].mt * 2;
-    want = num_sms;  // one 384-thread block per SM
+    want = num_sms;
   } else {
+    // mma.sync kernel (also the fastest on sm_90 for m <= 16: 128-thread blocks, several per SM).
     plan.config = m <= 16 ? 0 : m <= 64 ? 1 : 2;
     bn = kTileShapes[plan.config].bn;
     bm = kTileShapes[plan.config].bm;
     want = plan.config == 2 ? num_sms : 2 * int64_t(num_sms);
   }
-  const int kgs = k / kBK;
-  const int64_t tiles = int64_t((n + bn - 1) / bn) * ((m + bm - 1) / bm);
+  const int64_t tiles = tiles_of(bn, bm);
   int splits = 1;
   if (splits_override > 0) {
     splits = splits_override;
-  } else {
-    // Small problems: split K until the grid covers the GPU, keeping >= 4 k tiles per split.
-    if (tiles < want) splits = int(std::min<int64_t>((want + tiles - 1) / tiles, std::max(1, kgs / 4)));
+  } else if (tiles * 2 <= want) {
+    // Split K only when the tiles fill at most half of one wave: as many splits as fit in the wave, >= 4 k
+    // tiles per split, at most 8 (the INT32 partials cost a pass through L2).
+    splits = int(std::min<int64_t>(want / tiles, std::max(1, kgs / 4)));
     splits = std::min(splits, 8);
   }
   splits = std::max(1, std::min(splits, std::max(1, kgs)));
   const int tps = (kgs + splits - 1) / std::max(1, splits);
   plan.splits = tps > 0 ? (kgs + tps - 1) / tps : 1;  // no empty split
-  plan.workspace_bytes = plan.splits > 1 ? size_t(plan.splits) * size_t(std::max(m, 0)) * n * sizeof(int32_t) : 0;
+  plan.workspace_bytes = plan.splits > 1 ? qgemm_detail::counter_bytes(plan.config, std::max(m, 1), n) +
+                                               size_t(plan.splits) * size_t(std::max(m, 0)) * n * sizeof(int32_t)
+                                         : 0;
   return plan;
 }
 
@@ -193,27 +202,24 @@ Status qgemm_run(const QGemmParams& p, const QGemmPlan& plan, cudaStream_t strea
   const int tps = (kgs + splits - 1) / splits;
   if ((splits - 1) * tps >= kgs) return Status::error("qgemm: plan has an empty split (plan for this K)");
   int32_t* partial = nullptr;
+  int* counters = nullptr;
   if (splits > 1) {
-    if (!p.workspace || plan.workspace_bytes < size_t(splits) * p.m * p.n * sizeof(int32_t))
+    const size_t cb = counter_bytes(plan.config, p.m, p.n);
+    if (!p.workspace || plan.workspace_bytes < cb + size_t(splits) * p.m * p.n * sizeof(int32_t))
       return Status::error("qgemm: split-K needs a workspace of plan.workspace_bytes (plan for this M)");
-    partial = static_cast<int32_t*>(p.workspace);
+    counters = static_cast<int*>(p.workspace);
+    partial = reinterpret_cast<int32_t*>(static_cast<char*>(p.workspace) + cb);
   } else if (p.acc_out) {
     partial = p.acc_out;  // one split: the kernel writes the INT32 accumulators directly
   }
   Status st;
   switch (p.variant) {
-    case QGemmVariant::kW4A8PerChannel: st = launch_variant<0>(plan.config, p, splits, tps, partial, stream); break;
-    case QGemmVariant::kW4A8G128: st = launch_variant<1>(plan.config, p, splits, tps, partial, stream); break;
-    case QGemmVariant::kW8A8: st = launch_variant<2>(plan.config, p, splits, tps, partial, stream); break;
+    case QGemmVariant::kW4A8PerChannel: st = launch_variant<0>(plan.config, p, splits, tps, partial, counters, stream); break;
+    case QGemmVariant::kW4A8G128: st = launch_variant<1>(plan.config, p, splits, tps, partial, counters, stream); break;
+    case QGemmVariant::kW8A8: st = launch_variant<2>(plan.config, p, splits, tps, partial, counters, stream); break;
     default: return Status::error("qgemm: unknown variant");
   }
   QS_RETURN_IF_ERROR(st);
-  if (splits > 1) {
-    const int64_t items = int64_t(p.m) * (p.n / 8);
-    const int blocks = int(std::min<int64_t>((items + 255) / 256, 4096));
-    qgemm_reduce_kernel<<<blocks, 256, 0, stream>>>(p, partial, splits);
-    QS_CUDA_RETURN(cudaGetLastError());
-  }
   return Status::ok();
 }
 

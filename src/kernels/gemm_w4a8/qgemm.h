@@ -36,7 +36,8 @@ struct QGemmParams {
   const uint16_t* residual = nullptr; // FP16 [m, n] row-major, optional (may alias y)
   uint16_t* y = nullptr;              // FP16 [m, n] row-major output
   int32_t* acc_out = nullptr;         // debug: when set, INT32 [m, n] accumulators are written instead of y
-  void* workspace = nullptr;          // plan.workspace_bytes of device memory (split-K partials), or null if 0
+  void* workspace = nullptr;          // plan.workspace_bytes of device memory (split-K counters + partials), or
+                                      // null if 0. Zero-fill it ONCE after allocation: the kernels leave it zeroed.
 };
 
 struct QGemmPlan {

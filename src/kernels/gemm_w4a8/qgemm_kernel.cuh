@@ -7,8 +7,9 @@
 // fragments), the activation rows [BM][128 B] with 16-byte chunks XOR-swizzled by row (conflict-free
 // ldmatrix), and for g128 the BN (s2 | zn << 8) words of the stage's group. W4 nibbles become INT8 in registers:
 // AND/shift for per-channel, plus one 32-bit multiply by s2 and one byte-wise add of zn for g128.
-// Split-K: blockIdx.z takes a range of k tiles; with splits > 1 (or the INT32 debug output) the block writes INT32
-// partials and qgemm_reduce_kernel sums them and applies the epilogue. The epilogue stages the accumulators in
+// Split-K: blockIdx.z takes a range of k tiles; with splits > 1 every block writes its INT32 partial tile, and the
+// block that finishes a tile last (a self-resetting per-tile counter in the workspace) sums the partials and
+// applies the epilogue (splitk_fixup), so split-K needs no second kernel. The epilogue stages the accumulators in
 // shared memory and writes 16-byte coalesced rows.
 // Included by the .cu files that instantiate it (one per weight family) and by the dispatcher.
 #pragma once
@@ -79,9 +80,53 @@ __device__ __forceinline__ void epilogue8(const QGemmParams& p, int m, int n, co
   *reinterpret_cast<uint4*>(p.y + o) = outv;
 }
 
+// Split-K fixup for the block that finished tile (m0, n0) last: sums the gridDim.z INT32 partials
+// [splits][m][n] (read through L2) and writes acc_out (debug) or the FP16 epilogue. Threads t0, t0+nthreads, ...
+template <int BM, int BN>
+__device__ __forceinline__ void splitk_fixup(const QGemmParams& p, const int32_t* partial, int m0, int n0, int t0,
+                                             int nthreads) {
+  const size_t plane = size_t(p.m) * p.n;
+  for (int i = t0; i < BM * BN / 8; i += nthreads) {
+    const int r = i / (BN / 8), c8 = (i % (BN / 8)) * 8;
+    const int m = m0 + r, n = n0 + c8;
+    if (m >= p.m || n >= p.n) continue;
+    const size_t o = size_t(m) * p.n + n;
+    int32_t a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int s = 0; s < int(gridDim.z); ++s) {
+      const int4 v0 = __ldcg(reinterpret_cast<const int4*>(partial + s * plane + o));
+      const int4 v1 = __ldcg(reinterpret_cast<const int4*>(partial + s * plane + o + 4));
+      a[0] += v0.x, a[1] += v0.y, a[2] += v0.z, a[3] += v0.w;
+      a[4] += v1.x, a[5] += v1.y, a[6] += v1.z, a[7] += v1.w;
+    }
+    if (p.acc_out) {
+      *reinterpret_cast<int4*>(p.acc_out + o) = make_int4(a[0], a[1], a[2], a[3]);
+      *reinterpret_cast<int4*>(p.acc_out + o + 4) = make_int4(a[4], a[5], a[6], a[7]);
+    } else {
+      epilogue8(p, m, n, a);
+    }
+  }
+}
+
+// After every thread of the block wrote its partial and `bar()` synchronized them: counts the split in, and
+// returns true in every thread of the block that completed the tile last (which then resets the counter).
+template <typename Barrier>
+__device__ __forceinline__ bool splitk_is_last(int* counters, bool leader, Barrier bar) {
+  __shared__ int s_last;
+  if (leader) {
+    __threadfence();
+    int* c = counters + blockIdx.y * gridDim.x + blockIdx.x;
+    const int prev = atomicAdd(c, 1);
+    s_last = prev == int(gridDim.z) - 1;
+    if (s_last) atomicExch(c, 0);
+  }
+  bar();
+  if (s_last) __threadfence();
+  return s_last;
+}
+
 template <int V, int CONFIG>
 __global__ void __launch_bounds__(Cfg<V, CONFIG>::kThreads)
-    qgemm_kernel(const QGemmParams p, int tiles_per_split, int32_t* partial) {
+    qgemm_kernel(const QGemmParams p, int tiles_per_split, int32_t* partial, int* counters) {
   using C = Cfg<V, CONFIG>;
   extern __shared__ __align__(128) uint8_t smem[];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -239,13 +284,17 @@ __global__ void __launch_bounds__(Cfg<V, CONFIG>::kThreads)
       epilogue8(p, m, n, a8);
     }
   }
+  if (gridDim.z > 1) {
+    __threadfence();
+    __syncthreads();
+    if (splitk_is_last(counters, tid == 0, [] { __syncthreads(); }))
+      splitk_fixup<C::BM, C::BN>(p, partial, m0, n0, tid, C::kThreads);
+  }
 }
 
-// Sums `splits` INT32 partials [splits][m][n] and writes acc_out (debug) or the FP16 epilogue.
-__global__ void qgemm_reduce_kernel(const QGemmParams p, const int32_t* partial, int splits);
-
 template <int V, int CONFIG>
-Status launch_qgemm(const QGemmParams& p, int splits, int tiles_per_split, int32_t* partial, cudaStream_t stream) {
+Status launch_qgemm(const QGemmParams& p, int splits, int tiles_per_split, int32_t* partial, int* counters,
+                    cudaStream_t stream) {
   using C = Cfg<V, CONFIG>;
   static bool attr_set = false;  // benign race: setting the same attribute twice is harmless
   if (!attr_set) {
@@ -254,7 +303,7 @@ Status launch_qgemm(const QGemmParams& p, int splits, int tiles_per_split, int32
     attr_set = true;
   }
   const dim3 grid((p.n + C::BN - 1) / C::BN, (p.m + C::BM - 1) / C::BM, splits);
-  qgemm_kernel<V, CONFIG><<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, tiles_per_split, partial);
+  qgemm_kernel<V, CONFIG><<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, tiles_per_split, partial, counters);
   QS_CUDA_RETURN(cudaGetLastError());
   return Status::ok();
 }

@@ -7,8 +7,9 @@
 // activation tile [BM tokens x 128 B], a TMA of the block's repacked weight tiles viewed as a 2D u32 tensor
 // [n/16][k/128 * tile u64 words], and for g128 a TMA of the (s2 | zn << 8) words) into a STAGES-deep ring guarded by
 // full/empty mbarriers; warpgroups 1..2 are consumers, each owning MT m64 row tiles (64*MT output channels) x BM
-// tokens of INT32 accumulators. setmaxnreg moves registers from the producer to the consumers. Split-K and the
-// epilogue (INT32 partials or FP16 with scales/bias/residual through 16-byte rows) are those of the sm80 kernel.
+// tokens of INT32 accumulators. setmaxnreg moves registers from the producer to the consumers. While a k tile's
+// wgmmas run, the consumer prepares the next tile's A fragments (two register buffers). Split-K (in-kernel fixup)
+// and the epilogue (FP16 with scales/bias/residual through 16-byte rows) are those of the sm80 kernel.
 #pragma once
 
 #include <cuda.h>
@@ -22,8 +23,8 @@ namespace qs::kernels::qgemm_detail {
 struct Sm90Shape {
   int bm, mt;  // tokens per block (wgmma N), m64 row tiles per consumer warpgroup
 };
-constexpr Sm90Shape kSm90Shapes[] = {{32, 1}, {64, 1}, {128, 2}};
-constexpr int kNumSm90Configs = 3;
+constexpr Sm90Shape kSm90Shapes[] = {{32, 1}, {64, 1}, {128, 2}, {128, 1}};
+constexpr int kNumSm90Configs = 4;
 constexpr int kSm90ConfigBase = kNumConfigs;  // plan.config = kSm90ConfigBase + index
 
 template <int V, int CONFIG>
@@ -52,7 +53,7 @@ template <int V, int CONFIG>
 __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
     qgemm_sm90_kernel(const QGemmParams p, const __grid_constant__ CUtensorMap tm_x,
                       const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ CUtensorMap tm_s,
-                      int tiles_per_split, int32_t* partial) {
+                      int tiles_per_split, int32_t* partial, int* counters) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using C = Sm90Cfg<V, CONFIG>;
   extern __shared__ uint8_t smem_raw[];
@@ -101,13 +102,9 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
 #pragma unroll
     for (int e = 0; e < C::BM / 2; ++e) acc[i][e] = 0;
 
-  for (int it = 0; it < nk; ++it) {
-    const int slot = it % C::STAGES;
-    ptx::mbar_wait(full0 + 8 * slot, (it / C::STAGES) & 1);
-    const uint32_t st = base + slot * C::kStageBytes;
-    const uint32_t ws = st + C::kXBytes;
-
-    uint32_t a[4][C::MT][4];
+  // A fragments of one k tile (4 k32 steps x MT m64 tiles), read from the ring slot and dequantized to INT8.
+  auto prep = [&](int slot, uint32_t(&a)[4][C::MT][4]) {
+    const uint32_t ws = base + slot * C::kStageBytes + C::kXBytes;
 #pragma unroll
     for (int mt = 0; mt < C::MT; ++mt) {
       const int rt = (cw * C::MT + mt) * 4 + w;  // 16-row tile within the block
@@ -148,17 +145,35 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
         }
       }
     }
+  };
+  // One k tile: issue its wgmmas with `cur`, prepare the next tile's fragments into `next` while they run, then
+  // wait for the wgmmas and hand the slot back to the producer.
+  auto step = [&](int it, uint32_t(&cur)[4][C::MT][4], uint32_t(&next)[4][C::MT][4]) {
+    const int slot = it % C::STAGES;
+    const uint32_t st = base + slot * C::kStageBytes;
     ptx::wgmma_fence();
 #pragma unroll
     for (int s = 0; s < 4; ++s) {
       const uint64_t desc = ptx::wgmma_desc_k128sw(st + s * 32);
 #pragma unroll
-      for (int mt = 0; mt < C::MT; ++mt) ptx::wgmma_s8_rs<C::BM>(acc[mt], a[s][mt], desc, 1);
+      for (int mt = 0; mt < C::MT; ++mt) ptx::wgmma_s8_rs<C::BM>(acc[mt], cur[s][mt], desc, 1);
     }
     ptx::wgmma_commit();
+    if (it + 1 < nk) {
+      const int nslot = (it + 1) % C::STAGES;
+      ptx::mbar_wait(full0 + 8 * nslot, ((it + 1) / C::STAGES) & 1);
+      prep(nslot, next);
+    }
     ptx::wgmma_wait<0>();
     __syncwarp();
     if (lane == 0) ptx::mbar_arrive(empty0 + 8 * slot);
+  };
+  uint32_t a0[4][C::MT][4], a1[4][C::MT][4];
+  ptx::mbar_wait(full0, 0);
+  prep(0, a0);
+  for (int it = 0; it < nk; it += 2) {
+    step(it, a0, a1);
+    if (it + 1 < nk) step(it + 1, a1, a0);
   }
 
   // Epilogue: every consumer is done with the ring (all TMAs it waited for have landed).
@@ -190,6 +205,12 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
       epilogue8(p, m, n, a8);
     }
   }
+  if (gridDim.z > 1) {
+    __threadfence();
+    ptx::named_barrier(1, 128 * C::kConsumers);
+    if (splitk_is_last(counters, tid == 128, [] { ptx::named_barrier(1, 128 * C::kConsumers); }))
+      splitk_fixup<C::BM, C::BN>(p, partial, m0, n0, tid - 128, 128 * C::kConsumers);
+  }
 #endif
 }
 
@@ -200,7 +221,7 @@ struct Sm90Maps {
 Status make_sm90_maps(const QGemmParams& p, int bm, int bn, Sm90Maps* maps);
 
 template <int V, int CONFIG>
-Status launch_qgemm_sm90(const QGemmParams& p, int splits, int tiles_per_split, int32_t* partial,
+Status launch_qgemm_sm90(const QGemmParams& p, int splits, int tiles_per_split, int32_t* partial, int* counters,
                          cudaStream_t stream) {
   using C = Sm90Cfg<V, CONFIG>;
   static bool attr_set = false;
@@ -213,7 +234,7 @@ Status launch_qgemm_sm90(const QGemmParams& p, int splits, int tiles_per_split, 
   QS_RETURN_IF_ERROR(make_sm90_maps(p, C::BM, C::BN, &maps));
   const dim3 grid((p.n + C::BN - 1) / C::BN, (p.m + C::BM - 1) / C::BM, splits);
   qgemm_sm90_kernel<V, CONFIG>
-      <<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, maps.x, maps.w, maps.s, tiles_per_split, partial);
+      <<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, maps.x, maps.w, maps.s, tiles_per_split, partial, counters);
   QS_CUDA_RETURN(cudaGetLastError());
   return Status::ok();
 }

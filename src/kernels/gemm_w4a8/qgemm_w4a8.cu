@@ -4,7 +4,7 @@
 namespace qs::kernels::qgemm_detail {
 
 #define QS_QGEMM_INSTANTIATE(V, CONFIG) \
-  template Status launch_qgemm<V, CONFIG>(const QGemmParams&, int, int, int32_t*, cudaStream_t);
+  template Status launch_qgemm<V, CONFIG>(const QGemmParams&, int, int, int32_t*, int*, cudaStream_t);
 QS_QGEMM_INSTANTIATE(0, 0)
 QS_QGEMM_INSTANTIATE(0, 1)
 QS_QGEMM_INSTANTIATE(0, 2)

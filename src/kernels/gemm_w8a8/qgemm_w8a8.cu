@@ -4,8 +4,8 @@
 
 namespace qs::kernels::qgemm_detail {
 
-template Status launch_qgemm<2, 0>(const QGemmParams&, int, int, int32_t*, cudaStream_t);
-template Status launch_qgemm<2, 1>(const QGemmParams&, int, int, int32_t*, cudaStream_t);
-template Status launch_qgemm<2, 2>(const QGemmParams&, int, int, int32_t*, cudaStream_t);
+template Status launch_qgemm<2, 0>(const QGemmParams&, int, int, int32_t*, int*, cudaStream_t);
+template Status launch_qgemm<2, 1>(const QGemmParams&, int, int, int32_t*, int*, cudaStream_t);
+template Status launch_qgemm<2, 2>(const QGemmParams&, int, int, int32_t*, int*, cudaStream_t);
 
 }  // namespace qs::kernels::qgemm_detail
