@@ -18,6 +18,9 @@
 namespace qs::quant::qoq {
 namespace {
 
+// Settings as decimal numbers in the metadata (0.3, not 0.30000001192092896).
+double dec(float x) { return std::round(double(x) * 1e6) / 1e6; }
+
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
@@ -116,12 +119,12 @@ nlohmann::json QoqOptions::to_json() const {
   j["variant"] = variant_name(variant);
   j["rotate"] = rotate;
   j["smooth_attention"] = smooth_attn;
-  j["smooth_attention_alpha"] = smooth_attn_alpha;
+  j["smooth_attention_alpha"] = dec(smooth_attn_alpha);
   j["smooth_down"] = smooth_down;
   j["smooth_down_search"] = smooth_down && smooth_down_search;
   if (smooth_down && !smooth_down_search) {
-    j["smooth_down_alpha"] = down_alpha();
-    j["smooth_down_beta"] = down_beta();
+    j["smooth_down_alpha"] = dec(down_alpha());
+    j["smooth_down_beta"] = dec(down_beta());
   }
   j["reorder"] = reorder && variant == WeightVariant::kW4G128;
   j["clip"] = clip && variant == WeightVariant::kW4PerChannel;
@@ -269,6 +272,11 @@ QoqResult run_qoq(model::Model& model, const CalibrationSet& calib, const QoqOpt
                                          : "done");
   }
   bar.finish();
+  if (opt.smooth_down && opt.smooth_down_search) {
+    nlohmann::json per_layer = nlohmann::json::array();
+    for (const auto& l : res.layers) per_layer.push_back({dec(l.down_alpha), dec(l.down_beta)});
+    res.settings["smooth_down_searched"] = per_layer;  // [alpha, beta] per layer
+  }
   res.seconds = since(t_start);
   return res;
 }

@@ -1,0 +1,176 @@
+// `qserve quantize --model HF_DIR --out DIR --variant per-channel|g128 [...]`: the QoQ pipeline (quant/qoq) on a
+// Hugging Face Llama-family checkpoint, calibrated on a text file, written as a qserve quantized checkpoint.
+// Every QoQ step can be switched off for ablations (--no-rotate, --no-smooth-attn, --no-smooth-down, --no-reorder,
+// --no-clip, --no-gptq; --rtn = all off). Safety: the model's architecture, the calibration text and the output
+// location are checked before the long part starts; the checkpoint is written into DIR.tmp-<pid> beside DIR and
+// renamed to DIR only when complete, so an interrupted run never leaves anything at DIR that looks finished
+// (a stale DIR.tmp-* can be deleted). The tokenizer files are copied so the checkpoint is self-contained.
+// Defaults: the paper's 128 x 1024-token calibration, except for models under 1B parameters (run on the CPU
+// reference backend), where 16 x 512 keeps quantization within minutes on a laptop-class CPU (docs/QOQ.md).
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "cli/command.h"
+#include "core/error.h"
+#include "core/paths.h"
+#include "model/model.h"
+#include "quant/qoq/pipeline.h"
+#include "quant/qoq/progress.h"
+#include "tokenizer/tokenizer.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using qs::quant::qoq::QoqOptions;
+
+struct Args {
+  std::string model, out, variant, calib;
+  int samples = 0, len = 0;  // 0: the size-dependent default
+  bool no_rotate = false, no_smooth_attn = false, no_smooth_down = false, no_reorder = false, no_clip = false,
+       no_gptq = false, rtn = false, force = false, quiet = false;
+  QoqOptions opt;
+};
+
+nlohmann::json read_hf_config(const std::string& dir) {
+  const fs::path p = fs::path(dir) / "config.json";
+  QS_CHECK(fs::is_directory(dir)) << "--model " << dir << " is not a directory";
+  QS_CHECK(fs::exists(p)) << dir << " has no config.json: not a Hugging Face checkpoint";
+  std::ifstream f(p);
+  nlohmann::json j;
+  try {
+    f >> j;
+  } catch (const std::exception& e) {
+    QS_FAIL() << p.string() << ": invalid JSON (" << e.what() << ")";
+  }
+  std::string arch = "(none)";
+  if (j.contains("architectures") && j["architectures"].is_array() && !j["architectures"].empty())
+    arch = j["architectures"][0].get<std::string>();
+  QS_CHECK(arch == "LlamaForCausalLM" || arch == "MistralForCausalLM" || arch == "Qwen2ForCausalLM")
+      << "qserve quantize supports Llama-family checkpoints (LlamaForCausalLM, MistralForCausalLM, "
+         "Qwen2ForCausalLM); "
+      << dir << " is " << arch;
+  return j;
+}
+
+// Creates the temporary output directory beside `out` (fails early and clearly when it cannot be written).
+fs::path prepare_output(const std::string& out, bool force) {
+  const fs::path dst = fs::absolute(out).lexically_normal();
+  QS_CHECK(!dst.filename().empty()) << "--out " << out << " is not a directory name";
+  if (fs::exists(dst)) {
+    QS_CHECK(fs::is_directory(dst)) << "--out " << out << " exists and is not a directory";
+    QS_CHECK(force || fs::is_empty(dst)) << "--out " << out << " exists and is not empty (use --force to replace it)";
+  }
+  const fs::path parent = dst.parent_path();
+  QS_CHECK(fs::is_directory(parent)) << "cannot write the output: directory " << parent.string() << " does not exist";
+  const fs::path tmp = parent / (dst.filename().string() + ".tmp-" + std::to_string(::getpid()));
+  std::error_code ec;
+  fs::create_directory(tmp, ec);
+  QS_CHECK(!ec) << "cannot write the output directory " << parent.string() << ": " << ec.message();
+  const fs::path probe = tmp / ".probe";
+  { std::ofstream f(probe); QS_CHECK(f.good()) << "cannot write into " << tmp.string(); }
+  fs::remove(probe);
+  return tmp;
+}
+
+void run(Args a) {
+  QoqOptions& opt = a.opt;
+  opt.variant = a.variant == "per-channel" ? qs::quant::WeightVariant::kW4PerChannel
+                                           : qs::quant::WeightVariant::kW4G128;
+  if (a.rtn) {
+    const QoqOptions r = QoqOptions::rtn(opt.variant);
+    opt.rotate = r.rotate, opt.smooth_attn = r.smooth_attn, opt.smooth_down = r.smooth_down;
+    opt.reorder = r.reorder, opt.clip = r.clip, opt.gptq = r.gptq;
+  }
+  if (a.no_rotate) opt.rotate = false;
+  if (a.no_smooth_attn) opt.smooth_attn = false;
+  if (a.no_smooth_down) opt.smooth_down = false;
+  if (a.no_reorder) opt.reorder = false;
+  if (a.no_clip) opt.clip = false;
+  if (a.no_gptq) opt.gptq = false;
+  opt.progress = !a.quiet;
+  QS_CHECK((opt.smooth_down_alpha < 0) == (opt.smooth_down_beta < 0))
+      << "give both --smooth-down-alpha and --smooth-down-beta, or neither";
+
+  // Cheap checks first: architecture, calibration text, output location.
+  const nlohmann::json hf = read_hf_config(a.model);
+  if (a.calib.empty()) a.calib = qs::data_dir() + "/text/calibration.txt";
+  QS_CHECK(fs::is_regular_file(a.calib)) << "calibration text " << a.calib << " not found (--calib FILE)";
+  const fs::path tmp = prepare_output(a.out, a.force);
+  try {
+    auto model = qs::model::Model::load(a.model);
+    const bool small = model->num_parameters() < 1000000000LL;
+    opt.calib_samples = a.samples > 0 ? a.samples : (small ? 16 : 128);
+    opt.calib_len = a.len > 0 ? a.len : (small ? 512 : 1024);
+    const auto tok = qs::tokenizer::Tokenizer::from_dir(a.model);
+    const auto calib =
+        qs::quant::qoq::sample_calibration_file(tok, a.calib, opt.calib_samples, opt.calib_len, opt.calib_seed);
+    std::fprintf(stderr, "qserve quantize: %s -> %s (%s), calibration %d x %d tokens from %s\n", a.model.c_str(),
+                 a.out.c_str(), a.variant.c_str(), opt.calib_samples, opt.calib_len, a.calib.c_str());
+    std::fprintf(stderr, "QoQ: %s\n", opt.to_json().dump().c_str());
+    const auto result = qs::quant::qoq::run_qoq(*model, calib, opt);
+    qs::quant::qoq::make_checkpoint(*model, result, hf, fs::absolute(a.model).string()).write(tmp.string());
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja",
+                          "special_tokens_map.json", "tokenizer.model"})
+      if (fs::exists(fs::path(a.model) / f)) fs::copy_file(fs::path(a.model) / f, tmp / f);
+    // Publish: DIR appears only now, complete.
+    const fs::path dst = fs::absolute(a.out).lexically_normal();
+    if (fs::exists(dst)) fs::remove_all(dst);  // empty, or --force
+    fs::rename(tmp, dst);
+    std::fprintf(stderr, "%s", qs::quant::qoq::format_report(result).c_str());
+    std::printf("wrote %s\n", dst.string().c_str());
+  } catch (...) {
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+}
+
+qs::cli::CommandRegistrar reg(
+    "quantize", "Quantize a Hugging Face Llama-family checkpoint to W4A8KV4 with QoQ", [](CLI::App* sub) {
+      auto a = std::make_shared<Args>();
+      sub->add_option("--model", a->model, "Hugging Face checkpoint directory")->required();
+      sub->add_option("--out", a->out, "output directory (written atomically)")->required();
+      sub->add_option("--variant", a->variant, "per-channel or g128")
+          ->required()
+          ->check(CLI::IsMember({"per-channel", "g128"}));
+      sub->add_option("--calib", a->calib, "calibration text (default: <data>/text/calibration.txt)");
+      sub->add_option("--calib-samples", a->samples, "calibration windows (default 128; 16 below 1B parameters)")
+          ->check(CLI::PositiveNumber);
+      sub->add_option("--calib-len", a->len, "tokens per window (default 1024; 512 below 1B parameters)")
+          ->check(CLI::Range(2, 1 << 20));
+      sub->add_option("--calib-seed", a->opt.calib_seed, "window sampling seed");
+      sub->add_flag("--no-rotate", a->no_rotate, "no RMSNorm folding / Hadamard rotations");
+      sub->add_flag("--no-smooth-attn", a->no_smooth_attn, "no SmoothAttention");
+      sub->add_flag("--no-smooth-down", a->no_smooth_down, "no down_proj smoothing");
+      sub->add_flag("--no-reorder", a->no_reorder, "no channel reordering (g128)");
+      sub->add_flag("--no-clip", a->no_clip, "no clipping search (per-channel)");
+      sub->add_flag("--no-gptq", a->no_gptq, "round to nearest instead of GPTQ");
+      sub->add_flag("--rtn", a->rtn, "all of the above: plain round-to-nearest");
+      sub->add_option("--smooth-attn-alpha", a->opt.smooth_attn_alpha, "SmoothAttention exponent (0.5)")
+          ->check(CLI::Range(0.0, 1.0));
+      sub->add_option("--smooth-down-alpha", a->opt.smooth_down_alpha,
+                      "down_proj smoothing activation exponent (default 0.1 per-channel, 0.3 g128)")
+          ->check(CLI::Range(0.0, 1.0));
+      sub->add_option("--smooth-down-beta", a->opt.smooth_down_beta,
+                      "down_proj smoothing weight exponent (default 0.9 per-channel, 0.7 g128)")
+          ->check(CLI::Range(0.0, 1.0));
+      sub->add_flag("--smooth-down-search", a->opt.smooth_down_search,
+                    "grid-search the down_proj smoothing exponents per layer by MLP output MSE");
+      sub->add_option("--hessian-stride", a->opt.hessian_stride, "GPTQ Hessians from every n-th token (1)")
+          ->check(CLI::PositiveNumber);
+      sub->add_option("--sample-rows", a->opt.sample_rows,
+                      "tokens kept per linear input for clipping, smoothing search and the report (256)")
+          ->check(CLI::PositiveNumber);
+      sub->add_option("--clip-steps", a->opt.clip_steps, "clipping ratios from 1.0 down to 0.2 (80)")
+          ->check(CLI::PositiveNumber);
+      sub->add_flag("--force", a->force, "replace a non-empty --out directory");
+      sub->add_flag("--quiet", a->quiet, "no progress bar");
+      sub->callback([a] { run(*a); });
+    });
+
+}  // namespace
