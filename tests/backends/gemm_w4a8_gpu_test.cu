@@ -18,6 +18,7 @@
 #include "backends/ref_cpu/gemm_w4a8.h"
 #include "kernels/common/cuda_check.h"
 #include "kernels/common/guards.h"
+#include "kernels/gemm_w4a8/qgemm_kernel.cuh"
 
 namespace qs {
 namespace {
@@ -176,6 +177,32 @@ INSTANTIATE_TEST_SUITE_P(AllVariants, QGemmGpu,
                          ::testing::Values(QGemmVariant::kW4A8PerChannel, QGemmVariant::kW4A8G128,
                                            QGemmVariant::kW8A8),
                          [](const auto& info) { return std::string(ref_cpu::qgemm_variant_name(info.param)); });
+
+// The kernels' packed g128 dequantization (host-callable) equals formats.h for every in-range combination: all
+// s2, all zn in [-128, 0], four different nibbles a word (so a carry between bytes would show).
+TEST(QGemmDequant, G128PackedMultiplyAddMatchesFormatsExhaustively) {
+  int64_t checked = 0;
+  for (int s2 = 1; s2 <= 255; ++s2)
+    for (int zn = -128; zn <= 0; ++zn)
+      for (int q0 = 0; q0 < 16; ++q0) {
+        const int q[4] = {q0, (q0 + 5) % 16, (q0 + 11) % 16, 15 - q0};
+        bool in_range = true;
+        uint32_t word = 0;
+        for (int b = 0; b < 4; ++b) {
+          in_range = in_range && q[b] * s2 <= 255 && q[b] * s2 + zn >= -128 && q[b] * s2 + zn <= 127;
+          word |= uint32_t(q[b]) << (8 * b);
+        }
+        if (!in_range) continue;
+        uint32_t s2u, zb4;
+        kernels::qgemm_detail::unpack_s2zn(uint32_t(s2) | (uint32_t(uint8_t(int8_t(zn))) << 8), s2u, zb4);
+        const uint32_t got = kernels::qgemm_detail::dequant_g128x4(word, s2u, zb4);
+        for (int b = 0; b < 4; ++b)
+          ASSERT_EQ(int8_t(got >> (8 * b)), fmt4::dequant_w4_g128_to_int8(uint8_t(q[b]), uint8_t(s2), int8_t(zn)))
+              << "q=" << q[b] << " s2=" << s2 << " zn=" << zn;
+        ++checked;
+      }
+  EXPECT_GT(checked, 10000);
+}
 
 TEST(QGemmGpuErrors, BadShapesAndPointers) {
   QS_REQUIRE_GPU();

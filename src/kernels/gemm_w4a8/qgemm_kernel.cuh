@@ -6,7 +6,8 @@
 // shared memory holds the block's weight tiles exactly as repacked (repack.h; a lane's 16-byte load is its
 // fragments), the activation rows [BM][128 B] with 16-byte chunks XOR-swizzled by row (conflict-free
 // ldmatrix), and for g128 the BN (s2 | zn << 8) words of the stage's group. W4 nibbles become INT8 in registers:
-// AND/shift for per-channel, plus one 32-bit multiply by s2 and one byte-wise add of zn for g128.
+// AND/shift for per-channel, plus one 32-bit multiply-add by s2 and the biased zero and one xor for g128
+// (dequant_g128x4).
 // Split-K: blockIdx.z takes a range of k tiles; with splits > 1 every block writes its INT32 partial tile, and the
 // block that finishes a tile last (a self-resetting per-tile counter in the workspace) sums the partials and
 // applies the epilogue (splitk_fixup), so split-K needs no second kernel. The epilogue stages the accumulators in
@@ -52,6 +53,19 @@ struct Cfg {
   static_assert(MT >= 1 && NT >= 1 && WTN % 16 == 0 && WTM % 8 == 0, "bad tile shape");
   static_assert(kStageBytes % 16 == 0, "stages must stay 16-byte aligned");
 };
+
+// g128 level-2 dequantization of four nibbles (one a byte) to INT8, formats.h dequant_w4_g128_to_int8: with the
+// biased zero zb = zn + 128 (in [0, 128]) each byte of q*s2 + zb lies in [0, 255] whenever the result lies in the
+// INT8 range, which the protective range guarantees, so one 32-bit multiply-add makes no carry between bytes;
+// xor 0x80 removes the bias (w8 + 128 -> w8). Equal to the mod-256 byte-wise add for every in-range weight.
+__host__ __device__ __forceinline__ uint32_t dequant_g128x4(uint32_t q4x4, uint32_t s2, uint32_t zb4) {
+  return (q4x4 * s2 + zb4) ^ 0x80808080u;
+}
+// (s2 | zn << 8) word -> s2 and the broadcast biased zero zb4 = (zn + 128) * 0x01010101.
+__host__ __device__ __forceinline__ void unpack_s2zn(uint32_t v, uint32_t& s2, uint32_t& zb4) {
+  s2 = v & 0xffu;
+  zb4 = (((v >> 8) ^ 0x80u) & 0xffu) * 0x01010101u;
+}
 
 // Applies the epilogue to 8 consecutive outputs (m, n..n+7) and stores them as FP16 (16 bytes).
 __device__ __forceinline__ void epilogue8(const QGemmParams& p, int m, int n, const int32_t (&a)[8]) {
@@ -199,8 +213,7 @@ __global__ void __launch_bounds__(Cfg<V, CONFIG>::kThreads)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const uint32_t v = ss[warp_n * C::WTN + 16 * i + g + 8 * h];
-          s2v[i][h] = v & 0xffu;
-          zn4[i][h] = (v >> 8) * 0x01010101u;
+          unpack_s2zn(v, s2v[i][h], zn4[i][h]);
         }
     }
 
@@ -216,8 +229,8 @@ __global__ void __launch_bounds__(Cfg<V, CONFIG>::kThreads)
           for (int j = 0; j < 4; ++j) {
             uint32_t lo = words[j] & 0x0f0f0f0fu, hi = (words[j] >> 4) & 0x0f0f0f0fu;
             if constexpr (C::kG128) {
-              lo = __vadd4(lo * s2v[i][0], zn4[i][0]);
-              hi = __vadd4(hi * s2v[i][1], zn4[i][1]);
+              lo = dequant_g128x4(lo, s2v[i][0], zn4[i][0]);
+              hi = dequant_g128x4(hi, s2v[i][1], zn4[i][1]);
             }
             a[j / 2][i][2 * (j % 2)] = lo;
             a[j / 2][i][2 * (j % 2) + 1] = hi;

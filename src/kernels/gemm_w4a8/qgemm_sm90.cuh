@@ -1,6 +1,6 @@
 // The Hopper (sm_90a) kernel template behind qgemm.h: wgmma.mma_async s8 with the weights as the register A
 // operand (output channels on the wgmma M side, dequantized in registers from the repacked fragments: raw nibbles
-// for per-channel, one 32-bit multiply by s2 and one byte-wise add of zn for g128, INT8 as-is for W8A8) and the
+// for per-channel, one 32-bit multiply-add and one xor for g128 (dequant_g128x4), INT8 as-is for W8A8) and the
 // tokens as B in shared memory (wgmma N = BM tokens), loaded by TMA with 128-byte swizzle.
 //
 // Warp specialization: warpgroup 0 is the producer (one thread issues, per 128-wide k tile, a TMA of the
@@ -115,8 +115,7 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             const uint32_t v = ss[rt * 16 + g + 8 * h];
-            s2v[h] = v & 0xffu;
-            zn4[h] = (v >> 8) * 0x01010101u;
+            unpack_s2zn(v, s2v[h], zn4[h]);
           }
         }
 #pragma unroll
@@ -127,8 +126,8 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
           for (int j = 0; j < 4; ++j) {
             uint32_t lo = words[j] & 0x0f0f0f0fu, hi = (words[j] >> 4) & 0x0f0f0f0fu;
             if constexpr (C::kG128) {
-              lo = __vadd4(lo * s2v[0], zn4[0]);
-              hi = __vadd4(hi * s2v[1], zn4[1]);
+              lo = dequant_g128x4(lo, s2v[0], zn4[0]);
+              hi = dequant_g128x4(hi, s2v[1], zn4[1]);
             }
             a[2 * c + j / 2][mt][2 * (j % 2)] = lo;
             a[2 * c + j / 2][mt][2 * (j % 2) + 1] = hi;
