@@ -4,8 +4,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include "backends/cuda/attention.cc"         // NOLINT: tests/kernels link only qs_kernels (CMake layering)
-#include "backends/ref_cpu/attention_kv4.cc"  // NOLINT
+#include "backends/cuda/attention.h"
+#include "backends/ref_cpu/attention_kv4.h"
 #include "kernels/attention_gpu_util.cuh"
 #include "kernels/attention_test_util.h"
 

@@ -7,7 +7,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include "backends/ref_cpu/attention_kv4.cc"  // NOLINT: tests/kernels link only qs_kernels (CMake layering)
+#include "backends/ref_cpu/attention_kv4.h"
 #include "kernels/attention/prefill_attention.h"
 #include "kernels/attention_gpu_util.cuh"
 #include "kernels/attention_test_util.h"

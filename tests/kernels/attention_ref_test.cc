@@ -1,14 +1,14 @@
 // Tests of the CPU references for the KV cache write and attention (backends/ref_cpu/attention_kv4) against
 // straightforward double-precision formulas, plus composition: paged == contiguous, page size 16 == 64, prefill
 // of a chunk == decode token by token.
-// tests/kernels link only qs_kernels (CMake layering), so the reference sources are compiled in here.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstring>
 
-#include "backends/ref_cpu/attention_kv4.cc"  // NOLINT: see the header comment
+#include "backends/ref_cpu/attention_kv4.h"
+#include "core/error.h"
 #include "kernels/attention_test_util.h"
 #include "quant/formats.h"
 

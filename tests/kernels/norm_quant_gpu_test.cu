@@ -7,7 +7,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include "backends/ref_cpu/norm_quant.cc"  // NOLINT: tests/kernels link only qs_kernels (CMake layering)
+#include "backends/ref_cpu/norm_quant.h"
+#include "core/dtype.h"
 #include "common/test_util.h"
 #include "kernels/attention_gpu_util.cuh"
 #include "kernels/norm_quant/norm_quant.h"

@@ -1,13 +1,13 @@
 // Tests of the CPU references for the fused quantization ops (backends/ref_cpu/norm_quant) against double-precision
 // formulas: dequantized outputs within half a quantization step, residual add exact in fp16, activation sum
 // consistent with the quantized row.
-// tests/kernels link only qs_kernels (CMake layering), so the reference source is compiled in here.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
 
-#include "backends/ref_cpu/norm_quant.cc"  // NOLINT: see the header comment
+#include "backends/ref_cpu/norm_quant.h"
+#include "core/error.h"
 #include "common/test_util.h"
 #include "core/dtype.h"
 
