@@ -140,7 +140,6 @@ const char* qgemm_config_name(int config) {
 }
 
 QGemmPlan qgemm_plan(QGemmVariant v, int m, int n, int k, int num_sms, int sm_version, int splits_override) {
-  (void)v;
   using namespace qgemm_detail;
   QGemmPlan plan;
   const int kgs = k / kBK;
@@ -160,7 +159,9 @@ QGemmPlan qgemm_plan(QGemmVariant v, int m, int n, int k, int num_sms, int sm_ve
     plan.config = m <= 16 ? 0 : m <= 64 ? 1 : 2;
     bn = kTileShapes[plan.config].bn;
     bm = kTileShapes[plan.config].bm;
-    want = plan.config == 2 ? num_sms : 2 * int64_t(num_sms);
+    // Blocks wanted in flight: W4 m <= 16 blocks (49 KB of ring) run 4 to an SM, the others about 2.
+    const bool w4_small = plan.config == 0 && v != QGemmVariant::kW8A8;
+    want = plan.config == 2 ? num_sms : w4_small ? 4 * int64_t(num_sms) : 2 * int64_t(num_sms);
   }
   const int64_t tiles = tiles_of(bn, bm);
   int splits = 1;

@@ -46,7 +46,9 @@ struct Cfg {
   static constexpr int kXBytes = BM * kBK;
   static constexpr int kSBytes = kG128 ? BN * 2 : 0;
   static constexpr int kStageBytes = kWBytes + kXBytes + kSBytes;
-  static constexpr int STAGES = kStageBytes * 4 <= 100 * 1024 ? 4 : 3;
+  // W4 small-token tiles are weight-streaming: an 8-deep ring (49 KB a block) keeps more bytes in flight
+  // (measured 10-45% faster at M <= 16 on H100); W8 (measured slower that way) and larger tiles keep 3-4 stages.
+  static constexpr int STAGES = (kW4 && BM <= 16) ? 8 : (kStageBytes * 4 <= 100 * 1024 ? 4 : 3);
   static constexpr int kCPitch = BN + 4;  // staged INT32 accumulators, per token row
   static constexpr int kSmemBytes =
       STAGES * kStageBytes > BM * kCPitch * 4 ? STAGES * kStageBytes : BM * kCPitch * 4;
