@@ -40,6 +40,8 @@ nlohmann::json read_hf_config(const std::string& dir) {
   const fs::path p = fs::path(dir) / "config.json";
   QS_CHECK(fs::is_directory(dir)) << "--model " << dir << " is not a directory";
   QS_CHECK(fs::exists(p)) << dir << " has no config.json: not a Hugging Face checkpoint";
+  QS_CHECK(!qs::quant::QuantizedCheckpoint::is_quantized_checkpoint(dir))
+      << dir << " is already a qserve quantized checkpoint; quantize the FP (Hugging Face) model instead";
   std::ifstream f(p);
   nlohmann::json j;
   try {
@@ -164,7 +166,7 @@ qs::cli::CommandRegistrar reg(
       sub->add_option("--hessian-stride", a->opt.hessian_stride, "GPTQ Hessians from every n-th token (1)")
           ->check(CLI::PositiveNumber);
       sub->add_option("--sample-rows", a->opt.sample_rows,
-                      "tokens kept per linear input for clipping, smoothing search and the report (256)")
+                      "tokens kept per linear input for clipping, smoothing search and the report (128)")
           ->check(CLI::PositiveNumber);
       sub->add_option("--clip-steps", a->opt.clip_steps, "clipping ratios from 1.0 down to 0.2 (80)")
           ->check(CLI::PositiveNumber);

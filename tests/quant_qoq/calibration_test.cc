@@ -4,7 +4,6 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include <chrono>
 #include <cstdio>
 #include <cstring>
 
@@ -105,35 +104,21 @@ TEST(Calibration, LayerRunnerMatchesFullForward) {
   }
   EXPECT_EQ(cap.key_max, ref_keys);
   EXPECT_EQ(cap.hessian[3]->tokens(), 3 * 41);
-  EXPECT_EQ(cap.hessian[3]->hessian(), ref_h.hessian());
+  // HessianAccumulator sums FP32 tiles of <= 256 tokens (quant/gptq.cc: relative error < ~2e-5), and the runner
+  // feeds it 82-row calls where the reference fed 41: equal up to that rounding, not bit for bit.
+  {
+    const auto a = cap.hessian[3]->hessian(), b = ref_h.hessian();
+    ASSERT_EQ(a.size(), b.size());
+    double num = 0, den = 0;
+    for (size_t t = 0; t < a.size(); ++t) num += (a[t] - b[t]) * (a[t] - b[t]), den += b[t] * b[t];
+    EXPECT_LE(std::sqrt(num / den), 2e-5);
+  }
   ASSERT_EQ(cap.rows[1].dim(0), 5);
   EXPECT_EQ(cap.rows[1].dim(1), cfg.q_size());
   // Kept row i is token i * 123 / 5 of the stream: window 0 tokens 0 and 24, window 1 tokens 8 and 32, ...
   // Its o_proj input is nonzero, and within the observed maxima.
   for (int64_t j = 0; j < cfg.q_size(); ++j) EXPECT_LE(std::fabs(cap.rows[1].data<float>()[3 * cfg.q_size() + j]), cap.absmax[1][size_t(j)]);
   EXPECT_EQ(cap.hessian[0]->k(), cfg.hidden_size);
-}
-
-// Timing probe for the calibration budget (not an assertion): one layer over 2 windows of 1024 tokens.
-TEST(Calibration, LayerTiming) {
-  QS_REQUIRE_DATA(kModel);
-  auto model = model::Model::load(qs::test::data_path(kModel));
-  CalibrationSet set;
-  for (int w = 0; w < 2; ++w) {
-    std::vector<int32_t> ids(1024);
-    for (int i = 0; i < 1024; ++i) ids[size_t(i)] = (i * 131 + w * 17) % model->config().vocab_size;
-    set.windows.push_back(ids);
-  }
-  LayerRunner runner(*model, set, 2);
-  auto t0 = std::chrono::steady_clock::now();
-  runner.run(0, {}, false);
-  auto t1 = std::chrono::steady_clock::now();
-  CaptureOptions h;
-  h.hessians = true;
-  runner.run(0, h, true);
-  auto t2 = std::chrono::steady_clock::now();
-  std::printf("layer over 2x1024 tokens: stats %.2f s, stats+hessians %.2f s\n",
-              std::chrono::duration<double>(t1 - t0).count(), std::chrono::duration<double>(t2 - t1).count());
 }
 
 }  // namespace

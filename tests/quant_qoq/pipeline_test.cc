@@ -47,8 +47,8 @@ class PipelineTest : public ::testing::Test {
   QoqOptions small(WeightVariant v) const {
     QoqOptions o;
     o.variant = v;
-    o.sample_rows = 64;
-    o.clip_steps = 20;
+    o.sample_rows = 48;
+    o.clip_steps = 16;
     o.progress = false;
     return o;
   }

@@ -106,6 +106,10 @@ TEST_F(QuantizeCli, SmallRunWritesACompleteCheckpoint) {
   EXPECT_TRUE(fs::exists(out / "tokenizer.json"));
   for (const auto& e : fs::directory_iterator(tmp_))
     EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
+  // Quantizing the quantized checkpoint again is refused.
+  r = run("--model " + out.string() + " --out " + (tmp_ / "again").string() + " --variant g128");
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_THAT(r.out, HasSubstr("already a qserve quantized checkpoint"));
 }
 
 TEST_F(QuantizeCli, KilledRunLeavesNothingAtDir) {

@@ -42,7 +42,7 @@ struct QoqOptions {
   int calib_samples = 128, calib_len = 1024;
   uint64_t calib_seed = 0;
   int hessian_stride = 1;       // Hessians from every n-th calibration token
-  int64_t sample_rows = 256;    // tokens kept per linear input: clipping search, smoothing grid search, report
+  int64_t sample_rows = 128;    // tokens kept per linear input: clipping search, smoothing grid search, report
   int clip_steps = 80;
   GptqOptions gptq_options;
   int windows_per_call = 4;     // calibration windows per forward_layer call
