@@ -5,7 +5,7 @@
 # counts per kernel), runs the benchmark, and leaves logs and results in $OUT (or ./out).
 #   scripts/gpu/gemm.sh [--quick] [--no-bench] [--no-tests]
 set -uo pipefail
-BIN=${GEMM_BIN:-gpu-pack/gemm}
+BIN=${GEMM_BIN:-${QSERVE_GPU_PACK:-gpu-pack/gemm}}
 OUT=${OUT:-out}
 mkdir -p "$OUT"
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}

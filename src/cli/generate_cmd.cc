@@ -68,7 +68,10 @@ void run(const Options& o) {
     std::fputs(o.prompt.c_str(), stdout);
     std::fflush(stdout);
   }
-  auto dec = std::make_shared<qs::tokenizer::IncrementalDecoder>(tok, /*skip_special_tokens=*/true);
+  // A plain completion continues the echoed prompt's text (SentencePiece tokenizers must keep the leading space of
+  // the first generated word); a chat reply starts a new text.
+  auto dec = std::make_shared<qs::tokenizer::IncrementalDecoder>(tok, /*skip_special_tokens=*/true,
+                                                                 /*continues_text=*/!o.chat);
   qs::runtime::GenerateStats st;
   const std::vector<int32_t> prompt(ids.begin(), ids.end());
   auto r = qs::runtime::generate(
