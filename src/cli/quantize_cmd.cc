@@ -15,6 +15,8 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "backends/cpu/cpu_backend.h"
+#include "backends/ref_cpu/ops.h"
 #include "cli/command.h"
 #include "core/error.h"
 #include "core/paths.h"
@@ -29,7 +31,7 @@ namespace fs = std::filesystem;
 using qs::quant::qoq::QoqOptions;
 
 struct Args {
-  std::string model, out, variant, calib;
+  std::string model, out, variant, calib, backend = "cpu";
   int samples = 0, len = 0;  // 0: the size-dependent default
   bool no_rotate = false, no_smooth_attn = false, no_smooth_down = false, no_reorder = false, no_clip = false,
        no_gptq = false, rtn = false, force = false, quiet = false;
@@ -104,7 +106,9 @@ void run(Args a) {
   QS_CHECK(fs::is_regular_file(a.calib)) << "calibration text " << a.calib << " not found (--calib FILE)";
   const fs::path tmp = prepare_output(a.out, a.force);
   try {
-    auto model = qs::model::Model::load(a.model);
+    // The optimized CPU backend by default (same ops, SIMD linear/attention; ref-cpu is the scalar ground truth).
+    auto model = qs::model::Model::load(
+        a.model, a.backend == "ref-cpu" ? qs::backends::ref_cpu_backend() : qs::backends::cpu_backend());
     const bool small = model->num_parameters() < 1000000000LL;
     opt.calib_samples = a.samples > 0 ? a.samples : (small ? 16 : 128);
     opt.calib_len = a.len > 0 ? a.len : (small ? 512 : 1024);
@@ -170,6 +174,8 @@ qs::cli::CommandRegistrar reg(
           ->check(CLI::PositiveNumber);
       sub->add_option("--clip-steps", a->opt.clip_steps, "clipping ratios from 1.0 down to 0.2 (80)")
           ->check(CLI::PositiveNumber);
+      sub->add_option("--backend", a->backend, "calibration backend: cpu (optimized, default) or ref-cpu")
+          ->check(CLI::IsMember({"cpu", "ref-cpu"}));
       sub->add_flag("--force", a->force, "replace a non-empty --out directory");
       sub->add_flag("--quiet", a->quiet, "no progress bar");
       sub->callback([a] { run(*a); });

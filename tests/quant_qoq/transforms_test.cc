@@ -8,6 +8,7 @@
 #include <random>
 
 #include "common/test_util.h"
+#include "backends/ref_cpu/ops.h"
 #include "quant/qoq/model_view.h"
 
 namespace qs::quant::qoq {
@@ -148,6 +149,77 @@ TEST_P(TransformsTest, AllTogether) {
 
 INSTANTIATE_TEST_SUITE_P(Embeddings, TransformsTest, ::testing::Values(false, true),
                          [](const auto& info) { return info.param ? std::string("Untied") : std::string("Tied"); });
+
+
+// A random Qwen2-style model: q/k/v biases, GQA ratio 7, untied embeddings, hidden 224 = 28 x 8 (a Paley-based
+// Hadamard, not a power of two) and head_dim 32. Every transformation together keeps its logits.
+std::unique_ptr<model::Model> random_qwen2_like() {
+  io::ModelConfig c;
+  c.architecture = "Qwen2ForCausalLM";
+  c.model_type = "qwen2";
+  c.hidden_size = 224;
+  c.intermediate_size = 96;
+  c.num_layers = 2;
+  c.num_heads = 7;
+  c.num_kv_heads = 1;
+  c.head_dim = 32;
+  c.vocab_size = 100;
+  c.max_position_embeddings = 512;
+  c.rope_theta = 10000.0;
+  c.attention_bias = true;
+  const auto& be = backends::ref_cpu_backend();
+  uint64_t seed = 100;
+  auto rnd = [&](Shape s, float sd, float mean = 0.0f) {
+    Tensor t(DType::F32, s);
+    const auto v = qs::test::random_normal(size_t(t.numel()), seed++, sd);
+    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = mean + v[size_t(i)];
+    return t;
+  };
+  auto lin = [&](int64_t out, int64_t in, bool bias) {
+    return std::make_unique<model::FpLinear>(rnd({out, in}, 0.08f), bias ? rnd({out}, 0.3f) : Tensor(), be);
+  };
+  model::ModelWeights w;
+  w.embed_tokens = rnd({c.vocab_size, c.hidden_size}, 1.0f);
+  w.final_norm = rnd({c.hidden_size}, 0.2f, 1.0f);
+  w.lm_head = lin(c.vocab_size, c.hidden_size, false);
+  for (int l = 0; l < c.num_layers; ++l) {
+    model::DecoderLayer d;
+    d.input_norm = rnd({c.hidden_size}, 0.2f, 1.0f);
+    d.post_attn_norm = rnd({c.hidden_size}, 0.2f, 1.0f);
+    d.q_proj = lin(c.q_size(), c.hidden_size, true);
+    d.k_proj = lin(c.kv_size(), c.hidden_size, true);
+    d.v_proj = lin(c.kv_size(), c.hidden_size, true);
+    d.o_proj = lin(c.hidden_size, c.q_size(), false);
+    d.gate_proj = lin(c.intermediate_size, c.hidden_size, false);
+    d.up_proj = lin(c.intermediate_size, c.hidden_size, false);
+    d.down_proj = lin(c.hidden_size, c.intermediate_size, false);
+    w.layers.push_back(std::move(d));
+  }
+  return std::make_unique<model::Model>(c, std::move(w), be);
+}
+
+TEST(TransformsQwen2Like, BiasesGqa7AndNonPowerOfTwoHidden) {
+  auto m = random_qwen2_like();
+  const auto& cfg = m->config();
+  const auto ids = prompt_ids(17, 9, cfg.vocab_size);
+  const auto ref = logits_of(*m, ids);
+  ModelWeights w = weights_view(*m);
+  EXPECT_FALSE(untie_embeddings(w));  // already untied
+  const Tensor qb = w.layers[0].q_bias->clone();
+  fold_norms(w);
+  rotate_residual(w, Hadamard(cfg.hidden_size));
+  rotate_value_heads(w, Hadamard(cfg.head_dim));
+  for (size_t i = 0; i < w.layers.size(); ++i) {
+    auto& l = w.layers[i];
+    reorder_value_heads(l, cfg, {random_perm(cfg.head_dim, 90 + i)});
+    reorder_down(l, random_perm(cfg.intermediate_size, 95 + i));
+    apply_smooth_attention(l, cfg, smooth_attention_scales(positive_random(size_t(cfg.kv_size()), 97 + i, 0.1f, 20.0f), cfg, 0.5f));
+    apply_smooth_down(l, smooth_down_scales(positive_random(size_t(cfg.intermediate_size), 99 + i, 0.01f, 30.0f), *l.down, 0.2f, 0.8f));
+  }
+  EXPECT_LE(qs::test::normalized_error(logits_of(*m, ids), ref), kTol);
+  // The q bias was scaled by SmoothAttention (it must be, for q = x W^T + b to scale as a whole).
+  EXPECT_GT(qs::test::normalized_error(w.layers[0].q_bias->data<float>(), qb.data<float>(), qb.numel()), 0.1);
+}
 
 TEST(TransformsBadInput, RotateBeforeFoldingThrows) {
   QS_REQUIRE_DATA(kModel);
