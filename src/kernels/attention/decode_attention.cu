@@ -6,15 +6,18 @@
 //   S^T[tok, head] = K Q^T:     A = K (16 tokens x 16 dims, from registers), B = Q^T (16 dims x 8 heads)
 //   O^T[dim, head] += V^T P^T:  A = V^T (16 dims x 16 tokens, from registers), B = P^T (movmatrix of S^T)
 // The dot product over dims is order-free, so the loaders hand out K and V fragments in whatever dim order their
-// bit tricks produce; Q is loaded in the matching order (k_dim) and O stored through the matching map.
-//  K: lane (g, t) loads tokens g and 8+g, bytes [t*D/8, (t+1)*D/8): register r = 4j+p of KV4 holds nibbles
-//     (8j+p, 8j+p+4) of that slice as exact fp16 codes (lop3 + 0x6400, one hsub2); scale/zero in fp32 (Loader).
-//  V: lane (g, t) loads tokens 2t, 2t+1, 2t+8, 2t+9, bytes [g*D/16, (g+1)*D/16): a prmt interleaves two tokens so
-//     each half2 holds one dim of both tokens, as the A operand wants; register j = dim g*D/8 + j.
+// bit tricks produce; Q is loaded in the matching order (k_dim) and O stored through the matching map. Tokens may
+// be permuted inside a tile as long as S rows and V columns agree (Loader::row_tok; KV4 uses 2g, 2g+1).
+//  K: lane (g, t) loads tile rows g and 8+g, bytes [t*D/8, (t+1)*D/8): register r = 4j+p of KV4 holds nibbles
+//     (8j+p, 8j+p+4) of that slice as 1024 + n or 1024 + 16 n (one lop3, no hsub2; see Loader<D, kKv4>).
+//  V: lane (g, t) loads tile columns 2t, 2t+1, 2t+8, 2t+9, bytes [g*D/16, (g+1)*D/16): one prmt gathers byte j of
+//     two tokens so each half2 holds one dim of both tokens, as the A operand wants; register j = dim g*D/8 + j.
 // Online softmax in the log2 domain (FA2); a lane's S columns are its O columns (heads 2t, 2t+1). Tokens past the
 // chunk end are masked (scores -inf, V scale 0). The block table is read 32 pages at a time into lanes; tile loads
 // run 2-3 tiles ahead of the math in register buffers. With more than one chunk, each warp writes (O/l, m + log2 l)
-// to the workspace and merge_kernel combines the chunks.
+// to the workspace and merge_kernel (launched with programmatic dependent launch) combines the chunks. O is
+// rescaled only in tiles where some running maximum grew. Tile addresses: per-lane base pointers set once, one
+// 64-bit add per pointer and tile, page index by shift when the page size is a power of two.
 #include "kernels/attention/decode_attention.h"
 
 #include <algorithm>
@@ -49,22 +52,20 @@ __device__ __forceinline__ void load_words(const uint8_t* p, uint32_t (&w)[N]) {
   }
 }
 
-__device__ __forceinline__ uint32_t load_sz(const uint8_t* blk, const KvCacheLayout& L, int tok) {
-  const uint32_t s = __ldg(reinterpret_cast<const unsigned short*>(blk + L.scale_offset(tok)));
-  const uint32_t z = __ldg(reinterpret_cast<const unsigned short*>(blk + L.zero_offset(tok)));
-  return s | (z << 16);
-}
-
 __device__ __forceinline__ float lo_f(uint32_t sz) { return __half2float(__ushort_as_half(uint16_t(sz & 0xffff))); }
 __device__ __forceinline__ float hi_f(uint32_t sz) { return __half2float(__ushort_as_half(uint16_t(sz >> 16))); }
 
 template <int D, KvDType DT>
 struct Loader;
 
-// KV4: the fragments are the raw codes 0..15 as exact fp16 (lop3 + 0x6400, one hsub2); scale and zero are applied
-// in fp32 outside the mma: S = s_k (codes . q) - s_k z_k sum(q), and P is pre-multiplied by the V scale while the
-// zero's share (sum_tok p s_v z_v) is accumulated per head and subtracted at the end. Fewer instructions than an
-// hfma2 per pair and no fp16 rounding of the dequantized values.
+// KV4. Token permutation: mma row g holds token 2g and row g+8 token 2g+1 (V columns i the same tokens), so each
+// lane reads the scales/zeros of its two tokens with one 32-bit load per array.
+// K fragments are the codes as 1024 + n (even dims) or 1024 + 16 n (odd dims) straight out of one lop3 (no shift
+// within a byte, no hsub2): q is pre-divided by 16 on the odd dims, and the offset 1024 * sum(q') is subtracted
+// with the zero in fp32: S = s_k (acc - 1024 sum(q') - z_k sum(q)). V fragments are exact codes n (even dims) or
+// 16 n (odd dims) after one hsub2 (an offset would accumulate over the whole chunk); the odd dims' factor 16 is
+// divided out at the end. Scale and zero are applied in fp32 outside the mma: P is pre-multiplied by the V scale
+// while the zero's share (sum_tok p s_v z_v) is accumulated per head and subtracted at the end.
 template <int D>
 struct Loader<D, KvDType::kKv4> {
   static constexpr bool kCodes = true;
@@ -73,40 +74,65 @@ struct Loader<D, KvDType::kKv4> {
   struct Raw {
     uint32_t k[2][kKWords];
     uint32_t v[4][kVWords];
-    uint32_t ksz[2], vsz[2];  // (scale | zero << 16) of tokens g and g+8
+    uint32_t ks, kz, vs, vz;  // FP16 scales / zeros of tokens 2g (low half) and 2g+1 (high half)
   };
+  // Token (within the tile) of mma row nt*8 + g, and of V column 2t + (q&1) + 8(q>>1).
+  __device__ static int row_tok(int nt, int g) { return 2 * g + nt; }
+  __device__ static int col_tok(int q, int t) { return 4 * t + 2 * (q & 1) + (q >> 1); }
   // Physical dims of K register r (low, high half) for lane column t.
   __device__ static int2 k_dim(int t, int r) {
     const int base = t * (D / 4) + 8 * (r / 4) + (r % 4);
     return make_int2(base, base + 4);
   }
-  __device__ static void load(Raw& r, const KvCacheLayout& L, const uint8_t* kblk, const uint8_t* vblk, int off,
-                              int valid, int g, int t) {
+  // Per-lane pointers into the pools for (page 0, this KV head, tile offset 0), set once per warp; a tile load
+  // adds the page's offset and the tile offset (one 64-bit add per pointer) and reads the rest as immediates.
+  struct Ptrs {
+    const uint8_t *k, *v, *ks, *vs;
+  };
+  __device__ static Ptrs ptrs(const DecodeParams& p, int kvh, int g, int t) {
+    const KvCacheLayout& L = p.layout;
+    const int64_t head = int64_t(kvh) * L.block_bytes();
+    const int64_t sc = head + L.scale_offset(2 * g);
+    return {p.k_pool + head + L.data_offset(row_tok(0, g)) + t * (D / 8),
+            p.v_pool + head + L.data_offset(col_tok(0, t)) + g * (D / 16), p.k_pool + sc, p.v_pool + sc};
+  }
+  // Tile at token `off` of the page at byte offset `page_off` of the pools; `valid` tokens of it are in the chunk.
+  __device__ static void load(Raw& r, const Ptrs& P, int64_t page_off, int off, int page_size, int valid, int g,
+                              int t) {
+    const int64_t d = page_off + off * (D / 2), sc = page_off + 2 * off;
+    const uint8_t* kp = P.k + d;
+    const uint8_t* vp = P.v + d;
+    load_words(kp, r.k[0]);
+    load_words(kp + D / 2, r.k[1]);  // row_tok(1, g) = row_tok(0, g) + 1
+    const uint8_t* ksp = P.ks + sc;
+    const uint8_t* vsp = P.vs + sc;
+    r.ks = __ldg(reinterpret_cast<const uint32_t*>(ksp));
+    r.kz = __ldg(reinterpret_cast<const uint32_t*>(ksp + 2 * page_size));  // zeros follow the scales
+    const uint32_t vs = __ldg(reinterpret_cast<const uint32_t*>(vsp));
+    const uint32_t vz = __ldg(reinterpret_cast<const uint32_t*>(vsp + 2 * page_size));
+    // Masked tokens (unwritten slots may hold inf/NaN): V scale and zero 0.
+    const uint32_t keep = 2 * g + 1 < valid ? 0xffffffffu : (2 * g < valid ? 0x0000ffffu : 0u);
+    r.vs = vs & keep;
+    r.vz = vz & keep;
 #pragma unroll
-    for (int nt = 0; nt < 2; ++nt) {
-      const int tok = off + nt * 8 + g;
-      load_words(kblk + L.data_offset(tok) + t * (D / 8), r.k[nt]);
-      r.ksz[nt] = load_sz(kblk, L, tok);
-      r.vsz[nt] = nt * 8 + g < valid ? load_sz(vblk, L, tok) : 0u;  // masked tokens: V scale and zero 0
-    }
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const int i = 2 * t + (q & 1) + 8 * (q >> 1);
-      load_words(vblk + L.data_offset(off + i) + g * (D / 16), r.v[q]);
-    }
+    for (int q = 0; q < 4; ++q) load_words(vp + (col_tok(q, t) - col_tok(0, t)) * (D / 2), r.v[q]);
   }
   static constexpr int kVGroup = 8;  // V dims produced per loaded word
+  // K register reg: nibbles (p, p+4), p = reg % 4, of word reg / 4 as 1024 + n (p even) or 1024 + 16 n (p odd).
   __device__ static uint32_t k_reg(const Raw& r, int nt, int reg) {
-    return h2_bits(nibbles_to_h2(r.k[nt][reg / 4], reg % 4));
+    const uint32_t w = r.k[nt][reg / 4], p = reg % 4;
+    return lop3_and_or(p >= 2 ? w >> 8 : w, p & 1 ? 0x00f000f0u : 0x000f000fu, 0x64006400u);
   }
-  // V fragments (codes) of dims kVGroup*w .. +kVGroup-1 for token pair pr (tokens 2t+8pr, 2t+8pr+1).
+  // V fragments (exact codes; odd dims x16) of dims kVGroup*w .. +kVGroup-1 for token pair pr (columns 2t+8pr,
+  // 2t+8pr+1): one prmt brings byte j of both tokens to bytes 0 and 2, two lop3 + hsub2 take its two nibbles.
   __device__ static void v_group(const Raw& r, int pr, int w, uint32_t (&out)[kVGroup]) {
-    const uint32_t x = prmt(r.v[2 * pr][w], r.v[2 * pr + 1][w], 0x5410);
-    const uint32_t y = prmt(r.v[2 * pr][w], r.v[2 * pr + 1][w], 0x7632);
+    const uint32_t a = r.v[2 * pr][w], b = r.v[2 * pr + 1][w];
+    const __half2 magic = bits_h2(0x64006400u);
 #pragma unroll
-    for (int p = 0; p < 4; ++p) {
-      out[p] = h2_bits(nibbles_to_h2(x, p));
-      out[4 + p] = h2_bits(nibbles_to_h2(y, p));
+    for (int j = 0; j < 4; ++j) {
+      const uint32_t x = prmt(a, b, uint32_t(((4 + j) << 8) | j));
+      out[2 * j] = h2_bits(__hsub2(bits_h2(lop3_and_or(x, 0x000f000fu, 0x64006400u)), magic));
+      out[2 * j + 1] = h2_bits(__hsub2(bits_h2(lop3_and_or(x, 0x00f000f0u, 0x64006400u)), magic));
     }
   }
 };
@@ -120,15 +146,25 @@ struct Loader<D, KvDType::kFp16> {
     uint32_t k[2][kKWords];
     uint32_t v[4][kVWords];
   };
+  __device__ static int row_tok(int nt, int g) { return nt * 8 + g; }
   __device__ static int2 k_dim(int t, int r) { return make_int2(t * (D / 4) + 2 * r, t * (D / 4) + 2 * r + 1); }
-  __device__ static void load(Raw& r, const KvCacheLayout& L, const uint8_t* kblk, const uint8_t* vblk, int off,
-                              int valid, int g, int t) {
+  struct Ptrs {
+    const uint8_t *k, *v;
+  };
+  __device__ static Ptrs ptrs(const DecodeParams& p, int kvh, int, int) {
+    const int64_t head = int64_t(kvh) * p.layout.block_bytes();
+    return {p.k_pool + head, p.v_pool + head};
+  }
+  __device__ static void load(Raw& r, const Ptrs& P, int64_t page_off, int off, int, int valid, int g, int t) {
+    const uint8_t* kblk = P.k + page_off;
+    const uint8_t* vblk = P.v + page_off;
+    constexpr int kRow = D * 2;  // bytes of an FP16 row
 #pragma unroll
-    for (int nt = 0; nt < 2; ++nt) load_words(kblk + L.data_offset(off + nt * 8 + g) + t * (D / 2), r.k[nt]);
+    for (int nt = 0; nt < 2; ++nt) load_words(kblk + (off + nt * 8 + g) * kRow + t * (D / 2), r.k[nt]);
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
       const int i = 2 * t + (q & 1) + 8 * (q >> 1);
-      load_words(vblk + L.data_offset(off + i) + g * (D / 4), r.v[q]);
+      load_words(vblk + (off + i) * kRow + g * (D / 4), r.v[q]);
       if (i >= valid)
 #pragma unroll
         for (int w = 0; w < kVWords; ++w) r.v[q][w] = 0;  // unwritten slots may hold inf/NaN
@@ -164,10 +200,11 @@ struct PageIds {
 template <int D, KvDType DT, int NH>
 struct DecodeWarp {
   using L = Loader<D, DT>;
-  uint32_t qb[NH][D / 16][2];
+  uint32_t qb[NH][D / 16][2];  // KV4: q / 16 on the odd dims (see Loader<D, kKv4>)
   float o[NH][D / 16][4];
   float m[NH][2], l[NH][2];
   float sumq[NH][2];  // KV4: sum of the (fp16) query of heads 2t, 2t+1
+  float qoff[NH][2];  // KV4: 1024 * sum of the (pre-divided) query of heads 2t, 2t+1: the K fragments' offset
   float zc[NH][2];    // KV4: sum_tok p_tok * s_v * z_v of heads 2t, 2t+1 (this lane's tokens), to subtract
 
   __device__ void step(const typename L::Raw& raw, int tok0, int end, float sl2, int g) {
@@ -184,41 +221,58 @@ struct DecodeWarp {
     float vs[2] = {1.0f, 1.0f}, vz[2] = {0.0f, 0.0f};
     if constexpr (L::kCodes) {
 #pragma unroll
-      for (int nt = 0; nt < 2; ++nt) {  // token g (nt 0) and g+8 (nt 1): S = s_k * acc - s_k z_k sum(q)
-        const float ks = lo_f(raw.ksz[nt]), kzs = ks * hi_f(raw.ksz[nt]);
+      for (int nt = 0; nt < 2; ++nt) {  // tokens 2g (nt 0), 2g+1 (nt 1): S log2 = sl2 s_k (acc - qoff - z_k sum(q))
+        const float ksl = (nt ? hi_f(raw.ks) : lo_f(raw.ks)) * sl2, kz = nt ? hi_f(raw.kz) : lo_f(raw.kz);
 #pragma unroll
         for (int nh = 0; nh < NH; ++nh)
 #pragma unroll
-          for (int e = 0; e < 2; ++e) s[nh][2 * nt + e] = s[nh][2 * nt + e] * ks - kzs * sumq[nh][e];
-        vs[nt] = lo_f(raw.vsz[nt]);
-        vz[nt] = hi_f(raw.vsz[nt]);
+          for (int e = 0; e < 2; ++e)
+            s[nh][2 * nt + e] = (s[nh][2 * nt + e] - fmaf(kz, sumq[nh][e], qoff[nh][e])) * ksl;
+        vs[nt] = nt ? hi_f(raw.vs) : lo_f(raw.vs);
+        vz[nt] = nt ? hi_f(raw.vz) : lo_f(raw.vz);
       }
+    } else {
+#pragma unroll
+      for (int nh = 0; nh < NH; ++nh)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) s[nh][i] *= sl2;
     }
-    const bool ok0 = tok0 + g < end, ok1 = tok0 + g + 8 < end;
+    const bool ok0 = tok0 + L::row_tok(0, g) < end, ok1 = tok0 + L::row_tok(1, g) < end;
     uint32_t pb[NH][2];
+    float corr[NH][2];
+    bool grew = false;
 #pragma unroll
     for (int nh = 0; nh < NH; ++nh) {
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {  // head column 2t + e: tokens g (s[e]) and g + 8 (s[2 + e])
-        const float v0 = ok0 ? s[nh][e] * sl2 : -INFINITY;
-        const float v1 = ok1 ? s[nh][2 + e] * sl2 : -INFINITY;
+      for (int e = 0; e < 2; ++e) {  // head column 2t + e: mma rows g (s[e]) and g + 8 (s[2 + e])
+        const float v0 = ok0 ? s[nh][e] : -INFINITY;
+        const float v1 = ok1 ? s[nh][2 + e] : -INFINITY;
         float mx = fmaxf(v0, v1);
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
         const float mnew = fmaxf(m[nh][e], mx);
-        const float corr = exp2f(m[nh][e] - mnew);
+        grew |= mnew > m[nh][e];
+        const float c = exp2f(m[nh][e] - mnew);
+        corr[nh][e] = c;
         m[nh][e] = mnew;
         const float p0 = exp2f(v0 - mnew), p1 = exp2f(v1 - mnew);
-        l[nh][e] = l[nh][e] * corr + p0 + p1;
+        l[nh][e] = l[nh][e] * c + p0 + p1;
         s[nh][e] = p0 * vs[0];  // P pre-scaled by the V scale of its token (1 for FP16)
         s[nh][2 + e] = p1 * vs[1];
-        if constexpr (L::kCodes) zc[nh][e] = zc[nh][e] * corr + s[nh][e] * vz[0] + s[nh][2 + e] * vz[1];
-#pragma unroll
-        for (int mt = 0; mt < D / 16; ++mt) o[nh][mt][e] *= corr, o[nh][mt][2 + e] *= corr;
+        if constexpr (L::kCodes) zc[nh][e] = zc[nh][e] * c + s[nh][e] * vz[0] + s[nh][2 + e] * vz[1];
       }
-      pb[nh][0] = movmatrix_trans(pack_h2(s[nh][0], s[nh][1]));  // tokens 0..7 x heads -> B rows 0..7
-      pb[nh][1] = movmatrix_trans(pack_h2(s[nh][2], s[nh][3]));  // tokens 8..15
+      pb[nh][0] = movmatrix_trans(pack_h2(s[nh][0], s[nh][1]));  // rows 0..7 x heads -> B rows 0..7
+      pb[nh][1] = movmatrix_trans(pack_h2(s[nh][2], s[nh][3]));  // rows 8..15
+    }
+    // The running maxima rarely grow after the first tiles: rescale O only when one did (warp-uniform branch).
+    if (__any_sync(0xffffffffu, grew)) {
+#pragma unroll
+      for (int nh = 0; nh < NH; ++nh)
+#pragma unroll
+        for (int mt = 0; mt < D / 16; ++mt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) o[nh][mt][e] *= corr[nh][e], o[nh][mt][2 + e] *= corr[nh][e];
     }
     constexpr int VG = L::kVGroup;
 #pragma unroll
@@ -275,6 +329,7 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, kMinCtas<DT, NH>)
         const int2 dd = L::k_dim(t, 2 * c + rr);
         uint32_t v = 0;
         if (head < group) v = uint32_t(qg[head * D + dd.x]) | (uint32_t(qg[head * D + dd.y]) << 16);
+        if (L::kCodes && rr == 1) v = h2_bits(__hmul2(bits_h2(v), __float2half2_rn(0.0625f)));  // exact: 2^-4
         w.qb[nh][c][rr] = v;
       }
 #pragma unroll
@@ -285,27 +340,39 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, kMinCtas<DT, NH>)
     w.l[nh][0] = w.l[nh][1] = 0.0f;
     w.zc[nh][0] = w.zc[nh][1] = 0.0f;
     // sum(q) of head nh*8+g over this lane's dims, completed over the quad, then fetched for heads 2t, 2t+1.
-    float part = 0.0f;
+    // KV4 offset: 1024 * sum(q') over the pre-divided query.
+    float part = 0.0f, part_off = 0.0f;
 #pragma unroll
     for (int c = 0; c < D / 16; ++c)
 #pragma unroll
       for (int rr = 0; rr < 2; ++rr) {
         const float2 f = __half22float2(bits_h2(w.qb[nh][c][rr]));
-        part += f.x + f.y;
+        part_off += f.x + f.y;
+        part += (L::kCodes && rr == 1 ? 16.0f : 1.0f) * (f.x + f.y);
       }
-    part += __shfl_xor_sync(0xffffffffu, part, 1);
-    part += __shfl_xor_sync(0xffffffffu, part, 2);
+#pragma unroll
+    for (int x = 1; x < 4; x <<= 1) {
+      part += __shfl_xor_sync(0xffffffffu, part, x);
+      part_off += __shfl_xor_sync(0xffffffffu, part_off, x);
+    }
     w.sumq[nh][0] = __shfl_sync(0xffffffffu, part, (2 * t) * 4);
     w.sumq[nh][1] = __shfl_sync(0xffffffffu, part, (2 * t + 1) * 4);
+    w.qoff[nh][0] = 1024.0f * __shfl_sync(0xffffffffu, part_off, (2 * t) * 4);
+    w.qoff[nh][1] = 1024.0f * __shfl_sync(0xffffffffu, part_off, (2 * t + 1) * 4);
   }
   const float sl2 = p.softmax_scale * 1.4426950408889634f;
 
   PageIds pages{p.block_table + int64_t(b) * p.block_table_stride, start / Lay.page_size,
                 (end + Lay.page_size - 1) / Lay.page_size, 0};
   pages.fill(lane);
+  const typename L::Ptrs ptrs = L::ptrs(p, kvh, g, t);
+  const int page_bytes = int(Lay.page_bytes());  // < 2^31 (run_decode checks)
+  // Page sizes are powers of two in practice: shift and mask instead of an integer division per tile.
+  const int psize = Lay.page_size, pshift = __popc(psize) == 1 ? __ffs(psize) - 1 : -1;
   auto load = [&](typename L::Raw& r, int tok0) {
-    const int64_t blk = Lay.block_offset(pages.get(tok0 / Lay.page_size, lane), kvh);
-    L::load(r, Lay, p.k_pool + blk, p.v_pool + blk, tok0 % Lay.page_size, end - tok0, g, t);
+    const int pidx = pshift >= 0 ? tok0 >> pshift : tok0 / psize;
+    const int64_t page_off = int64_t(pages.get(pidx, lane)) * page_bytes;
+    L::load(r, ptrs, page_off, tok0 - pidx * psize, psize, end - tok0, g, t);
   };
   constexpr int kB = kBufs<DT>;
   typename L::Raw r[kB];
@@ -323,6 +390,9 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, kMinCtas<DT, NH>)
     }
   }
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");  // the merge kernel may start launching
+#endif
 #pragma unroll
   for (int nh = 0; nh < NH; ++nh)
 #pragma unroll
@@ -335,18 +405,19 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, kMinCtas<DT, NH>)
       }
       const int head = nh * 8 + 2 * t + e;
       if (head >= group) continue;
+      constexpr float kOdd = L::kCodes ? 0.0625f : 1.0f;  // KV4 V codes of odd dims carry a factor 16
       const float inv = 1.0f / lsum;
       if (max_chunks == 1) {
         __half2* out = reinterpret_cast<__half2*>(p.out + (head0 + head) * D + (D / 8) * g);
 #pragma unroll
         for (int mt = 0; mt < D / 16; ++mt)
-          out[mt] = __floats2half2_rn((w.o[nh][mt][e] - zsum) * inv, (w.o[nh][mt][2 + e] - zsum) * inv);
+          out[mt] = __floats2half2_rn((w.o[nh][mt][e] - zsum) * inv, (w.o[nh][mt][2 + e] * kOdd - zsum) * inv);
       } else {
         const int64_t row = (head0 + head) * max_chunks + chunk;
         float2* out = reinterpret_cast<float2*>(ws_o + row * D + (D / 8) * g);
 #pragma unroll
         for (int mt = 0; mt < D / 16; ++mt)
-          out[mt] = make_float2((w.o[nh][mt][e] - zsum) * inv, (w.o[nh][mt][2 + e] - zsum) * inv);
+          out[mt] = make_float2((w.o[nh][mt][e] - zsum) * inv, (w.o[nh][mt][2 + e] * kOdd - zsum) * inv);
         if (g == 0) ws_m[row] = w.m[nh][e] + log2f(lsum);
       }
     }
@@ -357,6 +428,9 @@ template <int D>
 __global__ void __launch_bounds__(D) merge_kernel(const DecodeParams p, const int32_t chunk_tokens,
                                                   const int32_t max_chunks, const float* __restrict__ ws_o,
                                                   const float* __restrict__ ws_m) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");  // launched early (PDL): wait for decode_kernel's writes
+#endif
   const int64_t row = blockIdx.x;  // b * num_q_heads + h
   const int b = int(row / p.num_q_heads);
   const int n = (p.context_lens[b] + chunk_tokens - 1) / chunk_tokens;
@@ -393,8 +467,19 @@ Status launch(const DecodeParams& p, const DecodePlan& plan, void* workspace, cu
                                                                           ws_o, ws_m);
   QS_CUDA_RETURN(cudaGetLastError());
   if (plan.max_chunks > 1) {
-    merge_kernel<D><<<unsigned(int64_t(p.batch) * p.num_q_heads), D, 0, stream>>>(p, plan.chunk_tokens,
-                                                                                   plan.max_chunks, ws_o, ws_m);
+    // Programmatic dependent launch: the merge grid is launched while the decode grid drains and waits in
+    // griddepcontrol.wait, which hides one launch latency (small batches are latency-bound).
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(unsigned(int64_t(p.batch) * p.num_q_heads));
+    cfg.blockDim = dim3(D);
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    QS_CUDA_RETURN(cudaLaunchKernelEx(&cfg, merge_kernel<D>, p, plan.chunk_tokens, plan.max_chunks,
+                                      static_cast<const float*>(ws_o), static_cast<const float*>(ws_m)));
     QS_CUDA_RETURN(cudaGetLastError());
   }
   return Status::ok();
@@ -434,6 +519,7 @@ Status run_decode(const DecodeParams& p, const DecodePlan& plan, void* workspace
   if (p.layout.num_kv_heads <= 0 || p.num_q_heads % p.layout.num_kv_heads != 0 ||
       p.num_q_heads / p.layout.num_kv_heads > kMaxGroup)
     return Status::error("decode attention: unsupported GQA group");
+  if (p.layout.page_bytes() >= (int64_t(1) << 31)) return Status::error("decode attention: page of 2 GiB or more");
   const bool wide = p.num_q_heads / p.layout.num_kv_heads > 8;
   if (d == 128) {
     if (kv4) return wide ? launch<128, KvDType::kKv4, 2>(p, plan, workspace, stream)
