@@ -64,7 +64,7 @@ void fake_quant_act(std::vector<float>& x, int64_t m, int64_t k) {
 // gate is RTN-quantized once (smoothing does not touch it). Returns the best (a, b).
 std::pair<float, float> search_smooth_down(const backends::Backend& be, const LayerWeights& l,
                                            const std::vector<float>& xmax, const Tensor& rows, WeightVariant v) {
-  const int64_t m = rows.dim(0), f = l.down->dim(1), h = l.down->dim(0);
+  const int64_t m = rows.dim(0), f = l.down->dim(1);
   const float* x = rows.data<float>();
   const std::vector<float> gate = matmul(be, x, m, *l.gate), up = matmul(be, x, m, *l.up);
   std::vector<float> act(gate.size());
@@ -94,7 +94,6 @@ std::pair<float, float> search_smooth_down(const backends::Backend& be, const La
       best = {a, b};
     }
   }
-  (void)h;
   return best;
 }
 
