@@ -208,16 +208,23 @@ struct DecodeWarp {
   float zc[NH][2];    // KV4: sum_tok p_tok * s_v * z_v of heads 2t, 2t+1 (this lane's tokens), to subtract
 
   __device__ void step(const typename L::Raw& raw, int tok0, int end, float sl2, int g) {
-    float s[NH][4];
+    // Two independent mma chains over the dims (even / odd k-steps) halve the dependent HMMA latency per tile.
+    float s[NH][4], s2[NH][4];
 #pragma unroll
-    for (int nh = 0; nh < NH; ++nh) s[nh][0] = s[nh][1] = s[nh][2] = s[nh][3] = 0.0f;
+    for (int nh = 0; nh < NH; ++nh)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) s[nh][i] = s2[nh][i] = 0.0f;
 #pragma unroll
     for (int c = 0; c < D / 16; ++c) {
       const uint32_t a[4] = {L::k_reg(raw, 0, 2 * c), L::k_reg(raw, 1, 2 * c), L::k_reg(raw, 0, 2 * c + 1),
                              L::k_reg(raw, 1, 2 * c + 1)};
 #pragma unroll
-      for (int nh = 0; nh < NH; ++nh) mma_f16_16816(s[nh], a, qb[nh][c][0], qb[nh][c][1]);
+      for (int nh = 0; nh < NH; ++nh) mma_f16_16816(c % 2 ? s2[nh] : s[nh], a, qb[nh][c][0], qb[nh][c][1]);
     }
+#pragma unroll
+    for (int nh = 0; nh < NH; ++nh)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) s[nh][i] += s2[nh][i];
     float vs[2] = {1.0f, 1.0f}, vz[2] = {0.0f, 0.0f};
     if constexpr (L::kCodes) {
 #pragma unroll
@@ -495,7 +502,9 @@ DecodePlan plan_decode(int32_t batch, int32_t num_q_heads, const KvCacheLayout& 
   const int64_t target_warps = int64_t(std::max(num_sms, 1)) * 32;  // ~2 waves of resident warps
   const int64_t chunks = std::max<int64_t>(1, (target_warps + pairs - 1) / pairs);
   int64_t chunk = (max_context + chunks - 1) / chunks;
-  chunk = std::max<int64_t>(128, (chunk + 15) / 16 * 16);  // long enough to amortize the partial write
+  // At least 64 tokens per chunk: amortizes the partial write; 64 rather than 128 measured 17.2 -> 13.7 us at
+  // batch 1, context 1024 on H100 (more warps, shorter load chains) and neutral at batch 64.
+  chunk = std::max<int64_t>(64, (chunk + 15) / 16 * 16);
   DecodePlan plan;
   if (chunk >= max_context) {
     plan.max_chunks = 1;
