@@ -7,6 +7,7 @@
 // (a stale DIR.tmp-* can be deleted). The tokenizer files are copied so the checkpoint is self-contained.
 // Defaults: the paper's 128 x 1024-token calibration, except for models under 1B parameters (run on the CPU
 // reference backend), where 16 x 512 keeps quantization within minutes on a laptop-class CPU (docs/QOQ.md).
+#include <signal.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -29,6 +30,14 @@ namespace {
 
 namespace fs = std::filesystem;
 using qs::quant::qoq::QoqOptions;
+
+// Ctrl-C / SIGTERM: the first one asks the pipeline to stop at its next check (it then throws, and the temporary
+// output directory is removed); the handler restores the default action, so a second one kills at once.
+volatile sig_atomic_t g_interrupted = 0;
+void on_signal(int sig) {
+  g_interrupted = 1;
+  signal(sig, SIG_DFL);
+}
 
 struct Args {
   std::string model, out, variant, calib, backend = "cpu";
@@ -97,6 +106,9 @@ void run(Args a) {
   if (a.no_clip) opt.clip = false;
   if (a.no_gptq) opt.gptq = false;
   opt.progress = !a.quiet;
+  opt.cancelled = [] { return g_interrupted != 0; };
+  signal(SIGINT, on_signal);
+  signal(SIGTERM, on_signal);
   QS_CHECK((opt.smooth_down_alpha < 0) == (opt.smooth_down_beta < 0))
       << "give both --smooth-down-alpha and --smooth-down-beta, or neither";
 

@@ -131,4 +131,25 @@ TEST_F(QuantizeCli, KilledRunLeavesNothingAtDir) {
   EXPECT_FALSE(qs::quant::QuantizedCheckpoint::is_quantized_checkpoint(out.string()));
 }
 
+TEST_F(QuantizeCli, InterruptedRunCleansUp) {
+  const fs::path out = tmp_ / "interrupted";
+  const std::string cmd = qserve_binary() + " quantize --model " + model_ + " --out " + out.string() +
+                          " --variant g128 --calib-samples 8 --calib-len 256 --quiet";
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    execl("/bin/sh", "sh", "-c", ("exec " + cmd + " >/dev/null 2>&1").c_str(), (char*)nullptr);
+    _exit(127);
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(4));
+  kill(pid, SIGINT);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  ASSERT_TRUE(WIFEXITED(st)) << "expected a clean exit after SIGINT";
+  EXPECT_EQ(WEXITSTATUS(st), 1);
+  EXPECT_FALSE(fs::exists(out));
+  for (const auto& e : fs::directory_iterator(tmp_))  // the temporary directory was removed too
+    EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
+}
+
 }  // namespace

@@ -141,6 +141,7 @@ LayerCapture LayerRunner::run(int layer, const CaptureOptions& opt, bool advance
   for (int i = 0; i < windows_per_call_; ++i) caches.push_back(model_.new_cache());
   std::vector<float> scratch;
   for (int64_t s0 = 0; s0 < samples_; s0 += windows_per_call_) {
+    QS_CHECK(!(opt.cancelled && opt.cancelled())) << "interrupted";
     const int64_t nw = std::min<int64_t>(windows_per_call_, samples_ - s0);
     float* hid = hidden_.data() + s0 * len_ * h;
     if (!advance) {

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -46,6 +47,8 @@ struct CaptureOptions {
   int hessian_stride = 1;
   // Keep this many rows of every linear input (the same tokens, evenly spaced over all tokens; 0: none).
   int64_t keep_rows = 0;
+  // Polled between forward calls; when it returns true, run() throws qs::Error("interrupted").
+  std::function<bool()> cancelled;
 };
 
 struct LayerCapture {

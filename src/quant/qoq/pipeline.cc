@@ -185,6 +185,7 @@ QoqResult run_qoq(model::Model& model, const CalibrationSet& calib, const QoqOpt
     co.hessian_stride = opt.hessian_stride;
     co.keys = opt.smooth_attn;
     co.keep_rows = opt.sample_rows;
+    co.cancelled = opt.cancelled;
     LayerCapture cap = runner.run(li, co, /*advance=*/true);
     LayerInputs in = take_inputs(cap);
     bar.advance(3, lname + ": transforming and quantizing");
@@ -235,6 +236,7 @@ QoqResult run_qoq(model::Model& model, const CalibrationSet& calib, const QoqOpt
     // (4) quantize the seven linears.
     Tensor* weights[7] = {lw.q, lw.k, lw.v, lw.o, lw.gate, lw.up, lw.down};
     for (int j = 0; j < 7; ++j) {
+      QS_CHECK(!(opt.cancelled && opt.cancelled())) << "interrupted";
       const std::string name = "model.layers." + std::to_string(li) + "." + names[j];
       const Tensor& wt = *weights[j];
       const Tensor& rows = in.rows[int(inputs[j])];

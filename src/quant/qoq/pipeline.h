@@ -47,6 +47,7 @@ struct QoqOptions {
   GptqOptions gptq_options;
   int windows_per_call = 4;     // calibration windows per forward_layer call
   bool progress = true;         // progress bar on stderr (only when stderr is a terminal)
+  std::function<bool()> cancelled;  // polled often; true makes run_qoq throw qs::Error("interrupted")
 
   static QoqOptions rtn(WeightVariant v);  // every step off
   float down_alpha() const;
