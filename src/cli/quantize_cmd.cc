@@ -40,7 +40,7 @@ void on_signal(int sig) {
 }
 
 struct Args {
-  std::string model, out, variant, calib, backend = "cpu";
+  std::string model, out, variant, calib, backend = "cpu", propagate = "fp";
   int samples = 0, len = 0;  // 0: the size-dependent default
   bool no_rotate = false, no_smooth_attn = false, no_smooth_down = false, no_reorder = false, no_clip = false,
        no_gptq = false, rtn = false, force = false, quiet = false;
@@ -106,6 +106,7 @@ void run(Args a) {
   if (a.no_clip) opt.clip = false;
   if (a.no_gptq) opt.gptq = false;
   opt.progress = !a.quiet;
+  opt.propagate_quantized = a.propagate == "quantized";
   opt.cancelled = [] { return g_interrupted != 0; };
   signal(SIGINT, on_signal);
   signal(SIGTERM, on_signal);
@@ -186,6 +187,9 @@ qs::cli::CommandRegistrar reg(
           ->check(CLI::PositiveNumber);
       sub->add_option("--clip-steps", a->opt.clip_steps, "clipping ratios from 1.0 down to 0.2 (80)")
           ->check(CLI::PositiveNumber);
+      sub->add_option("--propagate", a->propagate,
+                      "next layer's calibration input: fp (FP outputs, default) or quantized (dequantized weights)")
+          ->check(CLI::IsMember({"fp", "quantized"}));
       sub->add_option("--backend", a->backend, "calibration backend: cpu (optimized, default) or ref-cpu")
           ->check(CLI::IsMember({"cpu", "ref-cpu"}));
       sub->add_flag("--force", a->force, "replace a non-empty --out directory");

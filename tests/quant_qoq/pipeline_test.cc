@@ -129,6 +129,27 @@ TEST_F(PipelineTest, FullQoqKeepsTheFunctionAndGptqBeatsRtn) {
   }
 }
 
+TEST_F(PipelineTest, QuantizedPropagationChangesLaterLayersOnly) {
+  QoqOptions o = small(WeightVariant::kW4G128);
+  o.gptq = false;  // RTN: layer 0's result cannot depend on the propagation mode, later layers' inputs do
+  auto m2 = model::Model::load(qs::test::data_path(kModel));
+  const auto ids = prompt(*m2);
+  const auto ref = logits_of(*m2, ids);
+  QoqResult fp = run_qoq(*model_, calib_, o);
+  o.propagate_quantized = true;
+  QoqResult qp = run_qoq(*m2, calib_, o);
+  EXPECT_EQ(qp.settings["propagation"], "quantized");
+  // FP weights are restored after each propagation pass: the transformed model is still the same function.
+  EXPECT_LE(qs::test::normalized_error(logits_of(*m2, ids), ref), 1e-5);
+  const auto& a0 = std::get<W4G128Weight>(fp.linears.at("model.layers.0.mlp.down_proj")).dequant;
+  const auto& b0 = std::get<W4G128Weight>(qp.linears.at("model.layers.0.mlp.down_proj")).dequant;
+  EXPECT_EQ(std::memcmp(a0.raw(), b0.raw(), a0.nbytes()), 0);
+  // Layer 2's statistics (smoothing, reordering) come from different inputs, so its weights differ.
+  const auto& a2 = std::get<W4G128Weight>(fp.linears.at("model.layers.2.mlp.down_proj")).dequant;
+  const auto& b2 = std::get<W4G128Weight>(qp.linears.at("model.layers.2.mlp.down_proj")).dequant;
+  EXPECT_NE(std::memcmp(a2.raw(), b2.raw(), a2.nbytes()), 0);
+}
+
 TEST_F(PipelineTest, SmoothDownSearchPicksFromTheGrid) {
   QoqOptions o = small(WeightVariant::kW4G128);
   o.smooth_down_search = true;

@@ -136,7 +136,8 @@ nlohmann::json QoqOptions::to_json() const {
   j["calib_seed"] = calib_seed;
   j["hessian_stride"] = hessian_stride;
   j["sample_rows"] = sample_rows;
-  j["propagation"] = "fp";  // each layer is calibrated on the FP outputs of the (transformed) layers before it
+  // Each layer is calibrated on the outputs of the layers before it: FP, or with their weights dequantized.
+  j["propagation"] = propagate_quantized ? "quantized" : "fp";
   return j;
 }
 
@@ -155,7 +156,8 @@ QoqResult run_qoq(model::Model& model, const CalibrationSet& calib, const QoqOpt
 
   const bool reorder = opt.reorder && is_g128(opt), clip = opt.clip && !is_g128(opt);
   // Progress units per layer: the calibration pass = 3 (forward + X^T X), transformations + quantization = 1.
-  Progress bar(double(c.num_layers) * 4 + (opt.rotate ? 1 : 0), opt.progress);
+  // (+1 for the propagation pass when propagating quantized outputs).
+  Progress bar(double(c.num_layers) * (opt.propagate_quantized ? 5 : 4) + (opt.rotate ? 1 : 0), opt.progress);
 
   if (opt.rotate) {
     bar.advance(0, "rotating");
@@ -186,7 +188,7 @@ QoqResult run_qoq(model::Model& model, const CalibrationSet& calib, const QoqOpt
     co.keys = opt.smooth_attn;
     co.keep_rows = opt.sample_rows;
     co.cancelled = opt.cancelled;
-    LayerCapture cap = runner.run(li, co, /*advance=*/true);
+    LayerCapture cap = runner.run(li, co, /*advance=*/!opt.propagate_quantized);
     LayerInputs in = take_inputs(cap);
     bar.advance(3, lname + ": transforming and quantizing");
     // (2) transformations. SmoothAttention scales q/k outputs: no linear input changes. Down smoothing and
@@ -266,6 +268,23 @@ QoqResult run_qoq(model::Model& model, const CalibrationSet& calib, const QoqOpt
       const std::vector<float> y = matmul(be, rows.data<float>(), rows.dim(0), wt);
       lr.rel_error = std::sqrt(sq_dist(matmul(be, rows.data<float>(), rows.dim(0), deq), y) / std::max(sq_norm(y), 1e-300));
       rep.linears.push_back(lr);
+    }
+    if (opt.propagate_quantized) {
+      // The layer's output with dequantized weights becomes the next layer's input; FP weights restored after.
+      bar.advance(0, lname + ": propagating");
+      Tensor fp_w[7];
+      for (int j = 0; j < 7; ++j) {
+        const std::string name = "model.layers." + std::to_string(li) + "." + names[j];
+        fp_w[j] = *weights[j];
+        *weights[j] = std::visit([](const auto& q) { return q.dequant; }, res.linears.at(name));
+      }
+      CaptureOptions none;
+      none.absmax = false;
+      none.keys = false;
+      none.cancelled = opt.cancelled;
+      runner.run(li, none, /*advance=*/true);
+      for (int j = 0; j < 7; ++j) *weights[j] = fp_w[j];
+      bar.advance(1, lname + ": propagated");
     }
     rep.seconds = since(t_layer);
     res.layers.push_back(std::move(rep));
