@@ -40,7 +40,7 @@ void on_signal(int sig) {
 }
 
 struct Args {
-  std::string model, out, variant, calib, backend = "cpu", propagate = "fp";
+  std::string model, out, variant, calib, backend = "cpu", propagate = "quantized";
   int samples = 0, len = 0;  // 0: the size-dependent default
   bool no_rotate = false, no_smooth_attn = false, no_smooth_down = false, no_reorder = false, no_clip = false,
        no_gptq = false, rtn = false, force = false, quiet = false;
@@ -188,7 +188,7 @@ qs::cli::CommandRegistrar reg(
       sub->add_option("--clip-steps", a->opt.clip_steps, "clipping ratios from 1.0 down to 0.2 (80)")
           ->check(CLI::PositiveNumber);
       sub->add_option("--propagate", a->propagate,
-                      "next layer's calibration input: fp (FP outputs, default) or quantized (dequantized weights)")
+                      "next layer's calibration input: quantized (outputs with dequantized weights, default) or fp")
           ->check(CLI::IsMember({"fp", "quantized"}));
       sub->add_option("--backend", a->backend, "calibration backend: cpu (optimized, default) or ref-cpu")
           ->check(CLI::IsMember({"cpu", "ref-cpu"}));

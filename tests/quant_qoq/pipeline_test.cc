@@ -135,7 +135,9 @@ TEST_F(PipelineTest, QuantizedPropagationChangesLaterLayersOnly) {
   auto m2 = model::Model::load(qs::test::data_path(kModel));
   const auto ids = prompt(*m2);
   const auto ref = logits_of(*m2, ids);
+  o.propagate_quantized = false;
   QoqResult fp = run_qoq(*model_, calib_, o);
+  EXPECT_EQ(fp.settings["propagation"], "fp");
   o.propagate_quantized = true;
   QoqResult qp = run_qoq(*m2, calib_, o);
   EXPECT_EQ(qp.settings["propagation"], "quantized");

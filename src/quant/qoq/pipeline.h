@@ -46,9 +46,9 @@ struct QoqOptions {
   int clip_steps = 80;
   GptqOptions gptq_options;
   int windows_per_call = 4;     // calibration windows per forward_layer call
-  // Inputs of layer l+1: the FP output of layer l (false), or the output of layer l with its weights replaced by
-  // their dequantized values (true: GPTQ's original scheme; one more forward pass per layer).
-  bool propagate_quantized = false;
+  // Inputs of layer l+1: the output of layer l with its weights replaced by their dequantized values (true:
+  // GPTQ's original scheme; one more forward pass per layer), or its FP output (false).
+  bool propagate_quantized = true;
   bool progress = true;         // progress bar on stderr (only when stderr is a terminal)
   std::function<bool()> cancelled;  // polled often; true makes run_qoq throw qs::Error("interrupted")
 
