@@ -13,8 +13,10 @@
 //  V: lane (g, t) loads tile columns 2t, 2t+1, 2t+8, 2t+9, bytes [g*D/16, (g+1)*D/16): one prmt gathers byte j of
 //     two tokens so each half2 holds one dim of both tokens, as the A operand wants; register j = dim g*D/8 + j.
 // Online softmax in the log2 domain (FA2); a lane's S columns are its O columns (heads 2t, 2t+1). Tokens past the
-// chunk end are masked (scores -inf, V scale 0). The block table is read 32 pages at a time into lanes; tile loads
-// run 2-3 tiles ahead of the math in register buffers. With more than one chunk, each warp writes (O/l, m + log2 l)
+// chunk end are masked (scores -inf, V scale 0). The block table is read 32 pages at a time into lanes. KV4 with
+// head_dim 128 stages tiles through a per-warp shared-memory ring (cp.async 16 B, 6 stages, 5 tiles = 10.9 KB in
+// flight per warp, ~130 KB per SM at 3 CTAs/SM) and reads fragments with conflict-free LDS; the other paths keep
+// 2-3 tiles of loads in flight in register buffers. With more than one chunk, each warp writes (O/l, m + log2 l)
 // to the workspace and merge_kernel (launched with programmatic dependent launch) combines the chunks. O is
 // rescaled only in tiles where some running maximum grew. Tile addresses: per-lane base pointers set once, one
 // 64-bit add per pointer and tile, page index by shift when the page size is a power of two.
@@ -22,6 +24,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 
 #include "core/error.h"
 #include "kernels/attention/attn_ptx.cuh"
@@ -116,6 +119,49 @@ struct Loader<D, KvDType::kKv4> {
     r.vz = vz & keep;
 #pragma unroll
     for (int q = 0; q < 4; ++q) load_words(vp + (col_tok(q, t) - col_tok(0, t)) * (D / 2), r.v[q]);
+  }
+  // Shared-memory staging of one 16-token tile (D = 128 only): K data 1024 B, V data 1024 B, then 32 B each of
+  // K scales, K zeros, V scales, V zeros. The 16-byte chunk (row r, column c) of K/V data sits in 128-byte line r/2
+  // at chunk ((r&1)*4 + c) ^ swz(r): conflict-free LDS.128 of K rows (2g, 2g+1 for 8 lanes) and LDS.64 of V rows
+  // (4t + const for 16 lanes).
+  __host__ __device__ static constexpr int tile_bytes() { return 2 * 16 * (D / 2) + 4 * 32; }
+  __device__ static int swz(int r, int c) {
+    return (r >> 1) * 128 + ((((r & 1) * 4 + c) ^ (((r >> 2) & 3) << 1) ^ (((r >> 1) & 1) << 2)) * 16);
+  }
+  // Issues the cp.async copies of the tile at token `off` of blocks kb / vb (K / V block of the page and KV head).
+  __device__ static void issue(uint32_t st, const uint8_t* kb, const uint8_t* vb, int off, int page_size, int lane) {
+    static_assert(D == 128, "shared-memory staging is laid out for head_dim 128");
+    const int64_t d = int64_t(off) * (D / 2);
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int c = lane + 32 * j;  // data chunk: row c / 4, column c % 4
+      cp_async_16(st + swz(c >> 2, c & 3), kb + d + 16 * c, true);
+      cp_async_16(st + 1024 + swz(c >> 2, c & 3), vb + d + 16 * c, true);
+    }
+    if (lane < 8) {  // scales then zeros, 32 B each (two chunks)
+      const uint8_t* b = lane < 4 ? kb : vb;
+      const int64_t o = int64_t(page_size) * (D / 2) + ((lane >> 1) & 1) * 2 * page_size + 2 * off + 16 * (lane & 1);
+      cp_async_16(st + 2048 + 16 * lane, b + o, true);
+    }
+  }
+  // Reads this lane's fragments of a staged tile (same registers as load()).
+  __device__ static void load_smem(Raw& r, const uint8_t* st, int valid, int g, int t) {
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      const uint4 v = *reinterpret_cast<const uint4*>(st + swz(2 * g + nt, t));
+      r.k[nt][0] = v.x, r.k[nt][1] = v.y, r.k[nt][2] = v.z, r.k[nt][3] = v.w;
+    }
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const uint2 v = *reinterpret_cast<const uint2*>(st + 1024 + swz(col_tok(q, t), g >> 1) + 8 * (g & 1));
+      r.v[q][0] = v.x, r.v[q][1] = v.y;
+    }
+    const uint32_t* sc = reinterpret_cast<const uint32_t*>(st + 2048) + g;
+    r.ks = sc[0];
+    r.kz = sc[8];
+    const uint32_t keep = 2 * g + 1 < valid ? 0xffffffffu : (2 * g < valid ? 0x0000ffffu : 0u);
+    r.vs = sc[16] & keep;
+    r.vz = sc[24] & keep;
   }
   static constexpr int kVGroup = 8;  // V dims produced per loaded word
   // K register reg: nibbles (p, p+4), p = reg % 4, of word reg / 4 as 1024 + n (p even) or 1024 + 16 n (p odd).
@@ -304,8 +350,10 @@ constexpr int kMinCtas = DT == KvDType::kKv4 && NH == 1 ? 3 : 2;
 template <KvDType DT>
 constexpr int kBufs = DT == KvDType::kKv4 ? 3 : 2;
 
-template <int D, KvDType DT, int NH>
-__global__ void __launch_bounds__(kWarpsPerCta * 32, kMinCtas<DT, NH>)
+// S > 0 (KV4, D = 128): tiles staged through a per-warp shared-memory ring of S tiles (S - 1 in flight) with
+// cp.async instead of register buffers; MinCtas CTAs per SM.
+template <int D, KvDType DT, int NH, int S, int MinCtas>
+__global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas)
     decode_kernel(const DecodeParams p, const int32_t chunk_tokens, const int32_t max_chunks, float* __restrict__ ws_o,
                   float* __restrict__ ws_m) {
   using L = Loader<D, DT>;
@@ -372,28 +420,60 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, kMinCtas<DT, NH>)
   PageIds pages{p.block_table + int64_t(b) * p.block_table_stride, start / Lay.page_size,
                 (end + Lay.page_size - 1) / Lay.page_size, 0};
   pages.fill(lane);
-  const typename L::Ptrs ptrs = L::ptrs(p, kvh, g, t);
   const int page_bytes = int(Lay.page_bytes());  // < 2^31 (run_decode checks)
   // Page sizes are powers of two in practice: shift and mask instead of an integer division per tile.
   const int psize = Lay.page_size, pshift = __popc(psize) == 1 ? __ffs(psize) - 1 : -1;
-  auto load = [&](typename L::Raw& r, int tok0) {
-    const int pidx = pshift >= 0 ? tok0 >> pshift : tok0 / psize;
-    const int64_t page_off = int64_t(pages.get(pidx, lane)) * page_bytes;
-    L::load(r, ptrs, page_off, tok0 - pidx * psize, psize, end - tok0, g, t);
-  };
-  constexpr int kB = kBufs<DT>;
-  typename L::Raw r[kB];
+  if constexpr (S == 0) {
+    const typename L::Ptrs ptrs = L::ptrs(p, kvh, g, t);
+    auto load = [&](typename L::Raw& r, int tok0) {
+      const int pidx = pshift >= 0 ? tok0 >> pshift : tok0 / psize;
+      const int64_t page_off = int64_t(pages.get(pidx, lane)) * page_bytes;
+      L::load(r, ptrs, page_off, tok0 - pidx * psize, psize, end - tok0, g, t);
+    };
+    constexpr int kB = kBufs<DT>;
+    typename L::Raw r[kB];
 #pragma unroll
-  for (int i = 0; i < kB; ++i)
-    if (start + 16 * i < end) load(r[i], start + 16 * i);
-  for (int tok0 = start; tok0 < end; tok0 += 16 * kB) {
+    for (int i = 0; i < kB; ++i)
+      if (start + 16 * i < end) load(r[i], start + 16 * i);
+    for (int tok0 = start; tok0 < end; tok0 += 16 * kB) {
 #pragma unroll
-    for (int i = 0; i < kB; ++i) {
-      const int tk = tok0 + 16 * i;
-      if (tk < end) {
-        w.step(r[i], tk, end, sl2, g);
-        if (tk + 16 * kB < end) load(r[i], tk + 16 * kB);
+      for (int i = 0; i < kB; ++i) {
+        const int tk = tok0 + 16 * i;
+        if (tk < end) {
+          w.step(r[i], tk, end, sl2, g);
+          if (tk + 16 * kB < end) load(r[i], tk + 16 * kB);
+        }
       }
+    }
+  } else {
+    extern __shared__ uint4 smem_ring[];
+    const uint8_t* ring = reinterpret_cast<const uint8_t*>(smem_ring) + (threadIdx.x >> 5) * (S * L::tile_bytes());
+    const uint32_t ring_s = smem_u32(ring);
+    const int64_t head = int64_t(kvh) * Lay.block_bytes();
+    auto issue = [&](int tile, int stage) {
+      const int tok0 = start + 16 * tile;
+      const int pidx = pshift >= 0 ? tok0 >> pshift : tok0 / psize;
+      const int64_t blk = int64_t(pages.get(pidx, lane)) * page_bytes + head;
+      L::issue(ring_s + stage * L::tile_bytes(), p.k_pool + blk, p.v_pool + blk, tok0 - pidx * psize, psize, lane);
+    };
+    const int ntiles = (end - start + 15) / 16;
+#pragma unroll
+    for (int i = 0; i < S - 1; ++i) {
+      if (i < ntiles) issue(i, i);
+      cp_async_commit();
+    }
+    int rd = 0, wr = S - 1;  // stages of tile i and of tile i + S - 1
+    for (int i = 0; i < ntiles; ++i) {
+      cp_async_wait<S - 2>();
+      __syncwarp();  // every lane's copies of tile i landed; every lane is done reading tile i - 1's stage
+      const int tk = start + 16 * i;
+      typename L::Raw raw;
+      L::load_smem(raw, ring + rd * L::tile_bytes(), end - tk, g, t);
+      if (i + S - 1 < ntiles) issue(i + S - 1, wr);
+      cp_async_commit();
+      rd = rd + 1 == S ? 0 : rd + 1;
+      wr = wr + 1 == S ? 0 : wr + 1;
+      w.step(raw, tk, end, sl2, g);
     }
   }
 
@@ -453,6 +533,16 @@ __global__ void __launch_bounds__(D) merge_kernel(const DecodeParams p, const in
   reinterpret_cast<__half*>(p.out)[row * D + threadIdx.x] = __float2half_rn(acc / wsum);
 }
 
+// KV4 d128 main-loop variant: 0 register buffers, 1-4 shared-memory ring (S tiles, CTAs/SM) = (6,3) (4,4) (6,4)
+// (8,3). QS_DECODE_KV4_VARIANT overrides the default (benchmarking).
+int kv4_variant() {
+  static const int v = [] {
+    const char* e = std::getenv("QS_DECODE_KV4_VARIANT");
+    return e ? std::atoi(e) : 1;
+  }();
+  return v;
+}
+
 void check_shape(int32_t num_q_heads, const KvCacheLayout& l) {
   QS_CHECK(l.head_dim == 64 || l.head_dim == 128) << "decode attention: head_dim must be 64 or 128, got "
                                                   << l.head_dim;
@@ -464,14 +554,24 @@ void check_shape(int32_t num_q_heads, const KvCacheLayout& l) {
       << "decode attention: GQA group " << num_q_heads / l.num_kv_heads << " > " << kMaxGroup << " not supported";
 }
 
-template <int D, KvDType DT, int NH>
+template <int D, KvDType DT, int NH, int S = 0, int MinCtas = kMinCtas<DT, NH>>
 Status launch(const DecodeParams& p, const DecodePlan& plan, void* workspace, cudaStream_t stream) {
   float* ws_o = static_cast<float*>(workspace);
   float* ws_m = ws_o + int64_t(p.batch) * p.num_q_heads * plan.max_chunks * D;
   const int64_t items = int64_t(p.batch) * p.layout.num_kv_heads * plan.max_chunks;
   const int64_t ctas = (items + kWarpsPerCta - 1) / kWarpsPerCta;
-  decode_kernel<D, DT, NH><<<unsigned(ctas), kWarpsPerCta * 32, 0, stream>>>(p, plan.chunk_tokens, plan.max_chunks,
-                                                                          ws_o, ws_m);
+  int smem = 0;
+  if constexpr (S > 0) {
+    smem = kWarpsPerCta * S * Loader<D, DT>::tile_bytes();
+    static bool raised = false;  // once per instantiation (idempotent, so a race is harmless)
+    if (!raised) {
+      QS_CUDA_RETURN(
+          cudaFuncSetAttribute(decode_kernel<D, DT, NH, S, MinCtas>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+      raised = true;
+    }
+  }
+  decode_kernel<D, DT, NH, S, MinCtas><<<unsigned(ctas), kWarpsPerCta * 32, smem, stream>>>(
+      p, plan.chunk_tokens, plan.max_chunks, ws_o, ws_m);
   QS_CUDA_RETURN(cudaGetLastError());
   if (plan.max_chunks > 1) {
     // Programmatic dependent launch: the merge grid is launched while the decode grid drains and waits in
@@ -531,8 +631,25 @@ Status run_decode(const DecodeParams& p, const DecodePlan& plan, void* workspace
   if (p.layout.page_bytes() >= (int64_t(1) << 31)) return Status::error("decode attention: page of 2 GiB or more");
   const bool wide = p.num_q_heads / p.layout.num_kv_heads > 8;
   if (d == 128) {
-    if (kv4) return wide ? launch<128, KvDType::kKv4, 2>(p, plan, workspace, stream)
-                         : launch<128, KvDType::kKv4, 1>(p, plan, workspace, stream);
+    if (kv4) {
+      switch (kv4_variant()) {
+        case 1:
+          return wide ? launch<128, KvDType::kKv4, 2, 6, 2>(p, plan, workspace, stream)
+                      : launch<128, KvDType::kKv4, 1, 6, 3>(p, plan, workspace, stream);
+        case 2:
+          return wide ? launch<128, KvDType::kKv4, 2, 4, 2>(p, plan, workspace, stream)
+                      : launch<128, KvDType::kKv4, 1, 4, 4>(p, plan, workspace, stream);
+        case 3:
+          return wide ? launch<128, KvDType::kKv4, 2, 6, 2>(p, plan, workspace, stream)
+                      : launch<128, KvDType::kKv4, 1, 6, 4>(p, plan, workspace, stream);
+        case 4:
+          return wide ? launch<128, KvDType::kKv4, 2, 8, 2>(p, plan, workspace, stream)
+                      : launch<128, KvDType::kKv4, 1, 8, 3>(p, plan, workspace, stream);
+        default:
+          return wide ? launch<128, KvDType::kKv4, 2>(p, plan, workspace, stream)
+                      : launch<128, KvDType::kKv4, 1>(p, plan, workspace, stream);
+      }
+    }
     return wide ? launch<128, KvDType::kFp16, 2>(p, plan, workspace, stream)
                 : launch<128, KvDType::kFp16, 1>(p, plan, workspace, stream);
   }
