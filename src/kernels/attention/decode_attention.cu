@@ -352,7 +352,7 @@ constexpr int kBufs = DT == KvDType::kKv4 ? 3 : 2;
 
 // S > 0 (KV4, D = 128): tiles staged through a per-warp shared-memory ring of S tiles (S - 1 in flight) with
 // cp.async instead of register buffers; MinCtas CTAs per SM.
-template <int D, KvDType DT, int NH, int S, int MinCtas>
+template <int D, KvDType DT, int NH, int S, int MinCtas, bool Prefetch = false>
 __global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas)
     decode_kernel(const DecodeParams p, const int32_t chunk_tokens, const int32_t max_chunks, float* __restrict__ ws_o,
                   float* __restrict__ ws_m) {
@@ -463,17 +463,39 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas)
       cp_async_commit();
     }
     int rd = 0, wr = S - 1;  // stages of tile i and of tile i + S - 1
-    for (int i = 0; i < ntiles; ++i) {
+    if constexpr (!Prefetch) {
+      for (int i = 0; i < ntiles; ++i) {
+        cp_async_wait<S - 2>();
+        __syncwarp();  // every lane's copies of tile i landed; every lane is done reading tile i - 1's stage
+        const int tk = start + 16 * i;
+        typename L::Raw raw;
+        L::load_smem(raw, ring + rd * L::tile_bytes(), end - tk, g, t);
+        if (i + S - 1 < ntiles) issue(i + S - 1, wr);
+        cp_async_commit();
+        rd = rd + 1 == S ? 0 : rd + 1;
+        wr = wr + 1 == S ? 0 : wr + 1;
+        w.step(raw, tk, end, sl2, g);
+      }
+    } else {  // fragments of tile i + 1 read from shared memory while tile i is computed
+      typename L::Raw cur, nxt;
       cp_async_wait<S - 2>();
-      __syncwarp();  // every lane's copies of tile i landed; every lane is done reading tile i - 1's stage
-      const int tk = start + 16 * i;
-      typename L::Raw raw;
-      L::load_smem(raw, ring + rd * L::tile_bytes(), end - tk, g, t);
-      if (i + S - 1 < ntiles) issue(i + S - 1, wr);
-      cp_async_commit();
-      rd = rd + 1 == S ? 0 : rd + 1;
-      wr = wr + 1 == S ? 0 : wr + 1;
-      w.step(raw, tk, end, sl2, g);
+      __syncwarp();
+      L::load_smem(cur, ring, end - start, g, t);
+      rd = 1;
+      for (int i = 0; i < ntiles; ++i) {
+        const int tk = start + 16 * i;
+        if (i + 1 < ntiles) {
+          cp_async_wait<S - 3>();
+          __syncwarp();  // tile i + 1 landed; every lane is done reading tile i - 1's stage (read in iteration i - 2)
+          L::load_smem(nxt, ring + rd * L::tile_bytes(), end - tk - 16, g, t);
+        }
+        if (i + S - 1 < ntiles) issue(i + S - 1, wr);
+        cp_async_commit();
+        rd = rd + 1 == S ? 0 : rd + 1;
+        wr = wr + 1 == S ? 0 : wr + 1;
+        w.step(cur, tk, end, sl2, g);
+        cur = nxt;
+      }
     }
   }
 
@@ -543,6 +565,16 @@ int kv4_variant() {
   return v;
 }
 
+// Split heuristic for KV4 d128: 0 ~2 waves of 32 warps per SM, 1 fewest waves x chunk length (default).
+// QS_DECODE_PLAN overrides the default (benchmarking).
+int plan_variant() {
+  static const int v = [] {
+    const char* e = std::getenv("QS_DECODE_PLAN");
+    return e ? std::atoi(e) : 1;
+  }();
+  return v;
+}
+
 void check_shape(int32_t num_q_heads, const KvCacheLayout& l) {
   QS_CHECK(l.head_dim == 64 || l.head_dim == 128) << "decode attention: head_dim must be 64 or 128, got "
                                                   << l.head_dim;
@@ -554,7 +586,7 @@ void check_shape(int32_t num_q_heads, const KvCacheLayout& l) {
       << "decode attention: GQA group " << num_q_heads / l.num_kv_heads << " > " << kMaxGroup << " not supported";
 }
 
-template <int D, KvDType DT, int NH, int S = 0, int MinCtas = kMinCtas<DT, NH>>
+template <int D, KvDType DT, int NH, int S = 0, int MinCtas = kMinCtas<DT, NH>, bool Prefetch = false>
 Status launch(const DecodeParams& p, const DecodePlan& plan, void* workspace, cudaStream_t stream) {
   float* ws_o = static_cast<float*>(workspace);
   float* ws_m = ws_o + int64_t(p.batch) * p.num_q_heads * plan.max_chunks * D;
@@ -566,11 +598,11 @@ Status launch(const DecodeParams& p, const DecodePlan& plan, void* workspace, cu
     static bool raised = false;  // once per instantiation (idempotent, so a race is harmless)
     if (!raised) {
       QS_CUDA_RETURN(
-          cudaFuncSetAttribute(decode_kernel<D, DT, NH, S, MinCtas>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+          cudaFuncSetAttribute(decode_kernel<D, DT, NH, S, MinCtas, Prefetch>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
       raised = true;
     }
   }
-  decode_kernel<D, DT, NH, S, MinCtas><<<unsigned(ctas), kWarpsPerCta * 32, smem, stream>>>(
+  decode_kernel<D, DT, NH, S, MinCtas, Prefetch><<<unsigned(ctas), kWarpsPerCta * 32, smem, stream>>>(
       p, plan.chunk_tokens, plan.max_chunks, ws_o, ws_m);
   QS_CUDA_RETURN(cudaGetLastError());
   if (plan.max_chunks > 1) {
@@ -600,7 +632,22 @@ DecodePlan plan_decode(int32_t batch, int32_t num_q_heads, const KvCacheLayout& 
   QS_CHECK(batch > 0 && max_context > 0) << "decode attention: empty batch or context";
   const int64_t pairs = int64_t(batch) * layout.num_kv_heads;
   const int64_t target_warps = int64_t(std::max(num_sms, 1)) * 32;  // ~2 waves of resident warps
-  const int64_t chunks = std::max<int64_t>(1, (target_warps + pairs - 1) / pairs);
+  int64_t chunks = std::max<int64_t>(1, (target_warps + pairs - 1) / pairs);
+  if (layout.dtype == KvDType::kKv4 && layout.head_dim == 128 && plan_variant() == 1) {
+    // Shared-memory ring kernel (12 resident warps per SM): fewest waves x tokens per warp, a warp's fixed cost
+    // (query load, pipeline fill, partial write and merge) counted as 64 tokens; e.g. batch 64 x 8 KV heads on 132
+    // SMs: 3 chunks (1536 warps, one wave) instead of 9 (4608 warps).
+    const int64_t resident = int64_t(std::max(num_sms, 1)) * 12;
+    // A batch that fills the resident warps by itself is not split (many waves: quantization does not matter).
+    const int64_t max_chunks = pairs >= resident ? 1 : std::max<int64_t>(1, max_context / 64);
+    int64_t best = -1;
+    for (int64_t c = 1; c <= max_chunks; ++c) {
+      const int64_t waves = (pairs * c + resident - 1) / resident;
+      const int64_t tokens = ((max_context + c - 1) / c + 15) / 16 * 16;
+      const int64_t cost = waves * (tokens + 64);
+      if (best < 0 || cost < best) best = cost, chunks = c;
+    }
+  }
   int64_t chunk = (max_context + chunks - 1) / chunks;
   // At least 64 tokens per chunk: amortizes the partial write; 64 rather than 128 measured 17.2 -> 13.7 us at
   // batch 1, context 1024 on H100 (more warps, shorter load chains) and neutral at batch 64.
@@ -642,6 +689,9 @@ Status run_decode(const DecodeParams& p, const DecodePlan& plan, void* workspace
         case 3:
           return wide ? launch<128, KvDType::kKv4, 2, 6, 2>(p, plan, workspace, stream)
                       : launch<128, KvDType::kKv4, 1, 6, 4>(p, plan, workspace, stream);
+        case 5:
+          return wide ? launch<128, KvDType::kKv4, 2, 6, 2, true>(p, plan, workspace, stream)
+                      : launch<128, KvDType::kKv4, 1, 6, 3, true>(p, plan, workspace, stream);
         case 4:
           return wide ? launch<128, KvDType::kKv4, 2, 8, 2>(p, plan, workspace, stream)
                       : launch<128, KvDType::kKv4, 1, 8, 3>(p, plan, workspace, stream);
