@@ -352,7 +352,7 @@ constexpr int kBufs = DT == KvDType::kKv4 ? 3 : 2;
 
 // S > 0 (KV4, D = 128): tiles staged through a per-warp shared-memory ring of S tiles (S - 1 in flight) with
 // cp.async instead of register buffers; MinCtas CTAs per SM.
-template <int D, KvDType DT, int NH, int S, int MinCtas, bool Prefetch = false>
+template <int D, KvDType DT, int NH, int S, int MinCtas>
 __global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas)
     decode_kernel(const DecodeParams p, const int32_t chunk_tokens, const int32_t max_chunks, float* __restrict__ ws_o,
                   float* __restrict__ ws_m) {
@@ -463,39 +463,17 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas)
       cp_async_commit();
     }
     int rd = 0, wr = S - 1;  // stages of tile i and of tile i + S - 1
-    if constexpr (!Prefetch) {
-      for (int i = 0; i < ntiles; ++i) {
-        cp_async_wait<S - 2>();
-        __syncwarp();  // every lane's copies of tile i landed; every lane is done reading tile i - 1's stage
-        const int tk = start + 16 * i;
-        typename L::Raw raw;
-        L::load_smem(raw, ring + rd * L::tile_bytes(), end - tk, g, t);
-        if (i + S - 1 < ntiles) issue(i + S - 1, wr);
-        cp_async_commit();
-        rd = rd + 1 == S ? 0 : rd + 1;
-        wr = wr + 1 == S ? 0 : wr + 1;
-        w.step(raw, tk, end, sl2, g);
-      }
-    } else {  // fragments of tile i + 1 read from shared memory while tile i is computed
-      typename L::Raw cur, nxt;
+    for (int i = 0; i < ntiles; ++i) {
       cp_async_wait<S - 2>();
-      __syncwarp();
-      L::load_smem(cur, ring, end - start, g, t);
-      rd = 1;
-      for (int i = 0; i < ntiles; ++i) {
-        const int tk = start + 16 * i;
-        if (i + 1 < ntiles) {
-          cp_async_wait<S - 3>();
-          __syncwarp();  // tile i + 1 landed; every lane is done reading tile i - 1's stage (read in iteration i - 2)
-          L::load_smem(nxt, ring + rd * L::tile_bytes(), end - tk - 16, g, t);
-        }
-        if (i + S - 1 < ntiles) issue(i + S - 1, wr);
-        cp_async_commit();
-        rd = rd + 1 == S ? 0 : rd + 1;
-        wr = wr + 1 == S ? 0 : wr + 1;
-        w.step(cur, tk, end, sl2, g);
-        cur = nxt;
-      }
+      __syncwarp();  // every lane's copies of tile i landed; every lane is done reading tile i - 1's stage
+      const int tk = start + 16 * i;
+      typename L::Raw raw;
+      L::load_smem(raw, ring + rd * L::tile_bytes(), end - tk, g, t);
+      if (i + S - 1 < ntiles) issue(i + S - 1, wr);
+      cp_async_commit();
+      rd = rd + 1 == S ? 0 : rd + 1;
+      wr = wr + 1 == S ? 0 : wr + 1;
+      w.step(raw, tk, end, sl2, g);
     }
   }
 
@@ -555,26 +533,6 @@ __global__ void __launch_bounds__(D) merge_kernel(const DecodeParams p, const in
   reinterpret_cast<__half*>(p.out)[row * D + threadIdx.x] = __float2half_rn(acc / wsum);
 }
 
-// KV4 d128 main-loop variant: 0 register buffers, 1-4 shared-memory ring (S tiles, CTAs/SM) = (6,3) (4,4) (6,4)
-// (8,3). QS_DECODE_KV4_VARIANT overrides the default (benchmarking).
-int kv4_variant() {
-  static const int v = [] {
-    const char* e = std::getenv("QS_DECODE_KV4_VARIANT");
-    return e ? std::atoi(e) : 1;
-  }();
-  return v;
-}
-
-// Split heuristic for KV4 d128: 0 ~2 waves of 32 warps per SM, 1 fewest waves x chunk length (default).
-// QS_DECODE_PLAN overrides the default (benchmarking).
-int plan_variant() {
-  static const int v = [] {
-    const char* e = std::getenv("QS_DECODE_PLAN");
-    return e ? std::atoi(e) : 1;
-  }();
-  return v;
-}
-
 void check_shape(int32_t num_q_heads, const KvCacheLayout& l) {
   QS_CHECK(l.head_dim == 64 || l.head_dim == 128) << "decode attention: head_dim must be 64 or 128, got "
                                                   << l.head_dim;
@@ -586,7 +544,7 @@ void check_shape(int32_t num_q_heads, const KvCacheLayout& l) {
       << "decode attention: GQA group " << num_q_heads / l.num_kv_heads << " > " << kMaxGroup << " not supported";
 }
 
-template <int D, KvDType DT, int NH, int S = 0, int MinCtas = kMinCtas<DT, NH>, bool Prefetch = false>
+template <int D, KvDType DT, int NH, int S = 0, int MinCtas = kMinCtas<DT, NH>>
 Status launch(const DecodeParams& p, const DecodePlan& plan, void* workspace, cudaStream_t stream) {
   float* ws_o = static_cast<float*>(workspace);
   float* ws_m = ws_o + int64_t(p.batch) * p.num_q_heads * plan.max_chunks * D;
@@ -598,11 +556,11 @@ Status launch(const DecodeParams& p, const DecodePlan& plan, void* workspace, cu
     static bool raised = false;  // once per instantiation (idempotent, so a race is harmless)
     if (!raised) {
       QS_CUDA_RETURN(
-          cudaFuncSetAttribute(decode_kernel<D, DT, NH, S, MinCtas, Prefetch>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+          cudaFuncSetAttribute(decode_kernel<D, DT, NH, S, MinCtas>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
       raised = true;
     }
   }
-  decode_kernel<D, DT, NH, S, MinCtas, Prefetch><<<unsigned(ctas), kWarpsPerCta * 32, smem, stream>>>(
+  decode_kernel<D, DT, NH, S, MinCtas><<<unsigned(ctas), kWarpsPerCta * 32, smem, stream>>>(
       p, plan.chunk_tokens, plan.max_chunks, ws_o, ws_m);
   QS_CUDA_RETURN(cudaGetLastError());
   if (plan.max_chunks > 1) {
@@ -633,7 +591,7 @@ DecodePlan plan_decode(int32_t batch, int32_t num_q_heads, const KvCacheLayout& 
   const int64_t pairs = int64_t(batch) * layout.num_kv_heads;
   const int64_t target_warps = int64_t(std::max(num_sms, 1)) * 32;  // ~2 waves of resident warps
   int64_t chunks = std::max<int64_t>(1, (target_warps + pairs - 1) / pairs);
-  if (layout.dtype == KvDType::kKv4 && layout.head_dim == 128 && plan_variant() == 1) {
+  if (layout.dtype == KvDType::kKv4 && layout.head_dim == 128) {
     // Shared-memory ring kernel (12 resident warps per SM): fewest waves x tokens per warp, a warp's fixed cost
     // (query load, pipeline fill, partial write and merge) counted as 64 tokens; e.g. batch 64 x 8 KV heads on 132
     // SMs: 3 chunks (1536 warps, one wave) instead of 9 (4608 warps).
@@ -679,26 +637,11 @@ Status run_decode(const DecodeParams& p, const DecodePlan& plan, void* workspace
   const bool wide = p.num_q_heads / p.layout.num_kv_heads > 8;
   if (d == 128) {
     if (kv4) {
-      switch (kv4_variant()) {
-        case 1:
-          return wide ? launch<128, KvDType::kKv4, 2, 6, 2>(p, plan, workspace, stream)
-                      : launch<128, KvDType::kKv4, 1, 6, 3>(p, plan, workspace, stream);
-        case 2:
-          return wide ? launch<128, KvDType::kKv4, 2, 4, 2>(p, plan, workspace, stream)
-                      : launch<128, KvDType::kKv4, 1, 4, 4>(p, plan, workspace, stream);
-        case 3:
-          return wide ? launch<128, KvDType::kKv4, 2, 6, 2>(p, plan, workspace, stream)
-                      : launch<128, KvDType::kKv4, 1, 6, 4>(p, plan, workspace, stream);
-        case 5:
-          return wide ? launch<128, KvDType::kKv4, 2, 6, 2, true>(p, plan, workspace, stream)
-                      : launch<128, KvDType::kKv4, 1, 6, 3, true>(p, plan, workspace, stream);
-        case 4:
-          return wide ? launch<128, KvDType::kKv4, 2, 8, 2>(p, plan, workspace, stream)
-                      : launch<128, KvDType::kKv4, 1, 8, 3>(p, plan, workspace, stream);
-        default:
-          return wide ? launch<128, KvDType::kKv4, 2>(p, plan, workspace, stream)
-                      : launch<128, KvDType::kKv4, 1>(p, plan, workspace, stream);
-      }
+      // Shared-memory ring of 6 tiles per warp; 3 CTAs per SM (2 for GQA groups over 8). The register-buffer loop
+      // (S = 0) and rings of 4 or 8 tiles, 4 CTAs per SM or prefetching were measured slower on H100
+      // (bench/results/attention.md, runs 6-7).
+      return wide ? launch<128, KvDType::kKv4, 2, 6, 2>(p, plan, workspace, stream)
+                  : launch<128, KvDType::kKv4, 1, 6, 3>(p, plan, workspace, stream);
     }
     return wide ? launch<128, KvDType::kFp16, 2>(p, plan, workspace, stream)
                 : launch<128, KvDType::kFp16, 1>(p, plan, workspace, stream);
