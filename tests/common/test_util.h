@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include "core/error.h"
+
 #include <cstdint>
 #include <random>
 #include <string>
@@ -23,6 +25,17 @@ inline double normalized_error(const std::vector<float>& out, const std::vector<
 }
 
 std::vector<float> random_normal(size_t n, uint64_t seed, float stddev = 1.0f);
+
+// The message of the qs::Error that fn() throws, or "(no error)": bad-input tests assert on it.
+template <typename Fn>
+std::string error_of(Fn&& fn) {
+  try {
+    fn();
+  } catch (const qs::Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
 
 // True when a CUDA device is usable (always false in a build without CUDA).
 bool gpu_available();

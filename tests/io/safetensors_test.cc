@@ -29,14 +29,7 @@ class TempDir {
   static inline int counter_ = 0;
 };
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const qs::Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using ::qs::test::error_of;
 
 void write_raw(const std::string& path, const std::string& header, size_t data_bytes) {
   std::ofstream out(path, std::ios::binary);

@@ -34,14 +34,7 @@ std::vector<int32_t> prompt(int n, int vocab, int seed) {
   return ids;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const qs::Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using ::qs::test::error_of;
 
 struct ArchCase {
   const char* name;

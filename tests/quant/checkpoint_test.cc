@@ -21,15 +21,7 @@ namespace {
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
-template <typename Fn>
-std::string error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using ::qs::test::error_of;
 
 Tensor random_tensor(Shape shape, uint64_t seed, float stddev = 0.05f) {
   const std::vector<float> v = test::random_normal(size_t(shape_numel(shape)), seed, stddev);

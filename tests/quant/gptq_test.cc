@@ -18,15 +18,7 @@ namespace {
 
 using ::testing::HasSubstr;
 
-template <typename Fn>
-std::string error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using ::qs::test::error_of;
 
 Tensor random_weight(int64_t n, int64_t k, uint64_t seed) {
   const std::vector<float> v = test::random_normal(size_t(n * k), seed, 0.05f);

@@ -114,11 +114,7 @@ void linear(const float* x, const float* w, const float* bias, int64_t m, int64_
 }
 
 void attention(const AttentionArgs& a) {
-  QS_CHECK(a.num_heads > 0 && a.num_kv_heads > 0 && a.num_heads % a.num_kv_heads == 0)
-      << "attention: num_heads " << a.num_heads << " is not a multiple of num_kv_heads " << a.num_kv_heads;
-  QS_CHECK(a.head_dim > 0 && a.m >= 0 && a.q_pos0 >= 0 && a.q_pos0 + a.m <= a.kv_len)
-      << "attention: queries at positions " << a.q_pos0 << ".." << a.q_pos0 + a.m - 1 << " need keys up to there, "
-      << "kv_len is " << a.kv_len;
+  ref_cpu::check_attention_args(a);
   const int64_t group = a.num_heads / a.num_kv_heads, d = a.head_dim;
   parallel_for(a.m * a.num_heads, [&](int64_t t0, int64_t t1) {
     std::vector<float> p(static_cast<size_t>(a.kv_len)), acc(static_cast<size_t>(d));

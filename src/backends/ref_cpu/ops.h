@@ -19,6 +19,8 @@ void rmsnorm(const float* x, const float* w, int64_t m, int64_t d, double eps, f
 void rope(float* x, int64_t m, int64_t num_heads, int64_t head_dim, const int64_t* positions,
           const double* inv_freq);
 void attention(const AttentionArgs& a);
+// Throws qs::Error unless the heads, positions and lengths of `a` are consistent (shared by every attention op).
+void check_attention_args(const AttentionArgs& a);
 void silu_mul(const float* gate, const float* up, int64_t n, float* y);
 void embedding(const int32_t* ids, int64_t m, const float* table, int64_t vocab, int64_t d, float* y);
 void add(const float* a, const float* b, int64_t n, float* y);
