@@ -63,7 +63,7 @@ void run(const Options& o) {
     for (int id : model->config().eos_token_ids) g.eos_ids.push_back(id);
   }
 
-  qs::runtime::validate(g.sampling);
+  qs::model::validate(g.sampling);
   if (!o.chat && !o.no_echo) {
     std::fputs(o.prompt.c_str(), stdout);
     std::fflush(stdout);

@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "io/model_config.h"
-#include "quant/formats.h"
+#include "formats/formats.h"
 
 namespace qs::model {
 

@@ -1,6 +1,6 @@
 // The qserve quantized checkpoint (QoQ W4A8KV4, and W8A8 for baselines): one `model.safetensors` in a directory,
 // readable by any safetensors tool. Per quantized linear `<name>` (the HF module name, e.g.
-// "model.layers.0.self_attn.q_proj"), in the canonical layouts of quant/formats.h:
+// "model.layers.0.self_attn.q_proj"), in the canonical layouts of formats/formats.h:
 //   per-channel W4: <name>.qweight U8 [N, K/2], <name>.scale F16 [N], <name>.szero F16 [N]
 //   g128 W4:        <name>.qweight U8 [N, K/2], <name>.s1 F16 [N], <name>.s2 U8 [N, K/128], <name>.zn I8 [N, K/128]
 //   W8A8:           <name>.qweight I8 [N, K],   <name>.scale F16 [N]

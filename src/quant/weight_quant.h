@@ -1,6 +1,6 @@
 // Offline weight quantizers for the W4A8 (and W8A8) linears: pure functions on FP32 [N, K] row-major weights
 // (N output channels, K input channels) that return the packed data and scales in the canonical layouts of
-// quant/formats.h plus the quantizer's own dequantized reference (F32 [N, K]). The element-level rules are
+// formats/formats.h plus the quantizer's own dequantized reference (F32 [N, K]). The element-level rules are
 // exposed separately (params + quantize-one-value) so GPTQ's rounding step uses exactly the same arithmetic.
 // Every rounding decision is written down in docs/QUANTIZATION.md:
 //  * per-channel W4: the range always contains 0 (min <= 0 <= max, so the integer zero lies in 0..15), an
@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "core/tensor.h"
-#include "quant/formats.h"
+#include "formats/formats.h"
 
 namespace qs::quant {
 

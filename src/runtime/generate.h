@@ -13,9 +13,12 @@
 #include <vector>
 
 #include "model/model.h"
-#include "runtime/sampling.h"
+#include "model/sampling.h"
 
 namespace qs::runtime {
+
+using model::Sampler;
+using model::SamplingParams;
 
 struct GenerateOptions {
   int max_new_tokens = 128;

@@ -12,7 +12,7 @@
 #include "backends/ref_cpu/gemm_w4a8.h"
 #include "common/test_util.h"
 #include "core/dtype.h"
-#include "quant/formats.h"
+#include "formats/formats.h"
 
 namespace qs::test {
 

@@ -12,7 +12,7 @@
 namespace qs {
 namespace {
 
-using kernels::KvDType;
+using qs::KvDType;
 using test::DevBuf;
 
 TEST(AttentionBackend, CacheWriteThenDecodeMatchesReference) {

@@ -20,7 +20,7 @@ namespace qs {
 namespace {
 
 using kernels::KvCacheLayout;
-using kernels::KvDType;
+using qs::KvDType;
 using test::DevBuf;
 using test::PagedBatch;
 

@@ -15,7 +15,7 @@
 namespace qs {
 namespace {
 
-using kernels::KvDType;
+using qs::KvDType;
 using test::DevBuf;
 using test::PagedBatch;
 

@@ -10,13 +10,13 @@
 #include "backends/ref_cpu/attention_kv4.h"
 #include "core/error.h"
 #include "kernels/attention_test_util.h"
-#include "quant/formats.h"
+#include "formats/formats.h"
 
 namespace qs {
 namespace {
 
 using kernels::KvCacheLayout;
-using kernels::KvDType;
+using qs::KvDType;
 using test::PagedBatch;
 
 // RoPE in double, straight from the definition.

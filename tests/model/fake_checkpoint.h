@@ -15,7 +15,7 @@
 #include "core/dtype.h"
 #include "core/tensor.h"
 #include "io/safetensors.h"
-#include "quant/formats.h"
+#include "formats/formats.h"
 
 namespace qs::test {
 

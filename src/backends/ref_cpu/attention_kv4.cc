@@ -8,12 +8,12 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
-#include "quant/formats.h"
+#include "formats/formats.h"
 
 namespace qs::ref_cpu {
 
 using kernels::KvCacheLayout;
-using kernels::KvDType;
+using qs::KvDType;
 
 void rope_rotate_half(const float* x, float* out, int head_dim, int32_t pos, const float* inv_freq) {
   const int half = head_dim / 2;

@@ -7,7 +7,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
-#include "quant/formats.h"
+#include "formats/formats.h"
 
 namespace qs::ref_cpu {
 

@@ -1,4 +1,4 @@
-// Exact reference GEMMs for the quantized linears (QSERVE.md sections 1 and 3, quant/formats.h): W4A8 with
+// Exact reference GEMMs for the quantized linears (QSERVE.md sections 1 and 3, formats/formats.h): W4A8 with
 // per-channel 4-bit weights, W4A8 with progressive g128 weights (dequantized to INT8 exactly as the GPU does),
 // and W8A8. The integer part is exact (INT32 accumulators, which callers may ask for); the epilogue is FP32 in a
 // fixed order:

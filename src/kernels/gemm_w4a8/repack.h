@@ -1,4 +1,4 @@
-// Host-side weight repacking from the canonical quantized layouts (quant/formats.h) to the fragment order the
+// Host-side weight repacking from the canonical quantized layouts (formats/formats.h) to the fragment order the
 // INT8 tensor-core GEMM loads (qgemm.h). Each lane's one 16-byte shared-memory load is exactly its mma.sync
 // A-operand fragments (QServe's "compute-aware reordering"), weights being the A operand (output channels on the
 // mma M side, 16 rows a tile). With g = lane/4, t = lane%4:

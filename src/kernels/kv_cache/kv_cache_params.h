@@ -7,12 +7,16 @@
 //   KV4 block:  packed 4-bit data [page_size][head_dim/2] (element 2j low nibble, formats.h canonical order),
 //               then FP16 scales [page_size], then FP16 zeros [page_size]   (formats.h quantize_kv4_group)
 //   FP16 block: FP16 data [page_size][head_dim]
+//   FP8 block:  e4m3 data [page_size][head_dim], then FP16 scales [page_size], then [page_size] unused FP16
+//   FP32 block: FP32 data [page_size][head_dim] (host reference pool only)
 // A token's cache slot is page * page_size + offset; a sequence's pages are listed in its block-table row.
 // page_size must be a multiple of 16 (kernels process tiles of 16 tokens that never straddle a page); head_dim
 // 64 or 128.
 #pragma once
 
 #include <cstdint>
+
+#include "formats/kinds.h"
 
 #if defined(__CUDACC__)
 #define QS_HOST_DEVICE __host__ __device__ __forceinline__
@@ -22,17 +26,20 @@
 
 namespace qs::kernels {
 
-enum class KvDType : int32_t { kKv4 = 0, kFp16 = 1 };
-
 struct KvCacheLayout {
   int32_t page_size = 64;    // tokens per page (multiple of 16)
   int32_t num_kv_heads = 0;  // KV heads stored per page
   int32_t head_dim = 128;    // 64 or 128
-  KvDType dtype = KvDType::kKv4;
+  KvDType dtype = KvDType::kKv4;  // qs::KvDType; the kernels take kKv4 and kFp16 (kFp32: host reference only)
 
   // Bytes of one (page, KV head) block and of one page.
   QS_HOST_DEVICE int64_t block_bytes() const {
-    return dtype == KvDType::kKv4 ? int64_t(page_size) * (head_dim / 2 + 4) : int64_t(page_size) * head_dim * 2;
+    switch (dtype) {
+      case KvDType::kKv4: return int64_t(page_size) * (head_dim / 2 + 4);
+      case KvDType::kFp8: return int64_t(page_size) * (head_dim + 4);  // e4m3 data, then FP16 scale, FP16 pad
+      case KvDType::kFp32: return int64_t(page_size) * head_dim * 4;
+      default: return int64_t(page_size) * head_dim * 2;
+    }
   }
   QS_HOST_DEVICE int64_t page_bytes() const { return block_bytes() * num_kv_heads; }
   QS_HOST_DEVICE int64_t block_offset(int64_t page, int32_t kv_head) const {
@@ -40,11 +47,18 @@ struct KvCacheLayout {
   }
   // Offsets inside a block. KV4: data row of a token, its scale and its zero. FP16: the token's data row.
   QS_HOST_DEVICE int64_t data_offset(int32_t tok) const {
-    return dtype == KvDType::kKv4 ? int64_t(tok) * (head_dim / 2) : int64_t(tok) * head_dim * 2;
+    switch (dtype) {
+      case KvDType::kKv4: return int64_t(tok) * (head_dim / 2);
+      case KvDType::kFp8: return int64_t(tok) * head_dim;
+      case KvDType::kFp32: return int64_t(tok) * head_dim * 4;
+      default: return int64_t(tok) * head_dim * 2;
+    }
   }
-  QS_HOST_DEVICE int64_t scale_offset(int32_t tok) const { return int64_t(page_size) * (head_dim / 2) + 2 * tok; }
+  // KV4 and FP8 blocks end with FP16 scales [page_size] then FP16 zeros [page_size] (unused by FP8).
+  QS_HOST_DEVICE int64_t code_bytes() const { return dtype == KvDType::kKv4 ? head_dim / 2 : head_dim; }
+  QS_HOST_DEVICE int64_t scale_offset(int32_t tok) const { return int64_t(page_size) * code_bytes() + 2 * tok; }
   QS_HOST_DEVICE int64_t zero_offset(int32_t tok) const {
-    return int64_t(page_size) * (head_dim / 2 + 2) + 2 * tok;
+    return int64_t(page_size) * (code_bytes() + 2) + 2 * tok;
   }
 };
 

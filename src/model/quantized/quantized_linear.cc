@@ -4,7 +4,7 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
-#include "quant/formats.h"
+#include "formats/formats.h"
 
 namespace qs::model {
 

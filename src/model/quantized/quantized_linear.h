@@ -1,5 +1,5 @@
 // Quantized linear layers for the model's Linear interface (model/linear.h): the exact W4A8KV4 integer reference
-// path of one linear. forward() quantizes each input row to INT8 per token exactly as quant/formats.h
+// path of one linear. forward() quantizes each input row to INT8 per token exactly as formats/formats.h
 // (quantize_act_row, with the activation sum xsum for per-channel W4), runs the exact integer GEMM reference
 // (backends/ref_cpu/gemm_w4a8.h: INT32 accumulation, FP32 epilogue) and writes FP32 outputs. Variants:
 //  * W4A8 per-channel: UINT4 q [N, K/2] (canonical packing), FP16 s [N], FP16 scaled zero sz [N];

@@ -10,7 +10,7 @@
 
 #include "core/error.h"
 #include "core/logging.h"
-#include "quant/formats.h"
+#include "formats/formats.h"
 #include "quant/hadamard.h"
 #include "quant/qoq/model_view.h"
 #include "quant/qoq/progress.h"

@@ -1,7 +1,7 @@
 // Sampling tests: greedy/argmax ties, seeded determinism, top-k / top-p supports, temperature and empirical
 // frequencies against the exact softmax (20,000 draws: each frequency within 5 standard deviations,
 // sqrt(p(1-p)/N) <= 0.0036, so a correct sampler fails with probability < 1e-5), repetition penalty, bad params.
-#include "runtime/sampling.h"
+#include "model/sampling.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -12,7 +12,7 @@
 
 #include "core/error.h"
 
-namespace qs::runtime {
+namespace qs::model {
 namespace {
 
 using ::testing::HasSubstr;
@@ -146,4 +146,4 @@ TEST(Sampling, BadParametersAreRejected) {
 }
 
 }  // namespace
-}  // namespace qs::runtime
+}  // namespace qs::model

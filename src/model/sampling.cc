@@ -1,5 +1,5 @@
 // Token sampling (see sampling.h).
-#include "runtime/sampling.h"
+#include "model/sampling.h"
 
 #include <algorithm>
 #include <cmath>
@@ -7,7 +7,7 @@
 
 #include "core/error.h"
 
-namespace qs::runtime {
+namespace qs::model {
 
 void validate(const SamplingParams& p) {
   QS_CHECK(!std::isnan(p.temperature)) << "sampling: temperature is NaN";
@@ -24,11 +24,22 @@ int32_t argmax(const float* x, int64_t n) {
   return int32_t(best);
 }
 
-Sampler::Sampler(const SamplingParams& p) : p_(p), rng_(p.seed) { validate(p_); }
+double sample_uniform(uint64_t seed, uint64_t step) {
+  uint64_t z = seed + (step + 1) * 0x9E3779B97F4A7C15ull;  // splitmix64
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return double(z >> 11) * 0x1.0p-53;
+}
 
-double Sampler::uniform() { return double(rng_() >> 11) * 0x1.0p-53; }
+Sampler::Sampler(const SamplingParams& p) : p_(p) { validate(p_); }
 
 int32_t Sampler::sample(const float* logits, int64_t vocab, const std::vector<int32_t>& history) {
+  return sample_at(logits, vocab, history, step_++);
+}
+
+int32_t Sampler::sample_at(const float* logits, int64_t vocab, const std::vector<int32_t>& history,
+                           uint64_t step) const {
   QS_CHECK(vocab > 0) << "sampling: empty logits";
   std::vector<float> l(logits, logits + vocab);
   if (p_.repetition_penalty != 1.0f) {
@@ -75,7 +86,7 @@ int32_t Sampler::sample(const float* logits, int64_t vocab, const std::vector<in
     total = 0.0;
     for (size_t i = 0; i < keep; ++i) total += prob[i];
   }
-  const double u = uniform() * total;
+  const double u = sample_uniform(p_.seed, step) * total;
   double cum = 0.0;
   for (size_t i = 0; i < keep; ++i) {
     cum += prob[i];
@@ -84,4 +95,4 @@ int32_t Sampler::sample(const float* logits, int64_t vocab, const std::vector<in
   return idx[keep - 1];  // u within rounding of the total
 }
 
-}  // namespace qs::runtime
+}  // namespace qs::model
