@@ -30,6 +30,9 @@ struct CudaExecutorOptions {
   bool cuda_graphs = true;              // capture pure decode steps per padded batch-size bucket
   int64_t max_num_pages = 0;            // > 0: cap on the KV pool (tests); 0: as the memory allows
   bool verbose = true;                  // log the memory plan to stderr
+  // KV cache override for ablations: "" (the dtype's own: KV4 for w4a8kv4, FP16 for fp16) or "fp16" (W4A8 GEMMs
+  // over an FP16 cache, i.e. W4A8KV16).
+  std::string kv_cache;
 };
 
 // Random weights (benchmarks): the W4A8 variant and the seed.

@@ -129,43 +129,60 @@ TEST(CudaExecutor, Fp16MatchesReferenceLogitsAndGenerations) {
 }
 
 // Teacher-forced greedy agreement of the GPU with the CPU integer path over the reference prompts.
-void check_quantized_agreement(const std::string& name) {
+void check_quantized_agreement(const std::string& name, bool kv16 = false) {
   QS_REQUIRE_GPU();
   QS_REQUIRE_DATA("fixtures/reference_generations.json");
   const std::string dir = ckpt_dir(name);
   if (!dir_exists(dir)) GTEST_SKIP() << "no quantized checkpoint at " << dir << " (set QSERVE_ENGINE_CKPT)";
   auto loaded = quant::eval::load_for_eval(dir, {});
   model::Model& cpu = *loaded.model;
-  CudaExecutor ex(cpu, small_options(EngineDType::kW4A8KV4));
+  CudaExecutorOptions o = small_options(EngineDType::kW4A8KV4);
+  if (kv16) o.kv_cache = "fp16";
+  CudaExecutor ex(cpu, o);
   int agree = 0, total = 0;
+  double err_sum = 0.0, err_max = 0.0;
   for (const Case& c : reference_cases()) {
     // CPU: prefill with the chunk's own K/V unquantized (as the prefill kernel), decode from the KV4 cache.
-    model::KvCache cache = cpu.new_cache(model::KvMode::kKv4);
-    std::vector<int32_t> seq;
+    model::KvCache cache = cpu.new_cache(kv16 ? model::KvMode::kFp32 : model::KvMode::kKv4);
     Tensor lg = cpu.forward({{c.ids.data(), int64_t(c.ids.size()), &cache, true}}, model::LogitsMode::kLast);
-    int32_t tok = model::argmax(lg.data<float>(), lg.dim(1));
     ForwardBatch b;
     b.add_sequence(c.ids.data(), int32_t(c.ids.size()), 0, pages_of(0));
-    int32_t gtok = ex.execute(b).tokens[0];
+    b.return_logits = true;
+    model::ForwardResult g = ex.execute(b);
     int ctx = int(c.ids.size());
     for (int i = 0; i < 24; ++i) {
-      agree += gtok == tok;
+      const int64_t V = lg.dim(1);
+      const int32_t tok = model::argmax(lg.data<float>(), V);
+      const double err = test::normalized_error(g.logits.data<float>(), lg.data<float>(), size_t(V));
+      err_sum += err;
+      err_max = std::max(err_max, err);
+      if (g.tokens[0] == tok) {
+        ++agree;
+      } else {
+        const float* l = lg.data<float>();
+        std::printf("  %s: prompt '%s' step %d: CPU %d (logit %.4f) GPU %d (CPU logit %.4f, GPU logits %.4f / %.4f)\n",
+                    name.c_str(), c.logits_name.c_str(), i, tok, l[tok], g.tokens[0], l[g.tokens[0]],
+                    g.logits.data<float>()[tok], g.logits.data<float>()[g.tokens[0]]);
+      }
       ++total;
       // Both continue from the CPU's token.
       lg = cpu.forward({{&tok, 1, &cache, false}}, model::LogitsMode::kLast);
       ForwardBatch d;
       d.add_sequence(&tok, 1, ctx, pages_of(0));
-      gtok = ex.execute(d).tokens[0];
-      tok = model::argmax(lg.data<float>(), lg.dim(1));
+      d.return_logits = true;
+      g = ex.execute(d);
       ++ctx;
     }
   }
-  std::printf("%s: GPU greedy agrees with the CPU integer path on %d of %d positions\n", name.c_str(), agree, total);
+  std::printf("%s: GPU greedy agrees with the CPU integer path on %d of %d positions; logits normalized error mean "
+              "%.4f max %.4f\n", name.c_str(), agree, total, err_sum / total, err_max);
   EXPECT_GE(double(agree), 0.99 * total) << name;
 }
 
 TEST(CudaExecutor, PerChannelCheckpointAgreesWithCpuIntegerPath) { check_quantized_agreement("tiny-pc"); }
 TEST(CudaExecutor, G128CheckpointAgreesWithCpuIntegerPath) { check_quantized_agreement("tiny-g128"); }
+// Ablation: W4A8 GEMMs over an FP16 KV cache vs the CPU integer path over an FP32 cache (isolates the KV4 part).
+TEST(CudaExecutor, PerChannelKv16CheckpointAgreesWithCpuIntegerPath) { check_quantized_agreement("tiny-pc", true); }
 
 // Loads the per-channel checkpoint when present, else skips.
 std::unique_ptr<model::Model> quantized_or_skip(bool* ok) {

@@ -236,6 +236,8 @@ struct CudaExecutor::Impl {
     R = std::max(R, S);
     stride = (max_ctx + opt.page_size - 1) / opt.page_size;
     quant = opt.dtype == EngineDType::kW4A8KV4;
+    QS_CHECK(opt.kv_cache.empty() || opt.kv_cache == "fp16")
+        << "engine: kv_cache override must be empty or \"fp16\", got \"" << opt.kv_cache << "\"";
   }
 
   void set_quant_linear(DevLinear& d, const model::QuantizedWeights& w) {
@@ -338,7 +340,8 @@ struct CudaExecutor::Impl {
     }
     if (quant) {
       QS_CHECK(variant == layers[0].qkv.qp.variant) << "engine: layers mix weight variants";
-      desc = std::string("w4a8kv4 ") + (variant == kernels::QGemmVariant::kW4A8G128 ? "g128" : "per-channel");
+      desc = std::string(opt.kv_cache == "fp16" ? "w4a8kv16 " : "w4a8kv4 ") +
+             (variant == kernels::QGemmVariant::kW4A8G128 ? "g128" : "per-channel");
     } else {
       desc = "fp16";
     }
@@ -480,7 +483,7 @@ struct CudaExecutor::Impl {
     layout.page_size = opt.page_size;
     layout.num_kv_heads = NKV;
     layout.head_dim = D;
-    layout.dtype = quant ? KvDType::kKv4 : KvDType::kFp16;
+    layout.dtype = quant && opt.kv_cache != "fp16" ? KvDType::kKv4 : KvDType::kFp16;
     for (int b = 1; b < S; b <<= 1) buckets.push_back(b);
     buckets.push_back(S);
     size_t dws = 0;
@@ -489,7 +492,6 @@ struct CudaExecutor::Impl {
       bucket_plans[b] = p;
       dws = std::max(dws, p.workspace_bytes);
     }
-    for (int b = 1; b <= S; ++b) dws = std::max(dws, kernels::plan_decode(b, NH, layout, max_ctx, num_sms).workspace_bytes);
     dec_ws_bytes = dws;
     if (dws > 0) dec_ws = alloc<uint8_t>(dws, c);
     const size_t cublas_ws_bytes = size_t(32) << 20;
@@ -807,7 +809,6 @@ struct CudaExecutor::Impl {
           head_rows.push_back(dev_row0[size_t(s)] + b.q_len(s) - 1);
         }
     }
-    kernels::DecodePlan eager_plan;
     if (use_graph) {
       // Pad to the bucket: harmless rows (token 0 at position 0, not cached, context 1 in the scratch page).
       for (int r = ns; r < bucket; ++r) {
@@ -824,14 +825,9 @@ struct CudaExecutor::Impl {
       st.dplan = &bucket_plans[bucket];
     } else {
       for (size_t r = 0; r < head_rows.size(); ++r) h[o_out + r] = head_rows[r];
-      if (nd > 0) {
-        int mc = 1;
-        for (int i = 0; i < nd; ++i) mc = std::max(mc, h[o_ctx + size_t(i)]);
-        eager_plan = kernels::plan_decode(nd, NH, layout, mc, num_sms);
-        if (eager_plan.workspace_bytes > dec_ws_bytes) eager_plan = kernels::plan_decode(nd, NH, layout, max_ctx, num_sms);
-        QS_CHECK(eager_plan.workspace_bytes <= dec_ws_bytes) << "engine: decode workspace too small (internal)";
-        st.dplan = &eager_plan;
-      }
+      // Eager decode uses the plan of its graph bucket (made for max_context; valid for any batch up to the bucket),
+      // so a graph replay and an eager step compute the same per-row results.
+      if (nd > 0) st.dplan = &bucket_plans[*std::lower_bound(buckets.begin(), buckets.end(), nd)];
     }
     const size_t meta_bytes = (o_out + size_t(std::max<int>(int(head_rows.size()), st.m))) * 4;
     if (profiling) {
