@@ -22,7 +22,6 @@
 
 namespace {
 
-using qs::kernels::QGemmVariant;
 
 #define CK(x) QS_CUDA_CHECK(x)
 #define CKB(x)                                                                                   \
@@ -141,10 +140,10 @@ struct Ctx {
   int sm_version;
 };
 
-double bench_ours(Ctx& c, QGemmVariant v, int m, int n, int k, int sm_version) {
+double bench_ours(Ctx& c, qs::WeightFormat v, int m, int n, int k, int sm_version) {
   Pool pool;
-  const size_t wbytes = v == QGemmVariant::kW8A8 ? size_t(n) * k : size_t(n) * k / 2;
-  const size_t sbytes = v == QGemmVariant::kW4A8G128 ? size_t(n) * (k / 128) * 2 : 0;
+  const size_t wbytes = v == qs::WeightFormat::kW8A8 ? size_t(n) * k : size_t(n) * k / 2;
+  const size_t sbytes = v == qs::WeightFormat::kW4A8G128 ? size_t(n) * (k / 128) * 2 : 0;
   const int copies = copies_for(wbytes + sbytes + size_t(m) * k);
   std::vector<qs::kernels::QGemmParams> ps(static_cast<size_t>(copies));
   const qs::kernels::QGemmPlan plan = qs::kernels::qgemm_plan(v, m, n, k, c.sms, sm_version);
@@ -310,10 +309,10 @@ int main(int argc, char** argv) {
   for (const auto& s : shapes) {
     const int n = s[0], k = s[1];
     for (int m : ms) {
-      const double t_pc = bench_ours(c, QGemmVariant::kW4A8PerChannel, m, n, k, c.sm_version);
-      const double t_g = bench_ours(c, QGemmVariant::kW4A8G128, m, n, k, c.sm_version);
-      const double t_w8 = bench_ours(c, QGemmVariant::kW8A8, m, n, k, c.sm_version);
-      const double t_pc80 = c.sm_version >= 90 ? bench_ours(c, QGemmVariant::kW4A8PerChannel, m, n, k, 80) : t_pc;
+      const double t_pc = bench_ours(c, qs::WeightFormat::kW4A8PerChannel, m, n, k, c.sm_version);
+      const double t_g = bench_ours(c, qs::WeightFormat::kW4A8G128, m, n, k, c.sm_version);
+      const double t_w8 = bench_ours(c, qs::WeightFormat::kW8A8, m, n, k, c.sm_version);
+      const double t_pc80 = c.sm_version >= 90 ? bench_ours(c, qs::WeightFormat::kW4A8PerChannel, m, n, k, 80) : t_pc;
       const double t_16 = bench_cublas_fp16(c, m, n, k);
       const double t_i8 = bench_lt(c, false, m, n, k);
       const double t_f8 = bench_lt(c, true, m, n, k);

@@ -5,6 +5,7 @@
 // round-to-nearest-even). Awkward M (1, 3, 17, 67, 257, 1000), every tile config, forced split-K, the
 // Llama-3-8B and Llama-2-70B linear shapes; outputs poisoned (NaN) before each launch, so an unwritten element
 // fails; no NaN anywhere. Skips without a GPU.
+#include <algorithm>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -23,7 +24,6 @@
 namespace qs {
 namespace {
 
-using ref_cpu::QGemmVariant;
 using ::testing::HasSubstr;
 
 template <typename T>
@@ -49,7 +49,7 @@ struct DevBuf {
 // Runs one problem on the GPU with a given plan override and checks INT32 and FP16 results against the reference.
 void check_problem(const test::QGemmProblem& pr, int splits_override, int config_override = -1) {
   const int64_t m = pr.m, n = pr.n;
-  SCOPED_TRACE(testing::Message() << ref_cpu::qgemm_variant_name(pr.variant) << " m=" << m << " n=" << n
+  SCOPED_TRACE(testing::Message() << weight_format_name(pr.variant) << " m=" << m << " n=" << n
                                   << " k=" << pr.k << " splits=" << splits_override << " config=" << config_override);
   std::vector<float> ref(size_t(m * n));
   std::vector<int32_t> ref_acc(size_t(m * n));
@@ -125,7 +125,7 @@ std::vector<int> runnable_configs() {
   return c;
 }
 
-class QGemmGpu : public ::testing::TestWithParam<QGemmVariant> {};
+class QGemmGpu : public ::testing::TestWithParam<WeightFormat> {};
 
 TEST_P(QGemmGpu, AwkwardTokenCountsEveryConfig) {
   QS_REQUIRE_GPU();
@@ -145,19 +145,19 @@ TEST_P(QGemmGpu, SplitKFactors) {
 
 TEST(QGemmGpuPlan, HopperGetsTheWgmmaKernelAbove16Tokens) {
   for (int m : {17, 33, 64, 65, 300, 4096}) {
-    const auto plan = kernels::qgemm_plan(kernels::QGemmVariant::kW4A8G128, m, 4096, 4096, 132, 90);
+    const auto plan = kernels::qgemm_plan(WeightFormat::kW4A8G128, m, 4096, 4096, 132, 90);
     EXPECT_TRUE(kernels::qgemm_config_is_sm90(plan.config)) << m << " " << kernels::qgemm_config_name(plan.config);
-    const auto old = kernels::qgemm_plan(kernels::QGemmVariant::kW4A8G128, m, 4096, 4096, 108, 80);
+    const auto old = kernels::qgemm_plan(WeightFormat::kW4A8G128, m, 4096, 4096, 108, 80);
     EXPECT_FALSE(kernels::qgemm_config_is_sm90(old.config));
   }
   // m <= 16: the mma.sync kernel (measured faster on H100), split over K to fill the GPU.
-  const auto small = kernels::qgemm_plan(kernels::QGemmVariant::kW4A8PerChannel, 1, 4096, 4096, 132, 90);
+  const auto small = kernels::qgemm_plan(WeightFormat::kW4A8PerChannel, 1, 4096, 4096, 132, 90);
   EXPECT_FALSE(kernels::qgemm_config_is_sm90(small.config));
   EXPECT_GT(small.splits, 1);
   // Workspace = INT32 partials (splits x m x n) + 256-byte-aligned per-tile counters (64 tiles of 64 channels).
   EXPECT_EQ(small.workspace_bytes, size_t(small.splits) * 4096 * 4 + 256);
   // A full wave of tiles is not split.
-  EXPECT_EQ(kernels::qgemm_plan(kernels::QGemmVariant::kW8A8, 1024, 4096, 4096, 132, 90).splits, 1);
+  EXPECT_EQ(kernels::qgemm_plan(WeightFormat::kW8A8, 1024, 4096, 4096, 132, 90).splits, 1);
 }
 
 TEST_P(QGemmGpu, ModelShapes) {
@@ -174,9 +174,13 @@ TEST_P(QGemmGpu, ModelShapes) {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllVariants, QGemmGpu,
-                         ::testing::Values(QGemmVariant::kW4A8PerChannel, QGemmVariant::kW4A8G128,
-                                           QGemmVariant::kW8A8),
-                         [](const auto& info) { return std::string(ref_cpu::qgemm_variant_name(info.param)); });
+                         ::testing::Values(WeightFormat::kW4A8PerChannel, WeightFormat::kW4A8G128,
+                                           WeightFormat::kW8A8),
+                         [](const auto& info) {
+                           std::string s = weight_format_name(info.param);
+                           std::replace(s.begin(), s.end(), '-', '_');  // gtest names: [A-Za-z0-9_]
+                           return s;
+                         });
 
 // The kernels' packed g128 dequantization (host-callable) equals formats.h for every in-range combination: all
 // s2, all zn in [-128, 0], four different nibbles a word (so a carry between bytes would show).
@@ -206,18 +210,18 @@ TEST(QGemmDequant, G128PackedMultiplyAddMatchesFormatsExhaustively) {
 
 TEST(QGemmGpuErrors, BadShapesAndPointers) {
   QS_REQUIRE_GPU();
-  auto pr = test::make_qgemm_problem(QGemmVariant::kW8A8, 2, 24, 128, 3);
+  auto pr = test::make_qgemm_problem(WeightFormat::kW8A8, 2, 24, 128, 3);
   EXPECT_THAT([&] { cuda::QGemmDeviceWeights::upload(pr.weights()); },
               ::testing::ThrowsMessage<Error>(HasSubstr("needs N % 16 == 0")));
   kernels::QGemmParams p;
-  p.variant = kernels::QGemmVariant::kW8A8;
+  p.variant = WeightFormat::kW8A8;
   p.m = 4;
   p.n = 32;
   p.k = 200;
   EXPECT_THAT(kernels::qgemm_run(p, {}, nullptr).message(), HasSubstr("multiple of 128"));
   p.k = 256;
   EXPECT_THAT(kernels::qgemm_run(p, {}, nullptr).message(), HasSubstr("required pointer"));
-  auto pc = test::make_qgemm_problem(QGemmVariant::kW4A8PerChannel, 20, 64, 1024, 3);
+  auto pc = test::make_qgemm_problem(WeightFormat::kW4A8PerChannel, 20, 64, 1024, 3);
   const auto w = cuda::QGemmDeviceWeights::upload(pc.weights());
   DevBuf<int8_t> x(pc.xq);
   DevBuf<uint16_t> sx(pc.sx), xs(pc.xsum), y(size_t(20 * 64));
