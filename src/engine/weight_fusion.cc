@@ -75,8 +75,8 @@ model::QuantizedWeights fuse_quantized_rows(const std::vector<const model::Quant
   f.variant = v;
   f.qweight = concat_rows(q, rows, "qweight");
   f.scale = concat_rows(s, rows, "scale");
-  if (v == ref_cpu::QGemmVariant::kW4A8PerChannel) f.szero = concat_rows(sz, rows, "szero");
-  if (v == ref_cpu::QGemmVariant::kW4A8G128) {
+  if (v == WeightFormat::kW4A8PerChannel) f.szero = concat_rows(sz, rows, "szero");
+  if (v == WeightFormat::kW4A8G128) {
     f.s2 = concat_rows(s2, rows, "s2");
     f.zn = concat_rows(zn, rows, "zn");
   }

@@ -14,7 +14,7 @@
 namespace qs {
 namespace {
 
-model::QuantizedWeights random_part(ref_cpu::QGemmVariant v, int64_t n, int64_t k, bool bias, std::mt19937& rng) {
+model::QuantizedWeights random_part(WeightFormat v, int64_t n, int64_t k, bool bias, std::mt19937& rng) {
   model::QuantizedWeights w;
   w.variant = v;
   w.qweight = Tensor(DType::U8, {n, k / 2});
@@ -22,7 +22,7 @@ model::QuantizedWeights random_part(ref_cpu::QGemmVariant v, int64_t n, int64_t 
   w.scale = Tensor(DType::F16, {n});
   std::uniform_real_distribution<float> u(0.001f, 0.02f);
   for (int64_t i = 0; i < n; ++i) w.scale.data<uint16_t>()[i] = float_to_fp16(u(rng));
-  if (v == ref_cpu::QGemmVariant::kW4A8PerChannel) {
+  if (v == WeightFormat::kW4A8PerChannel) {
     w.szero = Tensor(DType::F16, {n});
     for (int64_t i = 0; i < n; ++i) w.szero.data<uint16_t>()[i] = float_to_fp16(8.0f * u(rng));
   } else {
@@ -52,7 +52,7 @@ ref_cpu::QGemmWeights view(const model::QuantizedWeights& w) {
           static_cast<const int8_t*>(w.zn.raw())};
 }
 
-void check_fusion(ref_cpu::QGemmVariant v) {
+void check_fusion(WeightFormat v) {
   std::mt19937 rng(7);
   const int64_t k = 384, m = 17;
   const std::vector<int64_t> ns = {48, 16, 32};
@@ -86,14 +86,14 @@ void check_fusion(ref_cpu::QGemmVariant v) {
   }
 }
 
-TEST(WeightFusion, PerChannelFusedEqualsSeparateBitExact) { check_fusion(ref_cpu::QGemmVariant::kW4A8PerChannel); }
-TEST(WeightFusion, G128FusedEqualsSeparateBitExact) { check_fusion(ref_cpu::QGemmVariant::kW4A8G128); }
+TEST(WeightFusion, PerChannelFusedEqualsSeparateBitExact) { check_fusion(WeightFormat::kW4A8PerChannel); }
+TEST(WeightFusion, G128FusedEqualsSeparateBitExact) { check_fusion(WeightFormat::kW4A8G128); }
 
 TEST(WeightFusion, MismatchedPartsAreRejected) {
   std::mt19937 rng(1);
-  const auto a = random_part(ref_cpu::QGemmVariant::kW4A8PerChannel, 16, 256, false, rng);
-  const auto b = random_part(ref_cpu::QGemmVariant::kW4A8G128, 16, 256, false, rng);
-  const auto c = random_part(ref_cpu::QGemmVariant::kW4A8PerChannel, 16, 384, false, rng);
+  const auto a = random_part(WeightFormat::kW4A8PerChannel, 16, 256, false, rng);
+  const auto b = random_part(WeightFormat::kW4A8G128, 16, 256, false, rng);
+  const auto c = random_part(WeightFormat::kW4A8PerChannel, 16, 384, false, rng);
   EXPECT_NE(test::error_of([&] { engine::fuse_quantized_rows({&a, &b}); }).find("variant"), std::string::npos);
   EXPECT_NE(test::error_of([&] { engine::fuse_quantized_rows({&a, &c}); }).find("input size"), std::string::npos);
 }

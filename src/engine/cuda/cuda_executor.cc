@@ -88,7 +88,7 @@ struct CudaExecutor::Impl {
   Memory mem;
 
   bool quant = false;
-  kernels::QGemmVariant variant = kernels::QGemmVariant::kW4A8PerChannel;
+  WeightFormat variant = WeightFormat::kW4A8PerChannel;
   std::vector<DevLayer> layers;
   uint16_t* embed = nullptr;       // FP16 [V, H]
   uint16_t* final_norm = nullptr;  // FP16 [H]
@@ -243,7 +243,7 @@ struct CudaExecutor::Impl {
   void set_quant_linear(DevLinear& d, const model::QuantizedWeights& w) {
     const ref_cpu::QGemmWeights gw{w.variant,
                                    w.qweight.dim(0),
-                                   w.variant == ref_cpu::QGemmVariant::kW8A8 ? w.qweight.dim(1) : 2 * w.qweight.dim(1),
+                                   w.variant == WeightFormat::kW8A8 ? w.qweight.dim(1) : 2 * w.qweight.dim(1),
                                    static_cast<const uint8_t*>(w.qweight.raw()),
                                    static_cast<const uint16_t*>(w.scale.raw()),
                                    static_cast<const uint16_t*>(w.szero.raw()),
@@ -264,7 +264,7 @@ struct CudaExecutor::Impl {
                            << l.kind() << " linear (quantize it with `qserve quantize`, or use --dtype fp16)";
     QS_CHECK(q->act_mode() == model::ActMode::kInt8)
         << "engine: " << name << " is weight-only (" << q->kind() << "); the GPU runs W4A8 (INT8 activations)";
-    QS_CHECK(q->variant() != ref_cpu::QGemmVariant::kW8A8) << "engine: W8A8 layers are not supported (" << name << ")";
+    QS_CHECK(q->variant() != WeightFormat::kW8A8) << "engine: W8A8 layers are not supported (" << name << ")";
     return q->weights();
   }
 
@@ -341,7 +341,7 @@ struct CudaExecutor::Impl {
     if (quant) {
       QS_CHECK(variant == layers[0].qkv.qp.variant) << "engine: layers mix weight variants";
       desc = std::string(opt.kv_cache == "fp16" ? "w4a8kv16 " : "w4a8kv4 ") +
-             (variant == kernels::QGemmVariant::kW4A8G128 ? "g128" : "per-channel");
+             (variant == WeightFormat::kW4A8G128 ? "g128" : "per-channel");
     } else {
       desc = "fp16";
     }
@@ -354,7 +354,7 @@ struct CudaExecutor::Impl {
     if (quant) {
       d.quant = true;
       auto& p = d.qp;
-      p.variant = g128 ? kernels::QGemmVariant::kW4A8G128 : kernels::QGemmVariant::kW4A8PerChannel;
+      p.variant = g128 ? WeightFormat::kW4A8G128 : WeightFormat::kW4A8PerChannel;
       p.n = n;
       p.k = k;
       void* w = alloc<uint8_t>(size_t(n) * k / 2, &mem.weight_bytes);
@@ -402,7 +402,7 @@ struct CudaExecutor::Impl {
       random_linear(d.gate_up, 2 * I, H, rw.g128, seed += 10, false);
       random_linear(d.down, H, I, rw.g128, seed += 10, false);
     }
-    variant = rw.g128 ? kernels::QGemmVariant::kW4A8G128 : kernels::QGemmVariant::kW4A8PerChannel;
+    variant = rw.g128 ? WeightFormat::kW4A8G128 : WeightFormat::kW4A8PerChannel;
     desc = quant ? std::string("w4a8kv4 ") + (rw.g128 ? "g128" : "per-channel") + " random" : "fp16 random";
     QS_CUDA_CHECK(cudaStreamSynchronize(stream));
   }
@@ -589,7 +589,7 @@ struct CudaExecutor::Impl {
     kernels::QuantOut o;
     o.q = q8;
     o.scale = sx;
-    o.xsum = variant == kernels::QGemmVariant::kW4A8PerChannel ? xsum : nullptr;
+    o.xsum = variant == WeightFormat::kW4A8PerChannel ? xsum : nullptr;
     return o;
   }
 
