@@ -5,7 +5,7 @@
 #   here:    scripts/gpu/engine.sh pack            (build first: cmake --build build --target qserve_cli
 #                                                   test_engine_cuda_executor_gpu_test test_engine_weight_fusion_test)
 #   device:  run(command="bash gpu-pack/engine/engine.sh tests quick", carry=["gpu-pack/engine"])
-# Steps (any order, several allowed): tests | quick (llama-3-8b at batch <= 128, w4a8kv4 + fp16, breakdown) |
+# Steps (any order, several allowed): tests | kernels (the kernel GPU tests) | quick (llama-3-8b at batch <= 128, w4a8kv4 + fp16, breakdown) |
 # final (llama-3-8b largest batch w4a8kv4,fp8,fp16 + breakdown; llama-2-70b w4a8kv4).
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -18,18 +18,24 @@ if [ "${1:-}" = pack ]; then
   for b in qserve test_engine_cuda_executor_gpu_test test_engine_weight_fusion_test; do
     cp "$ROOT/build/$b" /tmp/engine-pack/ && strip /tmp/engine-pack/$b
   done
+  # The kernel tests too when built (step `kernels`: after a change to the kernels' launch code).
+  for b in test_kernels_norm_quant_gpu_test test_kernels_attention_decode_gpu_test \
+           test_kernels_attention_prefill_gpu_test test_backends_gemm_w4a8_gpu_test; do
+    [ -x "$ROOT/build/$b" ] && cp "$ROOT/build/$b" /tmp/engine-pack/ && strip /tmp/engine-pack/$b
+  done
   tar -C /tmp/engine-pack -cf - . | xz -T2 -6 > "$DEST/bin.tar.xz"
   cp -r "$DATA/models/qs-llama-tiny" "$DEST/data/models/"
   cp "$DATA/fixtures/reference_generations.json" "$DATA/fixtures/reference_logits.safetensors" "$DEST/data/fixtures/"
   xz -T2 -c "$DATA/text/calibration.txt" > "$DEST/data/text/calibration.txt.xz"
+  xz -T2 -c "$DATA/text/wikitext2_test.txt" > "$DEST/data/text/wikitext2_test.txt.xz"
   cp "$HERE/engine.sh" "$DEST/engine.sh"
   du -sh "$DEST"; exit 0
 fi
 OUT=${OUT:-out/engine}; mkdir -p "$OUT"
-W=/tmp/engine; mkdir -p "$W/bin"
+W=/tmp/engine; mkdir -p "$W/bin" "$W/ckpt"
 xz -dc "$HERE/bin.tar.xz" | tar -C "$W/bin" -xf -
 if [ ! -d "$W/data" ]; then
-  cp -r "$HERE/data" "$W/data" && xz -d "$W/data/text/calibration.txt.xz"
+  cp -r "$HERE/data" "$W/data" && xz -d "$W/data/text/"*.xz
 fi
 export QSERVE_DATA=$W/data QSERVE_ENGINE_CKPT=$W/ckpt LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export QSERVE_THREADS=$(nproc)
@@ -45,7 +51,15 @@ for step in "$@"; do
           --rtn --calib "$W/data/text/calibration.txt" --quiet >> "$OUT/quantize.log" 2>&1 || rc=1
       fi
       for t in test_engine_weight_fusion_test test_engine_cuda_executor_gpu_test; do
-        timeout 300 "$W/bin/$t" 2>&1 | tee "$OUT/$t.log" | grep -E "^\[  (FAILED|PASSED|SKIPPED) |Failure|error|agrees|fp16 greedy|Expected|Which is|actual|^  " | head -60 || rc=1
+        timeout 300 "$W/bin/$t" 2>&1 | tee "$OUT/$t.log" | grep -E "^\[  (FAILED|PASSED|SKIPPED) |Failure|error|agrees|fp16 greedy|perplexity|Expected|Which is|actual" | head -60 || rc=1
+      done
+      ;;
+    kernels)
+      for t in test_kernels_norm_quant_gpu_test test_kernels_attention_decode_gpu_test \
+               test_kernels_attention_prefill_gpu_test test_backends_gemm_w4a8_gpu_test; do
+        [ -x "$W/bin/$t" ] || continue
+        timeout 150 "$W/bin/$t" > "$OUT/$t.log" 2>&1 || rc=1
+        echo "$t: $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$OUT/$t.log" | tr -s ' ' | tr '\n' ' ')"
       done
       ;;
     quick)

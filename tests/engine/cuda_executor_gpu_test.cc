@@ -2,7 +2,8 @@
 //  * FP16 on the GPU vs the HF transformers FP32 reference logits (normalized error <= 2e-3 per prompt) and the 8
 //    reference greedy generations;
 //  * QoQ checkpoints (per-channel, g128; made by `qserve quantize`, directory in QSERVE_ENGINE_CKPT) vs the CPU
-//    integer path (quant/eval/model_loader.h Model with a KV4 cache): teacher-forced greedy agreement >= 99%;
+//    integer path (quant/eval/model_loader.h Model with a KV4 cache): teacher-forced greedy agreement and logits
+//    error (bounds and why they are not 99% at check_quantized_agreement);
 //  * batched == one by one, a mixed prefill + decode step, chunked prefill == whole prefill, a CUDA-graph step
 //    replayed after the contexts grew == an eager step, random weights in a named shape, and bad input.
 // Tolerances: FP16 weights/activations over 4 layers vs FP32: 2e-3 (TESTING.md, FP16-output GPU kernels); two
@@ -14,6 +15,7 @@
 #include "common/test_util.h"
 
 #if defined(QSERVE_HAVE_CUDA)
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -25,6 +27,8 @@
 #include "model/kv_cache.h"
 #include "model/sampling.h"
 #include "quant/eval/model_loader.h"
+#include "quant/eval/perplexity.h"
+#include "tokenizer/tokenizer.h"
 
 namespace qs {
 namespace {
@@ -176,7 +180,15 @@ void check_quantized_agreement(const std::string& name, bool kv16 = false) {
   }
   std::printf("%s: GPU greedy agrees with the CPU integer path on %d of %d positions; logits normalized error mean "
               "%.4f max %.4f\n", name.c_str(), agree, total, err_sum / total, err_max);
-  EXPECT_GE(double(agree), 0.99 * total) << name;
+  // Bounds (measured on H200, 2026-11-30, then rounded out; see the report of issue 8): the GPU keeps the residual
+  // stream, GEMM outputs and attention in FP16 where the CPU integer path keeps FP32, so the INT8 activation and
+  // KV4 roundings see inputs that differ by ~2^-11 and a few codes flip. W4A8 over an FP16 cache: logits normalized
+  // error 1.2% mean, 190/192 greedy positions; with KV4 each flipped 4-bit code moves a key by 1/15 of its range:
+  // 3.5-4.2% mean error, 180-183/192 positions (the disagreements are near-ties of the CPU's top two, gap < 0.4
+  // logits but one). A wrong composition (a swapped buffer, a missing xsum, a wrong scale) gives errors > 20%.
+  const double min_agree = kv16 ? 0.98 : 0.93, max_err = kv16 ? 0.02 : 0.05;
+  EXPECT_GE(double(agree), min_agree * total) << name;
+  EXPECT_LE(err_sum / total, max_err) << name;
 }
 
 TEST(CudaExecutor, PerChannelCheckpointAgreesWithCpuIntegerPath) { check_quantized_agreement("tiny-pc"); }
@@ -368,6 +380,66 @@ TEST(CudaExecutor, GraphReplayEqualsEagerW4A8KV4) {
   auto m = quantized_or_skip(&ok);
   if (!ok) GTEST_SKIP() << "no quantized checkpoint (set QSERVE_ENGINE_CKPT)";
   graph_replay_equals_eager(EngineDType::kW4A8KV4, *m);
+}
+
+// WikiText-2 perplexity over 2 windows of 2048 tokens (GPTQ protocol: text tokenized with BOS, windows without
+// BOS) on the GPU vs the CPU path, each window one prefill (so the CPU attends to the window's own K/V
+// unquantized, as the GPU prefill kernel does). Bound 0.5% (issue 8), the FP16 model 0.1% (2e-3 logits error).
+double window_nll(const float* logits, int64_t vocab, const int32_t* ids, int64_t n) {
+  double s = 0.0;
+  for (int64_t i = 0; i + 1 < n; ++i) s += quant::eval::token_nll(logits + i * vocab, vocab, ids[i + 1]);
+  return s;
+}
+
+void check_perplexity(model::Model& cpu, EngineDType d, model::KvMode kv, double tol, const std::string& label) {
+  QS_REQUIRE_DATA("text/wikitext2_test.txt");
+  std::ifstream f(test::data_path("text/wikitext2_test.txt"), std::ios::binary);
+  std::string text(100000, '\0');
+  f.read(text.data(), std::streamsize(text.size()));
+  text.resize(size_t(f.gcount()));
+  const auto tok = tokenizer::Tokenizer::from_dir(test::data_path(kTiny));
+  const std::vector<int32_t> ids = quant::eval::tokenize_dataset(tok, text);
+  const int64_t L = 2048;
+  ASSERT_GE(int64_t(ids.size()), 2 * L + 16);  // the cut at 100 kB is far past the two windows
+  CudaExecutorOptions o = small_options(d, false);
+  o.max_context = 2048;
+  o.max_batch_tokens = 2048;
+  CudaExecutor ex(cpu, o);
+  double nll_gpu = 0.0, nll_cpu = 0.0;
+  for (int w = 0; w < 2; ++w) {
+    const int32_t* win = ids.data() + w * L;
+    ForwardBatch b;
+    std::vector<int32_t> pages;
+    for (int p = 0; p < 32; ++p) pages.push_back(p);
+    b.add_sequence(win, int32_t(L), 0, pages);
+    b.all_logits = true;
+    const auto r = ex.execute(b);
+    nll_gpu += window_nll(r.logits.data<float>(), r.logits.dim(1), win, L);
+    model::KvCache cache = cpu.new_cache(kv);
+    const Tensor lc = cpu.forward({{win, L, &cache, true}}, model::LogitsMode::kAll);
+    nll_cpu += window_nll(lc.data<float>(), lc.dim(1), win, L);
+  }
+  const double ppl_gpu = std::exp(nll_gpu / double(2 * (L - 1))), ppl_cpu = std::exp(nll_cpu / double(2 * (L - 1)));
+  std::printf("%s: WikiText-2 (2 windows of 2048) perplexity GPU %.4f, CPU %.4f (%+.3f%%)\n", label.c_str(), ppl_gpu,
+              ppl_cpu, 100.0 * (ppl_gpu / ppl_cpu - 1.0));
+  EXPECT_LE(std::abs(ppl_gpu / ppl_cpu - 1.0), tol) << label;
+}
+
+TEST(CudaExecutor, PerplexityFp16MatchesCpuFp32) {
+  QS_REQUIRE_GPU();
+  QS_REQUIRE_DATA(kTiny);
+  auto m = model::Model::load(test::data_path(kTiny));
+  check_perplexity(*m, EngineDType::kFp16, model::KvMode::kFp32, 1e-3, "fp16");
+}
+
+TEST(CudaExecutor, PerplexityQuantizedMatchesCpuIntegerPath) {
+  QS_REQUIRE_GPU();
+  for (const char* name : {"tiny-pc", "tiny-g128"}) {
+    const std::string dir = ckpt_dir(name);
+    if (!dir_exists(dir)) GTEST_SKIP() << "no quantized checkpoint at " << dir << " (set QSERVE_ENGINE_CKPT)";
+    auto loaded = quant::eval::load_for_eval(dir, {});
+    check_perplexity(*loaded.model, EngineDType::kW4A8KV4, model::KvMode::kKv4, 5e-3, name);
+  }
 }
 
 TEST(CudaExecutor, SeededSamplingIsReproducibleAcrossBatching) {

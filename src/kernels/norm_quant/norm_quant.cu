@@ -6,6 +6,7 @@
 // match the reference bit for bit (SiLU up to expf's last-ulp differences).
 #include <cuda_fp16.h>
 
+#include "kernels/common/device_once.h"
 #include "kernels/common/cuda_check.h"
 #include "kernels/norm_quant/norm_quant.h"
 
@@ -194,13 +195,12 @@ size_t cache_bytes(int cols) { return cols <= kCacheCols ? size_t(cols) * sizeof
 // Raises a kernel's dynamic shared-memory limit to the cache size (64 KiB), once per kernel.
 template <auto Kernel>
 Status allow_smem() {
-  static bool done = false;  // one flag per kernel instance
-  if (!done) {
+  static std::atomic<uint64_t> done{0};  // one flag set per kernel instance, a bit per device (device_once.h)
+  return once_per_device(done, [] {
     QS_CUDA_RETURN(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         int(kCacheCols * sizeof(float))));
-    done = true;
-  }
-  return Status::ok();
+    return Status::ok();
+  });
 }
 
 }  // namespace
