@@ -8,9 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <functional>
 #include <map>
-#include <sstream>
 
 #include "backends/cuda/attention.h"
 #include "backends/cuda/gemm_w4a8.h"
@@ -68,12 +66,6 @@ struct StepShape {
   const kernels::DecodePlan* dplan = nullptr;
 };
 
-int pow2_at_least(int x) {
-  int b = 1;
-  while (b < x) b <<= 1;
-  return b;
-}
-
 }  // namespace
 
 struct CudaExecutor::Impl {
@@ -124,7 +116,6 @@ struct CudaExecutor::Impl {
   std::vector<int> buckets;
   std::map<int, kernels::DecodePlan> bucket_plans;
   std::map<int, cudaGraphExec_t> graphs;
-  std::map<int, bool> warmed;
   // Profiling.
   bool profiling = false;
   struct Ev {
