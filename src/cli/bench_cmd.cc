@@ -46,6 +46,10 @@ struct BenchArgs {
   uint64_t seed = 1;
 };
 
+#if defined(QSERVE_HAVE_CUDA)
+namespace eng = qs::engine;
+using Clock = std::chrono::steady_clock;
+
 std::vector<std::string> split_list(const std::string& s) {
   std::vector<std::string> out;
   std::stringstream ss(s);
@@ -54,10 +58,6 @@ std::vector<std::string> split_list(const std::string& s) {
     if (!item.empty()) out.push_back(item);
   return out;
 }
-
-#if defined(QSERVE_HAVE_CUDA)
-namespace eng = qs::engine;
-using Clock = std::chrono::steady_clock;
 
 double secs(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
