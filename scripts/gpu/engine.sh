@@ -19,7 +19,7 @@ if [ "${1:-}" = pack ]; then
     cp "$ROOT/build/$b" /tmp/engine-pack/ && strip /tmp/engine-pack/$b
   done
   # The kernel tests too when built (step `kernels`: after a change to the kernels' launch code).
-  for b in test_kernels_norm_quant_gpu_test test_kernels_attention_decode_gpu_test \
+  for b in test_kernels_elementwise_gpu_test test_kernels_norm_quant_gpu_test test_kernels_attention_decode_gpu_test \
            test_kernels_attention_prefill_gpu_test test_backends_gemm_w4a8_gpu_test; do
     [ -x "$ROOT/build/$b" ] && cp "$ROOT/build/$b" /tmp/engine-pack/ && strip /tmp/engine-pack/$b
   done
@@ -55,7 +55,7 @@ for step in "$@"; do
       done
       ;;
     kernels)
-      for t in test_kernels_norm_quant_gpu_test test_kernels_attention_decode_gpu_test \
+      for t in test_kernels_elementwise_gpu_test test_kernels_norm_quant_gpu_test test_kernels_attention_decode_gpu_test \
                test_kernels_attention_prefill_gpu_test test_backends_gemm_w4a8_gpu_test; do
         [ -x "$W/bin/$t" ] || continue
         timeout 150 "$W/bin/$t" > "$OUT/$t.log" 2>&1 || rc=1
