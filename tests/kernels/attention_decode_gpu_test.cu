@@ -21,20 +21,19 @@ namespace {
 
 using kernels::KvCacheLayout;
 using qs::KvDType;
-using test::DevBuf;
 using test::PagedBatch;
 
 const std::vector<int32_t> kMixed = {1, 63, 64, 65, 1000, 17, 300};
 
 // Runs the GPU write on pb's inputs into fresh pools and returns them (and checks q/k/v outputs bit-exact).
 struct GpuCache {
-  std::unique_ptr<DevBuf<uint8_t>> k, v;
+  std::unique_ptr<DeviceBuffer<uint8_t>> k, v;
 };
 GpuCache gpu_write(PagedBatch& pb) {
-  DevBuf<uint16_t> qkv(pb.qkv), q(pb.q_roped.size()), k(pb.k_roped.size()), v(pb.v_copy.size());
-  DevBuf<int32_t> pos(pb.positions), slots(pb.slots);
-  DevBuf<float> inv(pb.inv_freq);
-  GpuCache c{std::make_unique<DevBuf<uint8_t>>(pb.k_pool.size()), std::make_unique<DevBuf<uint8_t>>(pb.v_pool.size())};
+  DeviceBuffer<uint16_t> qkv(pb.qkv), q(pb.q_roped.size()), k(pb.k_roped.size()), v(pb.v_copy.size());
+  DeviceBuffer<int32_t> pos(pb.positions), slots(pb.slots);
+  DeviceBuffer<float> inv(pb.inv_freq);
+  GpuCache c{std::make_unique<DeviceBuffer<uint8_t>>(pb.k_pool.size()), std::make_unique<DeviceBuffer<uint8_t>>(pb.v_pool.size())};
   c.k->fill_bytes(0xA5);
   c.v->fill_bytes(0xA5);
   test::poison(q), test::poison(k), test::poison(v);
@@ -85,12 +84,12 @@ struct DecodeRun {
 };
 
 // Decode on the GPU from a cache in device memory. `sms` steers the plan (few SMs -> no split).
-DecodeRun gpu_decode(PagedBatch& pb, const DevBuf<uint8_t>& kp, const DevBuf<uint8_t>& vp,
+DecodeRun gpu_decode(PagedBatch& pb, const DeviceBuffer<uint8_t>& kp, const DeviceBuffer<uint8_t>& vp,
                      const std::vector<uint16_t>& q, const std::vector<int32_t>& ctx, const std::vector<int32_t>& bt,
                      const kernels::DecodePlan& plan) {
-  DevBuf<uint16_t> dq(q), out(q.size());
-  DevBuf<int32_t> dctx(ctx), dbt(bt);
-  DevBuf<uint8_t> ws(plan.workspace_bytes);
+  DeviceBuffer<uint16_t> dq(q), out(q.size());
+  DeviceBuffer<int32_t> dctx(ctx), dbt(bt);
+  DeviceBuffer<uint8_t> ws(plan.workspace_bytes);
   test::poison(out);
   kernels::DecodeParams p;
   p.q = dq.get(); p.out = out.get();

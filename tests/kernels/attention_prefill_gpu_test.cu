@@ -16,7 +16,6 @@ namespace qs {
 namespace {
 
 using qs::KvDType;
-using test::DevBuf;
 using test::PagedBatch;
 
 struct Packed {
@@ -68,10 +67,10 @@ struct GpuOut {
 };
 
 GpuOut gpu_prefill(kernels::PrefillParams p, const PagedBatch& pb, const Packed& pk) {
-  DevBuf<uint16_t> q(pk.q), k(pk.k), v(pk.v), out(pk.q.size());
-  DevBuf<int32_t> cu(pk.cu), bt(pb.block_table), pre(std::vector<int32_t>(p.prefix_lens ? p.prefix_lens : pk.cu.data(),
+  DeviceBuffer<uint16_t> q(pk.q), k(pk.k), v(pk.v), out(pk.q.size());
+  DeviceBuffer<int32_t> cu(pk.cu), bt(pb.block_table), pre(std::vector<int32_t>(p.prefix_lens ? p.prefix_lens : pk.cu.data(),
                                                                           (p.prefix_lens ? p.prefix_lens : pk.cu.data()) + p.batch));
-  DevBuf<uint8_t> kp(pb.k_pool), vp(pb.v_pool);
+  DeviceBuffer<uint8_t> kp(pb.k_pool), vp(pb.v_pool);
   test::poison(out);
   p.q = q.get(); p.k = k.get(); p.v = v.get(); p.out = out.get(); p.cu_seqlens = cu.get();
   if (p.prefix_lens) {

@@ -16,7 +16,6 @@
 namespace qs {
 namespace {
 
-using test::DevBuf;
 
 std::vector<uint16_t> fp16_rand(size_t n, uint64_t seed, float sd) {
   auto v = test::random_normal(n, seed, sd);
@@ -26,8 +25,8 @@ std::vector<uint16_t> fp16_rand(size_t n, uint64_t seed, float sd) {
 }
 
 struct QBufs {
-  DevBuf<int8_t> q;
-  DevBuf<uint16_t> s, x;
+  DeviceBuffer<int8_t> q;
+  DeviceBuffer<uint16_t> s, x;
   QBufs(int rows, int cols) : q(size_t(rows) * cols), s(rows), x(rows) {
     q.fill_bytes(0x80);
     test::poison(s);
@@ -71,7 +70,7 @@ TEST_P(NormQuantGpu, RmsNormResidualMatchesReference) {
   p.rows = rows; p.cols = cols; p.eps = 1e-6f;
   p.out = {q.data(), s.data(), xs.data()};
   ref_cpu::rmsnorm_quant(p);
-  DevBuf<uint16_t> dx(x), dres(res), dw(w), dro(n);
+  DeviceBuffer<uint16_t> dx(x), dres(res), dw(w), dro(n);
   test::poison(dro);
   QBufs g(rows, cols);
   p.x = dx.get(); p.residual_in = dres.get(); p.residual_out = dro.get(); p.weight = dw.get(); p.out = g.out();
@@ -99,7 +98,7 @@ TEST_P(NormQuantGpu, SiluMulAndPlainMatchReference) {
   kernels::SiluMulQuantParams p;
   p.gate_up = gu.data(); p.rows = rows; p.cols = cols; p.out = {q.data(), s.data(), xs.data()};
   ref_cpu::silu_mul_quant(p);
-  DevBuf<uint16_t> dgu(gu);
+  DeviceBuffer<uint16_t> dgu(gu);
   QBufs g(rows, cols);
   p.gate_up = dgu.get(); p.out = g.out();
   ASSERT_TRUE(kernels::silu_mul_quant(p, 0).is_ok());
@@ -109,7 +108,7 @@ TEST_P(NormQuantGpu, SiluMulAndPlainMatchReference) {
   kernels::ActQuantParams a;
   a.x = x.data(); a.rows = rows; a.cols = cols; a.out = {q.data(), s.data(), xs.data()};
   ref_cpu::act_quant(a);
-  DevBuf<uint16_t> dxx(x);
+  DeviceBuffer<uint16_t> dxx(x);
   QBufs g2(rows, cols);
   a.x = dxx.get(); a.out = g2.out();
   ASSERT_TRUE(kernels::act_quant(a, 0).is_ok());
