@@ -61,7 +61,7 @@ int main(int argc, char** argv) {
       for (int j = 0; j < 8; ++j) l[size_t(r) * vocab + g() % vocab] += 15.0f;
     float* dl = upload(l);
     for (int rows : {1, 8, 64, 256, 512}) {
-      std::vector<uint64_t> seed(size_t(rows)), step(size_t(rows));
+      std::vector<uint64_t> seed(static_cast<size_t>(rows)), step(static_cast<size_t>(rows));
       for (int r = 0; r < rows; ++r) seed[size_t(r)] = g(), step[size_t(r)] = uint64_t(r);
       uint64_t* ds = upload(seed);
       uint64_t* dst = upload(step);
