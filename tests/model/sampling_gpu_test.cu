@@ -47,16 +47,17 @@ Case make_case(int rows, int vocab, int64_t ld, uint64_t seed) {
   c.logits.assign(size_t(rows) * size_t(ld), 1e30f);  // padding past vocab must never be read
   const float temps[] = {0.0f, 0.3f, 0.7f, 1.0f, 1.5f, 0.0f};
   const float tps[] = {1.0f, 1.0f, 0.95f, 0.9f, 0.5f, 0.1f};
-  const int32_t tks[] = {0, 0, 1, 2, 20, 50, 1000, vocab, vocab + 3};
+  const int32_t tks[] = {0, 0, 1, 2, 20, 50, 1000, 1024, 3000, vocab, vocab + 3};
   for (int r = 0; r < rows; ++r) {
-    const float sd = 1.0f + float(g() % 4);
+    const float sds[] = {0.05f, 1.0f, 2.0f, 4.0f};  // 0.05: nearly flat (huge nucleus, many ties)
+    const float sd = sds[g() % 4];
     float* row = c.logits.data() + size_t(r) * size_t(ld);
     for (int i = 0; i < vocab; ++i) row[i] = sd * nd(g);
     for (int b = 0; b < 5; ++b) row[g() % uint64_t(vocab)] += 4.0f * sd;  // a peaked head, like real logits
     if (r % 2) for (int i = 0; i < vocab; ++i) row[i] = round_mantissa8(row[i]);
     c.temp.push_back(temps[g() % 6]);
     c.top_p.push_back(tps[g() % 6]);
-    c.top_k.push_back(tks[g() % 9]);
+    c.top_k.push_back(tks[g() % 11]);
     c.seed.push_back(g());
     c.step.push_back(g() % 1000);
   }

@@ -1,8 +1,10 @@
-// GPU sampling kernel (algorithm and limits in sampling.h). One CTA of 512 threads per row; every pass walks the
-// row with a warp-uniform trip count so that the warp collectives (ballot, match_any, shfl) see all 32 lanes.
-// Histogram updates are warp-aggregated (match_any on the digit) because the leading digits of real logits fall
-// into a handful of buckets.
+// GPU sampling kernel (algorithm and limits in sampling.h). One CTA of 512 threads per row; radix digits of 11 bits
+// (2048-bucket histograms in shared memory, block-wide scan). A select runs on the row in global memory only until
+// the bucket in play holds <= 1024 elements; those are gathered (key + fixed-point weight) into shared memory and
+// the select finishes there. With top_k <= 1024 the whole kept set is gathered once after the top-k select, so the
+// top-p cut and the draw never touch the row again (4 passes over the row in all, none evaluating exp on it).
 #include <cfloat>
+#include <type_traits>
 
 #include "kernels/common/cuda_check.h"
 #include "kernels/sampling/sampling.h"
@@ -14,8 +16,12 @@ using u64 = unsigned long long;
 
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
-constexpr int kIdBits = 24;             // ids below 2^24 fit the low bits of the key
-constexpr int kKeyBits = 32 + kIdBits;  // 56: seven 8-bit digits
+constexpr int kIdBits = 23;             // ids below 2^23 fit the low bits of the key
+constexpr int kKeyBits = 32 + kIdBits;  // 55: five 11-bit digits
+constexpr int kBits = 11;               // radix digit
+constexpr int kBins = 1 << kBits;
+constexpr int kBinsPerThread = kBins / kThreads;
+constexpr int kCap = 1024;              // candidates gathered into shared memory
 constexpr int32_t kMaxVocab = 1 << 20;  // 2^20 weights of at most 2^43 sum below 2^63
 constexpr double kFixedOne = 0x1p43;    // fixed-point weight of probability 1
 constexpr u64 kNoLimit = ~0ull;
@@ -49,11 +55,14 @@ __device__ __forceinline__ double sample_uniform(uint64_t seed, uint64_t step) {
 }
 
 struct Smem {
-  uint32_t hc[256];  // elements per bucket of the current digit
-  u64 hw[256];       // fixed-point mass per bucket (weighted selects only)
+  uint32_t hc[kBins];  // elements per bucket of the current digit
+  u64 hw[kBins];       // fixed-point mass per bucket (weighted selects only)
+  u64 cand_key[kCap];  // gathered candidates: key and fixed-point weight
+  u64 cand_w[kCap];
   u64 red_u[kWarps];
+  u64 scan_c[kWarps], scan_w[kWarps];
   double red_d[kWarps];
-  uint32_t bucket;
+  uint32_t bucket, count;
   u64 before_c, before_w, bucket_c, bucket_w, found;
 };
 
@@ -67,112 +76,184 @@ __device__ T block_reduce(T v, Op op, T* red) {
   for (int w = 1; w < kWarps; ++w) v = op(v, red[w]);
   return v;
 }
+__device__ u64 add_u64(u64 a, u64 b) { return a + b; }
 
-// Sum of the fixed-point weights of the elements with key <= limit.
-__device__ u64 total_weight(const float* row, int vocab, u64 limit, const Temp& t, Smem& sm) {
-  u64 s = 0;
-  for (int i = threadIdx.x; i < vocab; i += kThreads) {
+// The elements a select walks: the row of logits in global memory, or candidates gathered into shared memory.
+struct RowSrc {
+  const float* row;
+  int n;
+  Temp t;
+  __device__ void load(int i, u64& key, u64& aux) const {
     const float l = row[i];
-    if (key_of(l, i) <= limit) s += weight_of(l, t);
+    key = key_of(l, i);
+    aux = __float_as_uint(l);
   }
-  return block_reduce(s, [](u64 a, u64 b) { return a + b; }, sm.red_u);
-}
+  __device__ u64 weight(u64 aux) const { return weight_of(__uint_as_float(uint32_t(aux)), t); }
+};
+struct CandSrc {
+  const u64* keys;
+  const u64* w;
+  int n;
+  __device__ void load(int i, u64& key, u64& aux) const { key = keys[i], aux = w[i]; }
+  __device__ u64 weight(u64 aux) const { return aux; }
+};
 
 struct Sel {
   u64 key;    // the selected element's key
-  u64 cum_w;  // mass of the elements with key' <= key (and <= limit)
+  u64 cum_c;  // elements with key' <= key (and <= limit)
+  u64 cum_w;  // their mass (weighted selects; 0 for count selects)
 };
 
-// Smallest key K among the elements with key <= limit such that the count (by_weight false) or the mass
-// (by_weight true) of the elements with key <= K reaches `target` (1 <= target <= the total).
-__device__ Sel radix_select(const float* row, int vocab, u64 limit, bool by_weight, u64 target, const Temp& t,
-                            Smem& sm) {
+// Copies the elements with (key & mask) == prefix and key <= limit into sm.cand_* (the caller knows there are at
+// most kCap) with their weights; returns how many.
+template <class Src>
+__device__ int gather(const Src& src, u64 limit, u64 mask, u64 prefix, Smem& sm) {
+  if (threadIdx.x == 0) sm.count = 0;
+  __syncthreads();
+  for (int i = threadIdx.x; i < src.n; i += kThreads) {
+    u64 key, aux;
+    src.load(i, key, aux);
+    if (key <= limit && (key & mask) == prefix) {
+      const uint32_t slot = atomicAdd(&sm.count, 1u);
+      if (slot < kCap) {
+        sm.cand_key[slot] = key;
+        sm.cand_w[slot] = src.weight(aux);
+      }
+    }
+  }
+  __syncthreads();
+  const int n = int(min(sm.count, uint32_t(kCap)));
+  __syncthreads();
+  return n;
+}
+
+// One radix pass: histogram of digit `shift` over the elements still in play, then the bucket where the running
+// count (by_weight false) or mass reaches `target`; results in sm.bucket / before_* / bucket_*.
+template <class Src>
+__device__ void radix_pass(const Src& src, u64 limit, u64 prefix, int shift, bool by_weight, u64 target, u64 before_c,
+                           u64 before_w, Smem& sm) {
+  for (int j = threadIdx.x; j < kBins; j += kThreads) sm.hc[j] = 0, sm.hw[j] = 0;
+  if (threadIdx.x == 0) sm.bucket = ~0u;
+  __syncthreads();
+  const u64 hi_mask = ~0ull << (shift + kBits);
+  for (int i = threadIdx.x; i < src.n; i += kThreads) {
+    u64 key, aux;
+    src.load(i, key, aux);
+    if (key <= limit && (key & hi_mask) == prefix) {
+      const uint32_t d = uint32_t(key >> shift) & (kBins - 1);
+      atomicAdd(&sm.hc[d], 1u);
+      if (by_weight) atomicAdd(&sm.hw[d], src.weight(aux));
+    }
+  }
+  __syncthreads();
+  // Block-wide scan: thread j owns buckets [j * kBinsPerThread, (j + 1) * kBinsPerThread).
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  u64 prefix = 0, before_c = 0, before_w = 0;
-  for (int shift = kKeyBits - 8; shift >= 0; shift -= 8) {
-    for (int j = threadIdx.x; j < 256; j += kThreads) sm.hc[j] = 0, sm.hw[j] = 0;
-    __syncthreads();
-    const u64 hi_mask = ~0ull << (shift + 8);
-    for (int base = 0; base < vocab; base += kThreads) {
-      const int i = base + threadIdx.x;
-      bool in = false;
-      uint32_t d = 256;
-      u64 w = 0;
-      if (i < vocab) {
-        const float l = row[i];
-        const u64 key = key_of(l, i);
-        in = key <= limit && (key & hi_mask) == prefix;
-        if (in) {
-          d = uint32_t(key >> shift) & 255u;
-          if (by_weight) w = weight_of(l, t);
-        }
-      }
-      const unsigned any = __ballot_sync(~0u, in);
-      if (!any) continue;
-      const unsigned peers = __match_any_sync(~0u, d);
-      u64 wsum = 0;
-      if (by_weight)
-        for (unsigned m = any; m; m &= m - 1) {
-          const int j = __ffs(m) - 1;
-          const u64 wj = __shfl_sync(~0u, w, j);
-          if ((peers >> j) & 1u) wsum += wj;
-        }
-      if (in && __ffs(peers) - 1 == lane) {
-        atomicAdd(&sm.hc[d], uint32_t(__popc(peers)));
-        if (by_weight) atomicAdd(&sm.hw[d], wsum);
-      }
+  u64 c[kBinsPerThread], w[kBinsPerThread], sc = 0, sw = 0;
+#pragma unroll
+  for (int b = 0; b < kBinsPerThread; ++b) {
+    c[b] = sm.hc[threadIdx.x * kBinsPerThread + b], w[b] = sm.hw[threadIdx.x * kBinsPerThread + b];
+    sc += c[b], sw += w[b];
+  }
+  u64 ic = sc, iw = sw;
+  for (int o = 1; o < 32; o <<= 1) {
+    const u64 xc = __shfl_up_sync(~0u, ic, o), xw = __shfl_up_sync(~0u, iw, o);
+    if (lane >= o) ic += xc, iw += xw;
+  }
+  if (lane == 31) sm.scan_c[warp] = ic, sm.scan_w[warp] = iw;
+  __syncthreads();
+  u64 rc = before_c + ic - sc, rw = before_w + iw - sw;
+  for (int v = 0; v < warp; ++v) rc += sm.scan_c[v], rw += sm.scan_w[v];
+#pragma unroll
+  for (int b = 0; b < kBinsPerThread; ++b) {
+    const u64 excl = by_weight ? rw : rc, incl = excl + (by_weight ? w[b] : c[b]);
+    if (c[b] && excl < target && incl >= target) {  // exactly one bucket satisfies this
+      sm.bucket = uint32_t(threadIdx.x * kBinsPerThread + b);
+      sm.before_c = rc, sm.before_w = rw, sm.bucket_c = c[b], sm.bucket_w = w[b];
     }
-    __syncthreads();
-    if (warp == 0) {  // lane owns buckets 8*lane .. 8*lane+7
-      u64 c[8], w[8], sc = 0, sw = 0;
-      for (int b = 0; b < 8; ++b) {
-        c[b] = sm.hc[8 * lane + b], w[b] = sm.hw[8 * lane + b];
-        sc += c[b], sw += w[b];
-      }
-      u64 ic = sc, iw = sw;  // inclusive scans over lanes
-      for (int o = 1; o < 32; o <<= 1) {
-        const u64 xc = __shfl_up_sync(~0u, ic, o), xw = __shfl_up_sync(~0u, iw, o);
-        if (lane >= o) ic += xc, iw += xw;
-      }
-      u64 rc = before_c + ic - sc, rw = before_w + iw - sw;  // before this lane's first bucket
-      int hit = -1, last = -1;
-      u64 hc0 = 0, hw0 = 0, lc0 = 0, lw0 = 0;
-      for (int b = 0; b < 8; ++b) {
-        if (c[b]) last = b, lc0 = rc, lw0 = rw;
-        if (hit < 0 && c[b] && (by_weight ? rw + w[b] : rc + c[b]) >= target) hit = b, hc0 = rc, hw0 = rw;
-        rc += c[b], rw += w[b];
-      }
-      const unsigned hits = __ballot_sync(~0u, hit >= 0), lasts = __ballot_sync(~0u, last >= 0);
-      // No hit can only come from non-finite logits: take the last element in play so the token stays valid.
-      const int src = hits ? __ffs(hits) - 1 : (lasts ? 31 - __clz(lasts) : 0);
-      if (lane == src) {
-        const int b = hits ? hit : last < 0 ? 0 : last;
-        sm.bucket = uint32_t(8 * lane + b);
-        sm.before_c = hits ? hc0 : lc0;
-        sm.before_w = hits ? hw0 : lw0;
-        sm.bucket_c = c[b];
-        sm.bucket_w = w[b];
-      }
+    rc += c[b], rw += w[b];
+  }
+  __syncthreads();
+}
+
+// Smallest key K among the elements of src with key <= limit such that the count (by_weight false) or the mass
+// (by_weight true) of the elements with key <= K reaches `target` (1 <= target <= the total). Starts at digit
+// `shift` with the key bits above it fixed to `prefix` and before_* counted below it. As soon as the bucket in
+// play holds <= kCap elements (and src is the row), they are gathered into shared memory and the select goes on
+// there.
+template <class Src>
+__device__ Sel radix_select(const Src& src, u64 limit, bool by_weight, u64 target, const Temp& t, Smem& sm,
+                            int shift = kKeyBits - kBits, u64 prefix = 0, u64 before_c = 0, u64 before_w = 0) {
+  for (; shift >= 0; shift -= kBits) {
+    radix_pass(src, limit, prefix, shift, by_weight, target, before_c, before_w, sm);
+    const uint32_t bucket = sm.bucket;
+    if (bucket == ~0u) {  // only with non-finite logits: no bucket reaches the target
+      __syncthreads();
+      return {prefix, before_c, before_w};
     }
-    __syncthreads();
-    prefix |= u64(sm.bucket) << shift;
+    prefix |= u64(bucket) << shift;
     before_c = sm.before_c, before_w = sm.before_w;
     const u64 bucket_c = sm.bucket_c, bucket_w = sm.bucket_w;
-    if (bucket_c <= 1 || shift == 0) {
-      if (shift > 0 && bucket_c == 1) {  // one element left: find it
-        const u64 mask = ~0ull << shift;
-        for (int i = threadIdx.x; i < vocab; i += kThreads) {
-          const u64 key = key_of(row[i], i);
+    __syncthreads();  // sm is rewritten below / by the next pass
+    const u64 mask = ~0ull << shift;
+    if (shift == 0 || bucket_c == 1) {
+      if (shift > 0) {  // one element left: find it
+        for (int i = threadIdx.x; i < src.n; i += kThreads) {
+          u64 key, aux;
+          src.load(i, key, aux);
           if (key <= limit && (key & mask) == prefix) sm.found = key;
         }
         __syncthreads();
         prefix = sm.found;
+        __syncthreads();
       }
-      __syncthreads();  // sm is reused by the caller
-      return {prefix, before_w + bucket_w};
+      return {prefix, before_c + 1, before_w + bucket_w};
+    }
+    if constexpr (std::is_same_v<Src, RowSrc>) {
+      if (bucket_c <= kCap) {
+        const int n = gather(src, limit, mask, prefix, sm);
+        return radix_select(CandSrc{sm.cand_key, sm.cand_w, n}, limit, by_weight, target, t, sm, shift - kBits,
+                            prefix, before_c, before_w);
+      }
     }
   }
-  return {prefix, before_w};  // not reached: shift 0 returns above
+  return {prefix, before_c, before_w};  // not reached: shift 0 returns above
+}
+
+template <class Src>
+__device__ u64 total_weight(const Src& src, u64 limit, Smem& sm) {
+  u64 s = 0;
+  for (int i = threadIdx.x; i < src.n; i += kThreads) {
+    u64 key, aux;
+    src.load(i, key, aux);
+    if (key <= limit) s += src.weight(aux);
+  }
+  return block_reduce(s, add_u64, sm.red_u);
+}
+
+// Top-p cut then the draw over `src` (elements with key <= limit, of mass `mass`). Gathers the nucleus into shared
+// memory when it is small enough.
+template <class Src>
+__device__ int32_t top_p_and_draw(const Src& src, u64 limit, u64 mass, float top_p, double u, const Temp& t,
+                                  Smem& sm) {
+  u64 kept = kNoLimit;  // elements kept, when known
+  if (top_p < 1.0f) {  // smallest prefix with mass >= top_p * kept mass
+    const double want = ceil(double(top_p) * double(mass));
+    const u64 target = want < 1.0 ? 1ull : want >= double(mass) ? mass : u64(want);
+    const Sel s = radix_select(src, limit, true, target, t, sm);
+    limit = s.key, mass = s.cum_w, kept = s.cum_c;
+  }
+  // The CPU picks the first candidate whose cumulative mass exceeds u * mass; for integer sums that is the first
+  // whose mass reaches floor(u * mass) + 1.
+  u64 target = u64(floor(u * double(mass))) + 1;
+  if (target > mass) target = mass;
+  (void)kept;
+  if constexpr (std::is_same_v<Src, RowSrc>) {
+    if (kept <= kCap) {
+      const int n = gather(src, limit, 0, 0, sm);
+      return id_of(radix_select(CandSrc{sm.cand_key, sm.cand_w, n}, limit, true, target, t, sm).key);
+    }
+  }
+  return id_of(radix_select(src, limit, true, target, t, sm).key);
 }
 
 __global__ void __launch_bounds__(kThreads) sample_kernel(const SampleParams p) {
@@ -193,22 +274,22 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const SampleParams p) 
     Temp t;
     t.inv_t = 1.0 / double(temp);
     t.mx = __dmul_rn(double(row[amax]), t.inv_t);
-    u64 limit = kNoLimit;
-    if (top_k > 0 && top_k < vocab) limit = radix_select(row, vocab, kNoLimit, false, u64(top_k), t, sm).key;
-    u64 mass = total_weight(row, vocab, limit, t, sm);
+    const RowSrc src{row, vocab, t};
     const float top_p = p.top_p ? p.top_p[r] : 1.0f;
-    if (top_p < 1.0f) {  // smallest prefix with mass >= top_p * kept mass
-      const double want = ceil(double(top_p) * double(mass));
-      const u64 target = want < 1.0 ? 1ull : want >= double(mass) ? mass : u64(want);
-      const Sel s = radix_select(row, vocab, limit, true, target, t, sm);
-      limit = s.key, mass = s.cum_w;
-    }
-    // The CPU picks the first candidate whose cumulative mass exceeds u * mass; for integer sums that is the
-    // first whose mass reaches floor(u * mass) + 1.
     const double u = sample_uniform(p.seed[r], p.step[r]);
-    u64 target = u64(floor(u * double(mass))) + 1;
-    if (target > mass) target = mass;
-    tok = min(id_of(radix_select(row, vocab, limit, true, target, t, sm).key), vocab - 1);
+    if (top_k > 0 && top_k < vocab) {
+      const u64 limit = radix_select(src, kNoLimit, false, u64(top_k), t, sm).key;
+      if (top_k <= kCap) {  // the kept set fits shared memory: everything else happens there
+        const int n = gather(src, limit, 0, 0, sm);
+        const CandSrc cs{sm.cand_key, sm.cand_w, n};
+        tok = top_p_and_draw(cs, limit, total_weight(cs, kNoLimit, sm), top_p, u, t, sm);
+      } else {
+        tok = top_p_and_draw(src, limit, total_weight(src, limit, sm), top_p, u, t, sm);
+      }
+    } else {
+      tok = top_p_and_draw(src, kNoLimit, total_weight(src, kNoLimit, sm), top_p, u, t, sm);
+    }
+    tok = min(max(tok, 0), vocab - 1);
   }
   if (p.out_logprob) {
     const double mxl = double(row[amax]);

@@ -4,20 +4,21 @@
 // reaches top_p, draw with u = model::sample_uniform(seed, step). Launch only (no allocation, no sync, no host
 // work per row): graph-capturable.
 //
-// How (sampling.cu): every candidate is ordered by the 56-bit key (descending logit, ascending id), which is exactly
+// How (sampling.cu): every candidate is ordered by the 55-bit key (descending logit, ascending id), which is exactly
 // the CPU's sort order, and the three choices (k-th largest; top-p cut; the draw) are each one radix select over that
-// key: a pass over the row builds a 256-bucket histogram of the next key digit among the elements still in play,
-// the bucket where the running count (top-k) or probability mass (top-p, draw) reaches its target is kept, and
-// the select stops as soon as one element is left. Probabilities are exp(double(l) / T - max / T) in FP64 (as the
-// CPU), then held as 2^-43 fixed-point integers so that every mass sum is exact and independent of summation order
-// (deterministic); the CPU's FP64 sums differ from these by < 1e-9 relative, so a token differs from the CPU's only
-// when u lands that close to a boundary (or the top-p cut is that close to a prefix's mass).
-//
+// key: a pass builds a 2048-bucket histogram of the next 11-bit key digit among the elements still in play, the
+// bucket where the running count (top-k) or probability mass (top-p, draw) reaches its target is kept; once it
+// holds <= 1024 elements they are gathered into shared memory and the select finishes there. Probabilities are
+// exp(double(l) / T - max / T) in FP64 (as the CPU), then held as 2^-43 fixed-point integers so that every mass sum
+// is exact and independent of summation order (deterministic); the CPU's FP64 sums differ from these by < 1e-9
+// relative, so a token differs from the CPU's only when u lands that close to a boundary (or the top-p cut is that
+// close to a prefix's mass).
 // Limits: vocab <= 2^20 (the fixed-point sums must fit 64 bits); any top_k (no cap: 0 or >= vocab means no
 // filter); logits must be finite (NaN / inf: some token in [0, vocab) is returned, not necessarily the CPU's);
 // the repetition penalty is not applied here (the caller applies it to the logits first, or uses the CPU sampler).
-// Cost: greedy is one pass over the row; sampling is about 8-14 passes (L2-resident for a few rows, DRAM-bound
-// for hundreds of rows of a 150k vocabulary), with exp evaluated only for elements still in play.
+// Cost: greedy is one pass over the row. top_k <= 1024 (any top_p): 3-4 passes, no exp on the row (the kept set
+// is gathered into shared memory). No top-k (or top_k > 1024): ~5-8 passes, three of them evaluating exp on the row
+// (total mass, top-p histogram, draw histogram unless the nucleus has <= 1024 tokens and is gathered).
 #pragma once
 
 #include <cuda_runtime.h>
