@@ -93,7 +93,8 @@ class Model {
   KvCache new_cache(KvMode mode = KvMode::kFp32) const { return KvCache(config_, mode); }
 
   // Runs the new tokens of every sequence through the model, writes their K/V into the caches and advances each
-  // cache's length by its n. Returns F32 logits as selected by `mode` (an undefined Tensor for kNone).
+  // cache's length by its n. Returns F32 logits as selected by `mode` (an undefined Tensor for kNone,
+  // and for kLast when no sequence has SeqInput::logits).
   // Every sequence needs n >= 1 and its own cache.
   Tensor forward(const std::vector<SeqInput>& batch, LogitsMode mode);
 
