@@ -18,6 +18,7 @@
 #include "backends/gemm_test_data.h"
 #include "backends/ref_cpu/gemm_w4a8.h"
 #include "kernels/common/cuda_check.h"
+#include "kernels/common/device_buffer.h"
 #include "kernels/common/guards.h"
 #include "kernels/gemm_w4a8/qgemm_kernel.cuh"
 
@@ -25,26 +26,6 @@ namespace qs {
 namespace {
 
 using ::testing::HasSubstr;
-
-template <typename T>
-struct DevBuf {
-  T* p = nullptr;
-  size_t n = 0;
-  explicit DevBuf(size_t count) : n(count) {
-    if (count) QS_CUDA_CHECK(cudaMalloc(&p, count * sizeof(T)));
-  }
-  DevBuf(const std::vector<T>& h) : DevBuf(h.size()) {
-    if (n) QS_CUDA_CHECK(cudaMemcpy(p, h.data(), n * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  ~DevBuf() {
-    if (p) cudaFree(p);
-  }
-  std::vector<T> get() const {
-    std::vector<T> h(n);
-    if (n) QS_CUDA_CHECK(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
-    return h;
-  }
-};
 
 // Runs one problem on the GPU with a given plan override and checks INT32 and FP16 results against the reference.
 void check_problem(const test::QGemmProblem& pr, int splits_override, int config_override = -1) {
@@ -56,34 +37,34 @@ void check_problem(const test::QGemmProblem& pr, int splits_override, int config
   ref_cpu::qgemm(pr.weights(), pr.acts(), pr.epilogue(), ref.data(), ref_acc.data());
 
   const cuda::QGemmDeviceWeights w = cuda::QGemmDeviceWeights::upload(pr.weights());
-  DevBuf<int8_t> x(pr.xq);
-  DevBuf<uint16_t> sx(pr.sx), xsum(pr.xsum), bias(pr.bias), residual(pr.residual);
-  DevBuf<uint16_t> y(size_t(m * n));
-  DevBuf<int32_t> acc(size_t(m * n));
-  DevBuf<int> bad(1);
+  DeviceBuffer<int8_t> x(pr.xq);
+  DeviceBuffer<uint16_t> sx(pr.sx), xsum(pr.xsum), bias(pr.bias), residual(pr.residual);
+  DeviceBuffer<uint16_t> y(size_t(m * n));
+  DeviceBuffer<int32_t> acc(size_t(m * n));
+  DeviceBuffer<int> bad(1);
   kernels::QGemmPlan plan = w.plan(int(m), splits_override);
   if (config_override >= 0) {
     // Another config has another tile count: leave room for its split-K counters.
     plan = kernels::QGemmPlan{config_override, plan.splits, plan.workspace_bytes + (plan.splits > 1 ? 65536 : 0)};
   }
-  DevBuf<uint8_t> ws(plan.workspace_bytes);
-  if (ws.n) QS_CUDA_CHECK(cudaMemset(ws.p, 0, ws.n));  // once: the kernels leave the split-K counters zeroed
+  DeviceBuffer<uint8_t> ws(plan.workspace_bytes);
+  if (ws.size()) QS_CUDA_CHECK(cudaMemset(ws.get(), 0, ws.size()));  // once: the kernels leave the split-K counters zeroed
   cuda::QGemmCall call;
   call.m = int(m);
-  call.x = x.p;
-  call.sx = sx.p;
-  call.xsum = xsum.p;
-  call.bias = bias.p;
-  call.residual = residual.p;
-  call.workspace = ws.p;
+  call.x = x.get();
+  call.sx = sx.get();
+  call.xsum = xsum.get();
+  call.bias = bias.get();
+  call.residual = residual.get();
+  call.workspace = ws.get();
 
   // 1) INT32 accumulators, bit-exact. Poison with 0x7f7f7f7f first.
-  QS_CUDA_CHECK(cudaMemset(acc.p, 0x7f, acc.n * sizeof(int32_t)));
-  call.acc_out = acc.p;
+  QS_CUDA_CHECK(cudaMemset(acc.get(), 0x7f, acc.size() * sizeof(int32_t)));
+  call.acc_out = acc.get();
   const Status st_acc = w.run(plan, call, nullptr);
   ASSERT_TRUE(st_acc.is_ok()) << st_acc.message();
   QS_CUDA_CHECK(cudaDeviceSynchronize());
-  const std::vector<int32_t> got_acc = acc.get();
+  const std::vector<int32_t> got_acc = acc.download();
   int64_t acc_bad = 0;
   for (size_t i = 0; i < got_acc.size(); ++i)
     if (got_acc[i] != ref_acc[i] && acc_bad++ < 5)
@@ -92,14 +73,14 @@ void check_problem(const test::QGemmProblem& pr, int splits_override, int config
 
   // 2) FP16 output, poisoned with NaN before the launch.
   call.acc_out = nullptr;
-  call.y = y.p;
-  ASSERT_TRUE(kernels::poison_f16(y.p, int64_t(y.n), nullptr).is_ok());
+  call.y = y.get();
+  ASSERT_TRUE(kernels::poison_f16(y.get(), int64_t(y.size()), nullptr).is_ok());
   const Status st = w.run(plan, call, nullptr);
   ASSERT_TRUE(st.is_ok()) << st.message();
-  ASSERT_TRUE(kernels::count_nonfinite_f16(y.p, int64_t(y.n), bad.p, nullptr).is_ok());
+  ASSERT_TRUE(kernels::count_nonfinite_f16(y.get(), int64_t(y.size()), bad.get(), nullptr).is_ok());
   QS_CUDA_CHECK(cudaDeviceSynchronize());
-  EXPECT_EQ(bad.get()[0], 0) << "non-finite or unwritten outputs";
-  const std::vector<uint16_t> got = y.get();
+  EXPECT_EQ(bad.download()[0], 0) << "non-finite or unwritten outputs";
+  const std::vector<uint16_t> got = y.download();
   int64_t y_bad = 0;
   for (size_t i = 0; i < got.size(); ++i) {
     const uint16_t want = float_to_fp16(ref[i]);
@@ -223,14 +204,14 @@ TEST(QGemmGpuErrors, BadShapesAndPointers) {
   EXPECT_THAT(kernels::qgemm_run(p, {}, nullptr).message(), HasSubstr("required pointer"));
   auto pc = test::make_qgemm_problem(WeightFormat::kW4A8PerChannel, 20, 64, 1024, 3);
   const auto w = cuda::QGemmDeviceWeights::upload(pc.weights());
-  DevBuf<int8_t> x(pc.xq);
-  DevBuf<uint16_t> sx(pc.sx), xs(pc.xsum), y(size_t(20 * 64));
+  DeviceBuffer<int8_t> x(pc.xq);
+  DeviceBuffer<uint16_t> sx(pc.sx), xs(pc.xsum), y(size_t(20 * 64));
   cuda::QGemmCall call;
   call.m = 20;
-  call.x = x.p;
-  call.sx = sx.p;
-  call.xsum = xs.p;
-  call.y = y.p;
+  call.x = x.get();
+  call.sx = sx.get();
+  call.xsum = xs.get();
+  call.y = y.get();
   EXPECT_THAT(w.run(w.plan(20, 4), call, nullptr).message(), HasSubstr("needs a workspace"));
   call.xsum = nullptr;
   EXPECT_THAT(w.run(w.plan(20, 1), call, nullptr).message(), HasSubstr("needs xsum"));
