@@ -5,7 +5,7 @@
 #   here:    scripts/gpu/engine.sh pack            (build first: cmake --build build --target qserve_cli
 #                                                   test_engine_cuda_executor_gpu_test test_engine_weight_fusion_test)
 #   device:  run(command="bash gpu-pack/engine/engine.sh tests quick", carry=["gpu-pack/engine"])
-# Steps (any order, several allowed): tests | kernels (the kernel GPU tests) | quick (llama-3-8b at batch <= 128, w4a8kv4 + fp16, breakdown) |
+# Steps (any order, several allowed): tests | fp8tests | kernels (the kernel GPU tests) | quick (llama-3-8b at batch <= 128, w4a8kv4 + fp16, breakdown) |
 # final (llama-3-8b largest batch w4a8kv4,fp8,fp16 + breakdown; llama-2-70b w4a8kv4).
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -66,8 +66,13 @@ for step in "$@"; do
       timeout 400 "$W/bin/qserve" bench --shape llama-3-8b --dtype w4a8kv4,fp16 --input-len 1024 --output-len 512 \
         --max-batch 128 --breakdown --json "$OUT/bench_quick.json" 2>&1 | tee "$OUT/bench_quick.log" | grep -v "decode step\|prefill .*sequences" || rc=1
       ;;
+    fp8tests)
+      timeout 120 "$W/bin/test_engine_cuda_executor_gpu_test" --gtest_filter='*Fp8*:*RandomWeights*:*BadInput*' 2>&1 \
+        | tee "$OUT/fp8_tests.log" | grep -E "^\[  (FAILED|PASSED|SKIPPED) |Failure|fp8:|Expected|actual" || rc=1
+      ;;
     final)
-      timeout 480 "$W/bin/qserve" bench --shape llama-3-8b --dtype w4a8kv4,fp8,fp16 --input-len 1024 --output-len 512 \
+      # fp8 last: were it to fault the device, the other two rows are already measured.
+      timeout 480 "$W/bin/qserve" bench --shape llama-3-8b --dtype w4a8kv4,fp16,fp8 --input-len 1024 --output-len 512 \
         --breakdown --json "$OUT/bench_llama3_8b.json" 2>&1 | tee "$OUT/bench_llama3_8b.log" | grep -v "decode step\|prefill .*sequences" || rc=1
       ;;
     final70)

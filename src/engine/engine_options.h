@@ -1,8 +1,9 @@
 // Options of the GPU model runner (engine/cuda/cuda_executor.h), host-only so that the CLI and the executor factory
 // can parse and carry them on a build without CUDA.
 //  * dtype: the numeric path. w4a8kv4: W4A8 GEMMs (per-channel or g128, from a QoQ checkpoint or random weights)
-//    and a KV4 paged cache; fp16: cuBLAS FP16 GEMMs and an FP16 paged cache (the baseline); fp8: FP8 e4m3 GEMMs
-//    and an FP8 paged cache (not built yet: constructing it throws).
+//    and a KV4 paged cache; fp16: cuBLAS FP16 GEMMs and an FP16 paged cache (the baseline); fp8: FP8 e4m3 weights
+//    (per output channel) and per-token FP8 activations through cuBLASLt (backends/cuda/fp8_gemm.h) and an FP8 e4m3
+//    paged cache (TensorRT-LLM's fastest Hopper setting).
 //  * The KV page pool is sized from the free GPU memory after weights, activations and workspaces:
 //    pool bytes = free - (1 - gpu_memory_utilization) * total (max_num_pages caps it, for tests).
 #pragma once

@@ -11,6 +11,8 @@
 #include <map>
 
 #include "backends/cuda/attention.h"
+#include "backends/cuda/fp8_gemm.h"
+#include "backends/ref_cpu/fp8_gemm.h"
 #include "backends/cuda/gemm_w4a8.h"
 #include "core/error.h"
 #include "core/logging.h"
@@ -46,6 +48,9 @@ struct DevLinear {
   kernels::QGemmParams qp;      // weight fields set; per-call fields filled at run
   cuda::QGemmDeviceWeights qw;  // owns loaded quantized weights (random ones live in the executor's allocations)
   uint16_t* w16 = nullptr;      // FP16 [n, k]
+  uint8_t* w8 = nullptr;        // FP8 path: e4m3 [n, k]
+  float* sw = nullptr;          // FP8 path: FP32 [n] per-channel scale
+  cuda::Fp8Gemm* gemm8 = nullptr;  // FP8 path: the cuBLASLt plan of this shape (owned by the executor)
   uint16_t* bias = nullptr;     // FP16 [n] or null
 };
 
@@ -79,7 +84,12 @@ struct CudaExecutor::Impl {
   std::vector<void*> allocs;
   Memory mem;
 
-  bool quant = false;
+  bool quant = false;  // W4A8 GEMMs
+  bool fp8 = false;    // FP8 GEMMs (cuBLASLt) and an FP8 cache
+  std::vector<std::unique_ptr<cuda::Fp8Gemm>> fp8_gemms;
+  void* fp8_ws = nullptr;
+  uint8_t* x8 = nullptr;  // e4m3 activations [M, wide]
+  float* sx8 = nullptr;   // FP32 [M]
   WeightFormat variant = WeightFormat::kW4A8PerChannel;
   std::vector<DevLayer> layers;
   uint16_t* embed = nullptr;       // FP16 [V, H]
@@ -202,8 +212,6 @@ struct CudaExecutor::Impl {
     QS_CHECK(opt.max_batch_tokens <= 65535) << "engine: max_batch_tokens over 65535 is not supported";
     QS_CHECK(opt.gpu_memory_utilization > 0.0 && opt.gpu_memory_utilization <= 1.0)
         << "engine: gpu_memory_utilization must be in (0, 1], got " << opt.gpu_memory_utilization;
-    QS_CHECK(opt.dtype != EngineDType::kFp8)
-        << "engine: dtype fp8 is not built yet (FP8 GEMMs and the FP8 paged cache are in progress)";
     H = c.hidden_size;
     Q = c.q_size();
     KV = c.kv_size();
@@ -227,6 +235,7 @@ struct CudaExecutor::Impl {
     R = std::max(R, S);
     stride = (max_ctx + opt.page_size - 1) / opt.page_size;
     quant = opt.dtype == EngineDType::kW4A8KV4;
+    fp8 = opt.dtype == EngineDType::kFp8;
     QS_CHECK(opt.kv_cache.empty() || opt.kv_cache == "fp16")
         << "engine: kv_cache override must be empty or \"fp16\", got \"" << opt.kv_cache << "\"";
   }
@@ -268,10 +277,19 @@ struct CudaExecutor::Impl {
       bs.push_back(b);
       any_bias = any_bias || (b && b->raw());
     }
-    d.w16 = upload16(fuse_fp16_rows(ws));
+    const std::vector<uint16_t> w16 = fuse_fp16_rows(ws);
     d.k = int(ws[0]->dim(1));
     d.n = 0;
     for (const Tensor* w : ws) d.n += int(w->dim(0));
+    if (fp8) {
+      const ref_cpu::Fp8Weights q = ref_cpu::quantize_fp8_weights_f16(w16.data(), d.n, d.k);
+      d.w8 = alloc<uint8_t>(q.q.size(), &mem.weight_bytes);
+      QS_CUDA_CHECK(cudaMemcpy(d.w8, q.q.data(), q.q.size(), cudaMemcpyHostToDevice));
+      d.sw = alloc<float>(q.scale.size(), &mem.weight_bytes);
+      QS_CUDA_CHECK(cudaMemcpy(d.sw, q.scale.data(), q.scale.size() * 4, cudaMemcpyHostToDevice));
+    } else {
+      d.w16 = upload16(w16);
+    }
     if (any_bias) {
       std::vector<uint16_t> b;
       for (size_t i = 0; i < ws.size(); ++i) {
@@ -302,7 +320,8 @@ struct CudaExecutor::Impl {
     const bool is_quant = dynamic_cast<const model::QuantizedLinear*>(w.layers[0].q_proj.get()) != nullptr;
     QS_CHECK(opt.dtype != EngineDType::kW4A8KV4 || is_quant) << "engine: dtype w4a8kv4 needs a quantized checkpoint (`qserve quantize`); this model is FP "
                             "(use --dtype fp16)";
-    QS_CHECK(opt.dtype != EngineDType::kFp16 || !is_quant) << "engine: dtype fp16 needs an FP checkpoint; this one is quantized (use --dtype w4a8kv4)";
+    QS_CHECK(quant || !is_quant) << "engine: dtype " << engine_dtype_name(opt.dtype)
+                                 << " needs an FP checkpoint; this one is quantized (use --dtype w4a8kv4)";
     embed = upload16(to_fp16_bits(w.embed_tokens));
     final_norm = upload16(to_fp16_bits(w.final_norm));
     lm_head = upload16(to_fp16_bits(fp_linear_weight(*w.lm_head, "lm_head")));
@@ -334,7 +353,7 @@ struct CudaExecutor::Impl {
       desc = std::string(opt.kv_cache == "fp16" ? "w4a8kv16 " : "w4a8kv4 ") +
              (variant == WeightFormat::kW4A8G128 ? "g128" : "per-channel");
     } else {
-      desc = "fp16";
+      desc = fp8 ? "fp8" : "fp16";
     }
   }
 
@@ -364,6 +383,12 @@ struct CudaExecutor::Impl {
         p.szero = sz;
       }
       p.scale = s;
+    } else if (fp8) {
+      d.w8 = alloc<uint8_t>(size_t(n) * k, &mem.weight_bytes);
+      check(kernels::fill_random_e4m3(d.w8, int64_t(n) * k, seed, stream));
+      d.sw = alloc<float>(size_t(n), &mem.weight_bytes);
+      std::vector<float> sw(size_t(n), amp / 448.0f);
+      QS_CUDA_CHECK(cudaMemcpy(d.sw, sw.data(), sw.size() * 4, cudaMemcpyHostToDevice));
     } else {
       d.w16 = alloc<uint16_t>(size_t(n) * k, &mem.weight_bytes);
       check(kernels::fill_uniform_f16(d.w16, int64_t(n) * k, seed, amp, stream));
@@ -394,7 +419,8 @@ struct CudaExecutor::Impl {
       random_linear(d.down, H, I, rw.g128, seed += 10, false);
     }
     variant = rw.g128 ? WeightFormat::kW4A8G128 : WeightFormat::kW4A8PerChannel;
-    desc = quant ? std::string("w4a8kv4 ") + (rw.g128 ? "g128" : "per-channel") + " random" : "fp16 random";
+    desc = quant ? std::string("w4a8kv4 ") + (rw.g128 ? "g128" : "per-channel") + " random"
+                 : fp8 ? "fp8 random" : "fp16 random";
     QS_CUDA_CHECK(cudaStreamSynchronize(stream));
   }
 
@@ -421,6 +447,10 @@ struct CudaExecutor::Impl {
     attn = alloc<uint16_t>(size_t(M) * Q, c);
     gate_up = alloc<uint16_t>(size_t(M) * 2 * I, c);
     q8 = alloc<int8_t>(size_t(M) * wide, c);
+    if (fp8) {
+      x8 = alloc<uint8_t>(size_t(M) * wide, c);
+      sx8 = alloc<float>(size_t(M), c);
+    }
     sx = alloc<uint16_t>(size_t(M), c);
     xsum = alloc<uint16_t>(size_t(M), c);
     head_in = alloc<uint16_t>(size_t(R) * H, c);
@@ -470,11 +500,28 @@ struct CudaExecutor::Impl {
         QS_CUDA_CHECK(cudaMemset(gemm_ws, 0, ws));
       }
     }
+    if (fp8) {
+      // One cuBLASLt plan per linear shape, shared by the layers (weights are per-call pointers).
+      size_t ws = 0;
+      for (auto& d : layers)
+        for (DevLinear* l : {&d.qkv, &d.o, &d.gate_up, &d.down}) {
+          cuda::Fp8Gemm* g = nullptr;
+          for (auto& e : fp8_gemms)
+            if (e->n() == l->n && e->k() == l->k) g = e.get();
+          if (!g) {
+            fp8_gemms.push_back(std::make_unique<cuda::Fp8Gemm>(l->n, l->k, M));
+            g = fp8_gemms.back().get();
+            ws = std::max(ws, g->workspace_bytes());
+          }
+          l->gemm8 = g;
+        }
+      if (ws > 0) fp8_ws = alloc<uint8_t>(ws, c);
+    }
     // Decode attention: graph buckets plan for max_context; eager steps plan for their batch (checked to fit).
     layout.page_size = opt.page_size;
     layout.num_kv_heads = NKV;
     layout.head_dim = D;
-    layout.dtype = quant && opt.kv_cache != "fp16" ? KvDType::kKv4 : KvDType::kFp16;
+    layout.dtype = opt.kv_cache == "fp16" ? KvDType::kFp16 : quant ? KvDType::kKv4 : fp8 ? KvDType::kFp8 : KvDType::kFp16;
     for (int b = 1; b < S; b <<= 1) buckets.push_back(b);
     buckets.push_back(S);
     size_t dws = 0;
@@ -555,7 +602,18 @@ struct CudaExecutor::Impl {
   void gemm(const DevLinear& d, int m, const uint16_t* x16, uint16_t* y, bool residual) {
     if (m == 0) return;
     op(kGemm, [&] {
-      if (d.quant) {
+      if (d.gemm8) {
+        cuda::Fp8GemmCall c;
+        c.m = m;
+        c.x = x8;
+        c.sx = sx8;
+        c.w = d.w8;
+        c.sw = d.sw;
+        c.residual = residual ? y : nullptr;
+        c.y = y;
+        check(d.gemm8->run(c, fp8_ws, stream));
+        if (d.bias) check(kernels::add_bias_f16(y, d.bias, m, d.n, stream));
+      } else if (d.quant) {
         kernels::QGemmParams p = d.qp;
         p.m = m;
         p.x = q8;
@@ -586,7 +644,7 @@ struct CudaExecutor::Impl {
 
   void norm(const uint16_t* weight, int m) {
     op(kNormQuant, [&] {
-      if (quant) {
+      if (quant || fp8) {
         kernels::RmsNormQuantParams p;
         p.x = hidden;
         p.weight = weight;
@@ -594,7 +652,8 @@ struct CudaExecutor::Impl {
         p.rows = m;
         p.cols = H;
         p.out = qout();
-        check(kernels::rmsnorm_quant(p, stream));
+        p.fp8 = {x8, sx8};
+        check(fp8 ? kernels::rmsnorm_quant_fp8(p, stream) : kernels::rmsnorm_quant(p, stream));
       } else {
         check(kernels::rmsnorm_f16(hidden, nullptr, m, H, weight, float(cfg.rms_norm_eps), xf16, stream));
       }
@@ -666,27 +725,29 @@ struct CudaExecutor::Impl {
           check(kernels::run_prefill(p, stream));
         }
       });
-      if (quant) {
+      if (quant || fp8) {
         op(kNormQuant, [&] {
           kernels::ActQuantParams p;
           p.x = attn;
           p.rows = m;
           p.cols = Q;
           p.out = qout();
-          check(kernels::act_quant(p, stream));
+          p.fp8 = {x8, sx8};
+          check(fp8 ? kernels::act_quant_fp8(p, stream) : kernels::act_quant(p, stream));
         });
       }
       gemm(d.o, m, attn, hidden, true);
       norm(d.post_norm, m);
       gemm(d.gate_up, m, xf16, gate_up, false);
       op(kNormQuant, [&] {
-        if (quant) {
+        if (quant || fp8) {
           kernels::SiluMulQuantParams p;
           p.gate_up = gate_up;
           p.rows = m;
           p.cols = I;
           p.out = qout();
-          check(kernels::silu_mul_quant(p, stream));
+          p.fp8 = {x8, sx8};
+          check(fp8 ? kernels::silu_mul_quant_fp8(p, stream) : kernels::silu_mul_quant(p, stream));
         } else {
           check(kernels::silu_mul_f16(gate_up, m, I, xf16, stream));
         }

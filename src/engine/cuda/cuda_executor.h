@@ -8,7 +8,9 @@
 // executor follows the same rule) -> INT8 quant -> o_proj W4A8 with the residual add in its epilogue ->
 // RMSNorm+quant -> fused gate_up W4A8 -> SiLU*up+quant -> down_proj W4A8 with the residual epilogue. FP16 baseline:
 // the same order with cuBLAS FP16 GEMMs (FP32 accumulation; residual as beta = 1), FP16 RMSNorm / SiLU*up and an
-// FP16 paged cache. FP16 residual stream; final RMSNorm + FP16 lm_head (cuBLAS, FP32 logits) only for the rows
+// FP16 paged cache. FP8 baseline: the W4A8KV4 order with FP8 e4m3 per-token activations (the norm_quant _fp8
+// kernels), cuBLASLt FP8 GEMMs (per-channel weight scales; residual as beta = 1) and an FP8 paged cache.
+// FP16 residual stream; final RMSNorm + FP16 lm_head (cuBLAS, FP32 logits) only for the rows
 // that need logits; greedy sampling on the GPU (argmax kernel), temperature / top-k / top-p on the host from the
 // copied row (model::Sampler::sample_at: same (seed, step) semantics as every executor).
 //
@@ -33,7 +35,8 @@ namespace qs::engine {
 
 class CudaExecutor final : public model::Executor {
  public:
-  // From a loaded host model on the current device. An FP model (FpLinear layers) runs dtype fp16; a quantized one
+  // From a loaded host model on the current device. An FP model (FpLinear layers) runs dtype fp16 or fp8 (weights
+  // quantized to e4m3 per output channel at load); a quantized one
   // (model::QuantizedLinear with INT8 activations, quant/eval/model_loader.h) runs w4a8kv4. Other combinations,
   // shapes the kernels cannot take (hidden / intermediate not multiples of 128, head_dim != 128, GQA group > 16),
   // a GPU other than sm_90, or too little memory throw qs::Error before any kernel runs.

@@ -134,6 +134,14 @@ __global__ void fill_bytes_kernel(uint64_t* x, int64_t words, uint8_t* tail, int
     tail[threadIdx.x] = uint8_t(splitmix64(seed + 0x5555ull + threadIdx.x));
 }
 
+__global__ void fill_e4m3_kernel(uint8_t* x, int64_t n, uint64_t seed) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    uint8_t b = uint8_t(splitmix64(seed * 0x100000001B3ull + uint64_t(i)));
+    if ((b & 0x7f) == 0x7f) b ^= 1;
+    x[i] = b;
+  }
+}
+
 __global__ void fill_s2zn_kernel(uint16_t* x, int64_t n, uint64_t seed) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const int s2 = 1 + int(splitmix64(seed * 0x100000001B3ull + uint64_t(i)) % 16);
@@ -227,6 +235,13 @@ Status fill_random_bytes(void* x, int64_t nbytes, uint64_t seed, cudaStream_t st
   const int64_t words = nbytes / 8;
   fill_bytes_kernel<<<grid_for(words), kThreads, 0, stream>>>(static_cast<uint64_t*>(x), words,
                                                                static_cast<uint8_t*>(x) + words * 8, nbytes % 8, seed);
+  QS_CUDA_RETURN(cudaGetLastError());
+  return Status::ok();
+}
+
+Status fill_random_e4m3(uint8_t* x, int64_t n, uint64_t seed, cudaStream_t stream) {
+  if (n <= 0) return Status::ok();
+  fill_e4m3_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, n, seed);
   QS_CUDA_RETURN(cudaGetLastError());
   return Status::ok();
 }

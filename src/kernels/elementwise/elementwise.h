@@ -42,6 +42,8 @@ Status fill_uniform_f16(uint16_t* x, int64_t n, uint64_t seed, float amp, cudaSt
 Status fill_const_f16(uint16_t* x, int64_t n, float value, cudaStream_t stream);
 // Random bytes (any packed integer weight layout: repacked W4 nibbles, W8 bytes).
 Status fill_random_bytes(void* x, int64_t nbytes, uint64_t seed, cudaStream_t stream);
+// Random FP8 e4m3 codes, uniform over the finite ones (the NaN codes 0x7f / 0xff are remapped to 0x7e / 0xfe).
+Status fill_random_e4m3(uint8_t* x, int64_t n, uint64_t seed, cudaStream_t stream);
 // g128 level-2 words (s2 | zn << 8): s2 uniform in [1, 16], zn = -8 * s2 (zero point 8; q4 * s2 <= 240).
 Status fill_random_s2zn(uint16_t* x, int64_t n, uint64_t seed, cudaStream_t stream);
 
