@@ -24,6 +24,7 @@
 #include "kernels/gemm_w4a8/qgemm.h"
 #include "kernels/kv_cache/kv_cache_write.h"
 #include "kernels/norm_quant/norm_quant.h"
+#include "kernels/sampling/sampling.h"
 #include "model/quantized/quantized_linear.h"
 
 namespace qs::engine {
@@ -105,8 +106,13 @@ struct CudaExecutor::Impl {
   uint16_t *attn = nullptr, *gate_up = nullptr, *head_in = nullptr, *sx = nullptr, *xsum = nullptr;
   int8_t* q8 = nullptr;
   float* logits = nullptr;
-  int32_t* argmax_d = nullptr;
+  int32_t* argmax_d = nullptr;  // sampled token per head row
   int32_t* argmax_h = nullptr;  // pinned
+  // Per head row sampling settings (kernels/sampling): one device buffer + pinned mirror, fixed offsets:
+  // temperature f32 [R], top_k i32 [R], top_p f32 [R], seed u64 [R], step u64 [R].
+  uint8_t* samp_d = nullptr;
+  uint8_t* samp_h = nullptr;
+  size_t samp_bytes = 0, so_topk = 0, so_topp = 0, so_seed = 0, so_step = 0;
   // Step metadata: one device buffer and its pinned host mirror, fixed offsets (graph-stable addresses).
   int32_t* meta_d = nullptr;
   int32_t* meta_h = nullptr;
@@ -146,6 +152,7 @@ struct CudaExecutor::Impl {
     if (cublas) cublasDestroy(cublas);
     if (meta_h) cudaFreeHost(meta_h);
     if (argmax_h) cudaFreeHost(argmax_h);
+    if (samp_h) cudaFreeHost(samp_h);
     for (void* p : allocs) cudaFree(p);
     if (stream) cudaStreamDestroy(stream);
   }
@@ -457,6 +464,13 @@ struct CudaExecutor::Impl {
     logits = alloc<float>(size_t(R) * V, c);
     argmax_d = alloc<int32_t>(size_t(R), c);
     QS_CUDA_CHECK(cudaMallocHost(&argmax_h, size_t(R) * 4));
+    so_topk = size_t(R) * 4;
+    so_topp = so_topk + size_t(R) * 4;
+    so_seed = (so_topp + size_t(R) * 4 + 15) / 16 * 16;
+    so_step = so_seed + size_t(R) * 8;
+    samp_bytes = so_step + size_t(R) * 8;
+    samp_d = alloc<uint8_t>(samp_bytes, c);
+    QS_CUDA_CHECK(cudaMallocHost(&samp_h, samp_bytes));
     // Metadata.
     size_t off = 0;
     auto take = [&](size_t n) {
@@ -767,7 +781,22 @@ struct CudaExecutor::Impl {
                                    head_in, CUDA_R_16F, H, &beta, logits, CUDA_R_32F, V, CUBLAS_COMPUTE_32F,
                                    CUBLAS_GEMM_DEFAULT));
     });
-    if (greedy) op(kSampling, [&] { check(kernels::argmax_f32(logits, rows, V, argmax_d, stream)); });
+    if (greedy) {
+      op(kSampling, [&] {
+        kernels::SampleParams p;
+        p.logits = logits;
+        p.ld = V;
+        p.rows = rows;
+        p.vocab = V;
+        p.temperature = reinterpret_cast<const float*>(samp_d);
+        p.top_k = reinterpret_cast<const int32_t*>(samp_d + so_topk);
+        p.top_p = reinterpret_cast<const float*>(samp_d + so_topp);
+        p.seed = reinterpret_cast<const uint64_t*>(samp_d + so_seed);
+        p.step = reinterpret_cast<const uint64_t*>(samp_d + so_step);
+        p.out_token = argmax_d;
+        check(kernels::sample(p, stream));
+      });
+    }
   }
 
   // ------------------------------------------------------------------ graphs
@@ -797,14 +826,12 @@ struct CudaExecutor::Impl {
     const int ns = b.num_seqs(), nt = b.num_tokens();
     QS_CHECK(nt <= M) << "engine: batch of " << nt << " tokens exceeds max_batch_tokens " << M;
     QS_CHECK(ns <= S) << "engine: batch of " << ns << " sequences exceeds max_batch_seqs " << S;
-    bool any_sampled_nongreedy = false;
     for (int s = 0; s < ns; ++s) {
       if (!b.need_output[size_t(s)] || b.all_logits) continue;
       const auto& sp = b.sampling[size_t(s)];
       QS_CHECK(sp.repetition_penalty == 1.0f)
           << "engine: repetition_penalty needs the token history, which ForwardBatch does not carry (sequence " << s
           << ")";
-      any_sampled_nongreedy = any_sampled_nongreedy || sp.temperature > 0.0f;
     }
     const bool use_graph = opt.cuda_graphs && !profiling && b.is_decode() && !b.all_logits;
     const int bucket = use_graph ? *std::lower_bound(buckets.begin(), buckets.end(), ns) : 0;
@@ -881,6 +908,27 @@ struct CudaExecutor::Impl {
       // so a graph replay and an eager step compute the same per-row results.
       if (nd > 0) st.dplan = &bucket_plans[*std::lower_bound(buckets.begin(), buckets.end(), nd)];
     }
+    // Sampling settings of the head rows (greedy for rows no sequence reads: graph padding).
+    const int head_n = use_graph ? st.head_rows : int(head_rows.size());
+    if (!b.all_logits) {
+      auto* temp = reinterpret_cast<float*>(samp_h);
+      auto* topk = reinterpret_cast<int32_t*>(samp_h + so_topk);
+      auto* topp = reinterpret_cast<float*>(samp_h + so_topp);
+      auto* seed = reinterpret_cast<uint64_t*>(samp_h + so_seed);
+      auto* stp = reinterpret_cast<uint64_t*>(samp_h + so_step);
+      for (int r = 0; r < head_n; ++r) temp[r] = 0.0f, topk[r] = 0, topp[r] = 1.0f, seed[r] = 0, stp[r] = 0;
+      for (size_t j = 0; j < out_seqs.size(); ++j) {
+        const int s = out_seqs[j];
+        const int r = use_graph ? s : int(j);
+        const auto& sp = b.sampling[size_t(s)];
+        temp[r] = sp.temperature > 0.0f ? sp.temperature : 0.0f;
+        topk[r] = sp.top_k;
+        topp[r] = sp.top_p;
+        seed[r] = sp.seed;
+        stp[r] = b.sample_step[size_t(s)];
+      }
+      QS_CUDA_CHECK(cudaMemcpyAsync(samp_d, samp_h, samp_bytes, cudaMemcpyHostToDevice, stream));
+    }
     const size_t meta_bytes = (o_out + size_t(std::max<int>(int(head_rows.size()), st.m))) * 4;
     if (profiling) {
       evs.clear();
@@ -927,7 +975,7 @@ struct CudaExecutor::Impl {
     const int rows_needed = use_graph ? st.head_rows : R_out;
     QS_CUDA_CHECK(cudaMemcpyAsync(argmax_h, argmax_d, size_t(std::max(rows_needed, 1)) * 4, cudaMemcpyDeviceToHost,
                                   stream));
-    if (b.return_logits || any_sampled_nongreedy) {
+    if (b.return_logits) {
       res.logits = Tensor(DType::F32, {int64_t(n_out), int64_t(V)});
       if (!use_graph) {
         QS_CUDA_CHECK(cudaMemcpyAsync(res.logits.data<float>(), logits, size_t(n_out) * V * 4, cudaMemcpyDeviceToHost,
@@ -939,17 +987,7 @@ struct CudaExecutor::Impl {
       }
     }
     QS_CUDA_CHECK(cudaStreamSynchronize(stream));
-    for (int j = 0; j < n_out; ++j) {
-      const int s = out_seqs[size_t(j)];
-      const auto& sp = b.sampling[size_t(s)];
-      if (sp.temperature > 0.0f) {
-        model::Sampler smp(sp);
-        res.tokens[size_t(s)] = smp.sample_at(res.logits.data<float>() + size_t(j) * V, V, {}, b.sample_step[size_t(s)]);
-      } else {
-        res.tokens[size_t(s)] = argmax_h[logit_row(j)];
-      }
-    }
-    if (!b.return_logits) res.logits = Tensor();
+    for (int j = 0; j < n_out; ++j) res.tokens[size_t(out_seqs[size_t(j)])] = argmax_h[logit_row(j)];
     finish_profile();
     return res;
   }

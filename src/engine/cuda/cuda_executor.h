@@ -10,9 +10,9 @@
 // the same order with cuBLAS FP16 GEMMs (FP32 accumulation; residual as beta = 1), FP16 RMSNorm / SiLU*up and an
 // FP16 paged cache. FP8 baseline: the W4A8KV4 order with FP8 e4m3 per-token activations (the norm_quant _fp8
 // kernels), cuBLASLt FP8 GEMMs (per-channel weight scales; residual as beta = 1) and an FP8 paged cache.
-// FP16 residual stream; final RMSNorm + FP16 lm_head (cuBLAS, FP32 logits) only for the rows
-// that need logits; greedy sampling on the GPU (argmax kernel), temperature / top-k / top-p on the host from the
-// copied row (model::Sampler::sample_at: same (seed, step) semantics as every executor).
+// FP16 residual stream; final RMSNorm + FP16 lm_head (cuBLAS, FP32 logits) only for the rows that need logits;
+// sampling on the GPU (kernels/sampling: greedy, temperature, top-k, top-p, drawn with model::sample_uniform(seed,
+// step), the semantics of every executor); a repetition penalty is rejected (ForwardBatch carries no history).
 //
 // Memory: every activation buffer and workspace is allocated at construction for max_batch_tokens /
 // max_batch_seqs; the KV pool takes what is left (engine_options.h), plus one hidden scratch page that padded
