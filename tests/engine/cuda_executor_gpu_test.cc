@@ -500,6 +500,18 @@ TEST(CudaExecutor, SeededSamplingIsReproducibleAcrossBatching) {
   EXPECT_EQ(r1.tokens[0], r2.tokens[1]);
   // The host sampler on the same logits row picks the same token.
   EXPECT_EQ(r1.tokens[0], model::Sampler(sp).sample_at(r1.logits.data<float>(), r1.logits.dim(1), {}, 5));
+  // Decode steps (the first runs eagerly and captures the graph, the second replays it) sample on the GPU too.
+  ForwardBatch d;
+  d.return_logits = true;
+  d.add_sequence(&r2.tokens[0], 1, 63, pages_of(1), true, {}, 1);
+  d.add_sequence(&r2.tokens[1], 1, 17, pages_of(2), true, sp, 6);
+  for (int rep = 0; rep < 2; ++rep) {
+    const auto r3 = ex.execute(d);
+    const int64_t V = r3.logits.dim(1);
+    EXPECT_EQ(r3.tokens[0], model::argmax(r3.logits.data<float>(), V)) << rep;
+    EXPECT_EQ(r3.tokens[1], model::Sampler(sp).sample_at(r3.logits.data<float>() + V, V, {}, 6)) << rep;
+  }
+  EXPECT_EQ(ex.num_graphs(), 1);
 }
 
 TEST(CudaExecutor, RandomWeightsRunInANamedShape) {
