@@ -12,6 +12,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "core/error.h"
@@ -74,6 +75,7 @@ class FakeExecutor : public model::Executor {
 
   model::ForwardResult execute(const model::ForwardBatch& b) override {
     b.validate(pool_.page_size, pool_.num_pages, cfg_.vocab_size, max_context_);
+    if (before_execute) before_execute();
     if (fail_next) {
       fail_next = false;
       QS_FAIL() << "fake executor: injected failure";
@@ -126,6 +128,7 @@ class FakeExecutor : public model::Executor {
 
   // Test hooks and counters.
   bool fail_next = false;     // the next execute() throws (after validation)
+  std::function<void()> before_execute;  // called at the start of every execute() (e.g. to block the engine)
   bool poison = false;        // the context whose chain hash is poison_chain gets a NaN logit
   uint64_t poison_chain = 0;
   int64_t steps = 0, decode_steps = 0, tokens_processed = 0, max_step_tokens = 0;
