@@ -269,16 +269,46 @@ bool EngineCore::step() {
   try {
     res = exec_.execute(plan.batch);
   } catch (const std::exception& e) {
-    // The batch failed as a whole: its requests finish with the error, the others stay queued.
-    std::vector<uint64_t> ids;
-    for (Sequence* s : plan.seqs) ids.push_back(s->id);
-    for (uint64_t id : ids)
-      if (auto it = reqs_.find(id); it != reqs_.end())
+    if (plan.seqs.size() == 1) {
+      if (auto it = reqs_.find(plan.seqs[0]->id); it != reqs_.end())
         finish(*it->second, FinishReason::kError, std::string("executor failed: ") + e.what(), {});
+      return true;
+    }
+    // A rejected batch leaves the pool untouched (executor.h): rerun its sequences one by one so that only the
+    // failing ones (e.g. non-finite logits) finish with the error and the others go on.
+    for (size_t i = 0; i < plan.seqs.size(); ++i) {
+      StepPlan one;
+      const model::ForwardBatch& b = plan.batch;
+      const int32_t s = int32_t(i);
+      one.batch.add_sequence(b.token_ids.data() + b.cu_seqlens[i], b.q_len(s), b.prefix_len(s),
+                             blocks_.pages_of(plan.seqs[i]->id), b.need_output[i] != 0, b.sampling[i],
+                             b.sample_step[i]);
+      one.batch.return_logits = b.return_logits && b.need_output[i] && plan.seqs[i]->return_logits;
+      one.seqs = {plan.seqs[i]};
+      run_plan(one);
+    }
     return true;
   }
   sched_.complete(plan);
+  process(plan, res);
+  return true;
+}
 
+void EngineCore::run_plan(const StepPlan& plan) {
+  model::ForwardResult res;
+  try {
+    res = exec_.execute(plan.batch);
+  } catch (const std::exception& e) {
+    for (Sequence* s : plan.seqs)
+      if (auto it = reqs_.find(s->id); it != reqs_.end())
+        finish(*it->second, FinishReason::kError, std::string("executor failed: ") + e.what(), {});
+    return;
+  }
+  sched_.complete(plan);
+  process(plan, res);
+}
+
+void EngineCore::process(const StepPlan& plan, const model::ForwardResult& res) {
   // Results per output sequence (their logits rows are in order).
   const int32_t ns = plan.batch.num_seqs();
   std::vector<uint64_t> ids(static_cast<size_t>(ns));
@@ -322,7 +352,6 @@ bool EngineCore::step() {
     }
     on_token(r, *seq, token, logits);
   }
-  return true;
 }
 
 EngineMetrics EngineCore::metrics() const {

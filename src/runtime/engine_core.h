@@ -6,8 +6,10 @@
 // (from the executor, or sampled here on the returned logits when the request has a repetition penalty),
 // logprobs (log-softmax of the returned logits), stop conditions (EOS / stop token ids, stop strings on the
 // incrementally detokenized text, max_tokens, the context limit), one callback event; finished requests leave
-// the scheduler and free their pages in the same step. A request whose logits are not finite, or whose batch
-// the executor rejected, finishes with kError; the others go on.
+// the scheduler and free their pages in the same step. A request whose logits are not finite finishes with
+// kError; the others go on. When the executor rejects a whole batch (it throws, e.g. on non-finite logits, and
+// leaves the pool untouched), the batch's sequences are rerun one by one, so only the failing ones finish with
+// kError.
 #pragma once
 
 #include <chrono>
@@ -55,6 +57,8 @@ class EngineCore {
   void emit(Request& r, const RequestOutput& out);
   // Handles the sampled token of a sequence; returns true when the request finished.
   void on_token(Request& r, Sequence& seq, int32_t token, const float* logits);
+  void run_plan(const StepPlan& plan);  // execute + process; a failure finishes the plan's requests
+  void process(const StepPlan& plan, const model::ForwardResult& res);
 
   model::Executor& exec_;
   std::shared_ptr<const tokenizer::Tokenizer> tok_;

@@ -333,6 +333,25 @@ TEST(EngineCore, FailuresFinishOnlyTheRequestsConcerned) {
   EXPECT_EQ(core.metrics().requests_finished[int(FinishReason::kError)], 3);
 }
 
+TEST(EngineCore, RejectedBatchIsRerunSequenceBySequence) {
+  FakeExecutor ex(4, 64);
+  ex.throw_on_nonfinite = true;
+  EngineCore core(ex, nullptr, {});
+  Sink sink;
+  const auto bad = prompt_of(21, 9);
+  ex.poison_chain = FakeExecutor::chain_of(bad);
+  ex.poison = true;
+  core.add(1, params(prompt_of(20, 7), 5), sink.cb());
+  core.add(2, params(bad, 5), sink.cb());
+  core.add(3, params(prompt_of(22, 11), 5), sink.cb());
+  drain(core);
+  EXPECT_EQ(sink.r[2].finish, FinishReason::kError);
+  EXPECT_NE(sink.r[2].error.find("non-finite"), std::string::npos) << sink.r[2].error;
+  EXPECT_EQ(sink.r[1].tokens, ex.expected_greedy(prompt_of(20, 7), 5));
+  EXPECT_EQ(sink.r[3].tokens, ex.expected_greedy(prompt_of(22, 11), 5));
+  expect_no_pages_held(core);
+}
+
 TEST(EngineCore, AbortFreesPagesAndSendsOneFinalEvent) {
   FakeExecutor ex(4, 64);
   EngineCore core(ex, nullptr, {});

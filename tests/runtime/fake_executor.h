@@ -119,6 +119,9 @@ class FakeExecutor : public model::Executor {
       if (!b.need_output[size_t(s)]) continue;
       std::vector<float> l(static_cast<size_t>(cfg_.vocab_size));
       logits_row(h, l.data());
+      // Like the reference executor: non-finite logits reject the whole batch (before any state would change
+      // for real; this fake's slot writes are idempotent, so a rerun rewrites the same values).
+      QS_CHECK(!throw_on_nonfinite || std::isfinite(l[0])) << "fake executor: non-finite logits in sequence " << s;
       model::Sampler sampler(b.sampling[size_t(s)]);
       r.tokens[size_t(s)] = sampler.sample_at(l.data(), cfg_.vocab_size, {}, b.sample_step[size_t(s)]);
       if (rows > 0) std::copy(l.begin(), l.end(), r.logits.data<float>() + int64_t(row++) * cfg_.vocab_size);
@@ -131,6 +134,7 @@ class FakeExecutor : public model::Executor {
   std::function<void()> before_execute;  // called at the start of every execute() (e.g. to block the engine)
   bool poison = false;        // the context whose chain hash is poison_chain gets a NaN logit
   uint64_t poison_chain = 0;
+  bool throw_on_nonfinite = false;  // a NaN logit throws (as the reference executor does) instead of returning
   int64_t steps = 0, decode_steps = 0, tokens_processed = 0, max_step_tokens = 0;
 
  private:
