@@ -89,9 +89,9 @@ EngineCore::EngineCore(model::Executor& executor, std::shared_ptr<const tokenize
         QS_CHECK(opts.max_num_batched_tokens >= 1)
             << "engine: max_num_batched_tokens must be >= 1, got " << opts.max_num_batched_tokens;
         SchedulerConfig c;
-        c.max_num_seqs = std::min(opts.max_num_seqs, executor.max_batch_seqs());
         c.max_num_batched_tokens = std::min(opts.max_num_batched_tokens, executor.max_batch_tokens());
-        c.max_context = executor.max_context();
+        // Every running sequence's decode token must fit one step's budget, or the newest would starve.
+        c.max_num_seqs = std::min({opts.max_num_seqs, executor.max_batch_seqs(), c.max_num_batched_tokens});
         c.static_batch = opts.static_batch;
         return c;
       }()) {
@@ -148,7 +148,7 @@ void EngineCore::add(uint64_t id, RequestParams params, OutputCallback on_output
   r->stop = StopText(params.stop);
   if (params.detokenize)
     r->dec = std::make_unique<tokenizer::IncrementalDecoder>(*tok_, /*skip_special_tokens=*/true,
-                                                             /*continues_text=*/true);
+                                                             params.continues_text);
   r->max_tokens = int32_t(std::min<int64_t>(params.max_tokens, max_context_ - int64_t(params.prompt.size())));
   r->host_sample = params.sampling.repetition_penalty != 1.0f;
 

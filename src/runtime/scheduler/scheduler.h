@@ -7,7 +7,8 @@
 //    tokens; when they reach the end of tokens the step samples its next token (need_output). A sequence is
 //    waiting (FCFS queue, holds no pages) or running (holds pages for at least num_computed tokens).
 //  * Each step (schedule()):
-//      1. token budget B = min(max_num_batched_tokens, executor limit); sequence limit S likewise;
+//      1. token budget B = max_num_batched_tokens, sequence limit S = max_num_seqs (the engine caps both by the
+//         executor's limits, and S by B so that every running decode fits one step);
 //      2. running sequences in the decode phase (one token left) first, in admission order, then running
 //         sequences still in prefill (a chunk each, as budget allows): a long prompt never stalls decodes;
 //      3. then waiting sequences in FCFS order while budget, S and pages allow (admission takes the cached
@@ -46,7 +47,6 @@ namespace qs::runtime {
 struct SchedulerConfig {
   int32_t max_num_seqs = 256;
   int32_t max_num_batched_tokens = 8192;
-  int64_t max_context = 0;  // longest context (executor limit); 0: no limit
   bool static_batch = false;
 };
 
