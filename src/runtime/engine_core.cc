@@ -157,6 +157,9 @@ void EngineCore::add(uint64_t id, RequestParams params, OutputCallback on_output
   seq->tokens = params.prompt;
   seq->num_prompt = int32_t(params.prompt.size());
   seq->sampling = params.sampling;
+  // The executor never sees a repetition penalty (a batch carries no history): such requests are sampled here,
+  // on the returned logits, with the full parameters (r->p.sampling).
+  seq->sampling.repetition_penalty = 1.0f;
   seq->return_logits = r->host_sample || params.logprobs >= 0;
   m_.prompt_tokens += seq->num_prompt;
   r->p = std::move(params);
@@ -342,7 +345,7 @@ void EngineCore::process(const StepPlan& plan, const model::ForwardResult& res) 
     }
     int32_t token = i < int32_t(res.tokens.size()) ? res.tokens[size_t(i)] : -1;
     if (r.host_sample) {
-      model::Sampler sampler(seq->sampling);
+      model::Sampler sampler(r.p.sampling);
       token = sampler.sample_at(logits, vocab_, seq->tokens, uint64_t(seq->num_generated()));
     }
     if (token < 0 || token >= vocab_) {

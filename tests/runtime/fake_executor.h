@@ -81,6 +81,9 @@ class FakeExecutor : public model::Executor {
       QS_FAIL() << "fake executor: injected failure";
     }
     QS_CHECK(b.num_tokens() <= max_tokens_ && b.num_seqs() <= max_seqs_) << "fake executor: batch over limits";
+    for (int32_t s = 0; s < b.num_seqs(); ++s)  // like the reference executor: a batch carries no history
+      QS_CHECK(!b.need_output[size_t(s)] || b.sampling[size_t(s)].repetition_penalty == 1.0f)
+          << "fake executor: a repetition penalty reached the executor";
     ++steps;
     tokens_processed += b.num_tokens();
     max_step_tokens = std::max<int64_t>(max_step_tokens, b.num_tokens());
