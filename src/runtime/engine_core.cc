@@ -279,15 +279,18 @@ bool EngineCore::step() {
     }
     // A rejected batch leaves the pool untouched (executor.h): rerun its sequences one by one so that only the
     // failing ones (e.g. non-finite logits) finish with the error and the others go on.
-    for (size_t i = 0; i < plan.seqs.size(); ++i) {
+    std::vector<uint64_t> ids;
+    for (Sequence* q : plan.seqs) ids.push_back(q->id);
+    for (size_t i = 0; i < ids.size(); ++i) {
+      Sequence* q = sched_.find(ids[i]);  // (a callback may have aborted it meanwhile)
+      if (!q) continue;
       StepPlan one;
       const model::ForwardBatch& b = plan.batch;
       const int32_t s = int32_t(i);
       one.batch.add_sequence(b.token_ids.data() + b.cu_seqlens[i], b.q_len(s), b.prefix_len(s),
-                             blocks_.pages_of(plan.seqs[i]->id), b.need_output[i] != 0, b.sampling[i],
-                             b.sample_step[i]);
-      one.batch.return_logits = b.return_logits && b.need_output[i] && plan.seqs[i]->return_logits;
-      one.seqs = {plan.seqs[i]};
+                             blocks_.pages_of(q->id), b.need_output[i] != 0, b.sampling[i], b.sample_step[i]);
+      one.batch.return_logits = b.return_logits && b.need_output[i] && q->return_logits;
+      one.seqs = {q};
       run_plan(one);
     }
     return true;
