@@ -14,12 +14,14 @@
 #include <thread>
 
 #include "runtime/engine.h"
+#include "runtime/char_tokenizer.h"
 #include "runtime/fake_executor.h"
 #include "runtime/stop_text.h"
 
 namespace qs::runtime {
 namespace {
 
+using testing::char_tokenizer;
 using testing::FakeExecutor;
 using namespace std::chrono_literals;
 
@@ -196,15 +198,6 @@ TEST(Engine, QueueFullAndInvalidRequest) {
   ASSERT_TRUE(col.wait_finished(4));
   EXPECT_EQ(eng.max_context(), 4096);
   EXPECT_EQ(eng.executor().name(), "fake");
-}
-
-// A tokenizer for the fake vocabulary: token i decodes to the single character '!' + i.
-std::shared_ptr<const tokenizer::Tokenizer> char_tokenizer() {
-  nlohmann::json vocab = nlohmann::json::object();
-  for (int i = 0; i < 97; ++i) vocab[i < 94 ? std::string(1, char('!' + i)) : "<x" + std::to_string(i) + ">"] = i;
-  nlohmann::json j;
-  j["model"] = {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}};
-  return std::make_shared<const tokenizer::Tokenizer>(tokenizer::Tokenizer::from_json(j.dump()));
 }
 
 TEST(Engine, StopStringsOnStreamedText) {

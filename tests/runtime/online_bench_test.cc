@@ -5,7 +5,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
+#include <fstream>
 
+#include "runtime/char_tokenizer.h"
 #include "runtime/fake_executor.h"
 #include "runtime/online_bench.h"
 
@@ -127,6 +130,35 @@ TEST(OnlineBench, RefusedRequestsCountAsFailed) {
   EXPECT_EQ(r.failed, 2);
   EXPECT_EQ(r.records[1].error, "full");
   EXPECT_EQ(r.total_output_tokens, 6);
+}
+
+TEST(OnlineBench, PromptsFromATextFile) {
+  const std::string path = ::testing::TempDir() + "online_bench_prompts.txt";
+  {
+    std::ofstream f(path);
+    f << "abc\n\n  \nhello\n";  // blank lines are skipped
+  }
+  auto tok = testing::char_tokenizer();
+  OnlineBenchOptions o;
+  o.num_prompts = 5;
+  o.output_len = 3;
+  o.prompt_file = path;
+  const auto reqs = make_bench_requests(o, 97, tok.get());
+  ASSERT_EQ(reqs.size(), 5u);  // the two prompts, cycled
+  EXPECT_EQ(reqs[0].prompt, (std::vector<int32_t>{'a' - '!', 'b' - '!', 'c' - '!'}));
+  EXPECT_EQ(reqs[1].prompt.size(), 5u);
+  EXPECT_EQ(reqs[2].prompt, reqs[0].prompt);
+  FakeExecutor ex(4, 64);
+  Engine eng(ex, tok, {});
+  const OnlineBenchResult r = run_online_bench(eng, o, tok.get());
+  EXPECT_EQ(r.completed, 5);
+  EXPECT_EQ(r.total_input_tokens, 3 + 5 + 3 + 5 + 3);
+  EXPECT_EQ(r.total_output_tokens, 15);
+  o.prompt_file = path + ".missing";
+  EXPECT_THROW(make_bench_requests(o, 97, tok.get()), Error);
+  o.prompt_file = path;
+  EXPECT_THROW(make_bench_requests(o, 97, nullptr), Error);  // a file needs the tokenizer
+  std::remove(path.c_str());
 }
 
 TEST(OnlineBench, PercentileIsNumpyLinear) {
