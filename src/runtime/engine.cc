@@ -79,7 +79,7 @@ void Engine::Impl::loop() {
     } catch (const std::exception& e) {
       // A bug, not a request's fault: fail everything in flight rather than leave callers hanging.
       QS_LOG(ERROR) << "engine: step failed: " << e.what();
-      core.abort_all();
+      core.fail_all(std::string("engine failure: ") + e.what());
     }
     std::lock_guard<std::mutex> lk(mu);
     snapshot = core.metrics();

@@ -210,6 +210,14 @@ void EngineCore::abort_all() {
   for (uint64_t id : ids) abort(id);
 }
 
+void EngineCore::fail_all(const std::string& error) {
+  std::vector<uint64_t> ids;
+  for (const auto& [id, r] : reqs_) ids.push_back(id);
+  std::sort(ids.begin(), ids.end());
+  for (uint64_t id : ids)
+    if (auto it = reqs_.find(id); it != reqs_.end()) finish(*it->second, FinishReason::kError, error, {});
+}
+
 void EngineCore::on_token(Request& r, Sequence& seq, int32_t token, const float* logits) {
   const auto now = Clock::now();
   if (!r.got_first) {

@@ -39,6 +39,8 @@ class EngineCore {
   // for an unknown or finished id.
   bool abort(uint64_t id);
   void abort_all();
+  // Finishes every request with kError and `error` (the engine thread's last resort on an internal failure).
+  void fail_all(const std::string& error);
   // Runs one step; returns false when there was nothing to run (nothing waiting or running, or nothing fits).
   bool step();
   bool has_work() const { return sched_.has_work(); }

@@ -367,8 +367,18 @@ TEST(EngineCore, AbortFreesPagesAndSendsOneFinalEvent) {
   EXPECT_EQ(sink.r[1].finish, FinishReason::kAbort);
   EXPECT_EQ(sink.r[1].finals, 1);
   core.check_invariants();
+  core.add(3, params(prompt_of(3, 20), 50), sink.cb());
+  core.step();
   core.abort_all();
   EXPECT_EQ(sink.r[2].finish, FinishReason::kAbort);
+  EXPECT_EQ(sink.r[3].finish, FinishReason::kAbort);
+  expect_no_pages_held(core);
+  core.add(4, params(prompt_of(4, 20), 50), sink.cb());
+  core.step();
+  core.fail_all("broken");
+  EXPECT_EQ(sink.r[4].finish, FinishReason::kError);
+  EXPECT_EQ(sink.r[4].error, "broken");
+  EXPECT_EQ(sink.r[4].finals, 1);
   expect_no_pages_held(core);
 }
 
