@@ -178,7 +178,14 @@ TEST_F(EngineModel, StopStringsEosAndKv4) {
   RequestParams e = params(c.ids, 32);
   e.stop_token_ids = {c.greedy[4]};
   core.add(2, e, collect(out));
+  // A repetition penalty is applied on the host (the executor refuses one): it runs, and changes the output.
+  RequestParams rp = params(c.ids, 32);
+  rp.sampling.repetition_penalty = 1.5f;
+  core.add(3, rp, collect(out));
   drain(core);
+  EXPECT_EQ(out[3].finish, FinishReason::kLength);
+  EXPECT_EQ(out[3].tokens.size(), 32u);
+  EXPECT_NE(out[3].tokens, c.greedy);
   const std::string want = c.greedy_text.substr(0, c.greedy_text.find("fox."));
   EXPECT_EQ(out[1].text, want);
   EXPECT_EQ(out[1].finish, FinishReason::kStop);
