@@ -18,10 +18,9 @@ if [ "${1:-}" = pack ]; then
   for b in qserve test_engine_cuda_executor_gpu_test test_engine_weight_fusion_test; do
     cp "$ROOT/build/$b" /tmp/engine-pack/ && strip /tmp/engine-pack/$b
   done
-  # The kernel tests too when built (step `kernels`: after a change to the kernels' launch code).
-  for b in test_kernels_elementwise_gpu_test test_kernels_norm_quant_gpu_test test_kernels_attention_decode_gpu_test \
-           test_kernels_attention_prefill_gpu_test test_backends_gemm_w4a8_gpu_test; do
-    [ -x "$ROOT/build/$b" ] && cp "$ROOT/build/$b" /tmp/engine-pack/ && strip /tmp/engine-pack/$b
+  # Every other GPU test too when built (step `kernels` runs them all).
+  for b in "$ROOT"/build/test_*_gpu_test; do
+    [ -x "$b" ] && cp "$b" /tmp/engine-pack/ && strip "/tmp/engine-pack/$(basename "$b")"
   done
   tar -C /tmp/engine-pack -cf - . | xz -T2 -6 > "$DEST/bin.tar.xz"
   cp -r "$DATA/models/qs-llama-tiny" "$DEST/data/models/"
@@ -55,10 +54,11 @@ for step in "$@"; do
       done
       ;;
     kernels)
-      for t in test_kernels_elementwise_gpu_test test_kernels_norm_quant_gpu_test test_kernels_attention_decode_gpu_test \
-               test_kernels_attention_prefill_gpu_test test_backends_gemm_w4a8_gpu_test; do
-        [ -x "$W/bin/$t" ] || continue
-        timeout 150 "$W/bin/$t" > "$OUT/$t.log" 2>&1 || rc=1
+      # Every GPU test but the engine's own (step tests), with skips counted as failures (a GPU is required).
+      for f in "$W"/bin/test_*_gpu_test; do
+        t=$(basename "$f")
+        [ "$t" = test_engine_cuda_executor_gpu_test ] && continue
+        QSERVE_REQUIRE_GPU=1 timeout 150 "$W/bin/$t" > "$OUT/$t.log" 2>&1 || rc=1
         echo "$t: $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$OUT/$t.log" | tr -s ' ' | tr '\n' ' ')"
       done
       ;;
@@ -78,6 +78,45 @@ for step in "$@"; do
     final70)
       timeout 400 "$W/bin/qserve" bench --shape llama-2-70b --dtype w4a8kv4 --input-len 1024 --output-len 512 \
         --max-batch ${MAX70:-512} --json "$OUT/bench_llama2_70b.json" 2>&1 | tee "$OUT/bench_llama2_70b.log" | grep -v "decode step\|prefill .*sequences" || rc=1
+      ;;
+    online)
+      # Issue 9 on the GPU: the offline static batch (baseline) vs the serving engine with continuous batching at
+      # max concurrency 256, in one call; then TTFT with the prefix cache on vs off; then latency near saturation.
+      Q="$W/bin/qserve"
+      timeout 200 "$Q" bench --shape llama-3-8b --dtype w4a8kv4 --input-len 1024 --output-len 512 --batch 256 \
+        --json "$OUT/online_static256.json" 2>&1 | tee "$OUT/online_static256.log" | grep -v "decode step\|prefill .*sequences" || rc=1
+      timeout 200 "$Q" bench --online --shape llama-3-8b --num-prompts 768 --input-len 1024 --output-len 512 \
+        --max-concurrency 256 --max-num-seqs 256 --json "$OUT/online_cont256.json" 2>&1 | tee "$OUT/online_cont256.log" || rc=1
+      for pc in on off; do
+        flag=""; [ $pc = off ] && flag=--no-prefix-caching
+        timeout 120 "$Q" bench --online --shape llama-3-8b --num-prompts 256 --shared-prefix-len 1024 --input-len 128 \
+          --output-len 64 --request-rate 8 --max-num-seqs 256 $flag --json "$OUT/online_prefix_$pc.json" 2>&1 | tee "$OUT/online_prefix_$pc.log" || rc=1
+      done
+      timeout 200 "$Q" bench --online --shape llama-3-8b --num-prompts 600 --input-len 1024 --output-len 512 \
+        --request-rate ${RATE:-24} --max-num-seqs 512 --json "$OUT/online_rate.json" 2>&1 | tee "$OUT/online_rate.log" || rc=1
+      ;;
+    ppl)
+      # The full 192-window WikiText-2 perplexity on the GPU (serving KV rule) of the tiny model: FP16, and the
+      # quantized test checkpoints of step `tests` (per-channel without GPTQ/clip, g128 RTN).
+      timeout 300 "$W/bin/qserve" ppl --device cuda --kv-protocol serving --model "$W/data/models/qs-llama-tiny@label=fp16" \
+        --model "$W/ckpt/tiny-pc@label=w4a8kv4-per-channel" --model "$W/ckpt/tiny-g128@label=w4a8kv4-g128-rtn" \
+        --json "$OUT/ppl_cuda.json" 2>&1 | tee "$OUT/ppl_cuda.log" | grep -v "window " || rc=1
+      ;;
+    cli)
+      # generate and serve on the GPU (the executor factory), end to end.
+      Q="$W/bin/qserve"; M="$W/data/models/qs-llama-tiny"
+      timeout 60 "$Q" generate --device cuda -m "$M" -p "The quick brown fox" -n 32 2>&1 | tee "$OUT/generate_cuda.log" || rc=1
+      timeout 60 "$Q" generate --device cuda -m "$W/ckpt/tiny-g128" -p "The quick brown fox" -n 32 2>&1 | tee -a "$OUT/generate_cuda.log" || rc=1
+      if "$Q" serve --help > /dev/null 2>&1; then
+        "$Q" serve --device cuda --model "$M" --port 18080 > "$OUT/serve_cuda.log" 2>&1 & SP=$!
+        for i in $(seq 60); do curl -sf localhost:18080/health > /dev/null 2>&1 && break; sleep 1; done
+        curl -s localhost:18080/v1/completions -H 'Content-Type: application/json' \
+          -d '{"model":"qs-llama-tiny","prompt":"The quick brown fox","max_tokens":24}' | tee -a "$OUT/serve_cuda.log"; echo
+        curl -sN localhost:18080/v1/chat/completions -H 'Content-Type: application/json' \
+          -d '{"model":"qs-llama-tiny","messages":[{"role":"user","content":"Hello"}],"max_tokens":16,"stream":true}' | tail -3 | tee -a "$OUT/serve_cuda.log"
+        curl -s localhost:18080/metrics | grep -E "^qserve_(requests|kv)" | head -8 | tee -a "$OUT/serve_cuda.log"
+        kill -INT $SP; wait $SP; echo "serve exit $?" | tee -a "$OUT/serve_cuda.log"
+      fi
       ;;
     *) echo "unknown step $step" ;;
   esac

@@ -8,8 +8,8 @@
 //   qserve bench (--shape NAME | --config FILE | --model DIR) [--dtype w4a8kv4,fp16] [--input-len 1024]
 //                [--output-len 512] [--batch N] [--max-batch N] [--variant per-channel|g128] [--breakdown]
 //                [--json FILE]
-// (An online mode, requests arriving over time through the runtime's scheduler, belongs here as `--online` once
-// the runtime library exists; it is not built.)
+// --online switches to the online serving benchmark (bench_online.h): requests arriving over time through the
+// serving engine (continuous batching, prefix cache), vLLM's metrics.
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -19,6 +19,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cli/bench_online.h"
 #include "cli/command.h"
 #include "core/error.h"
 #include "engine/engine_options.h"
@@ -44,6 +45,9 @@ struct BenchArgs {
   bool no_graphs = false, breakdown = false, no_throughput = false;
   std::string json_out;
   uint64_t seed = 1;
+  // --online (bench_online.h): the serving engine under a request load instead of static batches.
+  bool online = false;
+  qs::cli::OnlineBenchArgs on;
 };
 
 #if defined(QSERVE_HAVE_CUDA)
@@ -372,7 +376,40 @@ qs::cli::CommandRegistrar reg("bench", "Offline throughput on the GPU (paper set
   sub->add_flag("--no-throughput", a->no_throughput, "skip the timed run (with --breakdown)");
   sub->add_option("--seed", a->seed, "seed of the random weights and prompts");
   sub->add_option("--json", a->json_out, "write the results as JSON");
-  sub->callback([a] { run(*a); });
+  // Online mode.
+  auto& on = a->on;
+  sub->add_flag("--online", a->online, "online serving benchmark through the engine (vllm bench serve conventions)");
+  sub->add_option("--num-prompts", on.bench.num_prompts, "--online: requests")->check(CLI::Range(1, 1000000));
+  sub->add_option("--request-rate", on.bench.request_rate, "--online: Poisson arrivals per second (default inf)")
+      ->check(CLI::PositiveNumber);
+  sub->add_option("--max-concurrency", on.bench.max_concurrency, "--online: requests in flight at most (0: no cap)")
+      ->check(CLI::NonNegativeNumber);
+  sub->add_option("--shared-prefix-len", on.bench.shared_prefix_len, "--online: tokens common to every prompt")
+      ->check(CLI::NonNegativeNumber);
+  sub->add_option("--range-ratio", on.bench.range_ratio, "--online: lengths uniform in len*(1 +- r)")
+      ->check(CLI::Range(0.0, 0.99));
+  sub->add_option("--prompt-file", on.bench.prompt_file, "--online: prompts, one per line (needs --model)");
+  sub->add_option("--max-num-seqs", on.max_num_seqs, "--online: sequences running at once")->check(CLI::Range(1, 65535));
+  sub->add_flag("--no-prefix-caching", on.no_prefix_caching, "--online: disable the prefix cache");
+  sub->add_flag("--static-batch", on.static_batch, "--online: admit whole batches and run each to the end");
+  sub->add_option("--device", on.exec.device, "--online with --model: auto, cpu or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  sub->callback([a] {
+    if (!a->online) return run(*a);
+    qs::cli::OnlineBenchArgs o = a->on;
+    o.shape = a->shape, o.config = a->config, o.model = a->model;
+    o.variant = a->variant;
+    o.dtype = a->dtypes.substr(0, a->dtypes.find(','));
+    o.exec.gpu_memory_utilization = a->util;
+    o.exec.cuda_graphs = !a->no_graphs;
+    o.max_num_batched_tokens = a->max_batch_tokens;
+    o.bench.input_len = a->input_len;
+    o.bench.output_len = a->output_len;
+    o.bench.seed = a->seed;
+    o.weight_seed = a->seed;
+    o.json_out = a->json_out;
+    qs::cli::run_online_bench_cmd(o);
+  });
 });
 
 }  // namespace

@@ -1,6 +1,6 @@
 // `qserve generate --model DIR --prompt TEXT [...]`: loads a checkpoint (Hugging Face FP, or a qserve quantized
-// one through quant/eval/model_loader: integer reference linears, KV4 by default when it was made for it) into the
-// exact CPU reference executor (model/ref), and runs the prompt through the serving engine (runtime/engine.h:
+// one: KV4 by default when it was made for it) into an executor (cli/executor_factory.h: --device auto picks the
+// GPU runner when a GPU is present, else the exact CPU reference executor), and runs the prompt through the serving engine (runtime/engine.h:
 // paged KV pool, scheduler, incremental detokenization, stop strings), streaming the text to stdout as tokens
 // are produced (never half a UTF-8 character). --chat renders the prompt as one user message with the model's
 // chat template. The prompt is echoed first unless --chat or --no-echo. Stops on the tokenizer's EOS ids
@@ -15,9 +15,8 @@
 #include <vector>
 
 #include "cli/command.h"
+#include "cli/executor_factory.h"
 #include "model/model.h"
-#include "model/ref/ref_executor.h"
-#include "quant/eval/model_loader.h"
 #include "runtime/engine.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
@@ -30,8 +29,9 @@ struct Options {
   float temperature = 0.0f, top_p = 1.0f, repetition_penalty = 1.0f;
   int top_k = 0;
   uint64_t seed = 0;
-  bool chat = false, kv4 = false, fp_kv = false, ignore_eos = false, no_echo = false;
+  bool chat = false, ignore_eos = false, no_echo = false;
   std::vector<std::string> stop;
+  qs::cli::ExecutorFlags exec;
 };
 
 void run(const Options& o) {
@@ -44,11 +44,13 @@ void run(const Options& o) {
   qs::model::validate(sp);  // before anything is loaded or printed
   QS_CHECK(o.max_tokens >= 1) << "--max-tokens must be >= 1, got " << o.max_tokens;
 
-  // An HF checkpoint (FP32 weights) or a qserve quantized checkpoint (exact integer reference linears).
-  qs::quant::eval::LoadedModel loaded = qs::quant::eval::load_for_eval(o.model, {});
-  QS_CHECK(!loaded.tokenizer_dir.empty()) << "no tokenizer.json found for " << o.model;
-  auto tok = std::make_shared<const qs::tokenizer::Tokenizer>(
-      qs::tokenizer::Tokenizer::from_dir(loaded.tokenizer_dir));
+  // An HF checkpoint or a qserve quantized checkpoint, on the device the flags pick (cli/executor_factory.h):
+  // the exact CPU reference executor, or the GPU runner. One sequence; the prompt is prefilled in one chunk.
+  qs::cli::ExecutorFlags f = o.exec;
+  f.max_batch_seqs = 1;
+  qs::cli::LoadedExecutor le = qs::cli::load_executor(o.model, f);
+  QS_CHECK(le.tokenizer) << "no tokenizer.json found for " << o.model;
+  const auto tok = le.tokenizer;
 
   std::vector<int> ids;
   if (o.chat) {
@@ -59,23 +61,14 @@ void run(const Options& o) {
     ids = tok->encode(o.prompt, /*add_special_tokens=*/true);
   }
   QS_CHECK(!ids.empty()) << "the prompt encodes to no tokens";
-
-  // KV4 when asked, or when the quantized checkpoint was made for a 4-bit KV cache (unless --fp-kv).
-  const bool kv4 = o.kv4 || (loaded.kv_bits == 4 && !o.fp_kv);
-  const int64_t want = int64_t(ids.size()) + o.max_tokens;
-  const int64_t max_pos = loaded.model->config().max_position_embeddings;
-  qs::model::RefExecutorOptions eo;
-  eo.kv_dtype = kv4 ? qs::KvDType::kKv4 : qs::KvDType::kFp32;
-  eo.page_size = 64;
-  eo.num_pages = (std::min<int64_t>(want, max_pos > 0 ? max_pos : want) + eo.page_size - 1) / eo.page_size + 1;
-  eo.max_batch_tokens = std::max<int32_t>(8192, int32_t(ids.size()));  // the prompt in one chunk
-  eo.max_batch_seqs = 1;
-  const std::string desc = loaded.description;
-  qs::model::RefExecutor exec(std::move(loaded.model), eo);
+  qs::model::Executor& exec = *le.executor;
+  QS_CHECK(int64_t(ids.size()) < exec.max_context())
+      << "the prompt has " << ids.size() << " tokens; the context holds " << exec.max_context();
+  const std::string desc = le.description;
 
   qs::runtime::EngineOptions opts;
   opts.max_num_seqs = 1;
-  opts.max_num_batched_tokens = eo.max_batch_tokens;
+  opts.max_num_batched_tokens = exec.max_batch_tokens();
   qs::runtime::Engine engine(exec, tok, opts);
 
   qs::runtime::RequestParams p;
@@ -145,10 +138,9 @@ qs::cli::CommandRegistrar reg("generate", "Generate text from a prompt (referenc
   sub->add_option("--seed", o->seed, "random seed for sampling (default 0)");
   sub->add_option("--stop", o->stop, "stop string (repeatable)");
   sub->add_flag("--chat", o->chat, "wrap the prompt as one user message in the model's chat format");
-  sub->add_flag("--kv4", o->kv4, "quantize the KV cache to 4 bits (W4A8KV4 reference KV path)");
-  sub->add_flag("--fp-kv", o->fp_kv, "keep the KV cache in FP32 even for a KV4 quantized checkpoint");
   sub->add_flag("--ignore-eos", o->ignore_eos, "do not stop at EOS tokens");
   sub->add_flag("--no-echo", o->no_echo, "do not print the prompt before the generated text");
+  qs::cli::add_executor_flags(sub, &o->exec);
   sub->callback([o] { run(*o); });
 });
 

@@ -10,7 +10,9 @@
 // quantized checkpoint's linears on FP32 activations (W4A16 ablation); kv=auto gives KV4 to checkpoints made for
 // it and to W4A8 RTN schemes, FP32 otherwise.
 // Every model runs behind the executor seam (model/executor.h): --device cpu (the default) is the exact CPU
-// reference executor (model/ref); --device cuda is refused until the GPU model runner (engine/) is wired in.
+// reference executor (model/ref); --device cuda the GPU runner (engine/cuda: FP16 for HF checkpoints, W4A8KV4 for
+// quantized ones), which only implements the serving KV rule (--kv-protocol serving: a window's prefill sees its
+// own K/V unquantized) while the CPU default is the fake-quantized protocol (every K/V read back quantized).
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -23,6 +25,7 @@
 #include "cli/command.h"
 #include "core/error.h"
 #include "core/paths.h"
+#include "cli/executor_factory.h"
 #include "model/ref/ref_executor.h"
 #include "quant/eval/model_loader.h"
 #include "quant/eval/perplexity.h"
@@ -45,6 +48,7 @@ struct PplArgs {
   std::string json_out;
   std::string tokenizer;
   std::string device = "cpu";
+  std::string kv_protocol = "fake-quant";
 };
 
 // One --model value with its settings.
@@ -100,19 +104,27 @@ qs::KvDType kv_dtype_for(const std::string& kv, const ev::LoadedModel& lm) {
   return lm.quantized && lm.kv_bits == 4 ? qs::KvDType::kKv4 : qs::KvDType::kFp32;
 }
 
-// The executor that evaluates one model (it takes the model over).
+// The executor that evaluates one model (it takes the model over): one window of seq_len tokens at a time.
 std::unique_ptr<qs::model::Executor> make_executor(const PplArgs& a, std::unique_ptr<qs::model::Model> m,
-                                                   qs::KvDType kv) {
-  // --device cpu (run() refused anything else before loading a model).
-  return std::make_unique<qs::model::RefExecutor>(std::move(m), ev::window_executor_options(kv, a.seq_len));
+                                                   bool quantized, qs::KvDType kv) {
+  const qs::model::RefExecutorOptions w = ev::window_executor_options(kv, a.seq_len);
+  qs::cli::ExecutorFlags f;
+  f.page_size = w.page_size;
+  f.kv_pages = w.num_pages;
+  f.max_batch_tokens = w.max_batch_tokens;
+  f.max_batch_seqs = w.max_batch_seqs;
+  f.max_context = int32_t(a.seq_len);
+  f.cuda_graphs = false;  // whole-window prefills only
+  return qs::cli::make_executor_for(std::move(m), quantized, kv, a.device, f);
 }
 
-void run(const PplArgs& a) {
+void run(PplArgs a) {
   QS_CHECK(!a.models.empty()) << "ppl: give at least one --model";
   const std::string dataset = a.dataset.empty() ? qs::data_dir() + "/text/wikitext2_test.txt" : a.dataset;
   const bool tty = isatty(fileno(stderr));
-  QS_CHECK(a.device == "cpu") << "ppl --device " << a.device
-                              << ": the GPU model runner (engine/) is not built into qserve yet; use --device cpu";
+  a.device = qs::cli::resolve_device(a.device);
+  QS_CHECK(a.device == "cpu" || a.kv_protocol == "serving")
+      << "ppl --device cuda: the GPU runner evaluates with the serving KV rule; add --kv-protocol serving";
 
   std::vector<ModelSpec> specs;
   for (const auto& s : a.models) specs.push_back(parse_spec(s, a));
@@ -132,7 +144,8 @@ void run(const PplArgs& a) {
       lm.kv_bits = sp.rtn.rfind("w4a8", 0) == 0 ? 4 : 32;
       lm.description = "rtn " + sp.rtn + " (in memory)";
     }
-    executors.push_back(make_executor(a, std::move(lm.model), kv_dtype_for(sp.kv, lm)));
+    QS_CHECK(a.device == "cpu" || !sp.weight_only) << "ppl: weight-only runs on the CPU reference (--device cpu)";
+    executors.push_back(make_executor(a, std::move(lm.model), lm.quantized, kv_dtype_for(sp.kv, lm)));
     evals.push_back({sp.label, executors.back().get()});
   }
 
@@ -141,7 +154,7 @@ void run(const PplArgs& a) {
   if (!a.reference.empty()) {
     ref = std::make_unique<ev::LoadedModel>(ev::load_for_eval(a.reference, {}));
     QS_CHECK(!ref->quantized) << "ppl: --reference must be an FP (Hugging Face) checkpoint";
-    ref_exec = make_executor(a, std::move(ref->model), qs::KvDType::kFp32);
+    ref_exec = make_executor(a, std::move(ref->model), false, qs::KvDType::kFp32);
   }
   std::string tok_dir = a.tokenizer;
   for (size_t i = 0; tok_dir.empty() && i < loaded.size(); ++i) tok_dir = loaded[i].tokenizer_dir;
@@ -159,6 +172,7 @@ void run(const PplArgs& a) {
   ev::EvalOptions opt;
   opt.seq_len = a.seq_len;
   opt.max_windows = a.max_windows;
+  opt.quantized_self_kv = a.kv_protocol == "fake-quant";
   const auto t0 = std::chrono::steady_clock::now();
   opt.progress = [&](int64_t done, int64_t total) {
     const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -224,8 +238,12 @@ qs::cli::CommandRegistrar reg("ppl", "Perplexity (GPTQ protocol) and KL divergen
   sub->add_flag("--weight-only", a->weight_only, "quantized checkpoints: FP32 activations (W4A16)");
   sub->add_option("--tokenizer", a->tokenizer, "directory with tokenizer.json (default: the first model's)");
   sub->add_option("--json", a->json_out, "write the results as JSON");
-  sub->add_option("--device", a->device, "executor: cpu (the exact CPU reference); cuda (GPU runner, not built yet)")
-      ->check(CLI::IsMember({"cpu", "cuda"}));
+  sub->add_option("--device", a->device, "executor: cpu (the exact CPU reference, default), cuda (GPU runner), auto")
+      ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
+  sub->add_option("--kv-protocol", a->kv_protocol,
+                  "KV4 evaluation: fake-quant (every K/V read back quantized; CPU only) or serving (a window's "
+                  "prefill sees its own K/V unquantized, as the engine runs)")
+      ->check(CLI::IsMember({"fake-quant", "serving"}));
   sub->callback([a] { run(*a); });
 });
 

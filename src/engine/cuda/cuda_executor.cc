@@ -826,6 +826,11 @@ struct CudaExecutor::Impl {
     const int ns = b.num_seqs(), nt = b.num_tokens();
     QS_CHECK(nt <= M) << "engine: batch of " << nt << " tokens exceeds max_batch_tokens " << M;
     QS_CHECK(ns <= S) << "engine: batch of " << ns << " sequences exceeds max_batch_seqs " << S;
+    // The prefill kernel always sees a chunk's own K/V unquantized (the serving rule of executor.h); the
+    // fake-quantized evaluation protocol (every key and value read back from the cache) is the CPU reference's.
+    QS_CHECK(!b.quantized_self_kv || b.is_decode() || layout.dtype == KvDType::kFp16)
+        << "engine: quantized_self_kv (every K/V read back quantized) is not supported by the GPU runner's prefill; "
+           "evaluate with the serving rule (ppl --kv-protocol serving) or on the CPU reference";
     for (int s = 0; s < ns; ++s) {
       if (!b.need_output[size_t(s)] || b.all_logits) continue;
       const auto& sp = b.sampling[size_t(s)];
