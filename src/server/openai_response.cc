@@ -21,8 +21,13 @@ void ChoiceResult::add(const runtime::RequestOutput& o) {
 }
 
 ojson finish_reason_json(runtime::FinishReason r) {
-  if (r == runtime::FinishReason::kNone) return nullptr;
-  return runtime::finish_reason_name(r);
+  switch (r) {
+    case runtime::FinishReason::kStop: return "stop";
+    case runtime::FinishReason::kLength: return "length";
+    case runtime::FinishReason::kAbort: return "abort";
+    case runtime::FinishReason::kError: return "error";
+    default: return nullptr;
+  }
 }
 
 ojson usage_json(int64_t prompt_tokens, int64_t completion_tokens, int64_t cached_prompt_tokens) {
