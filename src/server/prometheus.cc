@@ -2,14 +2,19 @@
 #include "server/prometheus.h"
 
 #include <cstdio>
+#include <cstdlib>
 #include <sstream>
 
 namespace qs::server {
 namespace {
 
+// The shortest %g text that reads back as the same double (0.1, not 0.10000000000000001).
 std::string num(double v) {
   char buf[64];
-  std::snprintf(buf, sizeof buf, "%.17g", v);
+  for (int prec = 6; prec <= 17; ++prec) {
+    std::snprintf(buf, sizeof buf, "%.*g", prec, v);
+    if (std::strtod(buf, nullptr) == v) break;
+  }
   return buf;
 }
 

@@ -243,7 +243,7 @@ TEST_F(ServerTest, ModelsHealthMetrics) {
   ASSERT_EQ(r.status, 200);
   for (const char* s : {"qserve_http_requests_total{code=\"200\"}", "qserve_num_requests_running 0",
                         "qserve_kv_pages_used 0", "qserve_prefix_cache_hit_rate", "qserve_generation_tokens_total",
-                        "qserve_time_to_first_token_seconds_bucket{le=\"0.10000000000000001\"} 2",
+                        "qserve_time_to_first_token_seconds_bucket{le=\"0.1\"} 2",
                         "qserve_time_to_first_token_seconds_bucket{le=\"+Inf\"} 3",
                         "qserve_time_to_first_token_seconds_count 3", "# TYPE qserve_inter_token_latency_seconds histogram",
                         "qserve_requests_finished_total{reason=\"length\"} 1"})
