@@ -1,4 +1,5 @@
-// Benchmark of decode attention over the paged KV cache (KV4 and the engine's FP16 cache) and of causal prefill
+// Benchmark of decode attention over the paged KV cache (KV4, the FP16 cache and the FP8 e4m3 cache of the FP8
+// baseline, same run) and of causal prefill
 // attention, with the device copy bandwidth measured in the same process. Decode: Llama-3-8B heads (32 q / 8 kv)
 // and Llama-2-70B heads (64 / 8), head_dim 128, page 64, batch {1,8,32,64,128,256} x context {512..32768}
 // (skipping batch x context > 4M tokens); bandwidth is counted on the bytes the kernel must read (KV data +
@@ -51,6 +52,20 @@ __global__ void fix_scales(uint8_t* pool, KvCacheLayout L, int64_t blocks) {
     uint8_t* b = pool + blk * L.block_bytes();
     *reinterpret_cast<__half*>(b + L.scale_offset(tok)) = __float2half_rn(0.02f + 0.08f * float(i % 97) / 97.0f);
     *reinterpret_cast<__half*>(b + L.zero_offset(tok)) = __float2half_rn(float(i % 16));
+  }
+}
+
+// FP8 blocks: random e4m3 codes without the NaN code (0x7f / 0xff), FP16 scales 0.002..0.01.
+__global__ void fix_fp8(uint8_t* pool, KvCacheLayout L, int64_t blocks) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < blocks * L.page_size;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t blk = i / L.page_size;
+    const int tok = int(i % L.page_size);
+    uint8_t* b = pool + blk * L.block_bytes();
+    uint8_t* d = b + L.data_offset(tok);
+    for (int j = 0; j < L.head_dim; ++j)
+      if ((d[j] & 0x7f) == 0x7f) d[j] ^= 1;
+    *reinterpret_cast<__half*>(b + L.scale_offset(tok)) = __float2half_rn(0.002f + 0.008f * float(i % 89) / 89.0f);
   }
 }
 
@@ -114,6 +129,9 @@ DecodeResult bench_decode(int batch, int hq, int hkv, int ctx, KvDType dt, int s
   if (dt == KvDType::kKv4) {
     fix_scales<<<1024, 256>>>(kp.as<uint8_t>(), L, pages * hkv);
     fix_scales<<<1024, 256>>>(vp.as<uint8_t>(), L, pages * hkv);
+  } else if (dt == KvDType::kFp8) {
+    fix_fp8<<<1024, 256>>>(kp.as<uint8_t>(), L, pages * hkv);
+    fix_fp8<<<1024, 256>>>(vp.as<uint8_t>(), L, pages * hkv);
   } else {  // random bits are not valid fp16 (NaN/inf): fill real values
     fill_half<<<1024, 256>>>(kp.as<__half>(), pages * L.page_bytes() / 2, 5);
     fill_half<<<1024, 256>>>(vp.as<__half>(), pages * L.page_bytes() / 2, 6);
@@ -136,7 +154,7 @@ DecodeResult bench_decode(int batch, int hq, int hkv, int ctx, KvDType dt, int s
   p.softmax_scale = 1.0f / std::sqrt(128.0f);
   DecodeResult r;
   r.ms = time_ms([&] { run_decode(p, plan, ws.p, 0).throw_if_error(); }, reps, flush);
-  const double per_token = dt == KvDType::kKv4 ? 2.0 * (64 + 4) : 2.0 * 256;
+  const double per_token = dt == KvDType::kKv4 ? 2.0 * (64 + 4) : dt == KvDType::kFp8 ? 2.0 * (128 + 2) : 2.0 * 256;
   r.bytes = double(batch) * hkv * ctx * per_token + 2.0 * batch * hq * 128 * 2;
   return r;
 }
@@ -177,8 +195,9 @@ int main(int argc, char** argv) {
               copy_tbs);
   if (js) std::fprintf(js, "{\"device\":\"%s\",\"copy_tbs\":%.4f}\n", prop.name, copy_tbs);
   const int reps = quick ? 5 : 15;
-  std::printf("\n%-8s %5s %6s | %9s %7s %6s | %9s %7s %6s | %8s\n", "decode", "batch", "ctx", "kv4 us", "TB/s",
-              "%copy", "fp16 us", "TB/s", "%copy", "fp16/kv4");
+  std::printf("\n%-8s %5s %6s | %9s %7s %6s | %9s %7s %6s | %9s %7s %6s | %8s %8s\n", "decode", "batch", "ctx",
+              "kv4 us", "TB/s", "%copy", "fp16 us", "TB/s", "%copy", "fp8 us", "TB/s", "%copy", "fp16/kv4",
+              "fp8/kv4");
   struct Model { const char* name; int hq, hkv; };
   const Model models[] = {{"l3-8b", 32, 8}, {"l2-70b", 64, 8}};
   const std::vector<int> batches = quick ? std::vector<int>{1, 64} : std::vector<int>{1, 8, 32, 64, 128, 256};
@@ -190,14 +209,17 @@ int main(int argc, char** argv) {
         if (int64_t(b) * c > (int64_t(4) << 20)) continue;
         const DecodeResult k4 = bench_decode(b, m.hq, m.hkv, c, KvDType::kKv4, prop.multiProcessorCount, flush, reps);
         const DecodeResult f16 = bench_decode(b, m.hq, m.hkv, c, KvDType::kFp16, prop.multiProcessorCount, flush, reps);
+        const DecodeResult f8 = bench_decode(b, m.hq, m.hkv, c, KvDType::kFp8, prop.multiProcessorCount, flush, reps);
         const double t4 = k4.bytes / (k4.ms * 1e-3) / 1e12, t16 = f16.bytes / (f16.ms * 1e-3) / 1e12;
-        std::printf("%-8s %5d %6d | %9.1f %7.3f %5.0f%% | %9.1f %7.3f %5.0f%% | %7.2fx\n", m.name, b, c,
-                    k4.ms * 1e3, t4, 100 * t4 / copy_tbs, f16.ms * 1e3, t16, 100 * t16 / copy_tbs, f16.ms / k4.ms);
+        const double t8 = f8.bytes / (f8.ms * 1e-3) / 1e12;
+        std::printf("%-8s %5d %6d | %9.1f %7.3f %5.0f%% | %9.1f %7.3f %5.0f%% | %9.1f %7.3f %5.0f%% | %7.2fx %7.2fx\n",
+                    m.name, b, c, k4.ms * 1e3, t4, 100 * t4 / copy_tbs, f16.ms * 1e3, t16, 100 * t16 / copy_tbs,
+                    f8.ms * 1e3, t8, 100 * t8 / copy_tbs, f16.ms / k4.ms, f8.ms / k4.ms);
         if (js)
           std::fprintf(js,
                        "{\"op\":\"decode\",\"model\":\"%s\",\"batch\":%d,\"ctx\":%d,\"kv4_us\":%.2f,\"kv4_tbs\":%.4f,"
-                       "\"fp16_us\":%.2f,\"fp16_tbs\":%.4f}\n",
-                       m.name, b, c, k4.ms * 1e3, t4, f16.ms * 1e3, t16);
+                       "\"fp16_us\":%.2f,\"fp16_tbs\":%.4f,\"fp8_us\":%.2f,\"fp8_tbs\":%.4f}\n",
+                       m.name, b, c, k4.ms * 1e3, t4, f16.ms * 1e3, t16, f8.ms * 1e3, t8);
         std::fflush(stdout);
       }
   std::printf("\n%-8s %6s %6s | %9s %8s\n", "prefill", "len", "batch", "us", "TFLOP/s");

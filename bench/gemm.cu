@@ -1,6 +1,7 @@
 // GEMM benchmark (issue 4): our W4A8 per-channel, W4A8 g128 and W8A8 kernels against cuBLAS FP16 (GemmEx),
 // cuBLASLt INT8 (s8 x s8 -> s32) and cuBLASLt FP8 (e4m3 x e4m3 -> f16) on the Llama-3-8B and Llama-2-70B linear
-// shapes, all in one run. Timing: each kernel's launches rotate over enough copies of its operands (>= 160 MB)
+// shapes, all in one run; plus the FP8 baseline's own binding (backends/cuda/fp8_gemm: per-token x per-channel
+// outer-vector scales, the FP8 engine path) as "FP8 rw". Timing: each kernel's launches rotate over enough copies of its operands (>= 160 MB)
 // that L2 (50 MB) is cold, captured in a CUDA graph (no launch gaps), replayed; the median over replays of the
 // time per launch. Inputs are random (never zeros). Prints a table and writes gemm.json + gemm.md to the folder
 // given as argv[1] (default "."). Correctness of our kernels is the job of tests/backends/gemm_w4a8_gpu_test.
@@ -17,12 +18,12 @@
 #include <string>
 #include <vector>
 
+#include "backends/cuda/fp8_gemm.h"
 #include "kernels/common/cuda_check.h"
 #include "kernels/gemm_w4a8/qgemm.h"
 
 namespace {
 
-using qs::kernels::QGemmVariant;
 
 #define CK(x) QS_CUDA_CHECK(x)
 #define CKB(x)                                                                                   \
@@ -141,10 +142,10 @@ struct Ctx {
   int sm_version;
 };
 
-double bench_ours(Ctx& c, QGemmVariant v, int m, int n, int k, int sm_version) {
+double bench_ours(Ctx& c, qs::WeightFormat v, int m, int n, int k, int sm_version) {
   Pool pool;
-  const size_t wbytes = v == QGemmVariant::kW8A8 ? size_t(n) * k : size_t(n) * k / 2;
-  const size_t sbytes = v == QGemmVariant::kW4A8G128 ? size_t(n) * (k / 128) * 2 : 0;
+  const size_t wbytes = v == qs::WeightFormat::kW8A8 ? size_t(n) * k : size_t(n) * k / 2;
+  const size_t sbytes = v == qs::WeightFormat::kW4A8G128 ? size_t(n) * (k / 128) * 2 : 0;
   const int copies = copies_for(wbytes + sbytes + size_t(m) * k);
   std::vector<qs::kernels::QGemmParams> ps(static_cast<size_t>(copies));
   const qs::kernels::QGemmPlan plan = qs::kernels::qgemm_plan(v, m, n, k, c.sms, sm_version);
@@ -260,6 +261,44 @@ double bench_lt(Ctx& c, bool fp8, int m, int n, int k) {
   return t;
 }
 
+// The FP8 engine path: cuda::Fp8Gemm (cuBLASLt with per-token x per-channel outer-vector scales), planned for m.
+double bench_fp8_rowwise(Ctx& c, int m, int n, int k) {
+  Pool pool;
+  const int copies = copies_for(size_t(n) * k + size_t(m) * k);
+  std::vector<void*> w(static_cast<size_t>(copies)), x(static_cast<size_t>(copies));
+  for (int i = 0; i < copies; ++i) {
+    w[size_t(i)] = pool.get(size_t(n) * k);
+    x[size_t(i)] = pool.get(size_t(m) * k);
+    fill(w[size_t(i)], size_t(n) * k, 3, 700 + i);
+    fill(x[size_t(i)], size_t(m) * k, 3, 800 + i);
+  }
+  auto* sx = static_cast<float*>(pool.get(size_t(m) * 4));
+  auto* sw = static_cast<float*>(pool.get(size_t(n) * 4));
+  std::vector<float> ones(size_t(std::max(m, n)), 1e-2f);
+  CK(cudaMemcpy(sx, ones.data(), size_t(m) * 4, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(sw, ones.data(), size_t(n) * 4, cudaMemcpyHostToDevice));
+  auto* y = static_cast<uint16_t*>(pool.get(size_t(m) * n * 2));
+  try {
+    qs::cuda::Fp8Gemm g(n, k, m);
+    void* ws = g.workspace_bytes() ? pool.get(g.workspace_bytes()) : nullptr;
+    return time_graph(c.s, copies, [&](int i) {
+      qs::cuda::Fp8GemmCall call;
+      call.m = m;
+      call.x = static_cast<const uint8_t*>(x[size_t(i)]);
+      call.sx = sx;
+      call.w = static_cast<const uint8_t*>(w[size_t(i)]);
+      call.sw = sw;
+      call.y = y;
+      const qs::Status st = g.run(call, ws, c.s);
+      if (!st.is_ok()) std::fprintf(stderr, "%s\n", st.message().c_str());
+      return st.is_ok();
+    });
+  } catch (const qs::Error& e) {
+    std::fprintf(stderr, "fp8 rowwise: %s\n", e.what());
+    return -1.0;
+  }
+}
+
 double copy_bandwidth(Ctx& c) {
   Pool pool;
   const size_t bytes = 1ull << 30;
@@ -300,37 +339,38 @@ int main(int argc, char** argv) {
   js << "{\"device\": \"" << prop.name << "\", \"copy_tbps\": " << bw << ", \"rows\": [\n";
   md << "Device: " << prop.name << " (" << c.sms << " SMs), copy bandwidth " << bw << " TB/s. Times in us (median, "
      << "cold L2, CUDA graph). TOP/s = 2MNK/t. W-BW = weight bytes / t (TB/s).\n\n"
-     << "| N | K | M | W4A8 pc | W4A8 g128 | W8A8 | pc (sm80 kernel) | cuBLAS FP16 | Lt INT8 | Lt FP8 | pc TOP/s | pc W-BW | FP16/pc | "
+     << "| N | K | M | W4A8 pc | W4A8 g128 | W8A8 | pc (sm80 kernel) | cuBLAS FP16 | Lt INT8 | Lt FP8 | FP8 rw | pc TOP/s | pc W-BW | FP16/pc | "
         "FP8/pc | pc/INT8 (TOP/s) | g128/pc (time) | W8A8 vs INT8 (speedup) |\n"
-     << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
-  std::printf("%6s %6s %5s | %8s %8s %8s %8s | %8s %8s %8s | %7s %6s | %6s %6s %6s %6s %6s\n", "N", "K", "M",
-              "pc_us", "g128_us", "w8a8_us", "pc80_us", "fp16_us", "int8_us", "fp8_us", "pcTOPs", "pcWBW", "f16/pc", "f8/pc", "pc/i8",
+     << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+  std::printf("%6s %6s %5s | %8s %8s %8s %8s | %8s %8s %8s %8s | %7s %6s | %6s %6s %6s %6s %6s\n", "N", "K", "M",
+              "pc_us", "g128_us", "w8a8_us", "pc80_us", "fp16_us", "int8_us", "fp8_us", "f8rw_us", "pcTOPs", "pcWBW", "f16/pc", "f8/pc", "pc/i8",
               "g/pc", "w8/i8");
   bool first = true;
   for (const auto& s : shapes) {
     const int n = s[0], k = s[1];
     for (int m : ms) {
-      const double t_pc = bench_ours(c, QGemmVariant::kW4A8PerChannel, m, n, k, c.sm_version);
-      const double t_g = bench_ours(c, QGemmVariant::kW4A8G128, m, n, k, c.sm_version);
-      const double t_w8 = bench_ours(c, QGemmVariant::kW8A8, m, n, k, c.sm_version);
-      const double t_pc80 = c.sm_version >= 90 ? bench_ours(c, QGemmVariant::kW4A8PerChannel, m, n, k, 80) : t_pc;
+      const double t_pc = bench_ours(c, qs::WeightFormat::kW4A8PerChannel, m, n, k, c.sm_version);
+      const double t_g = bench_ours(c, qs::WeightFormat::kW4A8G128, m, n, k, c.sm_version);
+      const double t_w8 = bench_ours(c, qs::WeightFormat::kW8A8, m, n, k, c.sm_version);
+      const double t_pc80 = c.sm_version >= 90 ? bench_ours(c, qs::WeightFormat::kW4A8PerChannel, m, n, k, 80) : t_pc;
       const double t_16 = bench_cublas_fp16(c, m, n, k);
       const double t_i8 = bench_lt(c, false, m, n, k);
       const double t_f8 = bench_lt(c, true, m, n, k);
+      const double t_f8rw = bench_fp8_rowwise(c, m, n, k);
       const double ops = 2.0 * m * double(n) * k;
       const double tops = ops / (t_pc * 1e-6) / 1e12;
       const double wbw = double(n) * k / 2 / (t_pc * 1e-6) / 1e12;
       std::printf(
-          "%6d %6d %5d | %8.1f %8.1f %8.1f %8.1f | %8.1f %8.1f %8.1f | %7.0f %6.2f | %6.2f %6.2f %6.2f %6.2f %6.2f\n", n,
-          k, m, t_pc, t_g, t_w8, t_pc80, t_16, t_i8, t_f8, tops, wbw, t_16 / t_pc, t_f8 / t_pc, t_i8 / t_pc,
+          "%6d %6d %5d | %8.1f %8.1f %8.1f %8.1f | %8.1f %8.1f %8.1f %8.1f | %7.0f %6.2f | %6.2f %6.2f %6.2f %6.2f %6.2f\n", n,
+          k, m, t_pc, t_g, t_w8, t_pc80, t_16, t_i8, t_f8, t_f8rw, tops, wbw, t_16 / t_pc, t_f8 / t_pc, t_i8 / t_pc,
                   t_g / t_pc, t_i8 / t_w8);
       std::fflush(stdout);
       md << "| " << n << " | " << k << " | " << m << " | " << t_pc << " | " << t_g << " | " << t_w8 << " | " << t_pc80 << " | " << t_16
-         << " | " << t_i8 << " | " << t_f8 << " | " << int(tops) << " | " << wbw << " | " << t_16 / t_pc << " | "
+         << " | " << t_i8 << " | " << t_f8 << " | " << t_f8rw << " | " << int(tops) << " | " << wbw << " | " << t_16 / t_pc << " | "
          << t_f8 / t_pc << " | " << t_i8 / t_pc << " | " << t_g / t_pc << " | " << t_i8 / t_w8 << " |\n";
       js << (first ? "" : ",\n") << "{\"n\": " << n << ", \"k\": " << k << ", \"m\": " << m << ", \"us\": {\"w4a8_pc\": "
          << t_pc << ", \"w4a8_g128\": " << t_g << ", \"w8a8\": " << t_w8 << ", \"w4a8_pc_sm80\": " << t_pc80 << ", \"cublas_fp16\": " << t_16
-         << ", \"cublaslt_int8\": " << t_i8 << ", \"cublaslt_fp8\": " << t_f8 << "}}";
+         << ", \"cublaslt_int8\": " << t_i8 << ", \"cublaslt_fp8\": " << t_f8 << ", \"fp8_rowwise\": " << t_f8rw << "}}";
       first = false;
     }
   }

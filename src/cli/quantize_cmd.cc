@@ -92,8 +92,8 @@ fs::path prepare_output(const std::string& out, bool force) {
 
 void run(Args a) {
   QoqOptions& opt = a.opt;
-  opt.variant = a.variant == "per-channel" ? qs::quant::WeightVariant::kW4PerChannel
-                                           : qs::quant::WeightVariant::kW4G128;
+  opt.variant = a.variant == "per-channel" ? qs::WeightFormat::kW4A8PerChannel
+                                           : qs::WeightFormat::kW4A8G128;
   if (a.rtn) {
     const QoqOptions r = QoqOptions::rtn(opt.variant);
     opt.rotate = r.rotate, opt.smooth_attn = r.smooth_attn, opt.smooth_down = r.smooth_down;

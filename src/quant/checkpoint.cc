@@ -13,22 +13,6 @@ namespace qs::quant {
 
 namespace fs = std::filesystem;
 
-const char* variant_name(WeightVariant v) {
-  switch (v) {
-    case WeightVariant::kW4PerChannel: return "per-channel";
-    case WeightVariant::kW4G128: return "g128";
-    case WeightVariant::kW8PerChannel: return "w8a8";
-  }
-  return "?";
-}
-
-WeightVariant parse_variant(const std::string& s) {
-  for (WeightVariant v : {WeightVariant::kW4PerChannel, WeightVariant::kW4G128, WeightVariant::kW8PerChannel})
-    if (s == variant_name(v)) return v;
-  QS_FAIL() << "unknown weight variant '" << s << "' (expected per-channel, g128 or w8a8)";
-  return WeightVariant::kW4G128;
-}
-
 namespace {
 
 Tensor to_f16(const Tensor& t, const std::string& name) {
@@ -72,10 +56,10 @@ void write_text_atomically(const fs::path& path, const std::string& text) {
 nlohmann::json meta_to_json(const CheckpointMeta& m) {
   nlohmann::json linears = nlohmann::json::object();
   for (const auto& [name, shape] : m.linears) linears[name] = shape;
-  const bool w4 = m.variant != WeightVariant::kW8PerChannel;
+  const bool w4 = m.variant != WeightFormat::kW8A8;
   return {{"format", kCheckpointFormatName},
           {"format_version", m.format_version},
-          {"variant", variant_name(m.variant)},
+          {"variant", weight_format_name(m.variant)},
           {"weight_bits", w4 ? 4 : 8},
           {"activation_bits", 8},
           {"kv_bits", m.kv_bits},
@@ -102,7 +86,7 @@ CheckpointMeta meta_from_json(const std::string& text, const std::string& where)
     QS_CHECK(m.format_version == kCheckpointFormatVersion)
         << where << ": unsupported format version " << m.format_version << " (this build reads version "
         << kCheckpointFormatVersion << ")";
-    m.variant = parse_variant(j.at("variant").get<std::string>());
+    m.variant = parse_weight_format(j.at("variant").get<std::string>());
     m.group_size = j.at("group_size").get<int>();
     m.protective_range = j.at("protective_range").get<int>();
     m.kv_bits = j.at("kv_bits").get<int>();
@@ -114,9 +98,9 @@ CheckpointMeta meta_from_json(const std::string& text, const std::string& where)
   } catch (const nlohmann::json::exception& e) {
     QS_FAIL() << where << ": malformed metadata (" << e.what() << ")";
   }
-  const bool g128 = m.variant == WeightVariant::kW4G128;
+  const bool g128 = m.variant == WeightFormat::kW4A8G128;
   QS_CHECK(m.group_size == (g128 ? fmt4::kGroupSize : 0))
-      << where << ": group size " << m.group_size << " does not match variant " << variant_name(m.variant);
+      << where << ": group size " << m.group_size << " does not match variant " << weight_format_name(m.variant);
   QS_CHECK(!g128 || (m.protective_range >= 1 && m.protective_range <= kProtectiveRange))
       << where << ": protective range " << m.protective_range << " is not in [1, " << kProtectiveRange
       << "]: its weights could overflow INT8 when dequantized";
@@ -130,16 +114,16 @@ CheckpointMeta meta_from_json(const std::string& text, const std::string& where)
 
 QuantizedCheckpointWriter::QuantizedCheckpointWriter(CheckpointMeta meta) : meta_(std::move(meta)) {
   meta_.format_version = kCheckpointFormatVersion;
-  meta_.group_size = meta_.variant == WeightVariant::kW4G128 ? fmt4::kGroupSize : 0;
-  if (meta_.variant != WeightVariant::kW4G128) meta_.protective_range = 0;
+  meta_.group_size = meta_.variant == WeightFormat::kW4A8G128 ? fmt4::kGroupSize : 0;
+  if (meta_.variant != WeightFormat::kW4A8G128) meta_.protective_range = 0;
   else if (meta_.protective_range == 0) meta_.protective_range = kProtectiveRange;
   QS_CHECK(meta_.kv_bits == 4 || meta_.kv_bits == 16) << "kv_bits " << meta_.kv_bits << " is not 4 or 16";
   meta_.linears.clear();
 }
 
-void QuantizedCheckpointWriter::begin_linear(const std::string& name, WeightVariant v, int64_t n, int64_t k) {
-  QS_CHECK(v == meta_.variant) << "linear '" << name << "' is " << variant_name(v) << " but the checkpoint is "
-                               << variant_name(meta_.variant);
+void QuantizedCheckpointWriter::begin_linear(const std::string& name, WeightFormat v, int64_t n, int64_t k) {
+  QS_CHECK(v == meta_.variant) << "linear '" << name << "' is " << weight_format_name(v) << " but the checkpoint is "
+                               << weight_format_name(meta_.variant);
   QS_CHECK(!meta_.linears.count(name)) << "linear '" << name << "' added twice";
   meta_.linears[name] = {n, k};
 }
@@ -153,7 +137,7 @@ void QuantizedCheckpointWriter::add_bias(const std::string& name, const Tensor& 
 
 void QuantizedCheckpointWriter::add_linear(const std::string& name, const W4PerChannelWeight& w, const Tensor& bias) {
   const int64_t n = w.qweight.dim(0), k = w.qweight.dim(1) * 2;
-  begin_linear(name, WeightVariant::kW4PerChannel, n, k);
+  begin_linear(name, WeightFormat::kW4A8PerChannel, n, k);
   writer_.add(name + ".qweight", w.qweight);
   writer_.add(name + ".scale", w.scale);
   writer_.add(name + ".szero", w.szero);
@@ -162,7 +146,7 @@ void QuantizedCheckpointWriter::add_linear(const std::string& name, const W4PerC
 
 void QuantizedCheckpointWriter::add_linear(const std::string& name, const W4G128Weight& w, const Tensor& bias) {
   const int64_t n = w.qweight.dim(0), k = w.qweight.dim(1) * 2;
-  begin_linear(name, WeightVariant::kW4G128, n, k);
+  begin_linear(name, WeightFormat::kW4A8G128, n, k);
   QS_CHECK(w.protective_range == meta_.protective_range)
       << "linear '" << name << "' was quantized with protective range " << w.protective_range
       << " but the checkpoint records " << meta_.protective_range;
@@ -175,7 +159,7 @@ void QuantizedCheckpointWriter::add_linear(const std::string& name, const W4G128
 
 void QuantizedCheckpointWriter::add_linear(const std::string& name, const Int8ChannelWeight& w, const Tensor& bias) {
   const int64_t n = w.qweight.dim(0), k = w.qweight.dim(1);
-  begin_linear(name, WeightVariant::kW8PerChannel, n, k);
+  begin_linear(name, WeightFormat::kW8A8, n, k);
   writer_.add(name + ".qweight", w.qweight);
   writer_.add(name + ".scale", w.scale);
   add_bias(name, bias, n);
@@ -247,7 +231,7 @@ StoredLinear QuantizedCheckpoint::linear(const std::string& name) const {
     return store_.get(full);
   };
   switch (l.variant) {
-    case WeightVariant::kW4PerChannel:
+    case WeightFormat::kW4A8PerChannel:
       QS_CHECK(k % 2 == 0) << "linear '" << name << "': K = " << k << " is odd";
       l.qweight = get(".qweight");
       expect_tensor(l.qweight, DType::U8, {n, k / 2}, name + ".qweight");
@@ -260,7 +244,7 @@ StoredLinear QuantizedCheckpoint::linear(const std::string& name) const {
                  std::isfinite(fp16_to_float(l.szero.data<uint16_t>()[i])))
             << "linear '" << name << "': non-finite scale or zero for channel " << i;
       break;
-    case WeightVariant::kW4G128: {
+    case WeightFormat::kW4A8G128: {
       QS_CHECK(k % fmt4::kGroupSize == 0) << "linear '" << name << "': K = " << k << " is not a multiple of 128";
       const int64_t ng = k / fmt4::kGroupSize;
       l.qweight = get(".qweight");
@@ -282,7 +266,7 @@ StoredLinear QuantizedCheckpoint::linear(const std::string& name) const {
             << "linear '" << name << "': non-finite s1 for channel " << i;
       break;
     }
-    case WeightVariant::kW8PerChannel:
+    case WeightFormat::kW8A8:
       l.qweight = get(".qweight");
       expect_tensor(l.qweight, DType::I8, {n, k}, name + ".qweight");
       l.scale = get(".scale");
@@ -298,9 +282,9 @@ StoredLinear QuantizedCheckpoint::linear(const std::string& name) const {
 
 Tensor StoredLinear::dequantize() const {
   switch (variant) {
-    case WeightVariant::kW4PerChannel: return quant::dequantize(W4PerChannelWeight{qweight, scale, szero, Tensor()});
-    case WeightVariant::kW4G128: return quant::dequantize(W4G128Weight{qweight, s1, s2, zn, Tensor(), 0});
-    case WeightVariant::kW8PerChannel: return quant::dequantize(Int8ChannelWeight{qweight, scale, Tensor()});
+    case WeightFormat::kW4A8PerChannel: return quant::dequantize(W4PerChannelWeight{qweight, scale, szero, Tensor()});
+    case WeightFormat::kW4A8G128: return quant::dequantize(W4G128Weight{qweight, s1, s2, zn, Tensor(), 0});
+    case WeightFormat::kW8A8: return quant::dequantize(Int8ChannelWeight{qweight, scale, Tensor()});
   }
   return Tensor();
 }

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "formats/kinds.h"
 #include "io/safetensors.h"
 #include "quant/weight_quant.h"
 
@@ -32,13 +33,10 @@ constexpr const char* kCheckpointFormatName = "qserve-quantized";
 constexpr const char* kCheckpointMetadataKey = "qserve";
 constexpr const char* kCheckpointFileName = "model.safetensors";
 
-enum class WeightVariant : uint8_t { kW4PerChannel, kW4G128, kW8PerChannel };
-const char* variant_name(WeightVariant v);                // "per-channel", "g128", "w8a8"
-WeightVariant parse_variant(const std::string& s);        // throws for an unknown name
 
 struct CheckpointMeta {
   int format_version = kCheckpointFormatVersion;
-  WeightVariant variant = WeightVariant::kW4G128;
+  WeightFormat variant = WeightFormat::kW4A8G128;
   int group_size = 0;        // 128 for g128, 0 otherwise (derived from variant when writing)
   int protective_range = 0;  // g128 only (kProtectiveRange), 0 otherwise
   int kv_bits = 4;           // 4: KV4 cache; 16: FP16 KV (ablations)
@@ -50,7 +48,7 @@ struct CheckpointMeta {
 
 // One stored quantized linear. Unused fields are undefined Tensors.
 struct StoredLinear {
-  WeightVariant variant = WeightVariant::kW4G128;
+  WeightFormat variant = WeightFormat::kW4A8G128;
   int64_t n = 0, k = 0;
   Tensor qweight;  // U8 [N, K/2] (W4) or I8 [N, K] (W8A8)
   Tensor scale;    // F16 [N]: per-channel W4 and W8A8
@@ -78,7 +76,7 @@ class QuantizedCheckpointWriter {
 
  private:
   void add_bias(const std::string& name, const Tensor& bias, int64_t n);
-  void begin_linear(const std::string& name, WeightVariant v, int64_t n, int64_t k);
+  void begin_linear(const std::string& name, WeightFormat v, int64_t n, int64_t k);
   CheckpointMeta meta_;
   io::SafetensorsWriter writer_;
 };

@@ -1,6 +1,7 @@
 // Tests of the exact reference GEMMs (backends/ref_cpu/gemm_w4a8): a hand-checked tiny case per variant, the g128
 // byte-wraparound dequantization, and random problems against a double-precision matmul of the dequantized
 // operands (the INT32 accumulators against an independent int64 dot product).
+#include <algorithm>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -13,7 +14,6 @@
 namespace qs {
 namespace {
 
-using ref_cpu::QGemmVariant;
 using ::testing::HasSubstr;
 
 TEST(GemmRef, PerChannelHandChecked) {
@@ -24,7 +24,7 @@ TEST(GemmRef, PerChannelHandChecked) {
   const int8_t xq[] = {1, -2, 3, -4};
   const uint16_t sx[] = {float_to_fp16(2.0f)};
   const uint16_t xsum[] = {float_to_fp16(-4.0f)};  // 2 * (1 - 2 + 3 - 4)
-  ref_cpu::QGemmWeights w{QGemmVariant::kW4A8PerChannel, 2, 4, q, s, sz, nullptr, nullptr};
+  ref_cpu::QGemmWeights w{WeightFormat::kW4A8PerChannel, 2, 4, q, s, sz, nullptr, nullptr};
   ref_cpu::QGemmActs x{1, xq, sx, xsum};
   float y[2];
   int32_t acc[2];
@@ -53,7 +53,7 @@ TEST(GemmRef, G128DequantWrapsLikeTheGpu) {
   const int8_t zn[] = {-128};
   std::vector<int8_t> xq(128, 1);
   const uint16_t sx[] = {float_to_fp16(0.5f)};
-  ref_cpu::QGemmWeights w{QGemmVariant::kW4A8G128, 1, 128, q.data(), s1, nullptr, s2, zn};
+  ref_cpu::QGemmWeights w{WeightFormat::kW4A8G128, 1, 128, q.data(), s1, nullptr, s2, zn};
   float y;
   int32_t acc;
   ref_cpu::qgemm(w, {1, xq.data(), sx, nullptr}, {}, &y, &acc);
@@ -66,7 +66,7 @@ TEST(GemmRef, W8A8HandChecked) {
   const uint16_t sw[] = {float_to_fp16(0.5f), float_to_fp16(2.0f)};
   const int8_t xq[] = {3, -7};
   const uint16_t sx[] = {float_to_fp16(0.25f)};
-  ref_cpu::QGemmWeights w{QGemmVariant::kW8A8, 2, 2, reinterpret_cast<const uint8_t*>(wq), sw, nullptr, nullptr,
+  ref_cpu::QGemmWeights w{WeightFormat::kW8A8, 2, 2, reinterpret_cast<const uint8_t*>(wq), sw, nullptr, nullptr,
                           nullptr};
   float y[2];
   int32_t acc[2];
@@ -77,7 +77,7 @@ TEST(GemmRef, W8A8HandChecked) {
   EXPECT_FLOAT_EQ(y[1], 321 * 2.0f * 0.25f);
 }
 
-class GemmRefRandom : public ::testing::TestWithParam<QGemmVariant> {};
+class GemmRefRandom : public ::testing::TestWithParam<WeightFormat> {};
 
 TEST_P(GemmRefRandom, MatchesDoubleMatmulOfDequantizedOperands) {
   for (const auto& [m, n, k] : {std::tuple<int64_t, int64_t, int64_t>{1, 16, 128}, {3, 40, 256}, {17, 33, 384}}) {
@@ -105,7 +105,7 @@ TEST_P(GemmRefRandom, MatchesDoubleMatmulOfDequantizedOperands) {
         // Per-channel: the reference removes the zero through the FP16-rounded xsum (relative error 2^-11 of
         // sz*|xsum|), and dequantize_weights rounds q*s - sz to fp32; the rest is fp32 rounding (~1e-6 rel).
         double tol = 1e-5 * (mag + std::fabs(d)) + 1e-5;
-        if (GetParam() == QGemmVariant::kW4A8PerChannel)
+        if (GetParam() == WeightFormat::kW4A8PerChannel)
           tol += std::fabs(fp16_to_float(p.szero[size_t(j)]) * fp16_to_float(p.xsum[size_t(i)])) * std::ldexp(1.0, -11);
         ASSERT_NEAR(y[size_t(i * n + j)], d, tol) << "at (" << i << ", " << j << ")";
       }
@@ -114,12 +114,16 @@ TEST_P(GemmRefRandom, MatchesDoubleMatmulOfDequantizedOperands) {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllVariants, GemmRefRandom,
-                         ::testing::Values(QGemmVariant::kW4A8PerChannel, QGemmVariant::kW4A8G128,
-                                           QGemmVariant::kW8A8),
-                         [](const auto& info) { return std::string(ref_cpu::qgemm_variant_name(info.param)); });
+                         ::testing::Values(WeightFormat::kW4A8PerChannel, WeightFormat::kW4A8G128,
+                                           WeightFormat::kW8A8),
+                         [](const auto& info) {
+                           std::string s = weight_format_name(info.param);
+                           std::replace(s.begin(), s.end(), '-', '_');  // gtest names: [A-Za-z0-9_]
+                           return s;
+                         });
 
 TEST(GemmRef, RejectsBadInput) {
-  const auto p = test::make_qgemm_problem(QGemmVariant::kW4A8G128, 2, 8, 128, 7);
+  const auto p = test::make_qgemm_problem(WeightFormat::kW4A8G128, 2, 8, 128, 7);
   auto w = p.weights();
   float y[16];
   w.k = 64;
@@ -129,7 +133,7 @@ TEST(GemmRef, RejectsBadInput) {
   } catch (const Error& e) {
     EXPECT_THAT(e.what(), HasSubstr("multiple of the group size"));
   }
-  auto pc = test::make_qgemm_problem(QGemmVariant::kW4A8PerChannel, 2, 8, 128, 7);
+  auto pc = test::make_qgemm_problem(WeightFormat::kW4A8PerChannel, 2, 8, 128, 7);
   auto x = pc.acts();
   x.sum = nullptr;
   EXPECT_THAT([&] { ref_cpu::qgemm(pc.weights(), x, {}, y); },

@@ -17,7 +17,7 @@
 namespace qs::test {
 
 struct QGemmProblem {
-  ref_cpu::QGemmVariant variant;
+  WeightFormat variant;
   int64_t m, n, k;
   std::vector<uint8_t> q;  // packed W4 [n, k/2] or INT8 [n, k]
   std::vector<uint16_t> scale, szero;
@@ -45,23 +45,23 @@ struct QGemmProblem {
   }
 };
 
-inline QGemmProblem make_qgemm_problem(ref_cpu::QGemmVariant v, int64_t m, int64_t n, int64_t k, uint64_t seed,
+inline QGemmProblem make_qgemm_problem(WeightFormat v, int64_t m, int64_t n, int64_t k, uint64_t seed,
                                        bool with_bias = false, bool with_residual = false) {
   QGemmProblem p{v, m, n, k, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}};
   std::mt19937_64 rng(seed);
   auto uni = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
   auto fp16u = [&](float lo, float hi) { return float_to_fp16(std::uniform_real_distribution<float>(lo, hi)(rng)); };
-  const bool w4 = v != ref_cpu::QGemmVariant::kW8A8;
+  const bool w4 = v != WeightFormat::kW8A8;
   p.q.resize(size_t(w4 ? n * k / 2 : n * k));
   for (auto& b : p.q) b = uint8_t(w4 ? uni(0, 255) : uint8_t(int8_t(uni(-127, 127))));
   p.scale.resize(size_t(n));
   for (auto& s : p.scale) s = fp16u(0.5e-3f, 2e-3f);
-  if (v == ref_cpu::QGemmVariant::kW4A8PerChannel) {
+  if (v == WeightFormat::kW4A8PerChannel) {
     p.szero.resize(size_t(n));
     for (int64_t i = 0; i < n; ++i)
       p.szero[size_t(i)] = float_to_fp16(float(uni(0, 15)) * fp16_to_float(p.scale[size_t(i)]));
   }
-  if (v == ref_cpu::QGemmVariant::kW4A8G128) {
+  if (v == WeightFormat::kW4A8G128) {
     const int64_t ng = n * (k / fmt4::kGroupSize);
     p.s2.resize(size_t(ng));
     p.zn.resize(size_t(ng));
@@ -81,7 +81,7 @@ inline QGemmProblem make_qgemm_problem(ref_cpu::QGemmVariant v, int64_t m, int64
     p.sx[size_t(i)] = r.scale;
     p.xsum[size_t(i)] = r.sum;
   }
-  if (v != ref_cpu::QGemmVariant::kW4A8PerChannel) p.xsum.clear();
+  if (v != WeightFormat::kW4A8PerChannel) p.xsum.clear();
   if (with_bias) {
     p.bias.resize(size_t(n));
     for (auto& b : p.bias) b = fp16u(-1.0f, 1.0f);

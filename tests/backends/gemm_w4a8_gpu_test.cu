@@ -5,6 +5,7 @@
 // round-to-nearest-even). Awkward M (1, 3, 17, 67, 257, 1000), every tile config, forced split-K, the
 // Llama-3-8B and Llama-2-70B linear shapes; outputs poisoned (NaN) before each launch, so an unwritten element
 // fails; no NaN anywhere. Skips without a GPU.
+#include <algorithm>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -17,73 +18,53 @@
 #include "backends/gemm_test_data.h"
 #include "backends/ref_cpu/gemm_w4a8.h"
 #include "kernels/common/cuda_check.h"
+#include "kernels/common/device_buffer.h"
 #include "kernels/common/guards.h"
 #include "kernels/gemm_w4a8/qgemm_kernel.cuh"
 
 namespace qs {
 namespace {
 
-using ref_cpu::QGemmVariant;
 using ::testing::HasSubstr;
-
-template <typename T>
-struct DevBuf {
-  T* p = nullptr;
-  size_t n = 0;
-  explicit DevBuf(size_t count) : n(count) {
-    if (count) QS_CUDA_CHECK(cudaMalloc(&p, count * sizeof(T)));
-  }
-  DevBuf(const std::vector<T>& h) : DevBuf(h.size()) {
-    if (n) QS_CUDA_CHECK(cudaMemcpy(p, h.data(), n * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  ~DevBuf() {
-    if (p) cudaFree(p);
-  }
-  std::vector<T> get() const {
-    std::vector<T> h(n);
-    if (n) QS_CUDA_CHECK(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
-    return h;
-  }
-};
 
 // Runs one problem on the GPU with a given plan override and checks INT32 and FP16 results against the reference.
 void check_problem(const test::QGemmProblem& pr, int splits_override, int config_override = -1) {
   const int64_t m = pr.m, n = pr.n;
-  SCOPED_TRACE(testing::Message() << ref_cpu::qgemm_variant_name(pr.variant) << " m=" << m << " n=" << n
+  SCOPED_TRACE(testing::Message() << weight_format_name(pr.variant) << " m=" << m << " n=" << n
                                   << " k=" << pr.k << " splits=" << splits_override << " config=" << config_override);
   std::vector<float> ref(size_t(m * n));
   std::vector<int32_t> ref_acc(size_t(m * n));
   ref_cpu::qgemm(pr.weights(), pr.acts(), pr.epilogue(), ref.data(), ref_acc.data());
 
   const cuda::QGemmDeviceWeights w = cuda::QGemmDeviceWeights::upload(pr.weights());
-  DevBuf<int8_t> x(pr.xq);
-  DevBuf<uint16_t> sx(pr.sx), xsum(pr.xsum), bias(pr.bias), residual(pr.residual);
-  DevBuf<uint16_t> y(size_t(m * n));
-  DevBuf<int32_t> acc(size_t(m * n));
-  DevBuf<int> bad(1);
+  DeviceBuffer<int8_t> x(pr.xq);
+  DeviceBuffer<uint16_t> sx(pr.sx), xsum(pr.xsum), bias(pr.bias), residual(pr.residual);
+  DeviceBuffer<uint16_t> y(size_t(m * n));
+  DeviceBuffer<int32_t> acc(size_t(m * n));
+  DeviceBuffer<int> bad(1);
   kernels::QGemmPlan plan = w.plan(int(m), splits_override);
   if (config_override >= 0) {
     // Another config has another tile count: leave room for its split-K counters.
     plan = kernels::QGemmPlan{config_override, plan.splits, plan.workspace_bytes + (plan.splits > 1 ? 65536 : 0)};
   }
-  DevBuf<uint8_t> ws(plan.workspace_bytes);
-  if (ws.n) QS_CUDA_CHECK(cudaMemset(ws.p, 0, ws.n));  // once: the kernels leave the split-K counters zeroed
+  DeviceBuffer<uint8_t> ws(plan.workspace_bytes);
+  if (ws.size()) QS_CUDA_CHECK(cudaMemset(ws.get(), 0, ws.size()));  // once: the kernels leave the split-K counters zeroed
   cuda::QGemmCall call;
   call.m = int(m);
-  call.x = x.p;
-  call.sx = sx.p;
-  call.xsum = xsum.p;
-  call.bias = bias.p;
-  call.residual = residual.p;
-  call.workspace = ws.p;
+  call.x = x.get();
+  call.sx = sx.get();
+  call.xsum = xsum.get();
+  call.bias = bias.get();
+  call.residual = residual.get();
+  call.workspace = ws.get();
 
   // 1) INT32 accumulators, bit-exact. Poison with 0x7f7f7f7f first.
-  QS_CUDA_CHECK(cudaMemset(acc.p, 0x7f, acc.n * sizeof(int32_t)));
-  call.acc_out = acc.p;
+  QS_CUDA_CHECK(cudaMemset(acc.get(), 0x7f, acc.size() * sizeof(int32_t)));
+  call.acc_out = acc.get();
   const Status st_acc = w.run(plan, call, nullptr);
   ASSERT_TRUE(st_acc.is_ok()) << st_acc.message();
   QS_CUDA_CHECK(cudaDeviceSynchronize());
-  const std::vector<int32_t> got_acc = acc.get();
+  const std::vector<int32_t> got_acc = acc.download();
   int64_t acc_bad = 0;
   for (size_t i = 0; i < got_acc.size(); ++i)
     if (got_acc[i] != ref_acc[i] && acc_bad++ < 5)
@@ -92,14 +73,14 @@ void check_problem(const test::QGemmProblem& pr, int splits_override, int config
 
   // 2) FP16 output, poisoned with NaN before the launch.
   call.acc_out = nullptr;
-  call.y = y.p;
-  ASSERT_TRUE(kernels::poison_f16(y.p, int64_t(y.n), nullptr).is_ok());
+  call.y = y.get();
+  ASSERT_TRUE(kernels::poison_f16(y.get(), int64_t(y.size()), nullptr).is_ok());
   const Status st = w.run(plan, call, nullptr);
   ASSERT_TRUE(st.is_ok()) << st.message();
-  ASSERT_TRUE(kernels::count_nonfinite_f16(y.p, int64_t(y.n), bad.p, nullptr).is_ok());
+  ASSERT_TRUE(kernels::count_nonfinite_f16(y.get(), int64_t(y.size()), bad.get(), nullptr).is_ok());
   QS_CUDA_CHECK(cudaDeviceSynchronize());
-  EXPECT_EQ(bad.get()[0], 0) << "non-finite or unwritten outputs";
-  const std::vector<uint16_t> got = y.get();
+  EXPECT_EQ(bad.download()[0], 0) << "non-finite or unwritten outputs";
+  const std::vector<uint16_t> got = y.download();
   int64_t y_bad = 0;
   for (size_t i = 0; i < got.size(); ++i) {
     const uint16_t want = float_to_fp16(ref[i]);
@@ -125,7 +106,7 @@ std::vector<int> runnable_configs() {
   return c;
 }
 
-class QGemmGpu : public ::testing::TestWithParam<QGemmVariant> {};
+class QGemmGpu : public ::testing::TestWithParam<WeightFormat> {};
 
 TEST_P(QGemmGpu, AwkwardTokenCountsEveryConfig) {
   QS_REQUIRE_GPU();
@@ -145,19 +126,19 @@ TEST_P(QGemmGpu, SplitKFactors) {
 
 TEST(QGemmGpuPlan, HopperGetsTheWgmmaKernelAbove16Tokens) {
   for (int m : {17, 33, 64, 65, 300, 4096}) {
-    const auto plan = kernels::qgemm_plan(kernels::QGemmVariant::kW4A8G128, m, 4096, 4096, 132, 90);
+    const auto plan = kernels::qgemm_plan(WeightFormat::kW4A8G128, m, 4096, 4096, 132, 90);
     EXPECT_TRUE(kernels::qgemm_config_is_sm90(plan.config)) << m << " " << kernels::qgemm_config_name(plan.config);
-    const auto old = kernels::qgemm_plan(kernels::QGemmVariant::kW4A8G128, m, 4096, 4096, 108, 80);
+    const auto old = kernels::qgemm_plan(WeightFormat::kW4A8G128, m, 4096, 4096, 108, 80);
     EXPECT_FALSE(kernels::qgemm_config_is_sm90(old.config));
   }
   // m <= 16: the mma.sync kernel (measured faster on H100), split over K to fill the GPU.
-  const auto small = kernels::qgemm_plan(kernels::QGemmVariant::kW4A8PerChannel, 1, 4096, 4096, 132, 90);
+  const auto small = kernels::qgemm_plan(WeightFormat::kW4A8PerChannel, 1, 4096, 4096, 132, 90);
   EXPECT_FALSE(kernels::qgemm_config_is_sm90(small.config));
   EXPECT_GT(small.splits, 1);
   // Workspace = INT32 partials (splits x m x n) + 256-byte-aligned per-tile counters (64 tiles of 64 channels).
   EXPECT_EQ(small.workspace_bytes, size_t(small.splits) * 4096 * 4 + 256);
   // A full wave of tiles is not split.
-  EXPECT_EQ(kernels::qgemm_plan(kernels::QGemmVariant::kW8A8, 1024, 4096, 4096, 132, 90).splits, 1);
+  EXPECT_EQ(kernels::qgemm_plan(WeightFormat::kW8A8, 1024, 4096, 4096, 132, 90).splits, 1);
 }
 
 TEST_P(QGemmGpu, ModelShapes) {
@@ -174,9 +155,13 @@ TEST_P(QGemmGpu, ModelShapes) {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllVariants, QGemmGpu,
-                         ::testing::Values(QGemmVariant::kW4A8PerChannel, QGemmVariant::kW4A8G128,
-                                           QGemmVariant::kW8A8),
-                         [](const auto& info) { return std::string(ref_cpu::qgemm_variant_name(info.param)); });
+                         ::testing::Values(WeightFormat::kW4A8PerChannel, WeightFormat::kW4A8G128,
+                                           WeightFormat::kW8A8),
+                         [](const auto& info) {
+                           std::string s = weight_format_name(info.param);
+                           std::replace(s.begin(), s.end(), '-', '_');  // gtest names: [A-Za-z0-9_]
+                           return s;
+                         });
 
 // The kernels' packed g128 dequantization (host-callable) equals formats.h for every in-range combination: all
 // s2, all zn in [-128, 0], four different nibbles a word (so a carry between bytes would show).
@@ -206,27 +191,27 @@ TEST(QGemmDequant, G128PackedMultiplyAddMatchesFormatsExhaustively) {
 
 TEST(QGemmGpuErrors, BadShapesAndPointers) {
   QS_REQUIRE_GPU();
-  auto pr = test::make_qgemm_problem(QGemmVariant::kW8A8, 2, 24, 128, 3);
+  auto pr = test::make_qgemm_problem(WeightFormat::kW8A8, 2, 24, 128, 3);
   EXPECT_THAT([&] { cuda::QGemmDeviceWeights::upload(pr.weights()); },
               ::testing::ThrowsMessage<Error>(HasSubstr("needs N % 16 == 0")));
   kernels::QGemmParams p;
-  p.variant = kernels::QGemmVariant::kW8A8;
+  p.variant = WeightFormat::kW8A8;
   p.m = 4;
   p.n = 32;
   p.k = 200;
   EXPECT_THAT(kernels::qgemm_run(p, {}, nullptr).message(), HasSubstr("multiple of 128"));
   p.k = 256;
   EXPECT_THAT(kernels::qgemm_run(p, {}, nullptr).message(), HasSubstr("required pointer"));
-  auto pc = test::make_qgemm_problem(QGemmVariant::kW4A8PerChannel, 20, 64, 1024, 3);
+  auto pc = test::make_qgemm_problem(WeightFormat::kW4A8PerChannel, 20, 64, 1024, 3);
   const auto w = cuda::QGemmDeviceWeights::upload(pc.weights());
-  DevBuf<int8_t> x(pc.xq);
-  DevBuf<uint16_t> sx(pc.sx), xs(pc.xsum), y(size_t(20 * 64));
+  DeviceBuffer<int8_t> x(pc.xq);
+  DeviceBuffer<uint16_t> sx(pc.sx), xs(pc.xsum), y(size_t(20 * 64));
   cuda::QGemmCall call;
   call.m = 20;
-  call.x = x.p;
-  call.sx = sx.p;
-  call.xsum = xs.p;
-  call.y = y.p;
+  call.x = x.get();
+  call.sx = sx.get();
+  call.xsum = xs.get();
+  call.y = y.get();
   EXPECT_THAT(w.run(w.plan(20, 4), call, nullptr).message(), HasSubstr("needs a workspace"));
   call.xsum = nullptr;
   EXPECT_THAT(w.run(w.plan(20, 1), call, nullptr).message(), HasSubstr("needs xsum"));

@@ -13,7 +13,6 @@ namespace qs {
 namespace {
 
 using qs::KvDType;
-using test::DevBuf;
 
 TEST(AttentionBackend, CacheWriteThenDecodeMatchesReference) {
   QS_REQUIRE_GPU();
@@ -23,9 +22,9 @@ TEST(AttentionBackend, CacheWriteThenDecodeMatchesReference) {
   cuda::PagedKvCache cache(2, pb.num_pages, pb.layout);
   EXPECT_EQ(cache.k_pool(1) - cache.k_pool(0), pb.num_pages * pb.layout.page_bytes());
   EXPECT_EQ(cache.v_pool(0) - cache.k_pool(0), 2 * pb.num_pages * pb.layout.page_bytes());
-  DevBuf<uint16_t> qkv(pb.qkv), qo(pb.q_roped.size());
-  DevBuf<int32_t> pos(pb.positions), slots(pb.slots), bt(pb.block_table), lens(ctx);
-  DevBuf<float> inv(pb.inv_freq);
+  DeviceBuffer<uint16_t> qkv(pb.qkv), qo(pb.q_roped.size());
+  DeviceBuffer<int32_t> pos(pb.positions), slots(pb.slots), bt(pb.block_table), lens(ctx);
+  DeviceBuffer<float> inv(pb.inv_freq);
   kernels::KvWriteParams w = pb.write_params();
   w.qkv = qkv.get(); w.positions = pos.get(); w.slot_mapping = slots.get(); w.inv_freq = inv.get();
   w.q_out = qo.get(); w.k_out = nullptr; w.v_out = nullptr;
@@ -33,7 +32,7 @@ TEST(AttentionBackend, CacheWriteThenDecodeMatchesReference) {
   ASSERT_TRUE(kernels::kv_cache_write(w, 0).is_ok());
 
   const auto q = test::last_token_queries(pb);
-  DevBuf<uint16_t> dq(q), out(q.size());
+  DeviceBuffer<uint16_t> dq(q), out(q.size());
   test::poison(out);
   cuda::DecodeAttention attn;
   attn.plan(int32_t(ctx.size()), hq, pb.layout, 1000);

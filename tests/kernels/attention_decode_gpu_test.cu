@@ -1,4 +1,4 @@
-// GPU tests of the fused RoPE + KV write (bit-exact against the reference, KV4 and FP16) and of decode attention
+// GPU tests of the fused RoPE + KV write (bit-exact against the reference, KV4, FP16 and FP8) and of decode attention
 // over the paged cache (against the double-precision reference; paged with page 16 == page 64; batched ==
 // request by request; split == unsplit up to fp32 merge rounding). Awkward contexts 1, 63, 64, 65, 1000 mixed in
 // one batch; GQA 1, 2, 4, 7, 8, 16; head_dim 64 and 128.
@@ -6,7 +6,9 @@
 // Tolerance (normalized error vs the fp64 reference on the same dequantized cache): the kernel rounds each
 // dequantized K/V element to fp16 (2^-11 relative) after an hfma2 whose addend -zero*scale is itself fp16
 // (2^-11 of |zero*scale|, a per-token offset up to ~|min| of the group), rounds P to fp16 and the output to fp16:
-// a few 1e-3 in total; bound 1e-2. The FP16 cache has only the P and output roundings: bound 4e-3.
+// a few 1e-3 in total; bound 1e-2. The FP16 cache has only the P and output roundings: bound 4e-3. The FP8 cache
+// converts e4m3 to fp16 exactly and applies the scales in fp32, so it has the same roundings (P x 256 x V scale
+// instead of P): bound 4e-3.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -21,20 +23,19 @@ namespace {
 
 using kernels::KvCacheLayout;
 using qs::KvDType;
-using test::DevBuf;
 using test::PagedBatch;
 
 const std::vector<int32_t> kMixed = {1, 63, 64, 65, 1000, 17, 300};
 
 // Runs the GPU write on pb's inputs into fresh pools and returns them (and checks q/k/v outputs bit-exact).
 struct GpuCache {
-  std::unique_ptr<DevBuf<uint8_t>> k, v;
+  std::unique_ptr<DeviceBuffer<uint8_t>> k, v;
 };
 GpuCache gpu_write(PagedBatch& pb) {
-  DevBuf<uint16_t> qkv(pb.qkv), q(pb.q_roped.size()), k(pb.k_roped.size()), v(pb.v_copy.size());
-  DevBuf<int32_t> pos(pb.positions), slots(pb.slots);
-  DevBuf<float> inv(pb.inv_freq);
-  GpuCache c{std::make_unique<DevBuf<uint8_t>>(pb.k_pool.size()), std::make_unique<DevBuf<uint8_t>>(pb.v_pool.size())};
+  DeviceBuffer<uint16_t> qkv(pb.qkv), q(pb.q_roped.size()), k(pb.k_roped.size()), v(pb.v_copy.size());
+  DeviceBuffer<int32_t> pos(pb.positions), slots(pb.slots);
+  DeviceBuffer<float> inv(pb.inv_freq);
+  GpuCache c{std::make_unique<DeviceBuffer<uint8_t>>(pb.k_pool.size()), std::make_unique<DeviceBuffer<uint8_t>>(pb.v_pool.size())};
   c.k->fill_bytes(0xA5);
   c.v->fill_bytes(0xA5);
   test::poison(q), test::poison(k), test::poison(v);
@@ -66,7 +67,8 @@ TEST_P(KvWriteGpu, BitExactWithReference) {
 INSTANTIATE_TEST_SUITE_P(Shapes, KvWriteGpu,
                          ::testing::Values(std::tuple{16, 128, KvDType::kKv4}, std::tuple{64, 128, KvDType::kKv4},
                                            std::tuple{64, 64, KvDType::kKv4}, std::tuple{16, 64, KvDType::kFp16},
-                                           std::tuple{64, 128, KvDType::kFp16}));
+                                           std::tuple{64, 128, KvDType::kFp16}, std::tuple{16, 128, KvDType::kFp8},
+                                           std::tuple{64, 64, KvDType::kFp8}));
 
 TEST(KvWriteGpu, BadShapeIsAnError) {
   QS_REQUIRE_GPU();
@@ -85,12 +87,12 @@ struct DecodeRun {
 };
 
 // Decode on the GPU from a cache in device memory. `sms` steers the plan (few SMs -> no split).
-DecodeRun gpu_decode(PagedBatch& pb, const DevBuf<uint8_t>& kp, const DevBuf<uint8_t>& vp,
+DecodeRun gpu_decode(PagedBatch& pb, const DeviceBuffer<uint8_t>& kp, const DeviceBuffer<uint8_t>& vp,
                      const std::vector<uint16_t>& q, const std::vector<int32_t>& ctx, const std::vector<int32_t>& bt,
                      const kernels::DecodePlan& plan) {
-  DevBuf<uint16_t> dq(q), out(q.size());
-  DevBuf<int32_t> dctx(ctx), dbt(bt);
-  DevBuf<uint8_t> ws(plan.workspace_bytes);
+  DeviceBuffer<uint16_t> dq(q), out(q.size());
+  DeviceBuffer<int32_t> dctx(ctx), dbt(bt);
+  DeviceBuffer<uint8_t> ws(plan.workspace_bytes);
   test::poison(out);
   kernels::DecodeParams p;
   p.q = dq.get(); p.out = out.get();
@@ -139,7 +141,7 @@ TEST_P(DecodeGpu, MatchesReferencePagedBatchedAndSplit) {
   EXPECT_LT(e_split, tol);
   EXPECT_LT(e_whole, tol);
   std::printf("d=%d %s hq=%d hkv=%d: err split %.2e whole %.2e (tol %.0e)\n", d,
-              dt == KvDType::kKv4 ? "kv4" : "fp16", hq, hkv, e_split, e_whole, tol);
+              kv_dtype_name(dt), hq, hkv, e_split, e_whole, tol);
   // Per sequence too (a short context must not hide behind a long one).
   const int64_t row = int64_t(hq) * d;
   const std::vector<float> out_f = test::from_fp16(ra.out);
@@ -163,7 +165,9 @@ INSTANTIATE_TEST_SUITE_P(
                       std::tuple{128, KvDType::kKv4, 8, 2}, std::tuple{128, KvDType::kKv4, 14, 2},
                       std::tuple{128, KvDType::kKv4, 16, 2}, std::tuple{128, KvDType::kKv4, 32, 2},
                       std::tuple{64, KvDType::kKv4, 7, 1}, std::tuple{64, KvDType::kKv4, 4, 2},
-                      std::tuple{128, KvDType::kFp16, 16, 2}, std::tuple{64, KvDType::kFp16, 14, 2}));
+                      std::tuple{128, KvDType::kFp16, 16, 2}, std::tuple{64, KvDType::kFp16, 14, 2},
+                      std::tuple{128, KvDType::kFp8, 8, 2}, std::tuple{128, KvDType::kFp8, 14, 2},
+                      std::tuple{128, KvDType::kFp8, 4, 4}, std::tuple{64, KvDType::kFp8, 7, 1}));
 
 TEST(DecodeGpuPlan, SplitsOnlyWhenTheBatchCannotFillTheGpu) {
   const kernels::KvCacheLayout l{64, 8, 128, KvDType::kKv4};

@@ -56,13 +56,24 @@ TEST_P(WriteTest, RopeAndQuantizationMatchTheFormula) {
         ref_cpu::read_cache_token(pb.v_pool.data(), l, &pb.block_table[b * pb.bt_stride], i, h, gotv.data());
         double mn = r[0], mx = r[0];
         for (double v : r) mn = std::min(mn, v), mx = std::max(mx, v);
-        // KV4: within half a step (plus the fp16 rounding of scale and zero); FP16: the fp16 rounding.
-        const double tol = dt == KvDType::kKv4 ? (mx - mn) / 15 * 0.52 + 1e-3 : std::max(-mn, mx) * 1e-3;
+        // KV4: within half a step (plus the fp16 rounding of scale and zero); FP16: the fp16 rounding; FP8: half
+        // an e4m3 step, 2^-4 relative for normals and 2^-10 of the (fp16) scale amax/448 for subnormals, plus the
+        // fp32 RoPE's 1e-5.
+        const double amax = std::max(-mn, mx);
+        double vmax = 0;
+        for (int k = 0; k < d; ++k) vmax = std::max(vmax, double(std::fabs(x[(8 + h) * d + k])));
+        auto fp8_tol = [](double v, double am) { return std::fabs(v) * 0x1p-4 * 1.002 + am / 448 * 0x1p-10 * 1.002 + 1e-5; };
         for (int k = 0; k < d; ++k) {
+          const double tol = dt == KvDType::kKv4 ? (mx - mn) / 15 * 0.52 + 1e-3
+                             : dt == KvDType::kFp8 ? fp8_tol(r[k], amax)
+                                                   : amax * 1e-3;
           worst_k = std::max(worst_k, std::fabs(got[k] - r[k]) / tol);
           ASSERT_LE(std::fabs(got[k] - r[k]), tol) << "token " << t << " head " << h << " dim " << k;
           const float v = x[(8 + h) * d + k];
-          ASSERT_LE(std::fabs(gotv[k] - v), dt == KvDType::kKv4 ? 0.6 : 1e-3 * std::fabs(v)) << k;
+          ASSERT_LE(std::fabs(gotv[k] - v), dt == KvDType::kKv4   ? 0.6
+                                            : dt == KvDType::kFp8 ? fp8_tol(v, vmax)
+                                                                  : 1e-3 * std::fabs(v))
+              << k;
           ASSERT_EQ(pb.v_copy[(t * 2 + h) * d + k], pb.qkv[t * width + (8 + h) * d + k]);
         }
       }
@@ -80,7 +91,8 @@ TEST_P(WriteTest, RopeAndQuantizationMatchTheFormula) {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, WriteTest,
                          ::testing::Values(std::tuple{16, 64, KvDType::kKv4}, std::tuple{64, 128, KvDType::kKv4},
-                                           std::tuple{16, 128, KvDType::kFp16}, std::tuple{64, 64, KvDType::kFp16}));
+                                           std::tuple{16, 128, KvDType::kFp16}, std::tuple{64, 64, KvDType::kFp16},
+                                           std::tuple{16, 128, KvDType::kFp8}, std::tuple{64, 64, KvDType::kFp8}));
 
 TEST(WriteTest, TokensWithoutSlotAreNotCachedButStillRoped) {
   KvCacheLayout l{16, 2, 64, KvDType::kKv4};

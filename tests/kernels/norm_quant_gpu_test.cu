@@ -16,7 +16,6 @@
 namespace qs {
 namespace {
 
-using test::DevBuf;
 
 std::vector<uint16_t> fp16_rand(size_t n, uint64_t seed, float sd) {
   auto v = test::random_normal(n, seed, sd);
@@ -26,8 +25,8 @@ std::vector<uint16_t> fp16_rand(size_t n, uint64_t seed, float sd) {
 }
 
 struct QBufs {
-  DevBuf<int8_t> q;
-  DevBuf<uint16_t> s, x;
+  DeviceBuffer<int8_t> q;
+  DeviceBuffer<uint16_t> s, x;
   QBufs(int rows, int cols) : q(size_t(rows) * cols), s(rows), x(rows) {
     q.fill_bytes(0x80);
     test::poison(s);
@@ -71,7 +70,7 @@ TEST_P(NormQuantGpu, RmsNormResidualMatchesReference) {
   p.rows = rows; p.cols = cols; p.eps = 1e-6f;
   p.out = {q.data(), s.data(), xs.data()};
   ref_cpu::rmsnorm_quant(p);
-  DevBuf<uint16_t> dx(x), dres(res), dw(w), dro(n);
+  DeviceBuffer<uint16_t> dx(x), dres(res), dw(w), dro(n);
   test::poison(dro);
   QBufs g(rows, cols);
   p.x = dx.get(); p.residual_in = dres.get(); p.residual_out = dro.get(); p.weight = dw.get(); p.out = g.out();
@@ -99,7 +98,7 @@ TEST_P(NormQuantGpu, SiluMulAndPlainMatchReference) {
   kernels::SiluMulQuantParams p;
   p.gate_up = gu.data(); p.rows = rows; p.cols = cols; p.out = {q.data(), s.data(), xs.data()};
   ref_cpu::silu_mul_quant(p);
-  DevBuf<uint16_t> dgu(gu);
+  DeviceBuffer<uint16_t> dgu(gu);
   QBufs g(rows, cols);
   p.gate_up = dgu.get(); p.out = g.out();
   ASSERT_TRUE(kernels::silu_mul_quant(p, 0).is_ok());
@@ -109,11 +108,78 @@ TEST_P(NormQuantGpu, SiluMulAndPlainMatchReference) {
   kernels::ActQuantParams a;
   a.x = x.data(); a.rows = rows; a.cols = cols; a.out = {q.data(), s.data(), xs.data()};
   ref_cpu::act_quant(a);
-  DevBuf<uint16_t> dxx(x);
+  DeviceBuffer<uint16_t> dxx(x);
   QBufs g2(rows, cols);
   a.x = dxx.get(); a.out = g2.out();
   ASSERT_TRUE(kernels::act_quant(a, 0).is_ok());
   compare(g2, q, s, xs, 0.0);
+}
+
+// FP8 outputs: the same y quantized to e4m3 + FP32 scale. Plain quantization is bit-exact; RMSNorm and SiLU*up
+// may move a code by one step (adjacent e4m3 values) where the fp32 y differs in its last bit (see the top), and
+// the FP32 scale by one ulp, on a tiny fraction of elements.
+int e4m3_ordinal(uint8_t v) { return (v & 0x80) ? -int(v & 0x7f) : int(v & 0x7f); }
+
+void compare_fp8(const DevBuf<uint8_t>& gq, const DevBuf<float>& gs, const std::vector<uint8_t>& q,
+                 const std::vector<float>& s, double max_mismatch_frac) {
+  const auto hq = gq.download();
+  const auto hs = gs.download();
+  size_t mism = 0;
+  for (size_t i = 0; i < q.size(); ++i) {
+    ASSERT_NE(hq[i], uint8_t(0x7f)) << "element " << i << " not written";
+    ASSERT_LE(std::abs(e4m3_ordinal(hq[i]) - e4m3_ordinal(q[i])), 1) << "element " << i;
+    mism += hq[i] != q[i];
+  }
+  EXPECT_LE(double(mism), max_mismatch_frac * double(q.size())) << mism << " of " << q.size() << " differ";
+  for (size_t r = 0; r < s.size(); ++r) {
+    if (max_mismatch_frac == 0) ASSERT_EQ(hs[r], s[r]) << "scale of row " << r;
+    else ASSERT_NEAR(hs[r], s[r], 4e-7f * s[r]) << "scale of row " << r;
+  }
+}
+
+TEST_P(NormQuantGpu, Fp8OutputsMatchReference) {
+  QS_REQUIRE_GPU();
+  const auto [rows, cols] = GetParam();
+  const size_t n = size_t(rows) * cols;
+  std::vector<uint8_t> q(n);
+  std::vector<float> s(rows);
+  DevBuf<uint8_t> gq(n);
+  DevBuf<float> gs(rows);
+  auto fresh = [&] { gq.fill_bytes(0x7f); gs.fill_bytes(0xff); };
+  // RMSNorm + residual.
+  auto x = fp16_rand(n, 11, 1.0f), res = fp16_rand(n, 12, 4.0f), w = fp16_rand(cols, 13, 0.3f);
+  std::vector<uint16_t> res_out(n);
+  kernels::RmsNormQuantParams p;
+  p.x = x.data(); p.residual_in = res.data(); p.residual_out = res_out.data(); p.weight = w.data();
+  p.rows = rows; p.cols = cols; p.eps = 1e-6f; p.fp8 = {q.data(), s.data()};
+  ref_cpu::rmsnorm_quant_fp8(p);
+  DevBuf<uint16_t> dx(x), dres(res), dw(w), dro(n);
+  fresh();
+  p.x = dx.get(); p.residual_in = dres.get(); p.residual_out = dro.get(); p.weight = dw.get();
+  p.fp8 = {gq.get(), gs.get()};
+  ASSERT_TRUE(kernels::rmsnorm_quant_fp8(p, 0).is_ok());
+  EXPECT_EQ(dro.download(), res_out);
+  compare_fp8(gq, gs, q, s, 1e-3);
+  // SiLU * up.
+  auto gu = fp16_rand(2 * n, 14, 2.0f);
+  kernels::SiluMulQuantParams sp;
+  sp.gate_up = gu.data(); sp.rows = rows; sp.cols = cols; sp.fp8 = {q.data(), s.data()};
+  ref_cpu::silu_mul_quant_fp8(sp);
+  DevBuf<uint16_t> dgu(gu);
+  fresh();
+  sp.gate_up = dgu.get(); sp.fp8 = {gq.get(), gs.get()};
+  ASSERT_TRUE(kernels::silu_mul_quant_fp8(sp, 0).is_ok());
+  compare_fp8(gq, gs, q, s, 1e-3);
+  // Plain: bit-exact.
+  auto xx = fp16_rand(n, 15, 30.0f);
+  kernels::ActQuantParams a;
+  a.x = xx.data(); a.rows = rows; a.cols = cols; a.fp8 = {q.data(), s.data()};
+  ref_cpu::act_quant_fp8(a);
+  DevBuf<uint16_t> dxx(xx);
+  fresh();
+  a.x = dxx.get(); a.fp8 = {gq.get(), gs.get()};
+  ASSERT_TRUE(kernels::act_quant_fp8(a, 0).is_ok());
+  compare_fp8(gq, gs, q, s, 0.0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, NormQuantGpu,
@@ -131,6 +197,9 @@ TEST(NormQuantGpuErrors, MissingOutputsAreReported) {
   r.rows = 1; r.cols = 8; r.out = {dummy, reinterpret_cast<uint16_t*>(16), nullptr};
   r.residual_in = reinterpret_cast<const uint16_t*>(16);
   EXPECT_THAT(kernels::rmsnorm_quant(r, 0).message(), ::testing::HasSubstr("residual_in needs residual_out"));
+  kernels::ActQuantParams f;
+  f.rows = 1; f.cols = 8;
+  EXPECT_THAT(kernels::act_quant_fp8(f, 0).message(), ::testing::HasSubstr("fp8 output and scale are required"));
 }
 
 }  // namespace

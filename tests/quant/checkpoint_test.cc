@@ -43,7 +43,7 @@ class CheckpointTest : public ::testing::Test {
     fs::remove_all(dir_);
   }
   void TearDown() override { fs::remove_all(dir_); }
-  CheckpointMeta meta(WeightVariant v) {
+  CheckpointMeta meta(WeightFormat v) {
     CheckpointMeta m;
     m.variant = v;
     m.qoq = {{"rotation", true}, {"smooth_attention_alpha", 0.5}, {"gptq", {{"damp", 0.01}, {"block", 128}}}};
@@ -58,7 +58,7 @@ TEST_F(CheckpointTest, RoundTripG128WithBiasAndFp16Tensors) {
   const Tensor wq = random_tensor({67, 256}, 1), wk = random_tensor({3, 384}, 2);
   const W4G128Weight q = quantize_w4_g128(wq), kq = quantize_w4_g128(wk);
   const Tensor bias = random_tensor({67}, 3), emb = random_tensor({10, 256}, 4, 1.0f);
-  QuantizedCheckpointWriter w(meta(WeightVariant::kW4G128));
+  QuantizedCheckpointWriter w(meta(WeightFormat::kW4A8G128));
   w.add_linear("model.layers.0.self_attn.q_proj", q, bias);
   w.add_linear("model.layers.0.self_attn.k_proj", kq);
   w.add_fp16("model.embed_tokens.weight", emb);
@@ -69,12 +69,12 @@ TEST_F(CheckpointTest, RoundTripG128WithBiasAndFp16Tensors) {
 
   ASSERT_TRUE(QuantizedCheckpoint::is_quantized_checkpoint(dir_.string()));
   const QuantizedCheckpoint c = QuantizedCheckpoint::open(dir_.string());
-  EXPECT_EQ(c.meta().variant, WeightVariant::kW4G128);
+  EXPECT_EQ(c.meta().variant, WeightFormat::kW4A8G128);
   EXPECT_EQ(c.meta().group_size, 128);
   EXPECT_EQ(c.meta().protective_range, kProtectiveRange);
   EXPECT_EQ(c.meta().kv_bits, 4);
-  EXPECT_EQ(c.meta().qoq, meta(WeightVariant::kW4G128).qoq);
-  EXPECT_EQ(c.meta().hf_config, meta(WeightVariant::kW4G128).hf_config);
+  EXPECT_EQ(c.meta().qoq, meta(WeightFormat::kW4A8G128).qoq);
+  EXPECT_EQ(c.meta().hf_config, meta(WeightFormat::kW4A8G128).hf_config);
   EXPECT_EQ(c.meta().source_model, "../shared/data/models/qs-llama-tiny");
   EXPECT_EQ(c.linear_names(), (std::vector<std::string>{"model.layers.0.self_attn.k_proj",
                                                        "model.layers.0.self_attn.q_proj"}));
@@ -106,7 +106,7 @@ TEST_F(CheckpointTest, RoundTripPerChannelAndW8a8) {
   const Tensor w = random_tensor({17, 130}, 5);
   {
     const W4PerChannelWeight q = quantize_w4_per_channel(w);
-    QuantizedCheckpointWriter wr(meta(WeightVariant::kW4PerChannel));
+    QuantizedCheckpointWriter wr(meta(WeightFormat::kW4A8PerChannel));
     wr.add_linear("model.layers.3.mlp.down_proj", q);
     wr.write(dir_.string());
     const QuantizedCheckpoint c = QuantizedCheckpoint::open((dir_ / "model.safetensors").string());
@@ -120,13 +120,13 @@ TEST_F(CheckpointTest, RoundTripPerChannelAndW8a8) {
   }
   {
     const Int8ChannelWeight q = quantize_int8_per_channel(w);
-    CheckpointMeta m = meta(WeightVariant::kW8PerChannel);
+    CheckpointMeta m = meta(WeightFormat::kW8A8);
     m.kv_bits = 16;
     QuantizedCheckpointWriter wr(m);
     wr.add_linear("lin", q);
     wr.write(dir_.string());  // overwrites the previous checkpoint atomically
     const QuantizedCheckpoint c = QuantizedCheckpoint::open(dir_.string());
-    EXPECT_EQ(c.meta().variant, WeightVariant::kW8PerChannel);
+    EXPECT_EQ(c.meta().variant, WeightFormat::kW8A8);
     EXPECT_EQ(c.meta().kv_bits, 16);
     EXPECT_FALSE(c.has_linear("model.layers.3.mlp.down_proj"));
     expect_same(c.linear("lin").dequantize(), q.dequant, "dequant");
@@ -135,7 +135,7 @@ TEST_F(CheckpointTest, RoundTripPerChannelAndW8a8) {
 
 TEST_F(CheckpointTest, WriterRejectsBadInput) {
   const W4G128Weight g = quantize_w4_g128(random_tensor({2, 128}, 6));
-  QuantizedCheckpointWriter w(meta(WeightVariant::kW4PerChannel));
+  QuantizedCheckpointWriter w(meta(WeightFormat::kW4A8PerChannel));
   EXPECT_THAT(error_of([&] { w.add_linear("a", g); }), HasSubstr("linear 'a' is g128 but the checkpoint is per-channel"));
   const W4PerChannelWeight p = quantize_w4_per_channel(random_tensor({2, 128}, 6));
   w.add_linear("a", p);
@@ -144,11 +144,11 @@ TEST_F(CheckpointTest, WriterRejectsBadInput) {
   Tensor big = random_tensor({2}, 1);
   big.data<float>()[1] = 1e6f;
   EXPECT_THAT(error_of([&] { w.add_fp16("norm", big); }), HasSubstr("overflows FP16"));
-  QuantizedCheckpointWriter g2(meta(WeightVariant::kW4G128));
+  QuantizedCheckpointWriter g2(meta(WeightFormat::kW4A8G128));
   W4G128Weight g_other = g;
   g_other.protective_range = 100;
   EXPECT_THAT(error_of([&] { g2.add_linear("x", g_other); }), HasSubstr("protective range 100"));
-  EXPECT_THAT(error_of([] { parse_variant("int3"); }), HasSubstr("unknown weight variant 'int3'"));
+  EXPECT_THAT(error_of([] { parse_weight_format("int3"); }), HasSubstr("unknown weight variant 'int3'"));
 
   // Unwritable destination: a path below a regular file. Nothing is written.
   fs::create_directories(dir_);
@@ -180,7 +180,7 @@ TEST_F(CheckpointTest, ReaderRejectsForeignAndDamagedCheckpoints) {
     w.set_metadata("qserve", meta_json);
     w.write((dir_ / "model.safetensors").string());
   };
-  CheckpointMeta m = meta(WeightVariant::kW4G128);
+  CheckpointMeta m = meta(WeightFormat::kW4A8G128);
   QuantizedCheckpointWriter ref(m);
   ref.add_linear("l", g);
   ref.write(dir_.string());

@@ -62,7 +62,7 @@ TEST(QuantizedGemm, QuantizerOutputsFeedTheIntegerReference) {
   {
     const W4PerChannelWeight q = quantize_w4_per_channel(w);
     ref_cpu::QGemmWeights qw;
-    qw.variant = ref_cpu::QGemmVariant::kW4A8PerChannel;
+    qw.variant = WeightFormat::kW4A8PerChannel;
     qw.n = n;
     qw.k = k;
     qw.q = q.qweight.data<uint8_t>();
@@ -74,7 +74,7 @@ TEST(QuantizedGemm, QuantizerOutputsFeedTheIntegerReference) {
   {
     const W4G128Weight q = quantize_w4_g128(w);
     ref_cpu::QGemmWeights qw;
-    qw.variant = ref_cpu::QGemmVariant::kW4A8G128;
+    qw.variant = WeightFormat::kW4A8G128;
     qw.n = n;
     qw.k = k;
     qw.q = q.qweight.data<uint8_t>();
@@ -88,7 +88,7 @@ TEST(QuantizedGemm, QuantizerOutputsFeedTheIntegerReference) {
   {
     const Int8ChannelWeight q = quantize_int8_per_channel(w);
     ref_cpu::QGemmWeights qw;
-    qw.variant = ref_cpu::QGemmVariant::kW8A8;
+    qw.variant = WeightFormat::kW8A8;
     qw.n = n;
     qw.k = k;
     qw.q = reinterpret_cast<const uint8_t*>(q.qweight.data<int8_t>());

@@ -19,7 +19,6 @@ namespace {
 using model::ActMode;
 using model::QuantizedLinear;
 using model::QuantizedWeights;
-using ref_cpu::QGemmVariant;
 using ::testing::HasSubstr;
 
 // Random weights with a few large rows/columns so ranges differ between channels and groups.
@@ -36,16 +35,16 @@ struct Built {
   Tensor dequant;  // the quantizer's own dequantized reference, F32 [N, K]
 };
 
-Built build(QGemmVariant v, const Tensor& w) {
+Built build(WeightFormat v, const Tensor& w) {
   Built b;
   b.w.variant = v;
-  if (v == QGemmVariant::kW4A8PerChannel) {
+  if (v == WeightFormat::kW4A8PerChannel) {
     auto q = quant::quantize_w4_per_channel(w);
     b.w.qweight = q.qweight;
     b.w.scale = q.scale;
     b.w.szero = q.szero;
     b.dequant = q.dequant;
-  } else if (v == QGemmVariant::kW4A8G128) {
+  } else if (v == WeightFormat::kW4A8G128) {
     auto q = quant::quantize_w4_g128(w);
     b.w.qweight = q.qweight;
     b.w.scale = q.s1;
@@ -62,7 +61,7 @@ Built build(QGemmVariant v, const Tensor& w) {
 }
 
 struct Case {
-  QGemmVariant variant;
+  WeightFormat variant;
   int64_t m, n, k;
 };
 
@@ -92,7 +91,7 @@ TEST_P(QuantizedLinearTest, EqualsFpMatmulOnDequantizedOperands) {
 
   const model::QuantizedActs a = model::quantize_acts(x.data(), c.m, c.k);
   const float* dw = b.dequant.data<float>();
-  const bool pc = c.variant == QGemmVariant::kW4A8PerChannel;
+  const bool pc = c.variant == WeightFormat::kW4A8PerChannel;
   int64_t nonzero = 0;
   for (int64_t i = 0; i < c.m; ++i) {
     const double sx = fp16_to_float(a.scale[size_t(i)]);
@@ -154,21 +153,21 @@ TEST_P(QuantizedLinearTest, WeightOnlyModeIsFpLinearOnDequantizedWeights) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, QuantizedLinearTest,
-                         ::testing::Values(Case{QGemmVariant::kW4A8PerChannel, 1, 67, 258},
-                                           Case{QGemmVariant::kW4A8PerChannel, 17, 33, 512},
-                                           Case{QGemmVariant::kW4A8G128, 3, 67, 384},
-                                           Case{QGemmVariant::kW4A8G128, 17, 40, 256},
-                                           Case{QGemmVariant::kW8A8, 1, 17, 130},
-                                           Case{QGemmVariant::kW8A8, 67, 31, 256}));
+                         ::testing::Values(Case{WeightFormat::kW4A8PerChannel, 1, 67, 258},
+                                           Case{WeightFormat::kW4A8PerChannel, 17, 33, 512},
+                                           Case{WeightFormat::kW4A8G128, 3, 67, 384},
+                                           Case{WeightFormat::kW4A8G128, 17, 40, 256},
+                                           Case{WeightFormat::kW8A8, 1, 17, 130},
+                                           Case{WeightFormat::kW8A8, 67, 31, 256}));
 
 TEST(QuantizedLinear, KindNames) {
   const Tensor w = random_weight(8, 256, 1);
-  EXPECT_EQ(QuantizedLinear(build(QGemmVariant::kW4A8PerChannel, w).w, ActMode::kInt8, backends::ref_cpu_backend())
+  EXPECT_EQ(QuantizedLinear(build(WeightFormat::kW4A8PerChannel, w).w, ActMode::kInt8, backends::ref_cpu_backend())
                 .kind(),
             "w4a8-per-channel");
-  EXPECT_EQ(QuantizedLinear(build(QGemmVariant::kW4A8G128, w).w, ActMode::kInt8, backends::ref_cpu_backend()).kind(),
+  EXPECT_EQ(QuantizedLinear(build(WeightFormat::kW4A8G128, w).w, ActMode::kInt8, backends::ref_cpu_backend()).kind(),
             "w4a8-g128");
-  EXPECT_EQ(QuantizedLinear(build(QGemmVariant::kW8A8, w).w, ActMode::kInt8, backends::ref_cpu_backend()).kind(),
+  EXPECT_EQ(QuantizedLinear(build(WeightFormat::kW8A8, w).w, ActMode::kInt8, backends::ref_cpu_backend()).kind(),
             "w8a8");
 }
 
@@ -183,23 +182,23 @@ TEST(QuantizedLinear, RejectsBadTensors) {
       EXPECT_THAT(e.what(), HasSubstr("layers.0.q_proj"));
     }
   };
-  QuantizedWeights q = build(QGemmVariant::kW4A8PerChannel, w).w;
+  QuantizedWeights q = build(WeightFormat::kW4A8PerChannel, w).w;
   q.szero = Tensor();
   expect_error(q, "szero");
-  q = build(QGemmVariant::kW4A8PerChannel, w).w;
+  q = build(WeightFormat::kW4A8PerChannel, w).w;
   q.scale = Tensor(DType::F16, {9});
   expect_error(q, "scale");
-  q = build(QGemmVariant::kW4A8G128, w).w;
+  q = build(WeightFormat::kW4A8G128, w).w;
   q.s2 = Tensor(DType::U8, {8, 3});
   expect_error(q, "s2");
-  q = build(QGemmVariant::kW4A8G128, w).w;
+  q = build(WeightFormat::kW4A8G128, w).w;
   q.zn = Tensor(DType::U8, {8, 2});
   expect_error(q, "zn");
-  q = build(QGemmVariant::kW8A8, w).w;
+  q = build(WeightFormat::kW8A8, w).w;
   q.qweight = Tensor(DType::U8, {8, 256});
   expect_error(q, "qweight");
   // g128 needs K a multiple of 128: qweight [8, 65] packs K = 130.
-  q = build(QGemmVariant::kW4A8G128, w).w;
+  q = build(WeightFormat::kW4A8G128, w).w;
   q.qweight = Tensor(DType::U8, {8, 65});
   expect_error(q, "group size");
 }

@@ -119,7 +119,7 @@ TEST(QuantizedCheckpointLoad, EqualsInMemoryRtnBitForBit) {
   auto fp = model::Model::load(test::data_path(kTiny));
   {
     quant::CheckpointMeta meta;
-    meta.variant = quant::WeightVariant::kW4G128;
+    meta.variant = WeightFormat::kW4A8G128;
     meta.source_model = test::data_path(kTiny);
     meta.hf_config = nlohmann::json::parse(read_file(test::data_path(std::string(kTiny) + "/config.json")));
     meta.qoq = {{"rtn", true}};
@@ -189,7 +189,7 @@ TEST(QuantizedCheckpointLoad, Errors) {
   fs::remove_all(dir);
   auto fp = model::Model::load(test::data_path(kTiny));
   quant::CheckpointMeta meta;
-  meta.variant = quant::WeightVariant::kW8PerChannel;
+  meta.variant = WeightFormat::kW8A8;
   meta.hf_config = nlohmann::json::parse(read_file(test::data_path(std::string(kTiny) + "/config.json")));
   quant::QuantizedCheckpointWriter w(meta);
   for (const std::string& n : fp->linear_names())

@@ -44,7 +44,7 @@ class PipelineTest : public ::testing::Test {
     tok_ = std::make_unique<tokenizer::Tokenizer>(tokenizer::Tokenizer::from_dir(qs::test::data_path(kModel)));
     calib_ = sample_calibration_file(*tok_, qs::test::data_path(kCalib), 4, 96, 0);
   }
-  QoqOptions small(WeightVariant v) const {
+  QoqOptions small(WeightFormat v) const {
     QoqOptions o;
     o.variant = v;
     o.sample_rows = 48;
@@ -101,13 +101,13 @@ TEST_F(PipelineTest, CaptureReexpressedForTransformedWeightsEqualsRecapture) {
 }
 
 TEST_F(PipelineTest, FullQoqKeepsTheFunctionAndGptqBeatsRtn) {
-  for (WeightVariant v : {WeightVariant::kW4G128, WeightVariant::kW4PerChannel}) {
+  for (WeightFormat v : {WeightFormat::kW4A8G128, WeightFormat::kW4A8PerChannel}) {
     auto m = model::Model::load(qs::test::data_path(kModel));
     const auto ids = prompt(*m);
     const auto ref = logits_of(*m, ids);
     QoqResult full = run_qoq(*m, calib_, small(v));
     // The transformed FP model (real statistics: rotation, SmoothAttention, smoothing, reordering) is unchanged.
-    EXPECT_LE(qs::test::normalized_error(logits_of(*m, ids), ref), 1e-5) << variant_name(v);
+    EXPECT_LE(qs::test::normalized_error(logits_of(*m, ids), ref), 1e-5) << weight_format_name(v);
     ASSERT_EQ(full.linears.size(), 28u);
     ASSERT_EQ(full.layers.size(), 4u);
     // Same transformations, round to nearest: GPTQ must have the lower error on the calibration rows.
@@ -123,14 +123,14 @@ TEST_F(PipelineTest, FullQoqKeepsTheFunctionAndGptqBeatsRtn) {
         e_full += a;
         e_rtn += b;
       }
-    EXPECT_LT(e_full, 0.9 * e_rtn) << variant_name(v);
+    EXPECT_LT(e_full, 0.9 * e_rtn) << weight_format_name(v);
     const std::string report = format_report(full);
     EXPECT_THAT(report, HasSubstr("model.layers.3.mlp.down_proj"));
   }
 }
 
 TEST_F(PipelineTest, QuantizedPropagationChangesLaterLayersOnly) {
-  QoqOptions o = small(WeightVariant::kW4G128);
+  QoqOptions o = small(WeightFormat::kW4A8G128);
   o.gptq = false;  // RTN: layer 0's result cannot depend on the propagation mode, later layers' inputs do
   auto m2 = model::Model::load(qs::test::data_path(kModel));
   const auto ids = prompt(*m2);
@@ -153,7 +153,7 @@ TEST_F(PipelineTest, QuantizedPropagationChangesLaterLayersOnly) {
 }
 
 TEST_F(PipelineTest, SmoothDownSearchPicksFromTheGrid) {
-  QoqOptions o = small(WeightVariant::kW4G128);
+  QoqOptions o = small(WeightFormat::kW4A8G128);
   o.smooth_down_search = true;
   o.gptq = false;
   QoqResult r = run_qoq(*model_, calib_, o);
@@ -166,7 +166,7 @@ TEST_F(PipelineTest, SmoothDownSearchPicksFromTheGrid) {
 }
 
 TEST_F(PipelineTest, CheckpointRoundTripsAndRuns) {
-  QoqResult r = run_qoq(*model_, calib_, small(WeightVariant::kW4G128));
+  QoqResult r = run_qoq(*model_, calib_, small(WeightFormat::kW4A8G128));
   nlohmann::json hf = {{"architectures", {"LlamaForCausalLM"}}};
   std::ifstream f(qs::test::data_path(kModel) + "/config.json");
   f >> hf;
@@ -174,7 +174,7 @@ TEST_F(PipelineTest, CheckpointRoundTripsAndRuns) {
   std::filesystem::remove_all(dir);
   make_checkpoint(*model_, r, hf, qs::test::data_path(kModel)).write(dir.string());
   const auto ck = QuantizedCheckpoint::open(dir.string());
-  EXPECT_EQ(ck.meta().variant, WeightVariant::kW4G128);
+  EXPECT_EQ(ck.meta().variant, WeightFormat::kW4A8G128);
   EXPECT_TRUE(ck.meta().qoq["rotate"].get<bool>());
   EXPECT_FALSE(ck.meta().hf_config["tie_word_embeddings"].get<bool>());
   for (const auto& [name, q] : r.linears) {

@@ -99,7 +99,7 @@ TEST_F(QuantizeCli, SmallRunWritesACompleteCheckpoint) {
   EXPECT_THAT(r.out, HasSubstr("model.layers.3.mlp.down_proj"));
   EXPECT_TRUE(qs::quant::QuantizedCheckpoint::is_quantized_checkpoint(out.string()));
   const auto ck = qs::quant::QuantizedCheckpoint::open(out.string());
-  EXPECT_EQ(ck.meta().variant, qs::quant::WeightVariant::kW4PerChannel);
+  EXPECT_EQ(ck.meta().variant, qs::WeightFormat::kW4A8PerChannel);
   EXPECT_EQ(ck.meta().qoq["calib_samples"].get<int>(), 2);
   EXPECT_TRUE(ck.meta().qoq["clip"].get<bool>());
   EXPECT_EQ(ck.linear_names().size(), 28u);

@@ -22,16 +22,6 @@ T* upload_bytes(const void* src, size_t bytes) {
   return static_cast<T*>(d);
 }
 
-kernels::QGemmVariant to_kernel_variant(ref_cpu::QGemmVariant v) {
-  switch (v) {
-    case ref_cpu::QGemmVariant::kW4A8PerChannel: return kernels::QGemmVariant::kW4A8PerChannel;
-    case ref_cpu::QGemmVariant::kW4A8G128: return kernels::QGemmVariant::kW4A8G128;
-    case ref_cpu::QGemmVariant::kW8A8: return kernels::QGemmVariant::kW8A8;
-  }
-  QS_FAIL() << "unknown GEMM variant";
-  return kernels::QGemmVariant::kW8A8;
-}
-
 }  // namespace
 
 QGemmDeviceWeights QGemmDeviceWeights::upload(const ref_cpu::QGemmWeights& w) {
@@ -40,7 +30,7 @@ QGemmDeviceWeights QGemmDeviceWeights::upload(const ref_cpu::QGemmWeights& w) {
       << "CUDA qgemm: weight shape [" << w.n << ", " << w.k << "] needs N % 16 == 0 and K % 128 == 0";
   QS_CHECK(w.n < (int64_t(1) << 30) && w.k < (int64_t(1) << 30)) << "CUDA qgemm: weight too large";
   QGemmDeviceWeights d;
-  d.variant_ = to_kernel_variant(w.variant);
+  d.variant_ = w.variant;
   d.n_ = int(w.n);
   d.k_ = int(w.k);
   int dev = 0;
@@ -50,7 +40,7 @@ QGemmDeviceWeights QGemmDeviceWeights::upload(const ref_cpu::QGemmWeights& w) {
   QS_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
   QS_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
   d.sm_version_ = major * 10 + minor;
-  if (w.variant == ref_cpu::QGemmVariant::kW8A8) {
+  if (w.variant == WeightFormat::kW8A8) {
     const std::vector<uint8_t> r = kernels::repack_w8(reinterpret_cast<const int8_t*>(w.q), w.n, w.k);
     d.w_ = upload_bytes<void>(r.data(), r.size());
   } else {
@@ -58,8 +48,8 @@ QGemmDeviceWeights QGemmDeviceWeights::upload(const ref_cpu::QGemmWeights& w) {
     d.w_ = upload_bytes<void>(r.data(), r.size());
   }
   d.scale_ = upload_bytes<uint16_t>(w.scale, size_t(w.n) * 2);
-  if (w.variant == ref_cpu::QGemmVariant::kW4A8PerChannel) d.szero_ = upload_bytes<uint16_t>(w.szero, size_t(w.n) * 2);
-  if (w.variant == ref_cpu::QGemmVariant::kW4A8G128) {
+  if (w.variant == WeightFormat::kW4A8PerChannel) d.szero_ = upload_bytes<uint16_t>(w.szero, size_t(w.n) * 2);
+  if (w.variant == WeightFormat::kW4A8G128) {
     const std::vector<uint16_t> r = kernels::repack_s2zn(w.s2, w.zn, w.n, w.k);
     d.s2zn_ = upload_bytes<uint16_t>(r.data(), r.size() * 2);
   }

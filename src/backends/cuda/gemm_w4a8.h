@@ -41,7 +41,7 @@ class QGemmDeviceWeights {
   QGemmDeviceWeights& operator=(const QGemmDeviceWeights&) = delete;
   ~QGemmDeviceWeights();
 
-  kernels::QGemmVariant variant() const { return variant_; }
+  WeightFormat variant() const { return variant_; }
   int n() const { return n_; }
   int k() const { return k_; }
   // Host-only: tile config and split-K for m tokens (splits_override > 0 forces the split-K factor). On sm_90 the
@@ -53,7 +53,7 @@ class QGemmDeviceWeights {
 
  private:
   void release();
-  kernels::QGemmVariant variant_ = kernels::QGemmVariant::kW4A8PerChannel;
+  WeightFormat variant_ = WeightFormat::kW4A8PerChannel;
   int n_ = 0, k_ = 0, num_sms_ = 0, sm_version_ = 0;
   void* w_ = nullptr;            // repacked weights
   uint16_t* scale_ = nullptr;    // FP16 [n]

@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "formats/formats.h"
+#include "formats/fp8.h"
 
 namespace qs::ref_cpu {
 
@@ -44,6 +45,9 @@ static void write_token(uint8_t* pool, const KvCacheLayout& l, int32_t slot, int
     const fmt4::Kv4Params prm = fmt4::quantize_kv4_group(x, l.head_dim, block + l.data_offset(off));
     std::memcpy(block + l.scale_offset(off), &prm.scale, 2);
     std::memcpy(block + l.zero_offset(off), &prm.zero, 2);
+  } else if (l.dtype == KvDType::kFp8) {
+    const uint16_t sh = fp8::quantize_fp8_kv_row(x, l.head_dim, block + l.data_offset(off));
+    std::memcpy(block + l.scale_offset(off), &sh, 2);
   } else {
     uint16_t* d = reinterpret_cast<uint16_t*>(block + l.data_offset(off));
     for (int i = 0; i < l.head_dim; ++i) d[i] = float_to_fp16(x[i]);
@@ -88,6 +92,12 @@ void read_cache_token(const uint8_t* pool, const KvCacheLayout& l, const int32_t
     std::memcpy(&prm.zero, block + l.zero_offset(off), 2);
     const uint8_t* data = block + l.data_offset(off);
     for (int i = 0; i < l.head_dim; ++i) out[i] = fmt4::dequantize_kv4(fmt4::get_nibble(data, i), prm);
+  } else if (l.dtype == KvDType::kFp8) {
+    uint16_t sh;
+    std::memcpy(&sh, block + l.scale_offset(off), 2);
+    const float s = fp16_to_float(sh);
+    const uint8_t* data = block + l.data_offset(off);
+    for (int i = 0; i < l.head_dim; ++i) out[i] = fp8::e4m3_to_float(data[i]) * s;
   } else {
     const uint16_t* d = reinterpret_cast<const uint16_t*>(block + l.data_offset(off));
     for (int i = 0; i < l.head_dim; ++i) out[i] = fp16_to_float(d[i]);

@@ -11,14 +11,15 @@
 
 #include <cstdint>
 
+#include "formats/kinds.h"
+
 namespace qs::ref_cpu {
 
-enum class QGemmVariant : uint8_t { kW4A8PerChannel, kW4A8G128, kW8A8 };
-const char* qgemm_variant_name(QGemmVariant v);  // "w4a8_per_channel", "w4a8_g128", "w8a8"
+const char* weight_format_name(WeightFormat v);  // "w4a8_per_channel", "w4a8_g128", "w8a8"
 
 // Quantized weights W[n, k] in the canonical layout.
 struct QGemmWeights {
-  QGemmVariant variant = QGemmVariant::kW4A8PerChannel;
+  WeightFormat variant = WeightFormat::kW4A8PerChannel;
   int64_t n = 0, k = 0;
   const uint8_t* q = nullptr;       // W4: packed U8 [n, k/2], low nibble = even k; W8A8: INT8 [n, k] (as bytes)
   const uint16_t* scale = nullptr;  // FP16 [n]: s (per-channel), s1 (g128), s_w (w8a8)

@@ -12,4 +12,9 @@ void rmsnorm_quant(const kernels::RmsNormQuantParams& p);
 void silu_mul_quant(const kernels::SiluMulQuantParams& p);
 void act_quant(const kernels::ActQuantParams& p);
 
+// FP8 variants: the same y quantized with formats/fp8.h quantize_fp8_row into p.fp8 (e4m3 + FP32 scale).
+void rmsnorm_quant_fp8(const kernels::RmsNormQuantParams& p);
+void silu_mul_quant_fp8(const kernels::SiluMulQuantParams& p);
+void act_quant_fp8(const kernels::ActQuantParams& p);
+
 }  // namespace qs::ref_cpu

@@ -26,6 +26,8 @@
 #include <cmath>
 #include <cstdlib>
 
+#include <cuda_fp8.h>
+
 #include "core/error.h"
 #include "kernels/attention/attn_ptx.cuh"
 #include "kernels/common/cuda_check.h"
@@ -72,6 +74,8 @@ struct Loader;
 template <int D>
 struct Loader<D, KvDType::kKv4> {
   static constexpr bool kCodes = true;
+  static constexpr bool kScaled = true;  // per-token K scale applied to S, V scale to P (outside the mma)
+  static constexpr float kVScale = 1.0f;  // P carries V scale x kVScale (divided out at the end)
   static constexpr int kKWords = D / 32;  // D/8 bytes of a K row per lane
   static constexpr int kVWords = D / 64;  // D/16 bytes of a V row per lane
   struct Raw {
@@ -186,6 +190,8 @@ struct Loader<D, KvDType::kKv4> {
 template <int D>
 struct Loader<D, KvDType::kFp16> {
   static constexpr bool kCodes = false;
+  static constexpr bool kScaled = false;
+  static constexpr float kVScale = 1.0f;
   static constexpr int kKWords = D / 8;   // D/4 halves of a K row per lane
   static constexpr int kVWords = D / 16;  // D/8 halves of a V row per lane
   struct Raw {
@@ -221,6 +227,73 @@ struct Loader<D, KvDType::kFp16> {
   __device__ static void v_group(const Raw& r, int pr, int w, uint32_t (&out)[kVGroup]) {
     out[0] = prmt(r.v[2 * pr][w], r.v[2 * pr + 1][w], 0x5410);
     out[1] = prmt(r.v[2 * pr][w], r.v[2 * pr + 1][w], 0x7632);
+  }
+};
+
+// FP8 e4m3 with an FP16 scale per token (no zero). Same token permutation as KV4 (rows 2g, 2g+1; one 32-bit load
+// of each scale array per lane) and the same scale handling (K scale on S, V scale folded into P); the data is
+// converted to FP16 with cvt.rn.f16x2.e4m3x2 (exact) and fed to the same mma. K: lane (g, t) reads bytes
+// [t*D/4, (t+1)*D/4) of rows 2g, 2g+1 (register r = dims t*D/4 + 2r, +1, as FP16). V: lane (g, t) reads bytes
+// [g*D/8, (g+1)*D/8) of tokens col_tok(q, t); one prmt pairs byte j of two tokens, one cvt makes the half2
+// (register j = dim g*D/8 + j, as FP16). Masked tokens get V data 0 (unwritten slots may hold e4m3 NaN).
+template <int D>
+struct Loader<D, KvDType::kFp8> {
+  static constexpr bool kCodes = false;
+  static constexpr bool kScaled = true;
+  // FP8 V scales are amax / 448, so P * scale would often fall into FP16's subnormals (spacing 2^-24): P carries
+  // scale * 256 instead (at most 0.58 amax < 65504: no overflow) and the output is divided by 256 (exact).
+  static constexpr float kVScale = 256.0f;
+  static constexpr int kKWords = D / 16;  // D/4 bytes of a K row per lane
+  static constexpr int kVWords = D / 32;  // D/8 bytes of a V row per lane
+  struct Raw {
+    uint32_t k[2][kKWords];
+    uint32_t v[4][kVWords];
+    uint32_t ks, vs, kz, vz;  // FP16 scales of tokens 2g (low half), 2g+1 (high half); kz = vz = 0 (no zeros)
+  };
+  __device__ static int row_tok(int nt, int g) { return 2 * g + nt; }
+  __device__ static int col_tok(int q, int t) { return 4 * t + 2 * (q & 1) + (q >> 1); }
+  __device__ static int2 k_dim(int t, int r) { return make_int2(t * (D / 4) + 2 * r, t * (D / 4) + 2 * r + 1); }
+  struct Ptrs {
+    const uint8_t *k, *v, *ks, *vs;
+  };
+  __device__ static Ptrs ptrs(const DecodeParams& p, int kvh, int g, int t) {
+    const KvCacheLayout& L = p.layout;
+    const int64_t head = int64_t(kvh) * L.block_bytes();
+    const int64_t sc = head + L.scale_offset(2 * g);
+    return {p.k_pool + head + L.data_offset(row_tok(0, g)) + t * (D / 4),
+            p.v_pool + head + L.data_offset(col_tok(0, t)) + g * (D / 8), p.k_pool + sc, p.v_pool + sc};
+  }
+  __device__ static void load(Raw& r, const Ptrs& P, int64_t page_off, int off, int, int valid, int g, int t) {
+    const int64_t d = page_off + int64_t(off) * D, sc = page_off + 2 * off;
+    const uint8_t* kp = P.k + d;
+    const uint8_t* vp = P.v + d;
+    load_words(kp, r.k[0]);
+    load_words(kp + D, r.k[1]);  // row_tok(1, g) = row_tok(0, g) + 1
+    r.ks = __ldg(reinterpret_cast<const uint32_t*>(P.ks + sc));
+    const uint32_t keep = 2 * g + 1 < valid ? 0xffffffffu : (2 * g < valid ? 0x0000ffffu : 0u);
+    r.vs = __ldg(reinterpret_cast<const uint32_t*>(P.vs + sc)) & keep;
+    r.kz = r.vz = 0;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      load_words(vp + (col_tok(q, t) - col_tok(0, t)) * D, r.v[q]);
+      if (col_tok(q, t) >= valid)
+#pragma unroll
+        for (int w = 0; w < kVWords; ++w) r.v[q][w] = 0;
+    }
+  }
+  __device__ static uint32_t cvt2(uint32_t two_bytes) {
+    const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(two_bytes & 0xffffu), __NV_E4M3);
+    return uint32_t(h.x) | (uint32_t(h.y) << 16);
+  }
+  static constexpr int kVGroup = 4;
+  __device__ static uint32_t k_reg(const Raw& r, int nt, int reg) {
+    const uint32_t w = r.k[nt][reg / 2];
+    return cvt2(reg & 1 ? w >> 16 : w);
+  }
+  __device__ static void v_group(const Raw& r, int pr, int w, uint32_t (&out)[kVGroup]) {
+    const uint32_t a = r.v[2 * pr][w], b = r.v[2 * pr + 1][w];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) out[j] = cvt2(prmt(a, b, uint32_t(((4 + j) << 4) | j)));
   }
 };
 
@@ -272,7 +345,7 @@ struct DecodeWarp {
 #pragma unroll
       for (int i = 0; i < 4; ++i) s[nh][i] += s2[nh][i];
     float vs[2] = {1.0f, 1.0f}, vz[2] = {0.0f, 0.0f};
-    if constexpr (L::kCodes) {
+    if constexpr (L::kScaled) {
 #pragma unroll
       for (int nt = 0; nt < 2; ++nt) {  // tokens 2g (nt 0), 2g+1 (nt 1): S log2 = sl2 s_k (acc - qoff - z_k sum(q))
         const float ksl = (nt ? hi_f(raw.ks) : lo_f(raw.ks)) * sl2, kz = nt ? hi_f(raw.kz) : lo_f(raw.kz);
@@ -280,8 +353,9 @@ struct DecodeWarp {
         for (int nh = 0; nh < NH; ++nh)
 #pragma unroll
           for (int e = 0; e < 2; ++e)
-            s[nh][2 * nt + e] = (s[nh][2 * nt + e] - fmaf(kz, sumq[nh][e], qoff[nh][e])) * ksl;
-        vs[nt] = nt ? hi_f(raw.vs) : lo_f(raw.vs);
+            s[nh][2 * nt + e] = L::kCodes ? (s[nh][2 * nt + e] - fmaf(kz, sumq[nh][e], qoff[nh][e])) * ksl
+                                          : s[nh][2 * nt + e] * ksl;
+        vs[nt] = (nt ? hi_f(raw.vs) : lo_f(raw.vs)) * L::kVScale;
         vz[nt] = nt ? hi_f(raw.vz) : lo_f(raw.vz);
       }
     } else {
@@ -348,7 +422,7 @@ struct DecodeWarp {
 template <KvDType DT, int NH>
 constexpr int kMinCtas = DT == KvDType::kKv4 && NH == 1 ? 3 : 2;
 template <KvDType DT>
-constexpr int kBufs = DT == KvDType::kKv4 ? 3 : 2;
+constexpr int kBufs = DT == KvDType::kFp16 ? 2 : 3;  // FP8 tiles are half the FP16 size
 
 // S > 0 (KV4, D = 128): tiles staged through a per-warp shared-memory ring of S tiles (S - 1 in flight) with
 // cp.async instead of register buffers; MinCtas CTAs per SM.
@@ -493,7 +567,7 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas)
       const int head = nh * 8 + 2 * t + e;
       if (head >= group) continue;
       constexpr float kOdd = L::kCodes ? 0.0625f : 1.0f;  // KV4 V codes of odd dims carry a factor 16
-      const float inv = 1.0f / lsum;
+      const float inv = (1.0f / L::kVScale) / lsum;
       if (max_chunks == 1) {
         __half2* out = reinterpret_cast<__half2*>(p.out + (head0 + head) * D + (D / 8) * g);
 #pragma unroll
@@ -630,6 +704,10 @@ Status run_decode(const DecodeParams& p, const DecodePlan& plan, void* workspace
     return Status::error("decode attention: plan chunk_tokens must be a positive multiple of 16");
   const int d = p.layout.head_dim;
   const bool kv4 = p.layout.dtype == KvDType::kKv4;
+  const bool fp8 = p.layout.dtype == KvDType::kFp8;
+  if (!kv4 && !fp8 && p.layout.dtype != KvDType::kFp16)
+    return Status::error(std::string("decode attention: cache dtype ") + kv_dtype_name(p.layout.dtype) +
+                         " not supported (kv4, fp16, fp8)");
   if (p.layout.num_kv_heads <= 0 || p.num_q_heads % p.layout.num_kv_heads != 0 ||
       p.num_q_heads / p.layout.num_kv_heads > kMaxGroup)
     return Status::error("decode attention: unsupported GQA group");
@@ -643,12 +721,17 @@ Status run_decode(const DecodeParams& p, const DecodePlan& plan, void* workspace
       return wide ? launch<128, KvDType::kKv4, 2, 6, 2>(p, plan, workspace, stream)
                   : launch<128, KvDType::kKv4, 1, 6, 3>(p, plan, workspace, stream);
     }
+    if (fp8)
+      return wide ? launch<128, KvDType::kFp8, 2>(p, plan, workspace, stream)
+                  : launch<128, KvDType::kFp8, 1>(p, plan, workspace, stream);
     return wide ? launch<128, KvDType::kFp16, 2>(p, plan, workspace, stream)
                 : launch<128, KvDType::kFp16, 1>(p, plan, workspace, stream);
   }
   if (d == 64) {
     if (kv4) return wide ? launch<64, KvDType::kKv4, 2>(p, plan, workspace, stream)
                          : launch<64, KvDType::kKv4, 1>(p, plan, workspace, stream);
+    if (fp8) return wide ? launch<64, KvDType::kFp8, 2>(p, plan, workspace, stream)
+                         : launch<64, KvDType::kFp8, 1>(p, plan, workspace, stream);
     return wide ? launch<64, KvDType::kFp16, 2>(p, plan, workspace, stream)
                 : launch<64, KvDType::kFp16, 1>(p, plan, workspace, stream);
   }

@@ -1,7 +1,8 @@
-// Decode attention over the paged KV cache (KV4 or FP16; layout in kv_cache/kv_cache_params.h), with a host plan
-// and a launch-only run (STYLE.md #9). One warp streams a chunk of one sequence's cache for one KV head and serves
-// every query head of its GQA group (up to 16) with FP16 tensor-core mma; KV4 is converted with lop3 + 0x6400 and
-// one hfma2 per pair for scale/zero. When batch x KV heads cannot fill the GPU, contexts are split into chunks
+// Decode attention over the paged KV cache (KV4, FP16 or FP8; layout in kv_cache/kv_cache_params.h), with a host
+// plan and a launch-only run (STYLE.md #9). One warp streams a chunk of one sequence's cache for one KV head and
+// serves every query head of its GQA group (up to 16) with FP16 tensor-core mma; KV4 is converted with lop3 +
+// 0x6400 and one hfma2 per pair for scale/zero, FP8 with cvt.rn.f16x2.e4m3x2 (exact), both with the per-token
+// scales applied in fp32 outside the mma (one template, a Loader per cache dtype). When batch x KV heads cannot fill the GPU, contexts are split into chunks
 // (flash-decoding) whose partial results a second kernel merges.
 #pragma once
 

@@ -3,12 +3,14 @@
 // CTA = 4 warps = 64 query rows of one (sequence, query head); grid (ceil(max_q_len/64), heads, batch), longest
 // causal blocks scheduled first; Q fragments come straight from global memory into registers. Keys are
 // walked in tiles of 64 over the absolute positions [0, prefix + q_len): positions < prefix come from the paged
-// cache (FP16 rows by cp.async; KV4 rows dequantized in registers as (q - zero) * scale in fp32, rounded to fp16),
+// cache (FP16 rows by cp.async; KV4 rows dequantized in registers as (q - zero) * scale in fp32, rounded to fp16;
+// FP8 rows as e4m3 * scale in fp32, rounded to fp16),
 // the rest from the packed k/v by cp.async, double-buffered. Shared-memory rows are D halves with 16-byte chunks
 // XOR-swizzled by (row & 7), so ldmatrix (Q, K) and ldmatrix.trans (V) are conflict-free. Each warp: S = Q K^T
 // (16 x 64, fp32), causal mask (key position <= prefix + query index), online softmax in the log2 domain, P to
 // fp16 A fragments straight from the accumulators, O += P V.
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include "kernels/attention/attn_ptx.cuh"
 #include "kernels/attention/prefill_attention.h"
@@ -55,6 +57,25 @@ __device__ void load_kv_tile(const PrefillParams& p, Smem<D>& sm, int buf, int b
     if (L.dtype == KvDType::kFp16) {
       cp_async_16(dk, p.k_pool + blk + L.data_offset(off) + c * 16, true);
       cp_async_16(dv, p.v_pool + blk + L.data_offset(off) + c * 16, true);
+      continue;
+    }
+    if (L.dtype == KvDType::kFp8) {
+#pragma unroll
+      for (int kv = 0; kv < 2; ++kv) {
+        const uint8_t* base = (kv ? p.v_pool : p.k_pool) + blk;
+        const float s = __half2float(*reinterpret_cast<const __half*>(base + L.scale_offset(off)));
+        const uint2 w = *reinterpret_cast<const uint2*>(base + L.data_offset(off) + c * 8);
+        uint4 o;
+        uint32_t* oh = &o.x;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const uint32_t word = e < 2 ? w.x : w.y;
+          const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(
+              __nv_fp8x2_storage_t((word >> (16 * (e & 1))) & 0xffffu), __NV_E4M3);
+          oh[e] = pack_h2(__half2float(__ushort_as_half(h.x)) * s, __half2float(__ushort_as_half(h.y)) * s);
+        }
+        *reinterpret_cast<uint4*>(kv ? &sm.v[buf][swz<D>(r, c)] : &sm.k[buf][swz<D>(r, c)]) = o;
+      }
       continue;
     }
 #pragma unroll

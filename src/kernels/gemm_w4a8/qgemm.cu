@@ -72,13 +72,13 @@ Status encode_2d(CUtensorMap* map, CUtensorMapDataType type, const void* ptr, ui
 
 Status make_sm90_maps(const QGemmParams& p, int bm, int bn, Sm90Maps* maps) {
   const uint64_t kgs = uint64_t(p.k) / kBK;
-  const uint64_t tile_bytes = p.variant == QGemmVariant::kW8A8 ? 2048 : 1024;
+  const uint64_t tile_bytes = p.variant == WeightFormat::kW8A8 ? 2048 : 1024;
   QS_RETURN_IF_ERROR(encode_2d(&maps->x, CU_TENSOR_MAP_DATA_TYPE_UINT8, p.x, uint64_t(p.k), uint64_t(p.m),
                                uint64_t(p.k), kBK, uint32_t(bm), CU_TENSOR_MAP_SWIZZLE_128B));
   QS_RETURN_IF_ERROR(encode_2d(&maps->w, CU_TENSOR_MAP_DATA_TYPE_UINT64, p.w, kgs * tile_bytes / 8,
                                uint64_t(p.n / 16), kgs * tile_bytes, uint32_t(tile_bytes / 8), uint32_t(bn / 16),
                                CU_TENSOR_MAP_SWIZZLE_NONE));
-  if (p.variant == QGemmVariant::kW4A8G128) {
+  if (p.variant == WeightFormat::kW4A8G128) {
     QS_RETURN_IF_ERROR(encode_2d(&maps->s, CU_TENSOR_MAP_DATA_TYPE_UINT16, p.s2zn, uint64_t(p.n), kgs,
                                  uint64_t(p.n) * 2, uint32_t(bn), 1, CU_TENSOR_MAP_SWIZZLE_NONE));
   } else {
@@ -139,7 +139,7 @@ const char* qgemm_config_name(int config) {
   return "?";
 }
 
-QGemmPlan qgemm_plan(QGemmVariant v, int m, int n, int k, int num_sms, int sm_version, int splits_override) {
+QGemmPlan qgemm_plan(WeightFormat v, int m, int n, int k, int num_sms, int sm_version, int splits_override) {
   using namespace qgemm_detail;
   QGemmPlan plan;
   const int kgs = k / kBK;
@@ -160,7 +160,7 @@ QGemmPlan qgemm_plan(QGemmVariant v, int m, int n, int k, int num_sms, int sm_ve
     bn = kTileShapes[plan.config].bn;
     bm = kTileShapes[plan.config].bm;
     // Blocks wanted in flight: W4 m <= 16 blocks (49 KB of ring) run 4 to an SM, the others about 2.
-    const bool w4_small = plan.config == 0 && v != QGemmVariant::kW8A8;
+    const bool w4_small = plan.config == 0 && v != WeightFormat::kW8A8;
     want = plan.config == 2 ? num_sms : w4_small ? 4 * int64_t(num_sms) : 2 * int64_t(num_sms);
   }
   const int64_t tiles = tiles_of(bn, bm);
@@ -191,9 +191,9 @@ Status qgemm_run(const QGemmParams& p, const QGemmPlan& plan, cudaStream_t strea
   if (p.m == 0) return Status::ok();
   if (!p.x || !p.sx || !p.w || !p.scale || (!p.y && !p.acc_out))
     return Status::error("qgemm: a required pointer (x, sx, w, scale, y) is null");
-  if (p.variant == QGemmVariant::kW4A8PerChannel && (!p.xsum || !p.szero))
+  if (p.variant == WeightFormat::kW4A8PerChannel && (!p.xsum || !p.szero))
     return Status::error("qgemm: per-channel W4A8 needs xsum and szero");
-  if (p.variant == QGemmVariant::kW4A8G128 && !p.s2zn) return Status::error("qgemm: g128 W4A8 needs s2zn");
+  if (p.variant == WeightFormat::kW4A8G128 && !p.s2zn) return Status::error("qgemm: g128 W4A8 needs s2zn");
   for (const void* q : {(const void*)p.x, (const void*)p.w, (const void*)p.scale, (const void*)p.szero,
                         (const void*)p.s2zn, (const void*)p.bias, (const void*)p.residual, (const void*)p.y,
                         (const void*)p.acc_out, (const void*)p.workspace})
@@ -215,9 +215,9 @@ Status qgemm_run(const QGemmParams& p, const QGemmPlan& plan, cudaStream_t strea
   }
   Status st;
   switch (p.variant) {
-    case QGemmVariant::kW4A8PerChannel: st = launch_variant<0>(plan.config, p, splits, tps, partial, counters, stream); break;
-    case QGemmVariant::kW4A8G128: st = launch_variant<1>(plan.config, p, splits, tps, partial, counters, stream); break;
-    case QGemmVariant::kW8A8: st = launch_variant<2>(plan.config, p, splits, tps, partial, counters, stream); break;
+    case WeightFormat::kW4A8PerChannel: st = launch_variant<0>(plan.config, p, splits, tps, partial, counters, stream); break;
+    case WeightFormat::kW4A8G128: st = launch_variant<1>(plan.config, p, splits, tps, partial, counters, stream); break;
+    case WeightFormat::kW8A8: st = launch_variant<2>(plan.config, p, splits, tps, partial, counters, stream); break;
     default: return Status::error("qgemm: unknown variant");
   }
   QS_RETURN_IF_ERROR(st);

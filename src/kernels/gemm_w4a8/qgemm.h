@@ -16,14 +16,15 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "formats/kinds.h"
+
 #include "core/status.h"
 
 namespace qs::kernels {
 
-enum class QGemmVariant : int { kW4A8PerChannel = 0, kW4A8G128 = 1, kW8A8 = 2 };
 
 struct QGemmParams {
-  QGemmVariant variant = QGemmVariant::kW4A8PerChannel;
+  WeightFormat variant = WeightFormat::kW4A8PerChannel;
   int m = 0, n = 0, k = 0;
   const int8_t* x = nullptr;          // INT8 [m, k] row-major activations
   const uint16_t* sx = nullptr;       // FP16 [m] per-token activation scale
@@ -49,7 +50,7 @@ struct QGemmPlan {
 // Chooses the tile config and split-K for a problem on a GPU with `num_sms` multiprocessors and compute
 // capability `sm_version` (e.g. 90; >= 90 selects the wgmma kernel), host only. `splits_override` > 0 forces a
 // split-K factor (tests), clamped to the number of 128-wide K tiles.
-QGemmPlan qgemm_plan(QGemmVariant v, int m, int n, int k, int num_sms, int sm_version, int splits_override = 0);
+QGemmPlan qgemm_plan(WeightFormat v, int m, int n, int k, int num_sms, int sm_version, int splits_override = 0);
 const char* qgemm_config_name(int config);  // e.g. "bn64_bm16", "sm90_bn256_bm128"
 int qgemm_num_configs();                    // configs 0..n-1 (any may be forced in a plan)
 bool qgemm_config_is_sm90(int config);      // needs an sm_90a device

@@ -34,8 +34,8 @@ constexpr int kNumConfigs = 3;
 
 template <int V, int CONFIG>
 struct Cfg {
-  static constexpr bool kW4 = V != int(QGemmVariant::kW8A8);
-  static constexpr bool kG128 = V == int(QGemmVariant::kW4A8G128);
+  static constexpr bool kW4 = V != int(WeightFormat::kW8A8);
+  static constexpr bool kG128 = V == int(WeightFormat::kW4A8G128);
   static constexpr int BN = kTileShapes[CONFIG].bn, BM = kTileShapes[CONFIG].bm;
   static constexpr int WARPS_N = kTileShapes[CONFIG].warps_n, WARPS_M = kTileShapes[CONFIG].warps_m;
   static constexpr int kThreads = 32 * WARPS_N * WARPS_M;
@@ -72,7 +72,7 @@ __host__ __device__ __forceinline__ void unpack_s2zn(uint32_t v, uint32_t& s2, u
 // Applies the epilogue to 8 consecutive outputs (m, n..n+7) and stores them as FP16 (16 bytes).
 __device__ __forceinline__ void epilogue8(const QGemmParams& p, int m, int n, const int32_t (&a)[8]) {
   const float sxm = __half2float(__ushort_as_half(p.sx[m]));
-  const bool per_channel = p.variant == QGemmVariant::kW4A8PerChannel;
+  const bool per_channel = p.variant == WeightFormat::kW4A8PerChannel;
   const float xs = per_channel ? __half2float(__ushort_as_half(p.xsum[m])) : 0.0f;
   const size_t o = size_t(m) * p.n + n;
   uint4 sv = *reinterpret_cast<const uint4*>(p.scale + n);

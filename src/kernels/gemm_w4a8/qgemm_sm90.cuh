@@ -29,8 +29,8 @@ constexpr int kSm90ConfigBase = kNumConfigs;  // plan.config = kSm90ConfigBase +
 
 template <int V, int CONFIG>
 struct Sm90Cfg {
-  static constexpr bool kW4 = V != int(QGemmVariant::kW8A8);
-  static constexpr bool kG128 = V == int(QGemmVariant::kW4A8G128);
+  static constexpr bool kW4 = V != int(WeightFormat::kW8A8);
+  static constexpr bool kG128 = V == int(WeightFormat::kW4A8G128);
   static constexpr int kConsumers = 2;
   static constexpr int BM = kSm90Shapes[CONFIG].bm, MT = kSm90Shapes[CONFIG].mt;
   static constexpr int BN = 64 * MT * kConsumers;

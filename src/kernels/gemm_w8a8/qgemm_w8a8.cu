@@ -1,5 +1,5 @@
 // Instantiates the INT8 tensor-core GEMM (gemm_w4a8/qgemm_kernel.cuh) for W8A8 (INT8 weights), every tile config.
-// The API is gemm_w4a8/qgemm.h with QGemmVariant::kW8A8.
+// The API is gemm_w4a8/qgemm.h with WeightFormat::kW8A8.
 #include "kernels/gemm_w4a8/qgemm_kernel.cuh"
 
 namespace qs::kernels::qgemm_detail {

@@ -30,7 +30,7 @@ struct KvCacheLayout {
   int32_t page_size = 64;    // tokens per page (multiple of 16)
   int32_t num_kv_heads = 0;  // KV heads stored per page
   int32_t head_dim = 128;    // 64 or 128
-  KvDType dtype = KvDType::kKv4;  // qs::KvDType; the kernels take kKv4 and kFp16 (kFp32: host reference only)
+  KvDType dtype = KvDType::kKv4;  // qs::KvDType; the kernels take kKv4, kFp16, kFp8 (kFp32: host reference only)
 
   // Bytes of one (page, KV head) block and of one page.
   QS_HOST_DEVICE int64_t block_bytes() const {
@@ -63,10 +63,12 @@ struct KvCacheLayout {
 };
 
 // Fused step after the QKV projection: RoPE (rotate-half) on q and k, then k and v written into their pages
-// (KV4: quantized per token per KV head after RoPE; FP16: stored). Numerics (bit-identical CPU and GPU):
+// (KV4: quantized per token per KV head after RoPE; FP16: stored; FP8: e4m3 per token per KV head with an FP16
+// scale = fp16(amax / 448), dividing by the stored scale, formats/fp8.h quantize_fp8_kv_row). Numerics (bit-identical CPU and GPU):
 //   angle = float(pos) * inv_freq[i] (fp32);  c, s = float(cos(double(angle))), float(sin(double(angle)))
 //   out[i] = x[i]*c - x[i+D/2]*s;  out[i+D/2] = x[i+D/2]*c + x[i]*s   (fp32, each product rounded, no FMA)
-//   KV4 quantizes the fp32 roped k (not its fp16 rounding) and v with formats.h quantize_kv4_group.
+//   KV4 quantizes the fp32 roped k (not its fp16 rounding) and v with formats.h quantize_kv4_group; FP8 likewise
+//   with formats/fp8.h quantize_fp8_kv_row.
 struct KvWriteParams {
   const uint16_t* qkv = nullptr;  // FP16 [num_tokens][qkv_stride]: num_q_heads q heads, then num_kv_heads k
                                   // heads, then num_kv_heads v heads, head_dim values each (QKV GEMM output)

@@ -2,8 +2,10 @@
 // token's cos/sin table goes to shared memory (double-precision sincos rounded to fp32, like the reference), then
 // each warp takes whole heads. A lane holds dims [lane*P, lane*P+P) of each half (P = D/64), so the rotate-half
 // partners sit in the same lane. KV4: warp min/max, then formats.h's quantizer with IEEE fp32 operations written
-// out (__fdiv_rn, __fadd_rn, __float2int_rn: no contraction, no fast-math), which makes it bit-exact.
+// out (__fdiv_rn, __fadd_rn, __float2int_rn: no contraction, no fast-math), which makes it bit-exact. FP8: warp
+// amax, FP16 scale = fp16(amax / 448), e4m3 = cvt.rn.satfinite(x / scale) (formats/fp8.h quantize_fp8_kv_row).
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include "kernels/common/cuda_check.h"
 #include "kernels/kv_cache/kv_cache_write.h"
@@ -80,6 +82,26 @@ __global__ void __launch_bounds__(kWarps * 32) kv_write_kernel(const KvWritePara
       }
       continue;
     }
+    if (L.dtype == KvDType::kFp8) {
+      float amax = 0.0f;
+#pragma unroll
+      for (int e = 0; e < P; ++e) amax = fmaxf(amax, fmaxf(fabsf(lo[e]), fabsf(hi[e])));
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+      const __half s_h = __float2half_rn(__fdiv_rn(amax, 448.0f));
+      const float sr = __half2float(s_h);
+      auto q8 = [&](float x) {
+        return sr > 0.0f ? uint8_t(__nv_cvt_float_to_fp8(__fdiv_rn(x, sr), __NV_SATFINITE, __NV_E4M3)) : uint8_t(0);
+      };
+      uint8_t* data = blk + L.data_offset(off);
+#pragma unroll
+      for (int e = 0; e < P; ++e) {
+        data[lane * P + e] = q8(lo[e]);
+        data[D / 2 + lane * P + e] = q8(hi[e]);
+      }
+      if (lane == 0) *reinterpret_cast<__half*>(blk + L.scale_offset(off)) = s_h;
+      continue;
+    }
     float mn = fminf(lo[0], hi[0]), mx = fmaxf(lo[0], hi[0]);
 #pragma unroll
     for (int e = 1; e < P; ++e) {
@@ -133,6 +155,9 @@ Status kv_cache_write(const KvWriteParams& p, cudaStream_t stream) {
     return Status::error("kv_cache_write: num_q_heads must be a multiple of num_kv_heads");
   if (p.qkv_stride < int64_t(p.num_q_heads + 2 * L.num_kv_heads) * L.head_dim)
     return Status::error("kv_cache_write: qkv_stride too small");
+  if (L.dtype != KvDType::kKv4 && L.dtype != KvDType::kFp16 && L.dtype != KvDType::kFp8)
+    return Status::error(std::string("kv_cache_write: cache dtype ") + kv_dtype_name(L.dtype) +
+                         " not supported (kv4, fp16, fp8)");
   if (p.num_tokens == 0) return Status::ok();
   if (L.head_dim == 128) kv_write_kernel<128><<<p.num_tokens, kWarps * 32, 0, stream>>>(p);
   else kv_write_kernel<64><<<p.num_tokens, kWarps * 32, 0, stream>>>(p);

@@ -1,6 +1,7 @@
 // Fused RoPE + KV quantization + paged cache write (numerics and layout in kv_cache_params.h): one launch after
 // the QKV projection writes roped q (and optionally roped k / v copies for prefill) and stores k and v into their
-// pages, KV4 (bit-exact with formats.h quantize_kv4_group) or FP16.
+// pages, KV4 (bit-exact with formats.h quantize_kv4_group), FP16 or FP8 (bit-exact with formats/fp8.h
+// quantize_fp8_kv_row).
 #pragma once
 
 #include <cuda_runtime.h>

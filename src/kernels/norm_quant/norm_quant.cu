@@ -5,6 +5,9 @@
 // one write of the outputs. Every fp32 operation is written as an IEEE intrinsic (no contraction), so y and the quantized values
 // match the reference bit for bit (SiLU up to expf's last-ulp differences).
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+#include <type_traits>
 
 #include "kernels/common/cuda_check.h"
 #include "kernels/norm_quant/norm_quant.h"
@@ -61,9 +64,11 @@ __device__ __forceinline__ void store_h(uint16_t* p, const float (&f)[V]) {
 // so y is computed once; longer rows recompute it.
 constexpr int kCacheCols = 28672;
 
-// Quantizes the row given by op.y(row, k0, y[V]) (formats.h quantize_act_row).
-template <int V, typename Op>
-__device__ void quantize_row(const Op& op, int64_t row, int cols, const QuantOut& out) {
+// Quantizes the row given by op.y(row, k0, y[V]): Out = QuantOut: INT8 (formats.h quantize_act_row);
+// Out = Fp8QuantOut: e4m3 + FP32 scale (formats/fp8.h quantize_fp8_row).
+template <int V, typename Op, typename Out>
+__device__ void quantize_row(const Op& op, int64_t row, int cols, const Out& out) {
+  constexpr bool kFp8 = std::is_same_v<Out, Fp8QuantOut>;
   __shared__ float fsm[kThreads / 32];
   __shared__ int ism[kThreads / 32];
   extern __shared__ float4 cache4[];
@@ -81,8 +86,14 @@ __device__ void quantize_row(const Op& op, int64_t row, int cols, const QuantOut
     }
   }
   amax = block_reduce(amax, fmax_op, fsm);
-  const __half s_h = __float2half_rn(__fdiv_rn(amax, 127.0f));
-  const float s = __half2float(s_h);
+  __half s_h = __float2half_rn(0.0f);
+  float s;
+  if constexpr (kFp8) {
+    s = __fdiv_rn(amax, 448.0f);
+  } else {
+    s_h = __float2half_rn(__fdiv_rn(amax, 127.0f));
+    s = __half2float(s_h);
+  }
   int sum = 0;
   for (int k = threadIdx.x * V; k < cols; k += kThreads * V) {
     float y[V];
@@ -92,21 +103,35 @@ __device__ void quantize_row(const Op& op, int64_t row, int cols, const QuantOut
     } else {
       op.y(row, k, y);
     }
-    int8_t q[V];
+    if constexpr (kFp8) {
+      uint8_t q[V];
 #pragma unroll
-    for (int i = 0; i < V; ++i) {
-      const int v = s > 0.0f ? min(max(__float2int_rn(__fdiv_rn(y[i], s)), -127), 127) : 0;
-      q[i] = int8_t(v);
-      sum += v;
+      for (int i = 0; i < V; ++i)
+        q[i] = s > 0.0f ? uint8_t(__nv_cvt_float_to_fp8(__fdiv_rn(y[i], s), __NV_SATFINITE, __NV_E4M3)) : 0;
+      uint8_t* dst = out.q + row * cols + k;
+      if constexpr (V == 8) *reinterpret_cast<uint2*>(dst) = *reinterpret_cast<const uint2*>(q);
+      else *dst = q[0];
+    } else {
+      int8_t q[V];
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        const int v = s > 0.0f ? min(max(__float2int_rn(__fdiv_rn(y[i], s)), -127), 127) : 0;
+        q[i] = int8_t(v);
+        sum += v;
+      }
+      int8_t* dst = out.q + row * cols + k;
+      if constexpr (V == 8) *reinterpret_cast<uint2*>(dst) = *reinterpret_cast<const uint2*>(q);
+      else *dst = q[0];
     }
-    int8_t* dst = out.q + row * cols + k;
-    if constexpr (V == 8) *reinterpret_cast<uint2*>(dst) = *reinterpret_cast<const uint2*>(q);
-    else *dst = q[0];
   }
-  if (out.xsum) sum = block_reduce(sum, iadd_op, ism);
-  if (threadIdx.x == 0) {
-    out.scale[row] = __half_as_ushort(s_h);
-    if (out.xsum) out.xsum[row] = __half_as_ushort(__float2half_rn(__fmul_rn(s, float(sum))));
+  if constexpr (kFp8) {
+    if (threadIdx.x == 0) out.scale[row] = s;
+  } else {
+    if (out.xsum) sum = block_reduce(sum, iadd_op, ism);
+    if (threadIdx.x == 0) {
+      out.scale[row] = __half_as_ushort(s_h);
+      if (out.xsum) out.xsum[row] = __half_as_ushort(__float2half_rn(__fmul_rn(s, float(sum))));
+    }
   }
 }
 
@@ -125,7 +150,7 @@ struct RmsOp {
   }
 };
 
-template <int V>
+template <int V, bool kFp8>
 __global__ void __launch_bounds__(kThreads) rmsnorm_quant_kernel(const RmsNormQuantParams p) {
   __shared__ double dsm[kThreads / 32];
   const int64_t row = blockIdx.x;
@@ -149,7 +174,8 @@ __global__ void __launch_bounds__(kThreads) rmsnorm_quant_kernel(const RmsNormQu
   // residual_out was written by this CTA above: make it visible to its own re-reads.
   __syncthreads();
   const RmsOp<V> op{p, p.residual_in ? p.residual_out : p.x, inv};
-  quantize_row<V>(op, row, cols, p.out);
+  if constexpr (kFp8) quantize_row<V>(op, row, cols, p.fp8);
+  else quantize_row<V>(op, row, cols, p.out);
 }
 
 template <int V>
@@ -172,13 +198,15 @@ struct PlainOp {
   __device__ void y(int64_t row, int k, float (&o)[V]) const { load_h<V>(p.x + row * p.cols + k, o); }
 };
 
-template <int V>
+template <int V, bool kFp8>
 __global__ void __launch_bounds__(kThreads) silu_mul_quant_kernel(const SiluMulQuantParams p) {
-  quantize_row<V>(SiluOp<V>{p}, blockIdx.x, p.cols, p.out);
+  if constexpr (kFp8) quantize_row<V>(SiluOp<V>{p}, blockIdx.x, p.cols, p.fp8);
+  else quantize_row<V>(SiluOp<V>{p}, blockIdx.x, p.cols, p.out);
 }
-template <int V>
+template <int V, bool kFp8>
 __global__ void __launch_bounds__(kThreads) act_quant_kernel(const ActQuantParams p) {
-  quantize_row<V>(PlainOp<V>{p}, blockIdx.x, p.cols, p.out);
+  if constexpr (kFp8) quantize_row<V>(PlainOp<V>{p}, blockIdx.x, p.cols, p.fp8);
+  else quantize_row<V>(PlainOp<V>{p}, blockIdx.x, p.cols, p.out);
 }
 
 Status check(int32_t rows, int32_t cols, const QuantOut& o, const char* what) {
@@ -188,10 +216,17 @@ Status check(int32_t rows, int32_t cols, const QuantOut& o, const char* what) {
   if (!o.q || !o.scale) return Status::error(std::string(what) + ": quantized output and scale are required");
   return Status::ok();
 }
+Status check(int32_t rows, int32_t cols, const Fp8QuantOut& o, const char* what) {
+  if (rows < 0 || cols <= 0)
+    return Status::error(std::string(what) + ": bad shape [" + std::to_string(rows) + ", " + std::to_string(cols) +
+                         "]");
+  if (!o.q || !o.scale) return Status::error(std::string(what) + ": fp8 output and scale are required");
+  return Status::ok();
+}
 
 size_t cache_bytes(int cols) { return cols <= kCacheCols ? size_t(cols) * sizeof(float) : 0; }
 
-// Raises a kernel's dynamic shared-memory limit to the cache size (64 KiB), once per kernel.
+// Raises a kernel's dynamic shared-memory limit to the cache size (112 KiB), once per kernel.
 template <auto Kernel>
 Status allow_smem() {
   static bool done = false;  // one flag per kernel instance
@@ -203,46 +238,70 @@ Status allow_smem() {
   return Status::ok();
 }
 
+template <bool kFp8>
+Status rmsnorm_launch(const RmsNormQuantParams& p, cudaStream_t stream, const char* what) {
+  if constexpr (kFp8) QS_RETURN_IF_ERROR(check(p.rows, p.cols, p.fp8, what));
+  else QS_RETURN_IF_ERROR(check(p.rows, p.cols, p.out, what));
+  if (p.residual_in && !p.residual_out) return Status::error(std::string(what) + ": residual_in needs residual_out");
+  if (p.rows == 0) return Status::ok();
+  const size_t smem = cache_bytes(p.cols);
+  if (p.cols % 8 == 0) {
+    QS_RETURN_IF_ERROR((allow_smem<rmsnorm_quant_kernel<8, kFp8>>()));
+    rmsnorm_quant_kernel<8, kFp8><<<p.rows, kThreads, smem, stream>>>(p);
+  } else {
+    QS_RETURN_IF_ERROR((allow_smem<rmsnorm_quant_kernel<1, kFp8>>()));
+    rmsnorm_quant_kernel<1, kFp8><<<p.rows, kThreads, smem, stream>>>(p);
+  }
+  QS_CUDA_RETURN(cudaGetLastError());
+  return Status::ok();
+}
+
+template <bool kFp8>
+Status silu_launch(const SiluMulQuantParams& p, cudaStream_t stream, const char* what) {
+  if constexpr (kFp8) QS_RETURN_IF_ERROR(check(p.rows, p.cols, p.fp8, what));
+  else QS_RETURN_IF_ERROR(check(p.rows, p.cols, p.out, what));
+  if (p.rows == 0) return Status::ok();
+  const size_t smem = cache_bytes(p.cols);
+  if (p.cols % 8 == 0) {
+    QS_RETURN_IF_ERROR((allow_smem<silu_mul_quant_kernel<8, kFp8>>()));
+    silu_mul_quant_kernel<8, kFp8><<<p.rows, kThreads, smem, stream>>>(p);
+  } else {
+    QS_RETURN_IF_ERROR((allow_smem<silu_mul_quant_kernel<1, kFp8>>()));
+    silu_mul_quant_kernel<1, kFp8><<<p.rows, kThreads, smem, stream>>>(p);
+  }
+  QS_CUDA_RETURN(cudaGetLastError());
+  return Status::ok();
+}
+
+template <bool kFp8>
+Status act_launch(const ActQuantParams& p, cudaStream_t stream, const char* what) {
+  if constexpr (kFp8) QS_RETURN_IF_ERROR(check(p.rows, p.cols, p.fp8, what));
+  else QS_RETURN_IF_ERROR(check(p.rows, p.cols, p.out, what));
+  if (p.rows == 0) return Status::ok();
+  if (p.cols % 8 == 0) act_quant_kernel<8, kFp8><<<p.rows, kThreads, 0, stream>>>(p);
+  else act_quant_kernel<1, kFp8><<<p.rows, kThreads, 0, stream>>>(p);
+  QS_CUDA_RETURN(cudaGetLastError());
+  return Status::ok();
+}
+
 }  // namespace
 
 Status rmsnorm_quant(const RmsNormQuantParams& p, cudaStream_t stream) {
-  QS_RETURN_IF_ERROR(check(p.rows, p.cols, p.out, "rmsnorm_quant"));
-  if (p.residual_in && !p.residual_out) return Status::error("rmsnorm_quant: residual_in needs residual_out");
-  if (p.rows == 0) return Status::ok();
-  const size_t smem = cache_bytes(p.cols);
-  if (p.cols % 8 == 0) {
-    QS_RETURN_IF_ERROR(allow_smem<rmsnorm_quant_kernel<8>>());
-    rmsnorm_quant_kernel<8><<<p.rows, kThreads, smem, stream>>>(p);
-  } else {
-    QS_RETURN_IF_ERROR(allow_smem<rmsnorm_quant_kernel<1>>());
-    rmsnorm_quant_kernel<1><<<p.rows, kThreads, smem, stream>>>(p);
-  }
-  QS_CUDA_RETURN(cudaGetLastError());
-  return Status::ok();
+  return rmsnorm_launch<false>(p, stream, "rmsnorm_quant");
 }
-
 Status silu_mul_quant(const SiluMulQuantParams& p, cudaStream_t stream) {
-  QS_RETURN_IF_ERROR(check(p.rows, p.cols, p.out, "silu_mul_quant"));
-  if (p.rows == 0) return Status::ok();
-  const size_t smem = cache_bytes(p.cols);
-  if (p.cols % 8 == 0) {
-    QS_RETURN_IF_ERROR(allow_smem<silu_mul_quant_kernel<8>>());
-    silu_mul_quant_kernel<8><<<p.rows, kThreads, smem, stream>>>(p);
-  } else {
-    QS_RETURN_IF_ERROR(allow_smem<silu_mul_quant_kernel<1>>());
-    silu_mul_quant_kernel<1><<<p.rows, kThreads, smem, stream>>>(p);
-  }
-  QS_CUDA_RETURN(cudaGetLastError());
-  return Status::ok();
+  return silu_launch<false>(p, stream, "silu_mul_quant");
 }
+Status act_quant(const ActQuantParams& p, cudaStream_t stream) { return act_launch<false>(p, stream, "act_quant"); }
 
-Status act_quant(const ActQuantParams& p, cudaStream_t stream) {
-  QS_RETURN_IF_ERROR(check(p.rows, p.cols, p.out, "act_quant"));
-  if (p.rows == 0) return Status::ok();
-  if (p.cols % 8 == 0) act_quant_kernel<8><<<p.rows, kThreads, 0, stream>>>(p);
-  else act_quant_kernel<1><<<p.rows, kThreads, 0, stream>>>(p);
-  QS_CUDA_RETURN(cudaGetLastError());
-  return Status::ok();
+Status rmsnorm_quant_fp8(const RmsNormQuantParams& p, cudaStream_t stream) {
+  return rmsnorm_launch<true>(p, stream, "rmsnorm_quant_fp8");
+}
+Status silu_mul_quant_fp8(const SiluMulQuantParams& p, cudaStream_t stream) {
+  return silu_launch<true>(p, stream, "silu_mul_quant_fp8");
+}
+Status act_quant_fp8(const ActQuantParams& p, cudaStream_t stream) {
+  return act_launch<true>(p, stream, "act_quant_fp8");
 }
 
 }  // namespace qs::kernels

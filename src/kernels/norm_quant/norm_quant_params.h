@@ -5,6 +5,8 @@
 //             cols + eps);  y_k = (h_k * r) * w_k   (fp32, IEEE sqrt and division)
 //   SiLU*up:  y_k = (g_k / (1 + exp(-g_k))) * u_k   (fp32; exp is the device expf, within 2 ulp of the host's)
 //   plain:    y_k = x_k
+// The FP8 entry points (rmsnorm_quant_fp8, ...) quantize the same y with formats/fp8.h quantize_fp8_row into
+// `fp8` (e4m3 + FP32 scale = amax / 448, the FP8 baseline's per-token activations) and leave `out` unused.
 #pragma once
 
 #include <cstdint>
@@ -18,6 +20,12 @@ struct QuantOut {
   uint16_t* xsum = nullptr;    // FP16 [rows], optional: fp16(scale * sum_k q_k)
 };
 
+// Output of the FP8 variants: e4m3 rows + FP32 per-token scale (the outer-vector scale cuBLASLt takes).
+struct Fp8QuantOut {
+  uint8_t* q = nullptr;     // e4m3 [rows][cols]
+  float* scale = nullptr;   // FP32 [rows]: amax / 448
+};
+
 struct RmsNormQuantParams {
   const uint16_t* x = nullptr;            // FP16 [rows][cols]
   const uint16_t* residual_in = nullptr;  // FP16 [rows][cols], optional: h = fp16(x + residual_in)
@@ -27,18 +35,21 @@ struct RmsNormQuantParams {
   float eps = 1e-5f;
   int32_t rows = 0, cols = 0;
   QuantOut out;
+  Fp8QuantOut fp8;  // used by the _fp8 entry points instead of `out`
 };
 
 struct SiluMulQuantParams {
   const uint16_t* gate_up = nullptr;  // FP16 [rows][2*cols]: gate = columns [0, cols), up = [cols, 2*cols)
   int32_t rows = 0, cols = 0;
   QuantOut out;
+  Fp8QuantOut fp8;  // used by the _fp8 entry points instead of `out`
 };
 
 struct ActQuantParams {
   const uint16_t* x = nullptr;  // FP16 [rows][cols]
   int32_t rows = 0, cols = 0;
   QuantOut out;
+  Fp8QuantOut fp8;  // used by the _fp8 entry points instead of `out`
 };
 
 }  // namespace qs::kernels

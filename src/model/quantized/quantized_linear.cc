@@ -10,7 +10,6 @@ namespace qs::model {
 
 namespace {
 
-using ref_cpu::QGemmVariant;
 
 void check_tensor(const Tensor& t, DType dt, const Shape& shape, const std::string& name, const char* what) {
   QS_CHECK(t.raw() != nullptr) << "quantized linear '" << name << "': tensor " << what << " missing";
@@ -38,18 +37,18 @@ QuantizedActs quantize_acts(const float* x, int64_t m, int64_t k) {
 
 QuantizedLinear::QuantizedLinear(QuantizedWeights w, ActMode act, const backends::Backend& backend,
                                  const std::string& name)
-    : Linear(w.qweight.ndim() == 2 ? w.qweight.dim(1) * (w.variant == QGemmVariant::kW8A8 ? 1 : 2) : 0,
+    : Linear(w.qweight.ndim() == 2 ? w.qweight.dim(1) * (w.variant == WeightFormat::kW8A8 ? 1 : 2) : 0,
              w.qweight.ndim() == 2 ? w.qweight.dim(0) : 0),
       w_(std::move(w)),
       act_(act),
       backend_(&backend) {
-  const bool w4 = w_.variant != QGemmVariant::kW8A8;
+  const bool w4 = w_.variant != WeightFormat::kW8A8;
   QS_CHECK(w_.qweight.ndim() == 2 && w_.qweight.dtype() == (w4 ? DType::U8 : DType::I8) && out > 0 && in > 0)
       << "quantized linear '" << name << "': qweight must be " << (w4 ? "U8 [N, K/2]" : "I8 [N, K]") << ", got "
       << w_.qweight.desc();
   check_tensor(w_.scale, DType::F16, {out}, name, "scale");
-  if (w_.variant == QGemmVariant::kW4A8PerChannel) check_tensor(w_.szero, DType::F16, {out}, name, "szero");
-  if (w_.variant == QGemmVariant::kW4A8G128) {
+  if (w_.variant == WeightFormat::kW4A8PerChannel) check_tensor(w_.szero, DType::F16, {out}, name, "szero");
+  if (w_.variant == WeightFormat::kW4A8G128) {
     QS_CHECK(in % fmt4::kGroupSize == 0) << "quantized linear '" << name << "': K = " << in
                                          << " is not a multiple of the group size " << fmt4::kGroupSize;
     check_tensor(w_.s2, DType::U8, {out, in / fmt4::kGroupSize}, name, "s2");
@@ -69,8 +68,8 @@ ref_cpu::QGemmWeights QuantizedLinear::gemm_weights() const {
   g.k = in;
   g.q = static_cast<const uint8_t*>(w_.qweight.raw());
   g.scale = w_.scale.data<uint16_t>();
-  if (w_.variant == QGemmVariant::kW4A8PerChannel) g.szero = w_.szero.data<uint16_t>();
-  if (w_.variant == QGemmVariant::kW4A8G128) {
+  if (w_.variant == WeightFormat::kW4A8PerChannel) g.szero = w_.szero.data<uint16_t>();
+  if (w_.variant == WeightFormat::kW4A8G128) {
     g.s2 = w_.s2.data<uint8_t>();
     g.zn = w_.zn.data<int8_t>();
   }
@@ -85,9 +84,9 @@ Tensor QuantizedLinear::dequantized_weight() const {
 
 std::string QuantizedLinear::kind() const {
   switch (w_.variant) {
-    case QGemmVariant::kW4A8PerChannel: return act_ == ActMode::kInt8 ? "w4a8-per-channel" : "w4a16-per-channel";
-    case QGemmVariant::kW4A8G128: return act_ == ActMode::kInt8 ? "w4a8-g128" : "w4a16-g128";
-    case QGemmVariant::kW8A8: return act_ == ActMode::kInt8 ? "w8a8" : "w8a16";
+    case WeightFormat::kW4A8PerChannel: return act_ == ActMode::kInt8 ? "w4a8-per-channel" : "w4a16-per-channel";
+    case WeightFormat::kW4A8G128: return act_ == ActMode::kInt8 ? "w4a8-g128" : "w4a16-g128";
+    case WeightFormat::kW8A8: return act_ == ActMode::kInt8 ? "w8a8" : "w8a16";
   }
   return "?";
 }

@@ -23,7 +23,7 @@ namespace qs::model {
 
 // The tensors of one quantized linear, in the canonical layouts above (shared storage, not copied).
 struct QuantizedWeights {
-  ref_cpu::QGemmVariant variant = ref_cpu::QGemmVariant::kW4A8PerChannel;
+  WeightFormat variant = WeightFormat::kW4A8PerChannel;
   Tensor qweight;  // U8 [N, K/2] (W4) or I8 [N, K] (W8A8)
   Tensor scale;    // F16 [N]: s (per-channel), s1 (g128), s_w (W8A8)
   Tensor szero;    // F16 [N]: per-channel only
@@ -47,7 +47,7 @@ class QuantizedLinear final : public Linear {
   // "w4a8-per-channel", "w4a8-g128", "w8a8"; weight-only: "w4a16-per-channel", "w4a16-g128", "w8a16".
   std::string kind() const override;
 
-  ref_cpu::QGemmVariant variant() const { return w_.variant; }
+  WeightFormat variant() const { return w_.variant; }
   ActMode act_mode() const { return act_; }
   const QuantizedWeights& weights() const { return w_; }
   // Raw-pointer view for ref_cpu::qgemm.

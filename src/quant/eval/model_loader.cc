@@ -13,14 +13,14 @@ namespace qs::quant::eval {
 
 namespace {
 
-ref_cpu::QGemmVariant gemm_variant(WeightVariant v) {
+WeightFormat gemm_variant(WeightFormat v) {
   switch (v) {
-    case WeightVariant::kW4PerChannel: return ref_cpu::QGemmVariant::kW4A8PerChannel;
-    case WeightVariant::kW4G128: return ref_cpu::QGemmVariant::kW4A8G128;
-    case WeightVariant::kW8PerChannel: return ref_cpu::QGemmVariant::kW8A8;
+    case WeightFormat::kW4A8PerChannel: return WeightFormat::kW4A8PerChannel;
+    case WeightFormat::kW4A8G128: return WeightFormat::kW4A8G128;
+    case WeightFormat::kW8A8: return WeightFormat::kW8A8;
   }
   QS_FAIL() << "unknown weight variant";
-  return ref_cpu::QGemmVariant::kW8A8;
+  return WeightFormat::kW8A8;
 }
 
 std::unique_ptr<model::Linear> make_linear(const QuantizedCheckpoint& ck, const std::string& name,
@@ -29,7 +29,7 @@ std::unique_ptr<model::Linear> make_linear(const QuantizedCheckpoint& ck, const 
   model::QuantizedWeights w;
   w.variant = gemm_variant(s.variant);
   w.qweight = s.qweight;
-  w.scale = s.variant == WeightVariant::kW4G128 ? s.s1 : s.scale;
+  w.scale = s.variant == WeightFormat::kW4A8G128 ? s.s1 : s.scale;
   w.szero = s.szero;
   w.s2 = s.s2;
   w.zn = s.zn;
@@ -85,7 +85,7 @@ LoadedModel load_quantized(const std::string& dir, const LoadOptions& opt) {
   r.dir = dir;
   r.quantized = true;
   r.kv_bits = meta.kv_bits;
-  r.description = std::string(variant_name(meta.variant)) + (opt.weight_only ? " weight-only" : "");
+  r.description = std::string(weight_format_name(meta.variant)) + (opt.weight_only ? " weight-only" : "");
   // The QoQ steps that were on, e.g. "qoq: rotate smooth_attention gptq" (all off: "rtn").
   std::string steps;
   for (const char* k : {"rotate", "smooth_attention", "smooth_down", "reorder", "clip", "gptq"})

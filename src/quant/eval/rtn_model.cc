@@ -10,20 +10,19 @@ namespace qs::quant::eval {
 
 namespace {
 
-using ref_cpu::QGemmVariant;
 
 struct SchemeInfo {
   RtnScheme scheme;
   const char* name;
-  QGemmVariant variant;
+  WeightFormat variant;
   model::ActMode act;
 };
 constexpr SchemeInfo kSchemes[] = {
-    {RtnScheme::kW8A8, "w8a8", QGemmVariant::kW8A8, model::ActMode::kInt8},
-    {RtnScheme::kW4A8PerChannel, "w4a8-per-channel", QGemmVariant::kW4A8PerChannel, model::ActMode::kInt8},
-    {RtnScheme::kW4A8G128, "w4a8-g128", QGemmVariant::kW4A8G128, model::ActMode::kInt8},
-    {RtnScheme::kW4A16PerChannel, "w4a16-per-channel", QGemmVariant::kW4A8PerChannel, model::ActMode::kFloat},
-    {RtnScheme::kW4A16G128, "w4a16-g128", QGemmVariant::kW4A8G128, model::ActMode::kFloat},
+    {RtnScheme::kW8A8, "w8a8", WeightFormat::kW8A8, model::ActMode::kInt8},
+    {RtnScheme::kW4A8PerChannel, "w4a8-per-channel", WeightFormat::kW4A8PerChannel, model::ActMode::kInt8},
+    {RtnScheme::kW4A8G128, "w4a8-g128", WeightFormat::kW4A8G128, model::ActMode::kInt8},
+    {RtnScheme::kW4A16PerChannel, "w4a16-per-channel", WeightFormat::kW4A8PerChannel, model::ActMode::kFloat},
+    {RtnScheme::kW4A16G128, "w4a16-g128", WeightFormat::kW4A8G128, model::ActMode::kFloat},
 };
 
 const SchemeInfo& info(RtnScheme s) {
@@ -47,15 +46,15 @@ void round_in_place(Tensor& t) {
   for (int64_t i = 0; i < t.numel(); ++i) p[i] = round_fp16(p[i]);
 }
 
-model::QuantizedWeights quantize_weight(const Tensor& w, QGemmVariant v) {
+model::QuantizedWeights quantize_weight(const Tensor& w, WeightFormat v) {
   model::QuantizedWeights q;
   q.variant = v;
-  if (v == QGemmVariant::kW4A8PerChannel) {
+  if (v == WeightFormat::kW4A8PerChannel) {
     auto r = quant::quantize_w4_per_channel(w);
     q.qweight = r.qweight;
     q.scale = r.scale;
     q.szero = r.szero;
-  } else if (v == QGemmVariant::kW4A8G128) {
+  } else if (v == WeightFormat::kW4A8G128) {
     auto r = quant::quantize_w4_g128(w);
     q.qweight = r.qweight;
     q.scale = r.s1;

@@ -24,7 +24,7 @@ double dec(float x) { return std::round(double(x) * 1e6) / 1e6; }
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-bool is_g128(const QoqOptions& o) { return o.variant == WeightVariant::kW4G128; }
+bool is_g128(const QoqOptions& o) { return o.variant == WeightFormat::kW4A8G128; }
 
 // y [m, n] = x [m, k] W^T on the model's backend.
 std::vector<float> matmul(const backends::Backend& be, const float* x, int64_t m, const Tensor& w) {
@@ -45,8 +45,8 @@ double sq_norm(const std::vector<float>& a) {
 }
 
 // Round-to-nearest dequantized weights in the pipeline's variant (used by the smoothing grid search).
-Tensor rtn_dequant(const Tensor& w, WeightVariant v) {
-  return v == WeightVariant::kW4G128 ? quantize_w4_g128(w).dequant : quantize_w4_per_channel(w).dequant;
+Tensor rtn_dequant(const Tensor& w, WeightFormat v) {
+  return v == WeightFormat::kW4A8G128 ? quantize_w4_g128(w).dequant : quantize_w4_per_channel(w).dequant;
 }
 
 // Per-token INT8 fake quantization of activations (formats.h), in place: what the W4A8 GEMM sees.
@@ -63,7 +63,7 @@ void fake_quant_act(std::vector<float>& x, int64_t m, int64_t k) {
 // the sample rows with RTN-quantized up/down weights (smoothed) and INT8 down_proj inputs, against the FP MLP.
 // gate is RTN-quantized once (smoothing does not touch it). Returns the best (a, b).
 std::pair<float, float> search_smooth_down(const backends::Backend& be, const LayerWeights& l,
-                                           const std::vector<float>& xmax, const Tensor& rows, WeightVariant v) {
+                                           const std::vector<float>& xmax, const Tensor& rows, WeightFormat v) {
   const int64_t m = rows.dim(0), f = l.down->dim(1);
   const float* x = rows.data<float>();
   const std::vector<float> gate = matmul(be, x, m, *l.gate), up = matmul(be, x, m, *l.up);
@@ -99,7 +99,7 @@ std::pair<float, float> search_smooth_down(const backends::Backend& be, const La
 
 }  // namespace
 
-QoqOptions QoqOptions::rtn(WeightVariant v) {
+QoqOptions QoqOptions::rtn(WeightFormat v) {
   QoqOptions o;
   o.variant = v;
   o.rotate = o.smooth_attn = o.smooth_down = o.reorder = o.clip = o.gptq = false;
@@ -107,15 +107,15 @@ QoqOptions QoqOptions::rtn(WeightVariant v) {
 }
 
 float QoqOptions::down_alpha() const {
-  return smooth_down_alpha >= 0.0f ? smooth_down_alpha : (variant == WeightVariant::kW4G128 ? 0.3f : 0.1f);
+  return smooth_down_alpha >= 0.0f ? smooth_down_alpha : (variant == WeightFormat::kW4A8G128 ? 0.3f : 0.1f);
 }
 float QoqOptions::down_beta() const {
-  return smooth_down_beta >= 0.0f ? smooth_down_beta : (variant == WeightVariant::kW4G128 ? 0.7f : 0.9f);
+  return smooth_down_beta >= 0.0f ? smooth_down_beta : (variant == WeightFormat::kW4A8G128 ? 0.7f : 0.9f);
 }
 
 nlohmann::json QoqOptions::to_json() const {
   nlohmann::json j;
-  j["variant"] = variant_name(variant);
+  j["variant"] = weight_format_name(variant);
   j["rotate"] = rotate;
   j["smooth_attention"] = smooth_attn;
   j["smooth_attention_alpha"] = dec(smooth_attn_alpha);
@@ -125,8 +125,8 @@ nlohmann::json QoqOptions::to_json() const {
     j["smooth_down_alpha"] = dec(down_alpha());
     j["smooth_down_beta"] = dec(down_beta());
   }
-  j["reorder"] = reorder && variant == WeightVariant::kW4G128;
-  j["clip"] = clip && variant == WeightVariant::kW4PerChannel;
+  j["reorder"] = reorder && variant == WeightFormat::kW4A8G128;
+  j["clip"] = clip && variant == WeightFormat::kW4A8PerChannel;
   j["clip_steps"] = clip_steps;
   j["gptq"] = gptq;
   j["gptq_damp"] = gptq_options.damp;
@@ -143,8 +143,8 @@ nlohmann::json QoqOptions::to_json() const {
 
 QoqResult run_qoq(model::Model& model, const CalibrationSet& calib, const QoqOptions& opt) {
   const auto t_start = Clock::now();
-  QS_CHECK(opt.variant == WeightVariant::kW4PerChannel || opt.variant == WeightVariant::kW4G128)
-      << "QoQ quantizes to W4 (per-channel or g128), not " << variant_name(opt.variant);
+  QS_CHECK(opt.variant == WeightFormat::kW4A8PerChannel || opt.variant == WeightFormat::kW4A8G128)
+      << "QoQ quantizes to W4 (per-channel or g128), not " << weight_format_name(opt.variant);
   QS_CHECK(!calib.windows.empty()) << "QoQ: no calibration windows";
   const auto& c = model.config();
   const auto& be = model.backend();
@@ -305,7 +305,7 @@ QuantizedCheckpointWriter make_checkpoint(const model::Model& model, const QoqRe
                                           const nlohmann::json& hf_config, const std::string& source_model) {
   const auto& c = model.config();
   CheckpointMeta meta;
-  meta.variant = parse_variant(result.settings.at("variant").get<std::string>());
+  meta.variant = parse_weight_format(result.settings.at("variant").get<std::string>());
   meta.kv_bits = 4;
   meta.qoq = result.settings;
   meta.source_model = source_model;

@@ -27,7 +27,7 @@
 namespace qs::quant::qoq {
 
 struct QoqOptions {
-  WeightVariant variant = WeightVariant::kW4G128;  // kW4PerChannel or kW4G128
+  WeightFormat variant = WeightFormat::kW4A8G128;  // kW4PerChannel or kW4G128
   bool rotate = true;          // RMSNorm folding + residual Hadamard + per-head v/o Hadamard
   bool smooth_attn = true;     // SmoothAttention
   bool smooth_down = true;     // down_proj smoothing
@@ -52,7 +52,7 @@ struct QoqOptions {
   bool progress = true;         // progress bar on stderr (only when stderr is a terminal)
   std::function<bool()> cancelled;  // polled often; true makes run_qoq throw qs::Error("interrupted")
 
-  static QoqOptions rtn(WeightVariant v);  // every step off
+  static QoqOptions rtn(WeightFormat v);  // every step off
   float down_alpha() const;
   float down_beta() const;
   nlohmann::json to_json() const;  // every setting, for the checkpoint metadata
