@@ -57,6 +57,7 @@ class RawConn {
   }
   // Appends what arrives within `timeout_ms` (until the peer closes when `until_close`). Returns false on EOF.
   bool read_some(std::string& out, int timeout_ms) {
+    if (fd_ < 0) return false;
     pollfd p{fd_, POLLIN, 0};
     if (::poll(&p, 1, timeout_ms) <= 0) return true;
     char buf[8192];
@@ -131,6 +132,7 @@ inline HttpReply http(int port, const std::string& method, const std::string& pa
                       const std::string& content_type = "application/json",
                       const std::vector<std::string>& extra_headers = {}) {
   RawConn c(port);
+  if (!c.ok()) return {};
   c.send_all(request_text(method, path, body, content_type, extra_headers));
   return parse_reply(c.read_to_close());
 }
