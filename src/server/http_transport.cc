@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -113,6 +114,9 @@ bool HttpTransport::peer_connected(int sock) {
 }
 
 bool HttpTransport::process_and_close_socket(socket_t sock) {
+  // Every SSE event is a small write that must leave at once (no Nagle delay behind the client's delayed ACK).
+  const int one = 1;
+  ::setsockopt(sock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   ConnectionStream strm(sock, to_ms(read_timeout_sec_, read_timeout_usec_),
                         to_ms(write_timeout_sec_, write_timeout_usec_));
   t_socket = sock;
