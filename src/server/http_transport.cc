@@ -113,6 +113,11 @@ bool HttpTransport::peer_connected(int sock) {
   return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
 }
 
+void HttpTransport::widen_backlog(int backlog) {
+  const int sock = svr_sock_;
+  if (sock >= 0) ::listen(sock, backlog);  // on a listening socket, listen() again only changes the backlog
+}
+
 bool HttpTransport::process_and_close_socket(socket_t sock) {
   // Every SSE event is a small write that must leave at once (no Nagle delay behind the client's delayed ACK).
   const int one = 1;

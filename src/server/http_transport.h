@@ -20,7 +20,11 @@ class HttpTransport : public httplib::Server {
   // The socket of the connection the calling thread is serving; -1 outside a handler.
   static int current_socket();
   // Whether the peer of `sock` has neither closed nor reset the connection (pending data counts as connected).
+  // A client that half-closes its sending side after the request counts as gone (HTTP clients do not do that).
   static bool peer_connected(int sock);
+  // Raises the listen backlog of the bound socket (Debian's httplib is built with a backlog of 5, which drops
+  // the SYNs of a burst of clients: they retry after 1, 3, 7... seconds). Call after bind_to_port.
+  void widen_backlog(int backlog);
 
  private:
   bool process_and_close_socket(socket_t sock) override;

@@ -519,6 +519,7 @@ int Server::bind() {
     port = -1;
   }
   QS_CHECK(port > 0) << "cannot listen on " << o.host << ":" << o.port << " (address in use or not available)";
+  impl_->http.widen_backlog(4096);  // capped by net.core.somaxconn
   impl_->bound_port = port;
   return port;
 }
