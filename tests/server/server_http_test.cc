@@ -131,6 +131,32 @@ TEST_F(ServerTest, StopStringIsCut) {
   EXPECT_EQ(r.json()["choices"][0]["finish_reason"], "stop");
 }
 
+TEST_F(ServerTest, StreamedStopAndEcho) {
+  start();
+  const auto prompt = encode("one two three four");
+  const std::string full = backend_->expected_text(prompt, 8);
+  const std::string stop = full.substr(full.size() / 2, 3);
+  const HttpReply r = complete({{"prompt", "one two three four"}, {"max_tokens", 8}, {"stop", {stop}}, {"stream", true}});
+  ASSERT_EQ(r.status, 200);
+  const auto data = test::sse_data(r.body);
+  std::string text, finish;
+  for (size_t i = 0; i + 1 < data.size(); ++i) {
+    const json c = json::parse(data[i]);
+    text += c["choices"][0]["text"].get<std::string>();
+    if (!c["choices"][0]["finish_reason"].is_null()) finish = c["choices"][0]["finish_reason"];
+  }
+  EXPECT_EQ(text, full.substr(0, full.find(stop)));
+  EXPECT_EQ(finish, "stop");
+  // echo: the prompt text comes first, streamed or not.
+  const HttpReply e = complete({{"prompt", "one two"}, {"max_tokens", 2}, {"echo", true}});
+  ASSERT_EQ(e.status, 200);
+  EXPECT_EQ(e.json()["choices"][0]["text"], "one two" + backend_->expected_text(encode("one two"), 2));
+  const HttpReply es = complete({{"prompt", "one two"}, {"max_tokens", 2}, {"echo", true}, {"stream", true}});
+  const auto ed = test::sse_data(es.body);
+  ASSERT_GE(ed.size(), 2u);
+  EXPECT_EQ(json::parse(ed[0])["choices"][0]["text"], "one two");
+}
+
 TEST_F(ServerTest, ChatCompletionUsesTheChatTemplate) {
   start();
   const json msgs = json::array({{{"role", "system"}, {"content", "Be brief."}},
