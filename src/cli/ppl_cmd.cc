@@ -3,11 +3,14 @@
 // Several --model values are evaluated in one pass over the data (the reference runs once per window):
 //   qserve ppl --model SPEC [--model SPEC ...] [--dataset FILE] [--seq-len 2048] [--max-windows N]
 //              [--reference HF_DIR] [--kv auto|fp32|kv4] [--rtn SCHEME] [--weight-only] [--json FILE]
+//              [--device cpu]
 // SPEC is a directory, optionally followed by per-model settings that override the global flags:
 //   DIR@kv=kv4,rtn=w8a8,weight-only,label=NAME
 // rtn=SCHEME quantizes an HF model in memory with round-to-nearest (quant/eval/rtn_model.h); weight-only runs a
 // quantized checkpoint's linears on FP32 activations (W4A16 ablation); kv=auto gives KV4 to checkpoints made for
 // it and to W4A8 RTN schemes, FP32 otherwise.
+// Every model runs behind the executor seam (model/executor.h): --device cpu (the default) is the exact CPU
+// reference executor (model/ref); --device cuda is refused until the GPU model runner (engine/) is wired in.
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -20,6 +23,7 @@
 #include "cli/command.h"
 #include "core/error.h"
 #include "core/paths.h"
+#include "model/ref/ref_executor.h"
 #include "quant/eval/model_loader.h"
 #include "quant/eval/perplexity.h"
 #include "quant/eval/rtn_model.h"
@@ -40,6 +44,7 @@ struct PplArgs {
   bool weight_only = false;
   std::string json_out;
   std::string tokenizer;
+  std::string device = "cpu";
 };
 
 // One --model value with its settings.
@@ -89,20 +94,30 @@ std::string read_text(const std::string& path) {
   return ss.str();
 }
 
-qs::model::KvMode kv_mode_for(const std::string& kv, const ev::LoadedModel& lm) {
-  if (kv == "fp32") return qs::model::KvMode::kFp32;
-  if (kv == "kv4") return qs::model::KvMode::kKv4;
-  return lm.quantized && lm.kv_bits == 4 ? qs::model::KvMode::kKv4 : qs::model::KvMode::kFp32;
+qs::KvDType kv_dtype_for(const std::string& kv, const ev::LoadedModel& lm) {
+  if (kv == "fp32") return qs::KvDType::kFp32;
+  if (kv == "kv4") return qs::KvDType::kKv4;
+  return lm.quantized && lm.kv_bits == 4 ? qs::KvDType::kKv4 : qs::KvDType::kFp32;
+}
+
+// The executor that evaluates one model (it takes the model over).
+std::unique_ptr<qs::model::Executor> make_executor(const PplArgs& a, std::unique_ptr<qs::model::Model> m,
+                                                   qs::KvDType kv) {
+  // --device cpu (run() refused anything else before loading a model).
+  return std::make_unique<qs::model::RefExecutor>(std::move(m), ev::window_executor_options(kv, a.seq_len));
 }
 
 void run(const PplArgs& a) {
   QS_CHECK(!a.models.empty()) << "ppl: give at least one --model";
   const std::string dataset = a.dataset.empty() ? qs::data_dir() + "/text/wikitext2_test.txt" : a.dataset;
   const bool tty = isatty(fileno(stderr));
+  QS_CHECK(a.device == "cpu") << "ppl --device " << a.device
+                              << ": the GPU model runner (engine/) is not built into qserve yet; use --device cpu";
 
   std::vector<ModelSpec> specs;
   for (const auto& s : a.models) specs.push_back(parse_spec(s, a));
   std::vector<ev::LoadedModel> loaded;
+  std::vector<std::unique_ptr<qs::model::Executor>> executors;
   std::vector<ev::EvalModel> evals;
   for (const auto& sp : specs) {
     ev::LoadOptions lo;
@@ -117,13 +132,16 @@ void run(const PplArgs& a) {
       lm.kv_bits = sp.rtn.rfind("w4a8", 0) == 0 ? 4 : 32;
       lm.description = "rtn " + sp.rtn + " (in memory)";
     }
-    evals.push_back({sp.label, lm.model.get(), kv_mode_for(sp.kv, lm)});
+    executors.push_back(make_executor(a, std::move(lm.model), kv_dtype_for(sp.kv, lm)));
+    evals.push_back({sp.label, executors.back().get()});
   }
 
   std::unique_ptr<ev::LoadedModel> ref;
+  std::unique_ptr<qs::model::Executor> ref_exec;
   if (!a.reference.empty()) {
     ref = std::make_unique<ev::LoadedModel>(ev::load_for_eval(a.reference, {}));
     QS_CHECK(!ref->quantized) << "ppl: --reference must be an FP (Hugging Face) checkpoint";
+    ref_exec = make_executor(a, std::move(ref->model), qs::KvDType::kFp32);
   }
   std::string tok_dir = a.tokenizer;
   for (size_t i = 0; tok_dir.empty() && i < loaded.size(); ++i) tok_dir = loaded[i].tokenizer_dir;
@@ -135,8 +153,8 @@ void run(const PplArgs& a) {
   std::fprintf(stderr, "ppl: %s: %zu tokens, %lld windows of %lld%s\n", dataset.c_str(), tokens.size(),
                (long long)nw, (long long)a.seq_len, a.max_windows > 0 ? " (--max-windows)" : "");
   for (size_t i = 0; i < loaded.size(); ++i)
-    std::fprintf(stderr, "ppl: model %s: %s, kv %s\n", evals[i].label.c_str(), loaded[i].description.c_str(),
-                 qs::model::kv_mode_name(evals[i].kv_mode));
+    std::fprintf(stderr, "ppl: model %s: %s, kv %s (%s)\n", evals[i].label.c_str(), loaded[i].description.c_str(),
+                 qs::kv_dtype_name(evals[i].executor->pool().dtype), evals[i].executor->name().c_str());
 
   ev::EvalOptions opt;
   opt.seq_len = a.seq_len;
@@ -151,7 +169,7 @@ void run(const PplArgs& a) {
     if (tty && done == total) std::fprintf(stderr, "\n");
   };
   ev::EvalModel ref_eval;
-  if (ref) ref_eval = {a.reference, ref->model.get(), qs::model::KvMode::kFp32};
+  if (ref) ref_eval = {a.reference, ref_exec.get()};
   const auto results = ev::evaluate(tokens, evals, ref ? &ref_eval : nullptr, opt);
 
   nlohmann::json out = nlohmann::json::array();
@@ -160,7 +178,7 @@ void run(const PplArgs& a) {
     const bool is_ref = ref && i + 1 == results.size();
     const ev::LoadedModel& lm = is_ref ? *ref : loaded[i];
     const std::string desc = is_ref ? "reference, " + ref->description : lm.description;
-    const char* kv = qs::model::kv_mode_name(is_ref ? qs::model::KvMode::kFp32 : evals[i].kv_mode);
+    const char* kv = qs::kv_dtype_name((is_ref ? ref_exec.get() : evals[i].executor)->pool().dtype);
     std::printf("%s [%s, kv %s]: ppl %.4f", r.label.c_str(), desc.c_str(), kv, r.ppl);
     if (r.has_reference) std::printf("  KL %.5f  top1 %.4f", r.kl_mean, r.top1);
     std::printf("  (%lld windows x %lld, %lld tokens, %.1fs)\n", (long long)r.windows, (long long)a.seq_len,
@@ -206,6 +224,8 @@ qs::cli::CommandRegistrar reg("ppl", "Perplexity (GPTQ protocol) and KL divergen
   sub->add_flag("--weight-only", a->weight_only, "quantized checkpoints: FP32 activations (W4A16)");
   sub->add_option("--tokenizer", a->tokenizer, "directory with tokenizer.json (default: the first model's)");
   sub->add_option("--json", a->json_out, "write the results as JSON");
+  sub->add_option("--device", a->device, "executor: cpu (the exact CPU reference); cuda (GPU runner, not built yet)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   sub->callback([a] { run(*a); });
 });
 

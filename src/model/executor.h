@@ -11,6 +11,15 @@
 //  * execute() is synchronous and not thread-safe (one thread owns an executor). It validates the batch first
 //    (ForwardBatch::validate against pool(), vocab and max_context) and throws qs::Error on a bad batch without
 //    touching the pool; a device failure also throws, and the executor is then unusable.
+//  * KV4 attention rule (what the GPU runner's kernels do, and the reference reproduces bit for bit): a sequence
+//    with q_len > 1 (a prefill chunk) attends to its own new tokens' K/V unquantized (as computed, after RoPE)
+//    and to its prefix through the quantized cache; a sequence with q_len == 1 (decode) reads every key and value,
+//    its own included, from the quantized cache. So a prompt prefilled in chunks is not bit-identical to the same
+//    prompt in one chunk under KV4 (the chunk boundary decides which keys a query sees quantized); it is identical
+//    to Model::forward over a KV4 KvCache with the same chunks and SeqInput::fp_self_kv = (q_len > 1).
+//    ForwardBatch::quantized_self_kv = true switches every sequence to "read everything from the cache"
+//    (perplexity protocol). An FP32 pool stores K/V as computed, so there the rule changes nothing (an FP16 pool
+//    follows the same rule with FP16 rounding in place of KV4 quantization).
 //  * Results do not depend on the batch composition beyond floating-point reduction order: the reference is
 //    bit-identical batched vs alone; the GPU runner within the tolerance its tests state.
 #pragma once

@@ -40,6 +40,11 @@ struct ForwardBatch {
   std::vector<uint64_t> sample_step;        // [num_seqs] tokens s sampled before this step (the RNG counter)
   bool return_logits = false;               // return the logits of the output rows too
   bool all_logits = false;                  // return the logits of every token (no sampling)
+  // KV4 pools only. false (serving): a sequence with q_len > 1 attends to its own new tokens' K/V unquantized and
+  // to its prefix through the quantized cache; a q_len == 1 sequence reads everything from the cache. true
+  // (fake-quantized evaluation, the perplexity protocol of QoQ / ACCURACY.md): every sequence reads every key and
+  // value from the quantized cache, its own new tokens included. An executor that cannot do it throws.
+  bool quantized_self_kv = false;
 
   int32_t num_seqs() const { return int32_t(context_lens.size()); }
   int32_t num_tokens() const { return int32_t(token_ids.size()); }

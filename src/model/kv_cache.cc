@@ -63,6 +63,26 @@ void KvCache::write(int layer, int64_t pos, const float* k, const float* v, int6
     }
 }
 
+void KvCache::write_packed(int layer, int64_t pos, const uint8_t* k4, const fmt4::Kv4Params* kp, const uint8_t* v4,
+                           const fmt4::Kv4Params* vp, int64_t n) {
+  QS_CHECK(mode_ == KvMode::kKv4) << "KvCache: write_packed needs a KV4 cache";
+  QS_CHECK(layer >= 0 && layer < num_layers()) << "KvCache: layer " << layer << " out of range";
+  QS_CHECK(pos >= 0 && pos <= length_ && n >= 0) << "KvCache: packed write of " << n << " positions at " << pos
+                                                 << " would leave a hole (length " << length_ << ")";
+  reserve(pos + n);
+  Layer& l = layers_[size_t(layer)];
+  const size_t d = size_t(head_dim_), groups = size_t(n) * size_t(kv_heads_), g0 = size_t(pos) * size_t(kv_heads_);
+  std::memcpy(l.k4.data() + g0 * d / 2, k4, groups * d / 2);
+  std::memcpy(l.v4.data() + g0 * d / 2, v4, groups * d / 2);
+  std::copy(kp, kp + groups, l.kp.begin() + int64_t(g0));
+  std::copy(vp, vp + groups, l.vp.begin() + int64_t(g0));
+  for (size_t g = g0; g < g0 + groups; ++g)
+    for (size_t e = 0; e < d; ++e) {  // the dequantization write() does
+      l.k[g * d + e] = fmt4::dequantize_kv4(fmt4::get_nibble(l.k4.data() + g * d / 2, int64_t(e)), l.kp[g]);
+      l.v[g * d + e] = fmt4::dequantize_kv4(fmt4::get_nibble(l.v4.data() + g * d / 2, int64_t(e)), l.vp[g]);
+    }
+}
+
 void KvCache::set_length(int64_t n) {
   QS_CHECK(n >= 0 && n <= capacity_) << "KvCache: length " << n << " beyond the written capacity " << capacity_;
   length_ = n;

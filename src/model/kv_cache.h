@@ -41,6 +41,12 @@ class KvCache {
   // Stores k, v [n, num_kv_heads, head_dim] of `layer` at positions [pos, pos + n) (quantized in KV4 mode),
   // growing the storage as needed. pos must be <= length() (no holes).
   void write(int layer, int64_t pos, const float* k, const float* v, int64_t n);
+  // KV4 mode only: stores already-quantized K/V of `layer` at positions [pos, pos + n): packed nibbles
+  // k4, v4 [n, num_kv_heads, head_dim / 2] and FP16 params kp, vp [n, num_kv_heads]. Keeps exactly what write()
+  // would have kept for the float vectors these codes came from (codes, params, dequantized values), so a cache
+  // rebuilt from a paged pool's bytes equals the cache that filled the pool. Same position rules as write().
+  void write_packed(int layer, int64_t pos, const uint8_t* k4, const fmt4::Kv4Params* kp, const uint8_t* v4,
+                    const fmt4::Kv4Params* vp, int64_t n);
   // Sets the valid length (advance after all layers were written, or truncate to drop positions).
   void set_length(int64_t n);
   void clear() { set_length(0); }

@@ -231,12 +231,14 @@ Tensor Model::forward(const std::vector<SeqInput>& batch, LogitsMode mode) {
     head(hidden.data(), M, logits.data<float>());
     return logits;
   }
-  const int64_t B = int64_t(batch.size());
-  std::vector<float> last(sz(B * H));
-  for (int64_t b = 0; b < B; ++b) {
-    const SeqSlice& s = slices[sz(b)];
-    std::copy_n(hidden.data() + (s.offset + s.n - 1) * H, H, last.data() + b * H);
+  std::vector<float> last;
+  for (size_t b = 0; b < batch.size(); ++b) {
+    if (!batch[b].logits) continue;
+    const SeqSlice& s = slices[b];
+    last.insert(last.end(), hidden.data() + (s.offset + s.n - 1) * H, hidden.data() + (s.offset + s.n) * H);
   }
+  const int64_t B = int64_t(last.size()) / H;
+  if (B == 0) return Tensor();
   Tensor logits(DType::F32, {B, V});
   head(last.data(), B, logits.data<float>());
   return logits;

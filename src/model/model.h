@@ -54,6 +54,7 @@ struct SeqInput {
   int64_t n = 0;
   KvCache* cache = nullptr;
   bool fp_self_kv = false;
+  bool logits = true;  // LogitsMode::kLast: false leaves this sequence out of the logits (no head computed)
 };
 
 // Rows [offset, offset + n) of a hidden-state matrix belong to one sequence (positions cache->length() + i).
@@ -66,7 +67,7 @@ struct SeqSlice {
 
 enum class LogitsMode {
   kAll,   // [sum of n, vocab]: every new position, sequences back to back (perplexity, golden tests)
-  kLast,  // [number of sequences, vocab]: the last new position of each sequence (generation)
+  kLast,  // [sequences with SeqInput::logits, vocab]: the last new position of each (generation)
   kNone,  // no logits (fill caches only)
 };
 
@@ -92,7 +93,8 @@ class Model {
   KvCache new_cache(KvMode mode = KvMode::kFp32) const { return KvCache(config_, mode); }
 
   // Runs the new tokens of every sequence through the model, writes their K/V into the caches and advances each
-  // cache's length by its n. Returns F32 logits as selected by `mode` (an undefined Tensor for kNone).
+  // cache's length by its n. Returns F32 logits as selected by `mode` (an undefined Tensor for kNone,
+  // and for kLast when no sequence has SeqInput::logits).
   // Every sequence needs n >= 1 and its own cache.
   Tensor forward(const std::vector<SeqInput>& batch, LogitsMode mode);
 

@@ -18,7 +18,6 @@
 namespace qs {
 namespace {
 
-using test::DevBuf;
 
 std::vector<uint16_t> fp16_rand(size_t n, uint64_t seed, float sd) {
   auto v = test::random_normal(n, seed, sd);
@@ -34,10 +33,10 @@ TEST_P(Fp8GemmGpu, MatchesReference) {
   const auto [n, k] = GetParam();
   const auto wf = test::random_normal(size_t(n) * k, 1, 0.05f);
   const ref_cpu::Fp8Weights w = ref_cpu::quantize_fp8_weights(wf.data(), n, k);
-  DevBuf<uint8_t> dw(w.q);
-  DevBuf<float> dsw(w.scale);
+  DeviceBuffer<uint8_t> dw(w.q);
+  DeviceBuffer<float> dsw(w.scale);
   cuda::Fp8Gemm gemm(n, k, 512);
-  DevBuf<uint8_t> ws(std::max<size_t>(gemm.workspace_bytes(), 1));
+  DeviceBuffer<uint8_t> ws(std::max<size_t>(gemm.workspace_bytes(), 1));
   for (int m : {1, 3, 17, 67, 257, 512}) {
     SCOPED_TRACE("m=" + std::to_string(m));
     // Activations: FP16 -> act_quant_fp8 on the GPU, checked against the reference quantizer bit for bit.
@@ -47,9 +46,9 @@ TEST_P(Fp8GemmGpu, MatchesReference) {
     kernels::ActQuantParams a;
     a.x = x.data(); a.rows = m; a.cols = k; a.fp8 = {q.data(), sx.data()};
     ref_cpu::act_quant_fp8(a);
-    DevBuf<uint16_t> dx(x);
-    DevBuf<uint8_t> dq(q.size());
-    DevBuf<float> dsx(static_cast<size_t>(m));
+    DeviceBuffer<uint16_t> dx(x);
+    DeviceBuffer<uint8_t> dq(q.size());
+    DeviceBuffer<float> dsx(static_cast<size_t>(m));
     dq.fill_bytes(0x7f);  // e4m3 NaN: never produced for finite input
     a.x = dx.get(); a.fp8 = {dq.get(), dsx.get()};
     ASSERT_TRUE(kernels::act_quant_fp8(a, 0).is_ok());
@@ -61,7 +60,7 @@ TEST_P(Fp8GemmGpu, MatchesReference) {
       const auto res = fp16_rand(size_t(m) * n, 20 + m, 1.0f);
       std::vector<float> ref(size_t(m) * n);
       ref_cpu::fp8_gemm(q.data(), sx.data(), m, w, with_res ? res.data() : nullptr, ref.data());
-      DevBuf<uint16_t> dy(size_t(m) * n);
+      DeviceBuffer<uint16_t> dy(size_t(m) * n);
       if (with_res) dy.upload(res);  // residual aliases y
       else test::poison(dy);
       cuda::Fp8GemmCall c;

@@ -120,7 +120,7 @@ TEST_P(NormQuantGpu, SiluMulAndPlainMatchReference) {
 // the FP32 scale by one ulp, on a tiny fraction of elements.
 int e4m3_ordinal(uint8_t v) { return (v & 0x80) ? -int(v & 0x7f) : int(v & 0x7f); }
 
-void compare_fp8(const DevBuf<uint8_t>& gq, const DevBuf<float>& gs, const std::vector<uint8_t>& q,
+void compare_fp8(const DeviceBuffer<uint8_t>& gq, const DeviceBuffer<float>& gs, const std::vector<uint8_t>& q,
                  const std::vector<float>& s, double max_mismatch_frac) {
   const auto hq = gq.download();
   const auto hs = gs.download();
@@ -143,8 +143,8 @@ TEST_P(NormQuantGpu, Fp8OutputsMatchReference) {
   const size_t n = size_t(rows) * cols;
   std::vector<uint8_t> q(n);
   std::vector<float> s(rows);
-  DevBuf<uint8_t> gq(n);
-  DevBuf<float> gs(rows);
+  DeviceBuffer<uint8_t> gq(n);
+  DeviceBuffer<float> gs(rows);
   auto fresh = [&] { gq.fill_bytes(0x7f); gs.fill_bytes(0xff); };
   // RMSNorm + residual.
   auto x = fp16_rand(n, 11, 1.0f), res = fp16_rand(n, 12, 4.0f), w = fp16_rand(cols, 13, 0.3f);
@@ -153,7 +153,7 @@ TEST_P(NormQuantGpu, Fp8OutputsMatchReference) {
   p.x = x.data(); p.residual_in = res.data(); p.residual_out = res_out.data(); p.weight = w.data();
   p.rows = rows; p.cols = cols; p.eps = 1e-6f; p.fp8 = {q.data(), s.data()};
   ref_cpu::rmsnorm_quant_fp8(p);
-  DevBuf<uint16_t> dx(x), dres(res), dw(w), dro(n);
+  DeviceBuffer<uint16_t> dx(x), dres(res), dw(w), dro(n);
   fresh();
   p.x = dx.get(); p.residual_in = dres.get(); p.residual_out = dro.get(); p.weight = dw.get();
   p.fp8 = {gq.get(), gs.get()};
@@ -165,7 +165,7 @@ TEST_P(NormQuantGpu, Fp8OutputsMatchReference) {
   kernels::SiluMulQuantParams sp;
   sp.gate_up = gu.data(); sp.rows = rows; sp.cols = cols; sp.fp8 = {q.data(), s.data()};
   ref_cpu::silu_mul_quant_fp8(sp);
-  DevBuf<uint16_t> dgu(gu);
+  DeviceBuffer<uint16_t> dgu(gu);
   fresh();
   sp.gate_up = dgu.get(); sp.fp8 = {gq.get(), gs.get()};
   ASSERT_TRUE(kernels::silu_mul_quant_fp8(sp, 0).is_ok());
@@ -175,7 +175,7 @@ TEST_P(NormQuantGpu, Fp8OutputsMatchReference) {
   kernels::ActQuantParams a;
   a.x = xx.data(); a.rows = rows; a.cols = cols; a.fp8 = {q.data(), s.data()};
   ref_cpu::act_quant_fp8(a);
-  DevBuf<uint16_t> dxx(xx);
+  DeviceBuffer<uint16_t> dxx(xx);
   fresh();
   a.x = dxx.get(); a.fp8 = {gq.get(), gs.get()};
   ASSERT_TRUE(kernels::act_quant_fp8(a, 0).is_ok());

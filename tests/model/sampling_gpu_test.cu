@@ -21,7 +21,6 @@
 namespace qs {
 namespace {
 
-using test::DevBuf;
 
 struct Case {
   int rows, vocab;
@@ -70,9 +69,9 @@ struct GpuOut {
 };
 
 GpuOut run_gpu(const Case& c, bool greedy_only_nullptrs = false) {
-  DevBuf<float> l(c.logits), t(c.temp), tp(c.top_p), lp(size_t(c.rows));
-  DevBuf<int32_t> tk(c.top_k), out(size_t(c.rows));
-  DevBuf<uint64_t> sd(c.seed), st(c.step);
+  DeviceBuffer<float> l(c.logits), t(c.temp), tp(c.top_p), lp(size_t(c.rows));
+  DeviceBuffer<int32_t> tk(c.top_k), out(size_t(c.rows));
+  DeviceBuffer<uint64_t> sd(c.seed), st(c.step);
   out.fill_bytes(0xff);
   lp.fill_bytes(0xff);
   kernels::SampleParams p;

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -77,7 +78,8 @@ TEST(EvalProtocol, MatchesHandWrittenGptqLoop) {
   const std::vector<int32_t> tokens = test::random_tokens(3 * L + 11, 101, 3);
   EvalOptions opt;
   opt.seq_len = L;
-  const auto res = evaluate(tokens, {{"tiny", m.get(), model::KvMode::kFp32}}, nullptr, opt);
+  model::RefExecutor ex(*m, window_executor_options(KvDType::kFp32, L));
+  const auto res = evaluate(tokens, {{"tiny", &ex}}, nullptr, opt);
   ASSERT_EQ(res.size(), 1u);
   EXPECT_EQ(res[0].windows, 3);
   EXPECT_EQ(res[0].tokens, 3 * (L - 1));
@@ -101,7 +103,7 @@ TEST(EvalProtocol, MatchesHandWrittenGptqLoop) {
 
   // max_windows takes a prefix; window 0's loss does not depend on what follows.
   opt.max_windows = 1;
-  const auto one = evaluate(tokens, {{"tiny", m.get(), model::KvMode::kFp32}}, nullptr, opt);
+  const auto one = evaluate(tokens, {{"tiny", &ex}}, nullptr, opt);
   EXPECT_EQ(one[0].windows, 1);
   EXPECT_LT(one[0].nll_sum, res[0].nll_sum);
 }
@@ -114,9 +116,11 @@ TEST(EvalProtocol, KlAndTop1AgainstReference) {
   const std::vector<int32_t> tokens = test::random_tokens(2 * 64, 101, 4);
   EvalOptions opt;
   opt.seq_len = 64;
-  const EvalModel r{"ref", ref.get(), model::KvMode::kFp32};
-  const auto res = evaluate(tokens, {{"same", same.get(), model::KvMode::kFp32}, {"w4a8kv4", q.get(),
-                                     model::KvMode::kKv4}}, &r, opt);
+  model::RefExecutor ref_ex(*ref, window_executor_options(KvDType::kFp32, 64)),
+      same_ex(*same, window_executor_options(KvDType::kFp32, 64)),
+      q_ex(*q, window_executor_options(KvDType::kKv4, 64));
+  const EvalModel r{"ref", &ref_ex};
+  const auto res = evaluate(tokens, {{"same", &same_ex}, {"w4a8kv4", &q_ex}}, &r, opt);
   ASSERT_EQ(res.size(), 3u);
   EXPECT_TRUE(res[0].has_reference);
   EXPECT_EQ(res[0].kl_mean, 0.0);  // bit-identical model: exactly zero
@@ -135,9 +139,10 @@ TEST(EvalProtocol, RejectsBadInput) {
   auto m = test::tiny_random_model(1);
   EvalOptions opt;
   opt.seq_len = 64;
+  model::RefExecutor ex(*m, window_executor_options(KvDType::kFp32, 64));
   auto expect_error = [&](const std::vector<int32_t>& t, const std::string& what) {
     try {
-      evaluate(t, {{"tiny", m.get(), model::KvMode::kFp32}}, nullptr, opt);
+      evaluate(t, {{"tiny", &ex}}, nullptr, opt);
       ADD_FAILURE() << "no error, expected " << what;
     } catch (const Error& e) {
       EXPECT_THAT(e.what(), HasSubstr(what));
@@ -147,6 +152,38 @@ TEST(EvalProtocol, RejectsBadInput) {
   std::vector<int32_t> t = test::random_tokens(64, 101, 1);
   t[5] = 101;
   expect_error(t, "outside the vocabulary");
+}
+
+// Through the executor seam the numbers are those of the plain model: FP32 windows equal Model::forward on a
+// fresh cache bit for bit, and KV4 windows by default equal the fake-quantized forward (every K/V read back
+// quantized: fp_self_kv = false), i.e. every ACCURACY.md number is unchanged; quantized_self_kv = false gives the
+// serving rule instead (the window, one prefill chunk, sees its own K/V unquantized).
+TEST(EvalProtocol, WindowsThroughTheExecutorEqualTheModelForward) {
+  auto m = test::tiny_random_model(13);
+  const int64_t L = 70;  // two pages of 64, the second partly used
+  const std::vector<int32_t> ids = test::random_tokens(L, 101, 5);
+  auto same = [](const Tensor& a, const Tensor& b) {
+    return a.shape() == b.shape() && std::memcmp(a.raw(), b.raw(), size_t(a.numel()) * 4) == 0;
+  };
+  for (const bool kv4 : {false, true}) {
+    SCOPED_TRACE(kv4 ? "kv4" : "fp32");
+    model::RefExecutor ex(*m, window_executor_options(kv4 ? KvDType::kKv4 : KvDType::kFp32, L));
+    const Tensor got = window_logits(ex, ids.data(), L);
+    const Tensor got_serving = window_logits(ex, ids.data(), L, /*quantized_self_kv=*/false);
+    model::KvCache c1 = m->new_cache(kv4 ? model::KvMode::kKv4 : model::KvMode::kFp32), c2 = c1;
+    const Tensor fake = m->forward({{ids.data(), L, &c1, /*fp_self_kv=*/false}}, model::LogitsMode::kAll);
+    const Tensor serving = m->forward({{ids.data(), L, &c2, /*fp_self_kv=*/true}}, model::LogitsMode::kAll);
+    EXPECT_TRUE(same(got, fake));
+    EXPECT_TRUE(same(got_serving, serving));
+    EXPECT_EQ(same(fake, serving), !kv4);  // the rule only matters under KV4
+  }
+  // An executor whose pool cannot hold a window is named in the error.
+  model::RefExecutor small(*m, window_executor_options(KvDType::kFp32, 64));
+  EvalOptions opt;
+  opt.seq_len = L;
+  const std::string err = test::error_of([&] { evaluate(ids, {{"small", &small}}, nullptr, opt); });
+  EXPECT_THAT(err, HasSubstr("model 'small', window 0"));
+  EXPECT_THAT(err, HasSubstr("cannot run a window of 70 tokens"));
 }
 
 // ---- real data ----
@@ -192,7 +229,8 @@ TEST(EvalRealData, OneSeq2048WindowMatchesChunkedForward) {
   EvalOptions opt;
   opt.seq_len = L;
   opt.max_windows = 1;
-  const auto res = evaluate(ids, {{"qs-llama-tiny", m.get(), model::KvMode::kFp32}}, nullptr, opt);
+  model::RefExecutor ex(*m, window_executor_options(KvDType::kFp32, L));
+  const auto res = evaluate(ids, {{"qs-llama-tiny", &ex}}, nullptr, opt);
 
   model::KvCache cache = m->new_cache();
   const Tensor a = m->forward({{ids.data(), 1000, &cache}}, model::LogitsMode::kAll);

@@ -41,8 +41,11 @@ std::vector<std::vector<int32_t>> reference_prompts() {
   return out;
 }
 
+// The prompt's logits through the reference executor (the fake-quantized protocol of ppl under KV4).
 Tensor prompt_logits(model::Model& m, const std::vector<int32_t>& ids, model::KvMode kv) {
-  return window_logits(m, kv, ids.data(), int64_t(ids.size()));
+  model::RefExecutor ex(m, window_executor_options(kv == model::KvMode::kKv4 ? KvDType::kKv4 : KvDType::kFp32,
+                                                   int64_t(ids.size())));
+  return window_logits(ex, ids.data(), int64_t(ids.size()));
 }
 
 struct Fidelity {

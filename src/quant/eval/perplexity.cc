@@ -68,10 +68,31 @@ int64_t num_windows(int64_t n_tokens, int64_t seq_len, int64_t max_windows) {
   return n;
 }
 
-Tensor window_logits(model::Model& m, model::KvMode kv_mode, const int32_t* ids, int64_t n) {
-  model::KvCache cache = m.new_cache(kv_mode);
-  cache.reserve(n);
-  return m.forward({model::SeqInput{ids, n, &cache}}, model::LogitsMode::kAll);
+Tensor window_logits(model::Executor& ex, const int32_t* ids, int64_t n, bool quantized_self_kv) {
+  const model::KvPoolInfo pool = ex.pool();
+  const int64_t pages = (n + pool.page_size - 1) / pool.page_size;
+  QS_CHECK(n >= 1 && n <= ex.max_batch_tokens() && pages <= pool.num_pages && n <= ex.max_context())
+      << "evaluation: executor '" << ex.name() << "' cannot run a window of " << n << " tokens (" << pages
+      << " pages of " << pool.page_size << "; it has " << pool.num_pages << " pages, max_batch_tokens "
+      << ex.max_batch_tokens() << ", max_context " << ex.max_context() << ")";
+  std::vector<int32_t> ids_v(ids, ids + n), page_ids(static_cast<size_t>(pages));
+  for (int64_t p = 0; p < pages; ++p) page_ids[static_cast<size_t>(p)] = int32_t(p);
+  model::ForwardBatch b;
+  b.add_sequence(ids_v.data(), int32_t(n), 0, page_ids, /*output=*/false);
+  b.all_logits = true;
+  b.quantized_self_kv = quantized_self_kv;
+  return ex.execute(b).logits;
+}
+
+model::RefExecutorOptions window_executor_options(KvDType kv, int64_t seq_len) {
+  QS_CHECK(seq_len >= 1 && seq_len <= (int64_t(1) << 24)) << "evaluation: seq_len " << seq_len << " out of range";
+  model::RefExecutorOptions o;
+  o.kv_dtype = kv;
+  o.page_size = 64;
+  o.num_pages = (seq_len + o.page_size - 1) / o.page_size;
+  o.max_batch_tokens = int32_t(seq_len);
+  o.max_batch_seqs = 1;
+  return o;
 }
 
 std::vector<EvalResult> evaluate(const std::vector<int32_t>& tokens, const std::vector<EvalModel>& models,
@@ -85,8 +106,8 @@ std::vector<EvalResult> evaluate(const std::vector<int32_t>& tokens, const std::
   if (reference) all.push_back(*reference);
   int64_t vocab = 0;
   for (const auto& em : all) {
-    QS_CHECK(em.model) << "evaluation: model '" << em.label << "' is null";
-    const int64_t v = em.model->config().vocab_size;
+    QS_CHECK(em.executor) << "evaluation: model '" << em.label << "' has no executor";
+    const int64_t v = em.executor->config().vocab_size;
     QS_CHECK(vocab == 0 || v == vocab) << "evaluation: model '" << em.label << "' has vocabulary " << v
                                        << ", others " << vocab;
     vocab = v;
@@ -105,10 +126,17 @@ std::vector<EvalResult> evaluate(const std::vector<int32_t>& tokens, const std::
   std::vector<int64_t> top(static_cast<size_t>(P));
   for (int64_t w = 0; w < nw; ++w) {
     const int32_t* ids = tokens.data() + w * L;
+    auto run = [&](const EvalModel& em) {  // executor errors name the model and the window
+      try {
+        return window_logits(*em.executor, ids, L, opt.quantized_self_kv);
+      } catch (const Error& e) {
+        throw Error("evaluation: model '" + em.label + "', window " + std::to_string(w) + ": " + e.what());
+      }
+    };
     Tensor ref_logits;
     if (reference) {
       const auto t0 = std::chrono::steady_clock::now();
-      ref_logits = window_logits(*reference->model, reference->kv_mode, ids, L);
+      ref_logits = run(*reference);
       res.back().seconds += seconds_since(t0);
     }
     for (size_t mi = 0; mi < all.size(); ++mi) {
@@ -118,7 +146,7 @@ std::vector<EvalResult> evaluate(const std::vector<int32_t>& tokens, const std::
         logits = ref_logits;
       } else {
         const auto t0 = std::chrono::steady_clock::now();
-        logits = window_logits(*all[mi].model, all[mi].kv_mode, ids, L);
+        logits = run(all[mi]);
         res[mi].seconds += seconds_since(t0);
       }
       QS_CHECK(logits.shape() == Shape({L, vocab})) << "evaluation: logits of '" << all[mi].label << "' are "

@@ -7,6 +7,12 @@
 // KL divergence KL(P_ref || P_model) = sum_v p_ref(v) (log p_ref(v) - log p_model(v)), averaged over tokens, and
 // top-1 agreement (argmax equal; ties broken toward the smaller id). All softmax math in double.
 // Several models can be evaluated in one pass so the reference's logits are computed once per window.
+// Every model runs behind the executor seam (model/executor.h): one ForwardBatch per window with all_logits, the
+// window's pages 0 .. ceil(seq_len / page_size)-1 assigned here (each window overwrites the previous one), so the
+// same code evaluates the CPU reference (model/ref) and, later, the GPU runner. KV4 follows the fake-quantized
+// protocol by default (ForwardBatch::quantized_self_kv: every key and value read back quantized, as QoQ's
+// evaluation does); EvalOptions::quantized_self_kv = false measures the serving rule instead (a prefill sees its
+// own K/V unquantized).
 #pragma once
 
 #include <cstdint>
@@ -14,8 +20,8 @@
 #include <string>
 #include <vector>
 
-#include "model/kv_cache.h"
-#include "model/model.h"
+#include "model/executor.h"
+#include "model/ref/ref_executor.h"
 #include "tokenizer/tokenizer.h"
 
 namespace qs::quant::eval {
@@ -36,9 +42,8 @@ int64_t num_windows(int64_t n_tokens, int64_t seq_len, int64_t max_windows);
 
 // ---- evaluation ----
 struct EvalModel {
-  std::string label;              // printed name (checkpoint path, "fp32", ...)
-  model::Model* model = nullptr;  // not owned
-  model::KvMode kv_mode = model::KvMode::kFp32;
+  std::string label;                    // printed name (checkpoint path, "fp32", ...)
+  model::Executor* executor = nullptr;  // not owned; holds a window: window_executor_options() for a RefExecutor
 };
 
 struct EvalResult {
@@ -58,6 +63,7 @@ struct EvalResult {
 struct EvalOptions {
   int64_t seq_len = 2048;
   int64_t max_windows = 0;  // 0: all windows
+  bool quantized_self_kv = true;  // KV4: the fake-quantized protocol (ForwardBatch::quantized_self_kv)
   // Called after each window with (windows done, windows total).
   std::function<void(int64_t, int64_t)> progress;
 };
@@ -68,7 +74,12 @@ struct EvalOptions {
 std::vector<EvalResult> evaluate(const std::vector<int32_t>& tokens, const std::vector<EvalModel>& models,
                                  const EvalModel* reference, const EvalOptions& opt);
 
-// The logits of one window [n, vocab] from a fresh cache (exposed for tests and for KL tooling).
-Tensor window_logits(model::Model& m, model::KvMode kv_mode, const int32_t* ids, int64_t n);
+// The logits of one window [n, vocab] from an empty context: one ForwardBatch of n tokens with all_logits in pages
+// 0 .. ceil(n / page_size)-1 of the executor's pool (exposed for tests and for KL tooling). Throws naming the
+// executor when its pool or batch limit cannot hold the window.
+Tensor window_logits(model::Executor& ex, const int32_t* ids, int64_t n, bool quantized_self_kv = true);
+
+// Options of a RefExecutor that holds exactly one window of seq_len tokens (page size 64, one sequence).
+model::RefExecutorOptions window_executor_options(KvDType kv, int64_t seq_len);
 
 }  // namespace qs::quant::eval
