@@ -280,6 +280,8 @@ TEST_F(ServerTest, BadInputGetsOpenAiErrors) {
   start();
   expect_error(test::http(port_, "POST", "/v1/completions", "{\"model\": \"tiny\", \"prompt\": "), 400, "", "malformed JSON");
   expect_error(test::http(port_, "POST", "/v1/completions", "[1, 2]"), 400);
+  expect_error(test::http(port_, "POST", "/v1/completions", std::string(30000, '[') + std::string(30000, ']')), 400);
+  expect_error(test::http(port_, "POST", "/v1/completions", "{\"model\": \"tiny\", \"prompt\": \"\xff\xfe\"}"), 400);
   expect_error(complete({{"prompt", "x"}, {"max_tokens", "16"}}), 400, "max_tokens");
   expect_error(complete({{"prompt", "x"}, {"max_tokens", 2.5}}), 400, "max_tokens");
   expect_error(complete({{"prompt", "x"}, {"temperature", "hot"}}), 400, "temperature");
