@@ -1,21 +1,25 @@
 // `qserve generate --model DIR --prompt TEXT [...]`: loads a checkpoint (Hugging Face FP, or a qserve quantized
-// one through quant/eval/model_loader: integer reference linears, KV4 by default when it was made for it) on the
-// reference CPU backend, encodes the prompt with the checkpoint's tokenizer, and streams the generated text to
-// stdout as tokens are produced (IncrementalDecoder: never half a UTF-8 character). --chat renders the prompt as
-// one user message with the model's chat template. The prompt is echoed first unless --chat or --no-echo.
-// Stops on the tokenizer's EOS ids (unless --ignore-eos), --stop strings or --max-tokens. Timing (prefill and
-// decode tokens/s) goes to stderr at the end.
+// one through quant/eval/model_loader: integer reference linears, KV4 by default when it was made for it) into the
+// exact CPU reference executor (model/ref), and runs the prompt through the serving engine (runtime/engine.h:
+// paged KV pool, scheduler, incremental detokenization, stop strings), streaming the text to stdout as tokens
+// are produced (never half a UTF-8 character). --chat renders the prompt as one user message with the model's
+// chat template. The prompt is echoed first unless --chat or --no-echo. Stops on the tokenizer's EOS ids
+// (unless --ignore-eos), --stop strings or --max-tokens. Timing (prefill = time to the first token, and decode
+// tokens/s) goes to stderr at the end.
+#include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "cli/command.h"
 #include "model/model.h"
+#include "model/ref/ref_executor.h"
 #include "quant/eval/model_loader.h"
-#include "runtime/generate.h"
+#include "runtime/engine.h"
 #include "tokenizer/chat_template.h"
-#include "tokenizer/incremental_decoder.h"
 #include "tokenizer/tokenizer.h"
 
 namespace {
@@ -31,70 +35,105 @@ struct Options {
 };
 
 void run(const Options& o) {
+  qs::model::SamplingParams sp;
+  sp.temperature = o.temperature;
+  sp.top_k = o.top_k;
+  sp.top_p = o.top_p;
+  sp.repetition_penalty = o.repetition_penalty;
+  sp.seed = o.seed;
+  qs::model::validate(sp);  // before anything is loaded or printed
+  QS_CHECK(o.max_tokens >= 1) << "--max-tokens must be >= 1, got " << o.max_tokens;
+
   // An HF checkpoint (FP32 weights) or a qserve quantized checkpoint (exact integer reference linears).
   qs::quant::eval::LoadedModel loaded = qs::quant::eval::load_for_eval(o.model, {});
   QS_CHECK(!loaded.tokenizer_dir.empty()) << "no tokenizer.json found for " << o.model;
-  auto tok = qs::tokenizer::Tokenizer::from_dir(loaded.tokenizer_dir);
-  qs::model::Model* model = loaded.model.get();
+  auto tok = std::make_shared<const qs::tokenizer::Tokenizer>(
+      qs::tokenizer::Tokenizer::from_dir(loaded.tokenizer_dir));
 
   std::vector<int> ids;
   if (o.chat) {
     // The model's chat template (one user message + the assistant header); the template writes BOS itself.
-    const std::string text = qs::tokenizer::apply_chat_template(tok, {{"user", o.prompt}}, true);
-    ids = tok.encode(text, /*add_special_tokens=*/false);
+    const std::string text = qs::tokenizer::apply_chat_template(*tok, {{"user", o.prompt}}, true);
+    ids = tok->encode(text, /*add_special_tokens=*/false);
   } else {
-    ids = tok.encode(o.prompt, /*add_special_tokens=*/true);
+    ids = tok->encode(o.prompt, /*add_special_tokens=*/true);
   }
   QS_CHECK(!ids.empty()) << "the prompt encodes to no tokens";
 
-  qs::runtime::GenerateOptions g;
-  g.max_new_tokens = o.max_tokens;
-  g.sampling.temperature = o.temperature;
-  g.sampling.top_k = o.top_k;
-  g.sampling.top_p = o.top_p;
-  g.sampling.repetition_penalty = o.repetition_penalty;
-  g.sampling.seed = o.seed;
-  g.stop_strings = o.stop;
   // KV4 when asked, or when the quantized checkpoint was made for a 4-bit KV cache (unless --fp-kv).
   const bool kv4 = o.kv4 || (loaded.kv_bits == 4 && !o.fp_kv);
-  g.kv_mode = kv4 ? qs::model::KvMode::kKv4 : qs::model::KvMode::kFp32;
-  if (!o.ignore_eos) {
-    for (int id : tok.eos_ids()) g.eos_ids.push_back(id);
-    for (int id : model->config().eos_token_ids) g.eos_ids.push_back(id);
-  }
+  const int64_t want = int64_t(ids.size()) + o.max_tokens;
+  const int64_t max_pos = loaded.model->config().max_position_embeddings;
+  qs::model::RefExecutorOptions eo;
+  eo.kv_dtype = kv4 ? qs::KvDType::kKv4 : qs::KvDType::kFp32;
+  eo.page_size = 64;
+  eo.num_pages = (std::min<int64_t>(want, max_pos > 0 ? max_pos : want) + eo.page_size - 1) / eo.page_size + 1;
+  eo.max_batch_tokens = std::max<int32_t>(8192, int32_t(ids.size()));  // the prompt in one chunk
+  eo.max_batch_seqs = 1;
+  const std::string desc = loaded.description;
+  qs::model::RefExecutor exec(std::move(loaded.model), eo);
 
-  qs::model::validate(g.sampling);
+  qs::runtime::EngineOptions opts;
+  opts.max_num_seqs = 1;
+  opts.max_num_batched_tokens = eo.max_batch_tokens;
+  qs::runtime::Engine engine(exec, tok, opts);
+
+  qs::runtime::RequestParams p;
+  p.prompt.assign(ids.begin(), ids.end());
+  p.sampling = sp;
+  p.max_tokens = o.max_tokens;
+  p.stop = o.stop;
+  p.ignore_eos = o.ignore_eos;
+  // A plain completion continues the echoed prompt's text (SentencePiece tokenizers must keep the leading space
+  // of the first generated word); a chat reply starts a new text.
+  p.continues_text = !o.chat;
+
   if (!o.chat && !o.no_echo) {
     std::fputs(o.prompt.c_str(), stdout);
     std::fflush(stdout);
   }
-  // A plain completion continues the echoed prompt's text (SentencePiece tokenizers must keep the leading space of
-  // the first generated word); a chat reply starts a new text.
-  auto dec = std::make_shared<qs::tokenizer::IncrementalDecoder>(tok, /*skip_special_tokens=*/true,
-                                                                 /*continues_text=*/!o.chat);
-  qs::runtime::GenerateStats st;
-  const std::vector<int32_t> prompt(ids.begin(), ids.end());
-  auto r = qs::runtime::generate(
-      *model, prompt, g, [dec](int32_t id) { return dec->push(id); },
-      [](size_t, const std::string& piece) {
-        std::fputs(piece.c_str(), stdout);
-        std::fflush(stdout);
-      },
-      &st);
-  if (r.reason != qs::runtime::StopReason::kStopString) std::fputs(dec->flush().c_str(), stdout);
+  using Clock = std::chrono::steady_clock;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  qs::runtime::RequestOutput last;
+  Clock::time_point first_token;
+  int64_t generated = 0;
+  const auto t0 = Clock::now();
+  engine.submit(std::move(p), [&](const qs::runtime::RequestOutput& out) {
+    if (generated == 0 && !out.tokens.empty()) first_token = Clock::now();
+    generated += int64_t(out.tokens.size());
+    std::fputs(out.text.c_str(), stdout);
+    std::fflush(stdout);
+    if (out.finish != qs::runtime::FinishReason::kNone) {
+      std::lock_guard<std::mutex> lk(mu);
+      last = out;
+      done = true;
+      cv.notify_all();
+    }
+  });
+  {
+    std::unique_lock<std::mutex> lk(mu);
+    cv.wait(lk, [&] { return done; });
+  }
+  const auto t1 = Clock::now();
   std::fputs("\n", stdout);
   std::fflush(stdout);
+  QS_CHECK(last.finish != qs::runtime::FinishReason::kError) << "generation failed: " << last.error;
+  const double prefill = generated ? std::chrono::duration<double>(first_token - t0).count() : 0.0;
+  const double decode = generated ? std::chrono::duration<double>(t1 - first_token).count() : 0.0;
+  const double total = prefill + decode;
   std::fprintf(stderr,
-               "[%s] prompt %lld tokens, generated %lld tokens (stop: %s) | prefill %.3f s (%.1f tok/s), decode "
-               "%.3f s (%.2f tok/s), overall %.2f tok/s | %s, %s KV, %s backend\n",
-               o.model.c_str(), (long long)st.prompt_tokens, (long long)st.generated_tokens,
-               qs::runtime::stop_reason_name(r.reason), st.prefill_seconds,
-               st.prefill_seconds > 0 ? double(st.prompt_tokens) / st.prefill_seconds : 0.0, st.decode_seconds,
-               st.decode_seconds > 0 ? double(st.generated_tokens - 1) / st.decode_seconds : 0.0,
-               st.tokens_per_second(), loaded.description.c_str(), qs::model::kv_mode_name(g.kv_mode), model->backend().name().c_str());
+               "[%s] prompt %zu tokens, generated %lld tokens (stop: %s) | prefill %.3f s (%.1f tok/s), decode "
+               "%.3f s (%.2f tok/s), overall %.2f tok/s | %s, %s\n",
+               o.model.c_str(), ids.size(), (long long)generated, qs::runtime::finish_reason_name(last.finish),
+               prefill, prefill > 0 ? double(ids.size()) / prefill : 0.0, decode,
+               decode > 0 ? double(generated - 1) / decode : 0.0, total > 0 ? double(generated) / total : 0.0,
+               desc.c_str(), exec.name().c_str());
 }
 
-qs::cli::CommandRegistrar reg("generate", "Generate text from a prompt (reference CPU backend)", [](CLI::App* sub) {
+qs::cli::CommandRegistrar reg("generate", "Generate text from a prompt (reference CPU executor, serving engine)",
+                              [](CLI::App* sub) {
   auto o = std::make_shared<Options>();
   sub->add_option("--model,-m", o->model, "checkpoint folder (config.json, safetensors, tokenizer.json)")->required();
   sub->add_option("--prompt,-p", o->prompt, "prompt text")->required();

@@ -34,6 +34,9 @@ struct RequestParams {
   bool ignore_eos = false;                 // benchmarks: generate exactly max_tokens
   int32_t logprobs = -1;                   // -1: none; k >= 0: the sampled token's logprob and the top k (k <= 20)
   bool detokenize = true;                  // false: ids only (benchmarks)
+  // Added by the runtime: true (completions): the output continues the prompt's text, so a SentencePiece leading
+  // space is kept (" brown"); false (chat replies): the output starts a new text and that space is dropped.
+  bool continues_text = true;
 };
 
 enum class FinishReason { kNone, kStop, kLength, kAbort, kError };
@@ -67,6 +70,8 @@ struct EngineOptions {
 
 struct EngineMetrics {
   int64_t waiting = 0, running = 0;
+  // used: held by requests; cached: unreferenced prefix-cache pages (reusable, evicted on demand); free: the rest.
+  // used + cached + free == total.
   int64_t pages_total = 0, pages_used = 0, pages_cached = 0, pages_free = 0;
   int64_t prefix_query_tokens = 0, prefix_hit_tokens = 0;  // hit rate = hit / query
   int64_t requests_finished[5] = {0, 0, 0, 0, 0};          // by FinishReason

@@ -20,6 +20,7 @@
 // to the workspace and merge_kernel (launched with programmatic dependent launch) combines the chunks. O is
 // rescaled only in tiles where some running maximum grew. Tile addresses: per-lane base pointers set once, one
 // 64-bit add per pointer and tile, page index by shift when the page size is a power of two.
+#include "kernels/common/device_once.h"
 #include "kernels/attention/decode_attention.h"
 
 #include <algorithm>
@@ -627,12 +628,12 @@ Status launch(const DecodeParams& p, const DecodePlan& plan, void* workspace, cu
   int smem = 0;
   if constexpr (S > 0) {
     smem = kWarpsPerCta * S * Loader<D, DT>::tile_bytes();
-    static bool raised = false;  // once per instantiation (idempotent, so a race is harmless)
-    if (!raised) {
+    static std::atomic<uint64_t> raised{0};  // once per instantiation and device (device_once.h)
+    QS_RETURN_IF_ERROR(once_per_device(raised, [smem] {
       QS_CUDA_RETURN(
           cudaFuncSetAttribute(decode_kernel<D, DT, NH, S, MinCtas>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-      raised = true;
-    }
+      return Status::ok();
+    }));
   }
   decode_kernel<D, DT, NH, S, MinCtas><<<unsigned(ctas), kWarpsPerCta * 32, smem, stream>>>(
       p, plan.chunk_tokens, plan.max_chunks, ws_o, ws_m);

@@ -12,6 +12,7 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
+#include "kernels/common/device_once.h"
 #include "kernels/attention/attn_ptx.cuh"
 #include "kernels/attention/prefill_attention.h"
 #include "kernels/common/cuda_check.h"
@@ -227,12 +228,12 @@ __global__ void __launch_bounds__(kThreads, 3) prefill_kernel(const PrefillParam
 
 template <int D>
 Status launch(const PrefillParams& p, cudaStream_t stream) {
-  static bool configured = false;  // raising the limit is idempotent; the flag only saves the call
+  static std::atomic<uint64_t> configured{0};  // per device (device_once.h)
   const int smem = int(sizeof(Smem<D>));
-  if (!configured) {
+  QS_RETURN_IF_ERROR(once_per_device(configured, [smem] {
     QS_CUDA_RETURN(cudaFuncSetAttribute(prefill_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    configured = true;
-  }
+    return Status::ok();
+  }));
   const dim3 grid((p.max_q_len + kBM - 1) / kBM, p.num_q_heads, p.batch);
   prefill_kernel<D><<<grid, kThreads, smem, stream>>>(p);
   QS_CUDA_RETURN(cudaGetLastError());

@@ -17,6 +17,7 @@
 
 #include <cuda_fp16.h>
 
+#include "kernels/common/device_once.h"
 #include "kernels/common/cuda_check.h"
 #include "kernels/common/mma.h"
 #include "kernels/gemm_w4a8/qgemm.h"
@@ -311,12 +312,12 @@ template <int V, int CONFIG>
 Status launch_qgemm(const QGemmParams& p, int splits, int tiles_per_split, int32_t* partial, int* counters,
                     cudaStream_t stream) {
   using C = Cfg<V, CONFIG>;
-  static bool attr_set = false;  // benign race: setting the same attribute twice is harmless
-  if (!attr_set) {
+  static std::atomic<uint64_t> attr_set{0};  // per device (device_once.h)
+  QS_RETURN_IF_ERROR(once_per_device(attr_set, [] {
     QS_CUDA_RETURN(cudaFuncSetAttribute(qgemm_kernel<V, CONFIG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         C::kSmemBytes));
-    attr_set = true;
-  }
+    return Status::ok();
+  }));
   const dim3 grid((p.n + C::BN - 1) / C::BN, (p.m + C::BM - 1) / C::BM, splits);
   qgemm_kernel<V, CONFIG><<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, tiles_per_split, partial, counters);
   QS_CUDA_RETURN(cudaGetLastError());

@@ -14,6 +14,7 @@
 
 #include <cuda.h>
 
+#include "kernels/common/device_once.h"
 #include "kernels/common/tma.h"
 #include "kernels/common/wgmma.h"
 #include "kernels/gemm_w4a8/qgemm_kernel.cuh"
@@ -223,12 +224,12 @@ template <int V, int CONFIG>
 Status launch_qgemm_sm90(const QGemmParams& p, int splits, int tiles_per_split, int32_t* partial, int* counters,
                          cudaStream_t stream) {
   using C = Sm90Cfg<V, CONFIG>;
-  static bool attr_set = false;
-  if (!attr_set) {
+  static std::atomic<uint64_t> attr_set{0};  // per device (device_once.h)
+  QS_RETURN_IF_ERROR(once_per_device(attr_set, [] {
     QS_CUDA_RETURN(cudaFuncSetAttribute(qgemm_sm90_kernel<V, CONFIG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         C::kSmemBytes));
-    attr_set = true;
-  }
+    return Status::ok();
+  }));
   Sm90Maps maps;
   QS_RETURN_IF_ERROR(make_sm90_maps(p, C::BM, C::BN, &maps));
   const dim3 grid((p.n + C::BN - 1) / C::BN, (p.m + C::BM - 1) / C::BM, splits);

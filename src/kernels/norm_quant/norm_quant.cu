@@ -9,6 +9,7 @@
 
 #include <type_traits>
 
+#include "kernels/common/device_once.h"
 #include "kernels/common/cuda_check.h"
 #include "kernels/norm_quant/norm_quant.h"
 
@@ -229,13 +230,12 @@ size_t cache_bytes(int cols) { return cols <= kCacheCols ? size_t(cols) * sizeof
 // Raises a kernel's dynamic shared-memory limit to the cache size (112 KiB), once per kernel.
 template <auto Kernel>
 Status allow_smem() {
-  static bool done = false;  // one flag per kernel instance
-  if (!done) {
+  static std::atomic<uint64_t> done{0};  // one flag set per kernel instance, a bit per device (device_once.h)
+  return once_per_device(done, [] {
     QS_CUDA_RETURN(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         int(kCacheCols * sizeof(float))));
-    done = true;
-  }
-  return Status::ok();
+    return Status::ok();
+  });
 }
 
 template <bool kFp8>
