@@ -388,11 +388,23 @@ TEST_F(ServerTest, QueueFullIs429WithRetryAfter) {
   EXPECT_EQ(r.status, 429);
   EXPECT_EQ(r.headers.at("retry-after"), "1");
   EXPECT_EQ(r.json()["error"]["type"], "rate_limit_error");
-  // n = 2 with room for one: refused whole, the half that was queued is aborted.
   backend_->pause(false);
   EXPECT_EQ(a.get().status, 200);
   EXPECT_EQ(b.get().status, 200);
-  expect_error(complete({{"prompt", "c"}, {"max_tokens", 2}, {"n", 3}}), 429);
+  // n = 2 with room for one: refused whole, and the choice that was queued is aborted.
+  backend_->pause(true);
+  auto held = std::async(std::launch::async, [&] { return complete({{"prompt", "h"}, {"max_tokens", 2}}); });
+  while (backend_->live() < 1) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  const HttpReply r2 = complete({{"prompt", "c"}, {"max_tokens", 2}, {"n", 2}});
+  EXPECT_EQ(r2.status, 429) << r2.body;
+  const auto t0 = std::chrono::steady_clock::now();
+  while (backend_->aborted() < 1 && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(2))
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  EXPECT_EQ(backend_->aborted(), 1);
+  EXPECT_EQ(backend_->live(), 1);
+  backend_->pause(false);
+  EXPECT_EQ(held.get().status, 200);
+  expect_error(r2, 429);
 }
 
 TEST_F(ServerTest, DrainingAnswers503) {
