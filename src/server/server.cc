@@ -483,7 +483,8 @@ struct Server::Impl {
       sink.done();
       return true;
     }
-    if (!HttpTransport::peer_connected(st.sock)) {
+    // httplib checks the stream (HttpTransport: peer still there) before every call; this covers idle waits too.
+    if (out.empty() && !HttpTransport::peer_connected(st.sock)) {
       disconnected(st);
       return false;
     }
