@@ -22,6 +22,10 @@ if [ "${1:-}" = pack ]; then
   for b in "$ROOT"/build/test_*_gpu_test; do
     [ -x "$b" ] && cp "$b" /tmp/engine-pack/ && strip "/tmp/engine-pack/$(basename "$b")"
   done
+  # Shared libraries the GPU machine lacks (Debian's cpp-httplib is a shared library; brotli comes with it).
+  for l in libcpp-httplib.so.0.11 libbrotlicommon.so.1 libbrotlidec.so.1 libbrotlienc.so.1; do
+    cp -L "/usr/lib/x86_64-linux-gnu/$l" /tmp/engine-pack/
+  done
   tar -C /tmp/engine-pack -cf - . | xz -T2 -6 > "$DEST/bin.tar.xz"
   cp -r "$DATA/models/qs-llama-tiny" "$DEST/data/models/"
   cp "$DATA/fixtures/reference_generations.json" "$DATA/fixtures/reference_logits.safetensors" "$DEST/data/fixtures/"
@@ -36,7 +40,7 @@ xz -dc "$HERE/bin.tar.xz" | tar -C "$W/bin" -xf -
 if [ ! -d "$W/data" ]; then
   cp -r "$HERE/data" "$W/data" && xz -d "$W/data/text/"*.xz
 fi
-export QSERVE_DATA=$W/data QSERVE_ENGINE_CKPT=$W/ckpt LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+export QSERVE_DATA=$W/data QSERVE_ENGINE_CKPT=$W/ckpt LD_LIBRARY_PATH=/usr/local/cuda/lib64:$W/bin:${LD_LIBRARY_PATH:-}
 export QSERVE_THREADS=$(nproc)
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | tee "$OUT/device.txt"
 rc=0
@@ -85,14 +89,14 @@ for step in "$@"; do
       Q="$W/bin/qserve"
       timeout 200 "$Q" bench --shape llama-3-8b --dtype w4a8kv4 --input-len 1024 --output-len 512 --batch 256 \
         --json "$OUT/online_static256.json" 2>&1 | tee "$OUT/online_static256.log" | grep -v "decode step\|prefill .*sequences" || rc=1
-      timeout 200 "$Q" bench --online --shape llama-3-8b --num-prompts 768 --input-len 1024 --output-len 512 \
+      timeout 200 "$Q" bench --online --shape llama-3-8b --num-prompts 512 --input-len 1024 --output-len 512 \
         --max-concurrency 256 --max-num-seqs 256 --json "$OUT/online_cont256.json" 2>&1 | tee "$OUT/online_cont256.log" || rc=1
       for pc in on off; do
         flag=""; [ $pc = off ] && flag=--no-prefix-caching
-        timeout 120 "$Q" bench --online --shape llama-3-8b --num-prompts 256 --shared-prefix-len 1024 --input-len 128 \
-          --output-len 64 --request-rate 8 --max-num-seqs 256 $flag --json "$OUT/online_prefix_$pc.json" 2>&1 | tee "$OUT/online_prefix_$pc.log" || rc=1
+        timeout 120 "$Q" bench --online --shape llama-3-8b --num-prompts 128 --shared-prefix-len 1024 --input-len 128 \
+          --output-len 64 --request-rate 16 --max-num-seqs 256 $flag --json "$OUT/online_prefix_$pc.json" 2>&1 | tee "$OUT/online_prefix_$pc.log" || rc=1
       done
-      timeout 200 "$Q" bench --online --shape llama-3-8b --num-prompts 600 --input-len 1024 --output-len 512 \
+      timeout 200 "$Q" bench --online --shape llama-3-8b --num-prompts 400 --input-len 1024 --output-len 512 \
         --request-rate ${RATE:-24} --max-num-seqs 512 --json "$OUT/online_rate.json" 2>&1 | tee "$OUT/online_rate.log" || rc=1
       ;;
     ppl)
@@ -118,7 +122,18 @@ for step in "$@"; do
         kill -INT $SP; wait $SP; echo "serve exit $?" | tee -a "$OUT/serve_cuda.log"
       fi
       ;;
+    prefix)
+      # Prefix caching at a low request rate: TTFT with the cache on vs off (1024 shared + 128 own tokens).
+      for pc in on off; do
+        flag=""; [ $pc = off ] && flag=--no-prefix-caching
+        timeout 120 "$W/bin/qserve" bench --online --shape llama-3-8b --num-prompts 64 --shared-prefix-len 1024 \
+          --input-len 128 --output-len 64 --request-rate ${PREFIX_RATE:-4} --max-num-seqs 256 $flag \
+          --json "$OUT/online_prefix_${pc}_slow.json" 2>&1 | tee "$OUT/online_prefix_${pc}_slow.log" | grep -E "TTFT|throughput|hit rate" || rc=1
+      done
+      ;;
     *) echo "unknown step $step" ;;
   esac
 done
+# $OUT returns at most 8 files: everything also goes into one archive.
+tar -C "$OUT" -czf /tmp/engine-logs.tgz . && mv /tmp/engine-logs.tgz "$OUT/logs.tgz"
 exit $rc

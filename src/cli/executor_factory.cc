@@ -84,6 +84,7 @@ std::unique_ptr<model::Executor> make_executor_for(std::unique_ptr<model::Model>
   eo.max_batch_seqs = f.max_batch_seqs;
   eo.max_context = int32_t(std::min<int64_t>(ctx, 16384));
   eo.cuda_graphs = f.cuda_graphs;
+  eo.max_num_pages = f.kv_pages;  // 0: as the memory allows; a cap lets several executors share the GPU (ppl)
   return std::make_unique<engine::CudaExecutor>(*m, eo);
 #else
   QS_FAIL() << "--device cuda: this qserve was built without CUDA";

@@ -26,8 +26,8 @@ struct ExecutorFlags {
   std::string dtype = "auto";   // auto | w4a8kv4 | fp16 | fp8 (cuda)
   std::string kv = "auto";      // auto | kv4 | fp (cpu: fp = FP32; cuda: fp = FP16 cache under W4A8, an ablation)
   double gpu_memory_utilization = 0.9;
-  int64_t kv_pages = 0;         // cpu pool pages; 0: enough for max_batch_seqs sequences of max_context tokens,
-                                // at most 4096
+  int64_t kv_pages = 0;         // cpu pool pages (0: enough for max_batch_seqs sequences of max_context tokens,
+                                // at most 4096); cuda: a cap on the pool (0: as gpu_memory_utilization allows)
   int32_t max_context = 0;      // 0: the model's max_position_embeddings (GPU: at most 16384)
   int32_t page_size = 64;
   int32_t max_batch_tokens = 8192;

@@ -118,11 +118,11 @@ void run(const Options& o) {
   const double total = prefill + decode;
   std::fprintf(stderr,
                "[%s] prompt %zu tokens, generated %lld tokens (stop: %s) | prefill %.3f s (%.1f tok/s), decode "
-               "%.3f s (%.2f tok/s), overall %.2f tok/s | %s, %s\n",
+               "%.3f s (%.2f tok/s), overall %.2f tok/s | %s\n",
                o.model.c_str(), ids.size(), (long long)generated, qs::runtime::finish_reason_name(last.finish),
                prefill, prefill > 0 ? double(ids.size()) / prefill : 0.0, decode,
                decode > 0 ? double(generated - 1) / decode : 0.0, total > 0 ? double(generated) / total : 0.0,
-               desc.c_str(), exec.name().c_str());
+               desc.c_str());
 }
 
 qs::cli::CommandRegistrar reg("generate", "Generate text from a prompt (reference CPU executor, serving engine)",

@@ -1,8 +1,7 @@
 // `qserve serve --model DIR [...]`: the OpenAI-compatible HTTP server (server/server.h) over the serving engine
-// (runtime/engine.h). The model is loaded like `qserve generate` does (quant/eval/model_loader.h: an HF FP
-// checkpoint or a qserve quantized one); the executor comes from make_executor() below: the exact CPU reference
-// executor for --device cpu (KV4 pool for a checkpoint made for KV4, FP32 otherwise; --kv-pages pages of 64
-// tokens). --device cuda is refused until the GPU model runner is wired in here (one function to change).
+// (runtime/engine.h). The model and its executor come from the CLI's factory (cli/executor_factory.h), as for
+// `qserve generate`: --device auto picks the GPU runner when a GPU is present, else the exact CPU reference
+// executor (KV4 pool for a checkpoint made for KV4, FP32 otherwise; --kv-pages pages of 64 tokens).
 // SIGINT / SIGTERM: new requests get 503, the engine finishes what is running for up to --shutdown-grace
 // seconds and aborts the rest, every response is completed, then the process exits 0.
 #include <pthread.h>
@@ -17,8 +16,7 @@
 #include <thread>
 
 #include "cli/command.h"
-#include "model/ref/ref_executor.h"
-#include "quant/eval/model_loader.h"
+#include "cli/executor_factory.h"
 #include "runtime/engine.h"
 #include "server/generation_backend.h"
 #include "server/server.h"
@@ -27,7 +25,8 @@
 namespace {
 
 struct Options {
-  std::string model, host = "127.0.0.1", served_model_name, api_key, device = "cpu";
+  std::string model, host = "127.0.0.1", served_model_name, api_key, device = "auto", dtype = "auto";
+  int32_t max_context = 0;
   int port = 8000;
   int max_num_seqs = 64, max_num_batched_tokens = 2048, max_queue = 4096;
   int64_t kv_pages = 256;
@@ -37,20 +36,6 @@ struct Options {
   size_t max_body_mb = 8;
   bool no_prefix_caching = false, log_requests = false;
 };
-
-// The one place that decides how the model runs. The GPU runner plugs in here.
-std::unique_ptr<qs::model::Executor> make_executor(const Options& o, qs::quant::eval::LoadedModel& loaded) {
-  if (o.device == "cuda")
-    QS_FAIL() << "--device cuda: the GPU model runner is not wired into `qserve serve` yet; use --device cpu";
-  QS_CHECK(o.device == "cpu") << "--device must be cpu or cuda, got '" << o.device << "'";
-  QS_CHECK(o.kv_pages >= 1) << "--kv-pages must be at least 1";
-  qs::model::RefExecutorOptions eo;
-  eo.kv_dtype = loaded.kv_bits == 4 ? qs::KvDType::kKv4 : qs::KvDType::kFp32;
-  eo.num_pages = o.kv_pages;
-  eo.max_batch_tokens = o.max_num_batched_tokens;
-  eo.max_batch_seqs = o.max_num_seqs;
-  return std::make_unique<qs::model::RefExecutor>(std::move(loaded.model), eo);
-}
 
 void run(const Options& o) {
   QS_CHECK(o.max_num_seqs >= 1) << "--max-num-seqs must be at least 1";
@@ -68,11 +53,22 @@ void run(const Options& o) {
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
-  qs::quant::eval::LoadedModel loaded = qs::quant::eval::load_for_eval(o.model, {});
-  QS_CHECK(!loaded.tokenizer_dir.empty()) << "no tokenizer.json found for " << o.model;
-  auto tok = std::make_shared<const qs::tokenizer::Tokenizer>(qs::tokenizer::Tokenizer::from_dir(loaded.tokenizer_dir));
-  const std::string description = loaded.description;
-  std::unique_ptr<qs::model::Executor> executor = make_executor(o, loaded);
+  // The executor (cli/executor_factory.h): the GPU runner when --device resolves to cuda, else the CPU reference
+  // (KV4 pool for a checkpoint made for KV4, FP32 otherwise; --kv-pages pages of 64 tokens).
+  QS_CHECK(o.kv_pages >= 1) << "--kv-pages must be at least 1";
+  qs::cli::ExecutorFlags f;
+  f.device = o.device;
+  f.dtype = o.dtype;
+  f.gpu_memory_utilization = o.gpu_memory_utilization;
+  f.kv_pages = o.kv_pages;
+  f.max_batch_tokens = o.max_num_batched_tokens;
+  f.max_batch_seqs = o.max_num_seqs;
+  f.max_context = o.max_context;
+  qs::cli::LoadedExecutor le = qs::cli::load_executor(o.model, f);
+  QS_CHECK(le.tokenizer) << "no tokenizer.json found for " << o.model;
+  const auto tok = le.tokenizer;
+  const std::string description = le.description;
+  std::unique_ptr<qs::model::Executor> executor = std::move(le.executor);
 
   qs::runtime::EngineOptions eo;
   eo.max_num_seqs = o.max_num_seqs;
@@ -122,7 +118,12 @@ qs::cli::CommandRegistrar reg("serve", "OpenAI-compatible HTTP server (completio
   sub->add_option("--port", o->port, "port (default 8000; 0 = any free port)");
   sub->add_option("--served-model-name", o->served_model_name, "model id clients must send (default: folder name)");
   sub->add_option("--api-key", o->api_key, "require 'Authorization: Bearer KEY' on /v1/* (or env QSERVE_API_KEY)");
-  sub->add_option("--device", o->device, "cpu (reference executor) or cuda (default cpu)");
+  sub->add_option("--device", o->device, "auto (cuda when a GPU is present; default), cpu (reference) or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  sub->add_option("--dtype", o->dtype, "GPU numeric path: auto (the checkpoint's), w4a8kv4, fp16, fp8")
+      ->check(CLI::IsMember({"auto", "w4a8kv4", "fp16", "fp8"}));
+  sub->add_option("--max-context", o->max_context, "longest sequence (default: the model's context)")
+      ->check(CLI::NonNegativeNumber);
   sub->add_option("--max-num-seqs", o->max_num_seqs, "sequences running at once (default 64)");
   sub->add_option("--max-num-batched-tokens", o->max_num_batched_tokens, "tokens per engine step (default 2048)");
   sub->add_option("--max-queue", o->max_queue, "waiting requests before 429 (default 4096)");
