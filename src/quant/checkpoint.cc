@@ -287,11 +287,17 @@ StoredLinear QuantizedCheckpoint::linear(const std::string& name) const {
       expect_tensor(l.qweight, DType::I8, {n, k}, name + ".qweight");
       l.scale = get(".scale");
       expect_tensor(l.scale, DType::F16, {n}, name + ".scale");
+      for (int64_t i = 0; i < n; ++i)
+        QS_CHECK(std::isfinite(fp16_to_float(l.scale.data<uint16_t>()[i])))
+            << "linear '" << name << "': non-finite scale for channel " << i;
       break;
   }
   if (store_.has(name + ".bias")) {
     l.bias = store_.get(name + ".bias");
     expect_tensor(l.bias, DType::F16, {n}, name + ".bias");
+    for (int64_t i = 0; i < n; ++i)
+      QS_CHECK(std::isfinite(fp16_to_float(l.bias.data<uint16_t>()[i])))
+          << "linear '" << name << "': non-finite bias for channel " << i;
   }
   return l;
 }
