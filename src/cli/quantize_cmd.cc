@@ -150,29 +150,42 @@ qs::cli::CommandRegistrar reg(
           ->check(CLI::Range(2, 1 << 20));
       sub->add_option("--calib-seed", a->opt.calib_seed, "window sampling seed");
       sub->add_flag("--no-rotate", a->no_rotate, "no RMSNorm folding / Hadamard rotations");
-      sub->add_flag("--no-smooth-attn", a->no_smooth_attn, "no SmoothAttention");
-      sub->add_flag("--no-smooth-down", a->no_smooth_down, "no down_proj smoothing");
+      auto* no_sa = sub->add_flag("--no-smooth-attn", a->no_smooth_attn, "no SmoothAttention");
+      auto* no_sd = sub->add_flag("--no-smooth-down", a->no_smooth_down, "no down_proj smoothing");
       sub->add_flag("--no-reorder", a->no_reorder, "no channel reordering (g128)");
-      sub->add_flag("--no-clip", a->no_clip, "no clipping search (per-channel)");
-      sub->add_flag("--no-gptq", a->no_gptq, "round to nearest instead of GPTQ");
-      sub->add_flag("--rtn", a->rtn, "all of the above: plain round-to-nearest");
+      auto* no_clip = sub->add_flag("--no-clip", a->no_clip, "no clipping search (per-channel)");
+      auto* no_gptq = sub->add_flag("--no-gptq", a->no_gptq, "round to nearest instead of GPTQ");
+      auto* rtn = sub->add_flag("--rtn", a->rtn, "all of the above: plain round-to-nearest");
+      // A setting of a step that another flag switches off is a contradiction: refused, not silently ignored.
       sub->add_option("--smooth-attn-alpha", a->opt.smooth_attn_alpha, "SmoothAttention exponent (0.5)")
-          ->check(CLI::Range(0.0, 1.0));
+          ->check(CLI::Range(0.0, 1.0))
+          ->excludes(no_sa)
+          ->excludes(rtn);
       sub->add_option("--smooth-down-alpha", a->opt.smooth_down_alpha,
                       "down_proj smoothing activation exponent (default 0.1 per-channel, 0.3 g128)")
-          ->check(CLI::Range(0.0, 1.0));
+          ->check(CLI::Range(0.0, 1.0))
+          ->excludes(no_sd)
+          ->excludes(rtn);
       sub->add_option("--smooth-down-beta", a->opt.smooth_down_beta,
                       "down_proj smoothing weight exponent (default 0.9 per-channel, 0.7 g128)")
-          ->check(CLI::Range(0.0, 1.0));
+          ->check(CLI::Range(0.0, 1.0))
+          ->excludes(no_sd)
+          ->excludes(rtn);
       sub->add_flag("--smooth-down-search", a->opt.smooth_down_search,
-                    "grid-search the down_proj smoothing exponents per layer by MLP output MSE");
+                    "grid-search the down_proj smoothing exponents per layer by MLP output MSE")
+          ->excludes(no_sd)
+          ->excludes(rtn);
       sub->add_option("--hessian-stride", a->opt.hessian_stride, "GPTQ Hessians from every n-th token (1)")
-          ->check(CLI::PositiveNumber);
+          ->check(CLI::PositiveNumber)
+          ->excludes(no_gptq)
+          ->excludes(rtn);
       sub->add_option("--sample-rows", a->opt.sample_rows,
                       "tokens kept per linear input for clipping, smoothing search and the report (128)")
           ->check(CLI::PositiveNumber);
       sub->add_option("--clip-steps", a->opt.clip_steps, "clipping ratios from 1.0 down to 0.2 (80)")
-          ->check(CLI::PositiveNumber);
+          ->check(CLI::PositiveNumber)
+          ->excludes(no_clip)
+          ->excludes(rtn);
       sub->add_option("--propagate", a->propagate,
                       "next layer's calibration input: quantized (outputs with dequantized weights, default) or fp")
           ->check(CLI::IsMember({"fp", "quantized"}));

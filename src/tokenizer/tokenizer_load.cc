@@ -45,7 +45,7 @@ struct MaxIdScope {
   int prev;
 };
 
-int token_id(const json& v, const std::string& where) {
+int parse_token_id(const json& v, const std::string& where) {
   QS_CHECK(v.is_number_integer() && !(v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(g_max_token_id)) &&
            v.get<int64_t>() >= 0 && v.get<int64_t>() <= g_max_token_id)
       << where << ": token id " << v.dump().substr(0, 24) << " is not an integer from 0 to " << g_max_token_id
@@ -225,7 +225,7 @@ std::vector<int> template_special_ids(const json& specials, const std::string& n
   QS_CHECK(ids.is_array()) << where << ".special_tokens." << name << ".ids must be an array";
   std::vector<int> out;
   for (const json& id : ids) {
-    out.push_back(token_id(id, where + ": special token " + name));
+    out.push_back(parse_token_id(id, where + ": special token " + name));
   }
   return out;
 }
@@ -266,8 +266,8 @@ void parse_post_processor(const json& j, const std::string& where, TokenizerImpl
     const json& sep = field(j, "sep", where);
     QS_CHECK(cls.is_array() && cls.size() == 2 && cls[1].is_number_integer()) << where << ".cls must be [token, id]";
     QS_CHECK(sep.is_array() && sep.size() == 2 && sep[1].is_number_integer()) << where << ".sep must be [token, id]";
-    t.prefix_ids.push_back(token_id(cls[1], where + ".cls"));
-    t.suffix_ids.push_back(token_id(sep[1], where + ".sep"));
+    t.prefix_ids.push_back(parse_token_id(cls[1], where + ".cls"));
+    t.suffix_ids.push_back(parse_token_id(sep[1], where + ".sep"));
   } else {
     QS_FAIL() << where << ": unsupported post_processor type '" << type << "'";
   }
@@ -297,7 +297,7 @@ void parse_model(const json& m, TokenizerImpl& t) {
   std::unordered_map<std::string, int> v;
   v.reserve(vocab.size());
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-    const int id = token_id(it.value(), "model.vocab['" + it.key().substr(0, 64) + "']");
+    const int id = parse_token_id(it.value(), "model.vocab['" + it.key().substr(0, 64) + "']");
     if (size_t(id) >= t.id_to_piece.size()) t.id_to_piece.resize(id + 1), t.flags.resize(id + 1, 0);
     QS_CHECK(t.id_to_piece[id].empty()) << "model.vocab: id " << id << " is used by both '" << t.id_to_piece[id]
                                         << "' and '" << it.key() << "'";
@@ -339,7 +339,7 @@ void parse_added_tokens(const json& j, TokenizerImpl& t) {
     const std::string where = "added_tokens[" + std::to_string(i) + "]";
     const json& id = field(j[i], "id", where);
     AddedToken a;
-    a.id = token_id(id, where + ".id");
+    a.id = parse_token_id(id, where + ".id");
     a.content = get_string(j[i], "content", where);
     QS_CHECK(!a.content.empty()) << where << ".content is empty";
     a.special = get_bool(j[i], "special", false);
@@ -428,7 +428,7 @@ void apply_configs(TokenizerImpl& t, const json& cfg, const json& gen, bool defa
   if (gen.is_object()) {
     auto add_eos_id = [&](const json& v) {
       QS_CHECK(v.is_number_integer()) << "generation_config.json: eos_token_id must be an integer or a list";
-      const int id = token_id(v, "generation_config.json eos_token_id");
+      const int id = parse_token_id(v, "generation_config.json eos_token_id");
       check_id(t, id, "generation_config.json eos_token_id");
       t.flags[id] |= kTokSpecial;
       if (std::find(t.eos_ids.begin(), t.eos_ids.end(), id) == t.eos_ids.end()) t.eos_ids.push_back(id);
@@ -440,7 +440,7 @@ void apply_configs(TokenizerImpl& t, const json& cfg, const json& gen, bool defa
         add_eos_id(gen["eos_token_id"]);
     }
     if (t.bos_id < 0 && gen.contains("bos_token_id") && gen["bos_token_id"].is_number_integer()) {
-      t.bos_id = token_id(gen["bos_token_id"], "generation_config.json bos_token_id");
+      t.bos_id = parse_token_id(gen["bos_token_id"], "generation_config.json bos_token_id");
       check_id(t, t.bos_id, "generation_config.json bos_token_id");
     }
   }

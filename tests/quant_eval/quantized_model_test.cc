@@ -145,7 +145,9 @@ TEST(QuantizedCheckpointLoad, EqualsInMemoryRtnBitForBit) {
   LoadedModel lm = load_for_eval(dir.string(), {});
   EXPECT_TRUE(lm.quantized);
   EXPECT_EQ(lm.kv_bits, 4);
-  EXPECT_EQ(lm.tokenizer_dir, test::data_path(kTiny));  // found through source_model
+  // Issue 13: the tokenizer is not taken from the source_model path recorded in the metadata (a folder on the
+  // machine that made the checkpoint); this checkpoint has none of its own.
+  EXPECT_EQ(lm.tokenizer_dir, "");
   EXPECT_THAT(lm.description, HasSubstr("g128"));
   EXPECT_EQ(lm.model->linear("model.layers.3.mlp.down_proj").kind(), "w4a8-g128");
   EXPECT_EQ(lm.model->linear("lm_head").kind(), "fp16");
@@ -161,6 +163,27 @@ TEST(QuantizedCheckpointLoad, EqualsInMemoryRtnBitForBit) {
   // Weight-only loading: the same weights with FP32 activations.
   LoadedModel wo = load_for_eval(dir.string(), {.weight_only = true});
   EXPECT_EQ(wo.model->linear("model.layers.0.self_attn.q_proj").kind(), "w4a16-g128");
+
+  // A tokenizer in the folder is used.
+  fs::copy_file(test::data_path(std::string(kTiny) + "/tokenizer.json"), dir / "tokenizer.json");
+  EXPECT_EQ(load_for_eval(dir.string(), {}).tokenizer_dir, dir.string());
+  // config.json must agree with the embedded hf_config (inspect reads one, generate runs the other).
+  auto cfg = nlohmann::json::parse(read_file((dir / "config.json").string()));
+  cfg["num_hidden_layers"] = 2;
+  std::ofstream(dir / "config.json", std::ios::trunc) << cfg.dump();
+  try {
+    load_for_eval(dir.string(), {});
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("config.json differs from the hf_config"));
+  }
+  // --model naming a file.
+  try {
+    load_for_eval((dir / "model.safetensors").string(), {});
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("is a file; give the checkpoint folder"));
+  }
   fs::remove_all(dir);
 }
 

@@ -85,6 +85,18 @@ TEST_F(QuantizeCli, BadInputGivesClearErrors) {
   r = run("--model " + model_ + " --out " + (tmp_ / "o").string() + " --variant g64");
   EXPECT_NE(r.rc, 0);
   EXPECT_THAT(r.out, HasSubstr("g64"));
+  // Contradictory flags (a setting of a step that is switched off) are refused.
+  r = run("--model " + model_ + " --out " + (tmp_ / "o").string() + " --variant g128 --rtn --clip-steps 5");
+  EXPECT_NE(r.rc, 0);
+  EXPECT_THAT(r.out, HasSubstr("excludes"));
+  r = run("--model " + model_ + " --out " + (tmp_ / "o").string() + " --variant g128 --no-smooth-down "
+          "--smooth-down-alpha 0.2 --smooth-down-beta 0.8");
+  EXPECT_NE(r.rc, 0);
+  EXPECT_THAT(r.out, HasSubstr("excludes"));
+  // --model naming a file.
+  r = run("--model " + model_ + "/config.json --out " + (tmp_ / "o").string() + " --variant g128");
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_THAT(r.out, HasSubstr("is a file; give the checkpoint folder"));
   // Nothing was left behind by the failures.
   for (const auto& e : fs::directory_iterator(tmp_))
     EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();

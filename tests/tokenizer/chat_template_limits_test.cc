@@ -29,11 +29,16 @@ std::string error_of(const std::string& tmpl, const ChatTemplateLimits& lim = {}
 }
 
 TEST(ChatTemplateLimits, DeepNestingIsAnErrorNotAStackOverflow) {
+  // 10,000 levels in one expression: over the token limit of a tag already; 1,000 levels: over the nesting limit.
+  for (int n : {10000, 1000}) {
+    const char* want = n == 10000 ? "max_tag_tokens" : "max_nesting";
+    EXPECT_THAT(error_of("{{ " + repeat("(", n) + "1" + repeat(")", n) + " }}"), HasSubstr(want));
+    EXPECT_THAT(error_of("{{ " + repeat("[", n) + repeat("]", n) + " }}"), HasSubstr(want));
+    EXPECT_THAT(error_of("{{ " + repeat("not ", n) + "1 }}"), HasSubstr(want));
+    EXPECT_THAT(error_of("{{ " + repeat("-", n) + "1 }}"), HasSubstr(want));
+    if (n == 10000) EXPECT_THAT(error_of("{{ x" + repeat("[0]", n) + " }}"), HasSubstr(want));
+  }
   const int n = 10000;
-  EXPECT_THAT(error_of("{{ " + repeat("(", n) + "1" + repeat(")", n) + " }}"), HasSubstr("max_nesting"));
-  EXPECT_THAT(error_of("{{ " + repeat("[", n) + repeat("]", n) + " }}"), HasSubstr("max_nesting"));
-  EXPECT_THAT(error_of("{{ " + repeat("not ", n) + "1 }}"), HasSubstr("max_nesting"));
-  EXPECT_THAT(error_of("{{ " + repeat("-", n) + "1 }}"), HasSubstr("max_nesting"));
   EXPECT_THAT(error_of(repeat("{% if true %}", n) + "x" + repeat("{% endif %}", n)), HasSubstr("max_nesting"));
   EXPECT_THAT(error_of(repeat("{% for i in [1] %}", n) + repeat("{% endfor %}", n)), HasSubstr("max_nesting"));
   // A long left-associative chain nests closures without parser recursion: bounded by the tokens of one tag.
@@ -77,7 +82,7 @@ TEST(ChatTemplateLimits, SizesAreBounded) {
   ChatTemplateLimits lim;
   lim.max_output_bytes = 1000;
   EXPECT_THAT(error_of("{% for i in range(100) %}0123456789ABCDEF{% endfor %}", lim), HasSubstr("rendered text"));
-  EXPECT_THAT(error_of("{{ range(100) | join('-----') }}", lim), HasSubstr("join"));
+  EXPECT_THAT(error_of("{{ range(100) | join('--------------------') }}", lim), HasSubstr("join"));
   EXPECT_THAT(error_of("{{ (range(40) | join('')) | replace('1', '" + repeat("z", 200) + "') }}", lim),
               HasSubstr("replace"));
   EXPECT_THAT(error_of("{{ [1] | tojson(indent=100000000) }}"), HasSubstr("indent"));
