@@ -17,6 +17,9 @@
 #include "quant/eval/rtn_model.h"
 #include "quant/weight_quant.h"
 #include "quant_eval/eval_test_util.h"
+#include "tokenizer/tokenizer.h"
+#include "io/model_config.h"
+#include "common/test_util.h"
 
 namespace qs {
 namespace {
@@ -185,6 +188,27 @@ TEST(QuantizedCheckpointLoad, EqualsInMemoryRtnBitForBit) {
     EXPECT_THAT(e.what(), HasSubstr("is a file; give the checkpoint folder"));
   }
   fs::remove_all(dir);
+}
+
+// Issue 13: the tokenizer's vocabulary is checked against the model's vocab_size where both are loaded.
+TEST(TokenizerFitsModel, VocabularyAndSpecialIdsAreChecked) {
+  QS_REQUIRE_DATA(kTiny);
+  const auto tok = tokenizer::Tokenizer::from_dir(test::data_path(kTiny));
+  io::ModelConfig c = io::load_model_config(test::data_path(kTiny));
+  EXPECT_EQ(test::error_of([&] { check_tokenizer_fits_model(tok, c, "tiny"); }), "(no error)");
+  io::ModelConfig small = c;
+  small.vocab_size = tok.vocab_size() - 1;
+  small.eos_token_ids.clear();
+  small.bos_token_ids.clear();
+  EXPECT_THAT(test::error_of([&] { check_tokenizer_fits_model(tok, small, "tiny"); }),
+              HasSubstr("the tokenizer has ids up to " + std::to_string(tok.vocab_size() - 1)));
+  io::ModelConfig bad_eos = c;
+  bad_eos.eos_token_ids = {c.vocab_size};
+  EXPECT_THAT(test::error_of([&] { check_tokenizer_fits_model(tok, bad_eos, "tiny"); }),
+              HasSubstr("eos_token_id " + std::to_string(c.vocab_size) + " is outside the vocabulary"));
+  io::ModelConfig larger = c;  // padded embeddings (vocab_size above the tokenizer's) are fine
+  larger.vocab_size = c.vocab_size + 64;
+  EXPECT_EQ(test::error_of([&] { check_tokenizer_fits_model(tok, larger, "tiny"); }), "(no error)");
 }
 
 TEST(QuantizedCheckpointLoad, Errors) {
