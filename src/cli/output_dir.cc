@@ -113,7 +113,7 @@ fs::path prepare_output(const std::string& model, const std::string& out, bool f
   return tmp;
 }
 
-void publish_output(const fs::path& tmp, const std::string& out) {
+void publish_output(const fs::path& tmp, const std::string& out, bool force) {
   const fs::path dst = fs::absolute(out).lexically_normal();
   std::error_code ec;
   fs::path old;
@@ -122,7 +122,9 @@ void publish_output(const fs::path& tmp, const std::string& out) {
       fs::remove(dst, ec);  // an empty folder (remove() never recurses)
       QS_CHECK(!ec) << "cannot replace the empty folder " << dst.string() << ": " << ec.message();
     } else {
-      check_replaceable(dst, out);  // again: the folder may have changed during the run
+      // Again: the folder may have changed during the run.
+      QS_CHECK(force) << "--out " << out << " was filled while quantizing; not replacing it without --force";
+      check_replaceable(dst, out);
       old = dst.parent_path() / (dst.filename().string() + ".old-" + std::to_string(::getpid()));
       fs::rename(dst, old, ec);
       QS_CHECK(!ec) << "cannot move the previous output " << dst.string() << " aside: " << ec.message();

@@ -24,7 +24,7 @@ void check_output_location(const std::string& model, const std::string& out, boo
 std::filesystem::path prepare_output(const std::string& model, const std::string& out, bool force);
 
 // Moves the finished temporary folder to `out`, replacing a previous qserve output there (see above).
-void publish_output(const std::filesystem::path& tmp, const std::string& out);
+void publish_output(const std::filesystem::path& tmp, const std::string& out, bool force);
 
 // Removes a temporary folder that prepare_output created (its files, then the folder). No error is thrown.
 void remove_created_output(const std::filesystem::path& tmp);

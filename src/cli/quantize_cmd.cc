@@ -123,7 +123,7 @@ void run(Args a) {
                           "special_tokens_map.json", "tokenizer.model"})
       if (fs::exists(fs::path(a.model) / f)) fs::copy_file(fs::path(a.model) / f, tmp / f);
     // Publish: DIR appears only now, complete (a previous qserve output there is replaced; see output_dir.h).
-    qs::cli::publish_output(tmp, a.out);
+    qs::cli::publish_output(tmp, a.out, a.force);
     const fs::path dst = fs::absolute(a.out).lexically_normal();
     std::fprintf(stderr, "%s", qs::quant::qoq::format_report(result).c_str());
     qs::CheckedWriter out(stdout, "standard output");
