@@ -109,7 +109,7 @@ TEST_P(TransformsTest, SmoothAttention) {
   // divided by lambda_j, the matching query channel of every head in the group multiplied by it, so the key range
   // kmax_j / lambda_j = kmax_j^(1 - alpha) (for the pair's maximum) shrinks from max(kmax) = 40-ish to its root.
   const int64_t h = cfg().hidden_size;
-  for (int64_t j : {int64_t(0), d / 2 + 3, cfg().kv_size() - 1}) {
+  for (int64_t j : {int64_t(0), d / 2 + 3, int64_t(cfg().kv_size()) - 1}) {
     const float lam = lambda[size_t(j)];
     EXPECT_NE(lam, 1.0f);
     for (int64_t c : {int64_t(0), h / 3, h - 1}) {
