@@ -436,11 +436,12 @@ json slice(const json& v, const json& lo_v, const json& hi_v, const json& step_v
   };
   const long long lo = bound(lo_v, step > 0 ? 0 : n - 1), hi = bound(hi_v, step > 0 ? n : -1);
   json out = v.is_array() ? json::array() : json("");
-  for (long long i = lo; step > 0 ? i < hi : i > hi; i += step) {
+  for (long long i = lo; step > 0 ? i < hi : i > hi;) {
     if (v.is_array())
       out.push_back(v[size_t(i)]);
     else
       out.get_ref<std::string&>() += v.get_ref<const std::string&>()[size_t(i)];
+    if (__builtin_add_overflow(i, step, &i)) break;  // a huge step: past either end anyway
   }
   return out;
 }

@@ -106,6 +106,11 @@ TEST(ChatTemplateLimits, ArithmeticAndLiteralsNeverOverflow) {
   EXPECT_THAT(error_of("{{ 'abc' | int }}"), HasSubstr("(no error)"));  // Jinja: 0
   EXPECT_EQ(ChatTemplate("{{ ' 42 ' | int + 1 }}").render(json::object()), "43");
   EXPECT_THAT(error_of("{{ [1] | int }}"), HasSubstr("(no error)"));
+  // Slices with huge steps stop at the end instead of overflowing the index.
+  EXPECT_EQ(ChatTemplate("{{ 'abcdef'[1::9223372036854775807] }}").render(json::object()), "b");
+  EXPECT_EQ(ChatTemplate("{{ 'abcdef'[-2::-9223372036854775807] }}").render(json::object()), "e");
+  EXPECT_EQ(ChatTemplate("{{ [1, 2, 3][-9223372036854775807:9223372036854775807:2] | length }}").render(json::object()),
+            "2");
 }
 
 TEST(ChatTemplateLimits, RealTemplatesRenderWithinTheDefaults) {
