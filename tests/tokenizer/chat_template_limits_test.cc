@@ -53,10 +53,14 @@ TEST(ChatTemplateLimits, LoopsAndRangesAreBounded) {
   EXPECT_THAT(error_of("{% for i in range(-9223372036854775807, 9223372036854775807) %}{% endfor %}"),
               HasSubstr("max_range"));
   EXPECT_EQ(ChatTemplate("{{ range(100000) | length }}").render(json::object()), "100000");  // jinja2's MAX_RANGE
+  // 10^10 iterations with the default limits: stopped by the iteration limit (10^6), or by the 10 s time budget
+  // on a slow machine (a sanitizer build), whichever comes first; either is a clear error, never a hang.
   const auto t0 = std::chrono::steady_clock::now();
-  EXPECT_THAT(error_of("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"),
-              HasSubstr("max_loop_iterations"));
-  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(20));
+  const std::string nested = error_of("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}");
+  EXPECT_TRUE(nested.find("max_loop_iterations") != std::string::npos ||
+              nested.find("max_seconds") != std::string::npos)
+      << nested;
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(30));
   ChatTemplateLimits small;
   small.max_loop_iterations = 10;
   EXPECT_THAT(error_of("{% for i in range(11) %}{% endfor %}", small), HasSubstr("more than 10 loop iterations"));
