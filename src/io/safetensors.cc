@@ -125,7 +125,15 @@ const TensorInfo* SafetensorsFile::find(const std::string& name) const {
 Tensor SafetensorsFile::get(const std::string& name) const {
   const TensorInfo* ti = find(name);
   QS_CHECK(ti) << "tensor '" << name << "' not found in " << path_;
-  return Tensor::view(ti->dtype, ti->shape, base_ + data_start_ + ti->offset, self_.lock());
+  const uint8_t* p = base_ + data_start_ + ti->offset;
+  // The format does not align tensors (a BF16[7] before an I64 leaves it at an odd offset): reading through a
+  // misaligned pointer is undefined behaviour, so such a tensor is copied instead of viewed.
+  if (reinterpret_cast<uintptr_t>(p) % dtype_size(ti->dtype) != 0) {
+    Tensor t(ti->dtype, ti->shape);
+    if (ti->nbytes) std::memcpy(t.raw_mut(), p, ti->nbytes);
+    return t;
+  }
+  return Tensor::view(ti->dtype, ti->shape, p, self_.lock());
 }
 
 // ---------------------------------------------------------------------------------------------------------
