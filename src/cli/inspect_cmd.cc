@@ -6,6 +6,8 @@
 #include <string>
 
 #include "cli/command.h"
+#include "core/error.h"
+#include "core/file_io.h"
 #include "io/model_config.h"
 #include "io/safetensors.h"
 
@@ -35,6 +37,9 @@ void print_config(const qs::io::ModelConfig& c) {
 }
 
 void run(const std::string& dir) {
+  QS_CHECK(std::filesystem::exists(dir)) << "--model " << dir << " does not exist";
+  QS_CHECK(std::filesystem::is_directory(dir))
+      << "--model " << dir << " is a file; give the checkpoint folder (the one holding config.json)";
   const qs::io::ModelConfig c = qs::io::load_model_config(dir);
   print_config(c);
   const qs::io::TensorStore store = qs::io::TensorStore::open(dir);
@@ -58,6 +63,7 @@ void run(const std::string& dir) {
   for (const auto& [dt, n] : by_dtype) std::printf("  %s: %lld\n", dt.c_str(), (long long)n);
   if (c.tie_word_embeddings && !store.has("lm_head.weight")) std::printf("lm_head: tied to model.embed_tokens\n");
   for (const auto& [k, v] : store.metadata()) std::printf("metadata %s = %.200s\n", k.c_str(), v.c_str());
+  qs::CheckedWriter(stdout, "standard output").flush();  // a full disk or a closed pipe is an error, not exit 0
 }
 
 qs::cli::CommandRegistrar reg("inspect", "Print a checkpoint's config, tensor table and parameter count",

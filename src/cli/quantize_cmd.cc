@@ -4,7 +4,8 @@
 // --no-clip, --no-gptq; --rtn = all off). Safety: the model's architecture, the calibration text and the output
 // location are checked before the long part starts; the checkpoint is written into DIR.tmp-<pid> beside DIR and
 // renamed to DIR only when complete, so an interrupted run never leaves anything at DIR that looks finished
-// (a stale DIR.tmp-* can be deleted). The tokenizer files are copied so the checkpoint is self-contained.
+// (a stale DIR.tmp-* can be deleted). --out may not overlap --model, and --force replaces only a previous qserve
+// output (cli/output_dir.h): nothing qserve did not write is ever deleted. The tokenizer files are copied so the checkpoint is self-contained.
 // Defaults: the paper's 128 x 1024-token calibration, except for models under 1B parameters (run on the CPU
 // reference backend), where 16 x 512 keeps quantization within minutes on a laptop-class CPU (docs/QOQ.md).
 #include <signal.h>
@@ -19,9 +20,12 @@
 #include "backends/cpu/cpu_backend.h"
 #include "backends/ref_cpu/ops.h"
 #include "cli/command.h"
+#include "cli/output_dir.h"
 #include "core/error.h"
+#include "core/file_io.h"
 #include "core/paths.h"
 #include "model/model.h"
+#include "quant/eval/model_loader.h"
 #include "quant/qoq/pipeline.h"
 #include "quant/qoq/progress.h"
 #include "tokenizer/tokenizer.h"
@@ -49,7 +53,8 @@ struct Args {
 
 nlohmann::json read_hf_config(const std::string& dir) {
   const fs::path p = fs::path(dir) / "config.json";
-  QS_CHECK(fs::is_directory(dir)) << "--model " << dir << " is not a directory";
+  QS_CHECK(fs::exists(dir)) << "--model " << dir << " does not exist";
+  QS_CHECK(fs::is_directory(dir)) << "--model " << dir << " is a file; give the checkpoint folder (the one holding config.json)";
   QS_CHECK(fs::exists(p)) << dir << " has no config.json: not a Hugging Face checkpoint";
   QS_CHECK(!qs::quant::QuantizedCheckpoint::is_quantized_checkpoint(dir))
       << dir << " is already a qserve quantized checkpoint; quantize the FP (Hugging Face) model instead";
@@ -68,26 +73,6 @@ nlohmann::json read_hf_config(const std::string& dir) {
          "Qwen2ForCausalLM); "
       << dir << " is " << arch;
   return j;
-}
-
-// Creates the temporary output directory beside `out` (fails early and clearly when it cannot be written).
-fs::path prepare_output(const std::string& out, bool force) {
-  const fs::path dst = fs::absolute(out).lexically_normal();
-  QS_CHECK(!dst.filename().empty()) << "--out " << out << " is not a directory name";
-  if (fs::exists(dst)) {
-    QS_CHECK(fs::is_directory(dst)) << "--out " << out << " exists and is not a directory";
-    QS_CHECK(force || fs::is_empty(dst)) << "--out " << out << " exists and is not empty (use --force to replace it)";
-  }
-  const fs::path parent = dst.parent_path();
-  QS_CHECK(fs::is_directory(parent)) << "cannot write the output: directory " << parent.string() << " does not exist";
-  const fs::path tmp = parent / (dst.filename().string() + ".tmp-" + std::to_string(::getpid()));
-  std::error_code ec;
-  fs::create_directory(tmp, ec);
-  QS_CHECK(!ec) << "cannot write the output directory " << parent.string() << ": " << ec.message();
-  const fs::path probe = tmp / ".probe";
-  { std::ofstream f(probe); QS_CHECK(f.good()) << "cannot write into " << tmp.string(); }
-  fs::remove(probe);
-  return tmp;
 }
 
 void run(Args a) {
@@ -117,7 +102,7 @@ void run(Args a) {
   const nlohmann::json hf = read_hf_config(a.model);
   if (a.calib.empty()) a.calib = qs::data_dir() + "/text/calibration.txt";
   QS_CHECK(fs::is_regular_file(a.calib)) << "calibration text " << a.calib << " not found (--calib FILE)";
-  const fs::path tmp = prepare_output(a.out, a.force);
+  const fs::path tmp = qs::cli::prepare_output(a.model, a.out, a.force);
   try {
     // The optimized CPU backend by default (same ops, SIMD linear/attention; ref-cpu is the scalar ground truth).
     auto model = qs::model::Model::load(
@@ -126,6 +111,7 @@ void run(Args a) {
     opt.calib_samples = a.samples > 0 ? a.samples : (small ? 16 : 128);
     opt.calib_len = a.len > 0 ? a.len : (small ? 512 : 1024);
     const auto tok = qs::tokenizer::Tokenizer::from_dir(a.model);
+    qs::quant::eval::check_tokenizer_fits_model(tok, model->config(), a.model);
     const auto calib =
         qs::quant::qoq::sample_calibration_file(tok, a.calib, opt.calib_samples, opt.calib_len, opt.calib_seed);
     std::fprintf(stderr, "qserve quantize: %s -> %s (%s), calibration %d x %d tokens from %s\n", a.model.c_str(),
@@ -136,15 +122,15 @@ void run(Args a) {
     for (const char* f : {"tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja",
                           "special_tokens_map.json", "tokenizer.model"})
       if (fs::exists(fs::path(a.model) / f)) fs::copy_file(fs::path(a.model) / f, tmp / f);
-    // Publish: DIR appears only now, complete.
+    // Publish: DIR appears only now, complete (a previous qserve output there is replaced; see output_dir.h).
+    qs::cli::publish_output(tmp, a.out, a.force);
     const fs::path dst = fs::absolute(a.out).lexically_normal();
-    if (fs::exists(dst)) fs::remove_all(dst);  // empty, or --force
-    fs::rename(tmp, dst);
     std::fprintf(stderr, "%s", qs::quant::qoq::format_report(result).c_str());
-    std::printf("wrote %s\n", dst.string().c_str());
+    qs::CheckedWriter out(stdout, "standard output");
+    out.printf("wrote %s\n", dst.string().c_str());
+    out.flush();
   } catch (...) {
-    std::error_code ec;
-    fs::remove_all(tmp, ec);
+    qs::cli::remove_created_output(tmp);
     throw;
   }
 }
@@ -164,35 +150,48 @@ qs::cli::CommandRegistrar reg(
           ->check(CLI::Range(2, 1 << 20));
       sub->add_option("--calib-seed", a->opt.calib_seed, "window sampling seed");
       sub->add_flag("--no-rotate", a->no_rotate, "no RMSNorm folding / Hadamard rotations");
-      sub->add_flag("--no-smooth-attn", a->no_smooth_attn, "no SmoothAttention");
-      sub->add_flag("--no-smooth-down", a->no_smooth_down, "no down_proj smoothing");
+      auto* no_sa = sub->add_flag("--no-smooth-attn", a->no_smooth_attn, "no SmoothAttention");
+      auto* no_sd = sub->add_flag("--no-smooth-down", a->no_smooth_down, "no down_proj smoothing");
       sub->add_flag("--no-reorder", a->no_reorder, "no channel reordering (g128)");
-      sub->add_flag("--no-clip", a->no_clip, "no clipping search (per-channel)");
-      sub->add_flag("--no-gptq", a->no_gptq, "round to nearest instead of GPTQ");
-      sub->add_flag("--rtn", a->rtn, "all of the above: plain round-to-nearest");
+      auto* no_clip = sub->add_flag("--no-clip", a->no_clip, "no clipping search (per-channel)");
+      auto* no_gptq = sub->add_flag("--no-gptq", a->no_gptq, "round to nearest instead of GPTQ");
+      auto* rtn = sub->add_flag("--rtn", a->rtn, "all of the above: plain round-to-nearest");
+      // A setting of a step that another flag switches off is a contradiction: refused, not silently ignored.
       sub->add_option("--smooth-attn-alpha", a->opt.smooth_attn_alpha, "SmoothAttention exponent (0.5)")
-          ->check(CLI::Range(0.0, 1.0));
+          ->check(CLI::Range(0.0, 1.0))
+          ->excludes(no_sa)
+          ->excludes(rtn);
       sub->add_option("--smooth-down-alpha", a->opt.smooth_down_alpha,
                       "down_proj smoothing activation exponent (default 0.1 per-channel, 0.3 g128)")
-          ->check(CLI::Range(0.0, 1.0));
+          ->check(CLI::Range(0.0, 1.0))
+          ->excludes(no_sd)
+          ->excludes(rtn);
       sub->add_option("--smooth-down-beta", a->opt.smooth_down_beta,
                       "down_proj smoothing weight exponent (default 0.9 per-channel, 0.7 g128)")
-          ->check(CLI::Range(0.0, 1.0));
+          ->check(CLI::Range(0.0, 1.0))
+          ->excludes(no_sd)
+          ->excludes(rtn);
       sub->add_flag("--smooth-down-search", a->opt.smooth_down_search,
-                    "grid-search the down_proj smoothing exponents per layer by MLP output MSE");
+                    "grid-search the down_proj smoothing exponents per layer by MLP output MSE")
+          ->excludes(no_sd)
+          ->excludes(rtn);
       sub->add_option("--hessian-stride", a->opt.hessian_stride, "GPTQ Hessians from every n-th token (1)")
-          ->check(CLI::PositiveNumber);
+          ->check(CLI::PositiveNumber)
+          ->excludes(no_gptq)
+          ->excludes(rtn);
       sub->add_option("--sample-rows", a->opt.sample_rows,
                       "tokens kept per linear input for clipping, smoothing search and the report (128)")
           ->check(CLI::PositiveNumber);
       sub->add_option("--clip-steps", a->opt.clip_steps, "clipping ratios from 1.0 down to 0.2 (80)")
-          ->check(CLI::PositiveNumber);
+          ->check(CLI::PositiveNumber)
+          ->excludes(no_clip)
+          ->excludes(rtn);
       sub->add_option("--propagate", a->propagate,
                       "next layer's calibration input: quantized (outputs with dequantized weights, default) or fp")
           ->check(CLI::IsMember({"fp", "quantized"}));
       sub->add_option("--backend", a->backend, "calibration backend: cpu (optimized, default) or ref-cpu")
           ->check(CLI::IsMember({"cpu", "ref-cpu"}));
-      sub->add_flag("--force", a->force, "replace a non-empty --out directory");
+      sub->add_flag("--force", a->force, "replace a previous qserve quantize output at --out");
       sub->add_flag("--quiet", a->quiet, "no progress bar");
       sub->callback([a] { run(*a); });
     });

@@ -13,6 +13,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include "core/file_io.h"
+
 namespace qs::io {
 namespace fs = std::filesystem;
 
@@ -27,8 +29,7 @@ std::string errno_str() { return std::strerror(errno); }
 std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
   std::shared_ptr<SafetensorsFile> f(new SafetensorsFile());
   f->path_ = path;
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  QS_CHECK(fd >= 0) << "cannot open safetensors file " << path << ": " << errno_str();
+  const int fd = open_regular_file(path, "safetensors file");  // a FIFO or a directory: an error, never a hang
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
     ::close(fd);
@@ -46,16 +47,18 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
 
   uint64_t hlen = 0;
   std::memcpy(&hlen, f->base_, 8);  // little-endian host (x86-64, aarch64)
-  QS_CHECK(hlen <= kMaxHeader) << "safetensors file " << path << ": header length " << hlen
-                               << " is implausible (corrupt file?)";
-  QS_CHECK(8 + hlen <= f->size_) << "safetensors file " << path << " is truncated: header needs " << 8 + hlen
-                                 << " bytes, file has " << f->size_;
+  // The messages never print the length field itself: those are the file's first bytes (not ours to echo).
+  QS_CHECK(hlen <= kMaxHeader) << "safetensors file " << path
+                               << ": the header length field is over 100 MB (not a safetensors file, or corrupt)";
+  QS_CHECK(8 + hlen <= f->size_) << "safetensors file " << path
+                                 << " is truncated: the header length field points past the end of the file ("
+                                 << f->size_ << " bytes)";
   f->data_start_ = 8 + size_t(hlen);
   nlohmann::json h;
   try {
     h = nlohmann::json::parse(f->base_ + 8, f->base_ + 8 + hlen);
   } catch (const nlohmann::json::exception& e) {
-    QS_FAIL() << "safetensors file " << path << ": header is not valid JSON (" << e.what() << ")";
+    QS_FAIL() << "safetensors file " << path << ": header is not valid JSON (" << json_error_text(e) << ")";
   }
   QS_CHECK(h.is_object()) << "safetensors file " << path << ": header is not a JSON object";
   const size_t data_size = f->size_ - f->data_start_;
@@ -122,7 +125,15 @@ const TensorInfo* SafetensorsFile::find(const std::string& name) const {
 Tensor SafetensorsFile::get(const std::string& name) const {
   const TensorInfo* ti = find(name);
   QS_CHECK(ti) << "tensor '" << name << "' not found in " << path_;
-  return Tensor::view(ti->dtype, ti->shape, base_ + data_start_ + ti->offset, self_.lock());
+  const uint8_t* p = base_ + data_start_ + ti->offset;
+  // The format does not align tensors (a BF16[7] before an I64 leaves it at an odd offset): reading through a
+  // misaligned pointer is undefined behaviour, so such a tensor is copied instead of viewed.
+  if (reinterpret_cast<uintptr_t>(p) % dtype_size(ti->dtype) != 0) {
+    Tensor t(ti->dtype, ti->shape);
+    if (ti->nbytes) std::memcpy(t.raw_mut(), p, ti->nbytes);
+    return t;
+  }
+  return Tensor::view(ti->dtype, ti->shape, p, self_.lock());
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -135,27 +146,34 @@ TensorStore TensorStore::open(const std::string& path) {
   if (fs::is_directory(path)) {
     const fs::path dir(path);
     const fs::path index = dir / "model.safetensors.index.json";
-    if (fs::exists(index)) {
+    if (fs::exists(fs::symlink_status(index))) {
       nlohmann::json j;
+      const std::string text = read_file_checked(index.string(), "shard index", kMaxHeader);
       try {
-        std::ifstream in(index);
-        j = nlohmann::json::parse(in);
+        j = nlohmann::json::parse(text);
       } catch (const nlohmann::json::exception& e) {
-        QS_FAIL() << "shard index " << index.string() << " is not valid JSON (" << e.what() << ")";
+        QS_FAIL() << "shard index " << index.string() << " is not valid JSON (" << json_error_text(e) << ")";
       }
       QS_CHECK(j.contains("weight_map") && j["weight_map"].is_object())
           << "shard index " << index.string() << " has no weight_map";
       std::map<std::string, std::string> wm;
       for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
         QS_CHECK(it.value().is_string()) << index.string() << ": weight_map entry '" << it.key() << "' is not a string";
-        wm[it.key()] = it.value().get<std::string>();
+        const std::string shard = it.value().get<std::string>();
+        // Confined to the checkpoint folder: a relative path without '..' (an index is untrusted input).
+        const fs::path sp(shard);
+        bool inside = !shard.empty() && !sp.is_absolute() && shard.find('\0') == std::string::npos;
+        for (const auto& part : sp) inside = inside && part != ".." && !part.is_absolute();
+        QS_CHECK(inside) << index.string() << ": weight_map entry '" << it.key() << "' names the shard '" << shard
+                         << "', which is not a file inside the checkpoint folder (absolute paths and '..' are refused)";
+        wm[it.key()] = shard;
       }
       std::map<std::string, size_t> file_idx;
       for (const auto& [name, shard] : wm) {
         if (file_idx.count(shard)) continue;
         const fs::path sp = dir / shard;
-        QS_CHECK(fs::exists(sp)) << "missing shard " << sp.string() << " (listed in " << index.string()
-                                 << " for tensor '" << name << "')";
+        QS_CHECK(fs::exists(fs::symlink_status(sp))) << "missing shard " << sp.string() << " (listed in "
+                                                     << index.string() << " for tensor '" << name << "')";
         file_idx[shard] = s.files_.size();
         s.files_.push_back(SafetensorsFile::open(sp.string()));
       }
@@ -168,7 +186,7 @@ TensorStore TensorStore::open(const std::string& path) {
       return s;
     }
     const fs::path single = dir / "model.safetensors";
-    if (fs::exists(single)) {
+    if (fs::exists(fs::symlink_status(single))) {
       files.push_back(single.string());
     } else {
       for (const auto& e : fs::directory_iterator(dir))

@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -130,6 +131,13 @@ class Model {
   std::vector<double> inv_freq_;
   ActivationObserver observer_;
 };
+
+// Load-time checks of untrusted checkpoints (llama.cc): every value of an F32 tensor is finite (the error names
+// the tensor, `where` and the first bad element); every stored tensor is among `used` (layers beyond num_layers
+// and unknown tensors are errors).
+void check_finite(const Tensor& t, const std::string& name, const std::string& where);
+void check_all_used(const std::vector<std::string>& names, const std::set<std::string>& used, int num_layers,
+                    const std::string& where);
 
 // Architecture loaders (one per family; model.cc dispatches on config.architecture).
 // llama.cc: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM (differences are flags: q/k/v bias, sliding

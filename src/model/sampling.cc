@@ -10,10 +10,12 @@
 namespace qs::model {
 
 void validate(const SamplingParams& p) {
-  QS_CHECK(!std::isnan(p.temperature)) << "sampling: temperature is NaN";
+  QS_CHECK(std::isfinite(p.temperature) && p.temperature >= 0.0f)
+      << "sampling: temperature must be a finite number >= 0 (0: greedy), got " << p.temperature;
   QS_CHECK(p.top_k >= 0) << "sampling: top_k must be >= 0, got " << p.top_k;
   QS_CHECK(p.top_p > 0.0f && p.top_p <= 1.0f) << "sampling: top_p must be in (0, 1], got " << p.top_p;
-  QS_CHECK(p.repetition_penalty > 0.0f) << "sampling: repetition_penalty must be > 0, got " << p.repetition_penalty;
+  QS_CHECK(std::isfinite(p.repetition_penalty) && p.repetition_penalty > 0.0f)
+      << "sampling: repetition_penalty must be a finite number > 0, got " << p.repetition_penalty;
 }
 
 int32_t argmax(const float* x, int64_t n) {

@@ -15,14 +15,15 @@
 namespace qs::model {
 
 struct SamplingParams {
-  float temperature = 0.0f;         // <= 0: greedy
+  float temperature = 0.0f;         // 0: greedy; negative or non-finite: rejected by validate()
   int top_k = 0;                    // 0: no top-k filter
   float top_p = 1.0f;               // in (0, 1]; 1: no nucleus filter
   float repetition_penalty = 1.0f;  // > 0; 1: off
   uint64_t seed = 0;
 };
 
-// Throws qs::Error naming the bad field (negative top_k, top_p outside (0, 1], penalty <= 0, NaN temperature).
+// Throws qs::Error naming the bad field (negative top_k, top_p outside (0, 1], penalty <= 0 or not finite,
+// temperature negative or not finite: 0 is greedy, a negative value is a mistake, not a synonym).
 void validate(const SamplingParams& p);
 
 // The uniform draw in [0, 1) for sample number `step` of a request seeded with `seed` (see the header comment).

@@ -3,11 +3,13 @@
 
 #include <unistd.h>
 
+#include <climits>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 
 #include "core/error.h"
+#include "core/file_io.h"
 
 namespace qs::quant {
 
@@ -76,9 +78,34 @@ CheckpointMeta meta_from_json(const std::string& text, const std::string& where)
   try {
     j = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
-    QS_FAIL() << where << ": metadata '" << kCheckpointMetadataKey << "' is not valid JSON (" << e.what() << ")";
+    QS_FAIL() << where << ": metadata '" << kCheckpointMetadataKey << "' is not valid JSON (" << json_error_text(e)
+              << ")";
   }
   CheckpointMeta m;
+  QS_CHECK(j.is_object()) << where << ": metadata '" << kCheckpointMetadataKey << "' is not a JSON object";
+  // Each field is checked for presence and type first, so an error names it (and the file).
+  auto need = [&](const char* key, bool (nlohmann::json::*is)() const noexcept, const char* type) -> const nlohmann::json& {
+    QS_CHECK(j.contains(key)) << where << ": metadata field '" << key << "' is missing";
+    QS_CHECK((j[key].*is)()) << where << ": metadata field '" << key << "' must be " << type << ", got "
+                             << j[key].type_name();
+    return j[key];
+  };
+  need("format", &nlohmann::json::is_string, "a string");
+  for (const char* k : {"format_version", "group_size", "protective_range", "kv_bits"})
+    QS_CHECK(need(k, &nlohmann::json::is_number_integer, "an integer").get<int64_t>() >= INT32_MIN &&
+             j[k].get<int64_t>() <= INT32_MAX)
+        << where << ": metadata field '" << k << "' is out of range";
+  need("variant", &nlohmann::json::is_string, "a string");
+  need("source_model", &nlohmann::json::is_string, "a string");
+  need("hf_config", &nlohmann::json::is_object, "an object");
+  need("linears", &nlohmann::json::is_object, "an object");
+  for (auto it = j["linears"].begin(); it != j["linears"].end(); ++it) {
+    const auto& v = it.value();
+    bool ok = v.is_array() && v.size() == 2;
+    for (size_t i = 0; ok && i < 2; ++i)
+      ok = v[i].is_number_integer() && v[i].get<int64_t>() > 0 && v[i].get<int64_t>() <= (int64_t(1) << 24);
+    QS_CHECK(ok) << where << ": metadata linears['" << it.key() << "'] must be [N, K] with 1 <= N, K <= 2^24";
+  }
   try {
     QS_CHECK(j.value("format", "") == kCheckpointFormatName)
         << where << ": metadata format is '" << j.value("format", "") << "', expected " << kCheckpointFormatName;
@@ -96,7 +123,7 @@ CheckpointMeta meta_from_json(const std::string& text, const std::string& where)
     for (auto it = j.at("linears").begin(); it != j.at("linears").end(); ++it)
       m.linears[it.key()] = it.value().get<std::vector<int64_t>>();
   } catch (const nlohmann::json::exception& e) {
-    QS_FAIL() << where << ": malformed metadata (" << e.what() << ")";
+    QS_FAIL() << where << ": malformed metadata (" << json_error_text(e) << ")";
   }
   const bool g128 = m.variant == WeightFormat::kW4A8G128;
   QS_CHECK(m.group_size == (g128 ? fmt4::kGroupSize : 0))
@@ -271,11 +298,17 @@ StoredLinear QuantizedCheckpoint::linear(const std::string& name) const {
       expect_tensor(l.qweight, DType::I8, {n, k}, name + ".qweight");
       l.scale = get(".scale");
       expect_tensor(l.scale, DType::F16, {n}, name + ".scale");
+      for (int64_t i = 0; i < n; ++i)
+        QS_CHECK(std::isfinite(fp16_to_float(l.scale.data<uint16_t>()[i])))
+            << "linear '" << name << "': non-finite scale for channel " << i;
       break;
   }
   if (store_.has(name + ".bias")) {
     l.bias = store_.get(name + ".bias");
     expect_tensor(l.bias, DType::F16, {n}, name + ".bias");
+    for (int64_t i = 0; i < n; ++i)
+      QS_CHECK(std::isfinite(fp16_to_float(l.bias.data<uint16_t>()[i])))
+          << "linear '" << name << "': non-finite bias for channel " << i;
   }
   return l;
 }

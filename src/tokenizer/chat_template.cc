@@ -5,6 +5,7 @@
 #include "tokenizer/chat_template.h"
 
 #include <algorithm>
+#include <charconv>
 #include <functional>
 #include <map>
 
@@ -34,10 +35,13 @@ struct Tok {
   std::string text;
 };
 
-std::vector<Tok> lex(const std::string& s, int line) {
+std::vector<Tok> lex(const std::string& s, int line, const ChatTemplateLimits& lim) {
   std::vector<Tok> out;
   size_t i = 0;
   while (i < s.size()) {
+    QS_CHECK(out.size() < size_t(lim.max_tag_tokens))
+        << "chat template line " << line << ": more than " << lim.max_tag_tokens
+        << " tokens in one tag (ChatTemplateLimits::max_tag_tokens)";
     const char c = s[i];
     if (std::isspace(uint8_t(c))) {
       ++i;
@@ -84,9 +88,26 @@ std::vector<Tok> lex(const std::string& s, int line) {
   return out;
 }
 
+// Counts nesting while parsing (blocks, brackets, unary operators) against ChatTemplateLimits::max_nesting, so a
+// deeply nested template is an error instead of a stack overflow (here or when the closures run).
+class NestingGuard {
+ public:
+  NestingGuard(int* depth, int max, int line) : depth_(depth) {
+    QS_CHECK(++*depth_ <= max) << "chat template line " << line << ": nested more than " << max
+                               << " levels deep (ChatTemplateLimits::max_nesting)";
+  }
+  ~NestingGuard() { --*depth_; }
+  NestingGuard(const NestingGuard&) = delete;
+  NestingGuard& operator=(const NestingGuard&) = delete;
+
+ private:
+  int* depth_;
+};
+
 class ExprParser {
  public:
-  ExprParser(std::vector<Tok> toks, int line) : t_(std::move(toks)), line_(line) {}
+  ExprParser(std::vector<Tok> toks, int line, int* depth, int max_depth)
+      : t_(std::move(toks)), line_(line), depth_(depth), max_depth_(max_depth) {}
 
   bool at_end() const { return t_[p_].kind == Tok::kEnd; }
   bool peek_name(const char* n) const { return t_[p_].kind == Tok::kName && t_[p_].text == n; }
@@ -104,6 +125,7 @@ class ExprParser {
   }
 
   Expr expr() {  // a if cond else b
+    NestingGuard g(depth_, max_depth_, line_);
     Expr a = or_expr();
     if (!accept_name("if")) return a;
     Expr cond = or_expr();
@@ -130,6 +152,7 @@ class ExprParser {
   }
   Expr not_expr() {
     if (accept_name("not")) {
+      NestingGuard g(depth_, max_depth_, line_);
       Expr a = not_expr();
       return [a](Ctx& c) { return json(!truthy(a(c))); };
     }
@@ -198,10 +221,14 @@ class ExprParser {
   }
   Expr unary_expr() {
     if (accept_op("-")) {
+      NestingGuard g(depth_, max_depth_, line_);
       Expr a = unary_expr();
       return [a](Ctx& c) { return arith('-', json(0), a(c)); };
     }
-    if (accept_op("+")) return unary_expr();
+    if (accept_op("+")) {
+      NestingGuard g(depth_, max_depth_, line_);
+      return unary_expr();
+    }
     return filter_expr(postfix_expr(primary()));
   }
   Expr filter_expr(Expr a) {
@@ -296,12 +323,17 @@ class ExprParser {
     }
     if (t.kind == Tok::kInt) {
       ++p_;
-      const long long v = std::stoll(t.text);
+      long long v = 0;
+      const auto r = std::from_chars(t.text.data(), t.text.data() + t.text.size(), v);
+      QS_CHECK(r.ec == std::errc() && r.ptr == t.text.data() + t.text.size())
+          << where() << "integer literal " << t.text.substr(0, 40) << " does not fit 64 bits";
       return [v](Ctx&) { return json(v); };
     }
     if (t.kind == Tok::kFloat) {
       ++p_;
-      const double v = std::stod(t.text);
+      double v = 0;
+      const auto r = std::from_chars(t.text.data(), t.text.data() + t.text.size(), v);
+      QS_CHECK(r.ec == std::errc()) << where() << "number literal " << t.text.substr(0, 40) << " is out of range";
       return [v](Ctx&) { return json(v); };
     }
     if (accept_op("(")) {
@@ -319,6 +351,7 @@ class ExprParser {
       return [items](Ctx& c) {
         json a = json::array();
         for (const Expr& e : items) a.push_back(e(c));
+        budget().check_depth(a, "a list literal");
         return a;
       };
     }
@@ -334,6 +367,7 @@ class ExprParser {
       return [items](Ctx& c) {
         json o = json::object();
         for (const auto& [k, v] : items) o[need_string(k(c), "dict key")] = v(c);
+        budget().check_depth(o, "a dict literal");
         return o;
       };
     }
@@ -364,6 +398,8 @@ QS_CHECK(is_known_function(n)) << where() << "unknown function '" << n << "'";
   std::vector<Tok> t_;
   size_t p_ = 0;
   int line_;
+  int* depth_;
+  int max_depth_;
 };
 
 // ------------------------------------------------------------------ template structure
@@ -431,7 +467,7 @@ std::vector<Segment> split_template(const std::string& src) {
 
 class TemplateParser {
  public:
-  explicit TemplateParser(std::vector<Segment> segs) : s_(std::move(segs)) {}
+  TemplateParser(std::vector<Segment> segs, const ChatTemplateLimits& lim) : s_(std::move(segs)), lim_(lim) {}
 
   // Parses statements until one of `stops` ({% endfor %}...) or the end; returns them and which stop ended it.
   std::vector<Stmt> body(const std::vector<std::string>& stops, std::string* stop, ExprParser** stop_parser) {
@@ -443,12 +479,17 @@ class TemplateParser {
         out.push_back([text](Ctx&, std::string& o) { o += text; });
         continue;
       }
-      parsers_.push_back(std::make_unique<ExprParser>(lex(seg.text, seg.line), seg.line));
+      parsers_.push_back(
+          std::make_unique<ExprParser>(lex(seg.text, seg.line, lim_), seg.line, &depth_, lim_.max_nesting));
       ExprParser& p = *parsers_.back();
       if (seg.kind == Segment::kExpr) {
         Expr e = p.expr();
         p.expect_end();
-        out.push_back([e](Ctx& c, std::string& o) { o += to_str(e(c)); });
+        out.push_back([e](Ctx& c, std::string& o) {
+          const std::string v = to_str(e(c));
+          budget().check_size(o.size() + v.size(), "the rendered text");
+          o += v;
+        });
         continue;
       }
       const std::string kw = p.name();
@@ -467,11 +508,13 @@ class TemplateParser {
   static void run(const std::vector<Stmt>& b, Ctx& c, std::string& o) {
     for (const Stmt& s : b) {
       s(c, o);
+      budget().check_size(o.size(), "the rendered text");
       if (c.brk || c.cont) return;
     }
   }
 
   Stmt statement(const std::string& kw, ExprParser& p, int line) {
+    NestingGuard g(&depth_, lim_.max_nesting, line);
     std::string stop;
     ExprParser* sp = nullptr;
     if (kw == "if") {
@@ -523,6 +566,7 @@ class TemplateParser {
         if (items.empty()) return run(empty, c, o);
         const size_t n = items.size();
         for (size_t i = 0; i < n; ++i) {
+          budget().loop_iteration(line);
           // Each iteration gets a fresh scope: a {% set %} inside the loop neither leaks out nor carries over
           // to the next iteration (Jinja2 semantics; namespace() is the way to carry values).
           c.scopes.push_back(json::object());
@@ -558,6 +602,7 @@ class TemplateParser {
       p.expect_end();
       return [target, attr, value, line](Ctx& c, std::string&) {
         json v = value(c);
+        budget().check_depth(v, "a value set with {% set %}");
         if (attr.empty()) {
           c.scopes.back()[target] = std::move(v);
           return;
@@ -578,7 +623,9 @@ class TemplateParser {
   }
 
   std::vector<Segment> s_;
+  ChatTemplateLimits lim_;
   size_t i_ = 0;
+  int depth_ = 0;
   std::vector<std::unique_ptr<ExprParser>> parsers_;
 };
 
@@ -590,12 +637,21 @@ struct TemplateNode {
   std::vector<jinja::Stmt> body;
 };
 
-ChatTemplate::ChatTemplate(const std::string& source) {
-  jinja::TemplateParser parser(jinja::split_template(source));
+ChatTemplate::ChatTemplate(const std::string& source, const ChatTemplateLimits& limits) : limits_(limits) {
+  QS_CHECK(source.size() <= limits.max_source_bytes)
+      << "chat template of " << source.size() << " bytes is over the limit of " << limits.max_source_bytes
+      << " bytes (ChatTemplateLimits::max_source_bytes)";
+  jinja::TemplateParser parser(jinja::split_template(source), limits);
   auto node = std::make_shared<TemplateNode>();
   std::string stop;
   jinja::ExprParser* sp = nullptr;
-  node->body = parser.body({}, &stop, &sp);
+  try {
+    node->body = parser.body({}, &stop, &sp);
+  } catch (const qs::Error&) {
+    throw;
+  } catch (const std::exception& e) {  // a library exception is still the template's fault: one error type
+    QS_FAIL() << "chat template: " << e.what();
+  }
   root_ = std::move(node);
 }
 
@@ -605,11 +661,23 @@ std::string ChatTemplate::render(const nlohmann::json& context) const {
 
 std::string ChatTemplate::render(const nlohmann::ordered_json& context) const {
   QS_CHECK(context.is_object()) << "chat template: the context must be a JSON object";
+  jinja::RenderBudget budget(limits_);
+  jinja::RenderScope scope(budget);
+  budget.check_depth(context, "the context");
   jinja::Ctx c;
   c.scopes.push_back(context);
   c.scopes.push_back(json::object());  // top-level {% set %}
   std::string out;
-  for (const jinja::Stmt& s : root_->body) s(c, out);
+  try {
+    for (const jinja::Stmt& s : root_->body) {
+      s(c, out);
+      budget.check_size(out.size(), "the rendered text");
+    }
+  } catch (const qs::Error&) {
+    throw;
+  } catch (const std::exception& e) {  // e.g. a JSON type error inside a filter: still one error type
+    QS_FAIL() << "chat template: " << e.what();
+  }
   return out;
 }
 

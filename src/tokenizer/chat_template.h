@@ -7,6 +7,8 @@
 // filters (trim, length, upper, lower, tojson, join, default, ...), Python string/dict methods (strip, startswith,
 // items, get, ...) and the functions raise_exception, range, namespace, strftime_now. Anything else (macros,
 // include, call blocks, ...) is rejected with a qs::Error naming it, at parse time where possible.
+// Templates come with downloaded checkpoints: they are untrusted code. ChatTemplateLimits bounds what one can cost
+// (nesting, loop iterations, value and output sizes, time); each limit gives a qs::Error naming it (SECURITY.md).
 #pragma once
 
 #include <memory>
@@ -23,12 +25,26 @@ struct ChatMessage {
   std::string content;
 };
 
+// Resource limits of a chat template (jinja2's sandbox is the reference: MAX_RANGE = 100000; Python's recursion
+// limit of 1000 frames bounds nesting there). Real templates stay far below each (a few KB, nesting < 10,
+// loops over the messages).
+struct ChatTemplateLimits {
+  size_t max_source_bytes = size_t(1) << 20;   // template text
+  int max_nesting = 100;                       // nested blocks, brackets and unary operators, at parse time
+  int max_tag_tokens = 4096;                   // tokens in one {{ }} / {% %} (bounds evaluation depth)
+  int max_value_depth = 100;                   // nesting of lists/dicts in the context or built by {% set %}
+  long long max_range = 100000;                // elements of one range() (jinja2 sandbox MAX_RANGE)
+  long long max_loop_iterations = 1000000;     // loop iterations over one render, all loops together
+  size_t max_output_bytes = size_t(64) << 20;  // the rendered text, and any one string or list built on the way
+  double max_seconds = 10.0;                   // wall time of one render
+};
+
 struct TemplateNode;  // internal
 
 class ChatTemplate {
  public:
   // Parses the template; throws qs::Error (with the line number) on a syntax error or an unsupported construct.
-  explicit ChatTemplate(const std::string& source);
+  explicit ChatTemplate(const std::string& source, const ChatTemplateLimits& limits = {});
   // Renders with the variables of `context` (a JSON object: messages, bos_token, add_generation_prompt, tools,
   // ...). Throws qs::Error on a runtime error, including the template's own raise_exception("...").
   // Pass an ordered_json (e.g. a request parsed with nlohmann::ordered_json::parse) to keep the key order of
@@ -38,6 +54,7 @@ class ChatTemplate {
 
  private:
   std::shared_ptr<const TemplateNode> root_;
+  ChatTemplateLimits limits_;
 };
 
 // Renders the tokenizer's chat template for `messages` with bos_token / eos_token of the tokenizer and

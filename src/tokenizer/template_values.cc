@@ -3,12 +3,82 @@
 
 #include <algorithm>
 #include <charconv>
+#include <climits>
 #include <cmath>
 #include <ctime>
 
 #include "core/error.h"
 
 namespace qs::tokenizer::jinja {
+
+// ------------------------------------------------------------------ render limits
+
+RenderBudget::RenderBudget(const ChatTemplateLimits& l)
+    : limits_(l),
+      deadline_(std::chrono::steady_clock::now() +
+                std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                    std::chrono::duration<double>(std::min(l.max_seconds, 1e6)))) {}
+
+void RenderBudget::check_size(size_t bytes, const char* what) const {
+  QS_CHECK(bytes <= limits_.max_output_bytes)
+      << "chat template: " << what << " would be " << bytes << " bytes, over the limit of " << limits_.max_output_bytes
+      << " bytes (ChatTemplateLimits::max_output_bytes)";
+}
+
+void RenderBudget::check_elements(size_t n, const char* what) const {
+  QS_CHECK(n <= limits_.max_output_bytes / 16)
+      << "chat template: " << what << " would have " << n << " elements, over the limit of "
+      << limits_.max_output_bytes / 16 << " (ChatTemplateLimits::max_output_bytes / 16)";
+}
+
+namespace {
+// Approximate memory of a value (string bytes + 16 per element), walking at most until `cap` is passed; also
+// fails when the nesting exceeds max_depth (iteratively, so a deep value cannot overflow the stack here).
+size_t weight(const json& v, size_t cap, int max_depth, const char* what) {
+  size_t w = 0;
+  std::vector<std::pair<const json*, int>> stack = {{&v, 0}};
+  while (!stack.empty() && w <= cap) {
+    auto [x, d] = stack.back();
+    stack.pop_back();
+    w += 16;
+    if (x->is_string()) w += x->get_ref<const std::string&>().size();
+    if (x->is_array() || x->is_object()) {
+      QS_CHECK(d < max_depth) << "chat template: " << what << " nests lists/dicts deeper than "
+                              << max_depth << " levels (ChatTemplateLimits::max_value_depth)";
+      for (const json& e : *x) stack.emplace_back(&e, d + 1);
+    }
+  }
+  return w;
+}
+}  // namespace
+
+void RenderBudget::check_depth(const json& v, const char* what) const {
+  check_size(weight(v, limits_.max_output_bytes, limits_.max_value_depth, what), what);
+}
+
+void RenderBudget::loop_iteration(int line) {
+  QS_CHECK(++iterations_ <= limits_.max_loop_iterations)
+      << "chat template line " << line << ": more than " << limits_.max_loop_iterations
+      << " loop iterations in one render (ChatTemplateLimits::max_loop_iterations)";
+  QS_CHECK(std::chrono::steady_clock::now() <= deadline_)
+      << "chat template line " << line << ": rendering took longer than " << limits_.max_seconds
+      << " s (ChatTemplateLimits::max_seconds)";
+}
+
+namespace {
+thread_local RenderBudget* g_budget = nullptr;
+}  // namespace
+
+RenderBudget& budget() {
+  if (g_budget) return *g_budget;
+  thread_local RenderBudget fallback{ChatTemplateLimits{}};
+  return fallback;
+}
+
+RenderScope::RenderScope(RenderBudget& b) : prev(g_budget) { g_budget = &b; }
+RenderScope::~RenderScope() { g_budget = prev; }
+
+// ------------------------------------------------------------------ values
 
 bool truthy(const json& v) {
   switch (v.type()) {
@@ -134,6 +204,7 @@ std::string replace_all(const std::string& s, const std::string& a, const std::s
     r.append(s, last, at - last);
     r += b;
     last = at + a.size();
+    budget().check_size(r.size(), "the result of replace");
   }
   return r + s.substr(last);
 }
@@ -172,18 +243,32 @@ json apply_filter(const std::string& name, const json& v, const std::vector<json
   if (name == "title") return case_map(to_str(v), 3);
   if (name == "string") return to_str(v);
   if (name == "safe") return v;
-  if (name == "int") return v.is_string() ? json(std::stoll(v.get<std::string>())) : json(v.get<long long>());
+  if (name == "int") {
+    if (v.is_number()) return json(v.is_number_float() ? (long long)std::clamp(v.get<double>(), -9e18, 9e18)
+                                                      : v.get<long long>());
+    long long r = 0;
+    const std::string t = strip(to_str(v), true, true);
+    const auto res = std::from_chars(t.data(), t.data() + t.size(), r);
+    return res.ec == std::errc() && res.ptr == t.data() + t.size() ? json(r) : json(0);  // Jinja: default 0
+  }
   if (name == "tojson") {
     std::string out;
     const json ind = arg(0, json());
+    QS_CHECK(ind.is_null() || (ind.is_number_integer() && ind.get<long long>() >= 0 && ind.get<long long>() <= 64))
+        << "chat template: tojson indent must be an integer from 0 to 64, got " << repr(ind);
+    budget().check_depth(v, "the value given to tojson");
     dump_py(v, ind.is_number_integer() ? ind.get<int>() : -1, 0, out);
+    budget().check_size(out.size(), "the result of tojson");
     return out;
   }
   if (name == "join") {
     QS_CHECK(v.is_array()) << "chat template: join of a non-list " << repr(v);
     const std::string sep = to_str(arg(0, ""));
     std::string s;
-    for (size_t i = 0; i < v.size(); ++i) s += (i ? sep : "") + to_str(v[i]);
+    for (size_t i = 0; i < v.size(); ++i) {
+      s += (i ? sep : "") + to_str(v[i]);
+      budget().check_size(s.size(), "the result of join");
+    }
     return s;
   }
   if (name == "default" || name == "d") {
@@ -292,8 +377,16 @@ json call_function(const std::string& f, const std::vector<json>& a, const std::
     else lo = need_int(a[0], "range"), hi = need_int(a[1], "range");
     if (a.size() == 3) step = need_int(a[2], "range");
     QS_CHECK(step != 0) << "chat template: range step is 0";
+    // Element count without overflow: ceil((hi - lo) / step) in 128-bit arithmetic.
+    const __int128 span = step > 0 ? __int128(hi) - lo : __int128(lo) - hi;
+    const __int128 mag = step > 0 ? __int128(step) : -__int128(step);
+    const __int128 count = span <= 0 ? 0 : (span + mag - 1) / mag;
+    const long long max_range = budget().limits().max_range;
+    QS_CHECK(count <= max_range) << "chat template: range() of " << (long long)std::min<__int128>(count, LLONG_MAX)
+                                 << " elements is over the limit of " << max_range
+                                 << " (ChatTemplateLimits::max_range, as jinja2's sandbox)";
     json out = json::array();
-    for (long long i = lo; step > 0 ? i < hi : i > hi; i += step) out.push_back(i);
+    for (long long k = 0; k < (long long)count; ++k) out.push_back(lo + k * step);
     return out;
   }
   if (f == "namespace") {
@@ -343,11 +436,12 @@ json slice(const json& v, const json& lo_v, const json& hi_v, const json& step_v
   };
   const long long lo = bound(lo_v, step > 0 ? 0 : n - 1), hi = bound(hi_v, step > 0 ? n : -1);
   json out = v.is_array() ? json::array() : json("");
-  for (long long i = lo; step > 0 ? i < hi : i > hi; i += step) {
+  for (long long i = lo; step > 0 ? i < hi : i > hi;) {
     if (v.is_array())
       out.push_back(v[size_t(i)]);
     else
       out.get_ref<std::string&>() += v.get_ref<const std::string&>()[size_t(i)];
+    if (__builtin_add_overflow(i, step, &i)) break;  // a huge step: past either end anyway
   }
   return out;
 }
@@ -381,8 +475,15 @@ bool contains(const json& hay, const json& needle) {
 
 json arith(char op, const json& a, const json& b) {
   if (op == '+') {
-    if (a.is_string() && b.is_string()) return a.get<std::string>() + b.get<std::string>();
+    if (a.is_string() && b.is_string()) {
+      budget().check_size(a.get_ref<const std::string&>().size() + b.get_ref<const std::string&>().size(),
+                          "a string built with '+'");
+      return a.get<std::string>() + b.get<std::string>();
+    }
     if (a.is_array() && b.is_array()) {
+      const size_t cap = budget().limits().max_output_bytes;
+      const int depth = budget().limits().max_value_depth;
+      budget().check_size(weight(a, cap, depth, "a list") + weight(b, cap, depth, "a list"), "a list built with '+'");
       json r = a;
       r.insert(r.end(), b.begin(), b.end());
       return r;
@@ -391,10 +492,19 @@ json arith(char op, const json& a, const json& b) {
   QS_CHECK(a.is_number() && b.is_number()) << "chat template: cannot apply '" << op << "' to " << repr(a) << " and "
                                           << repr(b);
   const bool ints = a.is_number_integer() && b.is_number_integer();
+  if (ints && (op == '+' || op == '-' || op == '*')) {
+    const long long x = a.get<long long>(), y = b.get<long long>();
+    long long r = 0;
+    const bool overflow = op == '+'   ? __builtin_add_overflow(x, y, &r)
+                          : op == '-' ? __builtin_sub_overflow(x, y, &r)
+                                      : __builtin_mul_overflow(x, y, &r);
+    QS_CHECK(!overflow) << "chat template: integer overflow in " << x << " " << op << " " << y;
+    return json(r);
+  }
   switch (op) {
-    case '+': return ints ? json(a.get<long long>() + b.get<long long>()) : json(a.get<double>() + b.get<double>());
-    case '-': return ints ? json(a.get<long long>() - b.get<long long>()) : json(a.get<double>() - b.get<double>());
-    case '*': return ints ? json(a.get<long long>() * b.get<long long>()) : json(a.get<double>() * b.get<double>());
+    case '+': return json(a.get<double>() + b.get<double>());
+    case '-': return json(a.get<double>() - b.get<double>());
+    case '*': return json(a.get<double>() * b.get<double>());
     case '/':
       QS_CHECK(b.get<double>() != 0) << "chat template: division by zero";
       return json(a.get<double>() / b.get<double>());
@@ -403,6 +513,7 @@ json arith(char op, const json& a, const json& b) {
       QS_CHECK(b.get<double>() != 0) << "chat template: division by zero";
       if (ints) {
         const long long x = a.get<long long>(), y = b.get<long long>();
+        QS_CHECK(!(x == LLONG_MIN && y == -1)) << "chat template: integer overflow in " << x << " // " << y;
         long long q = x / y, r = x % y;
         if (r != 0 && ((r < 0) != (y < 0))) --q, r += y;  // Python floors
         return op == 'f' ? json(q) : json(r);

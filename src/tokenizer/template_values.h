@@ -3,10 +3,13 @@
 // slices, and the supported filters, tests, methods and global functions. Internal to the tokenizer area.
 #pragma once
 
+#include <chrono>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
+
+#include "tokenizer/chat_template.h"
 
 namespace qs::tokenizer::jinja {
 
@@ -15,6 +18,28 @@ using json = nlohmann::ordered_json;
 
 inline json undefined() { return json(json::value_t::discarded); }
 inline bool is_undefined(const json& v) { return v.is_discarded(); }
+
+// The limits of the render running on this thread (ChatTemplate::render installs one with RenderScope); the
+// value helpers below check sizes against it. Without an active render the default limits apply.
+class RenderBudget {
+ public:
+  explicit RenderBudget(const ChatTemplateLimits& l);
+  const ChatTemplateLimits& limits() const { return limits_; }
+  void check_size(size_t bytes, const char* what) const;  // a string / output of `bytes` bytes
+  void check_elements(size_t n, const char* what) const;  // a list or mapping of n elements
+  void check_depth(const json& v, const char* what) const;  // nesting of lists/dicts
+  void loop_iteration(int line);                           // counts iterations, checks the time budget
+ private:
+  ChatTemplateLimits limits_;
+  long long iterations_ = 0;
+  std::chrono::steady_clock::time_point deadline_;
+};
+RenderBudget& budget();  // the active one
+struct RenderScope {     // installs `b` as this thread's active budget for its lifetime
+  explicit RenderScope(RenderBudget& b);
+  ~RenderScope();
+  RenderBudget* prev;
+};
 
 bool truthy(const json& v);
 const std::string& need_string(const json& v, const std::string& what);  // qs::Error unless v is a string

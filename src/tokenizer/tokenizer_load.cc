@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/file_io.h"
 #include "core/logging.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/tokenizer_impl.h"
@@ -23,18 +24,33 @@ namespace fs = std::filesystem;
 constexpr const char* kGpt2Pattern =
     R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
-std::string read_text(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  QS_CHECK(f) << "cannot open " << p.string();
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+// A regular file only (a FIFO or a directory is an error naming it, never a hang), at most 1 GiB.
+std::string read_text(const fs::path& p) { return read_file_checked(p.string(), "tokenizer file"); }
 
 json parse_json(std::string_view text, const std::string& what) {
-  json j = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
-  QS_CHECK(!j.is_discarded()) << what << ": invalid JSON";
-  return j;
+  try {
+    return json::parse(text.begin(), text.end());
+  } catch (const json::exception& e) {
+    QS_FAIL() << what << ": invalid JSON (" << json_error_text(e) << ")";  // never quotes the input
+  }
+  return json();
+}
+
+// Token ids index tables sized by the largest id, so they are bounded by the number of entries in the file
+// (vocab + added tokens, with room for gaps): one id of 200,000,000 must not allocate gigabytes.
+thread_local int g_max_token_id = 0;  // set by build() / finish_tokenizer() for the file being parsed
+struct MaxIdScope {
+  explicit MaxIdScope(int max_id) : prev(g_max_token_id) { g_max_token_id = max_id; }
+  ~MaxIdScope() { g_max_token_id = prev; }
+  int prev;
+};
+
+int parse_token_id(const json& v, const std::string& where) {
+  QS_CHECK(v.is_number_integer() && !(v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(g_max_token_id)) &&
+           v.get<int64_t>() >= 0 && v.get<int64_t>() <= g_max_token_id)
+      << where << ": token id " << v.dump().substr(0, 24) << " is not an integer from 0 to " << g_max_token_id
+      << " (ids are bounded by the number of vocabulary entries)";
+  return int(v.get<int64_t>());
 }
 
 const json& field(const json& j, const char* key, const std::string& where) {
@@ -209,8 +225,7 @@ std::vector<int> template_special_ids(const json& specials, const std::string& n
   QS_CHECK(ids.is_array()) << where << ".special_tokens." << name << ".ids must be an array";
   std::vector<int> out;
   for (const json& id : ids) {
-    QS_CHECK(id.is_number_integer() && id.get<int>() >= 0) << where << ": bad id for special token " << name;
-    out.push_back(id.get<int>());
+    out.push_back(parse_token_id(id, where + ": special token " + name));
   }
   return out;
 }
@@ -251,8 +266,8 @@ void parse_post_processor(const json& j, const std::string& where, TokenizerImpl
     const json& sep = field(j, "sep", where);
     QS_CHECK(cls.is_array() && cls.size() == 2 && cls[1].is_number_integer()) << where << ".cls must be [token, id]";
     QS_CHECK(sep.is_array() && sep.size() == 2 && sep[1].is_number_integer()) << where << ".sep must be [token, id]";
-    t.prefix_ids.push_back(cls[1].get<int>());
-    t.suffix_ids.push_back(sep[1].get<int>());
+    t.prefix_ids.push_back(parse_token_id(cls[1], where + ".cls"));
+    t.suffix_ids.push_back(parse_token_id(sep[1], where + ".sep"));
   } else {
     QS_FAIL() << where << ": unsupported post_processor type '" << type << "'";
   }
@@ -282,10 +297,7 @@ void parse_model(const json& m, TokenizerImpl& t) {
   std::unordered_map<std::string, int> v;
   v.reserve(vocab.size());
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-    QS_CHECK(it.value().is_number_integer() && it.value().get<long long>() >= 0 &&
-             it.value().get<long long>() < (1LL << 30))
-        << "model.vocab['" << it.key() << "'] must be a non-negative integer id";
-    const int id = it.value().get<int>();
+    const int id = parse_token_id(it.value(), "model.vocab['" + it.key().substr(0, 64) + "']");
     if (size_t(id) >= t.id_to_piece.size()) t.id_to_piece.resize(id + 1), t.flags.resize(id + 1, 0);
     QS_CHECK(t.id_to_piece[id].empty()) << "model.vocab: id " << id << " is used by both '" << t.id_to_piece[id]
                                         << "' and '" << it.key() << "'";
@@ -326,10 +338,8 @@ void parse_added_tokens(const json& j, TokenizerImpl& t) {
   for (size_t i = 0; i < j.size(); ++i) {
     const std::string where = "added_tokens[" + std::to_string(i) + "]";
     const json& id = field(j[i], "id", where);
-    QS_CHECK(id.is_number_integer() && id.get<long long>() >= 0 && id.get<long long>() < (1LL << 30))
-        << where << ".id must be a non-negative integer";
     AddedToken a;
-    a.id = id.get<int>();
+    a.id = parse_token_id(id, where + ".id");
     a.content = get_string(j[i], "content", where);
     QS_CHECK(!a.content.empty()) << where << ".content is empty";
     a.special = get_bool(j[i], "special", false);
@@ -418,7 +428,7 @@ void apply_configs(TokenizerImpl& t, const json& cfg, const json& gen, bool defa
   if (gen.is_object()) {
     auto add_eos_id = [&](const json& v) {
       QS_CHECK(v.is_number_integer()) << "generation_config.json: eos_token_id must be an integer or a list";
-      const int id = v.get<int>();
+      const int id = parse_token_id(v, "generation_config.json eos_token_id");
       check_id(t, id, "generation_config.json eos_token_id");
       t.flags[id] |= kTokSpecial;
       if (std::find(t.eos_ids.begin(), t.eos_ids.end(), id) == t.eos_ids.end()) t.eos_ids.push_back(id);
@@ -430,7 +440,7 @@ void apply_configs(TokenizerImpl& t, const json& cfg, const json& gen, bool defa
         add_eos_id(gen["eos_token_id"]);
     }
     if (t.bos_id < 0 && gen.contains("bos_token_id") && gen["bos_token_id"].is_number_integer()) {
-      t.bos_id = gen["bos_token_id"].get<int>();
+      t.bos_id = parse_token_id(gen["bos_token_id"], "generation_config.json bos_token_id");
       check_id(t, t.bos_id, "generation_config.json bos_token_id");
     }
   }
@@ -442,6 +452,11 @@ std::shared_ptr<const TokenizerImpl> build(std::string_view tokenizer_json, std:
   QS_CHECK(j.is_object()) << "tokenizer.json: the top level must be an object";
   auto t = std::make_shared<TokenizerImpl>();
   t->chat_template = std::move(chat_template);
+  // The id bound: twice the entries plus 1024 leaves room for sparse ids while keeping tables O(file size).
+  size_t entries = 0;
+  if (j.contains("model") && j["model"].is_object() && j["model"].contains("vocab")) entries += j["model"]["vocab"].size();
+  if (j.contains("added_tokens") && j["added_tokens"].is_array()) entries += j["added_tokens"].size();
+  const MaxIdScope bound(int(std::min<size_t>(2 * entries + 1024, size_t(1) << 30)));
   try {
     parse_model(field(j, "model", "tokenizer.json"), *t);
     parse_added_tokens(j.value("added_tokens", json()), *t);
@@ -450,7 +465,7 @@ std::shared_ptr<const TokenizerImpl> build(std::string_view tokenizer_json, std:
     parse_post_processor(j.value("post_processor", json()), "post_processor", *t);
     parse_decoder(j.value("decoder", json()), "decoder", *t);
   } catch (const json::exception& e) {
-    QS_FAIL() << "tokenizer.json: " << e.what();
+    QS_FAIL() << "tokenizer.json: " << json_error_text(e);
   }
   finish_tokenizer(*t, config_json, generation_json, /*default_add_bos=*/false);
   return t;
@@ -460,9 +475,14 @@ std::shared_ptr<const TokenizerImpl> build(std::string_view tokenizer_json, std:
 
 void finish_tokenizer(TokenizerImpl& t, std::string_view config_json, std::string_view generation_json,
                       bool default_add_bos) {
+  const MaxIdScope bound(int(std::max<size_t>(t.id_to_piece.size(), 1)) - 1);  // ids named here must exist
   const json cfg = config_json.empty() ? json() : parse_json(config_json, "tokenizer_config.json");
   const json gen = generation_json.empty() ? json() : parse_json(generation_json, "generation_config.json");
-  apply_configs(t, cfg, gen, default_add_bos);
+  try {
+    apply_configs(t, cfg, gen, default_add_bos);
+  } catch (const json::exception& e) {  // a field of the wrong type
+    QS_FAIL() << "tokenizer_config.json / generation_config.json: " << json_error_text(e);
+  }
 }
 
 std::string read_text_file(const std::string& path) { return read_text(path); }
@@ -474,7 +494,8 @@ Tokenizer Tokenizer::from_json(std::string_view tokenizer_json, std::string_view
 
 Tokenizer Tokenizer::from_file(const std::string& tokenizer_json_path) {
   const fs::path p(tokenizer_json_path);
-  QS_CHECK(fs::is_regular_file(p)) << "tokenizer file not found: " << p.string();
+  QS_CHECK(fs::exists(p)) << "tokenizer file not found: " << p.string();
+  check_regular_file(p.string(), "tokenizer file");
   if (p.extension() == ".model") return from_sentencepiece(p.string());
   const fs::path dir = p.parent_path();
   auto optional_text = [&](const char* name) {

@@ -2,6 +2,7 @@
 #include "common/test_util.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 
 #include "core/paths.h"
@@ -34,17 +35,25 @@ std::vector<float> random_normal(size_t n, uint64_t seed, float stddev) {
   return v;
 }
 
-bool gpu_available() {
+std::string gpu_unavailable_reason() {
 #ifdef QSERVE_HAVE_CUDA
   int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
     (void)cudaGetLastError();
-    return false;
+    return std::string("cudaGetDeviceCount: ") + cudaGetErrorString(e);
   }
-  return n > 0;
+  return n > 0 ? "" : "no CUDA device";
 #else
-  return false;
+  return "built without CUDA";
 #endif
+}
+
+bool gpu_available() { return gpu_unavailable_reason().empty(); }
+
+bool gpu_required() {
+  const char* e = std::getenv("QSERVE_REQUIRE_GPU");
+  return e && std::string(e) == "1";
 }
 
 }  // namespace qs::test

@@ -39,6 +39,11 @@ std::string error_of(Fn&& fn) {
 
 // True when a CUDA device is usable (always false in a build without CUDA).
 bool gpu_available();
+// Why no GPU is usable ("" when one is): the CUDA error (a driver too old, no device) or "built without CUDA".
+std::string gpu_unavailable_reason();
+// GPU-required mode: the environment variable QSERVE_REQUIRE_GPU=1 (scripts/gpu-check sets it). A GPU test that
+// would skip fails instead, and test_main.cc turns any skip into a failing exit code.
+bool gpu_required();
 
 }  // namespace qs::test
 
@@ -49,8 +54,13 @@ bool gpu_available();
       GTEST_SKIP() << "test data not found: " << ::qs::test::data_path(rel) << " (set QSERVE_DATA)"; \
   } while (0)
 
-// Skips the current test when no GPU is present.
-#define QS_REQUIRE_GPU()                                                                        \
-  do {                                                                                          \
-    if (!::qs::test::gpu_available()) GTEST_SKIP() << "no CUDA GPU on this machine: GPU test skipped"; \
+// Skips the current test when no GPU is usable; fails it instead in GPU-required mode (QSERVE_REQUIRE_GPU=1).
+#define QS_REQUIRE_GPU()                                                                                  \
+  do {                                                                                                    \
+    if (!::qs::test::gpu_available()) {                                                                   \
+      if (::qs::test::gpu_required())                                                                     \
+        GTEST_FAIL() << "QSERVE_REQUIRE_GPU=1 but no usable CUDA GPU: " << ::qs::test::gpu_unavailable_reason(); \
+      GTEST_SKIP() << "no CUDA GPU on this machine (" << ::qs::test::gpu_unavailable_reason()             \
+                   << "): GPU test skipped";                                                              \
+    }                                                                                                     \
   } while (0)

@@ -2,11 +2,13 @@
 // exactly HF's greedy continuation for qs-llama-tiny and a tokens/s line on stderr; `inspect` prints the tensor
 // table and the parameter count; bad input exits with status 1 and an "error:" line.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -88,6 +90,28 @@ TEST_F(Cli, BadInputExitsWithStatusOneAndAMessage) {
   EXPECT_EQ(s.status, 1);
   EXPECT_NE(s.err.find("top_p must be in (0, 1], got 2"), std::string::npos) << s.err;
   EXPECT_EQ(s.out, "") << "nothing is printed before the options are validated";
+  // Issue 13: a negative temperature was silently greedy.
+  CliRun t = run_qserve("generate --model '" + model_ + "' --prompt hi --temperature -1");
+  EXPECT_EQ(t.status, 1);
+  EXPECT_NE(t.err.find("temperature must be a finite number >= 0"), std::string::npos) << t.err;
+}
+
+// Issue 13: unchecked writes (a full disk) exited 0; --model naming a file or a folder with a FIFO for a shard.
+TEST_F(Cli, WriteFailuresAndNonFolderModelsAreErrors) {
+  const int st = std::system((qserve_path() + " inspect --model '" + model_ + "' > /dev/full 2>/dev/null").c_str());
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 1) << "inspect > /dev/full must fail";
+  CliRun r = run_qserve("inspect --model '" + model_ + "/config.json'");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find("is a file; give the checkpoint folder"), std::string::npos) << r.err;
+  const auto dir = std::filesystem::temp_directory_path() / ("qs_cli_fifo_" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  for (const char* f : {"config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors"})
+    std::filesystem::copy_file(model_ + "/" + f, dir / f);
+  ASSERT_EQ(mkfifo((dir / "model-00002-of-00002.safetensors").c_str(), 0600), 0);
+  CliRun f = run_qserve("inspect --model '" + dir.string() + "'");  // used to hang forever
+  EXPECT_EQ(f.status, 1);
+  EXPECT_NE(f.err.find("is a FIFO"), std::string::npos) << f.err;
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

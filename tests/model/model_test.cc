@@ -7,6 +7,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include <cstring>
 #include <map>
 
@@ -340,6 +342,55 @@ TEST_F(BadCheckpoint, WrongDtypeIsRejected) {
   std::filesystem::rename(dir_ + "/model.safetensors.tmp", dir_ + "/model.safetensors");
   EXPECT_THAT(error_of([&] { Model::load(dir_); }),
               HasSubstr("tensor 'model.norm.weight' has dtype I32, expected F32, F16 or BF16"));
+}
+
+// Issue 13: a single NaN/inf weight made generate print nothing and exit 0; it is now a load error naming the tensor.
+TEST_F(BadCheckpoint, NonFiniteWeightsAreRejectedNamingTheTensor) {
+  FakeSpec s;
+  auto w = qs::test::fake_weights(s);
+  w["model.layers.1.mlp.down_proj.weight"].second[5] = NAN;
+  EXPECT_THAT(load_error(s, w, qs::test::fake_config(s)),
+              HasSubstr("tensor 'model.layers.1.mlp.down_proj.weight' holds a non-finite value (nan) at element 5"));
+  w = qs::test::fake_weights(s);
+  w["model.embed_tokens.weight"].second[17] = INFINITY;
+  EXPECT_THAT(load_error(s, w, qs::test::fake_config(s)),
+              HasSubstr("tensor 'model.embed_tokens.weight' holds a non-finite value (inf) at element 17"));
+  w = qs::test::fake_weights(s);
+  w["model.norm.weight"].second[0] = -INFINITY;
+  EXPECT_THAT(load_error(s, w, qs::test::fake_config(s)), HasSubstr("'model.norm.weight' holds a non-finite value"));
+}
+
+// Issue 13: num_hidden_layers smaller than the checkpoint silently dropped layers; unknown tensors were ignored.
+TEST_F(BadCheckpoint, EveryTensorMustBeUsed) {
+  FakeSpec s;
+  s.layers = 3;
+  auto w = qs::test::fake_weights(s);
+  auto cfg = qs::test::fake_config(s);
+  cfg["num_hidden_layers"] = 2;
+  EXPECT_THAT(load_error(s, w, cfg), HasSubstr("has tensors for layer 2 ('model.layers.2."));
+  EXPECT_THAT(load_error(s, w, cfg), HasSubstr("num_hidden_layers = 2"));
+  FakeSpec t;
+  auto wt = qs::test::fake_weights(t);
+  wt["model.layers.0.mlp.extra_proj.weight"] = {{2, 2}, {1, 2, 3, 4}};
+  EXPECT_THAT(load_error(t, wt, qs::test::fake_config(t)),
+              HasSubstr("1 tensor(s) this model does not use ('model.layers.0.mlp.extra_proj.weight')"));
+  // Missing layers: a config with more layers than the checkpoint names the first missing tensor.
+  auto cfg4 = qs::test::fake_config(t);
+  cfg4["num_hidden_layers"] = 4;
+  EXPECT_THAT(load_error(t, qs::test::fake_weights(t), cfg4), HasSubstr("'model.layers.2.input_layernorm.weight' is missing"));
+  // Tolerated: the RoPE buffer older transformers saved, and a tied checkpoint's stored lm_head copy.
+  auto wr = qs::test::fake_weights(t);
+  wr["model.layers.0.self_attn.rotary_emb.inv_freq"] = {{3}, {1, 0.5f, 0.25f}};
+  wr["lm_head.weight"] = wr["model.embed_tokens.weight"];
+  EXPECT_EQ(load_error(t, wr, qs::test::fake_config(t)), "(no error)");
+}
+
+TEST_F(BadCheckpoint, QuantizedTensorsWithoutMetadataAreNamedAsSuch) {
+  FakeSpec s;
+  auto w = qs::test::fake_weights(s);
+  w.erase("model.layers.0.self_attn.q_proj.weight");
+  w["model.layers.0.self_attn.q_proj.qweight"] = {{24, 4}, std::vector<float>(96, 1.0f)};
+  EXPECT_THAT(load_error(s, w, qs::test::fake_config(s)), HasSubstr("but no qserve metadata"));
 }
 
 TEST_F(BadCheckpoint, UnknownArchitectureIsRejected) {

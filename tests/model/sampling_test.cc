@@ -142,7 +142,19 @@ TEST(Sampling, BadParametersAreRejected) {
   EXPECT_THAT(err(p), HasSubstr("top_p must be in (0, 1], got 1.5"));
   p = {};
   p.repetition_penalty = 0.0f;
-  EXPECT_THAT(err(p), HasSubstr("repetition_penalty must be > 0"));
+  EXPECT_THAT(err(p), HasSubstr("repetition_penalty must be a finite number > 0"));
+  p.repetition_penalty = INFINITY;
+  EXPECT_THAT(err(p), HasSubstr("repetition_penalty must be a finite number > 0"));
+  // Issue 13: a negative temperature used to mean greedy silently; NaN / inf temperatures are not numbers to use.
+  p = {};
+  p.temperature = -0.5f;
+  EXPECT_THAT(err(p), HasSubstr("temperature must be a finite number >= 0"));
+  p.temperature = NAN;
+  EXPECT_THAT(err(p), HasSubstr("temperature must be a finite number >= 0"));
+  p.temperature = INFINITY;
+  EXPECT_THAT(err(p), HasSubstr("temperature must be a finite number >= 0"));
+  p.temperature = 0.0f;
+  EXPECT_EQ(err(p), "(no error)");
 }
 
 TEST(Sampling, CounterBasedDrawIsStatelessAndSpread) {

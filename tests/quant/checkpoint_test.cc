@@ -19,6 +19,7 @@ namespace qs::quant {
 namespace {
 
 namespace fs = std::filesystem;
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 
 using ::qs::test::error_of;
@@ -197,6 +198,20 @@ TEST_F(CheckpointTest, ReaderRejectsForeignAndDamagedCheckpoints) {
   EXPECT_THAT(error_of([&] { QuantizedCheckpoint::open(dir_.string()); }), HasSubstr("linear 'l': group 1 has s2 = 0"));
   write_with(good, false, true);
   EXPECT_THAT(error_of([&] { QuantizedCheckpoint::open(dir_.string()); }), HasSubstr("tensor 'l.zn' is missing"));
+  // Issue 13: a field of the wrong type is named (with the file), not reported as a bare JSON type error.
+  nlohmann::json typed = nlohmann::json::parse(good);
+  typed["kv_bits"] = "4";
+  write_with(typed.dump(), false, false);
+  EXPECT_THAT(error_of([&] { QuantizedCheckpoint::open(dir_.string()); }),
+              AllOf(HasSubstr("metadata field 'kv_bits' must be an integer, got string"), HasSubstr("model.safetensors")));
+  typed = nlohmann::json::parse(good);
+  typed["linears"]["l"] = {2, "x"};
+  write_with(typed.dump(), false, false);
+  EXPECT_THAT(error_of([&] { QuantizedCheckpoint::open(dir_.string()); }), HasSubstr("metadata linears['l'] must be [N, K]"));
+  typed = nlohmann::json::parse(good);
+  typed.erase("hf_config");
+  write_with(typed.dump(), false, false);
+  EXPECT_THAT(error_of([&] { QuantizedCheckpoint::open(dir_.string()); }), HasSubstr("metadata field 'hf_config' is missing"));
   write_with("{not json", false, false);
   EXPECT_THAT(error_of([&] { QuantizedCheckpoint::open(dir_.string()); }), HasSubstr("is not valid JSON"));
   // A truncated file (an interrupted copy) is rejected by the safetensors reader.

@@ -17,6 +17,9 @@
 #include "quant/eval/rtn_model.h"
 #include "quant/weight_quant.h"
 #include "quant_eval/eval_test_util.h"
+#include "tokenizer/tokenizer.h"
+#include "io/model_config.h"
+#include "common/test_util.h"
 
 namespace qs {
 namespace {
@@ -148,7 +151,9 @@ TEST(QuantizedCheckpointLoad, EqualsInMemoryRtnBitForBit) {
   LoadedModel lm = load_for_eval(dir.string(), {});
   EXPECT_TRUE(lm.quantized);
   EXPECT_EQ(lm.kv_bits, 4);
-  EXPECT_EQ(lm.tokenizer_dir, test::data_path(kTiny));  // found through source_model
+  // Issue 13: the tokenizer is not taken from the source_model path recorded in the metadata (a folder on the
+  // machine that made the checkpoint); this checkpoint has none of its own.
+  EXPECT_EQ(lm.tokenizer_dir, "");
   EXPECT_THAT(lm.description, HasSubstr("g128"));
   EXPECT_EQ(lm.model->linear("model.layers.3.mlp.down_proj").kind(), "w4a8-g128");
   EXPECT_EQ(lm.model->linear("lm_head").kind(), "fp16");
@@ -164,7 +169,49 @@ TEST(QuantizedCheckpointLoad, EqualsInMemoryRtnBitForBit) {
   // Weight-only loading: the same weights with FP32 activations.
   LoadedModel wo = load_for_eval(dir.string(), {.weight_only = true});
   EXPECT_EQ(wo.model->linear("model.layers.0.self_attn.q_proj").kind(), "w4a16-g128");
+
+  // A tokenizer in the folder is used.
+  fs::copy_file(test::data_path(std::string(kTiny) + "/tokenizer.json"), dir / "tokenizer.json");
+  EXPECT_EQ(load_for_eval(dir.string(), {}).tokenizer_dir, dir.string());
+  // config.json must agree with the embedded hf_config (inspect reads one, generate runs the other).
+  auto cfg = nlohmann::json::parse(read_file((dir / "config.json").string()));
+  cfg["num_hidden_layers"] = 2;
+  std::ofstream(dir / "config.json", std::ios::trunc) << cfg.dump();
+  try {
+    load_for_eval(dir.string(), {});
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("config.json differs from the hf_config"));
+  }
+  // --model naming a file.
+  try {
+    load_for_eval((dir / "model.safetensors").string(), {});
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("is a file; give the checkpoint folder"));
+  }
   fs::remove_all(dir);
+}
+
+// Issue 13: the tokenizer's vocabulary is checked against the model's vocab_size where both are loaded.
+TEST(TokenizerFitsModel, VocabularyAndSpecialIdsAreChecked) {
+  QS_REQUIRE_DATA(kTiny);
+  const auto tok = tokenizer::Tokenizer::from_dir(test::data_path(kTiny));
+  io::ModelConfig c = io::load_model_config(test::data_path(kTiny));
+  EXPECT_EQ(test::error_of([&] { check_tokenizer_fits_model(tok, c, "tiny"); }), "(no error)");
+  io::ModelConfig small = c;
+  small.vocab_size = tok.vocab_size() - 1;
+  small.eos_token_ids.clear();
+  small.bos_token_ids.clear();
+  EXPECT_THAT(test::error_of([&] { check_tokenizer_fits_model(tok, small, "tiny"); }),
+              HasSubstr("the tokenizer has ids up to " + std::to_string(tok.vocab_size() - 1)));
+  io::ModelConfig bad_eos = c;
+  bad_eos.eos_token_ids = {c.vocab_size};
+  EXPECT_THAT(test::error_of([&] { check_tokenizer_fits_model(tok, bad_eos, "tiny"); }),
+              HasSubstr("eos_token_id " + std::to_string(c.vocab_size) + " is outside the vocabulary"));
+  io::ModelConfig larger = c;  // padded embeddings (vocab_size above the tokenizer's) are fine
+  larger.vocab_size = c.vocab_size + 64;
+  EXPECT_EQ(test::error_of([&] { check_tokenizer_fits_model(tok, larger, "tiny"); }), "(no error)");
 }
 
 TEST(QuantizedCheckpointLoad, Errors) {

@@ -85,9 +85,76 @@ TEST_F(QuantizeCli, BadInputGivesClearErrors) {
   r = run("--model " + model_ + " --out " + (tmp_ / "o").string() + " --variant g64");
   EXPECT_NE(r.rc, 0);
   EXPECT_THAT(r.out, HasSubstr("g64"));
+  // Contradictory flags (a setting of a step that is switched off) are refused.
+  r = run("--model " + model_ + " --out " + (tmp_ / "o").string() + " --variant g128 --rtn --clip-steps 5");
+  EXPECT_NE(r.rc, 0);
+  EXPECT_THAT(r.out, HasSubstr("excludes"));
+  r = run("--model " + model_ + " --out " + (tmp_ / "o").string() + " --variant g128 --no-smooth-down "
+          "--smooth-down-alpha 0.2 --smooth-down-beta 0.8");
+  EXPECT_NE(r.rc, 0);
+  EXPECT_THAT(r.out, HasSubstr("excludes"));
+  // --model naming a file.
+  r = run("--model " + model_ + "/config.json --out " + (tmp_ / "o").string() + " --variant g128");
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_THAT(r.out, HasSubstr("is a file; give the checkpoint folder"));
   // Nothing was left behind by the failures.
   for (const auto& e : fs::directory_iterator(tmp_))
     EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
+}
+
+// Data loss (issue 13): --out overlapping --model, or a folder qserve did not write, is never removed, --force or
+// not. The model is a folder of links to the shared files so that nothing shared is at stake if a check fails.
+TEST_F(QuantizeCli, NeverRemovesWhatItDidNotWrite) {
+  const fs::path m = tmp_ / "work" / "model";
+  fs::create_directories(m);
+  for (const auto& e : fs::directory_iterator(model_)) fs::create_symlink(e.path(), m / e.path().filename());
+  std::ofstream(tmp_ / "work" / "notes.txt") << "precious";
+  const size_t model_files = std::distance(fs::directory_iterator(m), fs::directory_iterator());
+  auto intact = [&] {
+    EXPECT_EQ(size_t(std::distance(fs::directory_iterator(m), fs::directory_iterator())), model_files);
+    EXPECT_TRUE(fs::exists(tmp_ / "work" / "notes.txt"));
+  };
+  const std::string base = "--model " + m.string() + " --variant g128 --force --out ";
+  CliResult r = run(base + m.string());
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_THAT(r.out, HasSubstr("is the --model folder"));
+  r = run(base + (m / ".." / "model").string());  // the same folder, spelled differently
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_THAT(r.out, HasSubstr("is the --model folder"));
+  r = run(base + (m / "sub").string());
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_THAT(r.out, HasSubstr("is inside the --model folder"));
+  r = run(base + (tmp_ / "work").string());
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_THAT(r.out, HasSubstr("contains the --model folder"));
+  fs::create_directory_symlink(tmp_ / "work", tmp_ / "link");
+  r = run(base + (tmp_ / "link").string());
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_THAT(r.out, HasSubstr("symbolic link"));
+  r = run("--model " + (tmp_ / "link" / "model").string() + " --variant g128 --force --out " + (tmp_ / "work").string());
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_THAT(r.out, HasSubstr("contains the --model folder"));
+  intact();
+
+  // A non-empty folder that is not a qserve output: refused with --force, untouched.
+  fs::create_directories(tmp_ / "foreign" / "deep");
+  std::ofstream(tmp_ / "foreign" / "deep" / "data.bin") << "keep";
+  r = run(base + (tmp_ / "foreign").string());
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_THAT(r.out, HasSubstr("not a previous qserve quantize output"));
+  EXPECT_TRUE(fs::exists(tmp_ / "foreign" / "deep" / "data.bin"));
+  // A qserve output (marker) that also holds a file qserve did not write: refused, untouched.
+  fs::create_directories(tmp_ / "mixed");
+  std::ofstream(tmp_ / "mixed" / ".qserve-output") << "x";
+  std::ofstream(tmp_ / "mixed" / "model.safetensors") << "x";
+  std::ofstream(tmp_ / "mixed" / "my-notes.txt") << "keep";
+  r = run(base + (tmp_ / "mixed").string());
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_THAT(r.out, HasSubstr("'my-notes.txt', which qserve did not write"));
+  EXPECT_TRUE(fs::exists(tmp_ / "mixed" / "my-notes.txt"));
+  for (const auto& e : fs::directory_iterator(tmp_))
+    EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
+  intact();
 }
 
 TEST_F(QuantizeCli, SmallRunWritesACompleteCheckpoint) {
@@ -104,8 +171,19 @@ TEST_F(QuantizeCli, SmallRunWritesACompleteCheckpoint) {
   EXPECT_TRUE(ck.meta().qoq["clip"].get<bool>());
   EXPECT_EQ(ck.linear_names().size(), 28u);
   EXPECT_TRUE(fs::exists(out / "tokenizer.json"));
+  EXPECT_TRUE(fs::exists(out / ".qserve-output"));
   for (const auto& e : fs::directory_iterator(tmp_))
     EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
+  // A previous qserve output is replaced with --force (and only with it), leaving nothing of the old one beside it.
+  const std::string again = "--model " + model_ + " --out " + out.string() +
+                            " --variant g128 --calib-samples 2 --calib-len 64 --sample-rows 32 --no-gptq";
+  r = run(again);
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_THAT(r.out, HasSubstr("exists and is not empty"));
+  r = run(again + " --force");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_EQ(qs::quant::QuantizedCheckpoint::open(out.string()).meta().variant, qs::quant::WeightVariant::kW4G128);
+  for (const auto& e : fs::directory_iterator(tmp_)) EXPECT_EQ(e.path().filename(), "ck") << e.path();
   // Quantizing the quantized checkpoint again is refused.
   r = run("--model " + out.string() + " --out " + (tmp_ / "again").string() + " --variant g128");
   EXPECT_EQ(r.rc, 1);

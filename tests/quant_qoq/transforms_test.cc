@@ -5,6 +5,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstring>
+#include <numeric>
 #include <random>
 
 #include "common/test_util.h"
@@ -99,8 +102,28 @@ TEST_P(TransformsTest, SmoothAttention) {
     EXPECT_EQ(lambda[size_t(d + j)], lambda[size_t(d + j + d / 2)]);
     EXPECT_FLOAT_EQ(lambda[size_t(j)], std::sqrt(std::max(kmax[size_t(j)], kmax[size_t(j + d / 2)])));
   }
+  const Tensor q_before = w_.layers[0].q->clone(), k_before = w_.layers[0].k->clone();
   for (auto& l : w_.layers) apply_smooth_attention(l, cfg(), lambda);
   EXPECT_LE(error(), kTol);
+  // The intended effect (issue 13: a transform that does nothing would pass the logits check): key channel j is
+  // divided by lambda_j, the matching query channel of every head in the group multiplied by it, so the key range
+  // kmax_j / lambda_j = kmax_j^(1 - alpha) (for the pair's maximum) shrinks from max(kmax) = 40-ish to its root.
+  const int64_t h = cfg().hidden_size;
+  for (int64_t j : {int64_t(0), d / 2 + 3, int64_t(cfg().kv_size()) - 1}) {
+    const float lam = lambda[size_t(j)];
+    EXPECT_NE(lam, 1.0f);
+    for (int64_t c : {int64_t(0), h / 3, h - 1}) {
+      EXPECT_FLOAT_EQ(w_.layers[0].k->data<float>()[j * h + c], k_before.data<float>()[j * h + c] / lam);
+      const int64_t qrow = (j / d) * cfg().gqa_ratio() * d + j % d;  // first query head of the group
+      EXPECT_FLOAT_EQ(w_.layers[0].q->data<float>()[qrow * h + c], q_before.data<float>()[qrow * h + c] * lam);
+    }
+  }
+  float range_before = 0, range_after = 0;
+  for (size_t j = 0; j < kmax.size(); ++j) {
+    range_before = std::max(range_before, kmax[j]);
+    range_after = std::max(range_after, kmax[j] / lambda[j]);
+  }
+  EXPECT_LT(range_after, 0.25f * range_before) << "SmoothAttention must shrink the key outlier range";
 }
 
 TEST_P(TransformsTest, SmoothAttentionWithoutPairingChangesTheOutput) {
@@ -114,8 +137,27 @@ TEST_P(TransformsTest, SmoothDown) {
   for (size_t i = 0; i < w_.layers.size(); ++i) {
     auto& l = w_.layers[i];
     const auto xmax = positive_random(size_t(cfg().intermediate_size), 20 + i, 0.01f, 50.0f);
+    const Tensor down_before = l.down->clone(), up_before = l.up->clone();
     const auto s = smooth_down_scales(xmax, *l.down, 0.3f, 0.7f);
+    // The formula as written: s_j = xmax_j^a / wmax_j^b, wmax_j = max_o |down[o, j]|.
+    const int64_t rows = l.down->dim(0), inter = l.down->dim(1), hid = l.up->dim(1);
+    for (int64_t j : {int64_t(0), inter / 2, inter - 1}) {
+      float wmax = 0;
+      for (int64_t o = 0; o < rows; ++o) wmax = std::max(wmax, std::fabs(down_before.data<float>()[o * inter + j]));
+      EXPECT_NEAR(s[size_t(j)], std::pow(xmax[size_t(j)], 0.3f) / std::pow(wmax, 0.7f), 1e-5f * s[size_t(j)]);
+    }
     apply_smooth_down(l, s);
+    // The intended effect: down columns times s, up rows divided by s; the activation range xmax / s is flatter.
+    for (int64_t j : {int64_t(1), inter - 2}) {
+      EXPECT_FLOAT_EQ(l.down->data<float>()[3 * inter + j], down_before.data<float>()[3 * inter + j] * s[size_t(j)]);
+      EXPECT_FLOAT_EQ(l.up->data<float>()[j * hid + 5], up_before.data<float>()[j * hid + 5] / s[size_t(j)]);
+    }
+    float lo = 1e30f, hi = 0, lo_s = 1e30f, hi_s = 0;
+    for (size_t j = 0; j < xmax.size(); ++j) {
+      lo = std::min(lo, xmax[j]), hi = std::max(hi, xmax[j]);
+      lo_s = std::min(lo_s, xmax[j] / s[j]), hi_s = std::max(hi_s, xmax[j] / s[j]);
+    }
+    EXPECT_LT(hi_s / lo_s, 0.5f * (hi / lo)) << "layer " << i << ": smoothing must flatten the activation range";
   }
   EXPECT_LE(error(), kTol);
 }
@@ -123,7 +165,18 @@ TEST_P(TransformsTest, SmoothDown) {
 TEST_P(TransformsTest, Reorder) {
   for (size_t i = 0; i < w_.layers.size(); ++i) {
     auto& l = w_.layers[i];
-    reorder_down(l, random_perm(cfg().intermediate_size, 30 + i));
+    const Tensor down_before = l.down->clone(), gate_before = l.gate->clone();
+    const auto perm = random_perm(cfg().intermediate_size, 30 + i);
+    reorder_down(l, perm);
+    // The intended effect: new channel j is old channel perm[j] (down columns, gate/up rows), and it moved.
+    const int64_t inter = l.down->dim(1), hid = l.gate->dim(1);
+    int64_t moved = 0;
+    for (int64_t j = 0; j < inter; ++j) {
+      moved += perm[size_t(j)] != j;
+      ASSERT_EQ(l.down->data<float>()[2 * inter + j], down_before.data<float>()[2 * inter + perm[size_t(j)]]);
+      ASSERT_EQ(l.gate->data<float>()[j * hid + 1], gate_before.data<float>()[perm[size_t(j)] * hid + 1]);
+    }
+    EXPECT_GT(moved, inter / 2);
     std::vector<std::vector<int32_t>> perms;
     for (int g = 0; g < cfg().num_kv_heads; ++g) perms.push_back(random_perm(cfg().head_dim, 40 + 10 * i + g));
     reorder_value_heads(l, cfg(), perms);

@@ -70,7 +70,7 @@ TEST(TokenizerMalformed, MissingVocabOrMerges) {
   EXPECT_THAT(error_of(j), HasSubstr("model.vocab must be an object"));
   j = valid();
   j["model"]["vocab"]["d"] = -3;
-  EXPECT_THAT(error_of(j), HasSubstr("model.vocab['d'] must be a non-negative integer id"));
+  EXPECT_THAT(error_of(j), HasSubstr("model.vocab['d']: token id -3 is not an integer from 0 to"));
   j = valid();
   j["model"]["vocab"]["d"] = 1;
   EXPECT_THAT(error_of(j), HasSubstr("id 1 is used by both"));
@@ -148,6 +148,39 @@ TEST(TokenizerMalformed, MissingFile) {
   } catch (const Error& e) {
     EXPECT_THAT(e.what(), HasSubstr("tokenizer file not found: /nonexistent/model/tokenizer.json"));
   }
+}
+
+// Issue 13: one id of 200,000,000 used to size the id table (6.5 GB); ids are now bounded by the number of entries.
+TEST(TokenizerMalformed, HugeIdsAreRejectedWithoutAllocating) {
+  json j = valid();
+  j["model"]["vocab"]["c"] = 200000000;
+  EXPECT_THAT(error_of(j), HasSubstr("model.vocab['c']: token id 200000000 is not an integer from 0 to"));
+  j = valid();
+  j["added_tokens"][0]["id"] = 200000000;
+  EXPECT_THAT(error_of(j), HasSubstr("added_tokens[0].id: token id 200000000"));
+  j = valid();
+  j["model"]["vocab"]["c"] = 4294967299LL;  // would truncate to 3 as an int
+  EXPECT_THAT(error_of(j), HasSubstr("model.vocab['c']: token id 4294967299"));
+  j = valid();
+  j["post_processor"]["special_tokens"]["<s>"]["ids"] = {4294967300LL};  // would truncate to 4
+  EXPECT_THAT(error_of(j), HasSubstr("token id 4294967300"));
+  EXPECT_THAT(error_of_text(valid().dump(), {}), HasSubstr("(no error)"));
+  // Sparse ids within the bound still load (twice the entries + 1024).
+  j = valid();
+  j["model"]["vocab"]["c"] = 1000;
+  EXPECT_EQ(error_of(j), "(no error)");
+  // generation_config ids are checked before conversion too.
+  try {
+    Tokenizer::from_json(valid().dump(), {}, R"({"eos_token_id": 4294967297})");
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("generation_config.json eos_token_id"));
+  }
+}
+
+TEST(TokenizerMalformed, JsonErrorsDoNotEchoTheInput) {
+  EXPECT_THAT(error_of_text("{\"model\": SECRET-TOKEN}"), HasSubstr("invalid JSON (syntax error at byte"));
+  EXPECT_THAT(error_of_text("{\"model\": SECRET-TOKEN}"), ::testing::Not(HasSubstr("SECRET")));
 }
 
 }  // namespace

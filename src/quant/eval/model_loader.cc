@@ -2,9 +2,11 @@
 #include "quant/eval/model_loader.h"
 
 #include <filesystem>
+#include <set>
 
 #include "backends/ref_cpu/ops.h"
 #include "core/error.h"
+#include "core/file_io.h"
 #include "io/model_config.h"
 #include "model/quantized/quantized_linear.h"
 #include "quant/checkpoint.h"
@@ -37,32 +39,53 @@ std::unique_ptr<model::Linear> make_linear(const QuantizedCheckpoint& ck, const 
   return std::make_unique<model::QuantizedLinear>(std::move(w), act, be, name);
 }
 
-// An FP tensor of the checkpoint (stored F16) as F32 of the expected shape.
-Tensor fp_tensor(const QuantizedCheckpoint& ck, const std::string& name, const Shape& shape) {
+// An FP tensor of the checkpoint (stored F16) as F32 of the expected shape, all values finite.
+Tensor fp_tensor(const QuantizedCheckpoint& ck, const std::string& name, const Shape& shape,
+                 std::set<std::string>* used) {
   QS_CHECK(ck.has(name)) << "quantized checkpoint " << ck.store().path() << ": tensor '" << name << "' missing";
+  used->insert(name);
   Tensor t = ck.tensor(name).to_f32();
   QS_CHECK(t.shape() == shape) << "quantized checkpoint " << ck.store().path() << ": tensor '" << name << "' is "
                                << t.desc() << ", expected " << shape_str(shape);
+  model::check_finite(t, name, ck.store().path());
   return t;
+}
+
+// config.json beside model.safetensors is a convenience copy of the embedded hf_config (the reader trusts only
+// the embedded one): when both exist they must agree, so `inspect` and `generate` never describe different models.
+void check_config_copy(const std::string& dir, const nlohmann::json& hf_config) {
+  const std::filesystem::path p = std::filesystem::path(dir) / "config.json";
+  if (!std::filesystem::exists(std::filesystem::symlink_status(p))) return;
+  const std::string text = read_file_checked(p.string(), "config file", 64 << 20);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    QS_FAIL() << "config file " << p.string() << " is not valid JSON (" << json_error_text(e) << ")";
+  }
+  QS_CHECK(j == hf_config) << "quantized checkpoint " << dir << ": config.json differs from the hf_config embedded in "
+                           << kCheckpointFileName << " (the model that runs); the folder was edited or mixed up";
 }
 
 LoadedModel load_quantized(const std::string& dir, const LoadOptions& opt) {
   const QuantizedCheckpoint ck = QuantizedCheckpoint::open(dir);
   const CheckpointMeta& meta = ck.meta();
   io::ModelConfig c = io::parse_model_config(meta.hf_config);
+  check_config_copy(dir, meta.hf_config);
+  std::set<std::string> used;
   const backends::Backend& be = backends::ref_cpu_backend();
   const model::ActMode act = opt.weight_only ? model::ActMode::kFloat : model::ActMode::kInt8;
   const int64_t H = c.hidden_size;
 
   model::ModelWeights w;
-  w.embed_tokens = fp_tensor(ck, "model.embed_tokens.weight", {c.vocab_size, H});
-  w.final_norm = fp_tensor(ck, "model.norm.weight", {H});
+  w.embed_tokens = fp_tensor(ck, "model.embed_tokens.weight", {c.vocab_size, H}, &used);
+  w.final_norm = fp_tensor(ck, "model.norm.weight", {H}, &used);
   w.layers.resize(size_t(c.num_layers));
   for (int i = 0; i < c.num_layers; ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
     model::DecoderLayer& l = w.layers[size_t(i)];
-    l.input_norm = fp_tensor(ck, p + "input_layernorm.weight", {H});
-    l.post_attn_norm = fp_tensor(ck, p + "post_attention_layernorm.weight", {H});
+    l.input_norm = fp_tensor(ck, p + "input_layernorm.weight", {H}, &used);
+    l.post_attn_norm = fp_tensor(ck, p + "post_attention_layernorm.weight", {H}, &used);
     std::unique_ptr<model::Linear>* slots[] = {&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj,
                                                &l.gate_proj, &l.up_proj, &l.down_proj};
     const char* names[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -78,8 +101,22 @@ LoadedModel load_quantized(const std::string& dir, const LoadOptions& opt) {
   } else {
     // FP16 lm_head; tied checkpoints (no lm_head.weight) read the embeddings.
     const std::string n = ck.has("lm_head.weight") ? "lm_head.weight" : "model.embed_tokens.weight";
-    w.lm_head = std::make_unique<model::Fp16Linear>(fp_tensor(ck, n, {c.vocab_size, H}), be);
+    w.lm_head = std::make_unique<model::Fp16Linear>(fp_tensor(ck, n, {c.vocab_size, H}, &used), be);
   }
+  // Every stored tensor is used: the linears' parts and the FP tensors above (layers beyond num_hidden_layers, or
+  // a linear listed in the metadata that the model does not have, are errors).
+  for (const std::string& name : ck.linear_names()) {
+    if (name != "lm_head" && !(name.rfind("model.layers.", 0) == 0)) continue;
+    bool known = name == "lm_head";
+    for (int i = 0; !known && i < c.num_layers; ++i)
+      for (const char* n : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"})
+        known = known || name == "model.layers." + std::to_string(i) + "." + n;
+    if (!known) continue;  // reported by check_all_used below
+    for (const char* part : {".qweight", ".scale", ".szero", ".s1", ".s2", ".zn", ".bias"}) used.insert(name + part);
+  }
+  if (c.tie_word_embeddings) used.insert("lm_head.weight");
+  model::check_all_used(ck.store().names(), used, c.num_layers, dir);
 
   LoadedModel r;
   r.dir = dir;
@@ -94,11 +131,10 @@ LoadedModel load_quantized(const std::string& dir, const LoadOptions& opt) {
   if (meta.qoq.is_object() && !meta.qoq.empty()) r.description += steps.empty() ? ", rtn" : ", qoq:" + steps;
   r.qoq = meta.qoq;
   r.model = std::make_unique<model::Model>(std::move(c), std::move(w), be);
-  for (const std::string& d : {dir, meta.source_model})
-    if (!d.empty() && std::filesystem::exists(d + "/tokenizer.json")) {
-      r.tokenizer_dir = d;
-      break;
-    }
+  // The tokenizer must be in the checkpoint folder (qserve quantize copies it there). The source_model path in the
+  // metadata is not followed: it names a folder on the machine that made the checkpoint, which may hold anything.
+  if (std::filesystem::exists(dir + "/tokenizer.json") || std::filesystem::exists(dir + "/tokenizer.model"))
+    r.tokenizer_dir = dir;
   return r;
 }
 
@@ -106,12 +142,28 @@ LoadedModel load_quantized(const std::string& dir, const LoadOptions& opt) {
 
 bool is_quantized_checkpoint(const std::string& dir) { return QuantizedCheckpoint::is_quantized_checkpoint(dir); }
 
+void check_tokenizer_fits_model(const tokenizer::Tokenizer& tok, const io::ModelConfig& c, const std::string& where) {
+  QS_CHECK(tok.vocab_size() <= c.vocab_size)
+      << where << ": the tokenizer has ids up to " << tok.vocab_size() - 1 << " but the model's vocab_size is "
+      << c.vocab_size << " (a tokenizer of another model?)";
+  for (int id : c.bos_token_ids)
+    QS_CHECK(id < c.vocab_size) << where << ": bos_token_id " << id << " is outside the vocabulary (" << c.vocab_size << ")";
+  for (int id : c.eos_token_ids)
+    QS_CHECK(id < c.vocab_size) << where << ": eos_token_id " << id << " is outside the vocabulary (" << c.vocab_size << ")";
+  for (int id : tok.eos_ids())
+    QS_CHECK(id < c.vocab_size) << where << ": the tokenizer's eos id " << id << " is outside the model's vocabulary ("
+                                << c.vocab_size << ")";
+}
+
 LoadedModel load_for_eval(const std::string& dir, const LoadOptions& opt) {
   QS_CHECK(std::filesystem::exists(dir)) << "model directory '" << dir << "' does not exist";
+  QS_CHECK(std::filesystem::is_directory(dir))
+      << "model '" << dir << "' is a file; give the checkpoint folder (the one holding config.json)";
   if (is_quantized_checkpoint(dir)) return load_quantized(dir, opt);
   LoadedModel r;
   r.dir = dir;
-  if (std::filesystem::exists(dir + "/tokenizer.json")) r.tokenizer_dir = dir;
+  if (std::filesystem::exists(dir + "/tokenizer.json") || std::filesystem::exists(dir + "/tokenizer.model"))
+    r.tokenizer_dir = dir;
   QS_CHECK(!opt.weight_only) << "--weight-only applies to quantized checkpoints; '" << dir << "' is an FP one";
   r.model = model::Model::load(dir);
   const std::string dt = r.model->config().torch_dtype;

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "model/model.h"
+#include "tokenizer/tokenizer.h"
 
 namespace qs::quant::eval {
 
@@ -29,6 +30,13 @@ struct LoadedModel {
 // True when `dir` holds a qserve quantized checkpoint.
 bool is_quantized_checkpoint(const std::string& dir);
 
+// `dir` must be a folder. Quantized checkpoints: config.json (when present) must equal the embedded hf_config; the
+// tokenizer is taken from `dir` only (tokenizer_dir stays "" when it has none). Every tensor must be used and finite.
 LoadedModel load_for_eval(const std::string& dir, const LoadOptions& opt);
+
+// Throws unless the tokenizer fits the model: every id it can produce (and the config's and tokenizer's BOS/EOS
+// ids) is below the model's vocab_size. Call it wherever a model and a tokenizer are loaded together; `where`
+// names the model in the message.
+void check_tokenizer_fits_model(const tokenizer::Tokenizer& tok, const io::ModelConfig& c, const std::string& where);
 
 }  // namespace qs::quant::eval
