@@ -2,9 +2,9 @@
 #include "cli/bench_online.h"
 
 #include <cstdio>
-#include <fstream>
 
 #include "core/error.h"
+#include "core/file_io.h"
 #include "io/model_config.h"
 #include "runtime/engine.h"
 
@@ -66,9 +66,7 @@ void run_online_bench_cmd(const OnlineBenchArgs& a) {
     j["max_num_seqs"] = eo.max_num_seqs;
     j["prefix_caching"] = eo.enable_prefix_caching;
     j["static_batch"] = eo.static_batch;
-    std::ofstream f(a.json_out);
-    f << j.dump(2) << "\n";
-    QS_CHECK(f.good()) << "bench --online: cannot write " << a.json_out;
+    write_file_checked(a.json_out, j.dump(2) + "\n");
   }
   QS_CHECK(r.failed == 0) << "bench --online: " << r.failed << " of " << a.bench.num_prompts << " requests failed";
 }

@@ -96,9 +96,11 @@ LoadedExecutor load_executor(const std::string& model_dir, const ExecutorFlags& 
   LoadedExecutor out;
   out.device = resolve_device(f.device);
   quant::eval::LoadedModel loaded = quant::eval::load_for_eval(model_dir, {});
-  if (!loaded.tokenizer_dir.empty())
+  if (!loaded.tokenizer_dir.empty()) {
     out.tokenizer =
         std::make_shared<const tokenizer::Tokenizer>(tokenizer::Tokenizer::from_dir(loaded.tokenizer_dir));
+    quant::eval::check_tokenizer_fits_model(*out.tokenizer, loaded.model->config(), model_dir);
+  }
   const bool kv4 = f.kv == "kv4" || (f.kv == "auto" && loaded.kv_bits == 4);
   QS_CHECK(!(f.kv == "kv4" && out.device == "cuda" && !loaded.quantized))
       << "--kv kv4 on the GPU needs a quantized checkpoint (--dtype w4a8kv4)";

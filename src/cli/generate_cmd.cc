@@ -16,6 +16,7 @@
 
 #include "cli/command.h"
 #include "cli/executor_factory.h"
+#include "core/file_io.h"
 #include "model/model.h"
 #include "runtime/engine.h"
 #include "tokenizer/chat_template.h"
@@ -24,7 +25,7 @@
 namespace {
 
 struct Options {
-  std::string model, prompt;
+  std::string model, prompt, prompt_file;
   int max_tokens = 128;
   float temperature = 0.0f, top_p = 1.0f, repetition_penalty = 1.0f;
   int top_k = 0;
@@ -34,7 +35,22 @@ struct Options {
   qs::cli::ExecutorFlags exec;
 };
 
-void run(const Options& o) {
+void run(Options o) {
+  QS_CHECK(!o.prompt.empty() || !o.prompt_file.empty())
+      << "give the prompt with --prompt TEXT or --prompt-file FILE ('-': standard input)";
+  if (o.prompt_file == "-") {
+    std::string text;
+    char buf[65536];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, stdin)) > 0) {
+      text.append(buf, n);
+      QS_CHECK(text.size() <= (size_t(64) << 20)) << "--prompt-file -: the prompt exceeds 64 MiB";
+    }
+    o.prompt = std::move(text);
+  } else if (!o.prompt_file.empty()) {
+    o.prompt = qs::read_file_checked(o.prompt_file, "prompt file", size_t(64) << 20);
+  }
+  QS_CHECK(!o.prompt.empty()) << "the prompt is empty";
   qs::model::SamplingParams sp;
   sp.temperature = o.temperature;
   sp.top_k = o.top_k;
@@ -129,7 +145,9 @@ qs::cli::CommandRegistrar reg("generate", "Generate text from a prompt (referenc
                               [](CLI::App* sub) {
   auto o = std::make_shared<Options>();
   sub->add_option("--model,-m", o->model, "checkpoint folder (config.json, safetensors, tokenizer.json)")->required();
-  sub->add_option("--prompt,-p", o->prompt, "prompt text")->required();
+  auto* prompt = sub->add_option("--prompt,-p", o->prompt, "prompt text");
+  sub->add_option("--prompt-file", o->prompt_file, "read the prompt from a file ('-': standard input)")
+      ->excludes(prompt);
   sub->add_option("--max-tokens,-n", o->max_tokens, "maximum number of generated tokens (default 128)");
   sub->add_option("--temperature,-t", o->temperature, "sampling temperature; 0 = greedy (default 0)");
   sub->add_option("--top-p", o->top_p, "nucleus sampling mass in (0, 1] (default 1 = off)");

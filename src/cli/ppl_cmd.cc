@@ -24,6 +24,7 @@
 
 #include "cli/command.h"
 #include "core/error.h"
+#include "core/file_io.h"
 #include "core/paths.h"
 #include "cli/executor_factory.h"
 #include "model/ref/ref_executor.h"
@@ -212,9 +213,7 @@ void run(PplArgs a) {
     out.push_back(j);
   }
   if (!a.json_out.empty()) {
-    std::ofstream f(a.json_out);
-    QS_CHECK(f.good()) << "ppl: cannot write '" << a.json_out << "'";
-    f << out.dump(2) << "\n";
+    qs::write_file_checked(a.json_out, out.dump(2) + "\n");
   }
 }
 

@@ -182,7 +182,7 @@ TEST_F(QuantizeCli, SmallRunWritesACompleteCheckpoint) {
   EXPECT_THAT(r.out, HasSubstr("exists and is not empty"));
   r = run(again + " --force");
   ASSERT_EQ(r.rc, 0) << r.out;
-  EXPECT_EQ(qs::quant::QuantizedCheckpoint::open(out.string()).meta().variant, qs::quant::WeightVariant::kW4G128);
+  EXPECT_EQ(qs::quant::QuantizedCheckpoint::open(out.string()).meta().variant, qs::WeightFormat::kW4A8G128);
   for (const auto& e : fs::directory_iterator(tmp_)) EXPECT_EQ(e.path().filename(), "ck") << e.path();
   // Quantizing the quantized checkpoint again is refused.
   r = run("--model " + out.string() + " --out " + (tmp_ / "again").string() + " --variant g128");
