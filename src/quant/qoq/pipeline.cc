@@ -39,6 +39,11 @@ double sq_dist(const std::vector<float>& a, const std::vector<float>& b) {
   for (size_t i = 0; i < a.size(); ++i) s += (double(a[i]) - double(b[i])) * (double(a[i]) - double(b[i]));
   return s;
 }
+double sum_of(const std::vector<double>& a) {
+  double s = 0.0;
+  for (double v : a) s += v;
+  return s;
+}
 double sq_norm(const std::vector<float>& a) {
   double s = 0.0;
   for (float v : a) s += double(v) * double(v);
@@ -220,6 +225,14 @@ QoqResult run_qoq(model::Model& model, const CalibrationSet& calib, const QoqOpt
         rep.attn_err = std::sqrt(ch.chosen_err / norm);
         rep.attn_err_half = std::sqrt(half / norm);
         rep.attn_err_none = std::sqrt(none / norm);
+        rep.attn_err_k = std::sqrt(sum_of(kv4_attention_error(cap.attn, c, ch.lambda, true, false)) / norm);
+        rep.attn_err_v = std::sqrt(sum_of(kv4_attention_error(cap.attn, c, ch.lambda, false, true)) / norm);
+        std::vector<float> vmax(size_t(c.kv_size()), 0.0f);
+        for (size_t i = 0; i < cap.attn.v.size(); ++i)
+          vmax[i % vmax.size()] = std::max(vmax[i % vmax.size()], std::fabs(cap.attn.v[i]));
+        for (float& x : vmax) x = x > 0.0f ? std::sqrt(x) : 1.0f;
+        rep.attn_err_v_smooth =
+            std::sqrt(sum_of(kv4_attention_error(cap.attn, c, ch.lambda, false, true, vmax)) / norm);
         rep.attn_alpha = ch.alpha;
         lambda = ch.lambda;
       } else {
@@ -405,8 +418,10 @@ std::string format_report(const QoqResult& r) {
       }
       os << "]";
       if (l.attn_err >= 0) {
-        std::snprintf(buf, sizeof buf, ", KV4 attention rel.err %.5f (alpha 0.5: %.5f, none: %.5f)", l.attn_err,
-                      l.attn_err_half, l.attn_err_none);
+        std::snprintf(buf, sizeof buf,
+                      ", KV4 attention rel.err %.5f (alpha 0.5: %.5f, none: %.5f; K only %.5f, V only %.5f, V "
+                      "with per-channel smoothing probe %.5f)",
+                      l.attn_err, l.attn_err_half, l.attn_err_none, l.attn_err_k, l.attn_err_v, l.attn_err_v_smooth);
         os << buf;
       }
       os << "\n";

@@ -77,6 +77,9 @@ struct LayerReport {
   // Relative KV4 attention-output error on the search sample (sqrt(err / ||FP out||^2)); -1 when not searched:
   // with the chosen alphas, with alpha 0.5 and with no smoothing.
   double attn_err = -1.0, attn_err_half = -1.0, attn_err_none = -1.0;
+  // Diagnostics on the same sample: with the chosen scales, KV4 keys only / KV4 values only; and KV4 values
+  // only with a per-channel value smoothing probe (v_j / vmax_j^0.5 before KV4, times it after).
+  double attn_err_k = -1.0, attn_err_v = -1.0, attn_err_v_smooth = -1.0;
   double seconds = 0.0;
   std::vector<LinearReport> linears;
 };
