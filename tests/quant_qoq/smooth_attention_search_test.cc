@@ -106,6 +106,7 @@ TEST(SmoothAttentionSearch, KeyOutlierChannelIsSmoothedAwayAndSearchBeatsFixedHa
   EXPECT_LE(sum(chosen), sum(half) * (1 + 1e-12));
   // The reported error is the recomputed one, and the grid table matches direct evaluation.
   EXPECT_NEAR(ch.chosen_err, sum(chosen), 1e-9 * sum(chosen));
+  EXPECT_NEAR(ch.fp_norm, sum(fp_attention_norm(s, c)), 1e-9 * ch.fp_norm);
   EXPECT_NEAR(sum(ch.err[0]), sum(none), 1e-9 * sum(none));
   EXPECT_NEAR(sum(ch.err[10]), sum(half), 1e-9 * sum(half));
   // Per-layer granularity: one alpha, total error between the per-head optimum and fixed 0.5.

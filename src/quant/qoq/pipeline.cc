@@ -213,9 +213,9 @@ QoqResult run_qoq(model::Model& model, const CalibrationSet& calib, const QoqOpt
       std::vector<float> lambda;
       if (opt.smooth_attn_search) {
         const std::vector<float> grid = default_alpha_grid();
-        const SmoothAttentionChoice ch = search_smooth_attention(cap.attn, cap.key_max, c, grid, opt.smooth_attn_per_head);
-        double norm = 0.0, half = 0.0, none = 0.0;
-        for (double x : fp_attention_norm(cap.attn, c)) norm += x;
+        const SmoothAttentionChoice ch =
+            search_smooth_attention(cap.attn, cap.key_max, c, grid, opt.smooth_attn_per_head);
+        double norm = ch.fp_norm, half = 0.0, none = 0.0;
         for (size_t i = 0; i < grid.size(); ++i)
           for (double e : ch.err[i]) {
             if (grid[i] == 0.5f) half += e;
@@ -225,6 +225,7 @@ QoqResult run_qoq(model::Model& model, const CalibrationSet& calib, const QoqOpt
         rep.attn_err = std::sqrt(ch.chosen_err / norm);
         rep.attn_err_half = std::sqrt(half / norm);
         rep.attn_err_none = std::sqrt(none / norm);
+        // Diagnostics (3 more evaluations): keys-only / values-only KV4, and a per-channel value smoothing probe.
         rep.attn_err_k = std::sqrt(sum_of(kv4_attention_error(cap.attn, c, ch.lambda, true, false)) / norm);
         rep.attn_err_v = std::sqrt(sum_of(kv4_attention_error(cap.attn, c, ch.lambda, false, true)) / norm);
         std::vector<float> vmax(size_t(c.kv_size()), 0.0f);

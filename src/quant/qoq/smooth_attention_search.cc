@@ -153,6 +153,8 @@ SmoothAttentionChoice search_smooth_attention(const AttentionSample& s, const st
   const int64_t nkv = c.num_kv_heads;
   const auto ref = fp_outputs(s, c);
   SmoothAttentionChoice ch;
+  for (const auto& r : ref)
+    for (float x : r) ch.fp_norm += double(x) * double(x);
   for (float a : grid)
     ch.err.push_back(error_vs(s, c, ref, smooth_attention_scales(kmax, c, a), true, true, {}));
   ch.alpha.assign(size_t(nkv), grid[0]);

@@ -40,6 +40,7 @@ struct SmoothAttentionChoice {
   // err[i][g]: squared error of grid point i for KV head g (the grid in the order given).
   std::vector<std::vector<double>> err;
   double chosen_err = 0.0;  // total error of the choice
+  double fp_norm = 0.0;     // squared norm of the FP attention output on the sample (sum of fp_attention_norm)
 };
 
 // The default grid: 0, 0.05, ..., 1 (21 points; i / 20, so 0.5 is exact).
