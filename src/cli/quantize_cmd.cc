@@ -1,7 +1,8 @@
 // `qserve quantize --model HF_DIR --out DIR --variant per-channel|g128 [...]`: the QoQ pipeline (quant/qoq) on a
 // Hugging Face Llama-family checkpoint, calibrated on a text file, written as a qserve quantized checkpoint.
 // Every QoQ step can be switched off for ablations (--no-rotate, --no-smooth-attn, --no-smooth-down, --no-reorder,
-// --no-clip, --no-gptq; --rtn = all off). Safety: the model's architecture, the calibration text and the output
+// --no-clip, --no-gptq; --rtn = all off). SmoothAttention's exponent is searched per layer and KV head by default
+// (--smooth-attn-alpha A fixes it). Safety: the model's architecture, the calibration text and the output
 // location are checked before the long part starts; the checkpoint is written into DIR.tmp-<pid> beside DIR and
 // renamed to DIR only when complete, so an interrupted run never leaves anything at DIR that looks finished
 // (a stale DIR.tmp-* can be deleted). --out may not overlap --model, and --force replaces only a previous qserve
@@ -47,7 +48,9 @@ struct Args {
   std::string model, out, variant, calib, backend = "cpu", propagate = "quantized";
   int samples = 0, len = 0;  // 0: the size-dependent default
   bool no_rotate = false, no_smooth_attn = false, no_smooth_down = false, no_reorder = false, no_clip = false,
-       no_gptq = false, rtn = false, force = false, quiet = false;
+       no_gptq = false, rtn = false, force = false, quiet = false, smooth_attn_search = false,
+       smooth_attn_per_layer = false;
+  float smooth_attn_alpha = -1.0f;  // < 0: not given (search)
   QoqOptions opt;
 };
 
@@ -95,6 +98,13 @@ void run(Args a) {
   opt.cancelled = [] { return g_interrupted != 0; };
   signal(SIGINT, on_signal);
   signal(SIGTERM, on_signal);
+  QS_CHECK(!(a.smooth_attn_search && a.smooth_attn_alpha >= 0.0f))
+      << "give --smooth-attn-search or --smooth-attn-alpha, not both";
+  if (a.smooth_attn_alpha >= 0.0f) {  // a fixed exponent instead of the search
+    opt.smooth_attn_search = false;
+    opt.smooth_attn_alpha = a.smooth_attn_alpha;
+  }
+  if (a.smooth_attn_per_layer) opt.smooth_attn_per_head = false;
   QS_CHECK((opt.smooth_down_alpha < 0) == (opt.smooth_down_beta < 0))
       << "give both --smooth-down-alpha and --smooth-down-beta, or neither";
 
@@ -157,10 +167,22 @@ qs::cli::CommandRegistrar reg(
       auto* no_gptq = sub->add_flag("--no-gptq", a->no_gptq, "round to nearest instead of GPTQ");
       auto* rtn = sub->add_flag("--rtn", a->rtn, "all of the above: plain round-to-nearest");
       // A setting of a step that another flag switches off is a contradiction: refused, not silently ignored.
-      sub->add_option("--smooth-attn-alpha", a->opt.smooth_attn_alpha, "SmoothAttention exponent (0.5)")
+      sub->add_flag("--smooth-attn-search", a->smooth_attn_search,
+                    "search the SmoothAttention exponent per layer and KV head by the KV4 attention-output error "
+                    "(the default)");
+      sub->add_option("--smooth-attn-alpha", a->smooth_attn_alpha,
+                      "fixed SmoothAttention exponent for every layer (instead of the search; the paper's 0.5)")
           ->check(CLI::Range(0.0, 1.0))
           ->excludes(no_sa)
           ->excludes(rtn);
+      sub->add_flag("--smooth-attn-per-layer", a->smooth_attn_per_layer,
+                    "search one SmoothAttention exponent per layer instead of one per KV head");
+      sub->add_option("--smooth-attn-windows", a->opt.smooth_attn_windows,
+                      "calibration windows in the SmoothAttention search sample (4)")
+          ->check(CLI::PositiveNumber);
+      sub->add_option("--smooth-attn-queries", a->opt.smooth_attn_queries,
+                      "query positions per window in the SmoothAttention search sample (128)")
+          ->check(CLI::PositiveNumber);
       sub->add_option("--smooth-down-alpha", a->opt.smooth_down_alpha,
                       "down_proj smoothing activation exponent (default 0.1 per-channel, 0.3 g128)")
           ->check(CLI::Range(0.0, 1.0))

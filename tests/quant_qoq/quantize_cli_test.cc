@@ -82,6 +82,11 @@ TEST_F(QuantizeCli, BadInputGivesClearErrors) {
   EXPECT_EQ(r.rc, 1);
   EXPECT_THAT(r.out, HasSubstr("exists and is not empty"));
 
+  r = run("--model " + model_ + " --out " + (tmp_ / "o").string() +
+          " --variant g128 --smooth-attn-search --smooth-attn-alpha 0.5");
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_THAT(r.out, HasSubstr("--smooth-attn-search or --smooth-attn-alpha, not both"));
+
   r = run("--model " + model_ + " --out " + (tmp_ / "o").string() + " --variant g64");
   EXPECT_NE(r.rc, 0);
   EXPECT_THAT(r.out, HasSubstr("g64"));
@@ -169,6 +174,11 @@ TEST_F(QuantizeCli, SmallRunWritesACompleteCheckpoint) {
   EXPECT_EQ(ck.meta().variant, qs::WeightFormat::kW4A8PerChannel);
   EXPECT_EQ(ck.meta().qoq["calib_samples"].get<int>(), 2);
   EXPECT_TRUE(ck.meta().qoq["clip"].get<bool>());
+  // SmoothAttention searched by default: one alpha per KV head per layer in the metadata, and in the report.
+  EXPECT_TRUE(ck.meta().qoq["smooth_attention_search"].get<bool>());
+  ASSERT_EQ(ck.meta().qoq["smooth_attention_searched"].size(), 4u);
+  EXPECT_EQ(ck.meta().qoq["smooth_attention_searched"][3].size(), 2u);
+  EXPECT_THAT(r.out, HasSubstr("SmoothAttention alpha per KV head"));
   EXPECT_EQ(ck.linear_names().size(), 28u);
   EXPECT_TRUE(fs::exists(out / "tokenizer.json"));
   EXPECT_TRUE(fs::exists(out / ".qserve-output"));

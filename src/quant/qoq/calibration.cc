@@ -113,11 +113,39 @@ LayerCapture LayerRunner::run(int layer, const CaptureOptions& opt, bool advance
     const int64_t dims[kNumLinearInputs] = {h, c.q_size(), h, c.intermediate_size};
     for (int i = 0; i < kNumLinearInputs; ++i) cap.rows[i] = Tensor(DType::F32, {n, dims[i]});
   }
-  std::vector<float> sub;
+  // Attention sample: windows attn_win[i] (evenly spaced), queries at q_pos (evenly spaced, centred).
+  std::vector<int64_t> attn_slot(size_t(samples_), -1);  // sample index -> slot in cap.attn, or -1
+  std::vector<double> inv_freq;
+  AttentionSample& as = cap.attn;
+  if (opt.attn_windows > 0 && opt.attn_queries > 0) {
+    as.windows = std::min<int64_t>(opt.attn_windows, samples_);
+    as.len = len_;
+    for (int64_t i = 0; i < as.windows; ++i) attn_slot[size_t(i * samples_ / as.windows)] = i;
+    const int64_t nq = std::min<int64_t>(opt.attn_queries, len_);
+    for (int64_t i = 0; i < nq; ++i) as.q_pos.push_back(((2 * i + 1) * len_) / (2 * nq));
+    as.q.assign(size_t(as.windows * nq * c.q_size()), 0.0f);
+    as.k.assign(size_t(as.windows * len_ * kv), 0.0f);
+    as.v.assign(as.k.size(), 0.0f);
+    inv_freq = io::rope_inv_freq(c);
+  }
+  std::vector<float> sub, qrows;
   int64_t row0 = 0;  // global token index of the current call's first row
   model_.set_observer([&](const std::string& name, const float* x, int64_t m, int64_t k) {
     const int which = input_of(name);
     if (which < 0) return;
+    if (which == int(LinearInput::kQkv) && as.windows > 0) {
+      // Post-RoPE queries of the sampled positions of the sampled windows in this call.
+      const int64_t nq = as.nq();
+      for (int64_t s = row0 / len_; s < (row0 + m) / len_; ++s) {
+        if (attn_slot[size_t(s)] < 0) continue;
+        qrows.resize(size_t(nq * k));
+        for (int64_t i = 0; i < nq; ++i)
+          std::memcpy(qrows.data() + i * k, x + (s * len_ - row0 + as.q_pos[size_t(i)]) * k, size_t(k) * 4);
+        float* q = as.q.data() + attn_slot[size_t(s)] * nq * c.q_size();
+        model_.linear(name).forward(qrows.data(), nq, q);
+        model_.backend().rope(q, nq, c.num_heads, c.head_dim, as.q_pos.data(), inv_freq.data());
+      }
+    }
     if (opt.absmax) update_absmax(cap.absmax[which], x, m, k);
     if (opt.hessians) {
       if (stride == 1) {
@@ -159,6 +187,12 @@ LayerCapture LayerRunner::run(int layer, const CaptureOptions& opt, bool advance
           for (int64_t j = 0; j < kv; ++j)
             cap.key_max[size_t(j)] = std::max(cap.key_max[size_t(j)], std::fabs(k[t * kv + j]));
       }
+    for (int64_t w = 0; w < nw; ++w) {
+      const int64_t slot = attn_slot[size_t(s0 + w)];
+      if (slot < 0) continue;
+      std::copy_n(caches[size_t(w)].k(layer), len_ * kv, as.k.data() + slot * len_ * kv);
+      std::copy_n(caches[size_t(w)].v(layer), len_ * kv, as.v.data() + slot * len_ * kv);
+    }
   }
   return cap;
 }

@@ -1,7 +1,8 @@
 // QoQ calibration: deterministic sampling of token windows from a text file, and layer-by-layer runs of a model
 // over those windows that observe what the transformations and GPTQ need: per-channel max|X| of every linear
 // input, the post-RoPE key maxima per KV channel (SmoothAttention), GPTQ Hessians H = 2/n X^T X, and a sample of
-// MLP inputs (the down_proj smoothing grid search). FP32 throughout.
+// MLP inputs (the down_proj smoothing grid search), and the post-RoPE queries, keys and values of a few windows
+// (the SmoothAttention strength search). FP32 throughout.
 //
 // Layer by layer: the hidden states of all windows ([samples * len, hidden], F32) are kept in memory; run(layer)
 // feeds them through one decoder layer (Model::forward_layer, a few windows per call), observing its linears
@@ -47,8 +48,22 @@ struct CaptureOptions {
   int hessian_stride = 1;
   // Keep this many rows of every linear input (the same tokens, evenly spaced over all tokens; 0: none).
   int64_t keep_rows = 0;
+  // Attention sample for the SmoothAttention search: the post-RoPE keys and values of every position, and the
+  // post-RoPE queries of `attn_queries` positions, of `attn_windows` windows (evenly spaced over the calibration
+  // set). 0: none. Memory: attn_windows * (2 * len * kv_size + attn_queries * q_size) floats.
+  int attn_windows = 0;
+  int attn_queries = 0;
   // Polled between forward calls; when it returns true, run() throws qs::Error("interrupted").
   std::function<bool()> cancelled;
+};
+
+// Post-RoPE attention inputs of a few calibration windows of one layer (positions 0 .. len-1 in each window).
+struct AttentionSample {
+  int64_t windows = 0, len = 0;
+  std::vector<int64_t> q_pos;  // [nq] positions of the sampled queries (the same in every window), ascending
+  std::vector<float> q;        // [windows, nq, q_size]
+  std::vector<float> k, v;     // [windows, len, kv_size]
+  int64_t nq() const { return int64_t(q_pos.size()); }
 };
 
 struct LayerCapture {
@@ -56,6 +71,7 @@ struct LayerCapture {
   std::vector<float> key_max;                   // [num_kv_heads * head_dim], after RoPE
   std::unique_ptr<HessianAccumulator> hessian[kNumLinearInputs];
   Tensor rows[kNumLinearInputs];  // F32 [keep_rows, in_features] per input
+  AttentionSample attn;           // empty unless attn_windows > 0
 };
 
 // A capture's Hessians (dense, K x K) and sample rows, in a form the pipeline can re-express for transformed

@@ -14,6 +14,7 @@
 #include "quant/hadamard.h"
 #include "quant/qoq/model_view.h"
 #include "quant/qoq/progress.h"
+#include "quant/qoq/smooth_attention_search.h"
 
 namespace qs::quant::qoq {
 namespace {
@@ -36,6 +37,11 @@ std::vector<float> matmul(const backends::Backend& be, const float* x, int64_t m
 double sq_dist(const std::vector<float>& a, const std::vector<float>& b) {
   double s = 0.0;
   for (size_t i = 0; i < a.size(); ++i) s += (double(a[i]) - double(b[i])) * (double(a[i]) - double(b[i]));
+  return s;
+}
+double sum_of(const std::vector<double>& a) {
+  double s = 0.0;
+  for (double v : a) s += v;
   return s;
 }
 double sq_norm(const std::vector<float>& a) {
@@ -118,7 +124,13 @@ nlohmann::json QoqOptions::to_json() const {
   j["variant"] = weight_format_name(variant);
   j["rotate"] = rotate;
   j["smooth_attention"] = smooth_attn;
-  j["smooth_attention_alpha"] = dec(smooth_attn_alpha);
+  j["smooth_attention_search"] = smooth_attn && smooth_attn_search;
+  if (smooth_attn && !smooth_attn_search) j["smooth_attention_alpha"] = dec(smooth_attn_alpha);
+  if (smooth_attn && smooth_attn_search) {
+    j["smooth_attention_granularity"] = smooth_attn_per_head ? "kv_head" : "layer";
+    j["smooth_attention_windows"] = smooth_attn_windows;
+    j["smooth_attention_queries"] = smooth_attn_queries;
+  }
   j["smooth_down"] = smooth_down;
   j["smooth_down_search"] = smooth_down && smooth_down_search;
   if (smooth_down && !smooth_down_search) {
@@ -186,6 +198,10 @@ QoqResult run_qoq(model::Model& model, const CalibrationSet& calib, const QoqOpt
     co.hessians = opt.gptq;
     co.hessian_stride = opt.hessian_stride;
     co.keys = opt.smooth_attn;
+    if (opt.smooth_attn && opt.smooth_attn_search) {
+      co.attn_windows = opt.smooth_attn_windows;
+      co.attn_queries = opt.smooth_attn_queries;
+    }
     co.keep_rows = opt.sample_rows;
     co.cancelled = opt.cancelled;
     LayerCapture cap = runner.run(li, co, /*advance=*/!opt.propagate_quantized);
@@ -193,7 +209,40 @@ QoqResult run_qoq(model::Model& model, const CalibrationSet& calib, const QoqOpt
     bar.advance(3, lname + ": transforming and quantizing");
     // (2) transformations. SmoothAttention scales q/k outputs: no linear input changes. Down smoothing and
     // reordering scale/permute input channels: the captured Hessians and rows are re-expressed to match.
-    if (opt.smooth_attn) apply_smooth_attention(lw, c, smooth_attention_scales(cap.key_max, c, opt.smooth_attn_alpha));
+    if (opt.smooth_attn) {
+      std::vector<float> lambda;
+      if (opt.smooth_attn_search) {
+        const std::vector<float> grid = default_alpha_grid();
+        const SmoothAttentionChoice ch =
+            search_smooth_attention(cap.attn, cap.key_max, c, grid, opt.smooth_attn_per_head);
+        double norm = ch.fp_norm, half = 0.0, none = 0.0;
+        for (size_t i = 0; i < grid.size(); ++i)
+          for (double e : ch.err[i]) {
+            if (grid[i] == 0.5f) half += e;
+            if (grid[i] == 0.0f) none += e;
+          }
+        norm = std::max(norm, 1e-300);
+        rep.attn_err = std::sqrt(ch.chosen_err / norm);
+        rep.attn_err_half = std::sqrt(half / norm);
+        rep.attn_err_none = std::sqrt(none / norm);
+        // Diagnostics (3 more evaluations): keys-only / values-only KV4, and a per-channel value smoothing probe.
+        rep.attn_err_k = std::sqrt(sum_of(kv4_attention_error(cap.attn, c, ch.lambda, true, false)) / norm);
+        rep.attn_err_v = std::sqrt(sum_of(kv4_attention_error(cap.attn, c, ch.lambda, false, true)) / norm);
+        std::vector<float> vmax(size_t(c.kv_size()), 0.0f);
+        for (size_t i = 0; i < cap.attn.v.size(); ++i)
+          vmax[i % vmax.size()] = std::max(vmax[i % vmax.size()], std::fabs(cap.attn.v[i]));
+        for (float& x : vmax) x = x > 0.0f ? std::sqrt(x) : 1.0f;
+        rep.attn_err_v_smooth =
+            std::sqrt(sum_of(kv4_attention_error(cap.attn, c, ch.lambda, false, true, vmax)) / norm);
+        rep.attn_alpha = ch.alpha;
+        lambda = ch.lambda;
+      } else {
+        rep.attn_alpha.assign(size_t(c.num_kv_heads), opt.smooth_attn_alpha);
+        lambda = smooth_attention_scales(cap.key_max, c, opt.smooth_attn_alpha);
+      }
+      apply_smooth_attention(lw, c, lambda);
+      cap.attn = AttentionSample();  // free the sample before quantizing
+    }
     const std::vector<float>& down_max = cap.absmax[int(LinearInput::kDown)];
     std::vector<float> s(size_t(c.intermediate_size), 1.0f);
     if (opt.smooth_down) {
@@ -297,6 +346,15 @@ QoqResult run_qoq(model::Model& model, const CalibrationSet& calib, const QoqOpt
     for (const auto& l : res.layers) per_layer.push_back({dec(l.down_alpha), dec(l.down_beta)});
     res.settings["smooth_down_searched"] = per_layer;  // [alpha, beta] per layer
   }
+  if (opt.smooth_attn && opt.smooth_attn_search) {
+    nlohmann::json per_layer = nlohmann::json::array();
+    for (const auto& l : res.layers) {
+      nlohmann::json heads = nlohmann::json::array();
+      for (float a : l.attn_alpha) heads.push_back(dec(a));
+      per_layer.push_back(heads);
+    }
+    res.settings["smooth_attention_searched"] = per_layer;  // per layer: alpha per KV head
+  }
   res.seconds = since(t_start);
   return res;
 }
@@ -353,6 +411,22 @@ std::string format_report(const QoqResult& r) {
     std::snprintf(buf, sizeof buf, "  layer %d: %.1f s, down_proj smoothing alpha %.2f beta %.2f\n", l.layer,
                   l.seconds, l.down_alpha, l.down_beta);
     os << buf;
+    if (!l.attn_alpha.empty()) {
+      os << "  layer " << l.layer << ": SmoothAttention alpha per KV head [";
+      for (size_t g = 0; g < l.attn_alpha.size(); ++g) {
+        std::snprintf(buf, sizeof buf, "%s%.2f", g ? " " : "", l.attn_alpha[g]);
+        os << buf;
+      }
+      os << "]";
+      if (l.attn_err >= 0) {
+        std::snprintf(buf, sizeof buf,
+                      ", KV4 attention rel.err %.5f (alpha 0.5: %.5f, none: %.5f; K only %.5f, V only %.5f, V "
+                      "with per-channel smoothing probe %.5f)",
+                      l.attn_err, l.attn_err_half, l.attn_err_none, l.attn_err_k, l.attn_err_v, l.attn_err_v_smooth);
+        os << buf;
+      }
+      os << "\n";
+    }
   }
   std::snprintf(buf, sizeof buf, "worst: %s (%.5f); total %s\n", worst_name.c_str(), worst,
                 format_duration(r.seconds).c_str());

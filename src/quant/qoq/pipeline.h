@@ -34,7 +34,12 @@ struct QoqOptions {
   bool reorder = true;         // channel reordering (g128 only; ignored for per-channel)
   bool clip = true;            // clipping search (per-channel only)
   bool gptq = true;            // GPTQ (else round to nearest)
-  float smooth_attn_alpha = 0.5f;
+  float smooth_attn_alpha = 0.5f;  // used when smooth_attn_search is off
+  // Search alpha per layer (per KV head when smooth_attn_per_head) by the KV4 attention-output error on
+  // smooth_attn_windows windows x smooth_attn_queries queries (smooth_attention_search.h).
+  bool smooth_attn_search = true;
+  bool smooth_attn_per_head = true;
+  int smooth_attn_windows = 4, smooth_attn_queries = 128;
   // Down_proj smoothing exponents; negative = the variant's default (Llama-3-8B's: 0.1/0.9 per-channel,
   // 0.3/0.7 g128).
   float smooth_down_alpha = -1.0f, smooth_down_beta = -1.0f;
@@ -68,6 +73,13 @@ struct LinearReport {
 struct LayerReport {
   int layer = 0;
   float down_alpha = 0.0f, down_beta = 0.0f;  // the smoothing exponents used (searched or given)
+  std::vector<float> attn_alpha;  // SmoothAttention exponent per KV head (empty: SmoothAttention off)
+  // Relative KV4 attention-output error on the search sample (sqrt(err / ||FP out||^2)); -1 when not searched:
+  // with the chosen alphas, with alpha 0.5 and with no smoothing.
+  double attn_err = -1.0, attn_err_half = -1.0, attn_err_none = -1.0;
+  // Diagnostics on the same sample: with the chosen scales, KV4 keys only / KV4 values only; and KV4 values
+  // only with a per-channel value smoothing probe (v_j / vmax_j^0.5 before KV4, times it after).
+  double attn_err_k = -1.0, attn_err_v = -1.0, attn_err_v_smooth = -1.0;
   double seconds = 0.0;
   std::vector<LinearReport> linears;
 };

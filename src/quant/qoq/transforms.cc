@@ -195,19 +195,29 @@ void reorder_value_heads(LayerWeights& l, const io::ModelConfig& c, const std::v
 }
 
 std::vector<float> smooth_attention_scales(const std::vector<float>& kmax, const io::ModelConfig& c, float alpha) {
+  return smooth_attention_scales(kmax, c, std::vector<float>(size_t(c.num_kv_heads), alpha));
+}
+
+std::vector<float> smooth_attention_scales(const std::vector<float>& kmax, const io::ModelConfig& c,
+                                           const std::vector<float>& alpha) {
   const int64_t d = c.head_dim, half = d / 2;
   QS_CHECK(int64_t(kmax.size()) == c.kv_size())
       << "smooth_attention_scales: " << kmax.size() << " key maxima, expected " << c.kv_size();
-  QS_CHECK(alpha >= 0.0f && alpha <= 1.0f) << "SmoothAttention alpha " << alpha << " outside [0, 1]";
+  QS_CHECK(int64_t(alpha.size()) == c.num_kv_heads)
+      << "smooth_attention_scales: " << alpha.size() << " exponents, expected one per KV head (" << c.num_kv_heads
+      << ")";
   std::vector<float> lambda(kmax.size(), 1.0f);
-  for (int64_t g = 0; g < c.num_kv_heads; ++g)
+  for (int64_t g = 0; g < c.num_kv_heads; ++g) {
+    const float a_g = alpha[size_t(g)];
+    QS_CHECK(a_g >= 0.0f && a_g <= 1.0f) << "SmoothAttention alpha " << a_g << " outside [0, 1]";
     for (int64_t j = 0; j < half; ++j) {
       const int64_t a = g * d + j, b = a + half;
       const float mx = std::max(kmax[size_t(a)], kmax[size_t(b)]);
       QS_CHECK(std::isfinite(mx)) << "SmoothAttention: non-finite key maximum in KV head " << g;
-      const float s = mx > 0.0f ? std::clamp(std::pow(mx, alpha), 1e-5f, 1e5f) : 1.0f;
+      const float s = mx > 0.0f ? std::clamp(std::pow(mx, a_g), 1e-5f, 1e5f) : 1.0f;
       lambda[size_t(a)] = lambda[size_t(b)] = s;
     }
+  }
   return lambda;
 }
 

@@ -62,6 +62,9 @@ void reorder_value_heads(LayerWeights& l, const io::ModelConfig& c, const std::v
 // lambda [num_kv_heads * head_dim] from the post-RoPE key maxima kmax (same shape): lambda_j = m_j^alpha with
 // m_j = max(kmax_j, kmax_{j +- D/2}) so rotate-half pairs share it; a zero maximum gives lambda 1.
 std::vector<float> smooth_attention_scales(const std::vector<float>& kmax, const io::ModelConfig& c, float alpha);
+// The same with one exponent per KV head (alpha [num_kv_heads], each in [0, 1]).
+std::vector<float> smooth_attention_scales(const std::vector<float>& kmax, const io::ModelConfig& c,
+                                           const std::vector<float>& alpha);
 // q_proj rows (+ bias) of each query head times its KV head's lambda; k_proj rows (+ bias) divided by lambda.
 void apply_smooth_attention(LayerWeights& l, const io::ModelConfig& c, const std::vector<float>& lambda);
 
