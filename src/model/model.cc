@@ -14,17 +14,9 @@ namespace {
 
 inline size_t sz(int64_t n) { return static_cast<size_t>(n); }
 
-const char* const kLayerLinears[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                                     "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
-
 std::unique_ptr<Linear>* layer_slot(DecoderLayer& l, const std::string& which) {
-  if (which == "self_attn.q_proj") return &l.q_proj;
-  if (which == "self_attn.k_proj") return &l.k_proj;
-  if (which == "self_attn.v_proj") return &l.v_proj;
-  if (which == "self_attn.o_proj") return &l.o_proj;
-  if (which == "mlp.gate_proj") return &l.gate_proj;
-  if (which == "mlp.up_proj") return &l.up_proj;
-  if (which == "mlp.down_proj") return &l.down_proj;
+  for (int j = 0; j < kNumLayerLinears; ++j)
+    if (which == kLayerLinearNames[j]) return &l.linear(j);
   return nullptr;
 }
 
@@ -247,7 +239,7 @@ Tensor Model::forward(const std::vector<SeqInput>& batch, LogitsMode mode) {
 std::vector<std::string> Model::linear_names() const {
   std::vector<std::string> names;
   for (int i = 0; i < config_.num_layers; ++i)
-    for (const char* n : kLayerLinears) names.push_back("model.layers." + std::to_string(i) + "." + n);
+    for (const char* n : kLayerLinearNames) names.push_back("model.layers." + std::to_string(i) + "." + n);
   names.push_back("lm_head");
   return names;
 }

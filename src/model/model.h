@@ -32,11 +32,25 @@
 
 namespace qs::model {
 
+// The linears of a decoder layer in forward order, by their Hugging Face names below "model.layers.{i}.": the one
+// list that the model, the loaders and the QoQ pipeline iterate (DecoderLayer::linear(j) is the j-th's slot).
+inline constexpr int kNumLayerLinears = 7;
+inline constexpr const char* kLayerLinearNames[kNumLayerLinears] = {
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
+
 struct DecoderLayer {
   Tensor input_norm;      // F32 [hidden]   (input_layernorm.weight)
   Tensor post_attn_norm;  // F32 [hidden]   (post_attention_layernorm.weight)
   std::unique_ptr<Linear> q_proj, k_proj, v_proj, o_proj;  // self_attn.*
   std::unique_ptr<Linear> gate_proj, up_proj, down_proj;   // mlp.*
+
+  // The slot of kLayerLinearNames[j] (0 <= j < kNumLayerLinears).
+  std::unique_ptr<Linear>& linear(int j) {
+    std::unique_ptr<Linear>* slots[kNumLayerLinears] = {&q_proj, &k_proj, &v_proj, &o_proj,
+                                                        &gate_proj, &up_proj, &down_proj};
+    return *slots[j];
+  }
 };
 
 struct ModelWeights {

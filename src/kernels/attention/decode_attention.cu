@@ -140,13 +140,13 @@ struct Loader<D, KvDType::kKv4> {
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       const int c = lane + 32 * j;  // data chunk: row c / 4, column c % 4
-      cp_async_16(st + swz(c >> 2, c & 3), kb + d + 16 * c, true);
-      cp_async_16(st + 1024 + swz(c >> 2, c & 3), vb + d + 16 * c, true);
+      cp_async16(st + swz(c >> 2, c & 3), kb + d + 16 * c, true);
+      cp_async16(st + 1024 + swz(c >> 2, c & 3), vb + d + 16 * c, true);
     }
     if (lane < 8) {  // scales then zeros, 32 B each (two chunks)
       const uint8_t* b = lane < 4 ? kb : vb;
       const int64_t o = int64_t(page_size) * (D / 2) + ((lane >> 1) & 1) * 2 * page_size + 2 * off + 16 * (lane & 1);
-      cp_async_16(st + 2048 + 16 * lane, b + o, true);
+      cp_async16(st + 2048 + 16 * lane, b + o, true);
     }
   }
   // Reads this lane's fragments of a staged tile (same registers as load()).
@@ -523,7 +523,7 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas)
   } else {
     extern __shared__ uint4 smem_ring[];
     const uint8_t* ring = reinterpret_cast<const uint8_t*>(smem_ring) + (threadIdx.x >> 5) * (S * L::tile_bytes());
-    const uint32_t ring_s = smem_u32(ring);
+    const uint32_t ring_s = smem_addr(ring);
     const int64_t head = int64_t(kvh) * Lay.block_bytes();
     auto issue = [&](int tile, int stage) {
       const int tok0 = start + 16 * tile;

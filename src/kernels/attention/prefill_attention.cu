@@ -45,19 +45,19 @@ __device__ void load_kv_tile(const PrefillParams& p, Smem<D>& sm, int buf, int b
   for (int u = threadIdx.x; u < kBN * kChunks; u += kThreads) {
     const int r = u / kChunks, c = u % kChunks;
     const int j = n0 + r;
-    const uint32_t dk = smem_u32(&sm.k[buf][swz<D>(r, c)]), dv = smem_u32(&sm.v[buf][swz<D>(r, c)]);
+    const uint32_t dk = smem_addr(&sm.k[buf][swz<D>(r, c)]), dv = smem_addr(&sm.v[buf][swz<D>(r, c)]);
     if (j >= prefix || j >= kv_len) {
       const int64_t row = (int64_t(seq_start) + (j - prefix)) * p.num_kv_heads + kvh;
       const bool ok = j < kv_len;
-      cp_async_16(dk, ok ? p.k + row * D + c * 8 : p.k, ok);
-      cp_async_16(dv, ok ? p.v + row * D + c * 8 : p.v, ok);
+      cp_async16(dk, ok ? p.k + row * D + c * 8 : p.k, ok);
+      cp_async16(dv, ok ? p.v + row * D + c * 8 : p.v, ok);
       continue;
     }
     const int64_t blk = L.block_offset(bt[j / L.page_size], kvh);
     const int off = j % L.page_size;
     if (L.dtype == KvDType::kFp16) {
-      cp_async_16(dk, p.k_pool + blk + L.data_offset(off) + c * 16, true);
-      cp_async_16(dv, p.v_pool + blk + L.data_offset(off) + c * 16, true);
+      cp_async16(dk, p.k_pool + blk + L.data_offset(off) + c * 16, true);
+      cp_async16(dv, p.v_pool + blk + L.data_offset(off) + c * 16, true);
       continue;
     }
     if (L.dtype == KvDType::kFp8) {
@@ -160,7 +160,7 @@ __global__ void __launch_bounds__(kThreads, 3) prefill_kernel(const PrefillParam
         for (int np = 0; np < kBN / 16; ++np) {
           const int i = lane >> 3;
           uint32_t kb[4];
-          ldsm_x4(kb, smem_u32(&sm.k[buf][swz<D>(np * 16 + (i >> 1) * 8 + (lane & 7), 2 * kc + (i & 1))]));
+          ldmatrix_x4(kb, smem_addr(&sm.k[buf][swz<D>(np * 16 + (i >> 1) * 8 + (lane & 7), 2 * kc + (i & 1))]));
           mma_f16_16816(s[2 * np], qf[kc], kb[0], kb[1]);
           mma_f16_16816(s[2 * np + 1], qf[kc], kb[2], kb[3]);
         }
@@ -206,7 +206,7 @@ __global__ void __launch_bounds__(kThreads, 3) prefill_kernel(const PrefillParam
         for (int dc = 0; dc < D / 8; dc += 2) {
           const int i = lane >> 3;
           uint32_t vb[4];
-          ldsm_x4_trans(vb, smem_u32(&sm.v[buf][swz<D>(kk * 16 + (i & 1) * 8 + (lane & 7), dc + (i >> 1))]));
+          ldmatrix_x4_trans(vb, smem_addr(&sm.v[buf][swz<D>(kk * 16 + (i & 1) * 8 + (lane & 7), dc + (i >> 1))]));
           mma_f16_16816(o[dc], pa, vb[0], vb[1]);
           mma_f16_16816(o[dc + 1], pa, vb[2], vb[3]);
         }

@@ -86,14 +86,10 @@ LoadedModel load_quantized(const std::string& dir, const LoadOptions& opt) {
     model::DecoderLayer& l = w.layers[size_t(i)];
     l.input_norm = fp_tensor(ck, p + "input_layernorm.weight", {H}, &used);
     l.post_attn_norm = fp_tensor(ck, p + "post_attention_layernorm.weight", {H}, &used);
-    std::unique_ptr<model::Linear>* slots[] = {&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj,
-                                               &l.gate_proj, &l.up_proj, &l.down_proj};
-    const char* names[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                           "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
-    for (int j = 0; j < 7; ++j) {
-      const std::string n = p + names[j];
+    for (int j = 0; j < model::kNumLayerLinears; ++j) {
+      const std::string n = p + model::kLayerLinearNames[j];
       QS_CHECK(ck.has_linear(n)) << "quantized checkpoint " << dir << ": linear '" << n << "' missing";
-      *slots[j] = make_linear(ck, n, act, be);
+      l.linear(j) = make_linear(ck, n, act, be);
     }
   }
   if (ck.has_linear("lm_head")) {
@@ -109,8 +105,7 @@ LoadedModel load_quantized(const std::string& dir, const LoadOptions& opt) {
     if (name != "lm_head" && !(name.rfind("model.layers.", 0) == 0)) continue;
     bool known = name == "lm_head";
     for (int i = 0; !known && i < c.num_layers; ++i)
-      for (const char* n : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"})
+      for (const char* n : model::kLayerLinearNames)
         known = known || name == "model.layers." + std::to_string(i) + "." + n;
     if (!known) continue;  // reported by check_all_used below
     for (const char* part : {".qweight", ".scale", ".szero", ".s1", ".s2", ".zn", ".bias"}) used.insert(name + part);

@@ -179,9 +179,8 @@ QoqResult run_qoq(model::Model& model, const CalibrationSet& calib, const QoqOpt
     bar.advance(1, "embedding calibration windows");
   }
   LayerRunner runner(model, calib, opt.windows_per_call);
-  const std::string names[7] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                                "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
-  const LinearInput inputs[7] = {LinearInput::kQkv, LinearInput::kQkv,    LinearInput::kQkv, LinearInput::kO,
+  const auto& names = model::kLayerLinearNames;
+  const LinearInput inputs[model::kNumLayerLinears] = {LinearInput::kQkv, LinearInput::kQkv,    LinearInput::kQkv, LinearInput::kO,
                                  LinearInput::kGateUp, LinearInput::kGateUp, LinearInput::kDown};
 
   for (int li = 0; li < c.num_layers; ++li) {
