@@ -21,10 +21,13 @@
 
 #include "kernels/attention/decode_attention.h"
 #include "kernels/attention/prefill_attention.h"
+#include "bench_timing.cuh"
 #include "kernels/common/cuda_check.h"
 
 using namespace qs;           // NOLINT
 using namespace qs::kernels;  // NOLINT
+using qs::bench::Dev;
+using qs::bench::median_ms;
 
 namespace {
 
@@ -69,48 +72,17 @@ __global__ void fix_fp8(uint8_t* pool, KvCacheLayout L, int64_t blocks) {
   }
 }
 
-struct Dev {
-  void* p = nullptr;
-  explicit Dev(size_t n) { QS_CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(n, 16))); }
-  ~Dev() { cudaFree(p); }
-  template <typename T>
-  T* as() const { return static_cast<T*>(p); }
-};
-
 void rand_bytes(void* p, size_t bytes, uint32_t seed) {
   fill_random<<<1024, 256>>>(static_cast<uint32_t*>(p), int64_t(bytes / 4), seed);
   QS_CUDA_CHECK(cudaGetLastError());
 }
 
-// Median time (ms) of fn over reps launches, each after rewriting a 256 MiB buffer (cold L2).
-template <typename Fn>
-float time_ms(Fn fn, int reps, const Dev& flush) {
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
-  for (int i = 0; i < 3; ++i) fn();
-  std::vector<float> t;
-  for (int i = 0; i < reps; ++i) {
-    QS_CUDA_CHECK(cudaMemsetAsync(flush.p, i, 256 << 20));
-    cudaEventRecord(a);
-    fn();
-    cudaEventRecord(b);
-    QS_CUDA_CHECK(cudaEventSynchronize(b));
-    float ms = 0;
-    cudaEventElapsedTime(&ms, a, b);
-    t.push_back(ms);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
 
 double copy_bandwidth(const Dev& flush) {
   const size_t n = size_t(1) << 30;
   Dev a(n), b(n);
   rand_bytes(a.p, n, 1);
-  const float ms = time_ms([&] { QS_CUDA_CHECK(cudaMemcpyAsync(b.p, a.p, n, cudaMemcpyDeviceToDevice)); }, 10, flush);
+  const float ms = median_ms([&] { QS_CUDA_CHECK(cudaMemcpyAsync(b.p, a.p, n, cudaMemcpyDeviceToDevice)); }, 10, flush.p);
   return 2.0 * double(n) / (ms * 1e-3) / 1e12;  // TB/s, read + write
 }
 
@@ -153,7 +125,7 @@ DecodeResult bench_decode(int batch, int hq, int hkv, int ctx, KvDType dt, int s
   p.context_lens = lens.as<int32_t>(); p.batch = batch; p.num_q_heads = hq;
   p.softmax_scale = 1.0f / std::sqrt(128.0f);
   DecodeResult r;
-  r.ms = time_ms([&] { run_decode(p, plan, ws.p, 0).throw_if_error(); }, reps, flush);
+  r.ms = median_ms([&] { run_decode(p, plan, ws.p, 0).throw_if_error(); }, reps, flush.p);
   const double per_token = dt == KvDType::kKv4 ? 2.0 * (64 + 4) : dt == KvDType::kFp8 ? 2.0 * (128 + 2) : 2.0 * 256;
   r.bytes = double(batch) * hkv * ctx * per_token + 2.0 * batch * hq * 128 * 2;
   return r;
@@ -174,7 +146,7 @@ float bench_prefill(int len, int hq, int hkv, const Dev& flush, int reps, double
   p.cu_seqlens = cu.as<int32_t>(); p.batch = batch; p.max_q_len = len;
   p.num_q_heads = hq; p.num_kv_heads = hkv; p.head_dim = 128; p.softmax_scale = 1.0f / std::sqrt(128.0f);
   *flops = 4.0 * batch * hq * 128.0 * (double(len) * (len + 1) / 2);
-  return time_ms([&] { run_prefill(p, 0).throw_if_error(); }, reps, flush);
+  return median_ms([&] { run_prefill(p, 0).throw_if_error(); }, reps, flush.p);
 }
 
 }  // namespace

@@ -13,11 +13,14 @@
 #include <string>
 #include <vector>
 
+#include "bench_timing.cuh"
 #include "kernels/common/cuda_check.h"
 #include "kernels/norm_quant/norm_quant.h"
 
 using namespace qs;           // NOLINT
 using namespace qs::kernels;  // NOLINT
+using qs::bench::Dev;
+using qs::bench::median_ms;
 
 namespace {
 
@@ -29,36 +32,6 @@ __global__ void fill_half(__half* p, int64_t n, uint32_t seed) {
   }
 }
 
-struct Dev {
-  void* p = nullptr;
-  explicit Dev(size_t n) { QS_CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(n, 16))); }
-  ~Dev() { cudaFree(p); }
-  template <typename T>
-  T* as() const { return static_cast<T*>(p); }
-};
-
-template <typename Fn>
-float time_ms(Fn fn, int reps, const Dev& flush) {
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
-  for (int i = 0; i < 3; ++i) fn();
-  std::vector<float> t;
-  for (int i = 0; i < reps; ++i) {
-    QS_CUDA_CHECK(cudaMemsetAsync(flush.p, i, 256 << 20));
-    cudaEventRecord(a);
-    fn();
-    cudaEventRecord(b);
-    QS_CUDA_CHECK(cudaEventSynchronize(b));
-    float ms = 0;
-    cudaEventElapsedTime(&ms, a, b);
-    t.push_back(ms);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
 
 }  // namespace
 
@@ -79,7 +52,7 @@ int main(int argc, char** argv) {
     Dev a(n), b(n);
     fill_half<<<1024, 256>>>(a.as<__half>(), int64_t(n / 2), 1);
     const float ms =
-        time_ms([&] { QS_CUDA_CHECK(cudaMemcpyAsync(b.p, a.p, n, cudaMemcpyDeviceToDevice)); }, 10, flush);
+        median_ms([&] { QS_CUDA_CHECK(cudaMemcpyAsync(b.p, a.p, n, cudaMemcpyDeviceToDevice)); }, 10, flush.p);
     copy_tbs = 2.0 * double(n) / (ms * 1e-3) / 1e12;
   }
   std::printf("device %s; copy bandwidth %.3f TB/s (read+write)\n", prop.name, copy_tbs);
@@ -109,19 +82,19 @@ int main(int argc, char** argv) {
         RmsNormQuantParams p;
         p.x = x.as<uint16_t>(); p.residual_in = res.as<uint16_t>(); p.residual_out = res.as<uint16_t>();
         p.weight = w.as<uint16_t>(); p.rows = rows; p.cols = hidden; p.out = o;
-        const float ms = time_ms([&] { rmsnorm_quant(p, 0).throw_if_error(); }, reps, flush);
+        const float ms = median_ms([&] { rmsnorm_quant(p, 0).throw_if_error(); }, reps, flush.p);
         cases.push_back({"rmsnorm+res", hidden, double(nh) * (2 + 2 + 2 + 1) + rows * 4.0, ms});
       }
       {
         SiluMulQuantParams p;
         p.gate_up = gu.as<uint16_t>(); p.rows = rows; p.cols = inter; p.out = o;
-        const float ms = time_ms([&] { silu_mul_quant(p, 0).throw_if_error(); }, reps, flush);
+        const float ms = median_ms([&] { silu_mul_quant(p, 0).throw_if_error(); }, reps, flush.p);
         cases.push_back({"silu_mul", inter, double(ni) * (4 + 1) + rows * 4.0, ms});
       }
       {
         ActQuantParams p;
         p.x = x.as<uint16_t>(); p.rows = rows; p.cols = hidden; p.out = o;
-        const float ms = time_ms([&] { act_quant(p, 0).throw_if_error(); }, reps, flush);
+        const float ms = median_ms([&] { act_quant(p, 0).throw_if_error(); }, reps, flush.p);
         cases.push_back({"act_quant", hidden, double(nh) * (2 + 1) + rows * 4.0, ms});
       }
       for (const Case& c : cases) {

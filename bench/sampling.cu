@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_timing.cuh"
 #include "kernels/common/cuda_check.h"
 #include "kernels/sampling/sampling.h"
 
@@ -25,24 +26,7 @@ T* upload(const std::vector<T>& h) {
 }
 
 float time_us(const qs::kernels::SampleParams& p) {
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
-  for (int i = 0; i < 3; ++i) qs::kernels::sample(p, 0).throw_if_error();
-  std::vector<float> t;
-  for (int i = 0; i < 20; ++i) {
-    cudaEventRecord(a);
-    qs::kernels::sample(p, 0).throw_if_error();
-    cudaEventRecord(b);
-    QS_CUDA_CHECK(cudaEventSynchronize(b));
-    float ms = 0;
-    cudaEventElapsedTime(&ms, a, b);
-    t.push_back(ms * 1000.0f);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
+  return 1000.0f * qs::bench::median_ms([&] { qs::kernels::sample(p, 0).throw_if_error(); }, 20, nullptr);
 }
 
 }  // namespace
