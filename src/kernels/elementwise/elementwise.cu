@@ -87,34 +87,6 @@ __global__ void add_bias_kernel(uint16_t* __restrict__ y, const uint16_t* __rest
   y[r * cols + c] = f2h(h2f(y[r * cols + c]) + h2f(b[c]));
 }
 
-__global__ void argmax_kernel(const float* __restrict__ logits, int64_t cols, int32_t* __restrict__ out) {
-  const float* row = logits + int64_t(blockIdx.x) * cols;
-  float best = -FLT_MAX;
-  int64_t bi = -1;
-  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
-    const float v = row[c];
-    if (v > best || (bi < 0 && !(v != v))) best = v, bi = c;  // strict >: the lowest index wins within a thread
-  }
-  __shared__ float sv[kThreads];
-  __shared__ int64_t si[kThreads];
-  sv[threadIdx.x] = best;
-  si[threadIdx.x] = bi;
-  __syncthreads();
-  for (int s = kThreads / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s) {
-      const float ov = sv[threadIdx.x + s];
-      const int64_t oi = si[threadIdx.x + s];
-      const int64_t mi = si[threadIdx.x];
-      if (oi >= 0 && (mi < 0 || ov > sv[threadIdx.x] || (ov == sv[threadIdx.x] && oi < mi))) {
-        sv[threadIdx.x] = ov;
-        si[threadIdx.x] = oi;
-      }
-    }
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) out[blockIdx.x] = int32_t(si[0] < 0 ? 0 : si[0]);
-}
-
 __global__ void fill_uniform_kernel(uint16_t* x, int64_t n, uint64_t seed, float amp) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const double u = double(splitmix64(seed * 0x100000001B3ull + uint64_t(i)) >> 11) * (1.0 / 9007199254740992.0);
@@ -159,7 +131,7 @@ unsigned grid_for(int64_t n) {
 
 Status elementwise_probe() {
   cudaFuncAttributes a{};
-  const cudaError_t e = cudaFuncGetAttributes(&a, argmax_kernel);
+  const cudaError_t e = cudaFuncGetAttributes(&a, add_bias_kernel);
   if (e != cudaSuccess) {
     cudaGetLastError();  // clear the sticky-free error
     int dev = 0, major = 0, minor = 0;
@@ -203,13 +175,6 @@ Status add_bias_f16(uint16_t* y, const uint16_t* bias, int32_t rows, int32_t col
   if (rows > 65535) return Status::error("add_bias_f16: more than 65535 rows");
   add_bias_kernel<<<dim3(unsigned((cols + kThreads - 1) / kThreads), unsigned(rows)), kThreads, 0, stream>>>(y, bias,
                                                                                                         cols);
-  QS_CUDA_RETURN(cudaGetLastError());
-  return Status::ok();
-}
-
-Status argmax_f32(const float* logits, int32_t rows, int64_t cols, int32_t* out, cudaStream_t stream) {
-  if (rows <= 0) return Status::ok();
-  argmax_kernel<<<unsigned(rows), kThreads, 0, stream>>>(logits, cols, out);
   QS_CUDA_RETURN(cudaGetLastError());
   return Status::ok();
 }

@@ -1,5 +1,5 @@
 // Small FP16 / FP32 kernels the GPU model runner (engine/cuda) needs around the big ones: embedding gather, the
-// FP16 baseline's RMSNorm and SiLU*up (no quantization), a bias add, greedy argmax over FP32 logits, and
+// FP16 baseline's RMSNorm and SiLU*up (no quantization), a bias add, and
 // device-side random fills for random-weight benchmarks (no host copy of a 35 GB model). Launch only (no
 // allocation, no sync; CUDA-graph capturable). FP16 tensors are uint16_t bit patterns, row-major.
 //
@@ -31,10 +31,6 @@ Status silu_mul_f16(const uint16_t* gate_up, int32_t rows, int32_t cols, uint16_
 
 // y[r, c] += bias[c] (FP16, rounded once).
 Status add_bias_f16(uint16_t* y, const uint16_t* bias, int32_t rows, int32_t cols, cudaStream_t stream);
-
-// out[r] = index of the largest logits[r, :] (FP32 [rows, cols]); the lowest index among equal maxima; NaN is
-// never chosen over a number (model::argmax semantics on finite rows).
-Status argmax_f32(const float* logits, int32_t rows, int64_t cols, int32_t* out, cudaStream_t stream);
 
 // x[i] = fp16(uniform(-amp, amp)) for i < n.
 Status fill_uniform_f16(uint16_t* x, int64_t n, uint64_t seed, float amp, cudaStream_t stream);
