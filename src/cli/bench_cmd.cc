@@ -30,7 +30,7 @@
 #include <cuda_runtime.h>
 
 #include "engine/cuda/cuda_executor.h"
-#include "quant/eval/model_loader.h"
+#include "model/checkpoint/load.h"
 #endif
 
 namespace {
@@ -135,7 +135,7 @@ Result run_one(const BenchArgs& a, const std::string& dt, const qs::io::ModelCon
   o.max_context = a.input_len + a.output_len;
   o.cuda_graphs = !a.no_graphs;
   std::unique_ptr<qs::model::Model> host;  // --model: the loaded checkpoint (kept for a rebuild)
-  if (!a.model.empty()) host = std::move(qs::quant::eval::load_for_eval(a.model, {}).model);
+  if (!a.model.empty()) host = std::move(qs::model::load_checkpoint(a.model, {}).model);
   auto make = [&] {
     if (host) return std::make_unique<eng::CudaExecutor>(*host, o);
     eng::RandomWeightsOptions rw;

@@ -5,7 +5,7 @@
 
 #include "core/error.h"
 #include "model/ref/ref_executor.h"
-#include "quant/eval/model_loader.h"
+#include "model/checkpoint/load.h"
 
 #if defined(QSERVE_HAVE_CUDA)
 #include <cuda_runtime.h>
@@ -95,11 +95,12 @@ std::unique_ptr<model::Executor> make_executor_for(std::unique_ptr<model::Model>
 LoadedExecutor load_executor(const std::string& model_dir, const ExecutorFlags& f) {
   LoadedExecutor out;
   out.device = resolve_device(f.device);
-  quant::eval::LoadedModel loaded = quant::eval::load_for_eval(model_dir, {});
+  model::LoadedModel loaded = model::load_checkpoint(model_dir, {});
   if (!loaded.tokenizer_dir.empty()) {
     out.tokenizer =
         std::make_shared<const tokenizer::Tokenizer>(tokenizer::Tokenizer::from_dir(loaded.tokenizer_dir));
-    quant::eval::check_tokenizer_fits_model(*out.tokenizer, loaded.model->config(), model_dir);
+    const io::ModelConfig& c = loaded.model->config();
+    tokenizer::check_fits_model_vocab(*out.tokenizer, c.vocab_size, c.bos_token_ids, c.eos_token_ids, model_dir);
   }
   const bool kv4 = f.kv == "kv4" || (f.kv == "auto" && loaded.kv_bits == 4);
   QS_CHECK(!(f.kv == "kv4" && out.device == "cuda" && !loaded.quantized))

@@ -6,7 +6,7 @@
 //    Explicit fp16 / fp8 need an FP checkpoint, w4a8kv4 a quantized one (there is no on-the-fly quantization).
 //  * CPU KV: KV4 when the checkpoint was made for it (or --kv kv4), FP32 otherwise; the pool has --kv-pages pages.
 //  * GPU KV: the dtype's (KV4 / FP8 / FP16), the pool sized from free memory (--gpu-memory-utilization).
-// Models load through quant/eval/model_loader (HF FP -> FP32 Model, quantized -> integer-reference Model); the GPU
+// Models load through model/checkpoint/load (HF FP -> FP32 Model, quantized -> integer-reference Model); the GPU
 // runner uploads from that host model, which is freed afterwards.
 #pragma once
 

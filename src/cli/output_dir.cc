@@ -8,7 +8,7 @@
 #include <fstream>
 
 #include "core/error.h"
-#include "quant/checkpoint.h"
+#include "model/checkpoint/quantized_checkpoint.h"
 
 namespace qs::cli {
 
@@ -54,7 +54,7 @@ fs::path real_path(const std::string& p) {
 // Throws unless the existing, non-empty folder `dst` is a previous qserve output holding only qserve's files.
 void check_replaceable(const fs::path& dst, const std::string& out) {
   const bool marked = fs::is_regular_file(fs::symlink_status(dst / kOutputMarker));
-  const bool checkpoint = quant::QuantizedCheckpoint::is_quantized_checkpoint(dst.string());
+  const bool checkpoint = model::QuantizedCheckpoint::is_quantized_checkpoint(dst.string());
   QS_CHECK(marked || checkpoint) << "--out " << out
                                  << " exists, is not empty and is not a previous qserve quantize output; refusing "
                                     "to replace it even with --force (remove it yourself or choose another --out)";

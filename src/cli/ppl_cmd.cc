@@ -28,7 +28,7 @@
 #include "core/paths.h"
 #include "cli/executor_factory.h"
 #include "model/ref/ref_executor.h"
-#include "quant/eval/model_loader.h"
+#include "model/checkpoint/load.h"
 #include "quant/eval/perplexity.h"
 #include "quant/eval/rtn_model.h"
 #include "tokenizer/tokenizer.h"
@@ -99,7 +99,7 @@ std::string read_text(const std::string& path) {
   return ss.str();
 }
 
-qs::KvDType kv_dtype_for(const std::string& kv, const ev::LoadedModel& lm) {
+qs::KvDType kv_dtype_for(const std::string& kv, const qs::model::LoadedModel& lm) {
   if (kv == "fp32") return qs::KvDType::kFp32;
   if (kv == "kv4") return qs::KvDType::kKv4;
   return lm.quantized && lm.kv_bits == 4 ? qs::KvDType::kKv4 : qs::KvDType::kFp32;
@@ -129,13 +129,13 @@ void run(PplArgs a) {
 
   std::vector<ModelSpec> specs;
   for (const auto& s : a.models) specs.push_back(parse_spec(s, a));
-  std::vector<ev::LoadedModel> loaded;
+  std::vector<qs::model::LoadedModel> loaded;
   std::vector<std::unique_ptr<qs::model::Executor>> executors;
   std::vector<ev::EvalModel> evals;
   for (const auto& sp : specs) {
-    ev::LoadOptions lo;
+    qs::model::LoadOptions lo;
     lo.weight_only = sp.weight_only;
-    loaded.push_back(ev::load_for_eval(sp.dir, lo));
+    loaded.push_back(qs::model::load_checkpoint(sp.dir, lo));
     auto& lm = loaded.back();
     if (!sp.rtn.empty()) {
       QS_CHECK(!lm.quantized) << "ppl: rtn quantizes FP checkpoints, but '" << sp.dir << "' is already quantized";
@@ -150,10 +150,10 @@ void run(PplArgs a) {
     evals.push_back({sp.label, executors.back().get()});
   }
 
-  std::unique_ptr<ev::LoadedModel> ref;
+  std::unique_ptr<qs::model::LoadedModel> ref;
   std::unique_ptr<qs::model::Executor> ref_exec;
   if (!a.reference.empty()) {
-    ref = std::make_unique<ev::LoadedModel>(ev::load_for_eval(a.reference, {}));
+    ref = std::make_unique<qs::model::LoadedModel>(qs::model::load_checkpoint(a.reference, {}));
     QS_CHECK(!ref->quantized) << "ppl: --reference must be an FP (Hugging Face) checkpoint";
     ref_exec = make_executor(a, std::move(ref->model), false, qs::KvDType::kFp32);
   }
@@ -191,7 +191,7 @@ void run(PplArgs a) {
   for (size_t i = 0; i < results.size(); ++i) {
     const auto& r = results[i];
     const bool is_ref = ref && i + 1 == results.size();
-    const ev::LoadedModel& lm = is_ref ? *ref : loaded[i];
+    const qs::model::LoadedModel& lm = is_ref ? *ref : loaded[i];
     const std::string desc = is_ref ? "reference, " + ref->description : lm.description;
     const char* kv = qs::kv_dtype_name((is_ref ? ref_exec.get() : evals[i].executor)->pool().dtype);
     std::printf("%s [%s, kv %s]: ppl %.4f", r.label.c_str(), desc.c_str(), kv, r.ppl);

@@ -26,7 +26,7 @@
 #include "core/file_io.h"
 #include "core/paths.h"
 #include "model/model.h"
-#include "quant/eval/model_loader.h"
+#include "model/checkpoint/load.h"
 #include "quant/qoq/pipeline.h"
 #include "quant/qoq/progress.h"
 #include "tokenizer/tokenizer.h"
@@ -59,7 +59,7 @@ nlohmann::json read_hf_config(const std::string& dir) {
   QS_CHECK(fs::exists(dir)) << "--model " << dir << " does not exist";
   QS_CHECK(fs::is_directory(dir)) << "--model " << dir << " is a file; give the checkpoint folder (the one holding config.json)";
   QS_CHECK(fs::exists(p)) << dir << " has no config.json: not a Hugging Face checkpoint";
-  QS_CHECK(!qs::quant::QuantizedCheckpoint::is_quantized_checkpoint(dir))
+  QS_CHECK(!qs::model::QuantizedCheckpoint::is_quantized_checkpoint(dir))
       << dir << " is already a qserve quantized checkpoint; quantize the FP (Hugging Face) model instead";
   std::ifstream f(p);
   nlohmann::json j;
@@ -121,7 +121,8 @@ void run(Args a) {
     opt.calib_samples = a.samples > 0 ? a.samples : (small ? 16 : 128);
     opt.calib_len = a.len > 0 ? a.len : (small ? 512 : 1024);
     const auto tok = qs::tokenizer::Tokenizer::from_dir(a.model);
-    qs::quant::eval::check_tokenizer_fits_model(tok, model->config(), a.model);
+    const qs::io::ModelConfig& c = model->config();
+    qs::tokenizer::check_fits_model_vocab(tok, c.vocab_size, c.bos_token_ids, c.eos_token_ids, a.model);
     const auto calib =
         qs::quant::qoq::sample_calibration_file(tok, a.calib, opt.calib_samples, opt.calib_len, opt.calib_seed);
     std::fprintf(stderr, "qserve quantize: %s -> %s (%s), calibration %d x %d tokens from %s\n", a.model.c_str(),

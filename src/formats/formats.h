@@ -107,5 +107,9 @@ inline int8_t dequant_w4_g128_to_int8(uint8_t q4, uint8_t s2, int8_t zn) {
   return int8_t(uint8_t(uint8_t(q4 * s2) + uint8_t(zn)));
 }
 constexpr int kGroupSize = 128;
+// Largest protective range P of the progressive g128 format (level-1 INT8 values within [-P, P]) for which no
+// producible q4 overflows INT8 when dequantized (tests/quant/protective_range_test.cc, exhaustive; the paper's
+// value, re-derived). Readers reject checkpoints that claim a larger one.
+constexpr int kProtectiveRange = 119;
 
 }  // namespace qs::fmt4

@@ -23,9 +23,7 @@
 
 namespace qs::quant {
 
-// Largest protective range P of the progressive g128 format under the rules above (see
-// protective_range_test.cc and docs/QUANTIZATION.md). The paper's value, re-derived.
-constexpr int kProtectiveRange = 119;
+using fmt4::kProtectiveRange;  // defined with the format (formats/formats.h)
 
 // ---------------------------------------------------------------------------------------------------------
 // Element-level rules.

@@ -323,4 +323,18 @@ bool Tokenizer::adds_bos() const {
 }
 const std::string& Tokenizer::chat_template() const { return impl_->chat_template; }
 
+void check_fits_model_vocab(const Tokenizer& tok, int64_t vocab_size, const std::vector<int>& config_bos_ids,
+                            const std::vector<int>& config_eos_ids, const std::string& where) {
+  QS_CHECK(tok.vocab_size() <= vocab_size)
+      << where << ": the tokenizer has ids up to " << tok.vocab_size() - 1 << " but the model's vocab_size is "
+      << vocab_size << " (a tokenizer of another model?)";
+  for (int id : config_bos_ids)
+    QS_CHECK(id < vocab_size) << where << ": bos_token_id " << id << " is outside the vocabulary (" << vocab_size << ")";
+  for (int id : config_eos_ids)
+    QS_CHECK(id < vocab_size) << where << ": eos_token_id " << id << " is outside the vocabulary (" << vocab_size << ")";
+  for (int id : tok.eos_ids())
+    QS_CHECK(id < vocab_size) << where << ": the tokenizer's eos id " << id << " is outside the model's vocabulary ("
+                              << vocab_size << ")";
+}
+
 }  // namespace qs::tokenizer

@@ -69,4 +69,10 @@ class Tokenizer {
   std::shared_ptr<const TokenizerImpl> impl_;
 };
 
+// Throws unless the tokenizer fits a model with `vocab_size` embeddings: every id it can produce, its EOS ids and
+// the model config's BOS / EOS ids are below vocab_size. Call it wherever a model and a tokenizer are loaded
+// together; `where` names the model in the message.
+void check_fits_model_vocab(const Tokenizer& tok, int64_t vocab_size, const std::vector<int>& config_bos_ids,
+                            const std::vector<int>& config_eos_ids, const std::string& where);
+
 }  // namespace qs::tokenizer

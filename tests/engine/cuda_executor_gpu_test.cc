@@ -2,7 +2,7 @@
 //  * FP16 on the GPU vs the HF transformers FP32 reference logits (normalized error <= 2e-3 per prompt) and the 8
 //    reference greedy generations;
 //  * QoQ checkpoints (per-channel, g128; made by `qserve quantize`, directory in QSERVE_ENGINE_CKPT) vs the CPU
-//    integer path (quant/eval/model_loader.h Model with a KV4 cache): teacher-forced greedy agreement and logits
+//    integer path (model/checkpoint/load.h Model with a KV4 cache): teacher-forced greedy agreement and logits
 //    error (bounds and why they are not 99% at check_quantized_agreement);
 //  * batched == one by one, a mixed prefill + decode step, chunked prefill == whole prefill, a CUDA-graph step
 //    replayed after the contexts grew == an eager step, random weights in a named shape, and bad input.
@@ -26,7 +26,7 @@
 #include "io/safetensors.h"
 #include "model/kv_cache.h"
 #include "model/sampling.h"
-#include "quant/eval/model_loader.h"
+#include "model/checkpoint/load.h"
 #include "quant/eval/perplexity.h"
 #include "tokenizer/tokenizer.h"
 
@@ -138,7 +138,7 @@ void check_quantized_agreement(const std::string& name, bool kv16 = false) {
   QS_REQUIRE_DATA("fixtures/reference_generations.json");
   const std::string dir = ckpt_dir(name);
   if (!dir_exists(dir)) GTEST_SKIP() << "no quantized checkpoint at " << dir << " (set QSERVE_ENGINE_CKPT)";
-  auto loaded = quant::eval::load_for_eval(dir, {});
+  auto loaded = model::load_checkpoint(dir, {});
   model::Model& cpu = *loaded.model;
   CudaExecutorOptions o = small_options(EngineDType::kW4A8KV4);
   if (kv16) o.kv_cache = "fp16";
@@ -201,7 +201,7 @@ std::unique_ptr<model::Model> quantized_or_skip(bool* ok) {
   const std::string dir = ckpt_dir("tiny-pc");
   *ok = dir_exists(dir);
   if (!*ok) return nullptr;
-  return std::move(quant::eval::load_for_eval(dir, {}).model);
+  return std::move(model::load_checkpoint(dir, {}).model);
 }
 
 // Prompts of awkward lengths built from the reference ids (1, 3, 17, 63, 64, 65, 130 tokens).
@@ -474,7 +474,7 @@ TEST(CudaExecutor, PerplexityQuantizedMatchesCpuIntegerPath) {
   for (const char* name : {"tiny-pc", "tiny-g128"}) {
     const std::string dir = ckpt_dir(name);
     if (!dir_exists(dir)) GTEST_SKIP() << "no quantized checkpoint at " << dir << " (set QSERVE_ENGINE_CKPT)";
-    auto loaded = quant::eval::load_for_eval(dir, {});
+    auto loaded = model::load_checkpoint(dir, {});
     check_perplexity(*loaded.model, EngineDType::kW4A8KV4, model::KvMode::kKv4, 5e-3, name);
   }
 }

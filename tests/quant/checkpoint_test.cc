@@ -1,4 +1,4 @@
-// Tests of the quantized checkpoint (quant/checkpoint.h): bit-exact round trips of every variant with biases and
+// Tests of the quantized checkpoint (writer quant/checkpoint.h, reader model/checkpoint/quantized_checkpoint.h): bit-exact round trips of every variant with biases and
 // FP16 tensors, metadata readable by a plain safetensors reader, atomic writes (no temporary files left, a
 // failed write leaves no checkpoint), and clear errors for bad or foreign input.
 #include "quant/checkpoint.h"
@@ -23,6 +23,10 @@ using ::testing::AllOf;
 using ::testing::HasSubstr;
 
 using ::qs::test::error_of;
+using model::CheckpointMeta;
+using model::kCheckpointFormatVersion;
+using model::QuantizedCheckpoint;
+using model::StoredLinear;
 
 Tensor random_tensor(Shape shape, uint64_t seed, float stddev = 0.05f) {
   const std::vector<float> v = test::random_normal(size_t(shape_numel(shape)), seed, stddev);
@@ -86,7 +90,7 @@ TEST_F(CheckpointTest, RoundTripG128WithBiasAndFp16Tensors) {
   expect_same(l.s1, q.s1, "s1");
   expect_same(l.s2, q.s2, "s2");
   expect_same(l.zn, q.zn, "zn");
-  expect_same(l.dequantize(), q.dequant, "dequant");
+  expect_same(dequantize(l), q.dequant, "dequant");
   ASSERT_TRUE(l.bias.defined());
   for (int64_t i = 0; i < 67; ++i) EXPECT_EQ(l.bias.data<uint16_t>()[i], float_to_fp16(bias.data<float>()[i]));
   EXPECT_FALSE(c.linear("model.layers.0.self_attn.k_proj").bias.defined());
@@ -117,7 +121,7 @@ TEST_F(CheckpointTest, RoundTripPerChannelAndW8a8) {
     expect_same(l.qweight, q.qweight, "qweight");
     expect_same(l.scale, q.scale, "scale");
     expect_same(l.szero, q.szero, "szero");
-    expect_same(l.dequantize(), q.dequant, "dequant");
+    expect_same(dequantize(l), q.dequant, "dequant");
   }
   {
     const Int8ChannelWeight q = quantize_int8_per_channel(w);
@@ -130,7 +134,7 @@ TEST_F(CheckpointTest, RoundTripPerChannelAndW8a8) {
     EXPECT_EQ(c.meta().variant, WeightFormat::kW8A8);
     EXPECT_EQ(c.meta().kv_bits, 16);
     EXPECT_FALSE(c.has_linear("model.layers.3.mlp.down_proj"));
-    expect_same(c.linear("lin").dequantize(), q.dequant, "dequant");
+    expect_same(dequantize(c.linear("lin")), q.dequant, "dequant");
   }
 }
 

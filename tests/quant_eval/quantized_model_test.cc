@@ -1,6 +1,6 @@
 // End-to-end tests of the quantized model on the exact integer path: qs-llama-tiny quantized with RTN (W8A8,
 // W4A8 per-channel / g128 with KV4) stays close to the FP32 model on the reference prompts; a quantized
-// checkpoint written with the quant/ checkpoint writer loads (quant/eval/model_loader.h) into a model whose
+// checkpoint written with the quant/ checkpoint writer loads (model/checkpoint/load.h) into a model whose
 // logits are bit-identical to the same quantization done in memory; bad checkpoints give clear errors.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -12,7 +12,7 @@
 
 #include "model/quantized/quantized_linear.h"
 #include "quant/checkpoint.h"
-#include "quant/eval/model_loader.h"
+#include "model/checkpoint/load.h"
 #include "quant/eval/perplexity.h"
 #include "quant/eval/rtn_model.h"
 #include "quant/weight_quant.h"
@@ -25,6 +25,9 @@ namespace qs {
 namespace {
 
 using namespace quant::eval;
+using model::is_quantized_checkpoint;
+using model::LoadedModel;
+using model::LoadOptions;
 using ::testing::HasSubstr;
 namespace fs = std::filesystem;
 
@@ -124,7 +127,7 @@ TEST(QuantizedCheckpointLoad, EqualsInMemoryRtnBitForBit) {
   fs::remove_all(dir);
   auto fp = model::Model::load(test::data_path(kTiny));
   {
-    quant::CheckpointMeta meta;
+    model::CheckpointMeta meta;
     meta.variant = WeightFormat::kW4A8G128;
     meta.source_model = test::data_path(kTiny);
     meta.hf_config = nlohmann::json::parse(read_file(test::data_path(std::string(kTiny) + "/config.json")));
@@ -148,7 +151,7 @@ TEST(QuantizedCheckpointLoad, EqualsInMemoryRtnBitForBit) {
   }
   ASSERT_TRUE(is_quantized_checkpoint(dir.string()));
   EXPECT_FALSE(is_quantized_checkpoint(test::data_path(kTiny)));
-  LoadedModel lm = load_for_eval(dir.string(), {});
+  LoadedModel lm = model::load_checkpoint(dir.string(), {});
   EXPECT_TRUE(lm.quantized);
   EXPECT_EQ(lm.kv_bits, 4);
   // Issue 13: the tokenizer is not taken from the source_model path recorded in the metadata (a folder on the
@@ -167,25 +170,25 @@ TEST(QuantizedCheckpointLoad, EqualsInMemoryRtnBitForBit) {
   for (int64_t i = 0; i < a.numel(); ++i) ASSERT_EQ(a.data<float>()[i], b.data<float>()[i]) << "logit " << i;
 
   // Weight-only loading: the same weights with FP32 activations.
-  LoadedModel wo = load_for_eval(dir.string(), {.weight_only = true});
+  LoadedModel wo = model::load_checkpoint(dir.string(), {.weight_only = true});
   EXPECT_EQ(wo.model->linear("model.layers.0.self_attn.q_proj").kind(), "w4a16-g128");
 
   // A tokenizer in the folder is used.
   fs::copy_file(test::data_path(std::string(kTiny) + "/tokenizer.json"), dir / "tokenizer.json");
-  EXPECT_EQ(load_for_eval(dir.string(), {}).tokenizer_dir, dir.string());
+  EXPECT_EQ(model::load_checkpoint(dir.string(), {}).tokenizer_dir, dir.string());
   // config.json must agree with the embedded hf_config (inspect reads one, generate runs the other).
   auto cfg = nlohmann::json::parse(read_file((dir / "config.json").string()));
   cfg["num_hidden_layers"] = 2;
   std::ofstream(dir / "config.json", std::ios::trunc) << cfg.dump();
   try {
-    load_for_eval(dir.string(), {});
+    model::load_checkpoint(dir.string(), {});
     ADD_FAILURE() << "no error";
   } catch (const Error& e) {
     EXPECT_THAT(e.what(), HasSubstr("config.json differs from the hf_config"));
   }
   // --model naming a file.
   try {
-    load_for_eval((dir / "model.safetensors").string(), {});
+    model::load_checkpoint((dir / "model.safetensors").string(), {});
     ADD_FAILURE() << "no error";
   } catch (const Error& e) {
     EXPECT_THAT(e.what(), HasSubstr("is a file; give the checkpoint folder"));
@@ -198,32 +201,32 @@ TEST(TokenizerFitsModel, VocabularyAndSpecialIdsAreChecked) {
   QS_REQUIRE_DATA(kTiny);
   const auto tok = tokenizer::Tokenizer::from_dir(test::data_path(kTiny));
   io::ModelConfig c = io::load_model_config(test::data_path(kTiny));
-  EXPECT_EQ(test::error_of([&] { check_tokenizer_fits_model(tok, c, "tiny"); }), "(no error)");
+  EXPECT_EQ(test::error_of([&] { tokenizer::check_fits_model_vocab(tok, c.vocab_size, c.bos_token_ids, c.eos_token_ids, "tiny"); }), "(no error)");
   io::ModelConfig small = c;
   small.vocab_size = tok.vocab_size() - 1;
   small.eos_token_ids.clear();
   small.bos_token_ids.clear();
-  EXPECT_THAT(test::error_of([&] { check_tokenizer_fits_model(tok, small, "tiny"); }),
+  EXPECT_THAT(test::error_of([&] { tokenizer::check_fits_model_vocab(tok, small.vocab_size, small.bos_token_ids, small.eos_token_ids, "tiny"); }),
               HasSubstr("the tokenizer has ids up to " + std::to_string(tok.vocab_size() - 1)));
   io::ModelConfig bad_eos = c;
   bad_eos.eos_token_ids = {c.vocab_size};
-  EXPECT_THAT(test::error_of([&] { check_tokenizer_fits_model(tok, bad_eos, "tiny"); }),
+  EXPECT_THAT(test::error_of([&] { tokenizer::check_fits_model_vocab(tok, bad_eos.vocab_size, bad_eos.bos_token_ids, bad_eos.eos_token_ids, "tiny"); }),
               HasSubstr("eos_token_id " + std::to_string(c.vocab_size) + " is outside the vocabulary"));
   io::ModelConfig larger = c;  // padded embeddings (vocab_size above the tokenizer's) are fine
   larger.vocab_size = c.vocab_size + 64;
-  EXPECT_EQ(test::error_of([&] { check_tokenizer_fits_model(tok, larger, "tiny"); }), "(no error)");
+  EXPECT_EQ(test::error_of([&] { tokenizer::check_fits_model_vocab(tok, larger.vocab_size, larger.bos_token_ids, larger.eos_token_ids, "tiny"); }), "(no error)");
 }
 
 TEST(QuantizedCheckpointLoad, Errors) {
   QS_REQUIRE_DATA(kTiny);
   try {
-    load_for_eval("/nonexistent/qeval-dir", {});
+    model::load_checkpoint("/nonexistent/qeval-dir", {});
     ADD_FAILURE() << "no error";
   } catch (const Error& e) {
     EXPECT_THAT(e.what(), HasSubstr("does not exist"));
   }
   try {
-    load_for_eval(test::data_path(kTiny), {.weight_only = true});
+    model::load_checkpoint(test::data_path(kTiny), {.weight_only = true});
     ADD_FAILURE() << "no error";
   } catch (const Error& e) {
     EXPECT_THAT(e.what(), HasSubstr("--weight-only"));
@@ -238,7 +241,7 @@ TEST(QuantizedCheckpointLoad, Errors) {
   const fs::path dir = fs::temp_directory_path() / ("qeval_ckpt_bad_" + std::to_string(::getpid()));
   fs::remove_all(dir);
   auto fp = model::Model::load(test::data_path(kTiny));
-  quant::CheckpointMeta meta;
+  model::CheckpointMeta meta;
   meta.variant = WeightFormat::kW8A8;
   meta.hf_config = nlohmann::json::parse(read_file(test::data_path(std::string(kTiny) + "/config.json")));
   quant::QuantizedCheckpointWriter w(meta);
@@ -249,7 +252,7 @@ TEST(QuantizedCheckpointLoad, Errors) {
   w.add_fp16("model.embed_tokens.weight", fp->weights().embed_tokens);
   w.write(dir.string());
   try {
-    load_for_eval(dir.string(), {});
+    model::load_checkpoint(dir.string(), {});
     ADD_FAILURE() << "no error";
   } catch (const Error& e) {
     EXPECT_THAT(e.what(), HasSubstr("'model.norm.weight' missing"));  // the norms were left out too
@@ -269,7 +272,7 @@ TEST(QuantizedCheckpointLoad, Errors) {
   }
   w2.write(dir.string());
   try {
-    load_for_eval(dir.string(), {});
+    model::load_checkpoint(dir.string(), {});
     ADD_FAILURE() << "no error";
   } catch (const Error& e) {
     EXPECT_THAT(e.what(), HasSubstr("'model.layers.2.mlp.up_proj' missing"));

@@ -11,7 +11,7 @@
 #include <random>
 
 #include "common/test_util.h"
-#include "quant/eval/model_loader.h"
+#include "model/checkpoint/load.h"
 #include "quant/qoq/model_view.h"
 #include "quant/qoq/pipeline.h"
 
@@ -173,12 +173,12 @@ TEST_F(PipelineTest, CheckpointRoundTripsAndRuns) {
   const auto dir = std::filesystem::temp_directory_path() / ("qoq_pipeline_test_" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
   make_checkpoint(*model_, r, hf, qs::test::data_path(kModel)).write(dir.string());
-  const auto ck = QuantizedCheckpoint::open(dir.string());
+  const auto ck = model::QuantizedCheckpoint::open(dir.string());
   EXPECT_EQ(ck.meta().variant, WeightFormat::kW4A8G128);
   EXPECT_TRUE(ck.meta().qoq["rotate"].get<bool>());
   EXPECT_FALSE(ck.meta().hf_config["tie_word_embeddings"].get<bool>());
   for (const auto& [name, q] : r.linears) {
-    const Tensor stored = ck.linear(name).dequantize();
+    const Tensor stored = dequantize(ck.linear(name));
     const Tensor& mine = std::get<W4G128Weight>(q).dequant;
     ASSERT_EQ(stored.numel(), mine.numel());
     EXPECT_EQ(std::memcmp(stored.raw(), mine.raw(), mine.nbytes()), 0) << name;
@@ -187,7 +187,7 @@ TEST_F(PipelineTest, CheckpointRoundTripsAndRuns) {
   // 4-layer model: a relative logit error of a few tenths at most).
   auto fp = model::Model::load(qs::test::data_path(kModel));
   const auto ids = prompt(*fp);
-  auto q = eval::load_for_eval(dir.string(), {});
+  auto q = model::load_checkpoint(dir.string(), {});
   ASSERT_TRUE(q.quantized);
   const auto ql = logits_of(*q.model, ids);
   const double err = qs::test::normalized_error(ql, logits_of(*fp, ids));

@@ -169,8 +169,8 @@ TEST_F(QuantizeCli, SmallRunWritesACompleteCheckpoint) {
   ASSERT_EQ(r.rc, 0) << r.out;
   EXPECT_THAT(r.out, HasSubstr("per-layer quantization error"));
   EXPECT_THAT(r.out, HasSubstr("model.layers.3.mlp.down_proj"));
-  EXPECT_TRUE(qs::quant::QuantizedCheckpoint::is_quantized_checkpoint(out.string()));
-  const auto ck = qs::quant::QuantizedCheckpoint::open(out.string());
+  EXPECT_TRUE(qs::model::QuantizedCheckpoint::is_quantized_checkpoint(out.string()));
+  const auto ck = qs::model::QuantizedCheckpoint::open(out.string());
   EXPECT_EQ(ck.meta().variant, qs::WeightFormat::kW4A8PerChannel);
   EXPECT_EQ(ck.meta().qoq["calib_samples"].get<int>(), 2);
   EXPECT_TRUE(ck.meta().qoq["clip"].get<bool>());
@@ -192,7 +192,7 @@ TEST_F(QuantizeCli, SmallRunWritesACompleteCheckpoint) {
   EXPECT_THAT(r.out, HasSubstr("exists and is not empty"));
   r = run(again + " --force");
   ASSERT_EQ(r.rc, 0) << r.out;
-  EXPECT_EQ(qs::quant::QuantizedCheckpoint::open(out.string()).meta().variant, qs::WeightFormat::kW4A8G128);
+  EXPECT_EQ(qs::model::QuantizedCheckpoint::open(out.string()).meta().variant, qs::WeightFormat::kW4A8G128);
   for (const auto& e : fs::directory_iterator(tmp_)) EXPECT_EQ(e.path().filename(), "ck") << e.path();
   // Quantizing the quantized checkpoint again is refused.
   r = run("--model " + out.string() + " --out " + (tmp_ / "again").string() + " --variant g128");
@@ -216,7 +216,7 @@ TEST_F(QuantizeCli, KilledRunLeavesNothingAtDir) {
   waitpid(pid, &st, 0);
   ASSERT_TRUE(WIFSIGNALED(st)) << "the run finished within 4 s; nothing was interrupted";
   EXPECT_FALSE(fs::exists(out));
-  EXPECT_FALSE(qs::quant::QuantizedCheckpoint::is_quantized_checkpoint(out.string()));
+  EXPECT_FALSE(qs::model::QuantizedCheckpoint::is_quantized_checkpoint(out.string()));
 }
 
 TEST_F(QuantizeCli, InterruptedRunCleansUp) {

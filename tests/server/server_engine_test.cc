@@ -11,7 +11,7 @@
 
 #include "common/test_util.h"
 #include "model/ref/ref_executor.h"
-#include "quant/eval/model_loader.h"
+#include "model/checkpoint/load.h"
 #include "runtime/engine.h"
 #include "server/openai_client_runner.h"
 #include "server/server.h"
@@ -37,7 +37,7 @@ class ServerEngineTest : public ::testing::Test {
   static void SetUpTestSuite() {
     if (!qs::test::data_available(kModel)) return;
     s_ = new Stack;
-    quant::eval::LoadedModel loaded = quant::eval::load_for_eval(qs::test::data_path(kModel), {});
+    model::LoadedModel loaded = model::load_checkpoint(qs::test::data_path(kModel), {});
     s_->tok = std::make_shared<const tokenizer::Tokenizer>(tokenizer::Tokenizer::from_dir(loaded.tokenizer_dir));
     model::RefExecutorOptions eo;
     eo.kv_dtype = KvDType::kFp32;

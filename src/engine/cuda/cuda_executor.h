@@ -37,7 +37,7 @@ class CudaExecutor final : public model::Executor {
  public:
   // From a loaded host model on the current device. An FP model (FpLinear layers) runs dtype fp16 or fp8 (weights
   // quantized to e4m3 per output channel at load); a quantized one
-  // (model::QuantizedLinear with INT8 activations, quant/eval/model_loader.h) runs w4a8kv4. Other combinations,
+  // (model::QuantizedLinear with INT8 activations, model/checkpoint/load.h) runs w4a8kv4. Other combinations,
   // shapes the kernels cannot take (hidden / intermediate not multiples of 128, head_dim != 128, GQA group > 16),
   // a GPU other than sm_90, or too little memory throw qs::Error before any kernel runs.
   CudaExecutor(const model::Model& model, const CudaExecutorOptions& opt);

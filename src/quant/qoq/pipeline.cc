@@ -361,7 +361,7 @@ QoqResult run_qoq(model::Model& model, const CalibrationSet& calib, const QoqOpt
 QuantizedCheckpointWriter make_checkpoint(const model::Model& model, const QoqResult& result,
                                           const nlohmann::json& hf_config, const std::string& source_model) {
   const auto& c = model.config();
-  CheckpointMeta meta;
+  model::CheckpointMeta meta;
   meta.variant = parse_weight_format(result.settings.at("variant").get<std::string>());
   meta.kv_bits = 4;
   meta.qoq = result.settings;

@@ -1,5 +1,6 @@
-// Loads a checkpoint directory for evaluation, whatever it holds: a Hugging Face FP checkpoint (config.json +
-// safetensors; model::Model::load, FP32) or a qserve quantized checkpoint (quant/checkpoint.h), which becomes a
+// Loads a checkpoint directory, whatever it holds, for every executor (serving, generate, ppl): a Hugging Face FP
+// checkpoint (config.json + safetensors; model::Model::load, FP32) or a qserve quantized checkpoint
+// (model/checkpoint/quantized_checkpoint.h), which becomes a
 // runnable model::Model on the exact integer reference path: model::QuantizedLinear for every decoder-layer
 // linear, the FP16 lm_head (model::Fp16Linear), embeddings and norms from their stored FP16 values.
 #pragma once
@@ -9,9 +10,8 @@
 #include <string>
 
 #include "model/model.h"
-#include "tokenizer/tokenizer.h"
 
-namespace qs::quant::eval {
+namespace qs::model {
 
 struct LoadOptions {
   bool weight_only = false;  // quantized checkpoints: FP32 activations x dequantized weights (W4A16 ablation)
@@ -19,7 +19,7 @@ struct LoadOptions {
 
 struct LoadedModel {
   std::string dir;
-  std::unique_ptr<model::Model> model;
+  std::unique_ptr<Model> model;
   bool quantized = false;
   int kv_bits = 32;           // the KV cache the checkpoint was made for: 4 (KV4), 16 or 32 (FP)
   std::string description;    // "fp32 (bfloat16 checkpoint)", "g128, qoq: rotate smooth_attention gptq"
@@ -32,11 +32,7 @@ bool is_quantized_checkpoint(const std::string& dir);
 
 // `dir` must be a folder. Quantized checkpoints: config.json (when present) must equal the embedded hf_config; the
 // tokenizer is taken from `dir` only (tokenizer_dir stays "" when it has none). Every tensor must be used and finite.
-LoadedModel load_for_eval(const std::string& dir, const LoadOptions& opt);
+LoadedModel load_checkpoint(const std::string& dir, const LoadOptions& opt = {});
 
-// Throws unless the tokenizer fits the model: every id it can produce (and the config's and tokenizer's BOS/EOS
-// ids) is below the model's vocab_size. Call it wherever a model and a tokenizer are loaded together; `where`
-// names the model in the message.
-void check_tokenizer_fits_model(const tokenizer::Tokenizer& tok, const io::ModelConfig& c, const std::string& where);
 
-}  // namespace qs::quant::eval
+}  // namespace qs::model

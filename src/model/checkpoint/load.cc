@@ -1,5 +1,5 @@
-// Loading FP and quantized checkpoints into runnable models for evaluation (see model_loader.h).
-#include "quant/eval/model_loader.h"
+// Loading FP and quantized checkpoints into runnable models (see load.h).
+#include "model/checkpoint/load.h"
 
 #include <filesystem>
 #include <set>
@@ -9,9 +9,9 @@
 #include "core/file_io.h"
 #include "io/model_config.h"
 #include "model/quantized/quantized_linear.h"
-#include "quant/checkpoint.h"
+#include "model/checkpoint/quantized_checkpoint.h"
 
-namespace qs::quant::eval {
+namespace qs::model {
 
 namespace {
 
@@ -25,10 +25,10 @@ WeightFormat gemm_variant(WeightFormat v) {
   return WeightFormat::kW8A8;
 }
 
-std::unique_ptr<model::Linear> make_linear(const QuantizedCheckpoint& ck, const std::string& name,
-                                           model::ActMode act, const backends::Backend& be) {
+std::unique_ptr<Linear> make_linear(const QuantizedCheckpoint& ck, const std::string& name,
+                                           ActMode act, const backends::Backend& be) {
   const StoredLinear s = ck.linear(name);
-  model::QuantizedWeights w;
+  QuantizedWeights w;
   w.variant = gemm_variant(s.variant);
   w.qweight = s.qweight;
   w.scale = s.variant == WeightFormat::kW4A8G128 ? s.s1 : s.scale;
@@ -36,7 +36,7 @@ std::unique_ptr<model::Linear> make_linear(const QuantizedCheckpoint& ck, const 
   w.s2 = s.s2;
   w.zn = s.zn;
   w.bias = s.bias;
-  return std::make_unique<model::QuantizedLinear>(std::move(w), act, be, name);
+  return std::make_unique<QuantizedLinear>(std::move(w), act, be, name);
 }
 
 // An FP tensor of the checkpoint (stored F16) as F32 of the expected shape, all values finite.
@@ -47,7 +47,7 @@ Tensor fp_tensor(const QuantizedCheckpoint& ck, const std::string& name, const S
   Tensor t = ck.tensor(name).to_f32();
   QS_CHECK(t.shape() == shape) << "quantized checkpoint " << ck.store().path() << ": tensor '" << name << "' is "
                                << t.desc() << ", expected " << shape_str(shape);
-  model::check_finite(t, name, ck.store().path());
+  check_finite(t, name, ck.store().path());
   return t;
 }
 
@@ -74,20 +74,20 @@ LoadedModel load_quantized(const std::string& dir, const LoadOptions& opt) {
   check_config_copy(dir, meta.hf_config);
   std::set<std::string> used;
   const backends::Backend& be = backends::ref_cpu_backend();
-  const model::ActMode act = opt.weight_only ? model::ActMode::kFloat : model::ActMode::kInt8;
+  const ActMode act = opt.weight_only ? ActMode::kFloat : ActMode::kInt8;
   const int64_t H = c.hidden_size;
 
-  model::ModelWeights w;
+  ModelWeights w;
   w.embed_tokens = fp_tensor(ck, "model.embed_tokens.weight", {c.vocab_size, H}, &used);
   w.final_norm = fp_tensor(ck, "model.norm.weight", {H}, &used);
   w.layers.resize(size_t(c.num_layers));
   for (int i = 0; i < c.num_layers; ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
-    model::DecoderLayer& l = w.layers[size_t(i)];
+    DecoderLayer& l = w.layers[size_t(i)];
     l.input_norm = fp_tensor(ck, p + "input_layernorm.weight", {H}, &used);
     l.post_attn_norm = fp_tensor(ck, p + "post_attention_layernorm.weight", {H}, &used);
-    for (int j = 0; j < model::kNumLayerLinears; ++j) {
-      const std::string n = p + model::kLayerLinearNames[j];
+    for (int j = 0; j < kNumLayerLinears; ++j) {
+      const std::string n = p + kLayerLinearNames[j];
       QS_CHECK(ck.has_linear(n)) << "quantized checkpoint " << dir << ": linear '" << n << "' missing";
       l.linear(j) = make_linear(ck, n, act, be);
     }
@@ -97,7 +97,7 @@ LoadedModel load_quantized(const std::string& dir, const LoadOptions& opt) {
   } else {
     // FP16 lm_head; tied checkpoints (no lm_head.weight) read the embeddings.
     const std::string n = ck.has("lm_head.weight") ? "lm_head.weight" : "model.embed_tokens.weight";
-    w.lm_head = std::make_unique<model::Fp16Linear>(fp_tensor(ck, n, {c.vocab_size, H}, &used), be);
+    w.lm_head = std::make_unique<Fp16Linear>(fp_tensor(ck, n, {c.vocab_size, H}, &used), be);
   }
   // Every stored tensor is used: the linears' parts and the FP tensors above (layers beyond num_hidden_layers, or
   // a linear listed in the metadata that the model does not have, are errors).
@@ -105,13 +105,13 @@ LoadedModel load_quantized(const std::string& dir, const LoadOptions& opt) {
     if (name != "lm_head" && !(name.rfind("model.layers.", 0) == 0)) continue;
     bool known = name == "lm_head";
     for (int i = 0; !known && i < c.num_layers; ++i)
-      for (const char* n : model::kLayerLinearNames)
+      for (const char* n : kLayerLinearNames)
         known = known || name == "model.layers." + std::to_string(i) + "." + n;
     if (!known) continue;  // reported by check_all_used below
     for (const char* part : {".qweight", ".scale", ".szero", ".s1", ".s2", ".zn", ".bias"}) used.insert(name + part);
   }
   if (c.tie_word_embeddings) used.insert("lm_head.weight");
-  model::check_all_used(ck.store().names(), used, c.num_layers, dir);
+  check_all_used(ck.store().names(), used, c.num_layers, dir);
 
   LoadedModel r;
   r.dir = dir;
@@ -125,7 +125,7 @@ LoadedModel load_quantized(const std::string& dir, const LoadOptions& opt) {
       steps += std::string(" ") + k;
   if (meta.qoq.is_object() && !meta.qoq.empty()) r.description += steps.empty() ? ", rtn" : ", qoq:" + steps;
   r.qoq = meta.qoq;
-  r.model = std::make_unique<model::Model>(std::move(c), std::move(w), be);
+  r.model = std::make_unique<Model>(std::move(c), std::move(w), be);
   // The tokenizer must be in the checkpoint folder (qserve quantize copies it there). The source_model path in the
   // metadata is not followed: it names a folder on the machine that made the checkpoint, which may hold anything.
   if (std::filesystem::exists(dir + "/tokenizer.json") || std::filesystem::exists(dir + "/tokenizer.model"))
@@ -137,20 +137,7 @@ LoadedModel load_quantized(const std::string& dir, const LoadOptions& opt) {
 
 bool is_quantized_checkpoint(const std::string& dir) { return QuantizedCheckpoint::is_quantized_checkpoint(dir); }
 
-void check_tokenizer_fits_model(const tokenizer::Tokenizer& tok, const io::ModelConfig& c, const std::string& where) {
-  QS_CHECK(tok.vocab_size() <= c.vocab_size)
-      << where << ": the tokenizer has ids up to " << tok.vocab_size() - 1 << " but the model's vocab_size is "
-      << c.vocab_size << " (a tokenizer of another model?)";
-  for (int id : c.bos_token_ids)
-    QS_CHECK(id < c.vocab_size) << where << ": bos_token_id " << id << " is outside the vocabulary (" << c.vocab_size << ")";
-  for (int id : c.eos_token_ids)
-    QS_CHECK(id < c.vocab_size) << where << ": eos_token_id " << id << " is outside the vocabulary (" << c.vocab_size << ")";
-  for (int id : tok.eos_ids())
-    QS_CHECK(id < c.vocab_size) << where << ": the tokenizer's eos id " << id << " is outside the model's vocabulary ("
-                                << c.vocab_size << ")";
-}
-
-LoadedModel load_for_eval(const std::string& dir, const LoadOptions& opt) {
+LoadedModel load_checkpoint(const std::string& dir, const LoadOptions& opt) {
   QS_CHECK(std::filesystem::exists(dir)) << "model directory '" << dir << "' does not exist";
   QS_CHECK(std::filesystem::is_directory(dir))
       << "model '" << dir << "' is a file; give the checkpoint folder (the one holding config.json)";
@@ -160,10 +147,10 @@ LoadedModel load_for_eval(const std::string& dir, const LoadOptions& opt) {
   if (std::filesystem::exists(dir + "/tokenizer.json") || std::filesystem::exists(dir + "/tokenizer.model"))
     r.tokenizer_dir = dir;
   QS_CHECK(!opt.weight_only) << "--weight-only applies to quantized checkpoints; '" << dir << "' is an FP one";
-  r.model = model::Model::load(dir);
+  r.model = Model::load(dir);
   const std::string dt = r.model->config().torch_dtype;
   r.description = "fp32" + (dt.empty() ? std::string() : " (" + dt + " checkpoint)");
   return r;
 }
 
-}  // namespace qs::quant::eval
+}  // namespace qs::model
