@@ -134,49 +134,14 @@ TEST(CudaExecutor, Fp16MatchesReferenceLogitsAndGenerations) {
   std::printf("fp16 greedy: %d of %d reference tokens before the first divergence\n", exact, total);
 }
 
-// Teacher-forced greedy agreement of the GPU with the CPU integer path over the reference prompts.
 struct Agreement {
   int agree = 0, total = 0;
   double err_sum = 0.0, err_max = 0.0;
 };
-Agreement measure_agreement(model::Model& cpu, CudaExecutor& ex, const std::string& name, bool kv16, bool log) {
-  Agreement a;
-  for (const Case& c : reference_cases()) {
-    // CPU: prefill with the chunk's own K/V unquantized (as the prefill kernel), decode from the KV4 cache.
-    model::KvCache cache = cpu.new_cache(kv16 ? model::KvMode::kFp32 : model::KvMode::kKv4);
-    Tensor lg = cpu.forward({{c.ids.data(), int64_t(c.ids.size()), &cache, true}}, model::LogitsMode::kLast);
-    ForwardBatch b;
-    b.add_sequence(c.ids.data(), int32_t(c.ids.size()), 0, pages_of(0));
-    b.return_logits = true;
-    model::ForwardResult g = ex.execute(b);
-    int ctx = int(c.ids.size());
-    for (int i = 0; i < 24; ++i) {
-      const int64_t V = lg.dim(1);
-      const int32_t tok = model::argmax(lg.data<float>(), V);
-      const double err = test::normalized_error(g.logits.data<float>(), lg.data<float>(), size_t(V));
-      a.err_sum += err;
-      a.err_max = std::max(a.err_max, err);
-      if (g.tokens[0] == tok) {
-        ++a.agree;
-      } else if (log) {
-        const float* l = lg.data<float>();
-        std::printf("  %s: prompt '%s' step %d: CPU %d (logit %.4f) GPU %d (CPU logit %.4f, GPU logits %.4f / %.4f)\n",
-                    name.c_str(), c.logits_name.c_str(), i, tok, l[tok], g.tokens[0], l[g.tokens[0]],
-                    g.logits.data<float>()[tok], g.logits.data<float>()[g.tokens[0]]);
-      }
-      ++a.total;
-      // Both continue from the CPU's token.
-      lg = cpu.forward({{&tok, 1, &cache, false}}, model::LogitsMode::kLast);
-      ForwardBatch d;
-      d.add_sequence(&tok, 1, ctx, pages_of(0));
-      d.return_logits = true;
-      g = ex.execute(d);
-      ++ctx;
-    }
-  }
-  return a;
-}
+// The agreement of the GPU and `cpu` over the reference prompts (defined after check_quantized_agreement).
+Agreement measure_agreement(model::Model& cpu, CudaExecutor& ex, const std::string& name, bool kv16, bool log);
 
+// Teacher-forced greedy agreement of the GPU with the CPU integer path over the reference prompts.
 void check_quantized_agreement(const std::string& name, bool kv16 = false) {
   QS_REQUIRE_GPU();
   QS_REQUIRE_DATA("fixtures/reference_generations.json");
@@ -225,6 +190,44 @@ void check_quantized_agreement(const std::string& name, bool kv16 = false) {
               bad.agree, bad.total, bad.err_sum / bad.total);
   EXPECT_GT(bad.err_sum / bad.total, max_err) << name << ": a 25% weight error in one layer passes the error bound";
   EXPECT_LT(double(bad.agree), min_agree * bad.total) << name << ": a 25% weight error passes the agreement bound";
+}
+
+Agreement measure_agreement(model::Model& cpu, CudaExecutor& ex, const std::string& name, bool kv16, bool log) {
+  Agreement a;
+  for (const Case& c : reference_cases()) {
+    // CPU: prefill with the chunk's own K/V unquantized (as the prefill kernel), decode from the KV4 cache.
+    model::KvCache cache = cpu.new_cache(kv16 ? model::KvMode::kFp32 : model::KvMode::kKv4);
+    Tensor lg = cpu.forward({{c.ids.data(), int64_t(c.ids.size()), &cache, true}}, model::LogitsMode::kLast);
+    ForwardBatch b;
+    b.add_sequence(c.ids.data(), int32_t(c.ids.size()), 0, pages_of(0));
+    b.return_logits = true;
+    model::ForwardResult g = ex.execute(b);
+    int ctx = int(c.ids.size());
+    for (int i = 0; i < 24; ++i) {
+      const int64_t V = lg.dim(1);
+      const int32_t tok = model::argmax(lg.data<float>(), V);
+      const double err = test::normalized_error(g.logits.data<float>(), lg.data<float>(), size_t(V));
+      a.err_sum += err;
+      a.err_max = std::max(a.err_max, err);
+      if (g.tokens[0] == tok) {
+        ++a.agree;
+      } else if (log) {
+        const float* l = lg.data<float>();
+        std::printf("  %s: prompt '%s' step %d: CPU %d (logit %.4f) GPU %d (CPU logit %.4f, GPU logits %.4f / %.4f)\n",
+                    name.c_str(), c.logits_name.c_str(), i, tok, l[tok], g.tokens[0], l[g.tokens[0]],
+                    g.logits.data<float>()[tok], g.logits.data<float>()[g.tokens[0]]);
+      }
+      ++a.total;
+      // Both continue from the CPU's token.
+      lg = cpu.forward({{&tok, 1, &cache, false}}, model::LogitsMode::kLast);
+      ForwardBatch d;
+      d.add_sequence(&tok, 1, ctx, pages_of(0));
+      d.return_logits = true;
+      g = ex.execute(d);
+      ++ctx;
+    }
+  }
+  return a;
 }
 
 TEST(CudaExecutor, PerChannelCheckpointAgreesWithCpuIntegerPath) { check_quantized_agreement("tiny-pc"); }
