@@ -266,6 +266,19 @@ TEST(AttentionTolerances, DecodeNegativeControlsExceedTwiceTheBoundOnTheGpuTestI
     EXPECT_GT(ev, 2 * tol) << "one V step, d " << sh.d << " " << kv_dtype_name(sh.dt) << " hq " << sh.hq;
     min_ratio_v = std::min(min_ratio_v, ev / tol);
   }
+  {  // attention_backend_gpu_test's batch: 1% scale error over the whole batch.
+    const std::vector<int32_t> ctx = {65, 1000, 1};
+    PagedBatch a = test::make_paged_batch({64, 2, 128, KvDType::kKv4}, 8, ctx, 77);
+    const auto q = test::last_token_queries(a);
+    std::vector<float> ref(q.size()), bad(q.size());
+    kernels::DecodeParams p = decode_params(a, q);
+    ref_cpu::decode_attention(p, ref.data());
+    p.softmax_scale *= 1.01f;
+    ref_cpu::decode_attention(p, bad.data());
+    const double e = test::normalized_error(bad, ref);
+    EXPECT_GT(e, 2 * test::kDecodeKv4Tol) << "backend test batch";
+    std::printf("backend test batch: 1%% scale error %.2e (bound %.1e)\n", e, test::kDecodeKv4Tol);
+  }
   std::printf("decode: smallest negative control / bound: softmax scale +1%% %.1f, one V step %.1f\n",
               min_ratio_scale, min_ratio_v);
 }
