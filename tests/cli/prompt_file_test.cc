@@ -2,7 +2,8 @@
 // cannot be given"): through the binary on qs-llama-tiny (CPU reference executor, greedy): a prompt read from a
 // file and from standard input gives exactly the output of --prompt; a 1 MB prompt is read whole (the error is the
 // context limit, naming its token count); a missing file, an empty prompt and --prompt with --prompt-file are
-// clear errors. Skipped when the binary is not built beside this test or the model is missing.
+// clear errors; so is a GPU --dtype on the CPU executor. Skipped when the binary is not built beside this test or
+// the model is missing.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
@@ -105,6 +106,15 @@ TEST_F(PromptFile, BadPromptSourcesAreClearErrors) {
   r = generate("");
   EXPECT_EQ(r.rc, 1);
   EXPECT_THAT(r.err, HasSubstr("give the prompt with --prompt TEXT or --prompt-file FILE"));
+}
+
+// Contradictory flags (issue 13: "--kv4 --fp-kv accepted"; the flags are now one --kv and one --dtype): a GPU
+// numeric path on the CPU reference executor is refused before anything runs.
+TEST_F(PromptFile, ContradictoryExecutorFlagsAreRefused) {
+  const CliRun r = generate("--prompt hi --dtype fp16");
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_THAT(r.err, HasSubstr("--dtype fp16 selects a GPU path; the CPU reference runs the checkpoint as it is"));
+  EXPECT_EQ(r.out, "");
 }
 
 }  // namespace
