@@ -144,7 +144,8 @@ TEST_P(DecodeGpu, MatchesReferencePagedBatchedAndSplit) {
   EXPECT_LT(e_whole, tol);
   // Per sequence too (a short context must not hide behind a long one).
   const int64_t row = int64_t(hq) * d;
-  const std::vector<double> per_seq = test::sequence_errors(test::from_fp16(ra.out), ref, test::decode_rows(ctx.size()), row);
+  const std::vector<double> per_seq =
+      test::sequence_errors(test::from_fp16(ra.out), ref, test::decode_rows(ctx.size()), row);
   double worst = 0;
   for (int s = 0; s < bsz; ++s) {
     EXPECT_LT(per_seq[s], tol) << "sequence " << s << " context " << ctx[s];

@@ -249,7 +249,8 @@ inline Packed pack(const PagedBatch& pb, const std::vector<int32_t>& prefix) {
   return pk;
 }
 // Prefill parameters over host memory; `prefix` null: no earlier context.
-inline kernels::PrefillParams prefill_params(const PagedBatch& pb, const Packed& pk, const std::vector<int32_t>* prefix) {
+inline kernels::PrefillParams prefill_params(const PagedBatch& pb, const Packed& pk,
+                                            const std::vector<int32_t>* prefix) {
   kernels::PrefillParams p;
   p.q = pk.q.data(); p.k = pk.k.data(); p.v = pk.v.data();
   p.cu_seqlens = pk.cu.data();
