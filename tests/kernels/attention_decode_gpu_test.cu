@@ -181,6 +181,15 @@ TEST_P(DecodeGpu, MatchesReferencePagedBatchedAndSplit) {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, DecodeGpu, ::testing::ValuesIn(test::decode_shapes()));
 
+// Host-only: every test shape gets a split plan on 132 SMs, so each runs both the split and the unsplit path.
+TEST(DecodeGpuPlan, EveryTestShapeSplits) {
+  const std::vector<int32_t>& ctx = test::decode_contexts();
+  const int maxc = *std::max_element(ctx.begin(), ctx.end());
+  for (const test::DecodeShape& s : test::decode_shapes())
+    EXPECT_GT(kernels::plan_decode(int32_t(ctx.size()), s.hq, {16, s.hkv, s.d, s.dt}, maxc, 132).max_chunks, 1)
+        << "d " << s.d << " " << kv_dtype_name(s.dt) << " hq " << s.hq << " hkv " << s.hkv;
+}
+
 TEST(DecodeGpuPlan, SplitsOnlyWhenTheBatchCannotFillTheGpu) {
   const kernels::KvCacheLayout l{64, 8, 128, KvDType::kKv4};
   const auto small = kernels::plan_decode(1, 32, l, 4096, 132);
