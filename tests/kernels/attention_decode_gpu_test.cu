@@ -69,7 +69,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, KvWriteGpu,
                          ::testing::Values(std::tuple{16, 128, KvDType::kKv4}, std::tuple{64, 128, KvDType::kKv4},
                                            std::tuple{64, 64, KvDType::kKv4}, std::tuple{16, 64, KvDType::kFp16},
                                            std::tuple{64, 128, KvDType::kFp16}, std::tuple{16, 128, KvDType::kFp8},
-                                           std::tuple{64, 64, KvDType::kFp8}));
+                                           std::tuple{64, 64, KvDType::kFp8}, std::tuple{48, 64, KvDType::kKv4},
+                                           std::tuple{48, 128, KvDType::kFp16}, std::tuple{48, 128, KvDType::kFp8}));
 
 TEST(KvWriteGpu, BadShapeIsAnError) {
   QS_REQUIRE_GPU();
