@@ -21,6 +21,7 @@
 
 #include "cli/bench_online.h"
 #include "cli/command.h"
+#include "cli/seed_option.h"
 #include "core/error.h"
 #include "engine/engine_options.h"
 #include "engine/model_shapes.h"
@@ -374,7 +375,7 @@ qs::cli::CommandRegistrar reg("bench", "Offline throughput on the GPU (paper set
   sub->add_flag("--no-cuda-graphs", a->no_graphs, "decode steps without CUDA graphs");
   sub->add_flag("--breakdown", a->breakdown, "also time one decode step and one prefill per kernel class");
   sub->add_flag("--no-throughput", a->no_throughput, "skip the timed run (with --breakdown)");
-  sub->add_option("--seed", a->seed, "seed of the random weights and prompts");
+  qs::cli::add_seed_option(sub, "--seed", &a->seed, "seed of the random weights and prompts, 0 .. 2^64-1");
   sub->add_option("--json", a->json_out, "write the results as JSON");
   // Online mode.
   auto& on = a->on;

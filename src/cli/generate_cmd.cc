@@ -16,6 +16,7 @@
 
 #include "cli/command.h"
 #include "cli/executor_factory.h"
+#include "cli/seed_option.h"
 #include "core/file_io.h"
 #include "model/model.h"
 #include "runtime/engine.h"
@@ -153,7 +154,7 @@ qs::cli::CommandRegistrar reg("generate", "Generate text from a prompt (referenc
   sub->add_option("--top-p", o->top_p, "nucleus sampling mass in (0, 1] (default 1 = off)");
   sub->add_option("--top-k", o->top_k, "keep the k most likely tokens (default 0 = off)");
   sub->add_option("--repetition-penalty", o->repetition_penalty, "CTRL-style penalty on seen tokens (default 1 = off)");
-  sub->add_option("--seed", o->seed, "random seed for sampling (default 0)");
+  qs::cli::add_seed_option(sub, "--seed", &o->seed, "random seed for sampling, 0 .. 2^64-1 (default 0)");
   sub->add_option("--stop", o->stop, "stop string (repeatable)");
   sub->add_flag("--chat", o->chat, "wrap the prompt as one user message in the model's chat format");
   sub->add_flag("--ignore-eos", o->ignore_eos, "do not stop at EOS tokens");

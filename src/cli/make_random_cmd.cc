@@ -13,6 +13,7 @@
 #include <string>
 
 #include "cli/command.h"
+#include "cli/seed_option.h"
 #include "core/error.h"
 #include "core/paths.h"
 #include "io/random_checkpoint.h"
@@ -88,7 +89,7 @@ qs::cli::CommandRegistrar reg(
       sub->add_option("--shape", a->shape, "shape name: <data>/configs/NAME.json (llama-3-8b, llama-2-70b, ...)");
       sub->add_option("--config", a->config, "HF config.json to use instead of --shape");
       sub->add_option("--out", a->out, "output directory (absent or empty)")->required();
-      sub->add_option("--seed", a->seed, "random seed (0)");
+      qs::cli::add_seed_option(sub, "--seed", &a->seed, "random seed, 0 .. 2^64-1 (0)");
       sub->add_option("--dtype", a->dtype, "bf16 (default), f16 or f32")->check(CLI::IsMember({"bf16", "f16", "f32"}));
       sub->add_option("--stddev", a->stddev, "standard deviation of the weights (0.02)")->check(CLI::PositiveNumber);
       sub->add_option("--max-shard-gb", a->max_shard_gb, "largest shard in GB (5)")->check(CLI::PositiveNumber);

@@ -22,6 +22,7 @@
 #include "backends/ref_cpu/ops.h"
 #include "cli/command.h"
 #include "cli/output_dir.h"
+#include "cli/seed_option.h"
 #include "core/error.h"
 #include "core/file_io.h"
 #include "core/paths.h"
@@ -159,7 +160,7 @@ qs::cli::CommandRegistrar reg(
           ->check(CLI::PositiveNumber);
       sub->add_option("--calib-len", a->len, "tokens per window (default 1024; 512 below 1B parameters)")
           ->check(CLI::Range(2, 1 << 20));
-      sub->add_option("--calib-seed", a->opt.calib_seed, "window sampling seed");
+      qs::cli::add_seed_option(sub, "--calib-seed", &a->opt.calib_seed, "window sampling seed, 0 .. 2^64-1 (0)");
       sub->add_flag("--no-rotate", a->no_rotate, "no RMSNorm folding / Hadamard rotations");
       auto* no_sa = sub->add_flag("--no-smooth-attn", a->no_smooth_attn, "no SmoothAttention");
       auto* no_sd = sub->add_flag("--no-smooth-down", a->no_smooth_down, "no down_proj smoothing");

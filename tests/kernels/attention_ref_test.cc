@@ -1,11 +1,19 @@
 // Tests of the CPU references for the KV cache write and attention (backends/ref_cpu/attention_kv4) against
 // straightforward double-precision formulas, plus composition: paged == contiguous, page size 16 == 64, prefill
-// of a chunk == decode token by token.
+// of a chunk == decode token by token. Also, for the GPU attention tests (which cannot run here): their
+// tolerances bite (the negative controls, computed on the reference, exceed twice the bound on the very inputs of
+// the GPU tests, so the kernel's perturbed output exceeds the bound even after its own rounding error), and their
+// shape list covers every kernel instantiation that the dispatch code of run_decode / run_prefill can pick.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <set>
+#include <sstream>
 
 #include "backends/ref_cpu/attention_kv4.h"
 #include "core/error.h"
@@ -123,20 +131,7 @@ TEST(WriteTest, BadLayoutIsRejected) {
   }
 }
 
-kernels::DecodeParams decode_params(PagedBatch& pb, const std::vector<uint16_t>& q) {
-  kernels::DecodeParams p;
-  p.q = q.data();
-  p.k_pool = pb.k_pool.data();
-  p.v_pool = pb.v_pool.data();
-  p.layout = pb.layout;
-  p.block_table = pb.block_table.data();
-  p.block_table_stride = pb.bt_stride;
-  p.context_lens = pb.context_lens.data();
-  p.batch = int32_t(pb.context_lens.size());
-  p.num_q_heads = pb.num_q_heads;
-  p.softmax_scale = 1.0f / std::sqrt(float(pb.layout.head_dim));
-  return p;
-}
+using test::decode_params;
 
 TEST(DecodeRef, PagedEqualsContiguousFormulaAndPageSizeDoesNotMatter) {
   const std::vector<int32_t> ctx = {1, 64, 65, 200};
@@ -235,6 +230,166 @@ TEST(PrefillRef, ChunkAfterPrefixEqualsDecodePerToken) {
       ref_cpu::decode_attention(dp, od.data());
       for (int k = 0; k < hq * d; ++k) ASSERT_FLOAT_EQ(out[row * hq * d + k], od[k]) << s << " " << i << " " << k;
     }
+}
+
+// The GPU tests' negative controls, on the reference: ref(perturbed) vs ref must exceed twice the bound, so that
+// the kernel run on the perturbed input (off from ref(perturbed) by at most the bound) exceeds the bound.
+TEST(AttentionTolerances, DecodeNegativeControlsExceedTwiceTheBoundOnTheGpuTestInputs) {
+  double min_ratio_scale = 1e9, min_ratio_v = 1e9;
+  for (const test::DecodeShape& sh : test::decode_shapes()) {
+    const std::vector<int32_t>& ctx = test::decode_contexts();
+    PagedBatch a = test::make_paged_batch({16, sh.hkv, sh.d, sh.dt}, sh.hq, ctx, test::decode_seed(sh));
+    const auto q = test::last_token_queries(a);
+    std::vector<float> ref(q.size()), bad(q.size()), badv(q.size());
+    kernels::DecodeParams p = decode_params(a, q);
+    ref_cpu::decode_attention(p, ref.data());
+    kernels::DecodeParams ps = p;
+    ps.softmax_scale = p.softmax_scale * 1.01f;
+    ref_cpu::decode_attention(ps, bad.data());
+    const std::vector<uint8_t> vbad = test::perturb_v_one_step(a.v_pool, a.layout, a.block_table.data(), 0, 0);
+    kernels::DecodeParams pv = p;
+    pv.v_pool = vbad.data();
+    ref_cpu::decode_attention(pv, badv.data());
+    const double tol = test::decode_tol(sh.dt);
+    const int64_t row = int64_t(sh.hq) * sh.d;
+    const auto rows = test::decode_rows(ctx.size());
+    const double e = test::normalized_error(bad, ref);
+    EXPECT_GT(e, 2 * tol) << "d " << sh.d << " " << kv_dtype_name(sh.dt) << " hq " << sh.hq << " hkv " << sh.hkv;
+    const auto per_seq = test::sequence_errors(bad, ref, rows, row);
+    for (size_t s = 0; s < ctx.size(); ++s)
+      if (ctx[s] >= 63) {
+        EXPECT_GT(per_seq[s], 2 * tol) << "decode d " << sh.d << " " << kv_dtype_name(sh.dt) << " hq " << sh.hq
+                                       << " sequence " << s;
+        min_ratio_scale = std::min(min_ratio_scale, per_seq[s] / tol);
+      }
+    const double ev = test::sequence_errors(badv, ref, rows, row)[0];
+    EXPECT_GT(ev, 2 * tol) << "one V step, d " << sh.d << " " << kv_dtype_name(sh.dt) << " hq " << sh.hq;
+    min_ratio_v = std::min(min_ratio_v, ev / tol);
+  }
+  {  // attention_backend_gpu_test's batch: 1% scale error over the whole batch.
+    const std::vector<int32_t> ctx = {65, 1000, 1};
+    PagedBatch a = test::make_paged_batch({64, 2, 128, KvDType::kKv4}, 8, ctx, 77);
+    const auto q = test::last_token_queries(a);
+    std::vector<float> ref(q.size()), bad(q.size());
+    kernels::DecodeParams p = decode_params(a, q);
+    ref_cpu::decode_attention(p, ref.data());
+    p.softmax_scale *= 1.01f;
+    ref_cpu::decode_attention(p, bad.data());
+    const double e = test::normalized_error(bad, ref);
+    EXPECT_GT(e, 2 * test::kDecodeKv4Tol) << "backend test batch";
+    std::printf("backend test batch: 1%% scale error %.2e (bound %.1e)\n", e, test::kDecodeKv4Tol);
+  }
+  std::printf("decode: smallest negative control / bound: softmax scale +1%% %.1f, one V step %.1f\n",
+              min_ratio_scale, min_ratio_v);
+}
+
+// The same for prefill, on one shape per prefix mode (the reference costs seconds per batch here); the page size
+// does not change the reference's result.
+TEST(AttentionTolerances, PrefillNegativeControlExceedsTwiceTheBoundOnTheGpuTestInputs) {
+  double min_ratio_scale = 1e9;
+  std::set<int> done;
+  for (const test::PrefillShape& sh : test::prefill_shapes()) {
+    if (!done.insert(sh.mode).second) continue;
+    const std::vector<int32_t>& ctx = test::prefill_contexts();
+    const std::vector<int32_t> prefix = test::prefill_prefixes(sh.mode);
+    PagedBatch pb = test::make_paged_batch({sh.page, sh.hkv, sh.d, test::prefill_dtype(sh.mode)}, sh.hq, ctx,
+                                           test::prefill_seed(sh));
+    const test::Packed pk = test::pack(pb, prefix);
+    kernels::PrefillParams p = test::prefill_params(pb, pk, sh.mode ? &prefix : nullptr);
+    std::vector<float> ref(pk.q.size()), bad(pk.q.size());
+    ref_cpu::prefill_attention(p, ref.data());
+    p.softmax_scale *= 1.01f;
+    ref_cpu::prefill_attention(p, bad.data());
+    const double tol = test::prefill_tol(sh.mode);
+    EXPECT_GT(test::normalized_error(bad, ref), 2 * tol) << "prefill d " << sh.d << " mode " << sh.mode;
+    const auto per_seq =
+        test::sequence_errors(bad, ref, std::vector<int64_t>(pk.cu.begin(), pk.cu.end()), int64_t(sh.hq) * sh.d);
+    for (size_t s = 0; s < ctx.size(); ++s)
+      if (ctx[s] - prefix[s] >= 63) {
+        EXPECT_GT(per_seq[s], 2 * tol) << "prefill d " << sh.d << " mode " << sh.mode << " sequence " << s;
+        min_ratio_scale = std::min(min_ratio_scale, per_seq[s] / tol);
+      }
+  }
+  std::printf("prefill: smallest negative control / bound: softmax scale +1%% %.1f\n", min_ratio_scale);
+}
+
+// Every kernel instantiation that run_decode / run_prefill can pick has a GPU test case: the dispatch code is read
+// from the source (decode: launch<D, KvDType::kX, NH, ...> with NH = 2 for GQA groups over 8; prefill:
+// launch<D> for each head_dim, and the prefix dtypes load_kv_tile handles), and each (D, dtype, NH) / (D, prefix
+// dtype) must appear in test::decode_shapes() / test::prefill_shapes().
+std::string read_source(const std::string& rel) {
+  namespace fs = std::filesystem;
+  // __FILE__ is tests/kernels/<this file> as the compiler was given it: absolute, or (ccache base_dir) relative
+  // to the build folder, which is where ctest runs the binary; else try beside the binary's folder.
+  const fs::path root = fs::path(__FILE__).parent_path().parent_path().parent_path();
+  fs::path f = root / rel;
+  if (!fs::exists(f) && root.is_relative()) f = fs::read_symlink("/proc/self/exe").parent_path() / root / rel;
+  std::ifstream in(f);
+  EXPECT_TRUE(in.good()) << "cannot read " << f << " (this test reads the dispatch code next to its own source)";
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+KvDType dtype_named(const std::string& n) {
+  if (n == "Kv4") return KvDType::kKv4;
+  if (n == "Fp16") return KvDType::kFp16;
+  if (n == "Fp8") return KvDType::kFp8;
+  ADD_FAILURE() << "unknown KvDType::k" << n << " in the dispatch code";
+  return KvDType::kFp16;
+}
+
+TEST(KernelDispatchCoverage, EveryDecodeInstantiationHasAGpuTestCase) {
+  const std::string src = read_source("src/kernels/attention/decode_attention.cu");
+  const size_t at = src.find("Status run_decode(");
+  ASSERT_NE(at, std::string::npos);
+  const std::string dispatch = src.substr(at);
+  ASSERT_NE(dispatch.find("p.num_q_heads / p.layout.num_kv_heads > 8"), std::string::npos)
+      << "the GQA split of run_decode changed: update the NH mapping of this test";
+  std::set<std::tuple<int, KvDType, int>> launched, tested;
+  const std::regex re(R"(launch<(\d+), KvDType::k(\w+), (\d+))");
+  for (auto it = std::sregex_iterator(dispatch.begin(), dispatch.end(), re); it != std::sregex_iterator(); ++it)
+    launched.insert({std::stoi((*it)[1]), dtype_named((*it)[2]), std::stoi((*it)[3])});
+  EXPECT_GE(launched.size(), 12u) << "fewer instantiations than expected: the pattern no longer matches";
+  for (const test::DecodeShape& s : test::decode_shapes()) tested.insert({s.d, s.dt, s.hq / s.hkv > 8 ? 2 : 1});
+  for (const auto& [d, dt, nh] : launched)
+    EXPECT_TRUE(tested.count({d, dt, nh}))
+        << "decode_attention.cu launches head_dim " << d << " " << kv_dtype_name(dt) << " with "
+        << (nh == 2 ? "GQA groups 9..16" : "GQA groups 1..8")
+        << ", but no shape in attention_test_util.h decode_shapes() runs it on the GPU";
+  std::printf("decode: %zu instantiations, all with a GPU test case\n", launched.size());
+}
+
+TEST(KernelDispatchCoverage, EveryPrefillPathHasAGpuTestCase) {
+  const std::string src = read_source("src/kernels/attention/prefill_attention.cu");
+  std::set<int> dims;
+  const std::regex launch_re(R"(launch<(\d+)>)");
+  const size_t at = src.find("Status run_prefill(");
+  ASSERT_NE(at, std::string::npos);
+  const std::string dispatch = src.substr(at);
+  for (auto it = std::sregex_iterator(dispatch.begin(), dispatch.end(), launch_re); it != std::sregex_iterator(); ++it)
+    dims.insert(std::stoi((*it)[1]));
+  EXPECT_EQ(dims, (std::set<int>{64, 128}));
+  // Prefix dtypes: the ones load_kv_tile branches on, plus KV4 (its fall-through), plus no prefix.
+  std::set<int> modes = {0, 1};
+  const std::regex dt_re(R"(L\.dtype == KvDType::k(\w+))");
+  for (auto it = std::sregex_iterator(src.begin(), src.end(), dt_re); it != std::sregex_iterator(); ++it) {
+    const KvDType dt = dtype_named((*it)[1]);
+    modes.insert(dt == KvDType::kFp16 ? 2 : dt == KvDType::kFp8 ? 3 : 1);
+  }
+  EXPECT_EQ(modes, (std::set<int>{0, 1, 2, 3}));
+  std::set<std::pair<int, int>> tested;
+  std::set<int> pages;
+  for (const test::PrefillShape& s : test::prefill_shapes()) {
+    tested.insert({s.d, s.mode});
+    if (s.mode) pages.insert(s.page);
+  }
+  for (int d : dims)
+    for (int m : modes)
+      EXPECT_TRUE(tested.count({d, m})) << "prefill head_dim " << d << " mode " << m
+                                        << " (0 none, 1 KV4, 2 FP16, 3 FP8 prefix) has no GPU test case";
+  EXPECT_TRUE(pages.count(16) && pages.count(64) && pages.count(48))
+      << "prefix pages: 16, 64 and a size that is not a power of two";
 }
 
 }  // namespace

@@ -3,7 +3,8 @@
 // differs in its last bits (the order of RMSNorm's double sum; expf vs the host's exp): at most one quantization
 // step per element, on a tiny fraction of elements, and scales within one fp16 ulp. Outputs are poisoned before
 // the launch (q with -128, which the quantizer never produces; scales with NaN). Awkward widths 1, 67, 257 and the
-// real 4096 / 14336.
+// real 4096 / 14336. The activation sum is checked bit-exactly against the kernel's own codes and scale
+// (xsum_check.h), with a negative control (the sum of the unquantized activations must fail).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -12,6 +13,7 @@
 #include "common/test_util.h"
 #include "kernels/attention_gpu_util.cuh"
 #include "kernels/norm_quant/norm_quant.h"
+#include "kernels/xsum_check.h"
 
 namespace qs {
 namespace {
@@ -49,10 +51,13 @@ void compare(QBufs& g, const std::vector<int8_t>& q, const std::vector<uint16_t>
     mism += gq[i] != q[i];
   }
   EXPECT_LE(double(mism), max_mismatch_frac * double(q.size())) << mism << " of " << q.size() << " differ";
+  const int64_t cols = int64_t(q.size() / s.size());
   for (size_t r = 0; r < s.size(); ++r) {
     ASSERT_LE(std::abs(int(gs[r]) - int(s[r])), max_mismatch_frac > 0 ? 1 : 0) << "scale of row " << r;
+    // xsum: bit-exact with the kernel's own codes and scale of the row (formats.h: fp16(s * sum q); xsum_check.h),
+    // also where a code may differ from the reference's by one step; and equal to the reference's when q is.
+    EXPECT_EQ(gx[r], test::xsum_of_codes(&gq[r * size_t(cols)], cols, gs[r])) << "xsum of row " << r;
     if (max_mismatch_frac == 0) EXPECT_EQ(gx[r], xs[r]) << "xsum of row " << r;
-    else EXPECT_NEAR(fp16_to_float(gx[r]), fp16_to_float(xs[r]), 1e-2 * std::fabs(fp16_to_float(xs[r])) + 1e-3);
   }
 }
 
@@ -113,6 +118,19 @@ TEST_P(NormQuantGpu, SiluMulAndPlainMatchReference) {
   a.x = dxx.get(); a.out = g2.out();
   ASSERT_TRUE(kernels::act_quant(a, 0).is_ok());
   compare(g2, q, s, xs, 0.0);
+  // Negative control: an xsum summed from the unquantized activations fails the check above on some row (the
+  // old 1% bound accepted it; tests/kernels/norm_quant_ref_test.cc shows it row by row).
+  if (cols >= 67) {
+    const auto gq = g2.q.download();
+    const auto gs = g2.s.download();
+    int accepted = 0;
+    for (int r = 0; r < rows; ++r) {
+      std::vector<float> y(static_cast<size_t>(cols));
+      for (int k = 0; k < cols; ++k) y[size_t(k)] = fp16_to_float(x[size_t(r) * cols + k]);
+      accepted += test::xsum_unquantized(y.data(), cols) == test::xsum_of_codes(&gq[size_t(r) * cols], cols, gs[r]);
+    }
+    EXPECT_LT(accepted, rows) << "the xsum check would pass an xsum of the unquantized activations";
+  }
 }
 
 // FP8 outputs: the same y quantized to e4m3 + FP32 scale. Plain quantization is bit-exact; RMSNorm and SiLU*up

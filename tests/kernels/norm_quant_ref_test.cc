@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "common/test_util.h"
 #include "core/dtype.h"
+#include "kernels/xsum_check.h"
 
 namespace qs {
 namespace {
@@ -36,6 +37,7 @@ void expect_quantized(const std::vector<double>& y, int rows, int cols, const st
       sum += q[size_t(r) * cols + k];
     }
     EXPECT_EQ(xs[r], float_to_fp16(s * float(sum)));
+    EXPECT_EQ(xs[r], test::xsum_of_codes(&q[size_t(r) * cols], cols, sc[r]));
   }
 }
 
@@ -92,6 +94,36 @@ TEST(NormQuantRef, SiluMulAndPlainMatchFormula) {
   ref_cpu::act_quant(a);
   for (size_t i = 0; i < y.size(); ++i) y[i] = fp16_to_float(x[i]);
   expect_quantized(y, rows, cols, q, sc, xs);
+}
+
+// Negative control of the xsum check (xsum_check.h): an xsum summed from the unquantized activations is rejected
+// on (nearly) every row (K = 67 .. 4096), although it sits within the old bound (1% of the xsum + 1e-3) on most.
+TEST(NormQuantRef, XsumOfUnquantizedActivationsFailsTheCheck) {
+  for (int cols : {67, 257, 4096}) {
+    const int rows = 16;
+    auto x = fp16_vec(size_t(rows) * cols, 40 + cols, 30.0f);
+    std::vector<int8_t> q(x.size());
+    std::vector<uint16_t> sc(rows), xs(rows);
+    kernels::ActQuantParams a;
+    a.x = x.data(); a.rows = rows; a.cols = cols;
+    a.out = {q.data(), sc.data(), xs.data()};
+    ref_cpu::act_quant(a);
+    int old_accepts = 0, rejected = 0;
+    for (int r = 0; r < rows; ++r) {
+      std::vector<float> y(static_cast<size_t>(cols));
+      for (int k = 0; k < cols; ++k) y[size_t(k)] = fp16_to_float(x[size_t(r) * cols + k]);
+      const uint16_t bad = test::xsum_unquantized(y.data(), cols);
+      EXPECT_EQ(xs[r], test::xsum_of_codes(&q[size_t(r) * cols], cols, sc[r])) << "the real xsum passes";
+      rejected += bad != test::xsum_of_codes(&q[size_t(r) * cols], cols, sc[r]);
+      const float ref = fp16_to_float(xs[r]);
+      old_accepts += std::fabs(fp16_to_float(bad) - ref) <= 1e-2f * std::fabs(ref) + 1e-3f;
+    }
+    // One matching row is a coincidence (the two sums round to the same fp16; K = 4096: xsum ~ 2000, ulp 1 or 2);
+    // a kernel fails the test on any mismatching row.
+    EXPECT_GE(rejected, rows - 2) << "K " << cols << ": the unquantized sum passes the check on too many rows";
+    std::printf("K %d: unquantized xsum rejected on %d of %d rows (the old 1%% bound accepted it on %d)\n", cols,
+                rejected, rows, old_accepts);
+  }
 }
 
 TEST(NormQuantRef, MissingOutputIsAnError) {

@@ -84,8 +84,8 @@ Fidelity compare(model::Model& fp, model::Model& q, model::KvMode kv) {
 // absmax/rms ~ 5-10 give 1-2% relative noise, 4-bit weights 10-20%; through 28 quantized linears in 4 layers (and
 // KV4: 4 bits, ~5%) this measured, on these 8 prompts (2026-11-27): normalized logit error 0.025 (W8A8), 0.13
 // (W4A8KV4 per-channel), 0.12 (g128); mean KL 0.0024 / 0.091 / 0.074; top-1 agreement 0.97 / 0.83 / 0.82. The
-// bounds leave about 2x headroom on the errors and are far below what a broken path gives (a wrong zero point or
-// scale: normalized error > 0.5, top-1 < 0.3).
+// bounds leave about 2x headroom on the errors; a broken path exceeds them (negative control in the test: one
+// layer's weight scales 25% off).
 struct SchemeBound {
   RtnScheme scheme;
   model::KvMode kv;
@@ -110,6 +110,32 @@ TEST_P(RtnTinyModelTest, LogitsCloseToFpModel) {
   EXPECT_LT(f.nerr, b.max_nerr);
   EXPECT_LT(f.kl, b.max_kl);
   EXPECT_GT(f.top1, b.min_top1);
+  // Negative control (the bounds are the measured values with ~2x headroom, see above): the same model with one
+  // layer broken must fail all three. Every linear of layer 1 gets weights 1.25x too large (its FP16 scales, and
+  // per-channel the scaled zeros, times 1.25: a wrong scale in one of 4 layers). Measured (2026-12-01):
+  // normalized error 0.31-0.32, KL 0.41-0.43, top-1 0.54-0.57 for the three schemes. The W4A8 bounds do not
+  // catch a 10% error in one layer (0.16-0.17, 0.12-0.13, 0.69-0.74 pass), W8A8's do (0.124 > 0.06).
+  for (const std::string& n : q->linear_names()) {
+    if (n.rfind("model.layers.1.", 0) != 0) continue;
+    auto& slot = q->linear_slot(n);
+    const auto* ql = dynamic_cast<const model::QuantizedLinear*>(slot.get());
+    ASSERT_NE(ql, nullptr) << n;
+    model::QuantizedWeights w = ql->weights();
+    auto times = [](Tensor& t) {  // deep copy (the weights share storage), then x1.25 in FP16
+      t = t.clone();
+      uint16_t* v = t.data<uint16_t>();
+      for (int64_t i = 0; i < t.numel(); ++i) v[i] = float_to_fp16(fp16_to_float(v[i]) * 1.25f);
+    };
+    times(w.scale);
+    if (w.szero.defined()) times(w.szero);
+    slot = std::make_unique<model::QuantizedLinear>(std::move(w), ql->act_mode(), q->backend(), n);
+  }
+  const Fidelity broken = compare(*fp, *q, b.kv);
+  EXPECT_GT(broken.nerr, b.max_nerr) << "a 25% weight-scale error in one layer passes the error bound";
+  EXPECT_GT(broken.kl, b.max_kl) << "a 25% weight-scale error in one layer passes the KL bound";
+  EXPECT_LT(broken.top1, b.min_top1) << "a 25% weight-scale error in one layer passes the top-1 bound";
+  std::printf("  layer 1 weights x1.25: normalized logit error %.4f, KL %.5f, top-1 %.3f\n", broken.nerr, broken.kl,
+              broken.top1);
 }
 
 INSTANTIATE_TEST_SUITE_P(
