@@ -359,6 +359,10 @@ qs::cli::CommandRegistrar reg("bench", "Offline throughput on the GPU (paper set
   }());
   sub->add_option("--config", a->config, "config.json of a model shape (random weights)");
   sub->add_option("--model", a->model, "checkpoint directory (HF FP -> fp16; QoQ quantized -> w4a8kv4)");
+  // The executor factory's flags (one spelling across generate / ppl / bench / serve); --dtype stays bench's list
+  // (registered below, after the factory's is left out).
+  // Offline, only --gpu-memory-utilization applies; the others are for --online.
+  qs::cli::add_executor_flags(sub, &a->on.exec, {"--dtype"});
   sub->add_option("--dtype", a->dtypes, "comma list of w4a8kv4, fp8, fp16 (each in turn, own executor)");
   sub->add_option("--input-len", a->input_len, "prompt tokens per sequence")->check(CLI::Range(1, 1 << 20));
   sub->add_option("--output-len", a->output_len, "generated tokens per sequence")->check(CLI::Range(1, 1 << 20));
@@ -368,9 +372,6 @@ qs::cli::CommandRegistrar reg("bench", "Offline throughput on the GPU (paper set
   sub->add_option("--max-batch-tokens", a->max_batch_tokens, "tokens per prefill step")->check(CLI::Range(1, 65535));
   sub->add_option("--variant", a->variant, "W4A8 weight variant for random weights")
       ->check(CLI::IsMember({"per-channel", "g128"}));
-  // The executor factory's flags (one spelling across generate / ppl / bench / serve); --dtype stays bench's list.
-  // Offline, only --gpu-memory-utilization applies; the others are for --online.
-  qs::cli::add_executor_flags(sub, &a->on.exec, {"--dtype"});
   sub->add_flag("--no-cuda-graphs", a->no_graphs, "decode steps without CUDA graphs");
   sub->add_flag("--breakdown", a->breakdown, "also time one decode step and one prefill per kernel class");
   sub->add_flag("--no-throughput", a->no_throughput, "skip the timed run (with --breakdown)");
