@@ -9,7 +9,8 @@
 //                [--output-len 512] [--batch N] [--max-batch N] [--variant per-channel|g128] [--breakdown]
 //                [--json FILE]
 // --online switches to the online serving benchmark (bench_online.h): requests arriving over time through the
-// serving engine (continuous batching, prefix cache), vLLM's metrics.
+// serving engine (continuous batching, prefix cache), vLLM's metrics; with --url http://HOST:PORT, the same requests
+// through a running `qserve serve` (streaming completions, token-id prompts).
 #include <chrono>
 #include <cstdio>
 #include <fstream>

@@ -48,6 +48,7 @@ void run_http(const OnlineBenchArgs& a) {
     if (const char* env = std::getenv("QSERVE_API_KEY")) co.api_key = env;
   co.model = a.served_model_name;
   co.connections = a.bench.max_concurrency > 0 ? a.bench.max_concurrency : std::min(a.bench.num_prompts, 1024);
+  co.keep_alive = a.bench.max_concurrency > 0;
   server::HttpBenchClient client(co);
   const auto reqs = runtime::make_bench_requests(a.bench, cfg.vocab_size, tok.get());
   std::fprintf(stderr, "bench --online: http %s (model '%s'), %d requests, %d connections\n", a.url.c_str(),

@@ -174,7 +174,7 @@ struct HttpBenchClient::Impl {
 
   std::unique_ptr<httplib::Client> client() const {
     auto c = std::make_unique<httplib::Client>(url.host, url.port);
-    c->set_keep_alive(true);
+    c->set_keep_alive(o.keep_alive);
     c->set_tcp_nodelay(true);
     c->set_connection_timeout(o.connect_timeout_s, 0);
     c->set_read_timeout(o.read_timeout_s, 0);

@@ -24,7 +24,10 @@ struct HttpBenchClientOptions {
   std::string url;          // http://HOST:PORT (an optional path prefix, e.g. /v1, is kept)
   std::string api_key;      // sent as "Authorization: Bearer KEY" when not empty
   std::string model;        // the "model" of every request; empty: the first id of GET /v1/models
-  int connections = 64;     // workers / keep-alive connections (>= 1)
+  int connections = 64;     // workers / connections (>= 1)
+  // Reuse each worker's connection. Off for an unbounded benchmark (no --max-concurrency): idle kept-alive
+  // connections beyond the server's handler threads would hold those threads and stall the queued requests.
+  bool keep_alive = true;
   int connect_timeout_s = 10;
   int read_timeout_s = 900; // the longest wait for the next byte of a stream (queueing included)
 };
