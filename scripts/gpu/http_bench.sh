@@ -6,8 +6,9 @@
 #   3. `qserve bench --online --url` against it (streaming completions, token-id prompts, one connection per
 #      in-flight request); then SIGINT to the server (SIGKILL after 30 s);
 # and prints both output throughputs and their ratio. Logs and JSON in $OUT (http_*.log / http_*.json).
-# Exit status: 0 when both runs completed every request (and, on the GPU, the ratio is >= HTTP_BENCH_TARGET),
-# 1 otherwise, with a line saying which step failed.
+# Exit status: 0 when both runs completed every request with the same token totals (and, on the GPU, the ratio
+# is >= HTTP_BENCH_TARGET), 1 otherwise, with a line saying which step failed; 77 (skip) in local mode without data.
+# ctest runs the local mode (server/http_bench_script).
 #   device:  bash http_bench.sh /path/to/qserve           (engine.sh step `http` calls it this way)
 #   here:    HTTP_BENCH_LOCAL=1 scripts/gpu/http_bench.sh build/qserve
 #            (the logic on the CPU: qs-llama-tiny from $QSERVE_DATA, --device cpu, tiny lengths)
@@ -21,6 +22,7 @@ mkdir -p "$OUT"
 
 if [ "${HTTP_BENCH_LOCAL:-0}" = 1 ]; then
   DATA=${QSERVE_DATA:-$(cd "$(dirname "$0")/../.." && pwd)/../shared/data}
+  [ -d "$DATA/models/qs-llama-tiny" ] || { echo "http_bench: skipped: no $DATA/models/qs-llama-tiny"; exit 77; }
   SRC=(--model "$DATA/models/qs-llama-tiny"); EXEC=(--device cpu)
   : "${NUM_PROMPTS:=8}" "${CONCURRENCY:=4}" "${INPUT_LEN:=24}" "${OUTPUT_LEN:=8}" "${MAX_NUM_SEQS:=4}"
   : "${RUN_TIMEOUT:=300}" "${UP_TIMEOUT:=120}"
@@ -97,6 +99,10 @@ h=$(json_num "$OUT/http_http.json" output_throughput)
 [ -n "$a" ] && [ -n "$h" ] || fail "no output_throughput in $OUT/http_inproc.json / http_http.json"
 for f in inproc http; do
   echo "  $f: $(grep -E "Output token throughput|Mean TTFT|Median TPOT|Median ITL" "$OUT/http_$f.log" | tr -s ' ' | tr '\n' ';')"
+done
+for k in total_input_tokens total_output_tokens completed; do  # the same requests, every token delivered
+  x=$(json_num "$OUT/http_inproc.json" $k); y=$(json_num "$OUT/http_http.json" $k)
+  [ "$x" = "$y" ] || fail "$k differs: in process $x, through HTTP $y"
 done
 ratio=$(awk -v a="$a" -v h="$h" 'BEGIN { printf "%.3f", h / a }')
 ok=$(awk -v r="$ratio" -v t="$HTTP_BENCH_TARGET" 'BEGIN { print (r >= t) ? 1 : 0 }')

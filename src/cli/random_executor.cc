@@ -30,7 +30,8 @@ std::unique_ptr<model::Executor> make_random_weights_executor(const RandomWeight
   const io::ModelConfig cfg = random_weights_config(s);
   QS_CHECK(f.device != "cpu") << "random weights (--shape / --config) run on the GPU runner only; use --model on "
                                  "the CPU";
-  resolve_device("cuda");  // throws naming the problem on a build or a machine without a GPU
+  QS_CHECK(cuda_device_available()) << "random weights (--shape / --config) need a CUDA GPU, and "
+                                    << "this build or machine has none; use --model DIR on the CPU";
 #if defined(QSERVE_HAVE_CUDA)
   engine::CudaExecutorOptions o;
   o.dtype = engine::parse_engine_dtype(f.dtype == "auto" ? "w4a8kv4" : f.dtype);
