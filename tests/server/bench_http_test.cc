@@ -235,6 +235,35 @@ TEST_F(BenchHttpTest, HttpBenchClientRefusesAnUnreachableServerOrAnUnknownModel)
   }
 }
 
+TEST_F(BenchHttpTest, HttpBenchSendsTheApiKey) {
+  ServerOptions so;
+  so.port = 0;
+  so.served_model_name = "tiny";
+  so.api_key = "s3cret";
+  Server keyed(so, *s_->backend, s_->tok);
+  keyed.start();
+  HttpBenchClientOptions co;
+  co.url = "http://127.0.0.1:" + std::to_string(keyed.port()) + "/v1";  // a /v1 prefix is the API root
+  try {
+    HttpBenchClient c(co);
+    FAIL() << "no API key was accepted";
+  } catch (const qs::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("HTTP 401"), std::string::npos) << e.what();
+  }
+  co.api_key = "s3cret";
+  co.connections = 2;
+  HttpBenchClient client(co);
+  runtime::OnlineBenchOptions o;
+  o.num_prompts = 2;
+  o.input_len = 3;
+  o.output_len = 2;
+  const auto r = runtime::run_online_bench(client.submit_fn(), runtime::make_bench_requests(o, s_->vocab, nullptr), o);
+  EXPECT_EQ(r.completed, 2);
+  EXPECT_EQ(r.total_output_tokens, 4);
+  keyed.begin_drain();
+  keyed.stop();
+}
+
 TEST_F(BenchHttpTest, TokenIdPromptValidationThenTheNextRequestSucceeds) {
   const int port = s_->server->port();
   auto complete = [&](json prompt) {
