@@ -53,7 +53,14 @@ void run_http(const OnlineBenchArgs& a) {
   const auto reqs = runtime::make_bench_requests(a.bench, cfg.vocab_size, tok.get());
   std::fprintf(stderr, "bench --online: http %s (model '%s'), %d requests, %d connections\n", a.url.c_str(),
                client.model().c_str(), a.bench.num_prompts, co.connections);
-  const runtime::OnlineBenchResult r = runtime::run_online_bench(client.submit_fn(), reqs, a.bench);
+  const auto before = client.engine_counters();
+  runtime::OnlineBenchResult r = runtime::run_online_bench(client.submit_fn(), reqs, a.bench);
+  const auto after = client.engine_counters();
+  if (before && after) {  // a qserve server: its engine block too (other traffic during the run would count)
+    r.prefix_query_tokens = after->prefix_query_tokens - before->prefix_query_tokens;
+    r.prefix_hit_tokens = after->prefix_hit_tokens - before->prefix_hit_tokens;
+    r.preemptions = after->preemptions - before->preemptions;
+  }
   finish(a, r, "mode: http " + a.url + " (model " + client.model() + ")",
          {{"mode", "http"}, {"url", a.url}, {"model", client.model()}, {"connections", co.connections}});
 }

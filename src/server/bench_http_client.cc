@@ -7,6 +7,7 @@
 #include <deque>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -314,6 +315,34 @@ HttpBenchClient::~HttpBenchClient() {
 }
 
 const std::string& HttpBenchClient::model() const { return impl_->model; }
+
+std::optional<HttpBenchClient::EngineCounters> HttpBenchClient::engine_counters() const {
+  auto c = impl_->client();
+  auto res = c->Get(route(impl_->url, "/metrics").c_str());
+  if (!res || res->status != 200) return std::nullopt;
+  EngineCounters e;
+  int found = 0;
+  std::istringstream in(res->body);
+  std::string line;
+  while (std::getline(in, line)) {
+    const size_t sp = line.rfind(' ');
+    if (line.empty() || line[0] == '#' || sp == std::string::npos) continue;
+    const std::string name = line.substr(0, sp);
+    int64_t* dst = name == "qserve_prefix_cache_queries_total" ? &e.prefix_query_tokens
+                   : name == "qserve_prefix_cache_hits_total"  ? &e.prefix_hit_tokens
+                   : name == "qserve_preemptions_total"        ? &e.preemptions
+                                                               : nullptr;
+    if (!dst) continue;
+    try {
+      *dst = int64_t(std::stod(line.substr(sp + 1)));
+      ++found;
+    } catch (const std::exception&) {
+      return std::nullopt;
+    }
+  }
+  if (found != 3) return std::nullopt;
+  return e;
+}
 
 runtime::SubmitFn HttpBenchClient::submit_fn() {
   return [this](runtime::RequestParams p, runtime::OutputCallback cb) {

@@ -8,12 +8,16 @@
 // chunk is parsed; then one final event whose completion_tokens is the usage chunk's exact count and whose finish
 // is the chunk's finish_reason ("length" / "stop"), or kError naming the problem (HTTP status and the server's
 // error message, a connection error, a stream that ended without "data: [DONE]").
+// GET /metrics before and after a run gives the server engine's prefix-cache and preemption counters (qserve's
+// Prometheus names), so the HTTP table has the in-process table's engine block.
 // Threads: a pool of `connections` workers, each with its own keep-alive connection (cpp-httplib's Client, TCP
 // no-delay), so at most that many requests are in flight; size it to the benchmark's max concurrency. A request
 // waiting for a free worker counts as sent (its TTFT includes the wait), as when a client queues.
 #pragma once
 
+#include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "runtime/online_bench.h"
@@ -42,6 +46,13 @@ class HttpBenchClient {
   HttpBenchClient& operator=(const HttpBenchClient&) = delete;
 
   const std::string& model() const;  // the model name the requests use
+
+  // The server's engine counters from GET /metrics (qserve's Prometheus names), for the table's engine block;
+  // nullopt when the server has no such metrics (another server).
+  struct EngineCounters {
+    int64_t prefix_query_tokens = 0, prefix_hit_tokens = 0, preemptions = 0;
+  };
+  std::optional<EngineCounters> engine_counters() const;
   // Queues one request (never blocks); its callback runs on a worker thread.
   runtime::SubmitFn submit_fn();
 

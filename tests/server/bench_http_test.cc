@@ -147,7 +147,12 @@ TEST_F(BenchHttpTest, HttpBenchGetsTheInProcessGreedyTokensAndExactCounts) {
       cb(out);
     });
   };
+  const auto before = client.engine_counters();
   const runtime::OnlineBenchResult r = runtime::run_online_bench(capture, reqs, o);
+  const auto after = client.engine_counters();
+  ASSERT_TRUE(before && after) << "no engine counters in /metrics";
+  EXPECT_GT(after->prefix_query_tokens, before->prefix_query_tokens);  // every prompt was looked up
+  EXPECT_GE(after->prefix_hit_tokens, before->prefix_hit_tokens);
   EXPECT_EQ(r.completed, o.num_prompts);
   EXPECT_EQ(r.failed, 0);
   EXPECT_LE(r.max_in_flight, o.max_concurrency);
