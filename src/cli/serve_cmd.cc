@@ -80,8 +80,8 @@ void run(const Options& o) {
       tok = std::make_shared<const qs::tokenizer::Tokenizer>(qs::tokenizer::Tokenizer::from_dir(o.tokenizer));
     executor = qs::cli::make_random_weights_executor(o.random, f);
     QS_CHECK(!tok || tok->vocab_size() <= executor->config().vocab_size)
-        << "--tokenizer " << o.tokenizer << " has ids up to " << tok->vocab_size() - 1 << " but the model's vocab_size is "
-        << executor->config().vocab_size << ": its text prompts would not be valid ids";
+        << "--tokenizer " << o.tokenizer << " has ids up to " << tok->vocab_size() - 1
+        << " but the model's vocab_size is " << executor->config().vocab_size << ": its text prompts would not be valid ids";
     description = "random weights (" + (o.random.shape.empty() ? o.random.config : o.random.shape) + ", " +
                   o.random.variant + ")" + (tok ? ", text from --tokenizer " + o.tokenizer : ", no tokenizer");
   }
@@ -101,7 +101,8 @@ void run(const Options& o) {
   if (!o.served_model_name.empty()) {
     so.served_model_name = o.served_model_name;
   } else if (random_weights) {
-    so.served_model_name = o.random.shape.empty() ? std::filesystem::path(o.random.config).stem().string() : o.random.shape;
+    so.served_model_name =
+        o.random.shape.empty() ? std::filesystem::path(o.random.config).stem().string() : o.random.shape;
   } else {
     so.served_model_name = std::filesystem::path(o.model).lexically_normal().filename().string();
     if (so.served_model_name.empty())
@@ -147,9 +148,11 @@ qs::cli::CommandRegistrar reg("serve", "OpenAI-compatible HTTP server (completio
                   "random weights: a tokenizer folder for text prompts and the streamed text (ids it lacks: no text)");
   sub->add_option("--host", o->host, "address to listen on (default 127.0.0.1)");
   sub->add_option("--port", o->port, "port (default 8000; 0 = any free port)");
-  sub->add_option("--served-model-name", o->served_model_name, "model id clients must send (default: folder name)");
+  sub->add_option("--served-model-name", o->served_model_name,
+                  "model id clients must send (default: the folder name, or the shape)");
   sub->add_option("--api-key", o->api_key, "require 'Authorization: Bearer KEY' on /v1/* (or env QSERVE_API_KEY)");
-  qs::cli::add_executor_flags(sub, &o->exec);  // --device --dtype --kv --gpu-memory-utilization --kv-pages --max-context
+  // --device --dtype --kv --gpu-memory-utilization --kv-pages --max-context, spelled as for generate / ppl / bench.
+  qs::cli::add_executor_flags(sub, &o->exec);
   sub->add_option("--max-num-seqs", o->max_num_seqs, "sequences running at once (default 64)");
   sub->add_option("--max-num-batched-tokens", o->max_num_batched_tokens, "tokens per engine step (default 2048)");
   sub->add_option("--max-queue", o->max_queue, "waiting requests before 429 (default 4096)");

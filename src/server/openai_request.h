@@ -11,8 +11,9 @@
 // repetition_penalty, ignore_eos (generate exactly max_tokens: benchmarks), stop_token_ids, add_generation_prompt,
 // return_token_ids (each choice / streamed chunk also carries the generated ids as "token_ids"). Token-id prompts:
 // non-empty, at most kMaxPromptTokens ids, each in [0, 2^31) here and in [0, vocab) in the server.
-// Refused with a clear 400 rather than silently ignored: a non-zero presence/frequency penalty, a non-empty logit_bias, suffix, best_of > n, tools,
-// response_format other than text, non-text message parts, echo together with logprobs.
+// Refused with a clear 400 rather than silently ignored: a non-zero presence/frequency penalty, a non-empty
+// logit_bias, suffix, best_of > n, tools, response_format other than text, non-text message parts, echo together
+// with logprobs.
 #pragma once
 
 #include <cstdint>
