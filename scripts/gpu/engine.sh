@@ -6,7 +6,7 @@
 #                                                   test_engine_cuda_executor_gpu_test test_engine_weight_fusion_test)
 #   device:  run(command="bash gpu-pack/engine/engine.sh tests quick", carry=["gpu-pack/engine"])
 # Steps (any order, several allowed): tests | fp8tests | kernels (the kernel GPU tests) | quick (llama-3-8b at batch <= 128, w4a8kv4 + fp16, breakdown) |
-# final (llama-3-8b largest batch w4a8kv4,fp8,fp16 + breakdown; llama-2-70b w4a8kv4).
+# final (llama-3-8b largest batch w4a8kv4,fp8,fp16 + breakdown; llama-2-70b w4a8kv4) | http (http_bench.sh).
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 if [ "${1:-}" = pack ]; then
@@ -31,7 +31,7 @@ if [ "${1:-}" = pack ]; then
   cp "$DATA/fixtures/reference_generations.json" "$DATA/fixtures/reference_logits.safetensors" "$DEST/data/fixtures/"
   xz -T2 -c "$DATA/text/calibration.txt" > "$DEST/data/text/calibration.txt.xz"
   xz -T2 -c "$DATA/text/wikitext2_test.txt" > "$DEST/data/text/wikitext2_test.txt.xz"
-  cp "$HERE/engine.sh" "$DEST/engine.sh"
+  cp "$HERE/engine.sh" "$HERE/http_bench.sh" "$DEST/"
   du -sh "$DEST"; exit 0
 fi
 OUT=${OUT:-out/engine}; mkdir -p "$OUT"
@@ -130,6 +130,10 @@ for step in "$@"; do
           --input-len 128 --output-len 64 --request-rate ${PREFIX_RATE:-4} --max-num-seqs 256 $flag \
           --json "$OUT/online_prefix_${pc}_slow.json" 2>&1 | tee "$OUT/online_prefix_${pc}_slow.log" | grep -E "TTFT|throughput|hit rate" || rc=1
       done
+      ;;
+    http)
+      # Issue 10: the online benchmark through HTTP vs in process, same workload and engine settings.
+      OUT="$OUT" bash "$HERE/http_bench.sh" "$W/bin/qserve" || rc=1
       ;;
     *) echo "unknown step $step" ;;
   esac

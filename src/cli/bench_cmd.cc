@@ -9,7 +9,8 @@
 //                [--output-len 512] [--batch N] [--max-batch N] [--variant per-channel|g128] [--breakdown]
 //                [--json FILE]
 // --online switches to the online serving benchmark (bench_online.h): requests arriving over time through the
-// serving engine (continuous batching, prefix cache), vLLM's metrics.
+// serving engine (continuous batching, prefix cache), vLLM's metrics; with --url http://HOST:PORT, the same requests
+// through a running `qserve serve` (streaming completions, token-id prompts).
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -42,7 +43,6 @@ struct BenchArgs {
   int input_len = 1024, output_len = 512;
   int batch = 0, max_batch = 1024, max_batch_tokens = 8192;
   std::string variant = "per-channel";
-  double util = 0.9;
   bool no_graphs = false, breakdown = false, no_throughput = false;
   std::string json_out;
   uint64_t seed = 1;
@@ -130,7 +130,7 @@ Result run_one(const BenchArgs& a, const std::string& dt, const qs::io::ModelCon
   res.dtype = dt;
   eng::CudaExecutorOptions o;
   o.dtype = eng::parse_engine_dtype(dt);
-  o.gpu_memory_utilization = a.util;
+  o.gpu_memory_utilization = a.on.exec.gpu_memory_utilization;
   o.max_batch_tokens = a.max_batch_tokens;
   o.max_batch_seqs = a.batch > 0 ? a.batch : a.max_batch;
   o.max_context = a.input_len + a.output_len;
@@ -361,6 +361,10 @@ qs::cli::CommandRegistrar reg("bench", "Offline throughput on the GPU (paper set
   }());
   sub->add_option("--config", a->config, "config.json of a model shape (random weights)");
   sub->add_option("--model", a->model, "checkpoint directory (HF FP -> fp16; QoQ quantized -> w4a8kv4)");
+  // The executor factory's flags (one spelling across generate / ppl / bench / serve); --dtype stays bench's list
+  // (registered below, after the factory's is left out).
+  // Offline, only --gpu-memory-utilization applies; the others are for --online.
+  qs::cli::add_executor_flags(sub, &a->on.exec, {"--dtype"});
   sub->add_option("--dtype", a->dtypes, "comma list of w4a8kv4, fp8, fp16 (each in turn, own executor)");
   sub->add_option("--input-len", a->input_len, "prompt tokens per sequence")->check(CLI::Range(1, 1 << 20));
   sub->add_option("--output-len", a->output_len, "generated tokens per sequence")->check(CLI::Range(1, 1 << 20));
@@ -370,8 +374,6 @@ qs::cli::CommandRegistrar reg("bench", "Offline throughput on the GPU (paper set
   sub->add_option("--max-batch-tokens", a->max_batch_tokens, "tokens per prefill step")->check(CLI::Range(1, 65535));
   sub->add_option("--variant", a->variant, "W4A8 weight variant for random weights")
       ->check(CLI::IsMember({"per-channel", "g128"}));
-  sub->add_option("--gpu-memory-utilization", a->util, "fraction of GPU memory the engine may use")
-      ->check(CLI::Range(0.05, 1.0));
   sub->add_flag("--no-cuda-graphs", a->no_graphs, "decode steps without CUDA graphs");
   sub->add_flag("--breakdown", a->breakdown, "also time one decode step and one prefill per kernel class");
   sub->add_flag("--no-throughput", a->no_throughput, "skip the timed run (with --breakdown)");
@@ -393,21 +395,30 @@ qs::cli::CommandRegistrar reg("bench", "Offline throughput on the GPU (paper set
   sub->add_option("--max-num-seqs", on.max_num_seqs, "--online: sequences running at once")->check(CLI::Range(1, 65535));
   sub->add_flag("--no-prefix-caching", on.no_prefix_caching, "--online: disable the prefix cache");
   sub->add_flag("--static-batch", on.static_batch, "--online: admit whole batches and run each to the end");
-  sub->add_option("--device", on.exec.device, "--online with --model: auto, cpu or cuda")
-      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  sub->add_option("--url", on.url, "--online: benchmark a running server over HTTP (http://HOST:PORT) instead of "
+                                    "the engine in process; --shape/--config/--model then only name the vocabulary");
+  sub->add_option("--api-key", on.api_key, "--online --url: bearer token (or env QSERVE_API_KEY)");
+  sub->add_option("--served-model-name", on.served_model_name,
+                  "--online --url: the model name to send (default: the server's first model)");
   sub->callback([a] {
-    if (!a->online) return run(*a);
+    if (!a->online) {
+      const qs::cli::ExecutorFlags d;
+      const auto& e = a->on.exec;
+      QS_CHECK(e.device == d.device && e.kv == d.kv && e.kv_pages == d.kv_pages && e.max_context == d.max_context &&
+               a->on.url.empty())
+          << "bench: --device, --kv, --kv-pages, --max-context and --url apply to --online only";
+      return run(*a);
+    }
     qs::cli::OnlineBenchArgs o = a->on;
-    o.shape = a->shape, o.config = a->config, o.model = a->model;
-    o.variant = a->variant;
-    o.dtype = a->dtypes.substr(0, a->dtypes.find(','));
-    o.exec.gpu_memory_utilization = a->util;
+    o.random.shape = a->shape, o.random.config = a->config, o.model = a->model;
+    o.random.variant = a->variant;
+    o.random.seed = a->seed;
+    o.exec.dtype = a->model.empty() ? a->dtypes.substr(0, a->dtypes.find(',')) : "auto";  // the list's first
     o.exec.cuda_graphs = !a->no_graphs;
     o.max_num_batched_tokens = a->max_batch_tokens;
     o.bench.input_len = a->input_len;
     o.bench.output_len = a->output_len;
     o.bench.seed = a->seed;
-    o.weight_seed = a->seed;
     o.json_out = a->json_out;
     qs::cli::run_online_bench_cmd(o);
   });

@@ -15,7 +15,7 @@
 
 namespace qs::cli {
 
-void add_executor_flags(CLI::App* app, ExecutorFlags* f) {
+void add_executor_flags(CLI::App* app, ExecutorFlags* f, const std::vector<std::string>& except) {
   app->add_option("--device", f->device, "auto (cuda when a GPU is present), cpu (exact reference) or cuda")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   app->add_option("--dtype", f->dtype, "GPU numeric path: auto (checkpoint's), w4a8kv4, fp16, fp8")
@@ -29,6 +29,11 @@ void add_executor_flags(CLI::App* app, ExecutorFlags* f) {
       ->check(CLI::NonNegativeNumber);
   app->add_option("--max-context", f->max_context, "longest sequence (default: the model's context)")
       ->check(CLI::NonNegativeNumber);
+  for (const std::string& name : except) {
+    CLI::Option* opt = app->get_option_no_throw(name);
+    QS_CHECK(opt != nullptr) << "add_executor_flags: no flag " << name << " to leave out";
+    app->remove_option(opt);
+  }
 }
 
 bool cuda_device_available() {

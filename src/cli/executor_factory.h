@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "model/executor.h"
 #include "model/model.h"
@@ -35,8 +36,9 @@ struct ExecutorFlags {
   bool cuda_graphs = true;
 };
 
-// Registers --device, --dtype, --kv, --gpu-memory-utilization, --kv-pages, --max-context on `app`.
-void add_executor_flags(CLI::App* app, ExecutorFlags* f);
+// Registers --device, --dtype, --kv, --gpu-memory-utilization, --kv-pages, --max-context on `app`, except the
+// flags named in `except` (e.g. {"--dtype"} for `bench`, whose --dtype is a list).
+void add_executor_flags(CLI::App* app, ExecutorFlags* f, const std::vector<std::string>& except = {});
 
 // "cpu" or "cuda" for a --device value (auto resolved); throws qs::Error for cuda on a build or machine without one.
 std::string resolve_device(const std::string& device);

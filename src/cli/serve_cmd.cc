@@ -1,7 +1,11 @@
 // `qserve serve --model DIR [...]`: the OpenAI-compatible HTTP server (server/server.h) over the serving engine
-// (runtime/engine.h). The model and its executor come from the CLI's factory (cli/executor_factory.h), as for
-// `qserve generate`: --device auto picks the GPU runner when a GPU is present, else the exact CPU reference
-// executor (KV4 pool for a checkpoint made for KV4, FP32 otherwise; --kv-pages pages of 64 tokens).
+// (runtime/engine.h). The model and its executor come from the CLI's factory (cli/executor_factory.h) with its
+// flags, as for `qserve generate`: --device auto picks the GPU runner when a GPU is present, else the exact CPU
+// reference executor (KV4 pool for a checkpoint made for KV4, FP32 otherwise; --kv-pages pages of 64 tokens).
+// `--shape NAME` (or `--config FILE`) serves random weights in that shape on the GPU runner instead
+// (cli/random_executor.h; the HTTP benchmark's setting): the server then runs in ids mode (server.h,
+// ServerOptions::engine_text): token-id prompts, "token_ids" in every chunk, and text decoded from the optional
+// --tokenizer DIR for the ids it has (none for the others); text prompts need that tokenizer.
 // SIGINT / SIGTERM: new requests get 503, the engine finishes what is running for up to --shutdown-grace
 // seconds and aborts the rest, every response is completed, then the process exits 0.
 #include <pthread.h>
@@ -17,6 +21,7 @@
 
 #include "cli/command.h"
 #include "cli/executor_factory.h"
+#include "cli/random_executor.h"
 #include "runtime/engine.h"
 #include "server/generation_backend.h"
 #include "server/server.h"
@@ -25,12 +30,11 @@
 namespace {
 
 struct Options {
-  std::string model, host = "127.0.0.1", served_model_name, api_key, device = "auto", dtype = "auto";
-  int32_t max_context = 0;
+  std::string model, host = "127.0.0.1", served_model_name, api_key, tokenizer;
+  qs::cli::RandomWeightsSpec random;  // --shape / --config instead of --model
+  qs::cli::ExecutorFlags exec;
   int port = 8000;
   int max_num_seqs = 64, max_num_batched_tokens = 2048, max_queue = 4096;
-  int64_t kv_pages = 256;
-  float gpu_memory_utilization = 0.9f;
   int http_threads = 0;
   double shutdown_grace = 10.0;
   size_t max_body_mb = 8;
@@ -40,7 +44,10 @@ struct Options {
 void run(const Options& o) {
   QS_CHECK(o.max_num_seqs >= 1) << "--max-num-seqs must be at least 1";
   QS_CHECK(o.max_num_batched_tokens >= 1) << "--max-num-batched-tokens must be at least 1";
-  QS_CHECK(o.gpu_memory_utilization > 0 && o.gpu_memory_utilization <= 1) << "--gpu-memory-utilization must be in (0, 1]";
+  const int sources = int(!o.model.empty()) + int(!o.random.shape.empty()) + int(!o.random.config.empty());
+  QS_CHECK(sources == 1) << "serve: give exactly one of --model, --shape, --config";
+  QS_CHECK(o.tokenizer.empty() || o.model.empty()) << "--tokenizer goes with --shape / --config (a checkpoint "
+                                                      "brings its own)";
   std::string api_key = o.api_key;
   if (api_key.empty())
     if (const char* env = std::getenv("QSERVE_API_KEY")) api_key = env;
@@ -53,38 +60,55 @@ void run(const Options& o) {
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
-  // The executor (cli/executor_factory.h): the GPU runner when --device resolves to cuda, else the CPU reference
-  // (KV4 pool for a checkpoint made for KV4, FP32 otherwise; --kv-pages pages of 64 tokens).
-  QS_CHECK(o.kv_pages >= 1) << "--kv-pages must be at least 1";
-  qs::cli::ExecutorFlags f;
-  f.device = o.device;
-  f.dtype = o.dtype;
-  f.gpu_memory_utilization = o.gpu_memory_utilization;
-  f.kv_pages = o.kv_pages;
+  // The executor (cli/executor_factory.h): the GPU runner when --device resolves to cuda, else the CPU reference;
+  // or random weights in a shape on the GPU runner (no tokenizer of its own: ids mode).
+  qs::cli::ExecutorFlags f = o.exec;
   f.max_batch_tokens = o.max_num_batched_tokens;
   f.max_batch_seqs = o.max_num_seqs;
-  f.max_context = o.max_context;
-  qs::cli::LoadedExecutor le = qs::cli::load_executor(o.model, f);
-  QS_CHECK(le.tokenizer) << "no tokenizer.json found for " << o.model;
-  const auto tok = le.tokenizer;
-  const std::string description = le.description;
-  std::unique_ptr<qs::model::Executor> executor = std::move(le.executor);
+  std::shared_ptr<const qs::tokenizer::Tokenizer> tok;
+  std::string description;
+  std::unique_ptr<qs::model::Executor> executor;
+  const bool random_weights = o.model.empty();
+  if (!random_weights) {
+    qs::cli::LoadedExecutor le = qs::cli::load_executor(o.model, f);
+    QS_CHECK(le.tokenizer) << "no tokenizer.json found for " << o.model;
+    tok = le.tokenizer;
+    description = le.description;
+    executor = std::move(le.executor);
+  } else {
+    if (!o.tokenizer.empty())
+      tok = std::make_shared<const qs::tokenizer::Tokenizer>(qs::tokenizer::Tokenizer::from_dir(o.tokenizer));
+    executor = qs::cli::make_random_weights_executor(o.random, f);
+    QS_CHECK(!tok || tok->vocab_size() <= executor->config().vocab_size)
+        << "--tokenizer " << o.tokenizer << " has ids up to " << tok->vocab_size() - 1
+        << " but the model's vocab_size is " << executor->config().vocab_size << ": its text prompts would not be valid ids";
+    description = "random weights (" + (o.random.shape.empty() ? o.random.config : o.random.shape) + ", " +
+                  o.random.variant + ")" + (tok ? ", text from --tokenizer " + o.tokenizer : ", no tokenizer");
+  }
 
   qs::runtime::EngineOptions eo;
   eo.max_num_seqs = o.max_num_seqs;
   eo.max_num_batched_tokens = o.max_num_batched_tokens;
   eo.max_queue = o.max_queue;
   eo.enable_prefix_caching = !o.no_prefix_caching;
-  qs::runtime::Engine engine(*executor, tok, eo);
+  // Ids mode: the engine never detokenizes (no tokenizer of the model's).
+  qs::runtime::Engine engine(*executor, random_weights ? nullptr : tok, eo);
   auto backend = qs::server::make_engine_backend(engine);
 
   qs::server::ServerOptions so;
   so.host = o.host;
   so.port = o.port;
-  so.served_model_name = o.served_model_name.empty()
-                             ? std::filesystem::path(o.model).lexically_normal().filename().string()
-                             : o.served_model_name;
-  if (so.served_model_name.empty()) so.served_model_name = std::filesystem::absolute(o.model).parent_path().filename().string();
+  if (!o.served_model_name.empty()) {
+    so.served_model_name = o.served_model_name;
+  } else if (random_weights) {
+    so.served_model_name =
+        o.random.shape.empty() ? std::filesystem::path(o.random.config).stem().string() : o.random.shape;
+  } else {
+    so.served_model_name = std::filesystem::path(o.model).lexically_normal().filename().string();
+    if (so.served_model_name.empty())
+      so.served_model_name = std::filesystem::absolute(o.model).parent_path().filename().string();
+  }
+  so.engine_text = !random_weights;
   so.api_key = api_key;
   so.max_body_bytes = o.max_body_mb << 20;
   so.http_threads = o.http_threads > 0 ? o.http_threads : std::max(64, o.max_num_seqs + 32);
@@ -113,22 +137,25 @@ void run(const Options& o) {
 
 qs::cli::CommandRegistrar reg("serve", "OpenAI-compatible HTTP server (completions, chat, streaming)", [](CLI::App* sub) {
   auto o = std::make_shared<Options>();
-  sub->add_option("--model,-m", o->model, "checkpoint folder (config.json, safetensors, tokenizer.json)")->required();
+  sub->add_option("--model,-m", o->model, "checkpoint folder (config.json, safetensors, tokenizer.json)");
+  sub->add_option("--shape", o->random.shape, "instead of --model: random weights in a built-in shape on the GPU (" +
+                                                  qs::cli::builtin_shape_list() + ")");
+  sub->add_option("--config", o->random.config, "instead of --model: random weights in the shape of a config.json");
+  sub->add_option("--variant", o->random.variant, "random weights: W4A8 variant")
+      ->check(CLI::IsMember({"per-channel", "g128"}));
+  sub->add_option("--seed", o->random.seed, "random weights: seed");
+  sub->add_option("--tokenizer", o->tokenizer,
+                  "random weights: a tokenizer folder for text prompts and the streamed text (ids it lacks: no text)");
   sub->add_option("--host", o->host, "address to listen on (default 127.0.0.1)");
   sub->add_option("--port", o->port, "port (default 8000; 0 = any free port)");
-  sub->add_option("--served-model-name", o->served_model_name, "model id clients must send (default: folder name)");
+  sub->add_option("--served-model-name", o->served_model_name,
+                  "model id clients must send (default: the folder name, or the shape)");
   sub->add_option("--api-key", o->api_key, "require 'Authorization: Bearer KEY' on /v1/* (or env QSERVE_API_KEY)");
-  sub->add_option("--device", o->device, "auto (cuda when a GPU is present; default), cpu (reference) or cuda")
-      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
-  sub->add_option("--dtype", o->dtype, "GPU numeric path: auto (the checkpoint's), w4a8kv4, fp16, fp8")
-      ->check(CLI::IsMember({"auto", "w4a8kv4", "fp16", "fp8"}));
-  sub->add_option("--max-context", o->max_context, "longest sequence (default: the model's context)")
-      ->check(CLI::NonNegativeNumber);
+  // --device --dtype --kv --gpu-memory-utilization --kv-pages --max-context, spelled as for generate / ppl / bench.
+  qs::cli::add_executor_flags(sub, &o->exec);
   sub->add_option("--max-num-seqs", o->max_num_seqs, "sequences running at once (default 64)");
   sub->add_option("--max-num-batched-tokens", o->max_num_batched_tokens, "tokens per engine step (default 2048)");
   sub->add_option("--max-queue", o->max_queue, "waiting requests before 429 (default 4096)");
-  sub->add_option("--gpu-memory-utilization", o->gpu_memory_utilization, "fraction of GPU memory (cuda; default 0.9)");
-  sub->add_option("--kv-pages", o->kv_pages, "KV cache pages of 64 tokens (cpu; default 256)");
   sub->add_option("--http-threads", o->http_threads, "HTTP handler threads (default max(64, max-num-seqs + 32))");
   sub->add_option("--shutdown-grace", o->shutdown_grace, "seconds to finish running requests on SIGINT/SIGTERM (default 10)");
   sub->add_option("--max-body-mb", o->max_body_mb, "largest request body in MiB (default 8)");

@@ -166,6 +166,11 @@ OnlineBenchResult run_online_bench(const SubmitFn& submit, const std::vector<Ben
         r.output_len += int32_t(out.tokens.size());
       }
       if (out.finish != FinishReason::kNone) {
+        // The final event's total is exact (over HTTP: the usage chunk's count; a chunk may carry several tokens).
+        if (out.completion_tokens > r.output_len) {
+          if (r.output_len == 0) r.first_token_s = t;
+          r.output_len = out.completion_tokens;
+        }
         r.end_s = t;
         r.ok = (out.finish == FinishReason::kLength || out.finish == FinishReason::kStop) && r.output_len > 0;
         if (!r.ok) r.error = std::string(finish_reason_name(out.finish)) + (out.error.empty() ? "" : ": " + out.error);

@@ -75,7 +75,9 @@ std::vector<double> make_arrivals(int32_t n, double request_rate, uint64_t seed)
 // Numpy-style percentile (linear interpolation) of unsorted values; 0 when empty.
 double percentile(std::vector<double> v, double q);
 
-using SubmitFn = std::function<void(RequestParams, OutputCallback)>;  // may throw to refuse a request
+// May throw to refuse a request. Callbacks follow Engine's contract: token events, then exactly one final event,
+// whose completion_tokens (when larger than the tokens streamed) is taken as the request's exact output count.
+using SubmitFn = std::function<void(RequestParams, OutputCallback)>;
 
 // Runs the benchmark through `submit` (callbacks may come from any thread). Blocks until every request ended.
 OnlineBenchResult run_online_bench(const SubmitFn& submit, const std::vector<BenchRequest>& reqs,

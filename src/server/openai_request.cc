@@ -146,6 +146,7 @@ void parse_common(const ojson& body, OpenAiRequest& r) {
     }
   }
   if (const ojson* v = field(body, "ignore_eos")) r.ignore_eos = as_bool(*v, "ignore_eos");
+  if (const ojson* v = field(body, "return_token_ids")) r.return_token_ids = as_bool(*v, "return_token_ids");
   if (const ojson* v = field(body, "stream")) r.stream = as_bool(*v, "stream");
   if (const ojson* v = field(body, "stream_options")) {
     if (!v->is_object()) bad_param("stream_options", std::string("'stream_options' must be an object, got ") + type_name(*v));
@@ -174,6 +175,9 @@ void parse_max_tokens(const ojson& body, const char* key, OpenAiRequest& r) {
 }
 
 std::vector<int32_t> token_array(const ojson& a) {
+  if (a.size() > size_t(kMaxPromptTokens))
+    bad_param("prompt", "a token-id prompt may have at most " + std::to_string(kMaxPromptTokens) + " ids, got " +
+                            std::to_string(a.size()));
   std::vector<int32_t> ids;
   ids.reserve(a.size());
   for (const ojson& t : a) {

@@ -8,9 +8,12 @@
 // {"type":"text"} parts), max_tokens / max_completion_tokens, temperature [0, 2], top_p (0, 1], top_k (-1 or 0:
 // off), seed, stop (string or array), n [1, 128], stream, stream_options.include_usage, logprobs (completions:
 // an integer 0..20; chat: a boolean with top_logprobs 0..20), echo (completions), and vLLM's extensions
-// repetition_penalty, ignore_eos, stop_token_ids, add_generation_prompt. Refused with a clear 400 rather than
-// silently ignored: a non-zero presence/frequency penalty, a non-empty logit_bias, suffix, best_of > n, tools,
-// response_format other than text, non-text message parts, echo together with logprobs.
+// repetition_penalty, ignore_eos (generate exactly max_tokens: benchmarks), stop_token_ids, add_generation_prompt,
+// return_token_ids (each choice / streamed chunk also carries the generated ids as "token_ids"). Token-id prompts:
+// non-empty, at most kMaxPromptTokens ids, each in [0, 2^31) here and in [0, vocab) in the server.
+// Refused with a clear 400 rather than silently ignored: a non-zero presence/frequency penalty, a non-empty
+// logit_bias, suffix, best_of > n, tools, response_format other than text, non-text message parts, echo together
+// with logprobs.
 #pragma once
 
 #include <cstdint>
@@ -47,6 +50,7 @@ struct OpenAiRequest {
   bool stream = false, include_usage = false;
   int32_t logprobs = -1;  // engine convention: -1 none, k >= 0 the sampled token's logprob and the top k
   bool echo = false;      // completions: the prompt text before the completion
+  bool return_token_ids = false;  // vLLM's extension: "token_ids" in every choice / chunk
 };
 
 // Limits (exposed for tests).
@@ -54,6 +58,7 @@ inline constexpr int kMaxN = 128;
 inline constexpr int kMaxPrompts = 64;
 inline constexpr int kMaxChoices = 256;  // prompts x n
 inline constexpr int kMaxLogprobs = 20;
+inline constexpr int kMaxPromptTokens = 1 << 20;  // ids in one token-id prompt
 
 // `body` must be a JSON value (the server answers malformed JSON itself); anything else in it is validated here.
 OpenAiRequest parse_completion_request(const nlohmann::ordered_json& body);

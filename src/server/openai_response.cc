@@ -52,10 +52,10 @@ std::string dump(const ojson& j) { return j.dump(-1, ' ', false, ojson::error_ha
 std::string sse_event(const ojson& j) { return "data: " + dump(j) + "\n\n"; }
 
 std::string ResponseBuilder::token_bytes(int32_t id) const {
-  if (id < 0 || id >= tok_.vocab_size()) return "";
+  if (!tok_ || id < 0 || id >= tok_->vocab_size()) return "";
   tokenizer::DecodeState st;
   std::string out;
-  tok_.append_token_bytes(id, /*skip_special_tokens=*/false, st, out);
+  tok_->append_token_bytes(id, /*skip_special_tokens=*/false, st, out);
   return out;
 }
 

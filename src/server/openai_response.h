@@ -43,7 +43,7 @@ inline constexpr const char* kSseDone = "data: [DONE]\n\n";
 class ResponseBuilder {
  public:
   ResponseBuilder(Endpoint endpoint, std::string id, int64_t created, std::string model,
-                  const tokenizer::Tokenizer& tok, int32_t logprobs)
+                  const tokenizer::Tokenizer* tok, int32_t logprobs)
       : endpoint_(endpoint), id_(std::move(id)), created_(created), model_(std::move(model)), tok_(tok),
         logprobs_(logprobs) {}
 
@@ -61,7 +61,8 @@ class ResponseBuilder {
   // The final usage-only chunk (stream_options.include_usage): choices [] and usage.
   ojson usage_chunk(const ojson& usage) const;
 
-  // The bytes a token stands for (special tokens as their text), not necessarily valid UTF-8.
+  // The bytes a token stands for (special tokens as their text), not necessarily valid UTF-8; "" for an id the
+  // tokenizer does not have (or without a tokenizer).
   std::string token_bytes(int32_t id) const;
 
  private:
@@ -70,7 +71,7 @@ class ResponseBuilder {
   std::string id_;
   int64_t created_;
   std::string model_;
-  const tokenizer::Tokenizer& tok_;
+  const tokenizer::Tokenizer* tok_;  // may be null (a server without tokenizer: token bytes are empty)
   int32_t logprobs_;
 };
 

@@ -18,6 +18,7 @@
 #include "server/openai_response.h"
 #include "server/request_session.h"
 #include "tokenizer/chat_template.h"
+#include "tokenizer/incremental_decoder.h"
 
 namespace qs::server {
 namespace {
@@ -62,6 +63,7 @@ struct Server::Impl {
   std::shared_ptr<const tokenizer::Tokenizer> tok;
   std::unique_ptr<tokenizer::ChatTemplate> chat_template;
   std::string chat_template_error;
+  bool ids_mode = false;  // !opts.engine_text or no tokenizer (see ServerOptions::engine_text)
   HttpTransport http;
   std::thread thread;
   int bound_port = -1;
@@ -99,6 +101,9 @@ struct Server::Impl {
     std::vector<ChoiceResult> results;
     std::vector<int64_t> text_offsets;
     std::vector<std::string> echo;  // completions echo: the prompt text of each choice
+    // Ids mode: each choice's text, decoded here (null without a tokenizer).
+    std::vector<std::unique_ptr<tokenizer::IncrementalDecoder>> decoders;
+    bool token_ids = false;  // "token_ids" in chunks / choices (return_token_ids, or ids mode)
     int64_t prompt_tokens = 0;
     int n = 1;  // choices per prompt
     bool include_usage = false, started = false, chat = false, finished = false, disconnected = false;
@@ -107,8 +112,10 @@ struct Server::Impl {
 
   Impl(ServerOptions o, GenerationBackend& b, std::shared_ptr<const tokenizer::Tokenizer> t)
       : opts(std::move(o)), backend(b), tok(std::move(t)) {
-    QS_CHECK(tok != nullptr) << "the server needs a tokenizer";
-    if (!tok->chat_template().empty()) {
+    ids_mode = !opts.engine_text || !tok;
+    if (!tok) {
+      chat_template_error = "this server has no tokenizer";
+    } else if (!tok->chat_template().empty()) {
       try {
         chat_template = std::make_unique<tokenizer::ChatTemplate>(tok->chat_template());
       } catch (const std::exception& e) {
@@ -263,6 +270,28 @@ struct Server::Impl {
   }
 
   // ------------------------------------------------------------------ generation
+  // Ids mode: the text of `ids` from the tokenizer, skipping ids it does not have ("" without a tokenizer).
+  std::string decode_known(const std::vector<int32_t>& ids) const {
+    if (!tok) return "";
+    std::vector<int> known;
+    for (int32_t id : ids)
+      if (id >= 0 && id < tok->vocab_size()) known.push_back(id);
+    return tok->decode(known);
+  }
+
+  // Ids mode: replaces the (empty) text of an engine event with the server's own decode of its tokens.
+  void fill_text(StreamState& st, ChoiceEvent& e) const {
+    if (!ids_mode) return;
+    e.out.text.clear();
+    tokenizer::IncrementalDecoder* dec = st.decoders[size_t(e.choice)].get();
+    if (!dec) return;
+    for (int32_t id : e.out.tokens) {
+      if (id < 0 || id >= tok->vocab_size()) continue;  // the model's vocabulary is larger than the tokenizer's
+      e.out.text += dec->push(id);
+    }
+    if (e.out.finish != runtime::FinishReason::kNone) e.out.text += dec->flush();
+  }
+
   std::vector<int32_t> chat_prompt(const OpenAiRequest& r) {
     if (!chat_template) throw ApiError(400, "chat completions are unavailable: " + chat_template_error);
     ojson ctx = ojson::object();
@@ -293,6 +322,10 @@ struct Server::Impl {
     if (r.model != opts.served_model_name)
       throw ApiError(404, "The model '" + r.model + "' does not exist (this server serves '" + opts.served_model_name + "')",
                      "invalid_request_error", "model", "model_not_found");
+    if (ids_mode && !r.stop.empty())
+      throw ApiError(400, "'stop' strings are not supported by this server: it streams token ids without "
+                          "detokenizing in the engine (random weights or no tokenizer); use stop_token_ids",
+                     "invalid_request_error", "stop");
 
     // Prompts -> token ids.
     std::vector<std::vector<int32_t>> prompts;
@@ -309,8 +342,12 @@ struct Server::Impl {
               throw ApiError(400, "token id " + std::to_string(id) + " in 'prompt' is outside the vocabulary [0, " +
                                       std::to_string(vocab) + ")", "invalid_request_error", "prompt");
           prompts.push_back(p.ids);
-          prompt_texts.push_back(r.echo ? tok->decode(std::vector<int>(p.ids.begin(), p.ids.end())) : "");
+          prompt_texts.push_back(!r.echo ? "" : ids_mode ? decode_known(p.ids)
+                                                           : tok->decode(std::vector<int>(p.ids.begin(), p.ids.end())));
         } else {
+          if (!tok)
+            throw ApiError(400, "this server has no tokenizer for the model's vocabulary (" + std::to_string(vocab) +
+                                    " ids): send 'prompt' as an array of token ids", "invalid_request_error", "prompt");
           const std::vector<int> ids = tok->encode(p.text, /*add_special_tokens=*/true);
           prompts.emplace_back(ids.begin(), ids.end());
           prompt_texts.push_back(p.text);
@@ -349,9 +386,10 @@ struct Server::Impl {
         if (std::find(stop_ids.begin(), stop_ids.end(), id) == stop_ids.end()) stop_ids.push_back(id);
 
     const std::string id = make_request_id(ep);
-    ResponseBuilder builder(ep, id, int64_t(std::time(nullptr)), opts.served_model_name, *tok, r.logprobs);
+    ResponseBuilder builder(ep, id, int64_t(std::time(nullptr)), opts.served_model_name, tok.get(), r.logprobs);
     auto st = std::make_shared<StreamState>(this, backend, builder);
     st->chat = ep == Endpoint::kChat;
+    st->token_ids = r.return_token_ids || ids_mode;
     st->include_usage = r.include_usage;
     st->n = r.n;
     st->sock = HttpTransport::current_socket();
@@ -367,6 +405,7 @@ struct Server::Impl {
         p.stop_token_ids = stop_ids;
         p.ignore_eos = r.ignore_eos;
         p.logprobs = r.logprobs;
+        p.detokenize = !ids_mode;
         try {
           st->session.add(std::move(p));
         } catch (const runtime::QueueFull& e) {
@@ -378,6 +417,10 @@ struct Server::Impl {
           throw ApiError(400, e.what(), "invalid_request_error");
         }
         st->echo.push_back(r.echo ? prompt_texts[pi] : "");
+        if (ids_mode)  // decoded as the engine would (RequestParams::continues_text), so both modes agree
+          st->decoders.push_back(tok ? std::make_unique<tokenizer::IncrementalDecoder>(
+                                           *tok, /*skip_special_tokens=*/true, runtime::RequestParams().continues_text)
+                                     : nullptr);
         st->results.emplace_back();
         st->text_offsets.push_back(int64_t(st->echo.back().size()));
       }
@@ -412,7 +455,10 @@ struct Server::Impl {
     std::vector<ChoiceEvent> evs;
     while (!st.session.all_finished()) {
       st.session.wait(evs, std::chrono::milliseconds(opts.poll_ms));
-      for (const ChoiceEvent& e : evs) st.results[e.choice].add(e.out);
+      for (ChoiceEvent& e : evs) {
+        fill_text(st, e);
+        st.results[e.choice].add(e.out);
+      }
       if (!st.session.all_finished() && !HttpTransport::peer_connected(st.sock)) {
         st.session.abort_all();
         count_disconnect();
@@ -430,8 +476,10 @@ struct Server::Impl {
       completion += c.completion_tokens;
     }
     cached = cached_tokens(st);
-    res.set_content(dump(st.builder.full_response(st.results, st.echo, usage_json(st.prompt_tokens, completion, cached))),
-                    "application/json");
+    ojson full = st.builder.full_response(st.results, st.echo, usage_json(st.prompt_tokens, completion, cached));
+    if (st.token_ids)
+      for (size_t i = 0; i < st.results.size(); ++i) full["choices"][i]["token_ids"] = st.results[i].tokens;
+    res.set_content(dump(full), "application/json");
   }
 
   // Streaming: one call writes what arrived since the previous call; false ends the response (client gone).
@@ -448,16 +496,20 @@ struct Server::Impl {
     }
     std::vector<ChoiceEvent> evs;
     if (!st.session.all_finished()) st.session.wait(evs, std::chrono::milliseconds(opts.poll_ms));
-    for (const ChoiceEvent& e : evs) {
+    for (ChoiceEvent& e : evs) {
+      fill_text(st, e);
       ChoiceResult& c = st.results[e.choice];
       const size_t first = c.tokens.size();
       c.add(e.out);
       const bool has_lp = !e.out.tokens.empty() && e.out.token_logprobs.size() == e.out.tokens.size();
-      if (!e.out.text.empty() || has_lp) {
+      const bool has_ids = st.token_ids && !e.out.tokens.empty();
+      if (!e.out.text.empty() || has_lp || has_ids) {
         ojson lp = has_lp ? st.builder.logprobs_json(c.tokens, c.token_logprobs, c.top_logprobs, first,
                                                      e.out.tokens.size(), &st.text_offsets[e.choice])
                           : ojson(nullptr);
-        out += sse_event(st.builder.chunk(e.choice, e.out.text, lp, runtime::FinishReason::kNone));
+        ojson ch = st.builder.chunk(e.choice, e.out.text, lp, runtime::FinishReason::kNone);
+        if (st.token_ids) ch["choices"][0]["token_ids"] = e.out.tokens;
+        out += sse_event(ch);
       }
       if (e.out.finish == runtime::FinishReason::kError) {
         out += "data: " + error_body(500, "generation failed: " + e.out.error, "server_error") + "\n\n";

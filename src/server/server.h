@@ -39,11 +39,18 @@ struct ServerOptions {
   int poll_ms = 20;                       // how often a waiting handler checks that its client is still there
   int write_timeout_seconds = 30;
   bool log_requests = false;              // one line per request on stderr
+  // true: the engine detokenizes (stop strings work; the tokenizer must cover every id the model can produce).
+  // false ("ids mode", forced when there is no tokenizer; `serve --shape`, random weights): the engine streams token
+  // ids only, nothing is detokenized on the engine thread, and the server writes each choice's text itself from the
+  // tokenizer when there is one: ids outside its vocabulary (or every id, without a tokenizer) add no text. Every
+  // choice and streamed chunk then carries "token_ids"; stop strings are refused (400), and so are text prompts
+  // and chat without a tokenizer.
+  bool engine_text = true;
 };
 
 class Server {
  public:
-  // The backend and tokenizer must outlive the server.
+  // The backend must outlive the server; `tok` may be null (ids mode, see ServerOptions::engine_text).
   Server(ServerOptions opts, GenerationBackend& backend, std::shared_ptr<const tokenizer::Tokenizer> tok);
   ~Server();  // stop()s and joins a start()ed server
   Server(const Server&) = delete;
