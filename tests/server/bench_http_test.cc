@@ -14,7 +14,7 @@
 
 #include "common/test_util.h"
 #include "model/ref/ref_executor.h"
-#include "quant/eval/model_loader.h"
+#include "model/checkpoint/load.h"
 #include "runtime/engine.h"
 #include "server/bench_http_client.h"
 #include "server/server.h"
@@ -40,7 +40,7 @@ class BenchHttpTest : public ::testing::Test {
   static void SetUpTestSuite() {
     if (!qs::test::data_available(kModel)) return;
     s_ = new Stack;
-    quant::eval::LoadedModel loaded = quant::eval::load_for_eval(qs::test::data_path(kModel), {});
+    model::LoadedModel loaded = model::load_checkpoint(qs::test::data_path(kModel), {});
     s_->tok = std::make_shared<const tokenizer::Tokenizer>(tokenizer::Tokenizer::from_dir(loaded.tokenizer_dir));
     model::RefExecutorOptions eo;
     eo.kv_dtype = KvDType::kFp32;
