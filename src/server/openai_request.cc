@@ -46,7 +46,21 @@ int64_t as_int(const ojson& v, const char* key) {
     return int64_t(u);
   }
   if (v.is_number_integer()) return v.get<int64_t>();
-  return int64_t(v.get<double>());
+  // An integral float (1e30): saturate instead of an undefined conversion; the caller's range check names it.
+  const double d = v.get<double>();
+  if (d >= 9.2233720368547758e18) return std::numeric_limits<int64_t>::max();
+  if (d <= -9.2233720368547758e18) return std::numeric_limits<int64_t>::min();
+  return int64_t(d);
+}
+
+// `seed`: an integer in [0, 2^64 - 1], exactly (a request's seed picks its random stream: a clamped or wrapped
+// seed would silently give another request's tokens).
+uint64_t as_seed(const ojson& v) {
+  if (v.is_number_unsigned()) return v.get<uint64_t>();
+  if (v.is_number_integer() && v.get<int64_t>() >= 0) return uint64_t(v.get<int64_t>());
+  bad_param("seed", "'seed' must be an integer in [0, 18446744073709551615], got " + std::string(type_name(v)) +
+                        (v.is_number() ? " " + v.dump() : ""));
+  return 0;
 }
 
 double as_number(const ojson& v, const char* key) {
@@ -110,7 +124,7 @@ void parse_common(const ojson& body, OpenAiRequest& r) {
     r.sampling.repetition_penalty = float(p);
   }
   if (const ojson* v = field(body, "seed")) {
-    r.sampling.seed = uint64_t(as_int(*v, "seed"));
+    r.sampling.seed = as_seed(*v);
     r.seed_given = true;
   }
   for (const char* key : {"presence_penalty", "frequency_penalty"}) {

@@ -120,6 +120,20 @@ TEST_F(ServerTest, SamplingFieldsReachTheEngine) {
   EXPECT_EQ(backend_->last_params().max_tokens, 16);
 }
 
+// Seeds are exact: the largest uint64 reaches the engine unchanged; negative, fractional and too-large seeds are a
+// 400 naming 'seed' (they used to wrap or saturate silently), and the next request still succeeds.
+TEST_F(ServerTest, SeedIsExactOrRefused) {
+  start();
+  ASSERT_EQ(complete({{"prompt", "Hi"}, {"max_tokens", 1}, {"seed", 18446744073709551615ull}}).status, 200);
+  EXPECT_EQ(backend_->last_params().sampling.seed, 18446744073709551615ull);
+  for (const nlohmann::json& bad : {nlohmann::json(-1), nlohmann::json(1.5), nlohmann::json(1e20), nlohmann::json("7")}) {
+    const HttpReply r = complete({{"prompt", "Hi"}, {"max_tokens", 1}, {"seed", bad}});
+    EXPECT_EQ(r.status, 400) << bad.dump() << ": " << r.body;
+    EXPECT_EQ(r.json()["error"]["param"], "seed") << r.body;
+  }
+  EXPECT_EQ(complete({{"prompt", "Hi"}, {"max_tokens", 1}, {"seed", 0}}).status, 200);
+}
+
 TEST_F(ServerTest, StopStringIsCut) {
   start();
   const auto prompt = encode("one two three four");
