@@ -6,7 +6,8 @@
 #                                                   test_engine_cuda_executor_gpu_test test_engine_weight_fusion_test)
 #   device:  run(command="bash gpu-pack/engine/engine.sh tests quick", carry=["gpu-pack/engine"])
 # Steps (any order, several allowed): tests | fp8tests | kernels (the kernel GPU tests) | quick (llama-3-8b at batch <= 128, w4a8kv4 + fp16, breakdown) |
-# final (llama-3-8b largest batch w4a8kv4,fp8,fp16 + breakdown; llama-2-70b w4a8kv4).
+# final (llama-3-8b largest batch w4a8kv4,fp8,fp16 + breakdown; llama-2-70b w4a8kv4) | accuracy (scripts/accuracy
+# --device cuda: the full 192-window ACCURACY.md tables of both models, KV protocols fake-quant then serving).
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 if [ "${1:-}" = pack ]; then
@@ -32,6 +33,10 @@ if [ "${1:-}" = pack ]; then
   xz -T2 -c "$DATA/text/calibration.txt" > "$DEST/data/text/calibration.txt.xz"
   xz -T2 -c "$DATA/text/wikitext2_test.txt" > "$DEST/data/text/wikitext2_test.txt.xz"
   cp "$HERE/engine.sh" "$DEST/engine.sh"
+  # Step `accuracy`: the table script, the outlier-variant generator it runs with python3, the commit of the build.
+  cp "$ROOT/scripts/accuracy" "$DEST/accuracy"
+  mkdir -p "$DEST/tools" && cp "$DATA/../tools/outlier_variant.py" "$DEST/tools/"
+  git -C "$ROOT" rev-parse --short HEAD > "$DEST/COMMIT"
   du -sh "$DEST"; exit 0
 fi
 OUT=${OUT:-out/engine}; mkdir -p "$OUT"
@@ -53,8 +58,10 @@ for step in "$@"; do
         "$W/bin/qserve" quantize --model "$W/data/models/qs-llama-tiny" --out "$W/ckpt/tiny-g128" --variant g128 \
           --rtn --calib "$W/data/text/calibration.txt" --quiet >> "$OUT/quantize.log" 2>&1 || rc=1
       fi
-      for t in test_engine_weight_fusion_test test_engine_cuda_executor_gpu_test; do
-        timeout 300 "$W/bin/$t" 2>&1 | tee "$OUT/$t.log" | grep -E "^\[  (FAILED|PASSED|SKIPPED) |Failure|error|agrees|fp16 greedy|perplexity|Expected|Which is|actual" | head -60 || rc=1
+      for t in test_engine_weight_fusion_test test_engine_cuda_executor_gpu_test test_engine_logit_scores_gpu_test \
+               test_engine_eval_modes_gpu_test; do
+        [ -x "$W/bin/$t" ] || continue
+        timeout 300 "$W/bin/$t" 2>&1 | tee "$OUT/$t.log" | grep -E "^\[  (FAILED|PASSED|SKIPPED) |Failure|error|agrees|fp16 greedy|perplexity|ppl GPU|Expected|Which is|actual" | head -60 || rc=1
       done
       ;;
     kernels)
@@ -129,6 +136,25 @@ for step in "$@"; do
         timeout 120 "$W/bin/qserve" bench --online --shape llama-3-8b --num-prompts 64 --shared-prefix-len 1024 \
           --input-len 128 --output-len 64 --request-rate ${PREFIX_RATE:-4} --max-num-seqs 256 $flag \
           --json "$OUT/online_prefix_${pc}_slow.json" 2>&1 | tee "$OUT/online_prefix_${pc}_slow.log" | grep -E "TTFT|throughput|hit rate" || rc=1
+      done
+      ;;
+    accuracy)
+      # The full-window accuracy tables: every ablation checkpoint of both models quantized 4 at a time (4 threads
+      # each), then one `qserve ppl --device cuda` per model, fake-quant protocol first, then serving. Only the
+      # results (ppl*.json, rows*.json, the log) come back, in acc.tgz, refreshed after each protocol.
+      A=$W/acc; mkdir -p "$A" "$W/tools"; cp "$HERE/tools/outlier_variant.py" "$W/tools/"
+      for proto in fake-quant serving; do
+        # ACC_DEADLINE (epoch seconds, optional): stop in time to pack what is done before the call's limit.
+        left=${ACC_TIMEOUT:-280}; [ -n "${ACC_DEADLINE:-}" ] && left=$(( ACC_DEADLINE - $(date +%s) ))
+        [ "$left" -lt 20 ] && { echo "accuracy: no time left for $proto"; break; }
+        timeout $left python3 "$HERE/accuracy" --device cuda --qserve "$W/bin/qserve" --work "$A" \
+          --jobs 4 --threads 4 --kv-protocol $proto --commit "$(cat "$HERE/COMMIT" 2>/dev/null)" --no-render \
+          > "$A/accuracy-$proto.log" 2>&1 || rc=1
+        grep -hE "^\[accuracy.*(checkpoints in|cached)|rror" "$A/accuracy-$proto.log" | tail -6
+        # One line per row: label ppl KL top-1.
+        sed -nE 's/^([^ ]+) \[.*\]: ppl ([0-9.]+)(  KL ([0-9.]+)  top1 ([0-9.]+))?.*/\1 \2 \4 \5/p' "$A/accuracy-$proto.log" \
+          | sed 's|^.*/||' | sed "s/^/$proto /"
+        (cd "$A" && tar -czf "$OUT/acc.tgz" accuracy-*.log */ppl*.json */rows*.json 2>/dev/null)
       done
       ;;
     *) echo "unknown step $step" ;;
