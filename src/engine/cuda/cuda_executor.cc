@@ -20,6 +20,7 @@
 #include "kernels/attention/decode_attention.h"
 #include "kernels/attention/prefill_attention.h"
 #include "kernels/common/cuda_check.h"
+#include "kernels/common/device_buffer.h"
 #include "kernels/elementwise/elementwise.h"
 #include "kernels/eval/logit_scores.h"
 #include "kernels/gemm_w4a8/qgemm.h"
@@ -70,7 +71,7 @@ struct StepShape {
   int np = 0;         // prefill sequences, rows [nd, m)
   int max_q_len = 0;  // over the prefill sequences
   int head_rows = 0;  // rows of the lm_head pass (out_rows[0 .. head_rows))
-  bool greedy = false;  // run the argmax kernel on the head rows
+  bool greedy = false;  // run the sampling kernel on the head rows
   const kernels::DecodePlan* dplan = nullptr;
 };
 
@@ -84,7 +85,7 @@ struct CudaExecutor::Impl {
   std::string gpu_name;
   cudaStream_t stream = nullptr;
   cublasHandle_t cublas = nullptr;
-  std::vector<void*> allocs;
+  std::vector<DeviceBuffer<uint8_t>> allocs;  // every device allocation of the runner but the KV pool and GEMM weights
   Memory mem;
 
   bool quant = false;  // W4A8 GEMMs
@@ -127,8 +128,8 @@ struct CudaExecutor::Impl {
   };
   const ScoreJob* score_job = nullptr;  // set by score_window around its execute()
   bool readback_self_kv = false;         // this step: prefill rows attend to their own K/V as the KV4 cache holds them
-  int32_t* argmax_d = nullptr;  // sampled token per head row
-  int32_t* argmax_h = nullptr;  // pinned
+  int32_t* sampled_d = nullptr;  // sampled token per head row (kernels/sampling)
+  int32_t* sampled_h = nullptr;  // pinned mirror
   // Per head row sampling settings (kernels/sampling): one device buffer + pinned mirror, fixed offsets:
   // temperature f32 [R], top_k i32 [R], top_p f32 [R], seed u64 [R], step u64 [R].
   uint8_t* samp_d = nullptr;
@@ -172,27 +173,25 @@ struct CudaExecutor::Impl {
     if (step_b) cudaEventDestroy(step_b);
     if (cublas) cublasDestroy(cublas);
     if (meta_h) cudaFreeHost(meta_h);
-    if (argmax_h) cudaFreeHost(argmax_h);
+    if (sampled_h) cudaFreeHost(sampled_h);
     if (samp_h) cudaFreeHost(samp_h);
-    for (void* p : allocs) cudaFree(p);
     if (stream) cudaStreamDestroy(stream);
   }
 
   template <typename T>
   T* alloc(size_t count, int64_t* counter) {
-    void* p = nullptr;
     const size_t bytes = std::max<size_t>(16, count * sizeof(T));
-    const cudaError_t e = cudaMalloc(&p, bytes);
-    if (e != cudaSuccess) {
+    try {
+      allocs.emplace_back(bytes);
+    } catch (const Error& e) {
       size_t fr = 0, tot = 0;
       cudaMemGetInfo(&fr, &tot);
       QS_FAIL() << "engine: out of GPU memory allocating " << bytes << " bytes (" << fr / (1 << 20) << " MiB free of "
-                << tot / (1 << 20) << " MiB): " << cudaGetErrorString(e)
+                << tot / (1 << 20) << " MiB): " << e.what()
                 << "; lower max_batch_tokens / max_batch_seqs or use a smaller model";
     }
-    allocs.push_back(p);
     *counter += int64_t(bytes);
-    return static_cast<T*>(p);
+    return reinterpret_cast<T*>(allocs.back().get());
   }
   uint16_t* upload16(const std::vector<uint16_t>& h) {
     uint16_t* d = alloc<uint16_t>(h.size(), &mem.weight_bytes);
@@ -512,8 +511,8 @@ struct CudaExecutor::Impl {
     score_bad = alloc<int32_t>(size_t(M), c);
     keep_rows = opt.keep_logits_rows;
     if (keep_rows > 0) keep_buf = alloc<float>(size_t(keep_rows) * V, c);
-    argmax_d = alloc<int32_t>(size_t(R), c);
-    QS_CUDA_CHECK(cudaMallocHost(&argmax_h, size_t(R) * 4));
+    sampled_d = alloc<int32_t>(size_t(R), c);
+    QS_CUDA_CHECK(cudaMallocHost(&sampled_h, size_t(R) * 4));
     so_topk = size_t(R) * 4;
     so_topp = so_topk + size_t(R) * 4;
     so_seed = (so_topp + size_t(R) * 4 + 15) / 16 * 16;
@@ -861,7 +860,7 @@ struct CudaExecutor::Impl {
         p.top_p = reinterpret_cast<const float*>(samp_d + so_topp);
         p.seed = reinterpret_cast<const uint64_t*>(samp_d + so_seed);
         p.step = reinterpret_cast<const uint64_t*>(samp_d + so_step);
-        p.out_token = argmax_d;
+        p.out_token = sampled_d;
         check(kernels::sample(p, stream));
       });
     }
@@ -1054,7 +1053,7 @@ struct CudaExecutor::Impl {
     // Row of the logits buffer for the j-th output sequence: j eagerly, the sequence index in a graph step.
     auto logit_row = [&](int j) { return use_graph ? out_seqs[size_t(j)] : j; };
     const int rows_needed = use_graph ? st.head_rows : R_out;
-    QS_CUDA_CHECK(cudaMemcpyAsync(argmax_h, argmax_d, size_t(std::max(rows_needed, 1)) * 4, cudaMemcpyDeviceToHost,
+    QS_CUDA_CHECK(cudaMemcpyAsync(sampled_h, sampled_d, size_t(std::max(rows_needed, 1)) * 4, cudaMemcpyDeviceToHost,
                                   stream));
     if (b.return_logits) {
       res.logits = Tensor(DType::F32, {int64_t(n_out), int64_t(V)});
@@ -1068,7 +1067,7 @@ struct CudaExecutor::Impl {
       }
     }
     QS_CUDA_CHECK(cudaStreamSynchronize(stream));
-    for (int j = 0; j < n_out; ++j) res.tokens[size_t(out_seqs[size_t(j)])] = argmax_h[logit_row(j)];
+    for (int j = 0; j < n_out; ++j) res.tokens[size_t(out_seqs[size_t(j)])] = sampled_h[logit_row(j)];
     finish_profile();
     return res;
   }
