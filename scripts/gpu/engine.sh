@@ -14,20 +14,21 @@ if [ "${1:-}" = pack ]; then
   ROOT=$(cd "$HERE/../.." && pwd)
   DEST=${ENGINE_PACK_DEST:-/work/main/gpu-pack/engine}
   DATA=${QSERVE_DATA:-$ROOT/../shared/data}
-  rm -rf "$DEST"; mkdir -p "$DEST/data/models" "$DEST/data/fixtures" "$DEST/data/text" /tmp/engine-pack
-  rm -rf /tmp/engine-pack/*
+  T=${ENGINE_PACK_TMP:-/tmp/engine-pack}
+  rm -rf "$DEST"; mkdir -p "$DEST/data/models" "$DEST/data/fixtures" "$DEST/data/text" "$T"
+  rm -rf "${T:?}"/*
   for b in qserve test_engine_cuda_executor_gpu_test test_engine_weight_fusion_test; do
-    cp "$ROOT/build/$b" /tmp/engine-pack/ && strip /tmp/engine-pack/$b
+    cp "$ROOT/build/$b" "$T"/ && strip "$T"/$b
   done
   # Every other GPU test too when built (step `kernels` runs them all).
   for b in "$ROOT"/build/test_*_gpu_test; do
-    [ -x "$b" ] && cp "$b" /tmp/engine-pack/ && strip "/tmp/engine-pack/$(basename "$b")"
+    [ -x "$b" ] && cp "$b" "$T"/ && strip "$T/$(basename "$b")"
   done
   # Shared libraries the GPU machine lacks (Debian's cpp-httplib is a shared library; brotli comes with it).
   for l in libcpp-httplib.so.0.11 libbrotlicommon.so.1 libbrotlidec.so.1 libbrotlienc.so.1; do
-    cp -L "/usr/lib/x86_64-linux-gnu/$l" /tmp/engine-pack/
+    cp -L "/usr/lib/x86_64-linux-gnu/$l" "$T"/
   done
-  tar -C /tmp/engine-pack -cf - . | xz -T2 -6 > "$DEST/bin.tar.xz"
+  tar -C "$T" -cf - . | xz -T2 -6 > "$DEST/bin.tar.xz"
   cp -r "$DATA/models/qs-llama-tiny" "$DEST/data/models/"
   cp "$DATA/fixtures/reference_generations.json" "$DATA/fixtures/reference_logits.safetensors" "$DEST/data/fixtures/"
   xz -T2 -c "$DATA/text/calibration.txt" > "$DEST/data/text/calibration.txt.xz"
