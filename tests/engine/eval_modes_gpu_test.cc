@@ -138,16 +138,17 @@ TEST(EvalModes, GpuModesMatchTheCpuReferenceAndDeviceScoresMatchHostScores) {
     if (!is_ref) {
       EXPECT_NEAR(d.kl_sum, h.kl_sum, 1e-6 * h.kl_sum + 1e-6) << d.label;
       EXPECT_LE(std::abs(d.top1_agree - h.top1_agree), 2) << d.label;
-      EXPECT_GT(d.kl_mean, 0.0) << d.label;  // a quantized model is not the reference
+      if (i != 2) EXPECT_GT(d.kl_mean, 0.0) << d.label;  // a quantized model is not the reference
       EXPECT_NEAR(d.kl_mean, c.kl_mean, 0.2 * c.kl_mean + 2e-3) << d.label;
       EXPECT_NEAR(d.top1, c.top1, 0.02) << d.label;
     }
   }
   // Serving rule with one prefill per window: the window attends to its own K/V unquantized, so the KV4 cache is
   // written but never read and the KV4 model is the FP16 model (up to the prefill kernel's instance for the pool
-  // type: 1e-6, top-1 within 2 of 2047).
-  EXPECT_NEAR(on_device[2].nll_sum, on_device[3].nll_sum, 1e-6 * on_device[3].nll_sum);
-  EXPECT_GE(on_device[2].top1_agree, kL - 3);
+  // type; bounds far tighter than what reading KV4 costs: KL ~0.03, top-1 ~0.87 on this model).
+  EXPECT_NEAR(on_device[2].nll_sum, on_device[3].nll_sum, 1e-4 * on_device[3].nll_sum);
+  EXPECT_GE(on_device[2].top1, 0.99);
+  EXPECT_LT(on_device[2].kl_mean, 1e-3);
 
   // The fake-quantized protocol (every K/V read back from the KV4 cache; the GPU reads a prefill's own K/V back,
   // kernels/kv_cache/kv_cache_readback.h) on the KV4 model, GPU vs CPU, and now the KV4 cache does cost something.
