@@ -55,6 +55,7 @@ struct PplArgs {
   std::string tokenizer;
   std::string device = "cpu";
   std::string kv_protocol = "fake-quant";
+  bool host_scores = false;
 };
 
 // One --model value with its settings.
@@ -177,6 +178,7 @@ void run(PplArgs a) {
   opt.seq_len = a.seq_len;
   opt.max_windows = a.max_windows;
   opt.quantized_self_kv = a.kv_protocol == "fake-quant";
+  opt.device_scores = !a.host_scores;
   const auto t0 = std::chrono::steady_clock::now();
   opt.progress = [&](int64_t done, int64_t total) {
     const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -249,6 +251,9 @@ qs::cli::CommandRegistrar reg("ppl", "Perplexity (GPTQ protocol) and KL divergen
                   "KV4 evaluation: fake-quant (default: every K/V read back quantized) or serving (a window's "
                   "prefill sees its own K/V unquantized, as the engine runs)")
       ->check(CLI::IsMember({"fake-quant", "serving"}));  // both on cpu and cuda
+  sub->add_flag("--host-scores", a->host_scores,
+                "cuda: copy every window's logits to the host and score them there (timing comparisons; the default "
+                "scores on the GPU)");
   sub->callback([a] { run(*a); });
 });
 
