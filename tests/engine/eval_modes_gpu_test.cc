@@ -7,7 +7,7 @@
 //    dequantized values),
 //  * FP weights over a KV4 cache (KV4 alone), under the serving rule (where it equals the FP16 model: the KV4 cache
 //    is never read by a single-prefill window) and the fake-quantized protocol (GPU read-back of the KV4 cache);
-// then the device scoring (NLL / KL / top-1 on the GPU, the reference's logits kept there) against the host scoring
+// decode steps of these modes as CUDA graphs == eager; then the device scoring (NLL / KL / top-1 on the GPU, the reference's logits kept there) against the host scoring
 // of the same executors' logits, and the refusals of modes that make no sense.
 // Tolerances: the FP16 model is within 1e-3 of the FP32 perplexity (cuda_executor_gpu_test, 2e-3 logits error);
 // the quantized / KV4 modes add rounding at near-ties of INT8 / KV4 codes, amplified by FP16-vs-FP32 differences
@@ -163,6 +163,66 @@ TEST(EvalModes, GpuModesMatchTheCpuReferenceAndDeviceScoresMatchHostScores) {
   EXPECT_NEAR(fq_gpu[0].kl_mean, fq_cpu[0].kl_mean, 0.2 * fq_cpu[0].kl_mean + 2e-3);
   EXPECT_GT(fq_gpu[0].kl_mean, 1e-3);  // KV4 alone on the CPU: KL ~0.03 on this model (ACCURACY.md)
   EXPECT_GT(fq_gpu[0].ppl, on_device[2].ppl);
+}
+
+// Decode steps of the new modes as CUDA graphs (the first step of a bucket eager, then captured and replayed while
+// the contexts grow) == the same steps eager: greedy tokens equal, logits within 2e-3 (two GPU runs that differ only
+// in graph vs eager, cuda_executor_gpu_test's bound).
+void graphs_equal_eager(model::Model& m, EngineDType d, const std::string& kv_cache) {
+  SCOPED_TRACE(std::string(engine_dtype_name(d)) + " kv_cache '" + kv_cache + "'");
+  auto opts = [&](bool graphs) {
+    CudaExecutorOptions o = window_options(d, kv_cache);
+    o.max_batch_tokens = 512;
+    o.max_batch_seqs = 4;
+    o.max_context = 512;
+    o.max_num_pages = 24;
+    o.cuda_graphs = graphs;
+    return o;
+  };
+  CudaExecutor g(m, opts(true)), e(m, opts(false));
+  const std::vector<int> lens = {37, 64, 5};
+  std::vector<std::vector<int32_t>> pages(3);
+  for (int s = 0; s < 3; ++s)
+    for (int p = 0; p < 8; ++p) pages[size_t(s)].push_back(s * 8 + p);
+  model::ForwardBatch pre;
+  std::vector<std::vector<int32_t>> prompts;
+  for (int s = 0; s < 3; ++s) {
+    std::vector<int32_t> ids;
+    for (int t = 0; t < lens[size_t(s)]; ++t) ids.push_back(int32_t((t * 37 + s * 101 + 11) % 8000));
+    prompts.push_back(ids);
+  }
+  for (int s = 0; s < 3; ++s) pre.add_sequence(prompts[size_t(s)].data(), lens[size_t(s)], 0, pages[size_t(s)]);
+  auto rg = g.execute(pre), re = e.execute(pre);
+  std::vector<int> ctx = lens;
+  for (int step = 0; step < 6; ++step) {
+    for (int s = 0; s < 3; ++s) EXPECT_EQ(rg.tokens[size_t(s)], re.tokens[size_t(s)]) << "step " << step << " seq " << s;
+    model::ForwardBatch dec;
+    dec.return_logits = true;
+    for (int s = 0; s < 3; ++s) dec.add_sequence(&re.tokens[size_t(s)], 1, ctx[size_t(s)]++, pages[size_t(s)]);
+    rg = g.execute(dec);
+    re = e.execute(dec);
+    const int64_t V = re.logits.dim(1);
+    for (int s = 0; s < 3; ++s)
+      EXPECT_LE(test::normalized_error(rg.logits.data<float>() + s * V, re.logits.data<float>() + s * V, size_t(V)),
+                2e-3)
+          << "step " << step << " seq " << s;
+  }
+  EXPECT_GE(g.num_graphs(), 1);
+  EXPECT_EQ(e.num_graphs(), 0);
+}
+
+TEST(EvalModes, DecodeGraphsEqualEagerInTheNewModes) {
+  QS_REQUIRE_GPU();
+  QS_REQUIRE_DATA(kTiny);
+  auto w8 = tiny();
+  ev::apply_rtn(*w8, ev::RtnScheme::kW8A8);
+  graphs_equal_eager(*w8, EngineDType::kW4A8KV4, "fp16");
+  graphs_equal_eager(*w8, EngineDType::kW4A8KV4, "");  // W8A8 over KV4
+  auto w16 = tiny();
+  ev::apply_rtn(*w16, ev::RtnScheme::kW4A16PerChannel);
+  graphs_equal_eager(*w16, EngineDType::kFp16, "");
+  auto fp = tiny();
+  graphs_equal_eager(*fp, EngineDType::kFp16, "kv4");
 }
 
 TEST(EvalModes, NonsenseModesAndBadScoringCallsAreClearErrors) {
