@@ -7,8 +7,9 @@
 //    dequantized values),
 //  * FP weights over a KV4 cache (KV4 alone), under the serving rule (where it equals the FP16 model: the KV4 cache
 //    is never read by a single-prefill window) and the fake-quantized protocol (GPU read-back of the KV4 cache);
-// decode steps of these modes as CUDA graphs == eager; then the device scoring (NLL / KL / top-1 on the GPU, the reference's logits kept there) against the host scoring
-// of the same executors' logits, and the refusals of modes that make no sense.
+// decode steps of these modes as CUDA graphs == eager; then the device scoring (NLL / KL / top-1 on the GPU, the
+// reference's logits kept there) against the host scoring of the same executors' logits, and the refusals of modes
+// that make no sense.
 // Tolerances: the FP16 model is within 1e-3 of the FP32 perplexity (cuda_executor_gpu_test, 2e-3 logits error);
 // the quantized / KV4 modes add rounding at near-ties of INT8 / KV4 codes, amplified by FP16-vs-FP32 differences
 // upstream, so 5e-3 (issue 8's bound for the W4A8KV4 checkpoints; measured values are printed). KL and top-1 are
