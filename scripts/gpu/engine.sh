@@ -145,10 +145,11 @@ for step in "$@"; do
       ;;
     accuracy)
       # The full-window accuracy tables: every ablation checkpoint of both models quantized 4 at a time (4 threads
-      # each), then one `qserve ppl --device cuda` per model, fake-quant protocol first, then serving. Only the
+      # each), then one `qserve ppl --device cuda` per model, fake-quant protocol first, then serving (ACC_PROTOCOLS
+      # picks; ACC_DEADLINE, epoch seconds, stops in time to pack what is done). Only the
       # results (ppl*.json, rows*.json, the log) come back, in acc.tgz, refreshed after each protocol.
       A=$W/acc; mkdir -p "$A" "$W/tools"; cp "$HERE/tools/outlier_variant.py" "$W/tools/"
-      for proto in fake-quant serving; do
+      for proto in ${ACC_PROTOCOLS:-fake-quant serving}; do
         # ACC_DEADLINE (epoch seconds, optional): stop in time to pack what is done before the call's limit.
         left=${ACC_TIMEOUT:-280}; [ -n "${ACC_DEADLINE:-}" ] && left=$(( ACC_DEADLINE - $(date +%s) ))
         [ "$left" -lt 20 ] && { echo "accuracy: no time left for $proto"; break; }
