@@ -6,32 +6,39 @@
 #                                                   test_engine_cuda_executor_gpu_test test_engine_weight_fusion_test)
 #   device:  run(command="bash gpu-pack/engine/engine.sh tests quick", carry=["gpu-pack/engine"])
 # Steps (any order, several allowed): tests | fp8tests | kernels (the kernel GPU tests) | quick (llama-3-8b at batch <= 128, w4a8kv4 + fp16, breakdown) |
-# final (llama-3-8b largest batch w4a8kv4,fp8,fp16 + breakdown; llama-2-70b w4a8kv4) | http (http_bench.sh).
+# final (llama-3-8b largest batch w4a8kv4,fp8,fp16 + breakdown; llama-2-70b w4a8kv4) | http (http_bench.sh) |
+# accuracy (scripts/accuracy --device cuda: the full 192-window ACCURACY.md tables of both models, KV protocols
+# fake-quant then serving).
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 if [ "${1:-}" = pack ]; then
   ROOT=$(cd "$HERE/../.." && pwd)
   DEST=${ENGINE_PACK_DEST:-/work/main/gpu-pack/engine}
   DATA=${QSERVE_DATA:-$ROOT/../shared/data}
-  rm -rf "$DEST"; mkdir -p "$DEST/data/models" "$DEST/data/fixtures" "$DEST/data/text" /tmp/engine-pack
-  rm -rf /tmp/engine-pack/*
+  T=${ENGINE_PACK_TMP:-/tmp/engine-pack}
+  rm -rf "$DEST"; mkdir -p "$DEST/data/models" "$DEST/data/fixtures" "$DEST/data/text" "$T"
+  rm -rf "${T:?}"/*
   for b in qserve test_engine_cuda_executor_gpu_test test_engine_weight_fusion_test; do
-    cp "$ROOT/build/$b" /tmp/engine-pack/ && strip /tmp/engine-pack/$b
+    cp "$ROOT/build/$b" "$T"/ && strip "$T"/$b
   done
   # Every other GPU test too when built (step `kernels` runs them all).
   for b in "$ROOT"/build/test_*_gpu_test; do
-    [ -x "$b" ] && cp "$b" /tmp/engine-pack/ && strip "/tmp/engine-pack/$(basename "$b")"
+    [ -x "$b" ] && cp "$b" "$T"/ && strip "$T/$(basename "$b")"
   done
   # Shared libraries the GPU machine lacks (Debian's cpp-httplib is a shared library; brotli comes with it).
   for l in libcpp-httplib.so.0.11 libbrotlicommon.so.1 libbrotlidec.so.1 libbrotlienc.so.1; do
-    cp -L "/usr/lib/x86_64-linux-gnu/$l" /tmp/engine-pack/
+    cp -L "/usr/lib/x86_64-linux-gnu/$l" "$T"/
   done
-  tar -C /tmp/engine-pack -cf - . | xz -T2 -6 > "$DEST/bin.tar.xz"
+  tar -C "$T" -cf - . | xz -T2 -6 > "$DEST/bin.tar.xz"
   cp -r "$DATA/models/qs-llama-tiny" "$DEST/data/models/"
   cp "$DATA/fixtures/reference_generations.json" "$DATA/fixtures/reference_logits.safetensors" "$DEST/data/fixtures/"
   xz -T2 -c "$DATA/text/calibration.txt" > "$DEST/data/text/calibration.txt.xz"
   xz -T2 -c "$DATA/text/wikitext2_test.txt" > "$DEST/data/text/wikitext2_test.txt.xz"
   cp "$HERE/engine.sh" "$HERE/http_bench.sh" "$DEST/"
+  # Step `accuracy`: the table script, the outlier-variant generator it runs with python3, the commit of the build.
+  cp "$ROOT/scripts/accuracy" "$DEST/accuracy"
+  mkdir -p "$DEST/tools" && cp "$DATA/../tools/outlier_variant.py" "$DEST/tools/"
+  git -C "$ROOT" rev-parse --short HEAD > "$DEST/COMMIT"
   du -sh "$DEST"; exit 0
 fi
 OUT=${OUT:-out/engine}; mkdir -p "$OUT"
@@ -55,6 +62,12 @@ for step in "$@"; do
       fi
       for t in test_engine_weight_fusion_test test_engine_cuda_executor_gpu_test; do
         timeout 300 "$W/bin/$t" 2>&1 | tee "$OUT/$t.log" | grep -E "^\[  (FAILED|PASSED|SKIPPED) |Failure|error|agrees|fp16 greedy|perplexity|Expected|Which is|actual" | head -60 || rc=1
+      done
+      # The evaluation tests (device scoring, KV4 read-back, the ablation modes vs the CPU): one log ($OUT keeps <= 8 files).
+      for t in test_engine_logit_scores_gpu_test test_engine_kv_readback_gpu_test test_engine_eval_modes_gpu_test; do
+        [ -x "$W/bin/$t" ] || continue
+        echo "== $t" >> "$OUT/eval_tests.log"
+        timeout 200 "$W/bin/$t" 2>&1 | tee -a "$OUT/eval_tests.log" | grep -E "^\[  (FAILED|PASSED|SKIPPED) |Failure|ppl GPU|fake-quant ppl|Expected|Which is|actual" | head -40 || rc=1
       done
       ;;
     kernels)
@@ -134,6 +147,26 @@ for step in "$@"; do
     http)
       # Issue 10: the online benchmark through HTTP vs in process, same workload and engine settings.
       OUT="$OUT" bash "$HERE/http_bench.sh" "$W/bin/qserve" || rc=1
+      ;;
+    accuracy)
+      # The full-window accuracy tables: every ablation checkpoint of both models quantized 4 at a time (4 threads
+      # each), then one `qserve ppl --device cuda` per model, fake-quant protocol first, then serving (ACC_PROTOCOLS
+      # picks; ACC_DEADLINE, epoch seconds, stops in time to pack what is done). Only the
+      # results (ppl*.json, rows*.json, the log) come back, in acc.tgz, refreshed after each protocol.
+      A=$W/acc; mkdir -p "$A" "$W/tools"; cp "$HERE/tools/outlier_variant.py" "$W/tools/"
+      for proto in ${ACC_PROTOCOLS:-fake-quant serving}; do
+        # ACC_DEADLINE (epoch seconds, optional): stop in time to pack what is done before the call's limit.
+        left=${ACC_TIMEOUT:-280}; [ -n "${ACC_DEADLINE:-}" ] && left=$(( ACC_DEADLINE - $(date +%s) ))
+        [ "$left" -lt 20 ] && { echo "accuracy: no time left for $proto"; break; }
+        timeout $left python3 "$HERE/accuracy" --device cuda --qserve "$W/bin/qserve" --work "$A" \
+          --jobs 4 --threads 4 --kv-protocol $proto --commit "$(cat "$HERE/COMMIT" 2>/dev/null)" --no-render \
+          > "$A/accuracy-$proto.log" 2>&1 || rc=1
+        grep -hE "^\[accuracy.*(checkpoints in|cached)|rror" "$A/accuracy-$proto.log" | tail -6
+        # One line per row: label ppl KL top-1.
+        sed -nE 's/^([^ ]+) \[.*\]: ppl ([0-9.]+)(  KL ([0-9.]+)  top1 ([0-9.]+))?.*/\1 \2 \4 \5/p' "$A/accuracy-$proto.log" \
+          | sed 's|^.*/||' | sed "s/^/$proto /"
+        (cd "$A" && tar -czf "$OUT/acc.tgz" accuracy-*.log */ppl*.json */rows*.json 2>/dev/null)
+      done
       ;;
     *) echo "unknown step $step" ;;
   esac

@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "model/quantized/quantized_linear.h"
 #include "model/ref/ref_executor.h"
 #include "model/checkpoint/load.h"
 
@@ -77,12 +78,27 @@ std::unique_ptr<model::Executor> make_executor_for(std::unique_ptr<model::Model>
   }
 #if defined(QSERVE_HAVE_CUDA)
   engine::CudaExecutorOptions eo;
-  const std::string dtype = f.dtype != "auto" ? f.dtype : (quantized ? "w4a8kv4" : "fp16");
+  // Weight-only quantized models (FP activations, W4A16) run on the GPU's fp16 path over dequantized weights.
+  const auto* q0 = m->weights().layers.empty()
+                       ? nullptr
+                       : dynamic_cast<const model::QuantizedLinear*>(m->weights().layers[0].q_proj.get());
+  const bool weight_only = quantized && q0 && q0->act_mode() == model::ActMode::kFloat;
+  const std::string dtype = f.dtype != "auto" ? f.dtype : (quantized && !weight_only ? "w4a8kv4" : "fp16");
   eo.dtype = engine::parse_engine_dtype(dtype);
-  QS_CHECK(quantized == (eo.dtype == engine::EngineDType::kW4A8KV4))
-      << "--dtype " << dtype << " needs " << (quantized ? "an FP (Hugging Face) checkpoint" : "a quantized checkpoint")
-      << ", and the model is " << (quantized ? "quantized" : "an FP checkpoint");
-  if (quantized && kv != KvDType::kKv4) eo.kv_cache = "fp16";
+  QS_CHECK(!(eo.dtype == engine::EngineDType::kW4A8KV4 && !quantized))
+      << "--dtype w4a8kv4 needs a quantized checkpoint (`qserve quantize`), and the model is an FP checkpoint";
+  QS_CHECK(!(eo.dtype == engine::EngineDType::kW4A8KV4 && weight_only))
+      << "--dtype w4a8kv4: the model is weight-only (FP activations); on the GPU it runs as fp16 over its "
+         "dequantized weights (--dtype fp16)";
+  QS_CHECK(!(eo.dtype == engine::EngineDType::kFp8 && quantized))
+      << "--dtype fp8 needs an FP (Hugging Face) checkpoint, and the model is quantized";
+  const bool int_gemms = eo.dtype == engine::EngineDType::kW4A8KV4;
+  if (int_gemms && kv != KvDType::kKv4) eo.kv_cache = "fp16";
+  if (!int_gemms && kv == KvDType::kKv4) {
+    QS_CHECK(eo.dtype == engine::EngineDType::kFp16)
+        << "--kv kv4 with --dtype fp8: the fp8 path runs its own FP8 cache; KV4 under FP weights needs --dtype fp16";
+    eo.kv_cache = "kv4";
+  }
   eo.gpu_memory_utilization = f.gpu_memory_utilization;
   eo.page_size = f.page_size;
   eo.max_batch_tokens = f.max_batch_tokens;
@@ -90,6 +106,7 @@ std::unique_ptr<model::Executor> make_executor_for(std::unique_ptr<model::Model>
   eo.max_context = int32_t(std::min<int64_t>(ctx, 16384));
   eo.cuda_graphs = f.cuda_graphs;
   eo.max_num_pages = f.kv_pages;  // 0: as the memory allows; a cap lets several executors share the GPU (ppl)
+  eo.keep_logits_rows = f.keep_logits_rows;
   return std::make_unique<engine::CudaExecutor>(*m, eo);
 #else
   QS_FAIL() << "--device cuda: this qserve was built without CUDA";
@@ -108,8 +125,6 @@ LoadedExecutor load_executor(const std::string& model_dir, const ExecutorFlags& 
     tokenizer::check_fits_model_vocab(*out.tokenizer, c.vocab_size, c.bos_token_ids, c.eos_token_ids, model_dir);
   }
   const bool kv4 = f.kv == "kv4" || (f.kv == "auto" && loaded.kv_bits == 4);
-  QS_CHECK(!(f.kv == "kv4" && out.device == "cuda" && !loaded.quantized))
-      << "--kv kv4 on the GPU needs a quantized checkpoint (--dtype w4a8kv4)";
   out.description = loaded.description;
   out.executor = make_executor_for(std::move(loaded.model), loaded.quantized,
                                    kv4 ? KvDType::kKv4 : KvDType::kFp32, out.device, f);

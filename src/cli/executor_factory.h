@@ -3,9 +3,11 @@
 // `bench` share the flags and the rules:
 //  * --device auto (default) picks cuda when qserve was built with CUDA and a GPU is visible, else cpu.
 //  * --dtype auto runs a QoQ checkpoint as w4a8kv4 and an FP checkpoint as fp16 on the GPU (FP32 on the CPU).
-//    Explicit fp16 / fp8 need an FP checkpoint, w4a8kv4 a quantized one (there is no on-the-fly quantization).
+//    Explicit fp8 needs an FP checkpoint, w4a8kv4 a quantized one with INT8 activations (W4A8 or W8A8); fp16 also
+//    runs a quantized model over its weights dequantized to FP16 (W4A16), the GPU path of weight-only models.
 //  * CPU KV: KV4 when the checkpoint was made for it (or --kv kv4), FP32 otherwise; the pool has --kv-pages pages.
-//  * GPU KV: the dtype's (KV4 / FP8 / FP16), the pool sized from free memory (--gpu-memory-utilization).
+//  * GPU KV: the dtype's (KV4 / FP8 / FP16), or FP16 under W4A8 / KV4 under fp16 as ablations; the pool sized from
+//    free memory (--gpu-memory-utilization).
 // Models load through model/checkpoint/load (HF FP -> FP32 Model, quantized -> integer-reference Model); the GPU
 // runner uploads from that host model, which is freed afterwards.
 #pragma once
@@ -34,6 +36,7 @@ struct ExecutorFlags {
   int32_t max_batch_tokens = 8192;
   int32_t max_batch_seqs = 256;
   bool cuda_graphs = true;
+  int32_t keep_logits_rows = 0;  // cuda: logits rows kept on the device for evaluation (ppl --reference)
 };
 
 // Registers --device, --dtype, --kv, --gpu-memory-utilization, --kv-pages, --max-context on `app`, except the
@@ -52,8 +55,8 @@ struct LoadedExecutor {
 };
 
 // The executor for an already loaded host model (quantized: its linears are model::QuantizedLinear). `kv` is the
-// CPU pool's element type; on cuda kFp32 asks for an FP16 cache under W4A8 (an ablation) and kKv4 for the dtype's
-// own. `device` is resolved ("cpu" / "cuda"). The GPU runner uploads and the host model is freed on return.
+// CPU pool's element type; on cuda kFp32 asks for an FP16 cache (under W4A8 an ablation) and kKv4 for a KV4 cache
+// (the W4A8 path's own; under fp16 weights an ablation, "KV4 alone"). `device` is resolved ("cpu" / "cuda"). The GPU runner uploads and the host model is freed on return.
 std::unique_ptr<model::Executor> make_executor_for(std::unique_ptr<model::Model> m, bool quantized, KvDType kv,
                                                    const std::string& device, const ExecutorFlags& f);
 

@@ -10,9 +10,14 @@
 // quantized checkpoint's linears on FP32 activations (W4A16 ablation); kv=auto gives KV4 to checkpoints made for
 // it and to W4A8 RTN schemes, FP32 otherwise.
 // Every model runs behind the executor seam (model/executor.h): --device cpu (the default) is the exact CPU
-// reference executor (model/ref); --device cuda the GPU runner (engine/cuda: FP16 for HF checkpoints, W4A8KV4 for
-// quantized ones), which only implements the serving KV rule (--kv-protocol serving: a window's prefill sees its
-// own K/V unquantized) while the CPU default is the fake-quantized protocol (every K/V read back quantized).
+// reference executor (model/ref); --device cuda the GPU runner (engine/cuda). KV4 protocols: fake-quant (default:
+// every K/V read back quantized, as QoQ evaluates; the GPU reads a prefill's own K/V back from its KV4 cache,
+// kernels/kv_cache/kv_cache_readback.h) or serving (a window's prefill sees its own K/V unquantized, as the
+// engine serves: with one prefill per window, the KV4 cache is then never read). On the GPU: HF checkpoints run FP16 (kv=kv4: over a KV4
+// cache), quantized ones W4A8KV4 (kv=fp32: FP16 cache), rtn=w8a8 the INT8 GEMM with an FP16 cache, rtn=w4a16-*
+// and weight-only the FP16 path over the weights dequantized to FP16; the --reference is the FP16 GPU model (the
+// CPU's is FP32), and NLL / KL / top-1 are computed on the GPU (model/window_scorer.h), the reference's logits
+// kept there for all the models of the call.
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -50,6 +55,7 @@ struct PplArgs {
   std::string tokenizer;
   std::string device = "cpu";
   std::string kv_protocol = "fake-quant";
+  bool host_scores = false;
 };
 
 // One --model value with its settings.
@@ -107,7 +113,7 @@ qs::KvDType kv_dtype_for(const std::string& kv, const qs::model::LoadedModel& lm
 
 // The executor that evaluates one model (it takes the model over): one window of seq_len tokens at a time.
 std::unique_ptr<qs::model::Executor> make_executor(const PplArgs& a, std::unique_ptr<qs::model::Model> m,
-                                                   bool quantized, qs::KvDType kv) {
+                                                   bool quantized, qs::KvDType kv, bool reference = false) {
   const qs::model::RefExecutorOptions w = ev::window_executor_options(kv, a.seq_len);
   qs::cli::ExecutorFlags f;
   f.page_size = w.page_size;
@@ -116,6 +122,7 @@ std::unique_ptr<qs::model::Executor> make_executor(const PplArgs& a, std::unique
   f.max_batch_seqs = w.max_batch_seqs;
   f.max_context = int32_t(a.seq_len);
   f.cuda_graphs = false;  // whole-window prefills only
+  if (reference) f.keep_logits_rows = int32_t(a.seq_len);  // the models are scored against it on the device
   return qs::cli::make_executor_for(std::move(m), quantized, kv, a.device, f);
 }
 
@@ -124,8 +131,6 @@ void run(PplArgs a) {
   const std::string dataset = a.dataset.empty() ? qs::data_dir() + "/text/wikitext2_test.txt" : a.dataset;
   const bool tty = isatty(fileno(stderr));
   a.device = qs::cli::resolve_device(a.device);
-  QS_CHECK(a.device == "cpu" || a.kv_protocol == "serving")
-      << "ppl --device cuda: the GPU runner evaluates with the serving KV rule; add --kv-protocol serving";
 
   std::vector<ModelSpec> specs;
   for (const auto& s : a.models) specs.push_back(parse_spec(s, a));
@@ -145,7 +150,6 @@ void run(PplArgs a) {
       lm.kv_bits = sp.rtn.rfind("w4a8", 0) == 0 ? 4 : 32;
       lm.description = "rtn " + sp.rtn + " (in memory)";
     }
-    QS_CHECK(a.device == "cpu" || !sp.weight_only) << "ppl: weight-only runs on the CPU reference (--device cpu)";
     executors.push_back(make_executor(a, std::move(lm.model), lm.quantized, kv_dtype_for(sp.kv, lm)));
     evals.push_back({sp.label, executors.back().get()});
   }
@@ -155,7 +159,7 @@ void run(PplArgs a) {
   if (!a.reference.empty()) {
     ref = std::make_unique<qs::model::LoadedModel>(qs::model::load_checkpoint(a.reference, {}));
     QS_CHECK(!ref->quantized) << "ppl: --reference must be an FP (Hugging Face) checkpoint";
-    ref_exec = make_executor(a, std::move(ref->model), false, qs::KvDType::kFp32);
+    ref_exec = make_executor(a, std::move(ref->model), false, qs::KvDType::kFp32, /*reference=*/true);
   }
   std::string tok_dir = a.tokenizer;
   for (size_t i = 0; tok_dir.empty() && i < loaded.size(); ++i) tok_dir = loaded[i].tokenizer_dir;
@@ -174,6 +178,7 @@ void run(PplArgs a) {
   opt.seq_len = a.seq_len;
   opt.max_windows = a.max_windows;
   opt.quantized_self_kv = a.kv_protocol == "fake-quant";
+  opt.device_scores = !a.host_scores;
   const auto t0 = std::chrono::steady_clock::now();
   opt.progress = [&](int64_t done, int64_t total) {
     const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -193,7 +198,8 @@ void run(PplArgs a) {
     const bool is_ref = ref && i + 1 == results.size();
     const qs::model::LoadedModel& lm = is_ref ? *ref : loaded[i];
     const std::string desc = is_ref ? "reference, " + ref->description : lm.description;
-    const char* kv = qs::kv_dtype_name((is_ref ? ref_exec.get() : evals[i].executor)->pool().dtype);
+    const qs::model::Executor* ex = is_ref ? ref_exec.get() : evals[i].executor;
+    const char* kv = qs::kv_dtype_name(ex->pool().dtype);
     std::printf("%s [%s, kv %s]: ppl %.4f", r.label.c_str(), desc.c_str(), kv, r.ppl);
     if (r.has_reference) std::printf("  KL %.5f  top1 %.4f", r.kl_mean, r.top1);
     std::printf("  (%lld windows x %lld, %lld tokens, %.1fs)\n", (long long)r.windows, (long long)a.seq_len,
@@ -203,7 +209,9 @@ void run(PplArgs a) {
                         {"reference", is_ref},  {"ppl", r.ppl},
                         {"nll_sum", r.nll_sum}, {"windows", r.windows},
                         {"seq_len", a.seq_len}, {"tokens", r.tokens},
-                        {"seconds", r.seconds}, {"dataset", dataset}};
+                        {"seconds", r.seconds}, {"dataset", dataset},
+                        {"device", a.device},   {"executor", ex->name()},
+                        {"kv_protocol", a.kv_protocol}};
     if (!lm.qoq.is_null()) j["qoq"] = lm.qoq;
     if (r.has_reference) {
       j["kl"] = r.kl_mean;
@@ -240,9 +248,12 @@ qs::cli::CommandRegistrar reg("ppl", "Perplexity (GPTQ protocol) and KL divergen
   sub->add_option("--device", a->device, "executor: cpu (the exact CPU reference, default), cuda (GPU runner), auto")
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
   sub->add_option("--kv-protocol", a->kv_protocol,
-                  "KV4 evaluation: fake-quant (every K/V read back quantized; CPU only) or serving (a window's "
+                  "KV4 evaluation: fake-quant (default: every K/V read back quantized) or serving (a window's "
                   "prefill sees its own K/V unquantized, as the engine runs)")
-      ->check(CLI::IsMember({"fake-quant", "serving"}));
+      ->check(CLI::IsMember({"fake-quant", "serving"}));  // both on cpu and cuda
+  sub->add_flag("--host-scores", a->host_scores,
+                "cuda: copy every window's logits to the host and score them there (timing comparisons; the default "
+                "scores on the GPU)");
   sub->callback([a] { run(*a); });
 });
 

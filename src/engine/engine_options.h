@@ -4,6 +4,11 @@
 //    and a KV4 paged cache; fp16: cuBLAS FP16 GEMMs and an FP16 paged cache (the baseline); fp8: FP8 e4m3 weights
 //    (per output channel) and per-token FP8 activations through cuBLASLt (backends/cuda/fp8_gemm.h) and an FP8 e4m3
 //    paged cache (TensorRT-LLM's fastest Hopper setting).
+//  * Ablation modes (the rows of ACCURACY.md on the GPU): dtype w4a8kv4 also runs W8A8 checkpoints / in-memory RTN
+//    models (INT8 per-channel weights through the same INT8 tensor-core GEMM, kernels/gemm_w4a8 with
+//    WeightFormat::kW8A8); dtype fp16 also runs a quantized model's weights dequantized to FP16 at load (W4A16:
+//    what a W4A16 kernel multiplies with; the CPU reference uses the same dequantized values in FP32), and
+//    kv_cache "kv4" gives the fp16 path a KV4 cache (FP16 weights and activations, KV4 alone).
 //  * The KV page pool is sized from the free GPU memory after weights, activations and workspaces:
 //    pool bytes = free - (1 - gpu_memory_utilization) * total (max_num_pages caps it, for tests).
 #pragma once
@@ -31,9 +36,13 @@ struct CudaExecutorOptions {
   bool cuda_graphs = true;              // capture pure decode steps per padded batch-size bucket
   int64_t max_num_pages = 0;            // > 0: cap on the KV pool (tests); 0: as the memory allows
   bool verbose = true;                  // log the memory plan to stderr
-  // KV cache override for ablations: "" (the dtype's own: KV4 for w4a8kv4, FP16 for fp16) or "fp16" (W4A8 GEMMs
-  // over an FP16 cache, i.e. W4A8KV16).
+  // KV cache override for ablations: "" (the dtype's own: KV4 for w4a8kv4, FP16 for fp16, FP8 for fp8), "fp16"
+  // (W4A8 GEMMs over an FP16 cache, i.e. W4A8KV16) or "kv4" (the fp16 path over a KV4 cache; refused for fp8).
   std::string kv_cache;
+  // Rows of FP32 logits the executor can keep on the device for model::WindowScorer (keep = true: the reference
+  // of a perplexity evaluation, whose logits the other models are scored against); allocated at construction,
+  // so the KV pool is planned around it. 0: none.
+  int32_t keep_logits_rows = 0;
 };
 
 // Random weights (benchmarks): the W4A8 variant and the seed.

@@ -20,8 +20,11 @@
 #include "kernels/attention/decode_attention.h"
 #include "kernels/attention/prefill_attention.h"
 #include "kernels/common/cuda_check.h"
+#include "kernels/common/device_buffer.h"
 #include "kernels/elementwise/elementwise.h"
+#include "kernels/eval/logit_scores.h"
 #include "kernels/gemm_w4a8/qgemm.h"
+#include "kernels/kv_cache/kv_cache_readback.h"
 #include "kernels/kv_cache/kv_cache_write.h"
 #include "kernels/norm_quant/norm_quant.h"
 #include "kernels/sampling/sampling.h"
@@ -68,7 +71,7 @@ struct StepShape {
   int np = 0;         // prefill sequences, rows [nd, m)
   int max_q_len = 0;  // over the prefill sequences
   int head_rows = 0;  // rows of the lm_head pass (out_rows[0 .. head_rows))
-  bool greedy = false;  // run the argmax kernel on the head rows
+  bool greedy = false;  // run the sampling kernel on the head rows
   const kernels::DecodePlan* dplan = nullptr;
 };
 
@@ -82,10 +85,11 @@ struct CudaExecutor::Impl {
   std::string gpu_name;
   cudaStream_t stream = nullptr;
   cublasHandle_t cublas = nullptr;
-  std::vector<void*> allocs;
+  std::vector<DeviceBuffer<uint8_t>> allocs;  // every device allocation of the runner but the KV pool and GEMM weights
   Memory mem;
 
   bool quant = false;  // W4A8 GEMMs
+  bool deq = false;    // fp16 path over a quantized model's dequantized weights (W4A16)
   bool fp8 = false;    // FP8 GEMMs (cuBLASLt) and an FP8 cache
   std::vector<std::unique_ptr<cuda::Fp8Gemm>> fp8_gemms;
   void* fp8_ws = nullptr;
@@ -106,8 +110,26 @@ struct CudaExecutor::Impl {
   uint16_t *attn = nullptr, *gate_up = nullptr, *head_in = nullptr, *sx = nullptr, *xsum = nullptr;
   int8_t* q8 = nullptr;
   float* logits = nullptr;
-  int32_t* argmax_d = nullptr;  // sampled token per head row
-  int32_t* argmax_h = nullptr;  // pinned
+  // Evaluation scoring (score_window): labels i32 [M], nll f64 [M], kl f64 [M], top1 u8 [M], non-finite count i32
+  // [M]; the kept logits FP32 [keep_rows, V] (options keep_logits_rows).
+  int32_t* score_labels = nullptr;
+  double *score_nll = nullptr, *score_kl = nullptr;
+  uint8_t* score_top1 = nullptr;
+  int32_t* score_bad = nullptr;
+  float* keep_buf = nullptr;
+  int keep_rows = 0;
+  int64_t kept_rows = 0;  // rows of keep_buf the last keep = true window filled (0: nothing kept)
+  const model::WindowScorer* self = nullptr;
+  struct ScoreJob {
+    const std::vector<int32_t>* labels = nullptr;
+    const model::KeptLogits* ref = nullptr;
+    bool keep = false;
+    model::WindowScores* out = nullptr;
+  };
+  const ScoreJob* score_job = nullptr;  // set by score_window around its execute()
+  bool readback_self_kv = false;         // this step: prefill rows attend to their own K/V as the KV4 cache holds them
+  int32_t* sampled_d = nullptr;  // sampled token per head row (kernels/sampling)
+  int32_t* sampled_h = nullptr;  // pinned mirror
   // Per head row sampling settings (kernels/sampling): one device buffer + pinned mirror, fixed offsets:
   // temperature f32 [R], top_k i32 [R], top_p f32 [R], seed u64 [R], step u64 [R].
   uint8_t* samp_d = nullptr;
@@ -151,27 +173,25 @@ struct CudaExecutor::Impl {
     if (step_b) cudaEventDestroy(step_b);
     if (cublas) cublasDestroy(cublas);
     if (meta_h) cudaFreeHost(meta_h);
-    if (argmax_h) cudaFreeHost(argmax_h);
+    if (sampled_h) cudaFreeHost(sampled_h);
     if (samp_h) cudaFreeHost(samp_h);
-    for (void* p : allocs) cudaFree(p);
     if (stream) cudaStreamDestroy(stream);
   }
 
   template <typename T>
   T* alloc(size_t count, int64_t* counter) {
-    void* p = nullptr;
     const size_t bytes = std::max<size_t>(16, count * sizeof(T));
-    const cudaError_t e = cudaMalloc(&p, bytes);
-    if (e != cudaSuccess) {
+    try {
+      allocs.emplace_back(bytes);
+    } catch (const Error& e) {
       size_t fr = 0, tot = 0;
       cudaMemGetInfo(&fr, &tot);
       QS_FAIL() << "engine: out of GPU memory allocating " << bytes << " bytes (" << fr / (1 << 20) << " MiB free of "
-                << tot / (1 << 20) << " MiB): " << cudaGetErrorString(e)
+                << tot / (1 << 20) << " MiB): " << e.what()
                 << "; lower max_batch_tokens / max_batch_seqs or use a smaller model";
     }
-    allocs.push_back(p);
     *counter += int64_t(bytes);
-    return static_cast<T*>(p);
+    return reinterpret_cast<T*>(allocs.back().get());
   }
   uint16_t* upload16(const std::vector<uint16_t>& h) {
     uint16_t* d = alloc<uint16_t>(h.size(), &mem.weight_bytes);
@@ -243,8 +263,13 @@ struct CudaExecutor::Impl {
     stride = (max_ctx + opt.page_size - 1) / opt.page_size;
     quant = opt.dtype == EngineDType::kW4A8KV4;
     fp8 = opt.dtype == EngineDType::kFp8;
-    QS_CHECK(opt.kv_cache.empty() || opt.kv_cache == "fp16")
-        << "engine: kv_cache override must be empty or \"fp16\", got \"" << opt.kv_cache << "\"";
+    QS_CHECK(opt.kv_cache.empty() || opt.kv_cache == "fp16" || opt.kv_cache == "kv4")
+        << "engine: kv_cache override must be empty, \"fp16\" or \"kv4\", got \"" << opt.kv_cache << "\"";
+    QS_CHECK(!(fp8 && opt.kv_cache == "kv4"))
+        << "engine: dtype fp8 runs its own FP8 cache; a KV4 cache with FP weights runs on dtype fp16";
+    QS_CHECK(opt.keep_logits_rows >= 0 && opt.keep_logits_rows <= opt.max_batch_tokens)
+        << "engine: keep_logits_rows " << opt.keep_logits_rows << " must be in [0, max_batch_tokens "
+        << opt.max_batch_tokens << "]";
   }
 
   void set_quant_linear(DevLinear& d, const model::QuantizedWeights& w) {
@@ -271,16 +296,25 @@ struct CudaExecutor::Impl {
                            << l.kind() << " linear (quantize it with `qserve quantize`, or use --dtype fp16)";
     QS_CHECK(q->act_mode() == model::ActMode::kInt8)
         << "engine: " << name << " is weight-only (" << q->kind() << "); the GPU runs W4A8 (INT8 activations)";
-    QS_CHECK(q->variant() != WeightFormat::kW8A8) << "engine: W8A8 layers are not supported (" << name << ")";
     return q->weights();
   }
 
   void load_fp_linear(DevLinear& d, const std::vector<const model::Linear*>& parts, const std::string& name) {
     std::vector<const Tensor*> ws, bs;
+    std::vector<Tensor> deq_w;  // W4A16: the dequantized FP32 weights of quantized parts (kept alive here)
+    deq_w.reserve(parts.size());
     bool any_bias = false;
     for (const auto* p : parts) {
       const Tensor* b = nullptr;
-      ws.push_back(&fp_linear_weight(*p, name.c_str(), &b));
+      if (const auto* q = dynamic_cast<const model::QuantizedLinear*>(p)) {
+        QS_CHECK(deq) << "engine: " << name << " is quantized but the model was not taken as quantized";
+        deq_w.push_back(q->dequantized_weight());  // exactly the real values the integer path represents
+        ws.push_back(&deq_w.back());
+        b = &q->weights().bias;
+      } else {
+        QS_CHECK(!deq) << "engine: " << name << " is a " << p->kind() << " linear in a quantized model";
+        ws.push_back(&fp_linear_weight(*p, name.c_str(), &b));
+      }
       bs.push_back(b);
       any_bias = any_bias || (b && b->raw());
     }
@@ -324,11 +358,16 @@ struct CudaExecutor::Impl {
   void load_model(const model::Model& m) {
     const auto& w = m.weights();
     // Decide the path from the first linear.
-    const bool is_quant = dynamic_cast<const model::QuantizedLinear*>(w.layers[0].q_proj.get()) != nullptr;
+    const auto* q0 = dynamic_cast<const model::QuantizedLinear*>(w.layers[0].q_proj.get());
+    const bool is_quant = q0 != nullptr;
     QS_CHECK(opt.dtype != EngineDType::kW4A8KV4 || is_quant) << "engine: dtype w4a8kv4 needs a quantized checkpoint (`qserve quantize`); this model is FP "
                             "(use --dtype fp16)";
-    QS_CHECK(quant || !is_quant) << "engine: dtype " << engine_dtype_name(opt.dtype)
-                                 << " needs an FP checkpoint; this one is quantized (use --dtype w4a8kv4)";
+    QS_CHECK(!(is_quant && fp8)) << "engine: dtype fp8 needs an FP checkpoint; this one is quantized (use --dtype "
+                                    "w4a8kv4, or fp16 for its dequantized weights)";
+    QS_CHECK(!(quant && q0->act_mode() == model::ActMode::kFloat))
+        << "engine: the model is weight-only (" << q0->kind() << "); on the GPU it runs as --dtype fp16 over its "
+           "dequantized weights, not w4a8kv4";
+    deq = is_quant && !quant;
     embed = upload16(to_fp16_bits(w.embed_tokens));
     final_norm = upload16(to_fp16_bits(w.final_norm));
     lm_head = upload16(to_fp16_bits(fp_linear_weight(*w.lm_head, "lm_head")));
@@ -357,10 +396,13 @@ struct CudaExecutor::Impl {
     }
     if (quant) {
       QS_CHECK(variant == layers[0].qkv.qp.variant) << "engine: layers mix weight variants";
-      desc = std::string(opt.kv_cache == "fp16" ? "w4a8kv16 " : "w4a8kv4 ") +
-             (variant == WeightFormat::kW4A8G128 ? "g128" : "per-channel");
+      const bool w8 = variant == WeightFormat::kW8A8;
+      desc = std::string(w8 ? "w8a8" : "w4a8") + (opt.kv_cache == "fp16" ? "kv16" : "kv4") +
+             (w8 ? "" : variant == WeightFormat::kW4A8G128 ? " g128" : " per-channel");
+    } else if (deq) {
+      desc = std::string("fp16 over dequantized ") + q0->kind() + " weights" + (opt.kv_cache == "kv4" ? ", kv4" : "");
     } else {
-      desc = fp8 ? "fp8" : "fp16";
+      desc = std::string(fp8 ? "fp8" : "fp16") + (opt.kv_cache == "kv4" ? " kv4" : "");
     }
   }
 
@@ -462,8 +504,15 @@ struct CudaExecutor::Impl {
     xsum = alloc<uint16_t>(size_t(M), c);
     head_in = alloc<uint16_t>(size_t(R) * H, c);
     logits = alloc<float>(size_t(R) * V, c);
-    argmax_d = alloc<int32_t>(size_t(R), c);
-    QS_CUDA_CHECK(cudaMallocHost(&argmax_h, size_t(R) * 4));
+    score_labels = alloc<int32_t>(size_t(M), c);
+    score_nll = alloc<double>(size_t(M), c);
+    score_kl = alloc<double>(size_t(M), c);
+    score_top1 = alloc<uint8_t>(size_t(M), c);
+    score_bad = alloc<int32_t>(size_t(M), c);
+    keep_rows = opt.keep_logits_rows;
+    if (keep_rows > 0) keep_buf = alloc<float>(size_t(keep_rows) * V, c);
+    sampled_d = alloc<int32_t>(size_t(R), c);
+    QS_CUDA_CHECK(cudaMallocHost(&sampled_h, size_t(R) * 4));
     so_topk = size_t(R) * 4;
     so_topp = so_topk + size_t(R) * 4;
     so_seed = (so_topp + size_t(R) * 4 + 15) / 16 * 16;
@@ -535,7 +584,11 @@ struct CudaExecutor::Impl {
     layout.page_size = opt.page_size;
     layout.num_kv_heads = NKV;
     layout.head_dim = D;
-    layout.dtype = opt.kv_cache == "fp16" ? KvDType::kFp16 : quant ? KvDType::kKv4 : fp8 ? KvDType::kFp8 : KvDType::kFp16;
+    layout.dtype = opt.kv_cache == "fp16"  ? KvDType::kFp16
+                   : opt.kv_cache == "kv4" ? KvDType::kKv4
+                   : quant                 ? KvDType::kKv4
+                   : fp8                   ? KvDType::kFp8
+                                           : KvDType::kFp16;
     for (int b = 1; b < S; b <<= 1) buckets.push_back(b);
     buckets.push_back(S);
     size_t dws = 0;
@@ -700,6 +753,18 @@ struct CudaExecutor::Impl {
         p.k_pool = kv.k_pool(l);
         p.v_pool = kv.v_pool(l);
         check(kernels::kv_cache_write(p, stream));
+        if (readback_self_kv && s.np > 0) {
+          // Fake-quantized protocol: the prefill rows' own K/V become what the KV4 cache holds.
+          kernels::KvReadbackParams r;
+          r.layout = layout;
+          r.num_tokens = m - s.nd;
+          r.slot_mapping = md + o_slot + s.nd;
+          r.k_pool = kv.k_pool(l);
+          r.v_pool = kv.v_pool(l);
+          r.k_out = kr + size_t(s.nd) * KV;
+          r.v_out = vr + size_t(s.nd) * KV;
+          check(kernels::kv_cache_readback(r, stream));
+        }
       });
       op(kAttention, [&] {
         if (s.nd > 0) {
@@ -770,15 +835,17 @@ struct CudaExecutor::Impl {
     }
   }
 
-  // Final norm + lm_head (+ argmax) for rows out_rows[first .. first + rows).
-  void launch_head(int first, int rows, bool greedy) {
+  // Final norm + lm_head (+ sampling) for rows out_rows[first .. first + rows), logits into `out` (default: the
+  // logits buffer, which sampling reads).
+  void launch_head(int first, int rows, bool greedy, float* out = nullptr) {
+    if (!out) out = logits;
     if (rows == 0) return;
     op(kLmHead, [&] {
       check(kernels::rmsnorm_f16(hidden, meta_d + o_out + first, rows, H, final_norm, float(cfg.rms_norm_eps), head_in,
                                  stream));
       const float alpha = 1.0f, beta = 0.0f;
       QS_CUBLAS_CHECK(cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, V, rows, H, &alpha, lm_head, CUDA_R_16F, H,
-                                   head_in, CUDA_R_16F, H, &beta, logits, CUDA_R_32F, V, CUBLAS_COMPUTE_32F,
+                                   head_in, CUDA_R_16F, H, &beta, out, CUDA_R_32F, V, CUBLAS_COMPUTE_32F,
                                    CUBLAS_GEMM_DEFAULT));
     });
     if (greedy) {
@@ -793,7 +860,7 @@ struct CudaExecutor::Impl {
         p.top_p = reinterpret_cast<const float*>(samp_d + so_topp);
         p.seed = reinterpret_cast<const uint64_t*>(samp_d + so_seed);
         p.step = reinterpret_cast<const uint64_t*>(samp_d + so_step);
-        p.out_token = argmax_d;
+        p.out_token = sampled_d;
         check(kernels::sample(p, stream));
       });
     }
@@ -828,9 +895,12 @@ struct CudaExecutor::Impl {
     QS_CHECK(ns <= S) << "engine: batch of " << ns << " sequences exceeds max_batch_seqs " << S;
     // The prefill kernel always sees a chunk's own K/V unquantized (the serving rule of executor.h); the
     // fake-quantized evaluation protocol (every key and value read back from the cache) is the CPU reference's.
-    QS_CHECK(!b.quantized_self_kv || b.is_decode() || layout.dtype == KvDType::kFp16)
-        << "engine: quantized_self_kv (every K/V read back quantized) is not supported by the GPU runner's prefill; "
-           "evaluate with the serving rule (ppl --kv-protocol serving) or on the CPU reference";
+    // The fake-quantized protocol (quantized_self_kv): a prefill's own K/V are read back from the KV4 cache
+    // (kernels/kv_cache/kv_cache_readback.h); an FP16 cache holds them exactly (no-op); FP8 is not supported.
+    QS_CHECK(!b.quantized_self_kv || b.is_decode() || layout.dtype != KvDType::kFp8)
+        << "engine: quantized_self_kv (every K/V read back quantized) is not supported over an FP8 cache; "
+           "evaluate with the serving rule (ppl --kv-protocol serving)";
+    readback_self_kv = b.quantized_self_kv && layout.dtype == KvDType::kKv4;
     for (int s = 0; s < ns; ++s) {
       if (!b.need_output[size_t(s)] || b.all_logits) continue;
       const auto& sp = b.sampling[size_t(s)];
@@ -962,6 +1032,11 @@ struct CudaExecutor::Impl {
       if (!b.all_logits) launch_head(0, R_out, true);
     }
 
+    if (b.all_logits && score_job) {
+      run_scoring(*score_job, R_out);
+      finish_profile();
+      return res;
+    }
     if (b.all_logits) {
       res.logits = Tensor(DType::F32, {int64_t(R_out), int64_t(V)});
       for (int first = 0; first < R_out; first += R) {
@@ -978,7 +1053,7 @@ struct CudaExecutor::Impl {
     // Row of the logits buffer for the j-th output sequence: j eagerly, the sequence index in a graph step.
     auto logit_row = [&](int j) { return use_graph ? out_seqs[size_t(j)] : j; };
     const int rows_needed = use_graph ? st.head_rows : R_out;
-    QS_CUDA_CHECK(cudaMemcpyAsync(argmax_h, argmax_d, size_t(std::max(rows_needed, 1)) * 4, cudaMemcpyDeviceToHost,
+    QS_CUDA_CHECK(cudaMemcpyAsync(sampled_h, sampled_d, size_t(std::max(rows_needed, 1)) * 4, cudaMemcpyDeviceToHost,
                                   stream));
     if (b.return_logits) {
       res.logits = Tensor(DType::F32, {int64_t(n_out), int64_t(V)});
@@ -992,9 +1067,91 @@ struct CudaExecutor::Impl {
       }
     }
     QS_CUDA_CHECK(cudaStreamSynchronize(stream));
-    for (int j = 0; j < n_out; ++j) res.tokens[size_t(out_seqs[size_t(j)])] = argmax_h[logit_row(j)];
+    for (int j = 0; j < n_out; ++j) res.tokens[size_t(out_seqs[size_t(j)])] = sampled_h[logit_row(j)];
     finish_profile();
     return res;
+  }
+
+  // score_window's tail: lm_head R rows at a time (into the kept buffer when keeping), each chunk scored at once.
+  void run_scoring(const ScoreJob& job, int rows_out) {
+    const int nl = int(job.labels->size());
+    QS_CHECK(nl <= rows_out) << "engine: " << nl << " labels for a window of " << rows_out << " rows";
+    if (nl > 0)
+      QS_CUDA_CHECK(cudaMemcpyAsync(score_labels, job.labels->data(), size_t(nl) * 4, cudaMemcpyHostToDevice, stream));
+    for (int first = 0; first < rows_out; first += R) {
+      const int rows = std::min(R, rows_out - first);
+      float* out = job.keep ? keep_buf + size_t(first) * V : logits;
+      launch_head(first, rows, false, out);
+      const int sr = std::min(rows, nl - first);
+      if (sr <= 0) continue;
+      op(kOther, [&] {
+        kernels::LogitScoreParams p;
+        p.logits = out;
+        p.ld = V;
+        p.ref_logits = job.ref ? job.ref->data + size_t(first) * V : nullptr;
+        p.ref_ld = V;
+        p.rows = sr;
+        p.vocab = V;
+        p.labels = score_labels + first;
+        p.nll = score_nll + first;
+        p.kl = score_kl + first;
+        p.top1 = score_top1 + first;
+        p.bad = score_bad + first;
+        check(kernels::score_logits(p, stream));
+      });
+    }
+    model::WindowScores& o = *job.out;
+    o.nll.assign(size_t(nl), 0.0);
+    std::vector<int32_t> bad(size_t(nl), 0);
+    if (nl > 0) {
+      QS_CUDA_CHECK(cudaMemcpyAsync(o.nll.data(), score_nll, size_t(nl) * 8, cudaMemcpyDeviceToHost, stream));
+      QS_CUDA_CHECK(cudaMemcpyAsync(bad.data(), score_bad, size_t(nl) * 4, cudaMemcpyDeviceToHost, stream));
+    }
+    if (job.ref && nl > 0) {
+      o.kl.assign(size_t(nl), 0.0);
+      o.top1.assign(size_t(nl), 0);
+      QS_CUDA_CHECK(cudaMemcpyAsync(o.kl.data(), score_kl, size_t(nl) * 8, cudaMemcpyDeviceToHost, stream));
+      QS_CUDA_CHECK(cudaMemcpyAsync(o.top1.data(), score_top1, size_t(nl), cudaMemcpyDeviceToHost, stream));
+    }
+    QS_CUDA_CHECK(cudaStreamSynchronize(stream));
+    kept_rows = job.keep ? rows_out : 0;
+    for (int r = 0; r < nl; ++r)
+      QS_CHECK(bad[size_t(r)] == 0) << "engine: " << bad[size_t(r)] << " non-finite logit(s) in row " << r
+                                    << " of the window" << (job.ref ? " (model or reference)" : "");
+  }
+
+  model::WindowScores score_window(const model::ForwardBatch& b, const std::vector<int32_t>& labels,
+                                   const model::KeptLogits* ref, bool keep) {
+    QS_CHECK(b.all_logits) << "engine: score_window needs an all_logits batch";
+    QS_CHECK(int64_t(labels.size()) <= int64_t(b.num_tokens()))
+        << "engine: score_window got " << labels.size() << " labels for " << b.num_tokens() << " tokens";
+    for (size_t r = 0; r < labels.size(); ++r)
+      QS_CHECK(labels[r] >= 0 && labels[r] < V) << "engine: label " << labels[r] << " of row " << r
+                                                << " outside the vocabulary of " << V;
+    QS_CHECK(!keep || b.num_tokens() <= keep_rows) << "engine: keeping the logits of " << b.num_tokens()
+                                                   << " rows needs keep_logits_rows >= that (it is " << keep_rows
+                                                   << ")";
+    if (ref) {
+      QS_CHECK(ref->data != nullptr) << "engine: the reference kept no logits";
+      QS_CHECK(ref->owner != self) << "engine: an executor cannot score against its own kept logits";
+      QS_CHECK(ref->device == device) << "engine: reference logits on CUDA device " << ref->device
+                                      << ", this executor runs on device " << device;
+      QS_CHECK(ref->vocab == V && ref->rows >= int64_t(labels.size()))
+          << "engine: reference logits [" << ref->rows << ", " << ref->vocab << "] do not cover " << labels.size()
+          << " rows of vocabulary " << V;
+    }
+    model::WindowScores out;
+    ScoreJob job{&labels, ref, keep, &out};
+    kept_rows = 0;
+    score_job = &job;
+    try {
+      execute(b);
+    } catch (...) {
+      score_job = nullptr;
+      throw;
+    }
+    score_job = nullptr;
+    return out;
   }
 
   void finish_profile() {
@@ -1021,6 +1178,7 @@ struct CudaExecutor::Impl {
 CudaExecutor::CudaExecutor(const model::Model& model, const CudaExecutorOptions& opt) : impl_(new Impl) {
   impl_->cfg = model.config();
   impl_->opt = opt;
+  impl_->self = this;
   impl_->check_shapes();
   impl_->init_device();
   impl_->load_model(model);
@@ -1032,6 +1190,7 @@ CudaExecutor::CudaExecutor(const io::ModelConfig& config, const CudaExecutorOpti
     : impl_(new Impl) {
   impl_->cfg = config;
   impl_->opt = opt;
+  impl_->self = this;
   impl_->check_shapes();
   impl_->init_device();
   impl_->random_model(rw);
@@ -1054,6 +1213,20 @@ int64_t CudaExecutor::max_context() const { return impl_->max_ctx; }
 int32_t CudaExecutor::max_batch_tokens() const { return impl_->M; }
 int32_t CudaExecutor::max_batch_seqs() const { return impl_->S; }
 model::ForwardResult CudaExecutor::execute(const model::ForwardBatch& batch) { return impl_->execute(batch); }
+model::WindowScores CudaExecutor::score_window(const model::ForwardBatch& batch, const std::vector<int32_t>& labels,
+                                               const model::KeptLogits* ref, bool keep) {
+  return impl_->score_window(batch, labels, ref, keep);
+}
+model::KeptLogits CudaExecutor::kept_logits() const {
+  model::KeptLogits k;
+  if (impl_->kept_rows == 0) return k;
+  k.owner = this;
+  k.data = impl_->keep_buf;
+  k.rows = impl_->kept_rows;
+  k.vocab = impl_->V;
+  k.device = impl_->device;
+  return k;
+}
 EngineDType CudaExecutor::dtype() const { return impl_->opt.dtype; }
 void CudaExecutor::set_cuda_graphs(bool on) { impl_->opt.cuda_graphs = on; }
 int CudaExecutor::num_graphs() const { return int(impl_->graphs.size()); }

@@ -20,6 +20,11 @@
 // (1, 2, 4, ..., max_batch_seqs); the decode attention plan of a bucket is made for max_context, so the graph is
 // valid for any context; per-step values (ids, positions, slots, context lengths, block tables) live in one
 // device buffer refreshed by one copy before each replay.
+//
+// Evaluation (model/window_scorer.h): score_window runs an all_logits window and scores it on the device
+// (kernels/eval/logit_scores.h: NLL, and against another executor's kept logits KL and top-1), lm_head chunk by
+// chunk, so the window's logits never leave the GPU; only the per-row scores come back. A reference keeps its
+// whole window (options keep_logits_rows) for the other executors of the same device to read.
 #pragma once
 
 #include <memory>
@@ -30,14 +35,16 @@
 #include "engine/engine_options.h"
 #include "model/executor.h"
 #include "model/model.h"
+#include "model/window_scorer.h"
 
 namespace qs::engine {
 
-class CudaExecutor final : public model::Executor {
+class CudaExecutor final : public model::Executor, public model::WindowScorer {
  public:
   // From a loaded host model on the current device. An FP model (FpLinear layers) runs dtype fp16 or fp8 (weights
   // quantized to e4m3 per output channel at load); a quantized one
-  // (model::QuantizedLinear with INT8 activations, model/checkpoint/load.h) runs w4a8kv4. Other combinations,
+  // (model::QuantizedLinear with INT8 activations, model/checkpoint/load.h) runs w4a8kv4 (W4A8 or W8A8 weights),
+  // or fp16 over its weights dequantized to FP16 (the only GPU path of a weight-only model). Other combinations,
   // shapes the kernels cannot take (hidden / intermediate not multiples of 128, head_dim != 128, GQA group > 16),
   // a GPU other than sm_90, or too little memory throw qs::Error before any kernel runs.
   CudaExecutor(const model::Model& model, const CudaExecutorOptions& opt);
@@ -54,6 +61,10 @@ class CudaExecutor final : public model::Executor {
   int32_t max_batch_tokens() const override;
   int32_t max_batch_seqs() const override;
   model::ForwardResult execute(const model::ForwardBatch& batch) override;
+  // model::WindowScorer (see the header comment): rows are the batch's tokens in batch order.
+  model::WindowScores score_window(const model::ForwardBatch& batch, const std::vector<int32_t>& labels,
+                                   const model::KeptLogits* ref, bool keep) override;
+  model::KeptLogits kept_logits() const override;
 
   // ---- extras for tests and benchmarks ----
   EngineDType dtype() const;

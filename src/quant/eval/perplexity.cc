@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "model/window_scorer.h"
 
 namespace qs::quant::eval {
 
@@ -68,7 +69,10 @@ int64_t num_windows(int64_t n_tokens, int64_t seq_len, int64_t max_windows) {
   return n;
 }
 
-Tensor window_logits(model::Executor& ex, const int32_t* ids, int64_t n, bool quantized_self_kv) {
+namespace {
+
+// The batch of one window: n tokens from an empty context in pages 0 .. ceil(n / page_size)-1, all_logits.
+model::ForwardBatch window_batch(const model::Executor& ex, const int32_t* ids, int64_t n, bool quantized_self_kv) {
   const model::KvPoolInfo pool = ex.pool();
   const int64_t pages = (n + pool.page_size - 1) / pool.page_size;
   QS_CHECK(n >= 1 && n <= ex.max_batch_tokens() && pages <= pool.num_pages && n <= ex.max_context())
@@ -81,7 +85,13 @@ Tensor window_logits(model::Executor& ex, const int32_t* ids, int64_t n, bool qu
   b.add_sequence(ids_v.data(), int32_t(n), 0, page_ids, /*output=*/false);
   b.all_logits = true;
   b.quantized_self_kv = quantized_self_kv;
-  return ex.execute(b).logits;
+  return b;
+}
+
+}  // namespace
+
+Tensor window_logits(model::Executor& ex, const int32_t* ids, int64_t n, bool quantized_self_kv) {
+  return ex.execute(window_batch(ex, ids, n, quantized_self_kv)).logits;
 }
 
 model::RefExecutorOptions window_executor_options(KvDType kv, int64_t seq_len) {
@@ -124,7 +134,54 @@ std::vector<EvalResult> evaluate(const std::vector<int32_t>& tokens, const std::
   const int64_t P = L - 1;  // predicting positions 0 .. L-2 of each window
   std::vector<double> nll(static_cast<size_t>(P)), kl(static_cast<size_t>(P));
   std::vector<int64_t> top(static_cast<size_t>(P));
-  for (int64_t w = 0; w < nw; ++w) {
+
+  // Device scoring: when every executor can score its own logits (model::WindowScorer, the GPU runner), the
+  // reference keeps its window's logits on the device and the models are scored against them there; only the
+  // per-position scores reach the host, and they are summed in the same order as below.
+  std::vector<model::WindowScorer*> scorers;
+  bool device = opt.device_scores;
+  for (const auto& em : all) {
+    scorers.push_back(dynamic_cast<model::WindowScorer*>(em.executor));
+    device = device && scorers.back() != nullptr;
+  }
+  if (device) {
+    for (int64_t w = 0; w < nw; ++w) {
+      const int32_t* ids = tokens.data() + w * L;
+      const std::vector<int32_t> labels(ids + 1, ids + L);
+      model::KeptLogits kept;
+      auto score = [&](size_t mi, const model::KeptLogits* ref, bool keep) {
+        const auto t0 = std::chrono::steady_clock::now();
+        model::WindowScores sc;
+        try {
+          sc = scorers[mi]->score_window(window_batch(*all[mi].executor, ids, L, opt.quantized_self_kv), labels,
+                                         ref, keep);
+        } catch (const Error& e) {
+          throw Error("evaluation: model '" + all[mi].label + "', window " + std::to_string(w) + ": " + e.what());
+        }
+        res[mi].seconds += seconds_since(t0);
+        QS_CHECK(int64_t(sc.nll.size()) == P && (!ref || (int64_t(sc.kl.size()) == P && int64_t(sc.top1.size()) == P)))
+            << "evaluation: model '" << all[mi].label << "' returned scores for " << sc.nll.size() << " of " << P
+            << " positions";
+        EvalResult& r = res[mi];
+        for (int64_t p = 0; p < P; ++p) {  // sequential sums: deterministic
+          r.nll_sum += sc.nll[size_t(p)];
+          if (ref) {
+            r.kl_sum += sc.kl[size_t(p)];
+            r.top1_agree += sc.top1[size_t(p)];
+          }
+        }
+        r.windows += 1;
+        r.tokens += P;
+      };
+      if (reference) {
+        score(all.size() - 1, nullptr, true);
+        kept = scorers.back()->kept_logits();
+      }
+      for (size_t mi = 0; mi < models.size(); ++mi) score(mi, reference ? &kept : nullptr, false);
+      if (opt.progress) opt.progress(w + 1, nw);
+    }
+  }
+  for (int64_t w = 0; w < nw && !device; ++w) {
     const int32_t* ids = tokens.data() + w * L;
     auto run = [&](const EvalModel& em) {  // executor errors name the model and the window
       try {

@@ -9,7 +9,8 @@
 // Several models can be evaluated in one pass so the reference's logits are computed once per window.
 // Every model runs behind the executor seam (model/executor.h): one ForwardBatch per window with all_logits, the
 // window's pages 0 .. ceil(seq_len / page_size)-1 assigned here (each window overwrites the previous one), so the
-// same code evaluates the CPU reference (model/ref) and, later, the GPU runner. KV4 follows the fake-quantized
+// same code evaluates the CPU reference (model/ref) and the GPU runner (which scores on the device, see
+// EvalOptions::device_scores). KV4 follows the fake-quantized
 // protocol by default (ForwardBatch::quantized_self_kv: every key and value read back quantized, as QoQ's
 // evaluation does); EvalOptions::quantized_self_kv = false measures the serving rule instead (a prefill sees its
 // own K/V unquantized).
@@ -64,6 +65,10 @@ struct EvalOptions {
   int64_t seq_len = 2048;
   int64_t max_windows = 0;  // 0: all windows
   bool quantized_self_kv = true;  // KV4: the fake-quantized protocol (ForwardBatch::quantized_self_kv)
+  // Score on the executors' device when every executor (models and reference) is a model::WindowScorer (the GPU
+  // runner): logits stay on the GPU, the reference's are kept there for the models; the per-position math is the
+  // same as below in FP64 (kernels/eval/logit_scores.h). false: always copy the logits to the host and score here.
+  bool device_scores = true;
   // Called after each window with (windows done, windows total).
   std::function<void(int64_t, int64_t)> progress;
 };
