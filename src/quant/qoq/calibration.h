@@ -95,6 +95,8 @@ class LayerRunner {
   LayerCapture run(int layer, const CaptureOptions& opt, bool advance);
   // The current hidden states [samples * len, hidden].
   const std::vector<float>& hidden() const { return hidden_; }
+  // The same, writable: a resumed streaming run restores the states saved at a layer boundary (streaming.h).
+  std::vector<float>& mutable_hidden() { return hidden_; }
   int64_t tokens() const { return samples_ * len_; }
 
  private:

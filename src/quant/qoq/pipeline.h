@@ -23,6 +23,8 @@
 #include "quant/checkpoint.h"
 #include "quant/gptq.h"
 #include "quant/qoq/calibration.h"
+#include "quant/qoq/progress.h"
+#include "quant/qoq/transforms.h"
 
 namespace qs::quant::qoq {
 
@@ -84,8 +86,10 @@ struct LayerReport {
   std::vector<LinearReport> linears;
 };
 
+using QuantizedLinear = std::variant<W4PerChannelWeight, W4G128Weight>;
+
 struct QoqResult {
-  std::map<std::string, std::variant<W4PerChannelWeight, W4G128Weight>> linears;  // by HF module name
+  std::map<std::string, QuantizedLinear> linears;  // by HF module name
   std::vector<LayerReport> layers;
   nlohmann::json settings;  // QoqOptions::to_json() plus what calibration found (tokens, windows)
   double seconds = 0.0;
@@ -95,10 +99,33 @@ struct QoqResult {
 // transformed FP weights). The calibration windows come from sample_calibration*.
 QoqResult run_qoq(model::Model& model, const CalibrationSet& calib, const QoqOptions& opt);
 
+// One decoder layer of the pipeline (steps (1)-(4) above, plus the quantized propagation): decoder layer
+// `model_layer` of the runner's model, whose FP32 weights `lw` are already rotated when opt.rotate, is calibrated,
+// transformed in place and quantized; its linears are added to `out` as model.layers.<layer>.* and the runner's
+// hidden states advance to the layer's output. run_qoq calls it with model_layer == layer; the streaming path
+// (streaming.h) with a one-layer model (model_layer 0) whose layer weights are replaced for every layer.
+LayerReport quantize_layer(model::Model& model, LayerRunner& runner, int model_layer, int layer, int num_layers,
+                           LayerWeights& lw, const QoqOptions& opt, Progress& bar,
+                           std::map<std::string, QuantizedLinear>& out);
+// Adds what the searches chose, per layer, to result.settings (after the last layer).
+void finish_settings(QoqResult& result, const QoqOptions& opt);
+
 // Adds everything to a checkpoint writer: the quantized linears, the FP tensors (embeddings, norms, lm_head;
 // stored F16) and the metadata (variant, QoQ settings, source model, HF config with tie_word_embeddings as the
 // transformed model has it).
 QuantizedCheckpointWriter make_checkpoint(const model::Model& model, const QoqResult& result,
+                                          const nlohmann::json& hf_config, const std::string& source_model);
+
+// Everything of the transformed FP model a checkpoint needs besides the quantized linears.
+struct FpTensors {
+  Tensor embed, final_norm, lm_head;                // F32
+  std::vector<Tensor> input_norm, post_norm;        // F32 [hidden] per layer
+  std::map<std::string, Tensor> biases;             // F32, by linear name (q/k/v with attention_bias)
+};
+FpTensors fp_tensors_of(const model::Model& model);  // from a model run_qoq transformed
+
+// make_checkpoint (pipeline.h) from the parts: the same tensors in the same order.
+QuantizedCheckpointWriter make_checkpoint(const FpTensors& fp, const QoqResult& result, int num_layers,
                                           const nlohmann::json& hf_config, const std::string& source_model);
 
 // A per-layer quantization error table (one line per linear) for the end of `qserve quantize`.

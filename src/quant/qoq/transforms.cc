@@ -122,49 +122,60 @@ bool untie_embeddings(ModelWeights& m) {
   return true;
 }
 
+namespace {
+void fold_into(Tensor* norm, std::initializer_list<Tensor*> linears) {
+  for (Tensor* w : linears) scale_cols(w, norm->data<float>(), false);
+  std::fill_n(norm->data<float>(), norm->numel(), 1.0f);
+}
+bool all_ones(const Tensor* t) {
+  const float* p = t->data<float>();
+  return std::all_of(p, p + t->numel(), [](float x) { return x == 1.0f; });
+}
+}  // namespace
+
+void fold_norms_layer(LayerWeights& l) {
+  fold_into(l.input_norm, {l.q, l.k, l.v});
+  fold_into(l.post_norm, {l.gate, l.up});
+}
+
+void fold_norm_head(Tensor* final_norm, Tensor* lm_head) { fold_into(final_norm, {lm_head}); }
+
 void fold_norms(ModelWeights& m) {
   check_weights(m);
   untie_embeddings(m);
-  auto fold = [](Tensor* norm, std::initializer_list<Tensor*> linears) {
-    for (Tensor* w : linears) scale_cols(w, norm->data<float>(), false);
-    std::fill_n(norm->data<float>(), norm->numel(), 1.0f);
-  };
-  for_each_layer(m, [&](LayerWeights& l) {
-    fold(l.input_norm, {l.q, l.k, l.v});
-    fold(l.post_norm, {l.gate, l.up});
-  });
-  fold(m.final_norm, {m.lm_head});
+  for_each_layer(m, [&](LayerWeights& l) { fold_norms_layer(l); });
+  fold_norm_head(m.final_norm, m.lm_head);
+}
+
+void rotate_residual_layer(LayerWeights& l, const Hadamard& h) {
+  QS_CHECK(all_ones(l.input_norm) && all_ones(l.post_norm))
+      << "rotate_residual: fold the RMSNorm weights first (a layer norm is not 1)";
+  for (Tensor* w : {l.q, l.k, l.v, l.gate, l.up}) right_multiply_blocks(*w, h);
+  for (Tensor* w : {l.o, l.down}) left_multiply_blocks(*w, h);
 }
 
 void rotate_residual(ModelWeights& m, const Hadamard& h) {
   check_weights(m);
   QS_CHECK(h.size() == m.config.hidden_size)
       << "rotate_residual: H has order " << h.size() << " but hidden_size is " << m.config.hidden_size;
-  auto all_ones = [](const Tensor* t) {
-    const float* p = t->data<float>();
-    return std::all_of(p, p + t->numel(), [](float x) { return x == 1.0f; });
-  };
   QS_CHECK(all_ones(m.final_norm)) << "rotate_residual: fold the RMSNorm weights first (final norm is not 1)";
   untie_embeddings(m);
   right_multiply_blocks(*m.embed, h);
   right_multiply_blocks(*m.lm_head, h);
-  for_each_layer(m, [&](LayerWeights& l) {
-    QS_CHECK(all_ones(l.input_norm) && all_ones(l.post_norm))
-        << "rotate_residual: fold the RMSNorm weights first (a layer norm is not 1)";
-    for (Tensor* w : {l.q, l.k, l.v, l.gate, l.up}) right_multiply_blocks(*w, h);
-    for (Tensor* w : {l.o, l.down}) left_multiply_blocks(*w, h);
-  });
+  for_each_layer(m, [&](LayerWeights& l) { rotate_residual_layer(l, h); });
+}
+
+void rotate_value_heads_layer(LayerWeights& l, const Hadamard& hd) {
+  left_multiply_blocks(*l.v, hd);
+  if (has(l.v_bias)) right_multiply_blocks(*l.v_bias, hd);
+  right_multiply_blocks(*l.o, hd);
 }
 
 void rotate_value_heads(ModelWeights& m, const Hadamard& hd) {
   check_weights(m);
   QS_CHECK(hd.size() == m.config.head_dim)
       << "rotate_value_heads: Hd has order " << hd.size() << " but head_dim is " << m.config.head_dim;
-  for_each_layer(m, [&](LayerWeights& l) {
-    left_multiply_blocks(*l.v, hd);
-    if (has(l.v_bias)) right_multiply_blocks(*l.v_bias, hd);
-    right_multiply_blocks(*l.o, hd);
-  });
+  for_each_layer(m, [&](LayerWeights& l) { rotate_value_heads_layer(l, hd); });
 }
 
 std::vector<int32_t> ascending_order(const float* stat, int64_t n) {
