@@ -35,6 +35,7 @@
 #include "io/model_config.h"
 #include "model/model.h"
 #include "quant/eval/model_loader.h"
+#include "quant/cuda/layer_runner_cuda.h"
 #include "quant/qoq/pipeline.h"
 #include "quant/qoq/progress.h"
 #include "quant/qoq/streaming.h"
@@ -54,7 +55,7 @@ void on_signal(int sig) {
 }
 
 struct Args {
-  std::string model, out, variant, calib, backend = "cpu", propagate = "quantized";
+  std::string model, out, variant, calib, backend = "cpu", propagate = "quantized", device = "auto";
   int samples = 0, len = 0;  // 0: the size-dependent default
   bool no_rotate = false, no_smooth_attn = false, no_smooth_down = false, no_reorder = false, no_clip = false,
        no_gptq = false, rtn = false, force = false, quiet = false, smooth_attn_search = false,
@@ -124,6 +125,12 @@ void run(Args a) {
   if (a.no_clip) opt.clip = false;
   if (a.no_gptq) opt.gptq = false;
   opt.progress = !a.quiet;
+  {
+    std::string why;
+    const bool gpu = a.device != "cpu" && qs::quant::qoq::cuda_calibration_available(&why);
+    QS_CHECK(a.device != "cuda" || gpu) << "--device cuda: " << why;
+    opt.cuda = gpu;
+  }
   opt.propagate_quantized = a.propagate == "quantized";
   opt.cancelled = [] { return g_interrupted != 0; };
   signal(SIGINT, on_signal);
@@ -198,8 +205,14 @@ void run(Args a) {
     if (streamed) remove_partial(partial, false);
     const fs::path dst = fs::absolute(a.out).lexically_normal();
     std::fprintf(stderr, "%s", qs::quant::qoq::format_report(result).c_str());
-    std::fprintf(stderr, "peak host memory %.2f GiB (getrusage maxrss); calibration on the CPU (%s backend)\n",
-                 double(qs::quant::qoq::peak_host_memory_bytes()) / double(1LL << 30), a.backend.c_str());
+    if (opt.cuda)
+      std::fprintf(stderr, "peak host memory %.2f GiB (getrusage maxrss); peak GPU memory %.2f GiB (in use on the "
+                   "device, sampled); calibration on the GPU\n",
+                   double(qs::quant::qoq::peak_host_memory_bytes()) / double(1LL << 30),
+                   double(qs::quant::qoq::cuda_peak_memory_bytes()) / double(1LL << 30));
+    else
+      std::fprintf(stderr, "peak host memory %.2f GiB (getrusage maxrss); calibration on the CPU (%s backend)\n",
+                   double(qs::quant::qoq::peak_host_memory_bytes()) / double(1LL << 30), a.backend.c_str());
     qs::CheckedWriter out(stdout, "standard output");
     out.printf("wrote %s\n", dst.string().c_str());
     out.flush();
@@ -276,6 +289,10 @@ qs::cli::CommandRegistrar reg(
       sub->add_option("--propagate", a->propagate,
                       "next layer's calibration input: quantized (outputs with dequantized weights, default) or fp")
           ->check(CLI::IsMember({"fp", "quantized"}));
+      sub->add_option("--device", a->device,
+                      "calibration device: auto (the GPU when one is present), cpu, or cuda (layer forward, "
+                      "Hessians and GPTQ on the GPU)")
+          ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
       sub->add_option("--backend", a->backend, "calibration backend: cpu (optimized, default) or ref-cpu")
           ->check(CLI::IsMember({"cpu", "ref-cpu"}));
       sub->add_flag("--force", a->force,

@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "quant/cuda/gptq_cuda.h"
 
 namespace qs::quant {
 
@@ -171,6 +172,7 @@ Tensor gptq(const Tensor& w, const std::vector<double>& h, GptqRounding& roundin
   QS_CHECK(bs > 0) << "gptq: block size " << bs << " must be positive";
   QS_CHECK(gs == 0 || (gs > 0 && bs % gs == 0 && k % gs == 0))
       << "gptq: group size " << gs << " must divide the block size " << bs << " and K = " << k;
+  if (opt.cuda) return gptq_cuda(w, h, rounding, opt);
   const std::vector<double> u = gptq_inverse_hessian_factor(h, k, opt.damp);
   std::vector<char> dead(static_cast<size_t>(k));
   for (int64_t i = 0; i < k; ++i) dead[size_t(i)] = h[size_t(i * k + i)] == 0.0;

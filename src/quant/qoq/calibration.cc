@@ -197,10 +197,17 @@ LayerCapture LayerRunner::run(int layer, const CaptureOptions& opt, bool advance
   return cap;
 }
 
+void LayerRunner::set_hidden(const std::vector<float>& hidden) {
+  QS_CHECK(hidden.size() == hidden_.size()) << "calibration: " << hidden.size() << " hidden values given, expected "
+                                            << hidden_.size();
+  hidden_ = hidden;
+}
+
 LayerInputs take_inputs(LayerCapture& cap) {
   LayerInputs in;
   for (int i = 0; i < kNumLinearInputs; ++i) {
     if (cap.hessian[i]) in.hessian[i] = cap.hessian[i]->hessian();
+    if (!cap.hessian_full[i].empty()) in.hessian[i] = std::move(cap.hessian_full[i]);
     in.rows[i] = std::move(cap.rows[i]);
   }
   return in;

@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "core/logging.h"
 #include "formats/formats.h"
+#include "quant/cuda/layer_runner_cuda.h"
 #include "quant/hadamard.h"
 #include "quant/qoq/model_view.h"
 #include "quant/qoq/progress.h"
@@ -150,10 +151,11 @@ nlohmann::json QoqOptions::to_json() const {
   j["sample_rows"] = sample_rows;
   // Each layer is calibrated on the outputs of the layers before it: FP, or with their weights dequantized.
   j["propagation"] = propagate_quantized ? "quantized" : "fp";
+  j["calibration_device"] = cuda ? "cuda" : "cpu";
   return j;
 }
 
-LayerReport quantize_layer(model::Model& model, LayerRunner& runner, int model_layer, int li, int num_layers,
+LayerReport quantize_layer(model::Model& model, CalibrationRunner& runner, int model_layer, int li, int num_layers,
                            LayerWeights& lw, const QoqOptions& opt, Progress& bar,
                            std::map<std::string, QuantizedLinear>& out) {
   const auto& c = model.config();
@@ -162,6 +164,8 @@ LayerReport quantize_layer(model::Model& model, LayerRunner& runner, int model_l
   const auto& names = model::kLayerLinearNames;
   const LinearInput inputs[model::kNumLayerLinears] = {LinearInput::kQkv, LinearInput::kQkv,    LinearInput::kQkv, LinearInput::kO,
                                  LinearInput::kGateUp, LinearInput::kGateUp, LinearInput::kDown};
+  GptqOptions gptq_opt = opt.gptq_options;
+  gptq_opt.cuda = gptq_opt.cuda || opt.cuda;
   const auto t_layer = Clock::now();
   const std::string lname = "layer " + std::to_string(li + 1) + "/" + std::to_string(num_layers);
   LayerReport rep;
@@ -274,7 +278,7 @@ LayerReport quantize_layer(model::Model& model, LayerRunner& runner, int model_l
     lr.k = wt.dim(1);
     Tensor deq;
     if (is_g128(opt)) {
-      W4G128Weight q = opt.gptq ? gptq_w4_g128(wt, h, kProtectiveRange, opt.gptq_options) : quantize_w4_g128(wt);
+      W4G128Weight q = opt.gptq ? gptq_w4_g128(wt, h, kProtectiveRange, gptq_opt) : quantize_w4_g128(wt);
       deq = q.dequant;
       out.emplace(name, std::move(q));
     } else {
@@ -285,7 +289,7 @@ LayerReport quantize_layer(model::Model& model, LayerRunner& runner, int model_l
         for (float r : ratios) sum += r;
         lr.mean_clip = float(sum / double(ratios.size()));
       }
-      W4PerChannelWeight q = opt.gptq ? gptq_w4_per_channel(wt, h, ratios, opt.gptq_options)
+      W4PerChannelWeight q = opt.gptq ? gptq_w4_per_channel(wt, h, ratios, gptq_opt)
                                       : quantize_w4_per_channel(wt, ratios);
       deq = q.dequant;
       out.emplace(name, std::move(q));
@@ -317,6 +321,12 @@ LayerReport quantize_layer(model::Model& model, LayerRunner& runner, int model_l
   return rep;
 }
 
+std::unique_ptr<CalibrationRunner> make_runner(model::Model& model, const CalibrationSet& calib,
+                                               const QoqOptions& opt) {
+  if (opt.cuda) return make_cuda_layer_runner(model, calib);
+  return std::make_unique<LayerRunner>(model, calib, opt.windows_per_call);
+}
+
 QoqResult run_qoq(model::Model& model, const CalibrationSet& calib, const QoqOptions& opt) {
   const auto t_start = Clock::now();
   QS_CHECK(opt.variant == WeightFormat::kW4A8PerChannel || opt.variant == WeightFormat::kW4A8G128)
@@ -340,11 +350,11 @@ QoqResult run_qoq(model::Model& model, const CalibrationSet& calib, const QoqOpt
     rotate_value_heads(w, Hadamard(c.head_dim));
     bar.advance(1, "embedding calibration windows");
   }
-  LayerRunner runner(model, calib, opt.windows_per_call);
+  const std::unique_ptr<CalibrationRunner> runner = make_runner(model, calib, opt);
 
   for (int li = 0; li < c.num_layers; ++li)
     res.layers.push_back(
-        quantize_layer(model, runner, li, li, c.num_layers, w.layers[size_t(li)], opt, bar, res.linears));
+        quantize_layer(model, *runner, li, li, c.num_layers, w.layers[size_t(li)], opt, bar, res.linears));
   bar.finish();
   finish_settings(res, opt);
   res.seconds = since(t_start);

@@ -56,6 +56,8 @@ struct QoqOptions {
   // Inputs of layer l+1: the output of layer l with its weights replaced by their dequantized values (true:
   // GPTQ's original scheme; one more forward pass per layer), or its FP output (false).
   bool propagate_quantized = true;
+  // Calibration on the GPU (quant/cuda: the layer forward, Hessians and GPTQ's heavy parts); false: the CPU backend.
+  bool cuda = false;
   bool progress = true;         // progress bar on stderr (only when stderr is a terminal)
   std::function<bool()> cancelled;  // polled often; true makes run_qoq throw qs::Error("interrupted")
 
@@ -104,9 +106,12 @@ QoqResult run_qoq(model::Model& model, const CalibrationSet& calib, const QoqOpt
 // transformed in place and quantized; its linears are added to `out` as model.layers.<layer>.* and the runner's
 // hidden states advance to the layer's output. run_qoq calls it with model_layer == layer; the streaming path
 // (streaming.h) with a one-layer model (model_layer 0) whose layer weights are replaced for every layer.
-LayerReport quantize_layer(model::Model& model, LayerRunner& runner, int model_layer, int layer, int num_layers,
+LayerReport quantize_layer(model::Model& model, CalibrationRunner& runner, int model_layer, int layer, int num_layers,
                            LayerWeights& lw, const QoqOptions& opt, Progress& bar,
                            std::map<std::string, QuantizedLinear>& out);
+// The calibration runner opt asks for: the GPU one (opt.cuda) or LayerRunner on the model's backend.
+std::unique_ptr<CalibrationRunner> make_runner(model::Model& model, const CalibrationSet& calib,
+                                               const QoqOptions& opt);
 // Adds what the searches chose, per layer, to result.settings (after the last layer).
 void finish_settings(QoqResult& result, const QoqOptions& opt);
 

@@ -13,6 +13,7 @@
 
 #include "core/error.h"
 #include "io/safetensors.h"
+#include "quant/cuda/layer_runner_cuda.h"
 #include "quant/qoq/model_view.h"
 
 namespace qs::quant::qoq {
@@ -418,13 +419,16 @@ StreamingResult run_qoq_streaming(const std::string& model_dir, const backends::
   mw.lm_head = std::make_unique<model::FpLinear>(embed, Tensor(), be);  // never run; the constructor wants one
   mw.layers.push_back(load_layer(store, c, std::min(st.layers_done, c.num_layers - 1), be));
   model::Model shell(c1, std::move(mw), be);
-  LayerRunner runner(shell, calib, opt.windows_per_call);
+  const std::unique_ptr<CalibrationRunner> runner_ptr = make_runner(shell, calib, opt);
+  CalibrationRunner& runner = *runner_ptr;
 
   // Finished layers from the state folder.
   if (st.layers_done > 0) {
     for (int i = 0; i < st.layers_done; ++i)
       load_layer_state(state_dir, i, opt.variant == WeightFormat::kW4A8G128, res.linears, fp);
-    restore_hidden(state_dir, st.layers_done, runner.mutable_hidden());
+    std::vector<float> hidden = runner.hidden_host();
+    restore_hidden(state_dir, st.layers_done, hidden);
+    runner.set_hidden(hidden);
     res.layers = st.reports;
     out.resumed_layers = st.layers_done;
     bar.advance(double(st.layers_done) * (opt.propagate_quantized ? 5 : 4),
@@ -467,13 +471,14 @@ StreamingResult run_qoq_streaming(const std::string& model_dir, const backends::
       for (const char* n : model::kLayerLinearNames)
         saved[layer_prefix(li) + n] = res.linears.at(layer_prefix(li) + n);
       save_layer(state_dir, li, saved, fp);
-      save_state(state_dir, key, li + 1, res.layers, runner.hidden());
+      save_state(state_dir, key, li + 1, res.layers, runner.hidden_host());
     }
     if (opt.progress) {
       const int done = li + 1 - out.resumed_layers, left = c.num_layers - li - 1;
       const double eta = since(t_layers) / double(done) * double(left);
-      std::fprintf(stderr, "\nlayer %d/%d done in %.1f s; ETA %s; peak host memory %s\n", li + 1, c.num_layers,
-                   since(t_layer), format_duration(eta).c_str(), gib(peak_host_memory_bytes()).c_str());
+      std::fprintf(stderr, "\nlayer %d/%d done in %.1f s; ETA %s; peak host memory %s%s\n", li + 1, c.num_layers,
+                   since(t_layer), format_duration(eta).c_str(), gib(peak_host_memory_bytes()).c_str(),
+                   opt.cuda ? ("; peak GPU memory " + gib(cuda_peak_memory_bytes())).c_str() : "");
     }
     if (sopt.stop_after_layers >= 0 && li + 1 >= sopt.stop_after_layers && li + 1 < c.num_layers)
       QS_FAIL() << "stopped after layer " << li + 1 << " as asked (QSERVE_QUANTIZE_STOP_AFTER_LAYER); the state in "
