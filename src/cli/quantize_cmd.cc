@@ -185,6 +185,7 @@ void run(Args a) {
       qs::quant::qoq::StreamingOptions so;
       so.state_dir = partial.string();
       so.fresh = a.force;
+      so.save_every_seconds = 120;  // the 2 GB of hidden states of an 8B model are not worth writing every layer
       if (const char* e = std::getenv("QSERVE_QUANTIZE_STOP_AFTER_LAYER"); e && *e) {
         char* end = nullptr;
         const long k = std::strtol(e, &end, 10);

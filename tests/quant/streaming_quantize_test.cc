@@ -161,6 +161,24 @@ TEST_F(StreamingTest, StoppedAndResumedEqualsUninterrupted) {
   expect_same(full.result, full.fp, resumed.result, resumed.fp);
 }
 
+TEST_F(StreamingTest, HiddenStatesSavedOnlyAtIntervalsAndAtTheStop) {
+  const QoqOptions opt = small(WeightFormat::kW4A8PerChannel);
+  StreamingOptions so;
+  so.state_dir = (tmp_ / "state").string();
+  so.save_every_seconds = 1e9;  // never by time: only at the stop hook and after the last layer
+  so.stop_after_layers = 3;
+  EXPECT_THAT(qs::test::error_of([&] { run_qoq_streaming(dir_, backends::cpu_backend(), calib_, opt, so); }),
+              HasSubstr("stopped after layer 3"));
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(fs::exists(tmp_ / "state" / ("layer-" + std::to_string(i) + ".safetensors")));
+  EXPECT_TRUE(fs::exists(tmp_ / "state" / "hidden-3.bin"));
+  for (int i = 0; i < 3; ++i) EXPECT_FALSE(fs::exists(tmp_ / "state" / ("hidden-" + std::to_string(i) + ".bin"))) << i;
+  so.stop_after_layers = -1;
+  const StreamingResult resumed = run_qoq_streaming(dir_, backends::cpu_backend(), calib_, opt, so);
+  EXPECT_EQ(resumed.resumed_layers, 3);
+  const StreamingResult full = run_qoq_streaming(dir_, backends::cpu_backend(), calib_, opt, {});
+  expect_same(full.result, full.fp, resumed.result, resumed.fp);
+}
+
 TEST_F(StreamingTest, StateFromOtherSettingsIsRefusedOrDiscarded) {
   QoqOptions opt = small(WeightFormat::kW4A8G128);
   StreamingOptions so;

@@ -439,6 +439,7 @@ StreamingResult run_qoq_streaming(const std::string& model_dir, const backends::
   }
 
   const auto t_layers = Clock::now();
+  auto last_save = Clock::now();
   for (int li = st.layers_done; li < c.num_layers; ++li) {
     const auto t_layer = Clock::now();
     QS_CHECK(!(opt.cancelled && opt.cancelled())) << "interrupted";
@@ -466,12 +467,16 @@ StreamingResult run_qoq_streaming(const std::string& model_dir, const backends::
       std::visit([](auto& w) { w.dequant = Tensor(); }, q);
       res.linears[name] = std::move(q);
     }
+    const bool stop = sopt.stop_after_layers >= 0 && li + 1 >= sopt.stop_after_layers && li + 1 < c.num_layers;
     if (!sopt.state_dir.empty()) {
       std::map<std::string, QuantizedLinear> saved;
       for (const char* n : model::kLayerLinearNames)
         saved[layer_prefix(li) + n] = res.linears.at(layer_prefix(li) + n);
       save_layer(state_dir, li, saved, fp);
-      save_state(state_dir, key, li + 1, res.layers, runner.hidden_host());
+      if (stop || li + 1 == c.num_layers || since(last_save) >= sopt.save_every_seconds) {
+        save_state(state_dir, key, li + 1, res.layers, runner.hidden_host());
+        last_save = Clock::now();
+      }
     }
     if (opt.progress) {
       const int done = li + 1 - out.resumed_layers, left = c.num_layers - li - 1;
@@ -480,7 +485,7 @@ StreamingResult run_qoq_streaming(const std::string& model_dir, const backends::
                    since(t_layer), format_duration(eta).c_str(), gib(peak_host_memory_bytes()).c_str(),
                    opt.cuda ? ("; peak GPU memory " + gib(cuda_peak_memory_bytes())).c_str() : "");
     }
-    if (sopt.stop_after_layers >= 0 && li + 1 >= sopt.stop_after_layers && li + 1 < c.num_layers)
+    if (stop)
       QS_FAIL() << "stopped after layer " << li + 1 << " as asked (QSERVE_QUANTIZE_STOP_AFTER_LAYER); the state in "
                 << state_dir.string() << " resumes at layer " << li + 2;
   }

@@ -12,8 +12,8 @@
 // packed W4 weights of the finished layers (~0.5 byte per parameter).
 //
 // Resume: with a state folder (StreamingOptions::state_dir), every finished layer is saved there before the next
-// one starts: its quantized tensors (layer-<i>.safetensors), the calibration hidden states at the boundary
-// (hidden-<i+1>.bin) and state.json (settings, source identity, the reports of the finished layers), each written
+// one starts: its quantized tensors (layer-<i>.safetensors), and (at most every save_every_seconds) the calibration
+// hidden states at the boundary (hidden-<i+1>.bin) and state.json (settings, source identity, the reports of the finished layers), each written
 // to a temporary file and renamed, state.json last. A later run with the same settings, calibration and source
 // checkpoint continues at the first unfinished layer and gives the same checkpoint as an uninterrupted run; a
 // state from other settings or another source is an error naming the difference (or discarded with fresh=true).
@@ -29,6 +29,11 @@ namespace qs::quant::qoq {
 struct StreamingOptions {
   std::string state_dir;  // resume state folder ("" : none kept)
   bool fresh = false;     // discard a state folder that does not match instead of failing
+  // The hidden states (2 GB for Llama-3-8B at 128 x 1024) and state.json are saved after a layer only when this
+  // many seconds have passed since the last save (and always after the last layer and at the stop hook); each
+  // layer's quantized tensors are saved every time. 0: after every layer. A resumed run restarts after the last
+  // saved boundary (the layers after it are recomputed, with the same result).
+  double save_every_seconds = 0.0;
   // Test hook (and QSERVE_QUANTIZE_STOP_AFTER_LAYER in the CLI): throw qs::Error after this many layers are
   // finished and saved (-1: never).
   int stop_after_layers = -1;
