@@ -30,8 +30,8 @@ struct CliResult {
   int rc;
   std::string out;
 };
-CliResult run(const std::string& env, const std::string& args) {
-  const std::string cmd = env + " " + qserve_binary() + " quantize " + args + " 2>&1";
+CliResult run(const std::string& env, const std::string& args, const char* sub = "quantize") {
+  const std::string cmd = env + " " + qserve_binary() + " " + sub + " " + args + " 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
   std::string out;
   std::array<char, 4096> buf;
@@ -125,6 +125,20 @@ TEST_F(QuantizeResumeCli, ForceDiscardsAMismatchedState) {
   r = run("QSERVE_QUANTIZE_STOP_AFTER_LAYER=x", args(tmp_ / "p", "--quiet"));
   EXPECT_EQ(r.rc, 1);
   EXPECT_THAT(r.out, HasSubstr("QSERVE_QUANTIZE_STOP_AFTER_LAYER=x is not a layer count"));
+}
+
+TEST_F(QuantizeResumeCli, MakeRandomWithFewerLayersQuantizes) {
+  // make-random --layers 2 of the tiny shape, then the streaming quantizer on it: 14 linears, a loadable checkpoint.
+  const fs::path rnd = tmp_ / "rnd", q = tmp_ / "rnd-q";
+  CliResult r = run("", "--config " + (fs::path(model_) / "config.json").string() + " --layers 2 --out " + rnd.string(),
+                    "make-random");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  r = run("", "--model " + rnd.string() + " --out " + q.string() +
+                  " --variant g128 --calib-samples 2 --calib-len 64 --sample-rows 16 --quiet");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  const auto ck = qs::quant::QuantizedCheckpoint::open(q.string());
+  EXPECT_EQ(ck.linear_names().size(), 14u);
+  EXPECT_EQ(ck.meta().hf_config["num_hidden_layers"].get<int>(), 2);
 }
 
 }  // namespace
