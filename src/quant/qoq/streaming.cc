@@ -1,6 +1,7 @@
 // Streaming, resumable QoQ (see streaming.h).
 #include "quant/qoq/streaming.h"
 
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -29,6 +30,17 @@ std::string layer_prefix(int i) { return "model.layers." + std::to_string(i) + "
 
 // ---- reading the source checkpoint ------------------------------------------------------------------------
 
+// Drops the resident pages wholly inside [p, p + n) (rounded inward to pages): after a layer is converted to F32 its
+// pages of the read-only file mapping are not needed again, and left resident they would be counted in the
+// process's RSS (0.44 GB per Llama-3-8B layer in BF16) although the kernel could reclaim them. For a file mapping
+// the pages are re-read on a later access; for a tensor the reader returned as a private copy (misaligned data),
+// only pages of that copy, which is no longer used, are affected.
+void release_pages(const void* p, size_t n) {
+  const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+  const uintptr_t b = (uintptr_t(p) + page - 1) / page * page, e = (uintptr_t(p) + n) / page * page;
+  if (e > b) ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
+}
+
 // As model/llama.cc's loader: name, shape, dtype and finiteness checked; converted to F32.
 Tensor load_f32(const io::TensorStore& store, const std::string& name, const Shape& expected) {
   QS_CHECK(store.has(name)) << "checkpoint " << store.path() << ": tensor '" << name << "' is missing (expected shape "
@@ -39,8 +51,10 @@ Tensor load_f32(const io::TensorStore& store, const std::string& name, const Sha
   QS_CHECK(info.dtype == DType::F32 || info.dtype == DType::F16 || info.dtype == DType::BF16)
       << "checkpoint " << store.path() << ": tensor '" << name << "' has dtype " << dtype_name(info.dtype)
       << ", expected F32, F16 or BF16";
-  Tensor t = store.get(name).to_f32();
+  const Tensor src = store.get(name);
+  Tensor t = src.to_f32();
   model::check_finite(t, name, store.path());
+  release_pages(src.raw(), size_t(src.numel()) * dtype_size(src.dtype()));
   return t;
 }
 
