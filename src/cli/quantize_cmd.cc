@@ -15,6 +15,9 @@
 // unfinished layer (a state from other settings or another model: an error, or discarded with --force); the folder
 // is removed once DIR is published. --in-memory runs the original whole-model path (the reference; same result).
 // QSERVE_QUANTIZE_STOP_AFTER_LAYER=K stops (exit 1) after K layers are saved: the test hook for resuming.
+// --device auto|cpu|cuda: calibration (layer forward, Hessians, GPTQ's factor and updates) on the GPU when one is
+// usable (auto, the default) or asked for (cuda: an error naming the CUDA problem when there is none); peak host
+// and GPU memory are printed at the end (docs/QOQ.md, "Quantizing large models").
 #include <signal.h>
 #include <unistd.h>
 
