@@ -186,6 +186,8 @@ LayerReport quantize_layer(model::Model& model, CalibrationRunner& runner, int m
   co.cancelled = opt.cancelled;
   LayerCapture cap = runner.run(model_layer, co, /*advance=*/!opt.propagate_quantized);
   LayerInputs in = take_inputs(cap);
+  rep.phase_seconds[0] = since(t_layer);
+  auto t_phase = Clock::now();
   bar.advance(3, lname + ": transforming and quantizing");
   // (2) transformations. SmoothAttention scales q/k outputs: no linear input changes. Down smoothing and
   // reordering scale/permute input channels: the captured Hessians and rows are re-expressed to match.
@@ -264,6 +266,8 @@ LayerReport quantize_layer(model::Model& model, CalibrationRunner& runner, int m
     for (size_t j = 0; j < s.size(); ++j) inv[j] = 1.0f / s[j];
     permute_scale_input(in, LinearInput::kDown, down_perm, inv);
   }
+  rep.phase_seconds[1] = since(t_phase);
+  t_phase = Clock::now();
   // (4) quantize the seven linears.
   Tensor* weights[7] = {lw.q, lw.k, lw.v, lw.o, lw.gate, lw.up, lw.down};
   for (int j = 0; j < 7; ++j) {
@@ -298,6 +302,8 @@ LayerReport quantize_layer(model::Model& model, CalibrationRunner& runner, int m
     lr.rel_error = std::sqrt(sq_dist(matmul(be, rows.data<float>(), rows.dim(0), deq), y) / std::max(sq_norm(y), 1e-300));
     rep.linears.push_back(lr);
   }
+  rep.phase_seconds[2] = since(t_phase);
+  t_phase = Clock::now();
   if (opt.propagate_quantized) {
     // The layer's output with dequantized weights becomes the next layer's input; FP weights restored after.
     bar.advance(0, lname + ": propagating");
@@ -315,6 +321,7 @@ LayerReport quantize_layer(model::Model& model, CalibrationRunner& runner, int m
     for (int j = 0; j < 7; ++j) *weights[j] = fp_w[j];
     bar.advance(1, lname + ": propagated");
   }
+  rep.phase_seconds[3] = since(t_phase);
   rep.seconds = since(t_layer);
   bar.advance(1, li + 1 < num_layers ? "layer " + std::to_string(li + 2) + "/" + std::to_string(num_layers)
                                      : "done");

@@ -85,6 +85,9 @@ struct LayerReport {
   // only with a per-channel value smoothing probe (v_j / vmax_j^0.5 before KV4, times it after).
   double attn_err_k = -1.0, attn_err_v = -1.0, attn_err_v_smooth = -1.0;
   double seconds = 0.0;
+  // Wall time of the phases: calibration pass, transformations with their searches, quantization (GPTQ + the
+  // error report), propagation pass (not kept in a resume state: 0 for resumed layers).
+  double phase_seconds[4] = {0, 0, 0, 0};
   std::vector<LinearReport> linears;
 };
 

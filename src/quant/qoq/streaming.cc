@@ -459,6 +459,7 @@ StreamingResult run_qoq_streaming(const std::string& model_dir, const backends::
     QS_CHECK(!(opt.cancelled && opt.cancelled())) << "interrupted";
     if (li != st.layers_done || shell.weights().layers[0].q_proj == nullptr)
       shell.weights().layers[0] = load_layer(store, c, li, be);
+    const auto t_loaded = Clock::now();
     ModelWeights view = weights_view(shell);
     LayerWeights& lw = view.layers[0];
     if (opt.rotate) {
@@ -466,8 +467,10 @@ StreamingResult run_qoq_streaming(const std::string& model_dir, const backends::
       rotate_residual_layer(lw, *hr);
       rotate_value_heads_layer(lw, *hd);
     }
+    const double t_load = since(t_layer), t_rotate = since(t_loaded);
     std::map<std::string, QuantizedLinear> layer_linears;
     res.layers.push_back(quantize_layer(shell, runner, 0, li, c.num_layers, lw, opt, bar, layer_linears));
+    const auto t_saving = Clock::now();
     // Keep what the checkpoint needs; the FP32 layer and the dequantized references are freed.
     const auto& dl = shell.weights().layers[0];
     fp.input_norm.push_back(dl.input_norm);
@@ -495,8 +498,12 @@ StreamingResult run_qoq_streaming(const std::string& model_dir, const backends::
     if (opt.progress) {
       const int done = li + 1 - out.resumed_layers, left = c.num_layers - li - 1;
       const double eta = since(t_layers) / double(done) * double(left);
-      std::fprintf(stderr, "\nlayer %d/%d done in %.1f s; ETA %s; peak host memory %s%s\n", li + 1, c.num_layers,
-                   since(t_layer), format_duration(eta).c_str(), gib(peak_host_memory_bytes()).c_str(),
+      const double* ph = res.layers.back().phase_seconds;
+      std::fprintf(stderr,
+                   "\nlayer %d/%d done in %.1f s (load %.1f, rotate %.1f, calibrate %.1f, transform+search %.1f, "
+                   "quantize %.1f, propagate %.1f, save %.1f); ETA %s; peak host memory %s%s\n",
+                   li + 1, c.num_layers, since(t_layer), t_load - t_rotate, t_rotate, ph[0], ph[1], ph[2], ph[3],
+                   since(t_saving), format_duration(eta).c_str(), gib(peak_host_memory_bytes()).c_str(),
                    opt.cuda ? ("; peak GPU memory " + gib(cuda_peak_memory_bytes())).c_str() : "");
     }
     if (stop)
