@@ -253,7 +253,9 @@ class G128Rounding : public GptqRounding {
   G128Rounding(const Tensor& w, int p) : k_(w.dim(1)), p_(p), s1_(size_t(w.dim(0))), codes_(size_t(w.numel())) {
     const int64_t n = w.dim(0), ng = k_ / fmt4::kGroupSize;
     groups_.resize(size_t(n * ng));
-    for (int64_t r = 0; r < n; ++r) s1_[size_t(r)] = g128_level1_scale(w.data<float>() + r * k_, k_, p);
+    parallel_for(n, [&](int64_t b, int64_t e) {  // rows are independent
+      for (int64_t r = b; r < e; ++r) s1_[size_t(r)] = g128_level1_scale(w.data<float>() + r * k_, k_, p);
+    });
   }
   int64_t group_size() const override { return fmt4::kGroupSize; }
   void set_group(int64_t row, int64_t col0, const float* w, int64_t len) override {

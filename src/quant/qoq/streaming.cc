@@ -5,7 +5,10 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <cmath>
+#include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -13,6 +16,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/thread_pool.h"
 #include "io/safetensors.h"
 #include "quant/cuda/layer_runner_cuda.h"
 #include "quant/qoq/model_view.h"
@@ -52,9 +56,25 @@ Tensor load_f32(const io::TensorStore& store, const std::string& name, const Sha
       << "checkpoint " << store.path() << ": tensor '" << name << "' has dtype " << dtype_name(info.dtype)
       << ", expected F32, F16 or BF16";
   const Tensor src = store.get(name);
-  Tensor t = src.to_f32();
-  model::check_finite(t, name, store.path());
-  release_pages(src.raw(), size_t(src.numel()) * dtype_size(src.dtype()));
+  // Tensor::to_f32 and model::check_finite, split over threads (every conversion is exact, so the values are the
+  // same); the serial check only runs to word the error when something is not finite.
+  Tensor t(DType::F32, src.shape());
+  const int64_t n = src.numel();
+  float* o = t.data<float>();
+  std::atomic<bool> bad{false};
+  parallel_for(n, [&](int64_t b, int64_t e) {
+    const auto* h = static_cast<const uint16_t*>(src.raw());
+    if (src.dtype() == DType::F32)
+      std::memcpy(o + b, static_cast<const float*>(src.raw()) + b, size_t(e - b) * 4);
+    else if (src.dtype() == DType::BF16)
+      for (int64_t i = b; i < e; ++i) o[i] = bf16_to_float(h[i]);
+    else
+      for (int64_t i = b; i < e; ++i) o[i] = fp16_to_float(h[i]);
+    for (int64_t i = b; i < e; ++i)
+      if (!std::isfinite(o[i])) bad = true;
+  }, 1 << 16);
+  if (bad) model::check_finite(t, name, store.path());
+  release_pages(src.raw(), size_t(n) * dtype_size(src.dtype()));
   return t;
 }
 

@@ -20,19 +20,24 @@ void check_shape(const Tensor* t, const Shape& want, const char* what, int layer
       << shape_str(want);
 }
 
+// Rows are independent in every helper below: split over threads, the same result for any split.
 void scale_rows(Tensor* w, const std::vector<float>& s, bool divide) {
   const int64_t cols = w->numel() / w->dim(0);
   float* p = w->data<float>();
-  for (int64_t r = 0; r < w->dim(0); ++r) {
-    const float f = s[size_t(r)];
-    for (int64_t j = 0; j < cols; ++j) p[r * cols + j] = divide ? p[r * cols + j] / f : p[r * cols + j] * f;
-  }
+  parallel_for(w->dim(0), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float f = s[size_t(r)];
+      for (int64_t j = 0; j < cols; ++j) p[r * cols + j] = divide ? p[r * cols + j] / f : p[r * cols + j] * f;
+    }
+  }, 16);
 }
 void scale_cols(Tensor* w, const float* s, bool divide) {
   const int64_t rows = w->dim(0), cols = w->dim(1);
   float* p = w->data<float>();
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < cols; ++j) p[r * cols + j] = divide ? p[r * cols + j] / s[j] : p[r * cols + j] * s[j];
+  parallel_for(rows, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t j = 0; j < cols; ++j) p[r * cols + j] = divide ? p[r * cols + j] / s[j] : p[r * cols + j] * s[j];
+  }, 16);
 }
 
 // Rows [row0, row0 + n) of w reordered: new row row0 + i = old row row0 + perm[i]. 1-D tensors (biases) too.
@@ -40,18 +45,22 @@ void permute_rows(Tensor* w, int64_t row0, const std::vector<int32_t>& perm) {
   const int64_t cols = w->ndim() == 1 ? 1 : w->dim(1);
   float* p = w->data<float>();
   std::vector<float> old(p + row0 * cols, p + (row0 + int64_t(perm.size())) * cols);
-  for (size_t i = 0; i < perm.size(); ++i)
-    std::copy_n(old.data() + int64_t(perm[i]) * cols, cols, p + (row0 + int64_t(i)) * cols);
+  parallel_for(int64_t(perm.size()), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      std::copy_n(old.data() + int64_t(perm[size_t(i)]) * cols, cols, p + (row0 + i) * cols);
+  }, 16);
 }
 void permute_cols(Tensor* w, int64_t col0, const std::vector<int32_t>& perm) {
   const int64_t rows = w->dim(0), cols = w->dim(1);
   float* p = w->data<float>();
-  std::vector<float> old(perm.size());
-  for (int64_t r = 0; r < rows; ++r) {
-    float* row = p + r * cols + col0;
-    std::copy_n(row, perm.size(), old.data());
-    for (size_t i = 0; i < perm.size(); ++i) row[i] = old[size_t(perm[i])];
-  }
+  parallel_for(rows, [&](int64_t r0, int64_t r1) {
+    std::vector<float> old(perm.size());
+    for (int64_t r = r0; r < r1; ++r) {
+      float* row = p + r * cols + col0;
+      std::copy_n(row, perm.size(), old.data());
+      for (size_t i = 0; i < perm.size(); ++i) row[i] = old[size_t(perm[i])];
+    }
+  }, 16);
 }
 
 void check_perm(const std::vector<int32_t>& perm, int64_t n, const char* what) {
