@@ -1,6 +1,7 @@
-// `qserve make-random --shape NAME --out DIR [--config FILE] [--seed S] [--dtype bf16|f16|f32]`: a random-weight
+// `qserve make-random --shape NAME --out DIR [--config FILE] [--layers N] [--seed S] [--dtype bf16|f16|f32]`: a random-weight
 // Hugging Face checkpoint in a real model shape (io/random_checkpoint.h), for timing quantization at scale and for
-// engine benchmarks. The config comes from --config FILE, else from $QSERVE_DATA/configs/NAME.json (or
+// engine benchmarks (--layers N keeps only the first N decoder layers: per-layer timing of a shape too large for the
+// disk, e.g. Llama-2-70B). The config comes from --config FILE, else from $QSERVE_DATA/configs/NAME.json (or
 // configs/NAME/config.json). The tokenizer files of qs-llama-tiny are copied beside the weights so `quantize`,
 // `ppl` and `generate` run on the folder; that tokenizer has 8,192 tokens while the checkpoint's vocab_size is
 // the shape's (128,256 for Llama-3-8B): every token id it produces is valid, the extra embedding rows are simply
@@ -27,6 +28,7 @@ struct Args {
   uint64_t seed = 0;
   double stddev = 0.02;
   double max_shard_gb = 5.0;
+  int layers = 0;  // 0: the shape's num_hidden_layers
 };
 
 fs::path find_config(const Args& a) {
@@ -64,6 +66,7 @@ void run(const Args& a) {
   opt.max_shard_bytes = int64_t(a.max_shard_gb * 1e9);
   opt.dtype = a.dtype == "f32" ? qs::DType::F32 : a.dtype == "f16" ? qs::DType::F16 : qs::DType::BF16;
   cfg["torch_dtype"] = a.dtype == "f32" ? "float32" : a.dtype == "f16" ? "float16" : "bfloat16";
+  if (a.layers > 0) cfg["num_hidden_layers"] = a.layers;
   opt.config = cfg;
   const fs::path tok = a.tokenizer.empty() ? fs::path(qs::data_dir()) / "models" / "qs-llama-tiny" : fs::path(a.tokenizer);
   QS_CHECK(fs::is_regular_file(tok / "tokenizer.json"))
@@ -89,6 +92,8 @@ qs::cli::CommandRegistrar reg(
       sub->add_option("--shape", a->shape, "shape name: <data>/configs/NAME.json (llama-3-8b, llama-2-70b, ...)");
       sub->add_option("--config", a->config, "HF config.json to use instead of --shape");
       sub->add_option("--out", a->out, "output directory (absent or empty)")->required();
+      sub->add_option("--layers", a->layers, "keep only the first N decoder layers (per-layer timing of large shapes)")
+          ->check(CLI::Range(1, 1 << 16));
       qs::cli::add_seed_option(sub, "--seed", &a->seed, "random seed, 0 .. 2^64-1 (0)");
       sub->add_option("--dtype", a->dtype, "bf16 (default), f16 or f32")->check(CLI::IsMember({"bf16", "f16", "f32"}));
       sub->add_option("--stddev", a->stddev, "standard deviation of the weights (0.02)")->check(CLI::PositiveNumber);

@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "quant/cuda/gptq_cuda.h"
 
 namespace qs::quant {
 
@@ -171,6 +172,7 @@ Tensor gptq(const Tensor& w, const std::vector<double>& h, GptqRounding& roundin
   QS_CHECK(bs > 0) << "gptq: block size " << bs << " must be positive";
   QS_CHECK(gs == 0 || (gs > 0 && bs % gs == 0 && k % gs == 0))
       << "gptq: group size " << gs << " must divide the block size " << bs << " and K = " << k;
+  if (opt.cuda) return gptq_cuda(w, h, rounding, opt);
   const std::vector<double> u = gptq_inverse_hessian_factor(h, k, opt.damp);
   std::vector<char> dead(static_cast<size_t>(k));
   for (int64_t i = 0; i < k; ++i) dead[size_t(i)] = h[size_t(i * k + i)] == 0.0;
@@ -251,7 +253,9 @@ class G128Rounding : public GptqRounding {
   G128Rounding(const Tensor& w, int p) : k_(w.dim(1)), p_(p), s1_(size_t(w.dim(0))), codes_(size_t(w.numel())) {
     const int64_t n = w.dim(0), ng = k_ / fmt4::kGroupSize;
     groups_.resize(size_t(n * ng));
-    for (int64_t r = 0; r < n; ++r) s1_[size_t(r)] = g128_level1_scale(w.data<float>() + r * k_, k_, p);
+    parallel_for(n, [&](int64_t b, int64_t e) {  // rows are independent
+      for (int64_t r = b; r < e; ++r) s1_[size_t(r)] = g128_level1_scale(w.data<float>() + r * k_, k_, p);
+    });
   }
   int64_t group_size() const override { return fmt4::kGroupSize; }
   void set_group(int64_t row, int64_t col0, const float* w, int64_t len) override {

@@ -46,6 +46,9 @@ class GptqRounding {
 struct GptqOptions {
   double damp = 0.01;        // relative to the mean of diag(H)
   int64_t block_size = 128;  // lazy-batch block (columns)
+  // Run the inverse-Hessian factor (cuSOLVER) and the lazy batch updates (cuBLAS DGEMM) on the GPU
+  // (quant/cuda/gptq_cuda.h); the column loop and the rounding stay on the host, so the algorithm is the same.
+  bool cuda = false;
 };
 
 // Upper-triangular U with U^T U = (H + damp * mean(diag H) * I)^-1 (dead inputs, diag 0, get diag 1 first).

@@ -197,10 +197,17 @@ LayerCapture LayerRunner::run(int layer, const CaptureOptions& opt, bool advance
   return cap;
 }
 
+void LayerRunner::set_hidden(const std::vector<float>& hidden) {
+  QS_CHECK(hidden.size() == hidden_.size()) << "calibration: " << hidden.size() << " hidden values given, expected "
+                                            << hidden_.size();
+  hidden_ = hidden;
+}
+
 LayerInputs take_inputs(LayerCapture& cap) {
   LayerInputs in;
   for (int i = 0; i < kNumLinearInputs; ++i) {
     if (cap.hessian[i]) in.hessian[i] = cap.hessian[i]->hessian();
+    if (!cap.hessian_full[i].empty()) in.hessian[i] = std::move(cap.hessian_full[i]);
     in.rows[i] = std::move(cap.rows[i]);
   }
   return in;
@@ -216,11 +223,13 @@ void permute_scale_input(LayerInputs& in, LinearInput which, const std::vector<i
   if (!in.hessian[w].empty()) {
     QS_CHECK(int64_t(in.hessian[w].size()) == k * k) << "permute_scale_input: Hessian is not " << k << " x " << k;
     const std::vector<double> old = in.hessian[w];
-    for (int64_t i = 0; i < k; ++i)
-      for (int64_t j = 0; j < k; ++j) {
-        const int64_t pi = perm[size_t(i)], pj = perm[size_t(j)];
-        in.hessian[w][size_t(i * k + j)] = old[size_t(pi * k + pj)] * factor(pi) * factor(pj);
-      }
+    parallel_for(k, [&](int64_t i0, int64_t i1) {  // rows are independent: the same result for any split
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t j = 0; j < k; ++j) {
+          const int64_t pi = perm[size_t(i)], pj = perm[size_t(j)];
+          in.hessian[w][size_t(i * k + j)] = old[size_t(pi * k + pj)] * factor(pi) * factor(pj);
+        }
+    });
   }
   if (in.rows[w].numel() > 0) {
     QS_CHECK(in.rows[w].dim(1) == k) << "permute_scale_input: rows have " << in.rows[w].dim(1) << " channels, not "

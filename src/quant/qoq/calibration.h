@@ -70,6 +70,8 @@ struct LayerCapture {
   std::vector<float> absmax[kNumLinearInputs];  // per input channel
   std::vector<float> key_max;                   // [num_kv_heads * head_dim], after RoPE
   std::unique_ptr<HessianAccumulator> hessian[kNumLinearInputs];
+  // Or the finished Hessians H = 2/n X^T X (K x K, double), as the GPU runner computes them.
+  std::vector<double> hessian_full[kNumLinearInputs];
   Tensor rows[kNumLinearInputs];  // F32 [keep_rows, in_features] per input
   AttentionSample attn;           // empty unless attn_windows > 0
 };
@@ -87,12 +89,26 @@ LayerInputs take_inputs(LayerCapture& cap);  // moves the rows out of cap
 void permute_scale_input(LayerInputs& in, LinearInput which, const std::vector<int32_t>& perm,
                          const std::vector<float>& f);
 
-class LayerRunner {
+// What the pipeline runs the calibration windows through, one decoder layer at a time: LayerRunner on the model's
+// CPU backend, or the GPU runner (quant/cuda/layer_runner_cuda.h), which keeps the hidden states on the device.
+class CalibrationRunner {
+ public:
+  virtual ~CalibrationRunner() = default;
+  // Runs decoder layer `layer` over every window. advance = true replaces the hidden states by the layer's output.
+  virtual LayerCapture run(int layer, const CaptureOptions& opt, bool advance) = 0;
+  // The current hidden states [samples * len, hidden] on the host (the GPU runner copies them back first).
+  virtual const std::vector<float>& hidden_host() = 0;
+  virtual void set_hidden(const std::vector<float>& hidden) = 0;
+};
+
+class LayerRunner : public CalibrationRunner {
  public:
   // Embeds every window (the model's own embedding table, so transform the embeddings first).
   LayerRunner(model::Model& model, const CalibrationSet& set, int windows_per_call = 4);
   // Runs decoder layer `layer` over every window. advance = true replaces the hidden states by the layer's output.
-  LayerCapture run(int layer, const CaptureOptions& opt, bool advance);
+  LayerCapture run(int layer, const CaptureOptions& opt, bool advance) override;
+  const std::vector<float>& hidden_host() override { return hidden_; }
+  void set_hidden(const std::vector<float>& hidden) override;
   // The current hidden states [samples * len, hidden].
   const std::vector<float>& hidden() const { return hidden_; }
   int64_t tokens() const { return samples_ * len_; }

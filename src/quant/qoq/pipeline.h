@@ -23,6 +23,8 @@
 #include "quant/checkpoint.h"
 #include "quant/gptq.h"
 #include "quant/qoq/calibration.h"
+#include "quant/qoq/progress.h"
+#include "quant/qoq/transforms.h"
 
 namespace qs::quant::qoq {
 
@@ -54,6 +56,8 @@ struct QoqOptions {
   // Inputs of layer l+1: the output of layer l with its weights replaced by their dequantized values (true:
   // GPTQ's original scheme; one more forward pass per layer), or its FP output (false).
   bool propagate_quantized = true;
+  // Calibration on the GPU (quant/cuda: the layer forward, Hessians and GPTQ's heavy parts); false: the CPU backend.
+  bool cuda = false;
   bool progress = true;         // progress bar on stderr (only when stderr is a terminal)
   std::function<bool()> cancelled;  // polled often; true makes run_qoq throw qs::Error("interrupted")
 
@@ -81,11 +85,16 @@ struct LayerReport {
   // only with a per-channel value smoothing probe (v_j / vmax_j^0.5 before KV4, times it after).
   double attn_err_k = -1.0, attn_err_v = -1.0, attn_err_v_smooth = -1.0;
   double seconds = 0.0;
+  // Wall time of the phases: calibration pass, transformations with their searches, quantization (GPTQ + the
+  // error report), propagation pass (not kept in a resume state: 0 for resumed layers).
+  double phase_seconds[4] = {0, 0, 0, 0};
   std::vector<LinearReport> linears;
 };
 
+using QuantizedLinear = std::variant<W4PerChannelWeight, W4G128Weight>;
+
 struct QoqResult {
-  std::map<std::string, std::variant<W4PerChannelWeight, W4G128Weight>> linears;  // by HF module name
+  std::map<std::string, QuantizedLinear> linears;  // by HF module name
   std::vector<LayerReport> layers;
   nlohmann::json settings;  // QoqOptions::to_json() plus what calibration found (tokens, windows)
   double seconds = 0.0;
@@ -95,10 +104,36 @@ struct QoqResult {
 // transformed FP weights). The calibration windows come from sample_calibration*.
 QoqResult run_qoq(model::Model& model, const CalibrationSet& calib, const QoqOptions& opt);
 
+// One decoder layer of the pipeline (steps (1)-(4) above, plus the quantized propagation): decoder layer
+// `model_layer` of the runner's model, whose FP32 weights `lw` are already rotated when opt.rotate, is calibrated,
+// transformed in place and quantized; its linears are added to `out` as model.layers.<layer>.* and the runner's
+// hidden states advance to the layer's output. run_qoq calls it with model_layer == layer; the streaming path
+// (streaming.h) with a one-layer model (model_layer 0) whose layer weights are replaced for every layer.
+LayerReport quantize_layer(model::Model& model, CalibrationRunner& runner, int model_layer, int layer, int num_layers,
+                           LayerWeights& lw, const QoqOptions& opt, Progress& bar,
+                           std::map<std::string, QuantizedLinear>& out);
+// The calibration runner opt asks for: the GPU one (opt.cuda) or LayerRunner on the model's backend.
+std::unique_ptr<CalibrationRunner> make_runner(model::Model& model, const CalibrationSet& calib,
+                                               const QoqOptions& opt);
+// Adds what the searches chose, per layer, to result.settings (after the last layer).
+void finish_settings(QoqResult& result, const QoqOptions& opt);
+
 // Adds everything to a checkpoint writer: the quantized linears, the FP tensors (embeddings, norms, lm_head;
 // stored F16) and the metadata (variant, QoQ settings, source model, HF config with tie_word_embeddings as the
 // transformed model has it).
 QuantizedCheckpointWriter make_checkpoint(const model::Model& model, const QoqResult& result,
+                                          const nlohmann::json& hf_config, const std::string& source_model);
+
+// Everything of the transformed FP model a checkpoint needs besides the quantized linears.
+struct FpTensors {
+  Tensor embed, final_norm, lm_head;                // F32
+  std::vector<Tensor> input_norm, post_norm;        // F32 [hidden] per layer
+  std::map<std::string, Tensor> biases;             // F32, by linear name (q/k/v with attention_bias)
+};
+FpTensors fp_tensors_of(const model::Model& model);  // from a model run_qoq transformed
+
+// make_checkpoint (pipeline.h) from the parts: the same tensors in the same order.
+QuantizedCheckpointWriter make_checkpoint(const FpTensors& fp, const QoqResult& result, int num_layers,
                                           const nlohmann::json& hf_config, const std::string& source_model);
 
 // A per-layer quantization error table (one line per linear) for the end of `qserve quantize`.

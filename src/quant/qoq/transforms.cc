@@ -20,19 +20,24 @@ void check_shape(const Tensor* t, const Shape& want, const char* what, int layer
       << shape_str(want);
 }
 
+// Rows are independent in every helper below: split over threads, the same result for any split.
 void scale_rows(Tensor* w, const std::vector<float>& s, bool divide) {
   const int64_t cols = w->numel() / w->dim(0);
   float* p = w->data<float>();
-  for (int64_t r = 0; r < w->dim(0); ++r) {
-    const float f = s[size_t(r)];
-    for (int64_t j = 0; j < cols; ++j) p[r * cols + j] = divide ? p[r * cols + j] / f : p[r * cols + j] * f;
-  }
+  parallel_for(w->dim(0), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float f = s[size_t(r)];
+      for (int64_t j = 0; j < cols; ++j) p[r * cols + j] = divide ? p[r * cols + j] / f : p[r * cols + j] * f;
+    }
+  }, 16);
 }
 void scale_cols(Tensor* w, const float* s, bool divide) {
   const int64_t rows = w->dim(0), cols = w->dim(1);
   float* p = w->data<float>();
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < cols; ++j) p[r * cols + j] = divide ? p[r * cols + j] / s[j] : p[r * cols + j] * s[j];
+  parallel_for(rows, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t j = 0; j < cols; ++j) p[r * cols + j] = divide ? p[r * cols + j] / s[j] : p[r * cols + j] * s[j];
+  }, 16);
 }
 
 // Rows [row0, row0 + n) of w reordered: new row row0 + i = old row row0 + perm[i]. 1-D tensors (biases) too.
@@ -40,18 +45,22 @@ void permute_rows(Tensor* w, int64_t row0, const std::vector<int32_t>& perm) {
   const int64_t cols = w->ndim() == 1 ? 1 : w->dim(1);
   float* p = w->data<float>();
   std::vector<float> old(p + row0 * cols, p + (row0 + int64_t(perm.size())) * cols);
-  for (size_t i = 0; i < perm.size(); ++i)
-    std::copy_n(old.data() + int64_t(perm[i]) * cols, cols, p + (row0 + int64_t(i)) * cols);
+  parallel_for(int64_t(perm.size()), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      std::copy_n(old.data() + int64_t(perm[size_t(i)]) * cols, cols, p + (row0 + i) * cols);
+  }, 16);
 }
 void permute_cols(Tensor* w, int64_t col0, const std::vector<int32_t>& perm) {
   const int64_t rows = w->dim(0), cols = w->dim(1);
   float* p = w->data<float>();
-  std::vector<float> old(perm.size());
-  for (int64_t r = 0; r < rows; ++r) {
-    float* row = p + r * cols + col0;
-    std::copy_n(row, perm.size(), old.data());
-    for (size_t i = 0; i < perm.size(); ++i) row[i] = old[size_t(perm[i])];
-  }
+  parallel_for(rows, [&](int64_t r0, int64_t r1) {
+    std::vector<float> old(perm.size());
+    for (int64_t r = r0; r < r1; ++r) {
+      float* row = p + r * cols + col0;
+      std::copy_n(row, perm.size(), old.data());
+      for (size_t i = 0; i < perm.size(); ++i) row[i] = old[size_t(perm[i])];
+    }
+  }, 16);
 }
 
 void check_perm(const std::vector<int32_t>& perm, int64_t n, const char* what) {
@@ -122,49 +131,60 @@ bool untie_embeddings(ModelWeights& m) {
   return true;
 }
 
+namespace {
+void fold_into(Tensor* norm, std::initializer_list<Tensor*> linears) {
+  for (Tensor* w : linears) scale_cols(w, norm->data<float>(), false);
+  std::fill_n(norm->data<float>(), norm->numel(), 1.0f);
+}
+bool all_ones(const Tensor* t) {
+  const float* p = t->data<float>();
+  return std::all_of(p, p + t->numel(), [](float x) { return x == 1.0f; });
+}
+}  // namespace
+
+void fold_norms_layer(LayerWeights& l) {
+  fold_into(l.input_norm, {l.q, l.k, l.v});
+  fold_into(l.post_norm, {l.gate, l.up});
+}
+
+void fold_norm_head(Tensor* final_norm, Tensor* lm_head) { fold_into(final_norm, {lm_head}); }
+
 void fold_norms(ModelWeights& m) {
   check_weights(m);
   untie_embeddings(m);
-  auto fold = [](Tensor* norm, std::initializer_list<Tensor*> linears) {
-    for (Tensor* w : linears) scale_cols(w, norm->data<float>(), false);
-    std::fill_n(norm->data<float>(), norm->numel(), 1.0f);
-  };
-  for_each_layer(m, [&](LayerWeights& l) {
-    fold(l.input_norm, {l.q, l.k, l.v});
-    fold(l.post_norm, {l.gate, l.up});
-  });
-  fold(m.final_norm, {m.lm_head});
+  for_each_layer(m, [&](LayerWeights& l) { fold_norms_layer(l); });
+  fold_norm_head(m.final_norm, m.lm_head);
+}
+
+void rotate_residual_layer(LayerWeights& l, const Hadamard& h) {
+  QS_CHECK(all_ones(l.input_norm) && all_ones(l.post_norm))
+      << "rotate_residual: fold the RMSNorm weights first (a layer norm is not 1)";
+  for (Tensor* w : {l.q, l.k, l.v, l.gate, l.up}) right_multiply_blocks(*w, h);
+  for (Tensor* w : {l.o, l.down}) left_multiply_blocks(*w, h);
 }
 
 void rotate_residual(ModelWeights& m, const Hadamard& h) {
   check_weights(m);
   QS_CHECK(h.size() == m.config.hidden_size)
       << "rotate_residual: H has order " << h.size() << " but hidden_size is " << m.config.hidden_size;
-  auto all_ones = [](const Tensor* t) {
-    const float* p = t->data<float>();
-    return std::all_of(p, p + t->numel(), [](float x) { return x == 1.0f; });
-  };
   QS_CHECK(all_ones(m.final_norm)) << "rotate_residual: fold the RMSNorm weights first (final norm is not 1)";
   untie_embeddings(m);
   right_multiply_blocks(*m.embed, h);
   right_multiply_blocks(*m.lm_head, h);
-  for_each_layer(m, [&](LayerWeights& l) {
-    QS_CHECK(all_ones(l.input_norm) && all_ones(l.post_norm))
-        << "rotate_residual: fold the RMSNorm weights first (a layer norm is not 1)";
-    for (Tensor* w : {l.q, l.k, l.v, l.gate, l.up}) right_multiply_blocks(*w, h);
-    for (Tensor* w : {l.o, l.down}) left_multiply_blocks(*w, h);
-  });
+  for_each_layer(m, [&](LayerWeights& l) { rotate_residual_layer(l, h); });
+}
+
+void rotate_value_heads_layer(LayerWeights& l, const Hadamard& hd) {
+  left_multiply_blocks(*l.v, hd);
+  if (has(l.v_bias)) right_multiply_blocks(*l.v_bias, hd);
+  right_multiply_blocks(*l.o, hd);
 }
 
 void rotate_value_heads(ModelWeights& m, const Hadamard& hd) {
   check_weights(m);
   QS_CHECK(hd.size() == m.config.head_dim)
       << "rotate_value_heads: Hd has order " << hd.size() << " but head_dim is " << m.config.head_dim;
-  for_each_layer(m, [&](LayerWeights& l) {
-    left_multiply_blocks(*l.v, hd);
-    if (has(l.v_bias)) right_multiply_blocks(*l.v_bias, hd);
-    right_multiply_blocks(*l.o, hd);
-  });
+  for_each_layer(m, [&](LayerWeights& l) { rotate_value_heads_layer(l, hd); });
 }
 
 std::vector<int32_t> ascending_order(const float* stat, int64_t n) {

@@ -49,6 +49,14 @@ void rotate_residual(ModelWeights& m, const Hadamard& h);
 // bias b <- b Hd); each query head's block of o_proj columns W <- W Hd.
 void rotate_value_heads(ModelWeights& m, const Hadamard& hd);
 
+// The same steps for one layer (streaming quantization: each layer is transformed when it is loaded) and for the
+// head (final norm folded into lm_head). The whole-model versions above are these, applied tensor by tensor in the
+// same order, so both give bit-identical weights.
+void fold_norms_layer(LayerWeights& l);
+void fold_norm_head(Tensor* final_norm, Tensor* lm_head);
+void rotate_residual_layer(LayerWeights& l, const Hadamard& h);  // requires the layer's norms folded
+void rotate_value_heads_layer(LayerWeights& l, const Hadamard& hd);
+
 // ---- step 2: channel reordering (permutations: new index i takes old index perm[i]) -------------------------
 // Ascending argsort (stable) of a statistic: the permutation that sorts channels by it.
 std::vector<int32_t> ascending_order(const float* stat, int64_t n);
