@@ -9,8 +9,9 @@
 // (qgemm_prepare, as the engine does at upload). Correctness of our kernels is the job of
 // tests/backends/gemm_w4a8_gpu_test.
 //   bench_gemm [out_dir] [--quick] [--fast] [--ms 64,128,...] [--sweep]
-//   --fast: only W4A8 pc / g128, cuBLASLt FP8 and the FP8 engine path; --sweep: last, every sm90 config x split on
-//   three shapes at M 64-512 with the plan's cost estimate (gemm_sweep.md).
+//   --fast: only W4A8 pc / g128, cuBLASLt FP8 and the FP8 engine path; --sweep: last, every sm90 config x split
+//   (1, 2, 4, 8; cluster and global workspace) on three shapes at M 128 and 256 with the plan's cost estimate
+//   (gemm_sweep.md).
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_fp16.h>
@@ -334,21 +335,25 @@ void run_sweep(Ctx& c, const std::string& out_dir) {
   std::printf("sweep (W4A8 pc): N K M config splits | us model_us plan\n");
   const int shapes[][2] = {{4096, 4096}, {28672, 4096}, {4096, 14336}};
   for (const auto& s : shapes)
-    for (int m : {64, 128, 256, 512}) {
+    for (int m : {128, 256}) {
       const auto chosen = qs::kernels::qgemm_plan(qs::WeightFormat::kW4A8PerChannel, m, s[0], s[1], c.sms, c.sm_version);
       for (int cfg = 0; cfg < qs::kernels::qgemm_num_configs(); ++cfg) {
         if (!qs::kernels::qgemm_config_is_sm90(cfg)) continue;
-        for (int sp : {1, 2, 4, 8}) {
-          const auto plan = qs::kernels::qgemm_plan_for(qs::WeightFormat::kW4A8PerChannel, m, s[0], s[1], cfg, sp);
+        for (int sp : {1, 2, 4, 8})
+          for (bool global : {false, true}) {
+          if (sp == 1 && global) continue;
+          const auto plan = qs::kernels::qgemm_plan_for(qs::WeightFormat::kW4A8PerChannel, m, s[0], s[1], cfg, sp, global);
           if (plan.splits != sp) continue;
           const double t = bench_ours(c, qs::WeightFormat::kW4A8PerChannel, m, s[0], s[1], c.sm_version, plan);
           const double est = qs::kernels::qgemm_plan_cost_us(plan, m, s[0], s[1], c.sms);
-          const bool is_plan = plan.config == chosen.config && plan.splits == chosen.splits;
-          std::printf("%6d %6d %4d %-18s %d | %7.1f %7.1f %s\n", s[0], s[1], m, qs::kernels::qgemm_config_name(cfg), sp, t,
-                      est, is_plan ? "<- plan" : "");
+          const bool is_plan = plan.config == chosen.config && plan.splits == chosen.splits &&
+                               plan.global_split == chosen.global_split;
+          std::printf("%6d %6d %4d %-18s %d%s | %7.1f %7.1f %s\n", s[0], s[1], m, qs::kernels::qgemm_config_name(cfg), sp,
+                      global ? "g" : "c", t, est, is_plan ? "<- plan" : "");
           md << "| " << s[0] << " | " << s[1] << " | " << m << " | " << qs::kernels::qgemm_config_name(cfg) << " | " << sp
-             << " | " << t << " | " << est << " | " << (is_plan ? "plan" : "") << " |\n";
-        }
+             << (sp == 1 ? "" : global ? " global" : " cluster") << " | " << t << " | " << est << " | "
+             << (is_plan ? "plan" : "") << " |\n";
+          }
       }
       if (!qs::kernels::qgemm_config_is_sm90(chosen.config) || (chosen.splits != 1 && chosen.splits != 2 &&
                                                                  chosen.splits != 4 && chosen.splits != 8)) {

@@ -3,8 +3,8 @@
 // the reference FP32 result rounded to FP16 (tolerance: 0, because the GPU epilogue performs the same IEEE fp32
 // operations, in the same order, without contraction: acc*s*sx - sz*xsum + bias + residual, then one
 // round-to-nearest-even). Awkward M (1, 3, 17, 67, 257, 1000), every tile config of qgemm_configs.def with every
-// split-K factor it supports (sm90: thread-block clusters of 1..8), the plans of the M 64-512 regime, the
-// Llama-3-8B and Llama-2-70B linear shapes; outputs poisoned (NaN) before each launch, so an unwritten element
+// split-K factor it supports (sm90: thread-block clusters of 1..8 and the global workspace), the plans of the
+// M 64-512 regime, the Llama-3-8B and Llama-2-70B linear shapes; outputs poisoned (NaN) before each launch, so an unwritten element
 // fails; no NaN anywhere. Skips without a GPU.
 #include <algorithm>
 #include <gmock/gmock.h>
@@ -29,10 +29,12 @@ namespace {
 using ::testing::HasSubstr;
 
 // Runs one problem on the GPU with a given plan override and checks INT32 and FP16 results against the reference.
-void check_problem(const test::QGemmProblem& pr, int splits_override, int config_override = -1) {
+void check_problem(const test::QGemmProblem& pr, int splits_override, int config_override = -1,
+                   bool global_split = false) {
   const int64_t m = pr.m, n = pr.n;
   SCOPED_TRACE(testing::Message() << weight_format_name(pr.variant) << " m=" << m << " n=" << n
-                                  << " k=" << pr.k << " splits=" << splits_override << " config=" << config_override);
+                                  << " k=" << pr.k << " splits=" << splits_override << " config=" << config_override
+                                  << (global_split ? " global split" : ""));
   std::vector<float> ref(size_t(m * n));
   std::vector<int32_t> ref_acc(size_t(m * n));
   ref_cpu::qgemm(pr.weights(), pr.acts(), pr.epilogue(), ref.data(), ref_acc.data());
@@ -46,8 +48,9 @@ void check_problem(const test::QGemmProblem& pr, int splits_override, int config
   kernels::QGemmPlan plan = w.plan(int(m), splits_override);
   if (config_override >= 0)
     plan = kernels::qgemm_plan_for(pr.variant, int(m), int(n), int(pr.k), config_override,
-                                   splits_override > 0 ? splits_override : 1);
-  SCOPED_TRACE(testing::Message() << "plan " << kernels::qgemm_config_name(plan.config) << " x" << plan.splits);
+                                   splits_override > 0 ? splits_override : 1, global_split);
+  SCOPED_TRACE(testing::Message() << "plan " << kernels::qgemm_config_name(plan.config) << " x" << plan.splits
+                                  << (plan.global_split ? " (global split)" : ""));
   DeviceBuffer<uint8_t> ws(plan.workspace_bytes);
   if (ws.size()) QS_CUDA_CHECK(cudaMemset(ws.get(), 0, ws.size()));  // once: the kernels leave the split-K counters zeroed
   cuda::QGemmCall call;
@@ -119,12 +122,13 @@ TEST_P(QGemmGpu, AwkwardTokenCountsEveryConfig) {
     for (int config : runnable_configs()) {
       check_problem(pr, 1, config);
       check_problem(pr, 3, config);
+      if (kernels::qgemm_config_is_sm90(config)) check_problem(pr, 3, config, /*global_split=*/true);
     }
   }
 }
 
-// Every split-K factor each config supports (sm90: cluster sizes 1..8; sm80: up to 10 here), K = 10 k tiles, so
-// uneven splits (3, 4, 7) occur.
+// Every split-K factor each config supports (sm90: cluster sizes 1..8, and the same through the global
+// workspace; sm80: up to 10 here), K = 10 k tiles, so uneven splits (3, 4, 7) occur.
 TEST_P(QGemmGpu, SplitKFactors) {
   QS_REQUIRE_GPU();
   const auto pr = test::make_qgemm_problem(GetParam(), 33, 128, 1280, 7, true, true);
@@ -132,19 +136,24 @@ TEST_P(QGemmGpu, SplitKFactors) {
     for (int splits : {1, 2, 3, 4, 5, 6, 7, 8, 10}) {
       if (splits > kernels::qgemm_max_splits(config, 1280)) continue;
       check_problem(pr, splits, config);
+      if (kernels::qgemm_config_is_sm90(config) && splits > 1) check_problem(pr, splits, config, true);
     }
 }
 
-// What the plan picks in the M 64-512 regime on the Llama-3-8B shapes (the cost model's choices: split clusters,
-// BM=256 tiles) is bit-exact too; K = 4096 split 1..8 ways on the 4096x4096 shape at M = 130 (a partial tile).
+// What the plan picks in the M 64-512 regime on Llama-3-8B shapes (the cost model's choices: split clusters,
+// BM=256 tiles) is bit-exact too; and K = 4096 split 2 and 8 ways (cluster and global) for every sm90 config at
+// M = 130 (a partial token tile). Sizes bounded by the CPU reference's time.
 TEST_P(QGemmGpu, ServingRegimePlans) {
   QS_REQUIRE_GPU();
-  for (int64_t m : {64, 130, 256, 512}) check_problem(test::make_qgemm_problem(GetParam(), m, 4096, 4096, 31 + m), 0);
+  for (int64_t m : {64, 130, 300}) check_problem(test::make_qgemm_problem(GetParam(), m, 4096, 4096, 31 + m), 0);
   check_problem(test::make_qgemm_problem(GetParam(), 300, 1024, 14336, 5, true, true), 0);
-  const auto pr = test::make_qgemm_problem(GetParam(), 130, 1024, 4096, 77, false, true);
+  const auto pr = test::make_qgemm_problem(GetParam(), 130, 512, 4096, 77, false, true);
   for (int config : runnable_configs())
     if (kernels::qgemm_config_is_sm90(config))
-      for (int splits : {2, 8}) check_problem(pr, splits, config);
+      for (int splits : {2, 8}) {
+        check_problem(pr, splits, config);
+        check_problem(pr, splits, config, true);
+      }
 }
 
 TEST_P(QGemmGpu, ModelShapes) {

@@ -38,7 +38,8 @@ void check_plan(const QGemmPlan& p, WeightFormat v, int m, int n, int k, int sms
   if (c.sm90) EXPECT_LE(p.splits, kernels::kQGemmMaxClusterSplits);
   const int tps = int(cdiv(kgs, p.splits));
   EXPECT_LT((p.splits - 1) * tps, kgs) << "an empty split";
-  if (c.sm90 || p.splits == 1) {
+  if (!c.sm90 || p.splits == 1) EXPECT_FALSE(p.global_split) << "global_split is only an sm90 split's mode";
+  if (p.splits == 1 || (c.sm90 && !p.global_split)) {
     EXPECT_EQ(p.workspace_bytes, 0u);
   } else {
     const size_t counters = (size_t(cdiv(n, c.bn) * cdiv(m, c.bm)) * 4 + 255) / 256 * 256;
@@ -93,14 +94,16 @@ TEST(GemmPlan, OnlyPicksTableConfigsWithValidSplits) {
 TEST(GemmPlan, ForcedConfigAndSplits) {
   for (int c = 0; c < kernels::qgemm_num_configs(); ++c)
     for (int k : {128, 256, 1280, 4096})
-      for (int s : {0, 1, 2, 3, 7, 8, 9, 20}) {
-        const QGemmPlan p = kernels::qgemm_plan_for(WeightFormat::kW4A8G128, 67, 208, k, c, s);
+      for (int s : {0, 1, 2, 3, 7, 8, 9, 20})
+        for (bool global : {false, true}) {
+        const QGemmPlan p = kernels::qgemm_plan_for(WeightFormat::kW4A8G128, 67, 208, k, c, s, global);
         EXPECT_EQ(p.config, c);
+        EXPECT_EQ(p.global_split, kQGemmConfigs[c].sm90 && global && p.splits > 1);
         check_plan(p, WeightFormat::kW4A8G128, 67, 208, k, 132, kQGemmConfigs[c].sm90 ? 90 : 80);
         // The factor asked for, capped by the config, less any split that would be left empty.
         const int kgs = k / 128, want = std::clamp(s, 1, kernels::qgemm_max_splits(c, k));
         EXPECT_EQ(p.splits, cdiv(kgs, cdiv(kgs, want))) << "k=" << k << " s=" << s;
-      }
+        }
   // The cluster limit: 8 CTAs; the sm80 kernel up to 16 (k tiles permitting).
   EXPECT_EQ(kernels::qgemm_max_splits(kernels::kQGemm_sm90_bn128_bm64, 4096), 8);
   EXPECT_EQ(kernels::qgemm_max_splits(kernels::kQGemm_bn64_bm16, 4096), 16);
@@ -127,8 +130,8 @@ TEST(GemmPlan, HopperGetsTheWgmmaKernelAbove16Tokens) {
 
 // Issue 11's regime: M 64-512 on the Llama-3-8B and Llama-2-70B linears. With the old schedule 4096x4096 at
 // M=128 ran 32 CTAs' worth of tiles on 132 SMs; the plan must now put at least ~3/4 of the SMs to work in its
-// first wave for the W4A8 formats (split-K clusters where the tiles alone are too few), and never need a
-// workspace there. (W8A8, twice the weight bytes, is HBM-bound with fewer CTAs; the model may leave SMs idle.)
+// first wave for the W4A8 formats (split-K where the tiles alone are too few), needing a workspace only when
+// it splits through the global workspace rather than a cluster. (W8A8, twice the weight bytes, is HBM-bound with fewer CTAs; the model may leave SMs idle.)
 TEST(GemmPlan, ServingRegimeFillsTheGpu) {
   const int shapes[][2] = {{6144, 4096},  {4096, 4096}, {28672, 4096}, {4096, 14336},
                            {10240, 8192}, {8192, 8192}, {57344, 8192}, {8192, 28672}};
@@ -143,7 +146,7 @@ TEST(GemmPlan, ServingRegimeFillsTheGpu) {
           EXPECT_GE(std::min<int64_t>(ctas, 132), 96)
             << weight_format_name(v) << " " << s[0] << "x" << s[1] << " m=" << m << ": " << c.name << " x" << p.splits
             << " = " << ctas << " CTAs";
-        EXPECT_EQ(p.workspace_bytes, 0u);
+        if (!p.global_split) EXPECT_EQ(p.workspace_bytes, 0u);
         EXPECT_GT(kernels::qgemm_plan_cost_us(p, m, s[0], s[1], 132), 0.0);
       }
   const QGemmPlan p = kernels::qgemm_plan(WeightFormat::kW4A8PerChannel, 128, 4096, 4096, 132, 90);

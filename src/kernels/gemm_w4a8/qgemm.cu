@@ -20,12 +20,12 @@ namespace qgemm_detail {
                                                         cudaStream_t);                                          \
   extern template Status launch_qgemm<2, kQGemm_##name>(const QGemmParams&, int, int, int32_t*, int*, cudaStream_t);
 #define QS_QGEMM_SM90(name, bm, mt)                                                                               \
-  extern template Status launch_qgemm_sm90<0, kQGemm_##name>(const QGemmParams&, int, int, const CUtensorMap&,    \
-                                                             const CUtensorMap&, cudaStream_t);                   \
-  extern template Status launch_qgemm_sm90<1, kQGemm_##name>(const QGemmParams&, int, int, const CUtensorMap&,    \
-                                                             const CUtensorMap&, cudaStream_t);                   \
-  extern template Status launch_qgemm_sm90<2, kQGemm_##name>(const QGemmParams&, int, int, const CUtensorMap&,    \
-                                                             const CUtensorMap&, cudaStream_t);
+  extern template Status launch_qgemm_sm90<0, kQGemm_##name>(const QGemmParams&, int, int, int32_t*, int*,        \
+                                                             const CUtensorMap&, const CUtensorMap&, cudaStream_t); \
+  extern template Status launch_qgemm_sm90<1, kQGemm_##name>(const QGemmParams&, int, int, int32_t*, int*,        \
+                                                             const CUtensorMap&, const CUtensorMap&, cudaStream_t); \
+  extern template Status launch_qgemm_sm90<2, kQGemm_##name>(const QGemmParams&, int, int, int32_t*, int*,        \
+                                                             const CUtensorMap&, const CUtensorMap&, cudaStream_t);
 #include "kernels/gemm_w4a8/qgemm_configs.def"
 #undef QS_QGEMM_SM80
 #undef QS_QGEMM_SM90
@@ -99,7 +99,7 @@ Status launch_variant(int config, const QGemmParams& p, int splits, int tps, int
 #define QS_QGEMM_SM80(name, bn, bm, wn, wm) \
   case kQGemm_##name: return launch_qgemm<V, kQGemm_##name>(p, splits, tps, partial, ctr, s);
 #define QS_QGEMM_SM90(name, bm, mt) \
-  case kQGemm_##name: return launch_qgemm_sm90<V, kQGemm_##name>(p, splits, tps, wmap, smap, s);
+  case kQGemm_##name: return launch_qgemm_sm90<V, kQGemm_##name>(p, splits, tps, partial, ctr, wmap, smap, s);
 #include "kernels/gemm_w4a8/qgemm_configs.def"
 #undef QS_QGEMM_SM80
 #undef QS_QGEMM_SM90
@@ -172,7 +172,7 @@ Status qgemm_run(const QGemmParams& p, const QGemmPlan& plan, cudaStream_t strea
   const bool sm90 = qgemm_config_is_sm90(plan.config);
   if (sm90 && splits > kQGemmMaxClusterSplits)
     return Status::error("qgemm: sm90 plans split K at most 8 ways (one cluster), got " + std::to_string(splits));
-  if (splits > 1 && !sm90) {
+  if (splits > 1 && (!sm90 || plan.global_split)) {
     const size_t cb = counter_bytes(plan.config, p.m, p.n);
     if (!p.workspace || plan.workspace_bytes < cb + size_t(splits) * p.m * p.n * sizeof(int32_t))
       return Status::error("qgemm: split-K needs a workspace of plan.workspace_bytes (plan for this M)");

@@ -48,6 +48,11 @@ constexpr double kWgmmaIssueClk = 16.0;     // per wgmma instruction of one warp
 constexpr double kKTileSyncClk = 200.0;
 constexpr double kClusterSyncClk = 400.0;   // two cluster barriers
 
+// Which sm90 split-K schemes the plan may choose: both (2), or only one (1: the cluster scheme when
+// kSm90ClusterSplit, else the global workspace). Both are tested for every config (gemm_w4a8_gpu_test).
+constexpr int kSm90SplitModes = 2;
+constexpr bool kSm90ClusterSplit = true;
+
 // SMs usable at once by clusters of s CTAs: clusters live inside one GPC (~8 GPCs of ~16.5 SMs on H100/H200).
 int64_t cluster_slots(int num_sms, int s) {
   if (s <= 1) return num_sms;
@@ -60,13 +65,13 @@ int64_t cluster_slots(int num_sms, int s) {
 // the padded tile) and the memory time (HBM bytes once; L2 traffic with the weight re-read per token tile and
 // the activations per channel tile; each CTA's stream capped per SM), plus the prologue, and per wave the
 // epilogue (and, split, the cluster reduction of the tile through DSMEM).
-double sm90_cost_clk(WeightFormat v, int config, int splits, int m, int n, int k, int num_sms) {
+double sm90_cost_clk(WeightFormat v, int config, int splits, bool global_split, int m, int n, int k, int num_sms) {
   const QGemmConfig& c = kQGemmConfigs[config];
   const int kgs = k / kBK;
   m = std::max(m, 1);
   const int64_t n_tiles = cdiv(n, c.bn), m_tiles = cdiv(m, c.bm);
   const int64_t ctas = n_tiles * m_tiles * splits;
-  const int64_t slots = cluster_slots(num_sms, splits);
+  const int64_t slots = global_split ? num_sms : cluster_slots(num_sms, splits);
   const int64_t waves = cdiv(ctas, slots);
   const int kt = int(cdiv(kgs, splits));
   const double bm_eff = std::min(c.bm, m);
@@ -82,8 +87,17 @@ double sm90_cost_clk(WeightFormat v, int config, int splits, int m, int n, int k
   const double l2 = (w_total * m_tiles + x_total * n_tiles) / kL2BytesPerClk;
   const double stream = double(waves) * kt * (w_tile + x_tile) / kSmStreamBytesPerClk;
   const double memory = std::max({hbm, l2, stream});
-  double epi = 300.0 + bm_eff * c.bn * 2.0 / splits / kSmStoreBytesPerClk;
-  if (splits > 1) epi += kClusterSyncClk + bm_eff * c.bn * 4.0 * (splits - 1) / splits / kSmDsmemBytesPerClk;
+  const double tile_acc = bm_eff * c.bn * 4.0;  // INT32 accumulator bytes of one tile
+  double epi = 300.0;
+  if (splits == 1) {
+    epi += bm_eff * c.bn * 2.0 / kSmStoreBytesPerClk;
+  } else if (!global_split) {  // each CTA reduces 1/S of the tile from the S-1 peers, stores 1/S of the outputs
+    epi += kClusterSyncClk + tile_acc * (splits - 1) / splits / kSmDsmemBytesPerClk +
+           bm_eff * c.bn * 2.0 / splits / kSmStoreBytesPerClk;
+  } else {  // every CTA writes its partial; the last one reads all S through L2 and stores the outputs
+    epi += tile_acc / kSmStoreBytesPerClk + splits * tile_acc / kSmStreamBytesPerClk + kClusterSyncClk / 2 +
+           bm_eff * c.bn * 2.0 / kSmStoreBytesPerClk;
+  }
   return kPrologueClk + std::max(compute, memory) + double(waves) * epi;
 }
 
@@ -100,7 +114,7 @@ int qgemm_max_splits(int config, int k) {
   return std::min(qgemm_config_is_sm90(config) ? kQGemmMaxClusterSplits : 16, kgs);
 }
 
-QGemmPlan qgemm_plan_for(WeightFormat v, int m, int n, int k, int config, int splits) {
+QGemmPlan qgemm_plan_for(WeightFormat v, int m, int n, int k, int config, int splits, bool global_split) {
   (void)v;
   QGemmPlan plan;
   plan.config = std::clamp(config, 0, kQGemmNumConfigs - 1);
@@ -108,13 +122,16 @@ QGemmPlan qgemm_plan_for(WeightFormat v, int m, int n, int k, int config, int sp
   splits = std::clamp(splits, 1, qgemm_max_splits(plan.config, k));
   const int tps = int(cdiv(kgs, splits));
   plan.splits = int(cdiv(kgs, tps));  // no empty split
-  plan.workspace_bytes = qgemm_config_is_sm90(plan.config) ? 0 : sm80_workspace(plan.config, m, n, plan.splits);
+  const bool sm90 = qgemm_config_is_sm90(plan.config);
+  plan.global_split = sm90 && global_split && plan.splits > 1;
+  plan.workspace_bytes = sm90 && !plan.global_split ? 0 : sm80_workspace(plan.config, m, n, plan.splits);
   return plan;
 }
 
 double qgemm_plan_cost_us(const QGemmPlan& plan, int m, int n, int k, int num_sms) {
   if (!qgemm_config_is_sm90(plan.config)) return -1.0;
-  return sm90_cost_clk(WeightFormat::kW4A8PerChannel, plan.config, plan.splits, m, n, k, num_sms) / (kClockGHz * 1e3);
+  return sm90_cost_clk(WeightFormat::kW4A8PerChannel, plan.config, plan.splits, plan.global_split, m, n, k, num_sms) /
+         (kClockGHz * 1e3);
 }
 
 QGemmPlan qgemm_plan(WeightFormat v, int m, int n, int k, int num_sms, int sm_version, int splits_override) {
@@ -130,16 +147,18 @@ QGemmPlan qgemm_plan(WeightFormat v, int m, int n, int k, int num_sms, int sm_ve
       if (!kQGemmConfigs[c].sm90) continue;
       const int lo = splits_override > 0 ? splits_override : 1;
       const int hi = splits_override > 0 ? splits_override : qgemm_max_splits(c, k);
-      for (int s = lo; s <= hi; ++s) {
-        const QGemmPlan p = qgemm_plan_for(v, m, n, k, c, s);
-        if (splits_override <= 0 && p.splits != s) continue;  // would leave a split empty: same as fewer splits
-        const double cost = sm90_cost_clk(v, p.config, p.splits, m, n, k, num_sms);
-        if (!have || cost < best_cost * 0.99) {
-          best = p;
-          best_cost = cost;
-          have = true;
+      for (int s = lo; s <= hi; ++s)
+        for (int mode = 0; mode < (s > 1 ? kSm90SplitModes : 1); ++mode) {
+          const bool global = kSm90SplitModes == 1 ? !kSm90ClusterSplit : mode == 1;
+          const QGemmPlan p = qgemm_plan_for(v, m, n, k, c, s, global);
+          if (splits_override <= 0 && p.splits != s) continue;  // would leave a split empty: same as fewer splits
+          const double cost = sm90_cost_clk(v, p.config, p.splits, p.global_split, m, n, k, num_sms);
+          if (!have || cost < best_cost * 0.99) {
+            best = p;
+            best_cost = cost;
+            have = true;
+          }
         }
-      }
     }
     return best;
   }

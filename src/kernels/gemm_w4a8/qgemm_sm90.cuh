@@ -14,6 +14,8 @@
 // range of k tiles, stages its INT32 accumulators in its own shared memory, and after a cluster barrier each CTA
 // sums 1/S of the tile's rows over the S CTAs through distributed shared memory and applies the epilogue, so the
 // fixup is parallel, needs no global workspace and no counters (graph-safe), and stays bit-exact (integer sums).
+// The alternative (plan.global_split, the sm80 kernel's scheme): every CTA writes its INT32 partial tile to the
+// workspace and the CTA that completes a tile last (a self-resetting per-tile counter) sums them.
 // Tile configs: the QS_QGEMM_SM90 lines of qgemm_configs.def.
 #pragma once
 
@@ -54,7 +56,7 @@ template <int V, int CONFIG>
 __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
     qgemm_sm90_kernel(const QGemmParams p, const __grid_constant__ CUtensorMap tm_x,
                       const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ CUtensorMap tm_s,
-                      int tiles_per_split) {
+                      int tiles_per_split, int32_t* partial, int* counters) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using C = Sm90Cfg<V, CONFIG>;
   extern __shared__ uint8_t smem_raw[];
@@ -92,7 +94,7 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
         if constexpr (C::kG128) ptx::tma_load_2d(st + C::kXBytes + C::kWBytes, &tm_s, bar, n0, kt);
       }
     }
-    if (gridDim.z > 1) {  // the consumers' two cluster barriers count every thread of the cluster
+    if (gridDim.z > 1 && !counters) {  // the consumers' two cluster barriers count every thread of the cluster
       ptx::cluster_sync();
       ptx::cluster_sync();
     }
@@ -214,6 +216,22 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
         epilogue8(p, m, n, a8);
       }
     }
+  } else if (counters) {
+    // Global split-K: write this split's INT32 partial tile; the CTA that completes the tile last sums the
+    // partials (through L2) and applies the epilogue.
+    ptx::named_barrier(1, nthreads);
+    for (int i = t0; i < C::BM * C::BN / 8; i += nthreads) {
+      const int r = i / (C::BN / 8), c8 = (i % (C::BN / 8)) * 8;
+      const int m = m0 + r, n = n0 + c8;
+      if (m >= p.m || n >= p.n) continue;
+      int4* dst = reinterpret_cast<int4*>(partial + (size_t(blockIdx.z) * p.m + m) * p.n + n);
+      dst[0] = *reinterpret_cast<const int4*>(cs + r * C::kCPitch + c8);
+      dst[1] = *reinterpret_cast<const int4*>(cs + r * C::kCPitch + c8 + 4);
+    }
+    __threadfence();
+    ptx::named_barrier(1, nthreads);
+    if (splitk_is_last(counters, tid == 128, [] { ptx::named_barrier(1, 128 * C::kConsumers); }))
+      splitk_fixup<C::BM, C::BN>(p, partial, m0, n0, t0, nthreads);
   } else {
     // Cluster split-K: every CTA's partial tile is staged; this CTA reduces its share of the valid rows.
     ptx::cluster_sync();
@@ -263,9 +281,11 @@ Status make_sm90_x_map(const QGemmParams& p, int bm, CUtensorMap* map);
 Status make_sm90_weight_maps(WeightFormat v, int n, int k, const void* w, const uint16_t* s2zn, int bn,
                              CUtensorMap* wmap, CUtensorMap* smap);
 
+// splits > 1 with `counters` (and `partial`, the workspace's INT32 planes): global split-K; without: one cluster
+// of `splits` CTAs per output tile.
 template <int V, int CONFIG>
-Status launch_qgemm_sm90(const QGemmParams& p, int splits, int tiles_per_split, const CUtensorMap& wmap,
-                         const CUtensorMap& smap, cudaStream_t stream) {
+Status launch_qgemm_sm90(const QGemmParams& p, int splits, int tiles_per_split, int32_t* partial, int* counters,
+                         const CUtensorMap& wmap, const CUtensorMap& smap, cudaStream_t stream) {
   using C = Sm90Cfg<V, CONFIG>;
   static std::atomic<uint64_t> attr_set{0};  // per device (device_once.h)
   QS_RETURN_IF_ERROR(once_per_device(attr_set, [] {
@@ -278,8 +298,10 @@ Status launch_qgemm_sm90(const QGemmParams& p, int splits, int tiles_per_split, 
   CUtensorMap xmap;
   QS_RETURN_IF_ERROR(make_sm90_x_map(p, C::BM, &xmap));
   const dim3 grid((p.n + C::BN - 1) / C::BN, (p.m + C::BM - 1) / C::BM, splits);
-  if (splits == 1) {
-    qgemm_sm90_kernel<V, CONFIG><<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, xmap, wmap, smap, tiles_per_split);
+  if (splits == 1 || counters) {
+    qgemm_sm90_kernel<V, CONFIG><<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, xmap, wmap, smap, tiles_per_split,
+                                                                               splits > 1 ? partial : nullptr,
+                                                                               splits > 1 ? counters : nullptr);
   } else {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
@@ -293,7 +315,8 @@ Status launch_qgemm_sm90(const QGemmParams& p, int splits, int tiles_per_split, 
     attr[0].val.clusterDim.z = unsigned(splits);
     cfg.attrs = attr;
     cfg.numAttrs = 1;
-    QS_CUDA_RETURN(cudaLaunchKernelEx(&cfg, qgemm_sm90_kernel<V, CONFIG>, p, xmap, wmap, smap, tiles_per_split));
+    QS_CUDA_RETURN(cudaLaunchKernelEx(&cfg, qgemm_sm90_kernel<V, CONFIG>, p, xmap, wmap, smap, tiles_per_split,
+                                      static_cast<int32_t*>(nullptr), static_cast<int*>(nullptr)));
   }
   QS_CUDA_RETURN(cudaGetLastError());
   return Status::ok();
