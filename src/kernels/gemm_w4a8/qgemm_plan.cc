@@ -4,8 +4,11 @@
 #include "kernels/gemm_w4a8/qgemm_plan.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
+#include <mutex>
+#include <unordered_map>
 
 #include "kernels/gemm_w4a8/qgemm_configs.h"
 
@@ -134,8 +137,9 @@ double qgemm_plan_cost_us(const QGemmPlan& plan, int m, int n, int k, int num_sm
          (kClockGHz * 1e3);
 }
 
-QGemmPlan qgemm_plan(WeightFormat v, int m, int n, int k, int num_sms, int sm_version, int splits_override) {
-  num_sms = std::max(num_sms, 1);
+namespace {
+
+QGemmPlan plan_uncached(WeightFormat v, int m, int n, int k, int num_sms, int sm_version, int splits_override) {
   const int kgs = std::max(1, k / kBK);
   if (sm_version >= 90 && m > 16) {
     // wgmma kernel: the cheapest (config, cluster split) by the cost model; ties keep the earlier candidate
@@ -178,6 +182,36 @@ QGemmPlan qgemm_plan(WeightFormat v, int m, int n, int k, int num_sms, int sm_ve
     splits = std::min(splits, 8);
   }
   return qgemm_plan_for(v, m, n, k, config, splits);
+}
+
+}  // namespace
+
+// Memoized: the cost model evaluates ~80 candidates (a few microseconds), and an eager engine step asks for the
+// same (format, M, N, K) plan once per layer. Bounded (cleared past 64K entries), thread-safe.
+QGemmPlan qgemm_plan(WeightFormat v, int m, int n, int k, int num_sms, int sm_version, int splits_override) {
+  num_sms = std::max(num_sms, 1);
+  if (!(sm_version >= 90 && m > 16)) return plan_uncached(v, m, n, k, num_sms, sm_version, splits_override);
+  using Key = std::array<int, 7>;
+  struct KeyHash {
+    size_t operator()(const Key& key) const {
+      uint64_t h = 1469598103934665603ull;
+      for (int x : key) h = (h ^ uint64_t(uint32_t(x))) * 1099511628211ull;
+      return size_t(h);
+    }
+  };
+  static std::mutex mu;
+  static std::unordered_map<Key, QGemmPlan, KeyHash> memo;
+  const Key key{int(v), m, n, k, num_sms, sm_version, splits_override};
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    const auto it = memo.find(key);
+    if (it != memo.end()) return it->second;
+  }
+  const QGemmPlan plan = plan_uncached(v, m, n, k, num_sms, sm_version, splits_override);
+  std::lock_guard<std::mutex> lock(mu);
+  if (memo.size() >= (size_t(1) << 16)) memo.clear();
+  memo.emplace(key, plan);
+  return plan;
 }
 
 }  // namespace qs::kernels
