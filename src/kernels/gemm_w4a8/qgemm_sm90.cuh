@@ -99,179 +99,180 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
       ptx::cluster_sync();
     }
   } else {
-  ptx::setmaxnreg_inc<232>();
-  const int cw = wg - 1, w = (tid / 32) & 3, g = lane >> 2, t = lane & 3;
-  int32_t acc[C::MT][C::BM / 2];
+    ptx::setmaxnreg_inc<232>();
+    const int cw = wg - 1, w = (tid / 32) & 3, g = lane >> 2, t = lane & 3;
+    int32_t acc[C::MT][C::BM / 2];
 #pragma unroll
-  for (int i = 0; i < C::MT; ++i)
+    for (int i = 0; i < C::MT; ++i)
 #pragma unroll
-    for (int e = 0; e < C::BM / 2; ++e) acc[i][e] = 0;
+      for (int e = 0; e < C::BM / 2; ++e) acc[i][e] = 0;
 
-  // A fragments of one k tile (4 k32 steps x MT m64 tiles), read from the ring slot and dequantized to INT8.
-  auto prep = [&](int slot, uint32_t(&a)[4][C::MT][4]) {
-    const uint32_t ws = base + slot * C::kStageBytes + C::kXBytes;
+    // A fragments of one k tile (4 k32 steps x MT m64 tiles), read from the ring slot and dequantized to INT8.
+    auto prep = [&](int slot, uint32_t(&a)[4][C::MT][4]) {
+      const uint32_t ws = base + slot * C::kStageBytes + C::kXBytes;
 #pragma unroll
-    for (int mt = 0; mt < C::MT; ++mt) {
-      const int rt = (cw * C::MT + mt) * 4 + w;  // 16-row tile within the block
-      if constexpr (C::kW4) {
-        uint32_t s2v[2] = {0, 0}, zn4[2] = {0, 0};
-        if constexpr (C::kG128) {
-          const uint16_t* ss = reinterpret_cast<const uint16_t*>(smem + slot * C::kStageBytes + C::kXBytes + C::kWBytes);
+      for (int mt = 0; mt < C::MT; ++mt) {
+        const int rt = (cw * C::MT + mt) * 4 + w;  // 16-row tile within the block
+        if constexpr (C::kW4) {
+          uint32_t s2v[2] = {0, 0}, zn4[2] = {0, 0};
+          if constexpr (C::kG128) {
+            const uint16_t* ss =
+                reinterpret_cast<const uint16_t*>(smem + slot * C::kStageBytes + C::kXBytes + C::kWBytes);
 #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const uint32_t v = ss[rt * 16 + g + 8 * h];
-            unpack_s2zn(v, s2v[h], zn4[h]);
-          }
-        }
-#pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          const uint4 v = ptx::lds128(ws + rt * C::kTileBytes + (c * 32 + lane) * 16);
-          const uint32_t words[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            uint32_t lo = words[j] & 0x0f0f0f0fu, hi = (words[j] >> 4) & 0x0f0f0f0fu;
-            if constexpr (C::kG128) {
-              lo = dequant_g128x4(lo, s2v[0], zn4[0]);
-              hi = dequant_g128x4(hi, s2v[1], zn4[1]);
+            for (int h = 0; h < 2; ++h) {
+              const uint32_t v = ss[rt * 16 + g + 8 * h];
+              unpack_s2zn(v, s2v[h], zn4[h]);
             }
-            a[2 * c + j / 2][mt][2 * (j % 2)] = lo;
-            a[2 * c + j / 2][mt][2 * (j % 2) + 1] = hi;
+          }
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const uint4 v = ptx::lds128(ws + rt * C::kTileBytes + (c * 32 + lane) * 16);
+            const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+              uint32_t lo = words[j] & 0x0f0f0f0fu, hi = (words[j] >> 4) & 0x0f0f0f0fu;
+              if constexpr (C::kG128) {
+                lo = dequant_g128x4(lo, s2v[0], zn4[0]);
+                hi = dequant_g128x4(hi, s2v[1], zn4[1]);
+              }
+              a[2 * c + j / 2][mt][2 * (j % 2)] = lo;
+              a[2 * c + j / 2][mt][2 * (j % 2) + 1] = hi;
+            }
+          }
+        } else {
+#pragma unroll
+          for (int s = 0; s < 4; ++s) {
+            const uint4 v = ptx::lds128(ws + rt * C::kTileBytes + (s * 32 + lane) * 16);
+            a[s][mt][0] = v.x;
+            a[s][mt][1] = v.y;
+            a[s][mt][2] = v.z;
+            a[s][mt][3] = v.w;
           }
         }
-      } else {
-#pragma unroll
-        for (int s = 0; s < 4; ++s) {
-          const uint4 v = ptx::lds128(ws + rt * C::kTileBytes + (s * 32 + lane) * 16);
-          a[s][mt][0] = v.x;
-          a[s][mt][1] = v.y;
-          a[s][mt][2] = v.z;
-          a[s][mt][3] = v.w;
-        }
       }
-    }
-  };
-  // One k tile: issue its wgmmas with `cur`, then wait until only this group is in flight (so the previous
-  // group, which read `next` and the previous ring slot, is done), hand that slot back to the producer, and
-  // prepare the next tile's fragments into `next` while this group runs: the tensor cores always have one
-  // group queued, and the dequantization overlaps the MMAs.
-  auto step = [&](int it, uint32_t(&cur)[4][C::MT][4], uint32_t(&next)[4][C::MT][4]) {
-    const int slot = it % C::STAGES;
-    const uint32_t st = base + slot * C::kStageBytes;
-    ptx::wgmma_fence();
+    };
+    // One k tile: issue its wgmmas with `cur`, then wait until only this group is in flight (so the previous
+    // group, which read `next` and the previous ring slot, is done), hand that slot back to the producer, and
+    // prepare the next tile's fragments into `next` while this group runs: the tensor cores always have one
+    // group queued, and the dequantization overlaps the MMAs.
+    auto step = [&](int it, uint32_t(&cur)[4][C::MT][4], uint32_t(&next)[4][C::MT][4]) {
+      const int slot = it % C::STAGES;
+      const uint32_t st = base + slot * C::kStageBytes;
+      ptx::wgmma_fence();
 #pragma unroll
-    for (int s = 0; s < 4; ++s) {
-      const uint64_t desc = ptx::wgmma_desc_k128sw(st + s * 32);
+      for (int s = 0; s < 4; ++s) {
+        const uint64_t desc = ptx::wgmma_desc_k128sw(st + s * 32);
 #pragma unroll
-      for (int mt = 0; mt < C::MT; ++mt) ptx::wgmma_s8_rs<C::BM>(acc[mt], cur[s][mt], desc, 1);
+        for (int mt = 0; mt < C::MT; ++mt) ptx::wgmma_s8_rs<C::BM>(acc[mt], cur[s][mt], desc, 1);
+      }
+      ptx::wgmma_commit();
+      ptx::wgmma_wait<1>();
+      if (it > 0) {
+        __syncwarp();
+        if (lane == 0) ptx::mbar_arrive(empty0 + 8 * ((it - 1) % C::STAGES));
+      }
+      if (it + 1 < nk) {
+        const int nslot = (it + 1) % C::STAGES;
+        ptx::mbar_wait(full0 + 8 * nslot, ((it + 1) / C::STAGES) & 1);
+        prep(nslot, next);
+      }
+    };
+    uint32_t a0[4][C::MT][4], a1[4][C::MT][4];
+    ptx::mbar_wait(full0, 0);
+    prep(0, a0);
+    for (int it = 0; it < nk; it += 2) {
+      step(it, a0, a1);
+      if (it + 1 < nk) step(it + 1, a1, a0);
     }
-    ptx::wgmma_commit();
-    ptx::wgmma_wait<1>();
-    if (it > 0) {
-      __syncwarp();
-      if (lane == 0) ptx::mbar_arrive(empty0 + 8 * ((it - 1) % C::STAGES));
-    }
-    if (it + 1 < nk) {
-      const int nslot = (it + 1) % C::STAGES;
-      ptx::mbar_wait(full0 + 8 * nslot, ((it + 1) / C::STAGES) & 1);
-      prep(nslot, next);
-    }
-  };
-  uint32_t a0[4][C::MT][4], a1[4][C::MT][4];
-  ptx::mbar_wait(full0, 0);
-  prep(0, a0);
-  for (int it = 0; it < nk; it += 2) {
-    step(it, a0, a1);
-    if (it + 1 < nk) step(it + 1, a1, a0);
-  }
-  ptx::wgmma_wait<0>();
+    ptx::wgmma_wait<0>();
 
-  // Epilogue: every consumer is done with the ring (all TMAs it waited for have landed).
-  ptx::named_barrier(1, 128 * C::kConsumers);
-  int32_t* cs = reinterpret_cast<int32_t*>(smem);
+    // Epilogue: every consumer is done with the ring (all TMAs it waited for have landed).
+    ptx::named_barrier(1, 128 * C::kConsumers);
+    int32_t* cs = reinterpret_cast<int32_t*>(smem);
 #pragma unroll
-  for (int mt = 0; mt < C::MT; ++mt)
+    for (int mt = 0; mt < C::MT; ++mt)
 #pragma unroll
-    for (int j = 0; j < C::BM / 8; ++j)
+      for (int j = 0; j < C::BM / 8; ++j)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int ch = (cw * C::MT + mt) * 64 + 16 * w + g + 8 * (e >> 1);
-        const int tok = 8 * j + 2 * t + (e & 1);
-        cs[tok * C::kCPitch + ch] = acc[mt][4 * j + e];
-      }
-  const int nthreads = 128 * C::kConsumers, t0 = tid - 128;
-  if (gridDim.z == 1) {
-    ptx::named_barrier(1, nthreads);
-    for (int i = t0; i < C::BM * C::BN / 8; i += nthreads) {
-      const int r = i / (C::BN / 8), c8 = (i % (C::BN / 8)) * 8;
-      const int m = m0 + r, n = n0 + c8;
-      if (m >= p.m || n >= p.n) continue;
-      const int4 v0 = *reinterpret_cast<const int4*>(cs + r * C::kCPitch + c8);
-      const int4 v1 = *reinterpret_cast<const int4*>(cs + r * C::kCPitch + c8 + 4);
-      if (p.acc_out) {
-        int4* dst = reinterpret_cast<int4*>(p.acc_out + size_t(m) * p.n + n);
-        dst[0] = v0;
-        dst[1] = v1;
-      } else {
-        const int32_t a8[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
-        epilogue8(p, m, n, a8);
-      }
-    }
-  } else if (counters) {
-    // Global split-K: write this split's INT32 partial tile; the CTA that completes the tile last sums the
-    // partials (through L2) and applies the epilogue.
-    ptx::named_barrier(1, nthreads);
-    for (int i = t0; i < C::BM * C::BN / 8; i += nthreads) {
-      const int r = i / (C::BN / 8), c8 = (i % (C::BN / 8)) * 8;
-      const int m = m0 + r, n = n0 + c8;
-      if (m >= p.m || n >= p.n) continue;
-      int4* dst = reinterpret_cast<int4*>(partial + (size_t(blockIdx.z) * p.m + m) * p.n + n);
-      dst[0] = *reinterpret_cast<const int4*>(cs + r * C::kCPitch + c8);
-      dst[1] = *reinterpret_cast<const int4*>(cs + r * C::kCPitch + c8 + 4);
-    }
-    __threadfence();
-    ptx::named_barrier(1, nthreads);
-    if (splitk_is_last(counters, tid == 128, [] { ptx::named_barrier(1, 128 * C::kConsumers); }))
-      splitk_fixup<C::BM, C::BN>(p, partial, m0, n0, t0, nthreads);
-  } else {
-    // Cluster split-K: every CTA's partial tile is staged; this CTA reduces its share of the valid rows.
-    ptx::cluster_sync();
-    const int splits = int(gridDim.z);
-    const int rows = min(C::BM, p.m - m0);
-    const int items = rows * (C::BN / 8);
-    const int per = (items + splits - 1) / splits;
-    const int i0 = int(blockIdx.z) * per, i1 = min(items, i0 + per);
-    const uint32_t cs_addr = ptx::smem_addr(cs);
-    for (int i = i0 + t0; i < i1; i += nthreads) {
-      const int r = i / (C::BN / 8), c8 = (i % (C::BN / 8)) * 8;
-      const int m = m0 + r, n = n0 + c8;
-      if (n >= p.n) continue;
-      const uint32_t off = cs_addr + uint32_t(r * C::kCPitch + c8) * 4u;
-      int4 v[kQGemmMaxClusterSplits][2];
-#pragma unroll
-      for (int sp = 0; sp < kQGemmMaxClusterSplits; ++sp)
-        if (sp < splits) {
-          const uint32_t a = ptx::dsmem_map(off, uint32_t(sp));
-          v[sp][0] = ptx::dsmem_ld128(a);
-          v[sp][1] = ptx::dsmem_ld128(a + 16);
+        for (int e = 0; e < 4; ++e) {
+          const int ch = (cw * C::MT + mt) * 64 + 16 * w + g + 8 * (e >> 1);
+          const int tok = 8 * j + 2 * t + (e & 1);
+          cs[tok * C::kCPitch + ch] = acc[mt][4 * j + e];
         }
-      int32_t a8[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-#pragma unroll
-      for (int sp = 0; sp < kQGemmMaxClusterSplits; ++sp)
-        if (sp < splits) {
-          a8[0] += v[sp][0].x, a8[1] += v[sp][0].y, a8[2] += v[sp][0].z, a8[3] += v[sp][0].w;
-          a8[4] += v[sp][1].x, a8[5] += v[sp][1].y, a8[6] += v[sp][1].z, a8[7] += v[sp][1].w;
+    const int nthreads = 128 * C::kConsumers, t0 = tid - 128;
+    if (gridDim.z == 1) {
+      ptx::named_barrier(1, nthreads);
+      for (int i = t0; i < C::BM * C::BN / 8; i += nthreads) {
+        const int r = i / (C::BN / 8), c8 = (i % (C::BN / 8)) * 8;
+        const int m = m0 + r, n = n0 + c8;
+        if (m >= p.m || n >= p.n) continue;
+        const int4 v0 = *reinterpret_cast<const int4*>(cs + r * C::kCPitch + c8);
+        const int4 v1 = *reinterpret_cast<const int4*>(cs + r * C::kCPitch + c8 + 4);
+        if (p.acc_out) {
+          int4* dst = reinterpret_cast<int4*>(p.acc_out + size_t(m) * p.n + n);
+          dst[0] = v0;
+          dst[1] = v1;
+        } else {
+          const int32_t a8[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+          epilogue8(p, m, n, a8);
         }
-      if (p.acc_out) {
-        int4* dst = reinterpret_cast<int4*>(p.acc_out + size_t(m) * p.n + n);
-        dst[0] = make_int4(a8[0], a8[1], a8[2], a8[3]);
-        dst[1] = make_int4(a8[4], a8[5], a8[6], a8[7]);
-      } else {
-        epilogue8(p, m, n, a8);
       }
+    } else if (counters) {
+      // Global split-K: write this split's INT32 partial tile; the CTA that completes the tile last sums the
+      // partials (through L2) and applies the epilogue.
+      ptx::named_barrier(1, nthreads);
+      for (int i = t0; i < C::BM * C::BN / 8; i += nthreads) {
+        const int r = i / (C::BN / 8), c8 = (i % (C::BN / 8)) * 8;
+        const int m = m0 + r, n = n0 + c8;
+        if (m >= p.m || n >= p.n) continue;
+        int4* dst = reinterpret_cast<int4*>(partial + (size_t(blockIdx.z) * p.m + m) * p.n + n);
+        dst[0] = *reinterpret_cast<const int4*>(cs + r * C::kCPitch + c8);
+        dst[1] = *reinterpret_cast<const int4*>(cs + r * C::kCPitch + c8 + 4);
+      }
+      __threadfence();
+      ptx::named_barrier(1, nthreads);
+      if (splitk_is_last(counters, tid == 128, [] { ptx::named_barrier(1, 128 * C::kConsumers); }))
+        splitk_fixup<C::BM, C::BN>(p, partial, m0, n0, t0, nthreads);
+    } else {
+      // Cluster split-K: every CTA's partial tile is staged; this CTA reduces its share of the valid rows.
+      ptx::cluster_sync();
+      const int splits = int(gridDim.z);
+      const int rows = min(C::BM, p.m - m0);
+      const int items = rows * (C::BN / 8);
+      const int per = (items + splits - 1) / splits;
+      const int i0 = int(blockIdx.z) * per, i1 = min(items, i0 + per);
+      const uint32_t cs_addr = ptx::smem_addr(cs);
+      for (int i = i0 + t0; i < i1; i += nthreads) {
+        const int r = i / (C::BN / 8), c8 = (i % (C::BN / 8)) * 8;
+        const int m = m0 + r, n = n0 + c8;
+        if (n >= p.n) continue;
+        const uint32_t off = cs_addr + uint32_t(r * C::kCPitch + c8) * 4u;
+        int4 v[kQGemmMaxClusterSplits][2];
+#pragma unroll
+        for (int sp = 0; sp < kQGemmMaxClusterSplits; ++sp)
+          if (sp < splits) {
+            const uint32_t a = ptx::dsmem_map(off, uint32_t(sp));
+            v[sp][0] = ptx::dsmem_ld128(a);
+            v[sp][1] = ptx::dsmem_ld128(a + 16);
+          }
+        int32_t a8[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+#pragma unroll
+        for (int sp = 0; sp < kQGemmMaxClusterSplits; ++sp)
+          if (sp < splits) {
+            a8[0] += v[sp][0].x, a8[1] += v[sp][0].y, a8[2] += v[sp][0].z, a8[3] += v[sp][0].w;
+            a8[4] += v[sp][1].x, a8[5] += v[sp][1].y, a8[6] += v[sp][1].z, a8[7] += v[sp][1].w;
+          }
+        if (p.acc_out) {
+          int4* dst = reinterpret_cast<int4*>(p.acc_out + size_t(m) * p.n + n);
+          dst[0] = make_int4(a8[0], a8[1], a8[2], a8[3]);
+          dst[1] = make_int4(a8[4], a8[5], a8[6], a8[7]);
+        } else {
+          epilogue8(p, m, n, a8);
+        }
+      }
+      ptx::cluster_sync();  // the peers have read this CTA's shared memory: it may exit
     }
-    ptx::cluster_sync();  // the peers have read this CTA's shared memory: it may exit
   }
-  }  // consumers
 #endif
 }
 
