@@ -10,7 +10,7 @@
 // tests/backends/gemm_w4a8_gpu_test.
 //   bench_gemm [out_dir] [--quick] [--fast] [--ms 64,128,...] [--sweep]
 //   --fast: only W4A8 pc / g128, cuBLASLt FP8 and the FP8 engine path; --sweep: last, every sm90 config x split
-//   (1, 2, 4, 8; cluster and global workspace) on three shapes at M 128 and 256 with the plan's cost estimate
+//   (1, 2, 4, 8; cluster and global workspace) on three shapes at M 64-512 with the plan's cost estimate
 //   (gemm_sweep.md).
 #include <cublasLt.h>
 #include <cublas_v2.h>
@@ -335,7 +335,7 @@ void run_sweep(Ctx& c, const std::string& out_dir) {
   std::printf("sweep (W4A8 pc): N K M config splits | us model_us plan\n");
   const int shapes[][2] = {{4096, 4096}, {28672, 4096}, {4096, 14336}};
   for (const auto& s : shapes)
-    for (int m : {128, 256}) {
+    for (int m : {64, 128, 256, 512}) {
       const auto chosen = qs::kernels::qgemm_plan(qs::WeightFormat::kW4A8PerChannel, m, s[0], s[1], c.sms, c.sm_version);
       for (int cfg = 0; cfg < qs::kernels::qgemm_num_configs(); ++cfg) {
         if (!qs::kernels::qgemm_config_is_sm90(cfg)) continue;
