@@ -98,7 +98,7 @@ TEST(GemmPlan, ForcedConfigAndSplits) {
         for (bool global : {false, true}) {
         const QGemmPlan p = kernels::qgemm_plan_for(WeightFormat::kW4A8G128, 67, 208, k, c, s, global);
         EXPECT_EQ(p.config, c);
-        EXPECT_EQ(p.global_split, kQGemmConfigs[c].sm90 && global && p.splits > 1);
+        EXPECT_EQ(p.global_split, kQGemmConfigs[c].sm90 && (global || !kernels::kQGemmClusterSplits) && p.splits > 1);
         check_plan(p, WeightFormat::kW4A8G128, 67, 208, k, 132, kQGemmConfigs[c].sm90 ? 90 : 80);
         // The factor asked for, capped by the config, less any split that would be left empty.
         const int kgs = k / 128, want = std::clamp(s, 1, kernels::qgemm_max_splits(c, k));

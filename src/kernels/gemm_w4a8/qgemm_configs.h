@@ -31,7 +31,10 @@ inline constexpr QGemmConfig kQGemmConfigs[] = {
 };
 static_assert(sizeof(kQGemmConfigs) / sizeof(kQGemmConfigs[0]) == kQGemmNumConfigs);
 
-// Most CTAs of one sm90 split-K cluster (the portable cluster size limit).
+// Most CTAs of one sm90 split-K (the portable cluster size limit, also applied to the global-workspace mode).
 inline constexpr int kQGemmMaxClusterSplits = 8;
+// Whether sm90 splits may run as thread-block clusters (DSMEM reduction). When false, every sm90 split goes
+// through the global workspace (plans and forced plans alike), so no untested scheme can be picked.
+inline constexpr bool kQGemmClusterSplits = true;
 
 }  // namespace qs::kernels

@@ -126,7 +126,7 @@ QGemmPlan qgemm_plan_for(WeightFormat v, int m, int n, int k, int config, int sp
   const int tps = int(cdiv(kgs, splits));
   plan.splits = int(cdiv(kgs, tps));  // no empty split
   const bool sm90 = qgemm_config_is_sm90(plan.config);
-  plan.global_split = sm90 && global_split && plan.splits > 1;
+  plan.global_split = sm90 && plan.splits > 1 && (global_split || !kQGemmClusterSplits);
   plan.workspace_bytes = sm90 && !plan.global_split ? 0 : sm80_workspace(plan.config, m, n, plan.splits);
   return plan;
 }
