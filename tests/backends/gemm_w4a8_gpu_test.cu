@@ -227,7 +227,14 @@ TEST(QGemmGpuErrors, BadShapesAndPointers) {
   call.sx = sx.get();
   call.xsum = xs.get();
   call.y = y.get();
-  EXPECT_THAT(w.run(w.plan(20, 4), call, nullptr).message(), HasSubstr("needs a workspace"));
+  // Split through the global workspace (sm80 configs; sm90 global mode) without one.
+  EXPECT_THAT(w.run(kernels::qgemm_plan_for(pc.variant, 20, 64, 1024, kernels::kQGemm_bn64_bm64, 4), call, nullptr)
+                  .message(),
+              HasSubstr("needs a workspace"));
+  EXPECT_THAT(
+      w.run(kernels::qgemm_plan_for(pc.variant, 20, 64, 1024, kernels::kQGemm_sm90_bn128_bm64, 4, true), call, nullptr)
+          .message(),
+      HasSubstr("needs a workspace"));
   call.xsum = nullptr;
   EXPECT_THAT(w.run(w.plan(20, 1), call, nullptr).message(), HasSubstr("needs xsum"));
   // A prepared object of other weights is refused, never silently used.
@@ -238,8 +245,13 @@ TEST(QGemmGpuErrors, BadShapesAndPointers) {
                                  nullptr, &other.prepared())
                   .message(),
               HasSubstr("prepared weights do not describe"));
-  // sm90 split-K is one cluster: at most 8 CTAs.
-  EXPECT_THAT(kernels::qgemm_run(p2, kernels::QGemmPlan{kernels::kQGemm_sm90_bn128_bm32, 9, 0}, nullptr).message(),
+  // sm90 split-K is one cluster: at most 8 CTAs (K = 9 k tiles, so 9 splits leave none empty).
+  auto p9 = test::make_qgemm_problem(WeightFormat::kW4A8PerChannel, 20, 64, 1152, 4);
+  const auto w9 = cuda::QGemmDeviceWeights::upload(p9.weights());
+  DeviceBuffer<int8_t> x9(p9.xq);
+  call.x = x9.get();
+  EXPECT_THAT(kernels::qgemm_run(w9.params(call), kernels::QGemmPlan{kernels::kQGemm_sm90_bn128_bm32, 9, 0}, nullptr)
+                  .message(),
               HasSubstr("at most 8"));
 }
 
