@@ -4,8 +4,14 @@
 // outer-vector scales, the FP8 engine path) as "FP8 rw". Timing: each kernel's launches rotate over enough copies of its operands (>= 160 MB)
 // that L2 (50 MB) is cold, captured in a CUDA graph (no launch gaps), replayed; the median over replays of the
 // time per launch. Inputs are random (never zeros). Prints a table and writes gemm.json + gemm.md to the folder
-// given as argv[1] (default "."). Correctness of our kernels is the job of tests/backends/gemm_w4a8_gpu_test.
-//   bench_gemm [out_dir] [--quick]
+// given as argv[1] (default "."), with issue 11's summary (the four linears of a Llama-3-8B / Llama-2-70B layer
+// summed per M, ratios to cuBLASLt FP8). Our kernels run with their weights' TMA descriptors prepared once
+// (qgemm_prepare, as the engine does at upload). Correctness of our kernels is the job of
+// tests/backends/gemm_w4a8_gpu_test.
+//   bench_gemm [out_dir] [--quick] [--fast] [--ms 64,128,...] [--sweep]
+//   --fast: only W4A8 pc / g128, cuBLASLt FP8 and the FP8 engine path; --sweep: last, every sm90 config x split
+//   (1, 2, 4, 8; cluster and global workspace) on three shapes at M 64-512 with the plan's cost estimate
+//   (gemm_sweep.md).
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_fp16.h>
@@ -15,6 +21,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -142,13 +149,19 @@ struct Ctx {
   int sm_version;
 };
 
-double bench_ours(Ctx& c, qs::WeightFormat v, int m, int n, int k, int sm_version) {
+// Our kernel on (m, n, k) with the plan for `sm_version`, or with `forced` (config >= 0) when given. The weights'
+// TMA descriptors are prepared once per weight copy (qgemm_prepare, as at engine upload); each call encodes only
+// the activation descriptor.
+double bench_ours(Ctx& c, qs::WeightFormat v, int m, int n, int k, int sm_version,
+                  qs::kernels::QGemmPlan forced = {-1, 1, 0}) {
   Pool pool;
   const size_t wbytes = v == qs::WeightFormat::kW8A8 ? size_t(n) * k : size_t(n) * k / 2;
   const size_t sbytes = v == qs::WeightFormat::kW4A8G128 ? size_t(n) * (k / 128) * 2 : 0;
   const int copies = copies_for(wbytes + sbytes + size_t(m) * k);
   std::vector<qs::kernels::QGemmParams> ps(static_cast<size_t>(copies));
-  const qs::kernels::QGemmPlan plan = qs::kernels::qgemm_plan(v, m, n, k, c.sms, sm_version);
+  const qs::kernels::QGemmPlan plan =
+      forced.config >= 0 ? forced : qs::kernels::qgemm_plan(v, m, n, k, c.sms, sm_version);
+  std::vector<qs::kernels::QGemmPrepared> preps(static_cast<size_t>(copies));
   void* ws = plan.workspace_bytes ? pool.get(plan.workspace_bytes) : nullptr;
   if (ws) CK(cudaMemset(ws, 0, plan.workspace_bytes));  // split-K counters start (and stay) zero
   auto* scale = static_cast<uint16_t*>(pool.get(size_t(n) * 2));
@@ -183,9 +196,14 @@ double bench_ours(Ctx& c, qs::WeightFormat v, int m, int n, int k, int sm_versio
     p.szero = szero;
     p.y = y;
     p.workspace = ws;
+    const qs::Status st = qs::kernels::qgemm_prepare(p, &preps[size_t(i)]);
+    if (!st.is_ok()) {
+      std::fprintf(stderr, "qgemm_prepare: %s\n", st.message().c_str());
+      return -1.0;
+    }
   }
   return time_graph(c.s, copies, [&](int i) {
-    const qs::Status st = qs::kernels::qgemm_run(ps[size_t(i)], plan, c.s);
+    const qs::Status st = qs::kernels::qgemm_run(ps[size_t(i)], plan, c.s, &preps[size_t(i)]);
     if (!st.is_ok()) std::fprintf(stderr, "qgemm_run: %s\n", st.message().c_str());
     return st.is_ok();
   });
@@ -309,12 +327,66 @@ double copy_bandwidth(Ctx& c) {
   return 2.0 * bytes / (us * 1e-6) / 1e12;  // TB/s, read + write
 }
 
+// --sweep: every sm90 config x split-K factor on a few shapes of the M 64-512 regime (W4A8 per-channel), with the
+// plan's cost-model estimate and its choice marked, so the model can be checked against the hardware.
+void run_sweep(Ctx& c, const std::string& out_dir) {
+  std::ofstream md(out_dir + "/gemm_sweep.md");
+  md << "| N | K | M | config | splits | us | model us | plan |\n|---|---|---|---|---|---|---|---|\n";
+  std::printf("sweep (W4A8 pc): N K M config splits | us model_us plan\n");
+  const int shapes[][2] = {{4096, 4096}, {28672, 4096}, {4096, 14336}};
+  for (const auto& s : shapes)
+    for (int m : {64, 128, 256, 512}) {
+      const auto chosen = qs::kernels::qgemm_plan(qs::WeightFormat::kW4A8PerChannel, m, s[0], s[1], c.sms, c.sm_version);
+      for (int cfg = 0; cfg < qs::kernels::qgemm_num_configs(); ++cfg) {
+        if (!qs::kernels::qgemm_config_is_sm90(cfg)) continue;
+        for (int sp : {1, 2, 4, 8})
+          for (bool global : {false, true}) {
+          if (sp == 1 && global) continue;
+          const auto plan = qs::kernels::qgemm_plan_for(qs::WeightFormat::kW4A8PerChannel, m, s[0], s[1], cfg, sp, global);
+          if (plan.splits != sp) continue;
+          const double t = bench_ours(c, qs::WeightFormat::kW4A8PerChannel, m, s[0], s[1], c.sm_version, plan);
+          const double est = qs::kernels::qgemm_plan_cost_us(plan, m, s[0], s[1], c.sms);
+          const bool is_plan = plan.config == chosen.config && plan.splits == chosen.splits &&
+                               plan.global_split == chosen.global_split;
+          std::printf("%6d %6d %4d %-18s %d%s | %7.1f %7.1f %s\n", s[0], s[1], m, qs::kernels::qgemm_config_name(cfg), sp,
+                      global ? "g" : "c", t, est, is_plan ? "<- plan" : "");
+          md << "| " << s[0] << " | " << s[1] << " | " << m << " | " << qs::kernels::qgemm_config_name(cfg) << " | " << sp
+             << (sp == 1 ? "" : global ? " global" : " cluster") << " | " << t << " | " << est << " | "
+             << (is_plan ? "plan" : "") << " |\n";
+          }
+      }
+      if (!qs::kernels::qgemm_config_is_sm90(chosen.config) || (chosen.splits != 1 && chosen.splits != 2 &&
+                                                                 chosen.splits != 4 && chosen.splits != 8)) {
+        const double t = bench_ours(c, qs::WeightFormat::kW4A8PerChannel, m, s[0], s[1], c.sm_version);
+        std::printf("%6d %6d %4d %-18s %d | %7.1f %7s <- plan\n", s[0], s[1], m,
+                    qs::kernels::qgemm_config_name(chosen.config), chosen.splits, t, "");
+        md << "| " << s[0] << " | " << s[1] << " | " << m << " | " << qs::kernels::qgemm_config_name(chosen.config)
+           << " | " << chosen.splits << " | " << t << " | | plan |\n";
+      }
+      std::fflush(stdout);
+    }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const std::string out_dir = argc > 1 && argv[1][0] != '-' ? argv[1] : ".";
-  bool quick = false;
-  for (int i = 1; i < argc; ++i) quick = quick || std::string(argv[i]) == "--quick";
+  bool quick = false, fast = false, sweep = false;
+  std::vector<int> ms_arg;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    quick = quick || a == "--quick";
+    fast = fast || a == "--fast";
+    sweep = sweep || a == "--sweep";
+    if (a == "--ms" && i + 1 < argc) {
+      std::string list = argv[++i];
+      for (size_t pos = 0; pos <= list.size();) {
+        const size_t e = std::min(list.find(',', pos), list.size());
+        if (e > pos) ms_arg.push_back(std::stoi(list.substr(pos, e - pos)));
+        pos = e + 1;
+      }
+    }
+  }
   Ctx c;
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
@@ -335,6 +407,7 @@ int main(int argc, char** argv) {
                            {10240, 8192}, {8192, 8192}, {57344, 8192}, {8192, 28672}};
   std::vector<int> ms = {1, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192};
   if (quick) ms = {1, 16, 64, 1024, 4096};
+  if (!ms_arg.empty()) ms = ms_arg;
   std::ofstream js(out_dir + "/gemm.json"), md(out_dir + "/gemm.md");
   js << "{\"device\": \"" << prop.name << "\", \"copy_tbps\": " << bw << ", \"rows\": [\n";
   md << "Device: " << prop.name << " (" << c.sms << " SMs), copy bandwidth " << bw << " TB/s. Times in us (median, "
@@ -346,15 +419,22 @@ int main(int argc, char** argv) {
               "pc_us", "g128_us", "w8a8_us", "pc80_us", "fp16_us", "int8_us", "fp8_us", "f8rw_us", "pcTOPs", "pcWBW", "f16/pc", "f8/pc", "pc/i8",
               "g/pc", "w8/i8");
   bool first = true;
+  struct Sum {
+    double pc = 0, g128 = 0, fp8 = 0, fp8rw = 0;
+    std::string plans;
+  };
+  std::map<int, Sum> sums[2];
   for (const auto& s : shapes) {
     const int n = s[0], k = s[1];
     for (int m : ms) {
       const double t_pc = bench_ours(c, qs::WeightFormat::kW4A8PerChannel, m, n, k, c.sm_version);
       const double t_g = bench_ours(c, qs::WeightFormat::kW4A8G128, m, n, k, c.sm_version);
-      const double t_w8 = bench_ours(c, qs::WeightFormat::kW8A8, m, n, k, c.sm_version);
-      const double t_pc80 = c.sm_version >= 90 ? bench_ours(c, qs::WeightFormat::kW4A8PerChannel, m, n, k, 80) : t_pc;
-      const double t_16 = bench_cublas_fp16(c, m, n, k);
-      const double t_i8 = bench_lt(c, false, m, n, k);
+      // --fast: only what issue 11 compares (W4A8 pc / g128 vs cuBLASLt FP8 and the FP8 engine path); -1 = skipped.
+      const double t_w8 = fast ? -1.0 : bench_ours(c, qs::WeightFormat::kW8A8, m, n, k, c.sm_version);
+      const double t_pc80 =
+          fast ? -1.0 : c.sm_version >= 90 ? bench_ours(c, qs::WeightFormat::kW4A8PerChannel, m, n, k, 80) : t_pc;
+      const double t_16 = fast ? -1.0 : bench_cublas_fp16(c, m, n, k);
+      const double t_i8 = fast ? -1.0 : bench_lt(c, false, m, n, k);
       const double t_f8 = bench_lt(c, true, m, n, k);
       const double t_f8rw = bench_fp8_rowwise(c, m, n, k);
       const double ops = 2.0 * m * double(n) * k;
@@ -372,9 +452,34 @@ int main(int argc, char** argv) {
          << t_pc << ", \"w4a8_g128\": " << t_g << ", \"w8a8\": " << t_w8 << ", \"w4a8_pc_sm80\": " << t_pc80 << ", \"cublas_fp16\": " << t_16
          << ", \"cublaslt_int8\": " << t_i8 << ", \"cublaslt_fp8\": " << t_f8 << ", \"fp8_rowwise\": " << t_f8rw << "}}";
       first = false;
+      const int model = (&s - &shapes[0]) < 4 ? 0 : 1;
+      Sum& sum = sums[model][m];
+      const qs::kernels::QGemmPlan plan = qs::kernels::qgemm_plan(qs::WeightFormat::kW4A8PerChannel, m, n, k, c.sms, c.sm_version);
+      sum.pc += t_pc, sum.g128 += t_g, sum.fp8 += t_f8, sum.fp8rw += t_f8rw;
+      sum.plans += std::string(sum.plans.empty() ? "" : ", ") + qs::kernels::qgemm_config_name(plan.config) + " x" +
+                   std::to_string(plan.splits);
     }
   }
+  // Issue 11's figure: the four linears of a layer summed, per M, against cuBLASLt FP8 in the same run.
+  md << "\n### Layer linears summed (Llama-3-8B: qkv 6144x4096 + o 4096x4096 + gate_up 28672x4096 + down "
+        "4096x14336; Llama-2-70B: 10240x8192 + 8192x8192 + 57344x8192 + 8192x28672)\n\n"
+     << "| model | M | W4A8 pc us | g128 us | Lt FP8 us | FP8 rw us | FP8/pc | FP8 rw/pc | g128/pc (time) | pc plans |\n"
+     << "|---|---|---|---|---|---|---|---|---|---|\n";
+  std::printf("\nlayer linears summed: model M | pc g128 fp8 fp8rw (us) | fp8/pc fp8rw/pc g128/pc | plans\n");
+  for (int model = 0; model < 2; ++model)
+    for (const auto& [m, sum] : sums[model]) {
+      const char* name = model == 0 ? "llama-3-8b" : "llama-2-70b";
+      std::printf("%-11s %5d | %8.1f %8.1f %8.1f %8.1f | %5.2f %5.2f %5.2f | %s\n", name, m, sum.pc, sum.g128, sum.fp8,
+                  sum.fp8rw, sum.fp8 / sum.pc, sum.fp8rw / sum.pc, sum.g128 / sum.pc, sum.plans.c_str());
+      md << "| " << name << " | " << m << " | " << sum.pc << " | " << sum.g128 << " | " << sum.fp8 << " | " << sum.fp8rw
+         << " | " << sum.fp8 / sum.pc << " | " << sum.fp8rw / sum.pc << " | " << sum.g128 / sum.pc << " | " << sum.plans
+         << " |\n";
+    }
+  std::fflush(stdout);
   js << "\n]}\n";
+  js.close();
+  md.close();
+  if (sweep) run_sweep(c, out_dir);
   CK(cudaDeviceSynchronize());
   return 0;
 }

@@ -1,36 +1,51 @@
 #!/usr/bin/env bash
-# Device-side script for the quantized GEMMs (issue 4). Run on the GPU machine from the repo root with the
-# binaries built here and copied to gpu-pack/gemm/ (test_kernels_gemm_repack_test,
-# test_backends_gemm_w4a8_gpu_test, bench_gemm). Runs the tests, dumps a SASS summary (tensor-core instruction
-# counts per kernel), runs the benchmark, and leaves logs and results in $OUT (or ./out).
-#   scripts/gpu/gemm.sh [--quick] [--no-bench] [--no-tests]
+# Device-side script for the quantized GEMMs (issues 4, 8, 11), packed here and run on the GPU machine:
+#   here:    scripts/gpu/gemm.sh pack   (build first: cmake --build build --target bench_gemm
+#            test_backends_gemm_w4a8_gpu_test test_kernels_gemm_repack_test test_kernels_gemm_plan_test
+#            test_engine_cuda_executor_gpu_test); copies stripped binaries (xz) and this script to
+#            /work/main/gpu-pack/gemm (GEMM_PACK_DEST)
+#   device:  run(command="bash gpu-pack/gemm/gemm.sh", carry=["gpu-pack/gemm"], timeout_s=300)
+# On the device: the GEMM tests with a GPU required (QSERVE_REQUIRE_GPU=1: a skip fails), the engine's
+# random-weights test (the W4A8 GEMMs through the engine's upload-time prepared descriptors), then bench_gemm
+# --fast on the Llama-3-8B / Llama-2-70B linears at M 64..4096 with cuBLASLt FP8 in the same process, and the
+# config x split sweep. Five files in $OUT: tests.log, bench.log, gemm.md, gemm.json, gemm_sweep.md.
+#   device options: GEMM_MS (default 64,128,256,512,1024,4096), GEMM_NO_SWEEP=1
 set -uo pipefail
-BIN=${GEMM_BIN:-${QSERVE_GPU_PACK:-gpu-pack/gemm}}
-OUT=${OUT:-out}
-mkdir -p "$OUT"
-export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-QUICK=""; BENCH=1; TESTS=1
-for a in "$@"; do
-  case $a in --quick) QUICK=--quick ;; --no-bench) BENCH=0 ;; --no-tests) TESTS=0 ;; esac
-done
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee "$OUT/device.txt"
-rc=0
-if [ $TESTS = 1 ]; then
-  for t in test_kernels_gemm_repack_test test_backends_gemm_w4a8_gpu_test; do
-    QSERVE_THREADS=$(nproc) timeout ${GEMM_TEST_TIMEOUT:-240} "$BIN/$t" --gtest_brief=1 2>&1 | tee -a "$OUT/gemm_tests.log" | tail -n 40 || rc=1
+HERE=$(cd "$(dirname "$0")" && pwd)
+if [ "${1:-}" = pack ]; then
+  ROOT=$(cd "$HERE/../.." && pwd)
+  DEST=${GEMM_PACK_DEST:-/work/main/gpu-pack/gemm}
+  rm -rf "$DEST" /tmp/gemm-pack; mkdir -p "$DEST" /tmp/gemm-pack
+  for b in bench_gemm test_backends_gemm_w4a8_gpu_test test_kernels_gemm_repack_test test_kernels_gemm_plan_test \
+           test_engine_cuda_executor_gpu_test; do
+    cp "$ROOT/build/$b" /tmp/gemm-pack/ && strip "/tmp/gemm-pack/$b"
   done
+  tar -C /tmp/gemm-pack -cf - . | xz -T2 -6 > "$DEST/bin.tar.xz"
+  cp "$HERE/gemm.sh" "$DEST/gemm.sh"
+  du -sh "$DEST"; exit 0
 fi
-# SASS: tensor-core instructions per kernel (IMMA = mma.sync INT8, IGMMA = wgmma INT8) and local memory use.
-if command -v cuobjdump > /dev/null; then
-  cuobjdump -sass "$BIN/bench_gemm" > /tmp/gemm.sass 2>&1
-  awk '/Function :/ {f=$3} /IMMA|IGMMA|HGMMA|LDL|STL/ {split($0,a,/ +/); for(i in a) if (a[i] ~ /^(IMMA|IGMMA|HGMMA|LDL|STL)/) c[f" "a[i]]++}
-       END {for (k in c) print c[k], k}' /tmp/gemm.sass | sort -k2 > "$OUT/gemm_sass_summary.txt"
-  grep -m 5 -E "IMMA|IGMMA" /tmp/gemm.sass >> "$OUT/gemm_sass_summary.txt"
-  echo "--- SASS summary (count, kernel, instruction)"; head -n 40 "$OUT/gemm_sass_summary.txt"
-fi
-if [ $BENCH = 1 ] && [ $rc = 0 ]; then  # nothing is timed that has not passed its tests
-  timeout ${GEMM_BENCH_TIMEOUT:-400} "$BIN/bench_gemm" "$OUT" $QUICK 2>&1 | tee "$OUT/gemm_bench.log" || rc=1
-elif [ $BENCH = 1 ]; then
-  echo "tests failed: benchmark not run"
-fi
+OUT=${OUT:-out/gemm}; mkdir -p "$OUT"
+W=/tmp/gemm-bin; mkdir -p "$W"
+xz -dc "$HERE/bin.tar.xz" | tar -C "$W" -xf -
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:$W:${LD_LIBRARY_PATH:-}
+export QSERVE_THREADS=$(nproc)
+LOG=$OUT/tests.log
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | tee "$LOG"
+rc=0
+for t in test_kernels_gemm_plan_test test_kernels_gemm_repack_test test_backends_gemm_w4a8_gpu_test; do
+  s=$(date +%s)
+  QSERVE_REQUIRE_GPU=1 timeout ${GEMM_TEST_TIMEOUT:-150} "$W/$t" > /tmp/$t.log 2>&1; r=$?
+  [ $r = 0 ] || rc=1
+  echo "== $t rc=$r ($(( $(date +%s) - s )) s): $(grep -E '^\[  PASSED  \]|FAILED TESTS|^\[  SKIPPED \] [0-9]' /tmp/$t.log | tr -s ' ' | tr '\n' ' ')" | tee -a "$LOG"
+  grep -E "^\[  FAILED  \] [A-Za-z].*\(|Failure|mismatch|Which is|Expected|error" /tmp/$t.log | head -40 | tee -a "$LOG"
+done
+s=$(date +%s)
+QSERVE_REQUIRE_GPU=1 timeout 90 "$W/test_engine_cuda_executor_gpu_test" --gtest_filter='*RandomWeights*' > /tmp/eng.log 2>&1; r=$?
+echo "== engine RandomWeightsRunInANamedShape rc=$r ($(( $(date +%s) - s )) s)" | tee -a "$LOG"
+grep -E "^\[  (FAILED|PASSED|SKIPPED) |Failure|error" /tmp/eng.log | head -20 | tee -a "$LOG"
+[ $rc = 0 ] || echo "TESTS FAILED: the numbers of a failing config are not valid" | tee -a "$LOG"
+SWEEP=--sweep; [ "${GEMM_NO_SWEEP:-0}" = 1 ] && SWEEP=""
+timeout ${GEMM_BENCH_TIMEOUT:-200} "$W/bench_gemm" "$OUT" --fast --ms "${GEMM_MS:-64,128,256,512,1024,4096}" $SWEEP \
+  > "$OUT/bench.log" 2>&1 || rc=1
+grep -A 20 "layer linears summed" "$OUT/bench.log"
 exit $rc

@@ -2,8 +2,9 @@
 // reference (ref_cpu/gemm_w4a8): INT32 accumulators bit-exact (debug acc_out path), and FP16 outputs equal to
 // the reference FP32 result rounded to FP16 (tolerance: 0, because the GPU epilogue performs the same IEEE fp32
 // operations, in the same order, without contraction: acc*s*sx - sz*xsum + bias + residual, then one
-// round-to-nearest-even). Awkward M (1, 3, 17, 67, 257, 1000), every tile config, forced split-K, the
-// Llama-3-8B and Llama-2-70B linear shapes; outputs poisoned (NaN) before each launch, so an unwritten element
+// round-to-nearest-even). Awkward M (1, 3, 17, 67, 257, 1000), every tile config of qgemm_configs.def with every
+// split-K factor it supports (sm90: thread-block clusters of 1..8 and the global workspace), the plans of the
+// M 64-512 regime, the Llama-3-8B and Llama-2-70B linear shapes; outputs poisoned (NaN) before each launch, so an unwritten element
 // fails; no NaN anywhere. Skips without a GPU.
 #include <algorithm>
 #include <gmock/gmock.h>
@@ -28,10 +29,12 @@ namespace {
 using ::testing::HasSubstr;
 
 // Runs one problem on the GPU with a given plan override and checks INT32 and FP16 results against the reference.
-void check_problem(const test::QGemmProblem& pr, int splits_override, int config_override = -1) {
+void check_problem(const test::QGemmProblem& pr, int splits_override, int config_override = -1,
+                   bool global_split = false) {
   const int64_t m = pr.m, n = pr.n;
   SCOPED_TRACE(testing::Message() << weight_format_name(pr.variant) << " m=" << m << " n=" << n
-                                  << " k=" << pr.k << " splits=" << splits_override << " config=" << config_override);
+                                  << " k=" << pr.k << " splits=" << splits_override << " config=" << config_override
+                                  << (global_split ? " global split" : ""));
   std::vector<float> ref(size_t(m * n));
   std::vector<int32_t> ref_acc(size_t(m * n));
   ref_cpu::qgemm(pr.weights(), pr.acts(), pr.epilogue(), ref.data(), ref_acc.data());
@@ -43,10 +46,11 @@ void check_problem(const test::QGemmProblem& pr, int splits_override, int config
   DeviceBuffer<int32_t> acc(size_t(m * n));
   DeviceBuffer<int> bad(1);
   kernels::QGemmPlan plan = w.plan(int(m), splits_override);
-  if (config_override >= 0) {
-    // Another config has another tile count: leave room for its split-K counters.
-    plan = kernels::QGemmPlan{config_override, plan.splits, plan.workspace_bytes + (plan.splits > 1 ? 65536 : 0)};
-  }
+  if (config_override >= 0)
+    plan = kernels::qgemm_plan_for(pr.variant, int(m), int(n), int(pr.k), config_override,
+                                   splits_override > 0 ? splits_override : 1, global_split);
+  SCOPED_TRACE(testing::Message() << "plan " << kernels::qgemm_config_name(plan.config) << " x" << plan.splits
+                                  << (plan.global_split ? " (global split)" : ""));
   DeviceBuffer<uint8_t> ws(plan.workspace_bytes);
   if (ws.size()) QS_CUDA_CHECK(cudaMemset(ws.get(), 0, ws.size()));  // once: the kernels leave the split-K counters zeroed
   cuda::QGemmCall call;
@@ -108,37 +112,48 @@ std::vector<int> runnable_configs() {
 
 class QGemmGpu : public ::testing::TestWithParam<WeightFormat> {};
 
+// Every config of the table (qgemm_configs.def) that this GPU can run, at awkward token counts (partial token
+// and channel tiles), unsplit and split over K.
 TEST_P(QGemmGpu, AwkwardTokenCountsEveryConfig) {
   QS_REQUIRE_GPU();
   for (int64_t m : {1, 3, 17, 67, 257, 1000}) {
     const auto pr = test::make_qgemm_problem(GetParam(), m, 208, 640, 100 + m, /*bias=*/m % 2 == 1, /*res=*/m > 3);
     check_problem(pr, 0);  // the planned config and split
-    for (int config : runnable_configs()) check_problem(pr, 3, config);
+    for (int config : runnable_configs()) {
+      check_problem(pr, 1, config);
+      check_problem(pr, 3, config);
+      if (kernels::qgemm_config_is_sm90(config)) check_problem(pr, 3, config, /*global_split=*/true);
+    }
   }
 }
 
+// Every split-K factor each config supports (sm90: cluster sizes 1..8, and the same through the global
+// workspace; sm80: up to 10 here), K = 10 k tiles, so uneven splits (3, 4, 7) occur.
 TEST_P(QGemmGpu, SplitKFactors) {
   QS_REQUIRE_GPU();
   const auto pr = test::make_qgemm_problem(GetParam(), 33, 128, 1280, 7, true, true);
   for (int config : runnable_configs())
-    for (int splits : {1, 2, 3, 4, 7, 10}) check_problem(pr, splits, config);
+    for (int splits : {1, 2, 3, 4, 5, 6, 7, 8, 10}) {
+      if (splits > kernels::qgemm_max_splits(config, 1280)) continue;
+      check_problem(pr, splits, config);
+      if (kernels::qgemm_config_is_sm90(config) && splits > 1) check_problem(pr, splits, config, true);
+    }
 }
 
-TEST(QGemmGpuPlan, HopperGetsTheWgmmaKernelAbove16Tokens) {
-  for (int m : {17, 33, 64, 65, 300, 4096}) {
-    const auto plan = kernels::qgemm_plan(WeightFormat::kW4A8G128, m, 4096, 4096, 132, 90);
-    EXPECT_TRUE(kernels::qgemm_config_is_sm90(plan.config)) << m << " " << kernels::qgemm_config_name(plan.config);
-    const auto old = kernels::qgemm_plan(WeightFormat::kW4A8G128, m, 4096, 4096, 108, 80);
-    EXPECT_FALSE(kernels::qgemm_config_is_sm90(old.config));
-  }
-  // m <= 16: the mma.sync kernel (measured faster on H100), split over K to fill the GPU.
-  const auto small = kernels::qgemm_plan(WeightFormat::kW4A8PerChannel, 1, 4096, 4096, 132, 90);
-  EXPECT_FALSE(kernels::qgemm_config_is_sm90(small.config));
-  EXPECT_GT(small.splits, 1);
-  // Workspace = INT32 partials (splits x m x n) + 256-byte-aligned per-tile counters (64 tiles of 64 channels).
-  EXPECT_EQ(small.workspace_bytes, size_t(small.splits) * 4096 * 4 + 256);
-  // A full wave of tiles is not split.
-  EXPECT_EQ(kernels::qgemm_plan(WeightFormat::kW8A8, 1024, 4096, 4096, 132, 90).splits, 1);
+// What the plan picks in the M 64-512 regime on Llama-3-8B shapes (the cost model's choices: split clusters,
+// BM=256 tiles) is bit-exact too; and K = 4096 split 2 and 8 ways (cluster and global) for every sm90 config at
+// M = 130 (a partial token tile). Sizes bounded by the CPU reference's time.
+TEST_P(QGemmGpu, ServingRegimePlans) {
+  QS_REQUIRE_GPU();
+  for (int64_t m : {64, 130, 300}) check_problem(test::make_qgemm_problem(GetParam(), m, 4096, 4096, 31 + m), 0);
+  check_problem(test::make_qgemm_problem(GetParam(), 300, 1024, 14336, 5, true, true), 0);
+  const auto pr = test::make_qgemm_problem(GetParam(), 130, 512, 4096, 77, false, true);
+  for (int config : runnable_configs())
+    if (kernels::qgemm_config_is_sm90(config))
+      for (int splits : {2, 8}) {
+        check_problem(pr, splits, config);
+        check_problem(pr, splits, config, true);
+      }
 }
 
 TEST_P(QGemmGpu, ModelShapes) {
@@ -212,9 +227,60 @@ TEST(QGemmGpuErrors, BadShapesAndPointers) {
   call.sx = sx.get();
   call.xsum = xs.get();
   call.y = y.get();
-  EXPECT_THAT(w.run(w.plan(20, 4), call, nullptr).message(), HasSubstr("needs a workspace"));
+  // Split through the global workspace (sm80 configs; sm90 global mode) without one.
+  EXPECT_THAT(w.run(kernels::qgemm_plan_for(pc.variant, 20, 64, 1024, kernels::kQGemm_bn64_bm64, 4), call, nullptr)
+                  .message(),
+              HasSubstr("needs a workspace"));
+  EXPECT_THAT(
+      w.run(kernels::qgemm_plan_for(pc.variant, 20, 64, 1024, kernels::kQGemm_sm90_bn128_bm64, 4, true), call, nullptr)
+          .message(),
+      HasSubstr("needs a workspace"));
   call.xsum = nullptr;
   EXPECT_THAT(w.run(w.plan(20, 1), call, nullptr).message(), HasSubstr("needs xsum"));
+  // A prepared object of other weights is refused, never silently used.
+  call.xsum = xs.get();
+  kernels::QGemmParams p2 = w.params(call);
+  const auto other = cuda::QGemmDeviceWeights::upload(pc.weights());
+  EXPECT_THAT(kernels::qgemm_run(p2, kernels::qgemm_plan_for(pc.variant, 20, 64, 1024, kernels::kQGemm_sm90_bn128_bm32, 1),
+                                 nullptr, &other.prepared())
+                  .message(),
+              HasSubstr("prepared weights do not describe"));
+  // sm90 split-K is one cluster: at most 8 CTAs (K = 9 k tiles, so 9 splits leave none empty).
+  auto p9 = test::make_qgemm_problem(WeightFormat::kW4A8PerChannel, 20, 64, 1152, 4);
+  const auto w9 = cuda::QGemmDeviceWeights::upload(p9.weights());
+  DeviceBuffer<int8_t> x9(p9.xq);
+  call.x = x9.get();
+  EXPECT_THAT(kernels::qgemm_run(w9.params(call), kernels::QGemmPlan{kernels::kQGemm_sm90_bn128_bm32, 9, 0}, nullptr)
+                  .message(),
+              HasSubstr("at most 8"));
+}
+
+// The prepared (upload-time) TMA descriptors and per-call encoding give the same bits.
+TEST_P(QGemmGpu, PreparedEqualsPerCallDescriptors) {
+  QS_REQUIRE_GPU();
+  const auto pr = test::make_qgemm_problem(GetParam(), 77, 384, 1024, 9, true, true);
+  const auto w = cuda::QGemmDeviceWeights::upload(pr.weights());
+  ASSERT_TRUE(w.prepared().ready);
+  DeviceBuffer<int8_t> x(pr.xq);
+  DeviceBuffer<uint16_t> sx(pr.sx), xsum(pr.xsum), bias(pr.bias), residual(pr.residual);
+  DeviceBuffer<uint16_t> y1(size_t(77 * 384)), y2(size_t(77 * 384));
+  cuda::QGemmCall call;
+  call.m = 77;
+  call.x = x.get();
+  call.sx = sx.get();
+  call.xsum = xsum.get();
+  call.bias = bias.get();
+  call.residual = residual.get();
+  for (int config : runnable_configs()) {
+    if (!kernels::qgemm_config_is_sm90(config)) continue;
+    const auto plan = kernels::qgemm_plan_for(pr.variant, 77, 384, 1024, config, 2);
+    call.y = y1.get();
+    ASSERT_TRUE(kernels::qgemm_run(w.params(call), plan, nullptr, &w.prepared()).is_ok());
+    call.y = y2.get();
+    ASSERT_TRUE(kernels::qgemm_run(w.params(call), plan, nullptr, nullptr).is_ok());
+    QS_CUDA_CHECK(cudaDeviceSynchronize());
+    EXPECT_EQ(y1.download(), y2.download()) << kernels::qgemm_config_name(config);
+  }
 }
 
 }  // namespace

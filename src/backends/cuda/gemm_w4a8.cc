@@ -53,6 +53,7 @@ QGemmDeviceWeights QGemmDeviceWeights::upload(const ref_cpu::QGemmWeights& w) {
     const std::vector<uint16_t> r = kernels::repack_s2zn(w.s2, w.zn, w.n, w.k);
     d.s2zn_ = upload_bytes<uint16_t>(r.data(), r.size() * 2);
   }
+  kernels::qgemm_prepare(d.params(QGemmCall{}), &d.prep_).throw_if_error();
   return d;
 }
 
@@ -68,6 +69,8 @@ QGemmDeviceWeights& QGemmDeviceWeights::operator=(QGemmDeviceWeights&& o) noexce
     scale_ = o.scale_;
     szero_ = o.szero_;
     s2zn_ = o.s2zn_;
+    prep_ = o.prep_;
+    o.prep_.ready = false;
     o.w_ = nullptr;
     o.scale_ = o.szero_ = o.s2zn_ = nullptr;
   }
@@ -110,7 +113,7 @@ kernels::QGemmParams QGemmDeviceWeights::params(const QGemmCall& c) const {
 
 Status QGemmDeviceWeights::run(const kernels::QGemmPlan& plan, const QGemmCall& call, cudaStream_t stream) const {
   if (!w_) return Status::error("CUDA qgemm: weights not uploaded");
-  return kernels::qgemm_run(params(call), plan, stream);
+  return kernels::qgemm_run(params(call), plan, stream, &prep_);
 }
 
 }  // namespace qs::cuda

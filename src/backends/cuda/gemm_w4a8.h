@@ -1,6 +1,7 @@
 // CUDA binding of the quantized GEMMs (kernels/gemm_w4a8/qgemm.h): uploads canonical-layout quantized weights
-// (ref_cpu/gemm_w4a8.h QGemmWeights) once, repacked at load into the kernel's fragment order, and exposes the
-// plan/run split: plan(m) is host-only; run() launches on a stream, allocates nothing and never syncs.
+// (ref_cpu/gemm_w4a8.h QGemmWeights) once, repacked at load into the kernel's fragment order with the weights'
+// TMA descriptors prepared once (kernels::qgemm_prepare), and exposes the plan/run split: plan(m) is host-only;
+// run() launches on a stream, allocates nothing and never syncs.
 // Activations, outputs and the workspace are device pointers owned by the caller.
 #pragma once
 
@@ -50,6 +51,8 @@ class QGemmDeviceWeights {
   Status run(const kernels::QGemmPlan& plan, const QGemmCall& call, cudaStream_t stream) const;
   // The raw kernel parameters for this weight (the caller fills the per-call fields).
   kernels::QGemmParams params(const QGemmCall& call) const;
+  // The weight-only part of every call (TMA descriptors), built once at upload; pass it to kernels::qgemm_run.
+  const kernels::QGemmPrepared& prepared() const { return prep_; }
 
  private:
   void release();
@@ -59,6 +62,7 @@ class QGemmDeviceWeights {
   uint16_t* scale_ = nullptr;    // FP16 [n]
   uint16_t* szero_ = nullptr;    // FP16 [n] (per-channel)
   uint16_t* s2zn_ = nullptr;     // [k/128, n] (g128)
+  kernels::QGemmPrepared prep_;  // descriptors of w_ / s2zn_ (qgemm_prepare at upload)
 };
 
 }  // namespace qs::cuda

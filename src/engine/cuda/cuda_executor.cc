@@ -51,6 +51,7 @@ struct DevLinear {
   bool quant = false;
   kernels::QGemmParams qp;      // weight fields set; per-call fields filled at run
   cuda::QGemmDeviceWeights qw;  // owns loaded quantized weights (random ones live in the executor's allocations)
+  kernels::QGemmPrepared prep;  // W4A8: the weights' TMA descriptors, built once at upload (qgemm_prepare)
   uint16_t* w16 = nullptr;      // FP16 [n, k]
   uint8_t* w8 = nullptr;        // FP8 path: e4m3 [n, k]
   float* sw = nullptr;          // FP8 path: FP32 [n] per-channel scale
@@ -287,6 +288,7 @@ struct CudaExecutor::Impl {
     d.k = d.qw.k();
     d.quant = true;
     d.qp = d.qw.params(cuda::QGemmCall{});
+    d.prep = d.qw.prepared();
     if (w.bias.raw()) d.bias = upload16(to_fp16_bits(w.bias));
   }
 
@@ -432,6 +434,7 @@ struct CudaExecutor::Impl {
         p.szero = sz;
       }
       p.scale = s;
+      check(kernels::qgemm_prepare(p, &d.prep));
     } else if (fp8) {
       d.w8 = alloc<uint8_t>(size_t(n) * k, &mem.weight_bytes);
       check(kernels::fill_random_e4m3(d.w8, int64_t(n) * k, seed, stream));
@@ -547,7 +550,7 @@ struct CudaExecutor::Impl {
   }
 
   kernels::QGemmPlan gemm_plan(const DevLinear& d, int m) const {
-    return kernels::qgemm_plan(d.qp.variant, m, d.n, d.k, num_sms, sm_version);
+    return kernels::qgemm_plan(d.prep, m);
   }
 
   void alloc_workspaces() {
@@ -690,7 +693,7 @@ struct CudaExecutor::Impl {
         p.residual = residual ? y : nullptr;
         p.y = y;
         p.workspace = gemm_ws;
-        check(kernels::qgemm_run(p, gemm_plan(d, m), stream));
+        check(kernels::qgemm_run(p, gemm_plan(d, m), stream, &d.prep));
       } else {
         const float alpha = 1.0f, beta = residual ? 1.0f : 0.0f;
         QS_CUBLAS_CHECK(cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, d.n, m, d.k, &alpha, d.w16, CUDA_R_16F, d.k,

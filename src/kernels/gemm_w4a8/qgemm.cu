@@ -1,7 +1,9 @@
-// Plan and run for the quantized GEMMs (qgemm.h): config choice by M, split-K when the output tiles cannot fill
-// the GPU, argument checks, dispatch to the instantiated kernels, and the split-K reduction kernel.
+// Prepare and run for the quantized GEMMs (qgemm.h): TMA descriptor encoding (weights once per upload through
+// qgemm_prepare, activations per call), argument checks and the dispatch to the instantiated kernels, all
+// generated from the config table (qgemm_configs.def). The plan is host code in qgemm_plan.cc.
 #include <cudaTypedefs.h>
 
+#include <cstring>
 #include <string>
 
 #include "kernels/gemm_w4a8/qgemm_kernel.cuh"
@@ -10,33 +12,23 @@
 namespace qs::kernels {
 namespace qgemm_detail {
 
-#define QS_QGEMM_EXTERN(V, CONFIG) \
-  extern template Status launch_qgemm<V, CONFIG>(const QGemmParams&, int, int, int32_t*, int*, cudaStream_t);
-QS_QGEMM_EXTERN(0, 0)
-QS_QGEMM_EXTERN(0, 1)
-QS_QGEMM_EXTERN(0, 2)
-QS_QGEMM_EXTERN(1, 0)
-QS_QGEMM_EXTERN(1, 1)
-QS_QGEMM_EXTERN(1, 2)
-QS_QGEMM_EXTERN(2, 0)
-QS_QGEMM_EXTERN(2, 1)
-QS_QGEMM_EXTERN(2, 2)
-#undef QS_QGEMM_EXTERN
-#define QS_QGEMM_SM90_EXTERN(V, CONFIG) \
-  extern template Status launch_qgemm_sm90<V, CONFIG>(const QGemmParams&, int, int, int32_t*, int*, cudaStream_t);
-QS_QGEMM_SM90_EXTERN(0, 0)
-QS_QGEMM_SM90_EXTERN(0, 1)
-QS_QGEMM_SM90_EXTERN(0, 2)
-QS_QGEMM_SM90_EXTERN(1, 0)
-QS_QGEMM_SM90_EXTERN(1, 1)
-QS_QGEMM_SM90_EXTERN(1, 2)
-QS_QGEMM_SM90_EXTERN(2, 0)
-QS_QGEMM_SM90_EXTERN(2, 1)
-QS_QGEMM_SM90_EXTERN(2, 2)
-QS_QGEMM_SM90_EXTERN(0, 3)
-QS_QGEMM_SM90_EXTERN(1, 3)
-QS_QGEMM_SM90_EXTERN(2, 3)
-#undef QS_QGEMM_SM90_EXTERN
+// Every instantiation, declared from the one config table (defined in qgemm_w4a8*.cu and gemm_w8a8/*.cu).
+#define QS_QGEMM_SM80(name, bn, bm, wn, wm)                                                                     \
+  extern template Status launch_qgemm<0, kQGemm_##name>(const QGemmParams&, int, int, int32_t*, int*,           \
+                                                        cudaStream_t);                                          \
+  extern template Status launch_qgemm<1, kQGemm_##name>(const QGemmParams&, int, int, int32_t*, int*,           \
+                                                        cudaStream_t);                                          \
+  extern template Status launch_qgemm<2, kQGemm_##name>(const QGemmParams&, int, int, int32_t*, int*, cudaStream_t);
+#define QS_QGEMM_SM90(name, bm, mt)                                                                               \
+  extern template Status launch_qgemm_sm90<0, kQGemm_##name>(const QGemmParams&, int, int, int32_t*, int*,        \
+                                                             const CUtensorMap&, const CUtensorMap&, cudaStream_t); \
+  extern template Status launch_qgemm_sm90<1, kQGemm_##name>(const QGemmParams&, int, int, int32_t*, int*,        \
+                                                             const CUtensorMap&, const CUtensorMap&, cudaStream_t); \
+  extern template Status launch_qgemm_sm90<2, kQGemm_##name>(const QGemmParams&, int, int, int32_t*, int*,        \
+                                                             const CUtensorMap&, const CUtensorMap&, cudaStream_t);
+#include "kernels/gemm_w4a8/qgemm_configs.def"
+#undef QS_QGEMM_SM80
+#undef QS_QGEMM_SM90
 
 namespace {
 
@@ -70,119 +62,92 @@ Status encode_2d(CUtensorMap* map, CUtensorMapDataType type, const void* ptr, ui
 
 }  // namespace
 
-Status make_sm90_maps(const QGemmParams& p, int bm, int bn, Sm90Maps* maps) {
-  const uint64_t kgs = uint64_t(p.k) / kBK;
-  const uint64_t tile_bytes = p.variant == WeightFormat::kW8A8 ? 2048 : 1024;
-  QS_RETURN_IF_ERROR(encode_2d(&maps->x, CU_TENSOR_MAP_DATA_TYPE_UINT8, p.x, uint64_t(p.k), uint64_t(p.m),
-                               uint64_t(p.k), kBK, uint32_t(bm), CU_TENSOR_MAP_SWIZZLE_128B));
-  QS_RETURN_IF_ERROR(encode_2d(&maps->w, CU_TENSOR_MAP_DATA_TYPE_UINT64, p.w, kgs * tile_bytes / 8,
-                               uint64_t(p.n / 16), kgs * tile_bytes, uint32_t(tile_bytes / 8), uint32_t(bn / 16),
+Status make_sm90_x_map(const QGemmParams& p, int bm, CUtensorMap* map) {
+  return encode_2d(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, p.x, uint64_t(p.k), uint64_t(p.m), uint64_t(p.k), kBK,
+                   uint32_t(bm), CU_TENSOR_MAP_SWIZZLE_128B);
+}
+
+Status make_sm90_weight_maps(WeightFormat v, int n, int k, const void* w, const uint16_t* s2zn, int bn,
+                             CUtensorMap* wmap, CUtensorMap* smap) {
+  const uint64_t kgs = uint64_t(k) / kBK;
+  const uint64_t tile_bytes = v == WeightFormat::kW8A8 ? 2048 : 1024;
+  QS_RETURN_IF_ERROR(encode_2d(wmap, CU_TENSOR_MAP_DATA_TYPE_UINT64, w, kgs * tile_bytes / 8, uint64_t(n / 16),
+                               kgs * tile_bytes, uint32_t(tile_bytes / 8), uint32_t(bn / 16),
                                CU_TENSOR_MAP_SWIZZLE_NONE));
-  if (p.variant == WeightFormat::kW4A8G128) {
-    QS_RETURN_IF_ERROR(encode_2d(&maps->s, CU_TENSOR_MAP_DATA_TYPE_UINT16, p.s2zn, uint64_t(p.n), kgs,
-                                 uint64_t(p.n) * 2, uint32_t(bn), 1, CU_TENSOR_MAP_SWIZZLE_NONE));
+  if (v == WeightFormat::kW4A8G128) {
+    QS_RETURN_IF_ERROR(encode_2d(smap, CU_TENSOR_MAP_DATA_TYPE_UINT16, s2zn, uint64_t(n), kgs, uint64_t(n) * 2,
+                                 uint32_t(bn), 1, CU_TENSOR_MAP_SWIZZLE_NONE));
   } else {
-    maps->s = maps->w;  // unused
+    *smap = *wmap;  // unused
   }
   return Status::ok();
 }
 
-// Tile shape (bn output channels x bm tokens) of a config.
-void config_tile(int config, int* bn, int* bm) {
-  if (config >= kSm90ConfigBase) {
-    *bm = kSm90Shapes[config - kSm90ConfigBase].bm;
-    *bn = 64 * kSm90Shapes[config - kSm90ConfigBase].mt * 2;
-  } else {
-    *bm = kTileShapes[config].bm;
-    *bn = kTileShapes[config].bn;
-  }
-}
-
-// Workspace: [per-tile split counters, 256-byte aligned][INT32 partials splits x m x n].
+// sm80 split-K workspace: [per-tile split counters, 256-byte aligned][INT32 partials splits x m x n] (as the plan).
 size_t counter_bytes(int config, int m, int n) {
-  int bn, bm;
-  config_tile(config, &bn, &bm);
-  const size_t tiles = size_t((n + bn - 1) / bn) * size_t((m + bm - 1) / bm);
+  const QGemmConfig& c = kQGemmConfigs[config];
+  const size_t tiles = size_t((n + c.bn - 1) / c.bn) * size_t((m + c.bm - 1) / c.bm);
   return (tiles * sizeof(int) + 255) / 256 * 256;
 }
 
+// The dispatch switch over the table, for one variant. `wmap` / `smap`: the sm90 configs' weight maps.
 template <int V>
 Status launch_variant(int config, const QGemmParams& p, int splits, int tps, int32_t* partial, int* ctr,
-                      cudaStream_t s) {
+                      const CUtensorMap& wmap, const CUtensorMap& smap, cudaStream_t s) {
+  (void)wmap, (void)smap, (void)partial, (void)ctr;
   switch (config) {
-    case 0: return launch_qgemm<V, 0>(p, splits, tps, partial, ctr, s);
-    case 1: return launch_qgemm<V, 1>(p, splits, tps, partial, ctr, s);
-    case 2: return launch_qgemm<V, 2>(p, splits, tps, partial, ctr, s);
-    case kSm90ConfigBase + 0: return launch_qgemm_sm90<V, 0>(p, splits, tps, partial, ctr, s);
-    case kSm90ConfigBase + 1: return launch_qgemm_sm90<V, 1>(p, splits, tps, partial, ctr, s);
-    case kSm90ConfigBase + 2: return launch_qgemm_sm90<V, 2>(p, splits, tps, partial, ctr, s);
-    case kSm90ConfigBase + 3: return launch_qgemm_sm90<V, 3>(p, splits, tps, partial, ctr, s);
+#define QS_QGEMM_SM80(name, bn, bm, wn, wm) \
+  case kQGemm_##name: return launch_qgemm<V, kQGemm_##name>(p, splits, tps, partial, ctr, s);
+#define QS_QGEMM_SM90(name, bm, mt) \
+  case kQGemm_##name: return launch_qgemm_sm90<V, kQGemm_##name>(p, splits, tps, partial, ctr, wmap, smap, s);
+#include "kernels/gemm_w4a8/qgemm_configs.def"
+#undef QS_QGEMM_SM80
+#undef QS_QGEMM_SM90
   }
   return Status::error("qgemm: unknown tile config " + std::to_string(config));
 }
 
 }  // namespace qgemm_detail
 
-int qgemm_num_configs() { return qgemm_detail::kNumConfigs + qgemm_detail::kNumSm90Configs; }
-bool qgemm_config_is_sm90(int config) { return config >= qgemm_detail::kSm90ConfigBase; }
-
-const char* qgemm_config_name(int config) {
-  switch (config) {
-    case 0: return "bn64_bm16";
-    case 1: return "bn64_bm64";
-    case 2: return "bn128_bm128";
-    case 3: return "sm90_bn128_bm32";
-    case 4: return "sm90_bn128_bm64";
-    case 5: return "sm90_bn256_bm128";
-    case 6: return "sm90_bn128_bm128";
-  }
-  return "?";
-}
-
-QGemmPlan qgemm_plan(WeightFormat v, int m, int n, int k, int num_sms, int sm_version, int splits_override) {
+Status qgemm_prepare(const QGemmParams& wp, QGemmPrepared* out) {
   using namespace qgemm_detail;
-  QGemmPlan plan;
-  const int kgs = k / kBK;
-  auto tiles_of = [&](int bn_, int bm_) { return int64_t((n + bn_ - 1) / bn_) * ((m + bm_ - 1) / bm_); };
-  int bn, bm;
-  int64_t want;  // blocks that fill the GPU in one wave
-  if (sm_version >= 90 && m > 16) {
-    // wgmma kernel, one 384-thread block per SM. BN=256 tiles only when they still fill most of the GPU.
-    int idx = m <= 32 ? 0 : m <= 64 ? 1 : 3;
-    if (m > 64 && tiles_of(256, 128) * 4 >= int64_t(num_sms) * 3) idx = 2;
-    plan.config = kSm90ConfigBase + idx;
-    bm = kSm90Shapes[idx].bm;
-    bn = 64 * kSm90Shapes[idx].mt * 2;
-    want = num_sms;
-  } else {
-    // mma.sync kernel (also the fastest on sm_90 for m <= 16: 128-thread blocks, several per SM).
-    plan.config = m <= 16 ? 0 : m <= 64 ? 1 : 2;
-    bn = kTileShapes[plan.config].bn;
-    bm = kTileShapes[plan.config].bm;
-    // Blocks wanted in flight: W4 m <= 16 blocks (49 KB of ring) run 4 to an SM, the others about 2.
-    const bool w4_small = plan.config == 0 && v != WeightFormat::kW8A8;
-    want = plan.config == 2 ? num_sms : w4_small ? 4 * int64_t(num_sms) : 2 * int64_t(num_sms);
+  if (!out) return Status::error("qgemm_prepare: null output");
+  if (wp.n <= 0 || wp.n % 16 != 0 || wp.k <= 0 || wp.k % kBK != 0)
+    return Status::error("qgemm_prepare: weight shape [" + std::to_string(wp.n) + ", " + std::to_string(wp.k) +
+                         "] needs N % 16 == 0 and K % 128 == 0");
+  if (!wp.w || (wp.variant == WeightFormat::kW4A8G128 && !wp.s2zn))
+    return Status::error("qgemm_prepare: null weight pointer");
+  QGemmPrepared& q = *out;
+  q.ready = false;
+  q.variant = wp.variant;
+  q.n = wp.n;
+  q.k = wp.k;
+  q.w = wp.w;
+  q.s2zn = wp.s2zn;
+  int dev = 0, major = 0, minor = 0;
+  QS_CUDA_RETURN(cudaGetDevice(&dev));
+  QS_CUDA_RETURN(cudaDeviceGetAttribute(&q.num_sms, cudaDevAttrMultiProcessorCount, dev));
+  QS_CUDA_RETURN(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  QS_CUDA_RETURN(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+  q.sm_version = major * 10 + minor;
+  for (int c = 0; c < kQGemmNumConfigs; ++c) {
+    if (!kQGemmConfigs[c].sm90) {
+      std::memset(&q.wmap[c], 0, sizeof(CUtensorMap));
+      std::memset(&q.smap[c], 0, sizeof(CUtensorMap));
+      continue;
+    }
+    QS_RETURN_IF_ERROR(
+        make_sm90_weight_maps(wp.variant, wp.n, wp.k, wp.w, wp.s2zn, kQGemmConfigs[c].bn, &q.wmap[c], &q.smap[c]));
   }
-  const int64_t tiles = tiles_of(bn, bm);
-  int splits = 1;
-  if (splits_override > 0) {
-    splits = splits_override;
-  } else if (tiles * 2 <= want) {
-    // Split K only when the tiles fill at most half of one wave: as many splits as fit in the wave, >= 4 k
-    // tiles per split, at most 8 (the INT32 partials cost a pass through L2).
-    splits = int(std::min<int64_t>(want / tiles, std::max(1, kgs / 4)));
-    splits = std::min(splits, 8);
-  }
-  splits = std::max(1, std::min(splits, std::max(1, kgs)));
-  const int tps = (kgs + splits - 1) / std::max(1, splits);
-  plan.splits = tps > 0 ? (kgs + tps - 1) / tps : 1;  // no empty split
-  plan.workspace_bytes = plan.splits > 1 ? qgemm_detail::counter_bytes(plan.config, std::max(m, 1), n) +
-                                               size_t(plan.splits) * size_t(std::max(m, 0)) * n * sizeof(int32_t)
-                                         : 0;
-  return plan;
+  q.ready = true;
+  return Status::ok();
 }
 
-Status qgemm_run(const QGemmParams& p, const QGemmPlan& plan, cudaStream_t stream) {
+QGemmPlan qgemm_plan(const QGemmPrepared& prep, int m) {
+  return qgemm_plan(prep.variant, m, prep.n, prep.k, prep.num_sms, prep.sm_version);
+}
+
+Status qgemm_run(const QGemmParams& p, const QGemmPlan& plan, cudaStream_t stream, const QGemmPrepared* prep) {
   using namespace qgemm_detail;
   if (p.n <= 0 || p.n % 16 != 0) return Status::error("qgemm: N=" + std::to_string(p.n) + " must be a positive multiple of 16");
   if (p.k <= 0 || p.k % kBK != 0) return Status::error("qgemm: K=" + std::to_string(p.k) + " must be a positive multiple of 128");
@@ -204,7 +169,10 @@ Status qgemm_run(const QGemmParams& p, const QGemmPlan& plan, cudaStream_t strea
   if ((splits - 1) * tps >= kgs) return Status::error("qgemm: plan has an empty split (plan for this K)");
   int32_t* partial = nullptr;
   int* counters = nullptr;
-  if (splits > 1) {
+  const bool sm90 = qgemm_config_is_sm90(plan.config);
+  if (sm90 && splits > kQGemmMaxClusterSplits)
+    return Status::error("qgemm: sm90 plans split K at most 8 ways (one cluster), got " + std::to_string(splits));
+  if (splits > 1 && (!sm90 || plan.global_split)) {
     const size_t cb = counter_bytes(plan.config, p.m, p.n);
     if (!p.workspace || plan.workspace_bytes < cb + size_t(splits) * p.m * p.n * sizeof(int32_t))
       return Status::error("qgemm: split-K needs a workspace of plan.workspace_bytes (plan for this M)");
@@ -213,11 +181,27 @@ Status qgemm_run(const QGemmParams& p, const QGemmPlan& plan, cudaStream_t strea
   } else if (p.acc_out) {
     partial = p.acc_out;  // one split: the kernel writes the INT32 accumulators directly
   }
+  // The weight maps: from the prepared object (built at upload) when it describes these weights, else encoded.
+  CUtensorMap wmap_local{}, smap_local{};
+  const CUtensorMap* wmap = &wmap_local;
+  const CUtensorMap* smap = &smap_local;
+  if (sm90) {
+    if (prep && prep->ready) {
+      if (prep->w != p.w || prep->n != p.n || prep->k != p.k || prep->variant != p.variant ||
+          (p.variant == WeightFormat::kW4A8G128 && prep->s2zn != p.s2zn))
+        return Status::error("qgemm: the prepared weights do not describe this call's weights");
+      wmap = &prep->wmap[plan.config];
+      smap = &prep->smap[plan.config];
+    } else {
+      QS_RETURN_IF_ERROR(make_sm90_weight_maps(p.variant, p.n, p.k, p.w, p.s2zn, kQGemmConfigs[plan.config].bn,
+                                               &wmap_local, &smap_local));
+    }
+  }
   Status st;
   switch (p.variant) {
-    case WeightFormat::kW4A8PerChannel: st = launch_variant<0>(plan.config, p, splits, tps, partial, counters, stream); break;
-    case WeightFormat::kW4A8G128: st = launch_variant<1>(plan.config, p, splits, tps, partial, counters, stream); break;
-    case WeightFormat::kW8A8: st = launch_variant<2>(plan.config, p, splits, tps, partial, counters, stream); break;
+    case WeightFormat::kW4A8PerChannel: st = launch_variant<0>(plan.config, p, splits, tps, partial, counters, *wmap, *smap, stream); break;
+    case WeightFormat::kW4A8G128: st = launch_variant<1>(plan.config, p, splits, tps, partial, counters, *wmap, *smap, stream); break;
+    case WeightFormat::kW8A8: st = launch_variant<2>(plan.config, p, splits, tps, partial, counters, *wmap, *smap, stream); break;
     default: return Status::error("qgemm: unknown variant");
   }
   QS_RETURN_IF_ERROR(st);

@@ -1,7 +1,8 @@
 // Quantized GEMMs on INT8 tensor cores: Y[m, n] (FP16) = epilogue(X[m, k] (INT8) x W[n, k]^T) for W4A8
 // per-channel, W4A8 g128 (progressive) and W8A8 (QSERVE.md sections 1 and 3; formats.h). Framework-free:
-// raw device pointers in a params struct, a host plan step (tile config and split-K, no device calls) and a
-// launch-only run step that allocates nothing and never syncs (CUDA-graph capturable).
+// raw device pointers in a params struct, a host plan step (tile config and split-K, no device calls;
+// qgemm_plan.h), a prepare step per weight (its TMA descriptors, once at upload) and a launch-only run step that
+// allocates nothing and never syncs (CUDA-graph capturable). Tile configs: the one table qgemm_configs.def.
 //
 // Weights must be repacked at load time (gemm_w4a8/repack.h) into tensor-core fragment order; the epilogue
 // matches ref_cpu/gemm_w4a8.h: per-channel y = acc*s[n]*sx[m] - sz[n]*xsum[m]; g128 y = acc*s1[n]*sx[m];
@@ -11,12 +12,15 @@
 // Hopper one (wgmma with register-A weights, TMA, mbarrier ring, warp specialization; qgemm_sm90.cuh).
 #pragma once
 
+#include <cuda.h>
 #include <cuda_runtime.h>
 
 #include <cstddef>
 #include <cstdint>
 
 #include "formats/kinds.h"
+#include "kernels/gemm_w4a8/qgemm_configs.h"
+#include "kernels/gemm_w4a8/qgemm_plan.h"
 
 #include "core/status.h"
 
@@ -37,25 +41,34 @@ struct QGemmParams {
   const uint16_t* residual = nullptr; // FP16 [m, n] row-major, optional (may alias y)
   uint16_t* y = nullptr;              // FP16 [m, n] row-major output
   int32_t* acc_out = nullptr;         // debug: when set, INT32 [m, n] accumulators are written instead of y
-  void* workspace = nullptr;          // plan.workspace_bytes of device memory (split-K counters + partials), or
-                                      // null if 0. Zero-fill it ONCE after allocation: the kernels leave it zeroed.
+  void* workspace = nullptr;          // plan.workspace_bytes of device memory (sm80 split-K counters + partials),
+                                      // or null if 0. Zero-fill it ONCE after allocation: the kernels leave it zeroed.
 };
 
-struct QGemmPlan {
-  int config = 0;              // tile configuration index (see qgemm_config_name)
-  int splits = 1;              // split-K factor
-  size_t workspace_bytes = 0;  // device workspace run() needs
+// What a GEMM call needs that depends only on the weights (built once, at weight upload, on the device that
+// holds them): the TMA descriptors of the repacked weights and of the g128 level-2 scales for every sm90 tile
+// config of the table. With one, qgemm_run encodes only the activation descriptor (the one per-call tensor).
+struct QGemmPrepared {
+  WeightFormat variant = WeightFormat::kW4A8PerChannel;
+  int n = 0, k = 0;
+  const void* w = nullptr;          // the weights the maps describe (checked against the call's params)
+  const uint16_t* s2zn = nullptr;
+  int num_sms = 0, sm_version = 0;  // of the device the weights live on (for the plan)
+  bool ready = false;
+  CUtensorMap wmap[kQGemmNumConfigs];  // sm90 configs only (others unused)
+  CUtensorMap smap[kQGemmNumConfigs];  // g128 only
 };
 
-// Chooses the tile config and split-K for a problem on a GPU with `num_sms` multiprocessors and compute
-// capability `sm_version` (e.g. 90; >= 90 selects the wgmma kernel), host only. `splits_override` > 0 forces a
-// split-K factor (tests), clamped to the number of 128-wide K tiles.
-QGemmPlan qgemm_plan(WeightFormat v, int m, int n, int k, int num_sms, int sm_version, int splits_override = 0);
-const char* qgemm_config_name(int config);  // e.g. "bn64_bm16", "sm90_bn256_bm128"
-int qgemm_num_configs();                    // configs 0..n-1 (any may be forced in a plan)
-bool qgemm_config_is_sm90(int config);      // needs an sm_90a device
+// Builds `out` for the weight fields of `weights` (variant, n, k, w, s2zn; the rest is ignored) on the current
+// device. Host-only apart from reading the device's SM count and compute capability.
+Status qgemm_prepare(const QGemmParams& weights, QGemmPrepared* out);
+// The plan for m tokens on the weights' device.
+QGemmPlan qgemm_plan(const QGemmPrepared& prep, int m);
 
 // Launches the GEMM on `stream` (no allocation, no sync).
-Status qgemm_run(const QGemmParams& p, const QGemmPlan& plan, cudaStream_t stream);
+// With `prep` (built by qgemm_prepare for p.w) the weight descriptors are reused; without, they are encoded
+// per call.
+Status qgemm_run(const QGemmParams& p, const QGemmPlan& plan, cudaStream_t stream,
+                 const QGemmPrepared* prep = nullptr);
 
 }  // namespace qs::kernels

@@ -26,19 +26,15 @@ namespace qs::kernels::qgemm_detail {
 
 constexpr int kBK = 128;
 
-// Tile configurations, indexed by QGemmPlan::config.
-struct TileShape {
-  int bn, bm, warps_n, warps_m;
-};
-constexpr TileShape kTileShapes[] = {{64, 16, 4, 1}, {64, 64, 4, 1}, {128, 128, 2, 4}};
-constexpr int kNumConfigs = 3;
+// Tile configurations: kQGemmConfigs (qgemm_configs.def), indexed by QGemmPlan::config.
 
 template <int V, int CONFIG>
 struct Cfg {
   static constexpr bool kW4 = V != int(WeightFormat::kW8A8);
   static constexpr bool kG128 = V == int(WeightFormat::kW4A8G128);
-  static constexpr int BN = kTileShapes[CONFIG].bn, BM = kTileShapes[CONFIG].bm;
-  static constexpr int WARPS_N = kTileShapes[CONFIG].warps_n, WARPS_M = kTileShapes[CONFIG].warps_m;
+  static_assert(!kQGemmConfigs[CONFIG].sm90, "an sm80 config");
+  static constexpr int BN = kQGemmConfigs[CONFIG].bn, BM = kQGemmConfigs[CONFIG].bm;
+  static constexpr int WARPS_N = kQGemmConfigs[CONFIG].warps_n, WARPS_M = kQGemmConfigs[CONFIG].warps_m;
   static constexpr int kThreads = 32 * WARPS_N * WARPS_M;
   static constexpr int WTN = BN / WARPS_N, MT = WTN / 16;
   static constexpr int WTM = BM / WARPS_M, NT = WTM / 8;

@@ -7,13 +7,21 @@
 // activation tile [BM tokens x 128 B], a TMA of the block's repacked weight tiles viewed as a 2D u32 tensor
 // [n/16][k/128 * tile u64 words], and for g128 a TMA of the (s2 | zn << 8) words) into a STAGES-deep ring guarded by
 // full/empty mbarriers; warpgroups 1..2 are consumers, each owning MT m64 row tiles (64*MT output channels) x BM
-// tokens of INT32 accumulators. setmaxnreg moves registers from the producer to the consumers. While a k tile's
-// wgmmas run, the consumer prepares the next tile's A fragments (two register buffers). Split-K (in-kernel fixup)
-// and the epilogue (FP16 with scales/bias/residual through 16-byte rows) are those of the sm80 kernel.
+// tokens of INT32 accumulators. setmaxnreg moves registers from the producer to the consumers. One wgmma group
+// (a k tile) stays in flight while the consumer prepares the next tile's A fragments (two register buffers,
+// wgmma.wait_group 1): the weight dequantization overlaps the MMAs and the tensor cores do not drain per k tile.
+// Split-K (gridDim.z = S > 1): the S CTAs of one output tile form a thread-block cluster (1, 1, S); each takes a
+// range of k tiles, stages its INT32 accumulators in its own shared memory, and after a cluster barrier each CTA
+// sums 1/S of the tile's rows over the S CTAs through distributed shared memory and applies the epilogue, so the
+// fixup is parallel, needs no global workspace and no counters (graph-safe), and stays bit-exact (integer sums).
+// The alternative (plan.global_split, the sm80 kernel's scheme): every CTA writes its INT32 partial tile to the
+// workspace and the CTA that completes a tile last (a self-resetting per-tile counter) sums them.
+// Tile configs: the QS_QGEMM_SM90 lines of qgemm_configs.def.
 #pragma once
 
 #include <cuda.h>
 
+#include "kernels/common/cluster.h"
 #include "kernels/common/device_once.h"
 #include "kernels/common/tma.h"
 #include "kernels/common/wgmma.h"
@@ -21,19 +29,13 @@
 
 namespace qs::kernels::qgemm_detail {
 
-struct Sm90Shape {
-  int bm, mt;  // tokens per block (wgmma N), m64 row tiles per consumer warpgroup
-};
-constexpr Sm90Shape kSm90Shapes[] = {{32, 1}, {64, 1}, {128, 2}, {128, 1}};
-constexpr int kNumSm90Configs = 4;
-constexpr int kSm90ConfigBase = kNumConfigs;  // plan.config = kSm90ConfigBase + index
-
 template <int V, int CONFIG>
 struct Sm90Cfg {
   static constexpr bool kW4 = V != int(WeightFormat::kW8A8);
   static constexpr bool kG128 = V == int(WeightFormat::kW4A8G128);
   static constexpr int kConsumers = 2;
-  static constexpr int BM = kSm90Shapes[CONFIG].bm, MT = kSm90Shapes[CONFIG].mt;
+  static_assert(kQGemmConfigs[CONFIG].sm90, "an sm90 config");
+  static constexpr int BM = kQGemmConfigs[CONFIG].bm, MT = kQGemmConfigs[CONFIG].mt;
   static constexpr int BN = 64 * MT * kConsumers;
   static constexpr int kThreads = 128 * (1 + kConsumers);
   static constexpr int kTileBytes = kW4 ? 1024 : 2048;
@@ -92,137 +94,199 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
         if constexpr (C::kG128) ptx::tma_load_2d(st + C::kXBytes + C::kWBytes, &tm_s, bar, n0, kt);
       }
     }
-    return;
-  }
+    if (gridDim.z > 1 && !counters) {  // the consumers' two cluster barriers count every thread of the cluster
+      ptx::cluster_sync();
+      ptx::cluster_sync();
+    }
+  } else {
+    ptx::setmaxnreg_inc<232>();
+    const int cw = wg - 1, w = (tid / 32) & 3, g = lane >> 2, t = lane & 3;
+    int32_t acc[C::MT][C::BM / 2];
+#pragma unroll
+    for (int i = 0; i < C::MT; ++i)
+#pragma unroll
+      for (int e = 0; e < C::BM / 2; ++e) acc[i][e] = 0;
 
-  ptx::setmaxnreg_inc<232>();
-  const int cw = wg - 1, w = (tid / 32) & 3, g = lane >> 2, t = lane & 3;
-  int32_t acc[C::MT][C::BM / 2];
+    // A fragments of one k tile (4 k32 steps x MT m64 tiles), read from the ring slot and dequantized to INT8.
+    auto prep = [&](int slot, uint32_t(&a)[4][C::MT][4]) {
+      const uint32_t ws = base + slot * C::kStageBytes + C::kXBytes;
 #pragma unroll
-  for (int i = 0; i < C::MT; ++i)
+      for (int mt = 0; mt < C::MT; ++mt) {
+        const int rt = (cw * C::MT + mt) * 4 + w;  // 16-row tile within the block
+        if constexpr (C::kW4) {
+          uint32_t s2v[2] = {0, 0}, zn4[2] = {0, 0};
+          if constexpr (C::kG128) {
+            const uint16_t* ss =
+                reinterpret_cast<const uint16_t*>(smem + slot * C::kStageBytes + C::kXBytes + C::kWBytes);
 #pragma unroll
-    for (int e = 0; e < C::BM / 2; ++e) acc[i][e] = 0;
-
-  // A fragments of one k tile (4 k32 steps x MT m64 tiles), read from the ring slot and dequantized to INT8.
-  auto prep = [&](int slot, uint32_t(&a)[4][C::MT][4]) {
-    const uint32_t ws = base + slot * C::kStageBytes + C::kXBytes;
-#pragma unroll
-    for (int mt = 0; mt < C::MT; ++mt) {
-      const int rt = (cw * C::MT + mt) * 4 + w;  // 16-row tile within the block
-      if constexpr (C::kW4) {
-        uint32_t s2v[2] = {0, 0}, zn4[2] = {0, 0};
-        if constexpr (C::kG128) {
-          const uint16_t* ss = reinterpret_cast<const uint16_t*>(smem + slot * C::kStageBytes + C::kXBytes + C::kWBytes);
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const uint32_t v = ss[rt * 16 + g + 8 * h];
-            unpack_s2zn(v, s2v[h], zn4[h]);
-          }
-        }
-#pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          const uint4 v = ptx::lds128(ws + rt * C::kTileBytes + (c * 32 + lane) * 16);
-          const uint32_t words[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            uint32_t lo = words[j] & 0x0f0f0f0fu, hi = (words[j] >> 4) & 0x0f0f0f0fu;
-            if constexpr (C::kG128) {
-              lo = dequant_g128x4(lo, s2v[0], zn4[0]);
-              hi = dequant_g128x4(hi, s2v[1], zn4[1]);
+            for (int h = 0; h < 2; ++h) {
+              const uint32_t v = ss[rt * 16 + g + 8 * h];
+              unpack_s2zn(v, s2v[h], zn4[h]);
             }
-            a[2 * c + j / 2][mt][2 * (j % 2)] = lo;
-            a[2 * c + j / 2][mt][2 * (j % 2) + 1] = hi;
           }
-        }
-      } else {
 #pragma unroll
-        for (int s = 0; s < 4; ++s) {
-          const uint4 v = ptx::lds128(ws + rt * C::kTileBytes + (s * 32 + lane) * 16);
-          a[s][mt][0] = v.x;
-          a[s][mt][1] = v.y;
-          a[s][mt][2] = v.z;
-          a[s][mt][3] = v.w;
+          for (int c = 0; c < 2; ++c) {
+            const uint4 v = ptx::lds128(ws + rt * C::kTileBytes + (c * 32 + lane) * 16);
+            const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+              uint32_t lo = words[j] & 0x0f0f0f0fu, hi = (words[j] >> 4) & 0x0f0f0f0fu;
+              if constexpr (C::kG128) {
+                lo = dequant_g128x4(lo, s2v[0], zn4[0]);
+                hi = dequant_g128x4(hi, s2v[1], zn4[1]);
+              }
+              a[2 * c + j / 2][mt][2 * (j % 2)] = lo;
+              a[2 * c + j / 2][mt][2 * (j % 2) + 1] = hi;
+            }
+          }
+        } else {
+#pragma unroll
+          for (int s = 0; s < 4; ++s) {
+            const uint4 v = ptx::lds128(ws + rt * C::kTileBytes + (s * 32 + lane) * 16);
+            a[s][mt][0] = v.x;
+            a[s][mt][1] = v.y;
+            a[s][mt][2] = v.z;
+            a[s][mt][3] = v.w;
+          }
         }
       }
-    }
-  };
-  // One k tile: issue its wgmmas with `cur`, prepare the next tile's fragments into `next` while they run, then
-  // wait for the wgmmas and hand the slot back to the producer.
-  auto step = [&](int it, uint32_t(&cur)[4][C::MT][4], uint32_t(&next)[4][C::MT][4]) {
-    const int slot = it % C::STAGES;
-    const uint32_t st = base + slot * C::kStageBytes;
-    ptx::wgmma_fence();
+    };
+    // One k tile: issue its wgmmas with `cur`, then wait until only this group is in flight (so the previous
+    // group, which read `next` and the previous ring slot, is done), hand that slot back to the producer, and
+    // prepare the next tile's fragments into `next` while this group runs: the tensor cores always have one
+    // group queued, and the dequantization overlaps the MMAs.
+    auto step = [&](int it, uint32_t(&cur)[4][C::MT][4], uint32_t(&next)[4][C::MT][4]) {
+      const int slot = it % C::STAGES;
+      const uint32_t st = base + slot * C::kStageBytes;
+      ptx::wgmma_fence();
 #pragma unroll
-    for (int s = 0; s < 4; ++s) {
-      const uint64_t desc = ptx::wgmma_desc_k128sw(st + s * 32);
+      for (int s = 0; s < 4; ++s) {
+        const uint64_t desc = ptx::wgmma_desc_k128sw(st + s * 32);
 #pragma unroll
-      for (int mt = 0; mt < C::MT; ++mt) ptx::wgmma_s8_rs<C::BM>(acc[mt], cur[s][mt], desc, 1);
-    }
-    ptx::wgmma_commit();
-    if (it + 1 < nk) {
-      const int nslot = (it + 1) % C::STAGES;
-      ptx::mbar_wait(full0 + 8 * nslot, ((it + 1) / C::STAGES) & 1);
-      prep(nslot, next);
+        for (int mt = 0; mt < C::MT; ++mt) ptx::wgmma_s8_rs<C::BM>(acc[mt], cur[s][mt], desc, 1);
+      }
+      ptx::wgmma_commit();
+      ptx::wgmma_wait<1>();
+      if (it > 0) {
+        __syncwarp();
+        if (lane == 0) ptx::mbar_arrive(empty0 + 8 * ((it - 1) % C::STAGES));
+      }
+      if (it + 1 < nk) {
+        const int nslot = (it + 1) % C::STAGES;
+        ptx::mbar_wait(full0 + 8 * nslot, ((it + 1) / C::STAGES) & 1);
+        prep(nslot, next);
+      }
+    };
+    uint32_t a0[4][C::MT][4], a1[4][C::MT][4];
+    ptx::mbar_wait(full0, 0);
+    prep(0, a0);
+    for (int it = 0; it < nk; it += 2) {
+      step(it, a0, a1);
+      if (it + 1 < nk) step(it + 1, a1, a0);
     }
     ptx::wgmma_wait<0>();
-    __syncwarp();
-    if (lane == 0) ptx::mbar_arrive(empty0 + 8 * slot);
-  };
-  uint32_t a0[4][C::MT][4], a1[4][C::MT][4];
-  ptx::mbar_wait(full0, 0);
-  prep(0, a0);
-  for (int it = 0; it < nk; it += 2) {
-    step(it, a0, a1);
-    if (it + 1 < nk) step(it + 1, a1, a0);
-  }
 
-  // Epilogue: every consumer is done with the ring (all TMAs it waited for have landed).
-  ptx::named_barrier(1, 128 * C::kConsumers);
-  int32_t* cs = reinterpret_cast<int32_t*>(smem);
-#pragma unroll
-  for (int mt = 0; mt < C::MT; ++mt)
-#pragma unroll
-    for (int j = 0; j < C::BM / 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int ch = (cw * C::MT + mt) * 64 + 16 * w + g + 8 * (e >> 1);
-        const int tok = 8 * j + 2 * t + (e & 1);
-        cs[tok * C::kCPitch + ch] = acc[mt][4 * j + e];
-      }
-  ptx::named_barrier(1, 128 * C::kConsumers);
-  for (int i = tid - 128; i < C::BM * C::BN / 8; i += 128 * C::kConsumers) {
-    const int r = i / (C::BN / 8), c8 = (i % (C::BN / 8)) * 8;
-    const int m = m0 + r, n = n0 + c8;
-    if (m >= p.m || n >= p.n) continue;
-    const int4 v0 = *reinterpret_cast<const int4*>(cs + r * C::kCPitch + c8);
-    const int4 v1 = *reinterpret_cast<const int4*>(cs + r * C::kCPitch + c8 + 4);
-    if (partial) {
-      int4* dst = reinterpret_cast<int4*>(partial + (size_t(blockIdx.z) * p.m + m) * p.n + n);
-      dst[0] = v0;
-      dst[1] = v1;
-    } else {
-      const int32_t a8[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
-      epilogue8(p, m, n, a8);
-    }
-  }
-  if (gridDim.z > 1) {
-    __threadfence();
+    // Epilogue: every consumer is done with the ring (all TMAs it waited for have landed).
     ptx::named_barrier(1, 128 * C::kConsumers);
-    if (splitk_is_last(counters, tid == 128, [] { ptx::named_barrier(1, 128 * C::kConsumers); }))
-      splitk_fixup<C::BM, C::BN>(p, partial, m0, n0, tid - 128, 128 * C::kConsumers);
+    int32_t* cs = reinterpret_cast<int32_t*>(smem);
+#pragma unroll
+    for (int mt = 0; mt < C::MT; ++mt)
+#pragma unroll
+      for (int j = 0; j < C::BM / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int ch = (cw * C::MT + mt) * 64 + 16 * w + g + 8 * (e >> 1);
+          const int tok = 8 * j + 2 * t + (e & 1);
+          cs[tok * C::kCPitch + ch] = acc[mt][4 * j + e];
+        }
+    const int nthreads = 128 * C::kConsumers, t0 = tid - 128;
+    if (gridDim.z == 1) {
+      ptx::named_barrier(1, nthreads);
+      for (int i = t0; i < C::BM * C::BN / 8; i += nthreads) {
+        const int r = i / (C::BN / 8), c8 = (i % (C::BN / 8)) * 8;
+        const int m = m0 + r, n = n0 + c8;
+        if (m >= p.m || n >= p.n) continue;
+        const int4 v0 = *reinterpret_cast<const int4*>(cs + r * C::kCPitch + c8);
+        const int4 v1 = *reinterpret_cast<const int4*>(cs + r * C::kCPitch + c8 + 4);
+        if (p.acc_out) {
+          int4* dst = reinterpret_cast<int4*>(p.acc_out + size_t(m) * p.n + n);
+          dst[0] = v0;
+          dst[1] = v1;
+        } else {
+          const int32_t a8[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+          epilogue8(p, m, n, a8);
+        }
+      }
+    } else if (counters) {
+      // Global split-K: write this split's INT32 partial tile; the CTA that completes the tile last sums the
+      // partials (through L2) and applies the epilogue.
+      ptx::named_barrier(1, nthreads);
+      for (int i = t0; i < C::BM * C::BN / 8; i += nthreads) {
+        const int r = i / (C::BN / 8), c8 = (i % (C::BN / 8)) * 8;
+        const int m = m0 + r, n = n0 + c8;
+        if (m >= p.m || n >= p.n) continue;
+        int4* dst = reinterpret_cast<int4*>(partial + (size_t(blockIdx.z) * p.m + m) * p.n + n);
+        dst[0] = *reinterpret_cast<const int4*>(cs + r * C::kCPitch + c8);
+        dst[1] = *reinterpret_cast<const int4*>(cs + r * C::kCPitch + c8 + 4);
+      }
+      __threadfence();
+      ptx::named_barrier(1, nthreads);
+      if (splitk_is_last(counters, tid == 128, [] { ptx::named_barrier(1, 128 * C::kConsumers); }))
+        splitk_fixup<C::BM, C::BN>(p, partial, m0, n0, t0, nthreads);
+    } else {
+      // Cluster split-K: every CTA's partial tile is staged; this CTA reduces its share of the valid rows.
+      ptx::cluster_sync();
+      const int splits = int(gridDim.z);
+      const int rows = min(C::BM, p.m - m0);
+      const int items = rows * (C::BN / 8);
+      const int per = (items + splits - 1) / splits;
+      const int i0 = int(blockIdx.z) * per, i1 = min(items, i0 + per);
+      const uint32_t cs_addr = ptx::smem_addr(cs);
+      for (int i = i0 + t0; i < i1; i += nthreads) {
+        const int r = i / (C::BN / 8), c8 = (i % (C::BN / 8)) * 8;
+        const int m = m0 + r, n = n0 + c8;
+        if (n >= p.n) continue;
+        const uint32_t off = cs_addr + uint32_t(r * C::kCPitch + c8) * 4u;
+        int4 v[kQGemmMaxClusterSplits][2];
+#pragma unroll
+        for (int sp = 0; sp < kQGemmMaxClusterSplits; ++sp)
+          if (sp < splits) {
+            const uint32_t a = ptx::dsmem_map(off, uint32_t(sp));
+            v[sp][0] = ptx::dsmem_ld128(a);
+            v[sp][1] = ptx::dsmem_ld128(a + 16);
+          }
+        int32_t a8[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+#pragma unroll
+        for (int sp = 0; sp < kQGemmMaxClusterSplits; ++sp)
+          if (sp < splits) {
+            a8[0] += v[sp][0].x, a8[1] += v[sp][0].y, a8[2] += v[sp][0].z, a8[3] += v[sp][0].w;
+            a8[4] += v[sp][1].x, a8[5] += v[sp][1].y, a8[6] += v[sp][1].z, a8[7] += v[sp][1].w;
+          }
+        if (p.acc_out) {
+          int4* dst = reinterpret_cast<int4*>(p.acc_out + size_t(m) * p.n + n);
+          dst[0] = make_int4(a8[0], a8[1], a8[2], a8[3]);
+          dst[1] = make_int4(a8[4], a8[5], a8[6], a8[7]);
+        } else {
+          epilogue8(p, m, n, a8);
+        }
+      }
+      ptx::cluster_sync();  // the peers have read this CTA's shared memory: it may exit
+    }
   }
 #endif
 }
 
-// Builds the three tensor maps (qgemm.cu) and launches.
-struct Sm90Maps {
-  CUtensorMap x, w, s;
-};
-Status make_sm90_maps(const QGemmParams& p, int bm, int bn, Sm90Maps* maps);
+// Host side (qgemm.cu): the tensor maps. The activation map is per call; the weight and g128-scale maps depend
+// only on the weights and the config's BN (built once by qgemm_prepare, or per call without a prepared object).
+Status make_sm90_x_map(const QGemmParams& p, int bm, CUtensorMap* map);
+Status make_sm90_weight_maps(WeightFormat v, int n, int k, const void* w, const uint16_t* s2zn, int bn,
+                             CUtensorMap* wmap, CUtensorMap* smap);
 
+// splits > 1 with `counters` (and `partial`, the workspace's INT32 planes): global split-K; without: one cluster
+// of `splits` CTAs per output tile.
 template <int V, int CONFIG>
 Status launch_qgemm_sm90(const QGemmParams& p, int splits, int tiles_per_split, int32_t* partial, int* counters,
-                         cudaStream_t stream) {
+                         const CUtensorMap& wmap, const CUtensorMap& smap, cudaStream_t stream) {
   using C = Sm90Cfg<V, CONFIG>;
   static std::atomic<uint64_t> attr_set{0};  // per device (device_once.h)
   QS_RETURN_IF_ERROR(once_per_device(attr_set, [] {
@@ -230,11 +294,31 @@ Status launch_qgemm_sm90(const QGemmParams& p, int splits, int tiles_per_split, 
                                         C::kSmemBytes));
     return Status::ok();
   }));
-  Sm90Maps maps;
-  QS_RETURN_IF_ERROR(make_sm90_maps(p, C::BM, C::BN, &maps));
+  if (splits < 1 || splits > kQGemmMaxClusterSplits)
+    return Status::error("qgemm: sm90 split-K factor must be in [1, 8] (a cluster), got " + std::to_string(splits));
+  CUtensorMap xmap;
+  QS_RETURN_IF_ERROR(make_sm90_x_map(p, C::BM, &xmap));
   const dim3 grid((p.n + C::BN - 1) / C::BN, (p.m + C::BM - 1) / C::BM, splits);
-  qgemm_sm90_kernel<V, CONFIG>
-      <<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, maps.x, maps.w, maps.s, tiles_per_split, partial, counters);
+  if (splits == 1 || counters) {
+    qgemm_sm90_kernel<V, CONFIG><<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, xmap, wmap, smap, tiles_per_split,
+                                                                               splits > 1 ? partial : nullptr,
+                                                                               splits > 1 ? counters : nullptr);
+  } else {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = dim3(C::kThreads);
+    cfg.dynamicSmemBytes = C::kSmemBytes;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = 1;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = unsigned(splits);
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    QS_CUDA_RETURN(cudaLaunchKernelEx(&cfg, qgemm_sm90_kernel<V, CONFIG>, p, xmap, wmap, smap, tiles_per_split,
+                                      static_cast<int32_t*>(nullptr), static_cast<int*>(nullptr)));
+  }
   QS_CUDA_RETURN(cudaGetLastError());
   return Status::ok();
 }

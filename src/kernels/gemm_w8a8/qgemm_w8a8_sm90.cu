@@ -1,11 +1,15 @@
-// Instantiates the Hopper wgmma GEMM (gemm_w4a8/qgemm_sm90.cuh) for W8A8, every sm90 tile config.
+// Instantiates the Hopper wgmma GEMM (gemm_w4a8/qgemm_sm90.cuh) for W8A8, for every sm90 config of the table
+// (gemm_w4a8/qgemm_configs.def).
 #include "kernels/gemm_w4a8/qgemm_sm90.cuh"
 
 namespace qs::kernels::qgemm_detail {
 
-template Status launch_qgemm_sm90<2, 0>(const QGemmParams&, int, int, int32_t*, int*, cudaStream_t);
-template Status launch_qgemm_sm90<2, 1>(const QGemmParams&, int, int, int32_t*, int*, cudaStream_t);
-template Status launch_qgemm_sm90<2, 2>(const QGemmParams&, int, int, int32_t*, int*, cudaStream_t);
-template Status launch_qgemm_sm90<2, 3>(const QGemmParams&, int, int, int32_t*, int*, cudaStream_t);
+#define QS_QGEMM_SM80(name, bn, bm, wn, wm)
+#define QS_QGEMM_SM90(name, bm, mt)                                                                     \
+  template Status launch_qgemm_sm90<2, kQGemm_##name>(const QGemmParams&, int, int, int32_t*, int*, const CUtensorMap&, \
+                                                      const CUtensorMap&, cudaStream_t);
+#include "kernels/gemm_w4a8/qgemm_configs.def"
+#undef QS_QGEMM_SM80
+#undef QS_QGEMM_SM90
 
 }  // namespace qs::kernels::qgemm_detail

@@ -1,0 +1,157 @@
+// Host tests of the quantized-GEMM plan (kernels/gemm_w4a8/qgemm_plan.h) and its config table
+// (qgemm_configs.def): the plan only ever returns configs of the table, with a split-K factor the config supports
+// and no empty split, the workspace the run step checks for, and the wgmma kernel on sm_90 above 16 tokens; in the
+// serving regime (M 64-512 on the Llama-3-8B and Llama-2-70B linears) it fills the GPU (split-K clusters when the
+// output tiles alone cannot). Runs without a GPU.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <set>
+#include <string>
+
+#include "kernels/gemm_w4a8/qgemm_configs.h"
+#include "kernels/gemm_w4a8/qgemm_plan.h"
+
+namespace qs {
+namespace {
+
+using kernels::kQGemmConfigs;
+using kernels::QGemmPlan;
+
+constexpr WeightFormat kVariants[] = {WeightFormat::kW4A8PerChannel, WeightFormat::kW4A8G128, WeightFormat::kW8A8};
+
+int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The invariants of any plan for (m, n, k).
+void check_plan(const QGemmPlan& p, WeightFormat v, int m, int n, int k, int sms, int sm) {
+  SCOPED_TRACE(testing::Message() << weight_format_name(v) << " m=" << m << " n=" << n << " k=" << k << " sms=" << sms
+                                  << " sm=" << sm << " -> config " << p.config << " x" << p.splits);
+  ASSERT_GE(p.config, 0);
+  ASSERT_LT(p.config, kernels::qgemm_num_configs());
+  const auto& c = kQGemmConfigs[p.config];
+  EXPECT_EQ(std::string(kernels::qgemm_config_name(p.config)), c.name);
+  if (sm < 90) EXPECT_FALSE(c.sm90) << "an sm90 config on an sm_" << sm << " GPU";
+  if (sm >= 90) EXPECT_EQ(c.sm90, m > 16) << "the wgmma kernel above 16 tokens on Hopper, mma.sync below";
+  const int kgs = k / 128;
+  EXPECT_GE(p.splits, 1);
+  EXPECT_LE(p.splits, kernels::qgemm_max_splits(p.config, k));
+  if (c.sm90) EXPECT_LE(p.splits, kernels::kQGemmMaxClusterSplits);
+  const int tps = int(cdiv(kgs, p.splits));
+  EXPECT_LT((p.splits - 1) * tps, kgs) << "an empty split";
+  if (!c.sm90 || p.splits == 1) EXPECT_FALSE(p.global_split) << "global_split is only an sm90 split's mode";
+  if (p.splits == 1 || (c.sm90 && !p.global_split)) {
+    EXPECT_EQ(p.workspace_bytes, 0u);
+  } else {
+    const size_t counters = (size_t(cdiv(n, c.bn) * cdiv(m, c.bm)) * 4 + 255) / 256 * 256;
+    EXPECT_EQ(p.workspace_bytes, counters + size_t(p.splits) * m * n * 4);
+  }
+}
+
+TEST(GemmConfigs, TableIsConsistent) {
+  std::set<std::string> names;
+  int sm90 = 0;
+  for (int i = 0; i < kernels::qgemm_num_configs(); ++i) {
+    const auto& c = kQGemmConfigs[i];
+    EXPECT_TRUE(names.insert(c.name).second) << "duplicate config name " << c.name;
+    EXPECT_EQ(kernels::qgemm_config_is_sm90(i), c.sm90);
+    EXPECT_EQ(c.bn % 16, 0) << c.name;
+    if (c.sm90) {
+      ++sm90;
+      EXPECT_EQ(c.bn, 128 * c.mt) << c.name;
+      EXPECT_TRUE(c.bm == 32 || c.bm == 64 || c.bm == 128 || c.bm == 256) << c.name << ": a wgmma N the kernel has";
+    } else {
+      EXPECT_EQ(c.bn % (16 * c.warps_n), 0) << c.name;
+      EXPECT_EQ(c.bm % (8 * c.warps_m), 0) << c.name;
+    }
+  }
+  EXPECT_GE(sm90, 1);
+  EXPECT_STREQ(kernels::qgemm_config_name(-1), "?");
+  EXPECT_STREQ(kernels::qgemm_config_name(kernels::qgemm_num_configs()), "?");
+  EXPECT_FALSE(kernels::qgemm_config_is_sm90(kernels::qgemm_num_configs()));
+}
+
+// Sweep: awkward and real shapes, GPU sizes (a small part, A100, H100/H200), both families.
+TEST(GemmPlan, OnlyPicksTableConfigsWithValidSplits) {
+  std::set<int> picked;
+  int64_t plans = 0;
+  for (WeightFormat v : kVariants)
+    for (int sm : {80, 89, 90})
+      for (int sms : {8, 108, 132})
+        for (int n : {16, 208, 4096, 6144, 14336, 28672, 57344})
+          for (int k : {128, 640, 1280, 4096, 14336, 28672})
+            for (int m : {1, 3, 16, 17, 33, 64, 65, 130, 257, 512, 1000, 4096, 8192}) {
+              const QGemmPlan p = kernels::qgemm_plan(v, m, n, k, sms, sm);
+              check_plan(p, v, m, n, k, sms, sm);
+              picked.insert(p.config);
+              ++plans;
+              if (HasFatalFailure()) return;
+            }
+  EXPECT_GT(plans, 10000);
+  // More than one config gets used: the plan chooses.
+  EXPECT_GE(picked.size(), 4u);
+}
+
+TEST(GemmPlan, ForcedConfigAndSplits) {
+  for (int c = 0; c < kernels::qgemm_num_configs(); ++c)
+    for (int k : {128, 256, 1280, 4096})
+      for (int s : {0, 1, 2, 3, 7, 8, 9, 20})
+        for (bool global : {false, true}) {
+        const QGemmPlan p = kernels::qgemm_plan_for(WeightFormat::kW4A8G128, 67, 208, k, c, s, global);
+        EXPECT_EQ(p.config, c);
+        EXPECT_EQ(p.global_split, kQGemmConfigs[c].sm90 && (global || !kernels::kQGemmClusterSplits) && p.splits > 1);
+        check_plan(p, WeightFormat::kW4A8G128, 67, 208, k, 132, kQGemmConfigs[c].sm90 ? 90 : 80);
+        // The factor asked for, capped by the config, less any split that would be left empty.
+        const int kgs = k / 128, want = std::clamp(s, 1, kernels::qgemm_max_splits(c, k));
+        EXPECT_EQ(p.splits, cdiv(kgs, cdiv(kgs, want))) << "k=" << k << " s=" << s;
+        }
+  // The cluster limit: 8 CTAs; the sm80 kernel up to 16 (k tiles permitting).
+  EXPECT_EQ(kernels::qgemm_max_splits(kernels::kQGemm_sm90_bn128_bm64, 4096), 8);
+  EXPECT_EQ(kernels::qgemm_max_splits(kernels::kQGemm_bn64_bm16, 4096), 16);
+  EXPECT_EQ(kernels::qgemm_max_splits(kernels::kQGemm_sm90_bn128_bm64, 256), 2);
+  // splits_override through the plan: honoured within the limits.
+  EXPECT_EQ(kernels::qgemm_plan(WeightFormat::kW4A8PerChannel, 300, 4096, 4096, 132, 90, 3).splits, 3);
+  EXPECT_EQ(kernels::qgemm_plan(WeightFormat::kW4A8PerChannel, 300, 4096, 4096, 132, 90, 50).splits, 8);
+}
+
+TEST(GemmPlan, HopperGetsTheWgmmaKernelAbove16Tokens) {
+  for (int m : {17, 33, 64, 65, 300, 4096}) {
+    const auto plan = kernels::qgemm_plan(WeightFormat::kW4A8G128, m, 4096, 4096, 132, 90);
+    EXPECT_TRUE(kernels::qgemm_config_is_sm90(plan.config)) << m << " " << kernels::qgemm_config_name(plan.config);
+    const auto old = kernels::qgemm_plan(WeightFormat::kW4A8G128, m, 4096, 4096, 108, 80);
+    EXPECT_FALSE(kernels::qgemm_config_is_sm90(old.config));
+  }
+  // m <= 16: the mma.sync kernel (measured faster on H100), split over K to fill the GPU.
+  const auto small = kernels::qgemm_plan(WeightFormat::kW4A8PerChannel, 1, 4096, 4096, 132, 90);
+  EXPECT_FALSE(kernels::qgemm_config_is_sm90(small.config));
+  EXPECT_GT(small.splits, 1);
+  // Workspace = INT32 partials (splits x m x n) + 256-byte-aligned per-tile counters (64 tiles of 64 channels).
+  EXPECT_EQ(small.workspace_bytes, size_t(small.splits) * 4096 * 4 + 256);
+}
+
+// Issue 11's regime: M 64-512 on the Llama-3-8B and Llama-2-70B linears. With the old schedule 4096x4096 at
+// M=128 ran 32 CTAs' worth of tiles on 132 SMs; the plan must now put at least ~3/4 of the SMs to work in its
+// first wave for the W4A8 formats (split-K where the tiles alone are too few), needing a workspace only when
+// it splits through the global workspace rather than a cluster. (W8A8, twice the weight bytes, is HBM-bound with fewer CTAs; the model may leave SMs idle.)
+TEST(GemmPlan, ServingRegimeFillsTheGpu) {
+  const int shapes[][2] = {{6144, 4096},  {4096, 4096}, {28672, 4096}, {4096, 14336},
+                           {10240, 8192}, {8192, 8192}, {57344, 8192}, {8192, 28672}};
+  for (WeightFormat v : kVariants)
+    for (const auto& s : shapes)
+      for (int m : {64, 128, 256, 512}) {
+        const QGemmPlan p = kernels::qgemm_plan(v, m, s[0], s[1], 132, 90);
+        check_plan(p, v, m, s[0], s[1], 132, 90);
+        const auto& c = kQGemmConfigs[p.config];
+        const int64_t ctas = cdiv(s[0], c.bn) * cdiv(m, c.bm) * p.splits;
+        if (v != WeightFormat::kW8A8)
+          EXPECT_GE(std::min<int64_t>(ctas, 132), 96)
+            << weight_format_name(v) << " " << s[0] << "x" << s[1] << " m=" << m << ": " << c.name << " x" << p.splits
+            << " = " << ctas << " CTAs";
+        if (!p.global_split) EXPECT_EQ(p.workspace_bytes, 0u);
+        EXPECT_GT(kernels::qgemm_plan_cost_us(p, m, s[0], s[1], 132), 0.0);
+      }
+  const QGemmPlan p = kernels::qgemm_plan(WeightFormat::kW4A8PerChannel, 128, 4096, 4096, 132, 90);
+  EXPECT_GT(p.splits, 1) << "4096x4096 at M=128 has too few output tiles for 132 SMs: split along K";
+}
+
+}  // namespace
+}  // namespace qs
