@@ -9,7 +9,7 @@
 # random-weights test (the W4A8 GEMMs through the engine's upload-time prepared descriptors), then bench_gemm
 # --fast on the Llama-3-8B / Llama-2-70B linears at M 64..4096 with cuBLASLt FP8 in the same process, and the
 # config x split sweep. Five files in $OUT: tests.log, bench.log, gemm.md, gemm.json, gemm_sweep.md.
-#   device options: GEMM_MS (default 64,128,256,512,1024,4096), GEMM_NO_SWEEP=1
+#   device options: GEMM_MS (default 64,128,256,512,1024,4096), GEMM_NO_SWEEP=1, GEMM_NO_BENCH=1 (tests only)
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 if [ "${1:-}" = pack ]; then
@@ -44,6 +44,7 @@ QSERVE_REQUIRE_GPU=1 timeout 90 "$W/test_engine_cuda_executor_gpu_test" --gtest_
 echo "== engine RandomWeightsRunInANamedShape rc=$r ($(( $(date +%s) - s )) s)" | tee -a "$LOG"
 grep -E "^\[  (FAILED|PASSED|SKIPPED) |Failure|error" /tmp/eng.log | head -20 | tee -a "$LOG"
 [ $rc = 0 ] || echo "TESTS FAILED: the numbers of a failing config are not valid" | tee -a "$LOG"
+[ "${GEMM_NO_BENCH:-0}" = 1 ] && exit $rc
 SWEEP=--sweep; [ "${GEMM_NO_SWEEP:-0}" = 1 ] && SWEEP=""
 timeout ${GEMM_BENCH_TIMEOUT:-200} "$W/bench_gemm" "$OUT" --fast --ms "${GEMM_MS:-64,128,256,512,1024,4096}" $SWEEP \
   > "$OUT/bench.log" 2>&1 || rc=1
