@@ -128,10 +128,11 @@ TEST(GemmPlan, HopperGetsTheWgmmaKernelAbove16Tokens) {
   EXPECT_EQ(small.workspace_bytes, size_t(small.splits) * 4096 * 4 + 256);
 }
 
-// Issue 11's regime: M 64-512 on the Llama-3-8B and Llama-2-70B linears. With the old schedule 4096x4096 at
-// M=128 ran 32 CTAs' worth of tiles on 132 SMs; the plan must now put at least ~3/4 of the SMs to work in its
-// first wave for the W4A8 formats (split-K where the tiles alone are too few), needing a workspace only when
-// it splits through the global workspace rather than a cluster. (W8A8, twice the weight bytes, is HBM-bound with fewer CTAs; the model may leave SMs idle.)
+// Issue 11's regime: M 64-512 on the Llama-3-8B and Llama-2-70B linears. With the first schedule 4096x4096 at
+// M=128 ran 32 CTAs on 132 SMs. The H200 sweep behind the fitted cost model (qgemm_plan.cc) showed that filling
+// every SM is not the rule (one wave of 80 long CTAs can beat two waves of short ones) but that fewer than half the
+// SMs never won, that clusters wider than 2 always lost, and that 4096x4096 at M=128 is 1.3x faster split in two
+// (12.4 vs 9.6 us). W8A8 (twice the weight bytes) is not held to the occupancy floor.
 TEST(GemmPlan, ServingRegimeFillsTheGpu) {
   const int shapes[][2] = {{6144, 4096},  {4096, 4096}, {28672, 4096}, {4096, 14336},
                            {10240, 8192}, {8192, 8192}, {57344, 8192}, {8192, 28672}};
@@ -143,10 +144,11 @@ TEST(GemmPlan, ServingRegimeFillsTheGpu) {
         const auto& c = kQGemmConfigs[p.config];
         const int64_t ctas = cdiv(s[0], c.bn) * cdiv(m, c.bm) * p.splits;
         if (v != WeightFormat::kW8A8)
-          EXPECT_GE(std::min<int64_t>(ctas, 132), 96)
+          EXPECT_GE(std::min<int64_t>(ctas, 132), 66)
             << weight_format_name(v) << " " << s[0] << "x" << s[1] << " m=" << m << ": " << c.name << " x" << p.splits
             << " = " << ctas << " CTAs";
         if (!p.global_split) EXPECT_EQ(p.workspace_bytes, 0u);
+        if (!p.global_split) EXPECT_LE(p.splits, 2) << "a cluster wider than 2 was never faster on the H200";
         EXPECT_GT(kernels::qgemm_plan_cost_us(p, m, s[0], s[1], 132), 0.0);
       }
   const QGemmPlan p = kernels::qgemm_plan(WeightFormat::kW4A8PerChannel, 128, 4096, 4096, 132, 90);

@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <mutex>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include "kernels/gemm_w4a8/qgemm_configs.h"
 
@@ -31,30 +33,27 @@ size_t sm80_workspace(int config, int m, int n, int splits) {
   return counters + size_t(splits) * size_t(std::max(m, 0)) * size_t(n) * sizeof(int32_t);
 }
 
-// Model constants (cycles at ~1.75 GHz, one CTA per SM; H100/H200 class). Derived from the hardware rates, not
-// fitted: 4096 INT8 MACs per cycle per SM (dense wgmma), ~2000 B/cycle of HBM for the
-// whole GPU (3.5 TB/s), at most ~100 B/cycle streamed into one SM (a ~200 KB TMA ring over ~2000 cycles of
-// latency), ~3000 B/cycle of L2 for the whole GPU, ~64 B/cycle of output stores per SM and a conservative
-// ~32 B/cycle of remote (DSMEM) reads per SM for the split-K reduction.
-constexpr double kClockGHz = 1.75;
-constexpr double kMacsPerClk = 4096.0;
-constexpr double kHbmBytesPerClk = 2000.0;
-constexpr double kL2BytesPerClk = 3000.0;
-constexpr double kSmStreamBytesPerClk = 100.0;
-constexpr double kSmStoreBytesPerClk = 64.0;
-constexpr double kSmDsmemBytesPerClk = 32.0;
-constexpr double kPrologueClk = 1500.0;     // launch, descriptor fetch, first TMA round trip
-constexpr double kWgmmaIssueClk = 16.0;     // per wgmma instruction of one warpgroup
-// Per k tile not hidden behind the MMAs: barrier waits, fragment hand-over. The H100 runs of the kernel that
-// drained the MMAs every k tile (commit 99c6734) spent ~450 cycles a k tile beyond the MMA time at M=64 and at
-// M=4096 alike; with one MMA group kept in flight (qgemm_sm90.cuh) less is expected: 200 until measured.
-constexpr double kKTileSyncClk = 200.0;
-constexpr double kClusterSyncClk = 400.0;   // two cluster barriers
-
-// Which sm90 split-K schemes the plan may choose: both (2), or only one (1: the cluster scheme when
-// kSm90ClusterSplit, else the global workspace). Both are tested for every config (gemm_w4a8_gpu_test).
-constexpr int kSm90SplitModes = 2;
-constexpr bool kSm90ClusterSplit = true;
+// The sm90 cost model, in microseconds, FITTED to measurements (not derived from datasheet rates: the first,
+// hand-derived model assumed ~100 B/cycle streamed per SM and cheap cluster reductions, and picked 5-8-way cluster
+// splits that ran 2-4x slower than no split). Fit: weighted least squares (relative error) over the 420 timings of
+// `bench_gemm --sweep` on an NVIDIA H200 (132 SMs; commit feb7216, 2026-12-01: every sm90 config x {1, 2, 4, 8}
+// splits x {cluster, global} at M 64-512 on the Llama-3-8B o / gate_up / down shapes); median error 8%, and the
+// plan it picks is within 1% of the fastest measured candidate in total (leave-one-shape-out: within 9% per shape).
+// Terms, per wave of CTAs (one CTA per SM): a fixed start/finish cost, per k tile a fixed cost plus one
+// proportional to the tile area, the split-K reduction proportional to the tile area, and for the whole launch the
+// bytes every CTA loads (weights + activation tile per k tile, through L2). 4- and 8-way clusters were measured
+// slower than 2-way clusters or the global workspace in every case (cluster co-scheduling across GPCs), so the
+// plan offers splits {1, 2 (cluster), 2, 4, 8 (global)}.
+constexpr double kUsPerWave = 2.735;
+constexpr double kUsPerKTile = 0.120;
+constexpr double kUsPerKTileArea = 0.2409;   // x (bm * bn / 16384)
+constexpr double kUsPerLoadedMB = 0.0327;
+struct SplitCost {
+  int splits;
+  bool global;
+  double us_per_area;  // per wave, x (bm * bn / 16384)
+};
+constexpr std::array<SplitCost, 4> kSplitCosts{{{2, false, 2.104}, {2, true, 6.935}, {4, true, 6.317}, {8, true, 5.773}}};
 
 // SMs usable at once by clusters of s CTAs: clusters live inside one GPC (~8 GPCs of ~16.5 SMs on H100/H200).
 int64_t cluster_slots(int num_sms, int s) {
@@ -64,44 +63,31 @@ int64_t cluster_slots(int num_sms, int s) {
   return std::clamp<int64_t>(slots, s, num_sms);
 }
 
-// Estimated cycles of one sm90 launch: the larger of the compute critical path (waves x k tiles x MMA time of
-// the padded tile) and the memory time (HBM bytes once; L2 traffic with the weight re-read per token tile and
-// the activations per channel tile; each CTA's stream capped per SM), plus the prologue, and per wave the
-// epilogue (and, split, the cluster reduction of the tile through DSMEM).
-double sm90_cost_clk(WeightFormat v, int config, int splits, bool global_split, int m, int n, int k, int num_sms) {
+// The fitted split-reduction cost of (splits, mode), or a negative value when the plan does not offer it.
+double split_cost(int splits, bool global_split) {
+  if (splits <= 1) return 0.0;
+  for (const SplitCost& c : kSplitCosts)
+    if (c.splits == splits && c.global == global_split) return c.us_per_area;
+  return -1.0;
+}
+
+// Estimated microseconds of one sm90 launch (see the constants above).
+double sm90_cost_us(WeightFormat v, int config, int splits, bool global_split, int m, int n, int k, int num_sms) {
   const QGemmConfig& c = kQGemmConfigs[config];
-  const int kgs = k / kBK;
+  const int kgs = std::max(1, k / kBK);
   m = std::max(m, 1);
-  const int64_t n_tiles = cdiv(n, c.bn), m_tiles = cdiv(m, c.bm);
-  const int64_t ctas = n_tiles * m_tiles * splits;
-  const int64_t slots = global_split ? num_sms : cluster_slots(num_sms, splits);
-  const int64_t waves = cdiv(ctas, slots);
-  const int kt = int(cdiv(kgs, splits));
-  const double bm_eff = std::min(c.bm, m);
+  const int64_t ctas = cdiv(n, c.bn) * cdiv(m, c.bm) * splits;
+  const int64_t slots = splits > 1 && !global_split ? cluster_slots(num_sms, splits) : num_sms;
+  const double waves = double(cdiv(ctas, slots));
+  const double kt = double(cdiv(kgs, splits));
+  const double area = double(c.bm) * c.bn / 16384.0;
   const double w_tile = double(c.bn) * kBK / (v == WeightFormat::kW8A8 ? 1 : 2) +
                         (v == WeightFormat::kW4A8G128 ? c.bn * 2.0 : 0.0);
-  const double x_tile = bm_eff * kBK;
-  // Compute: every wave runs its CTAs' k tiles back to back.
-  const double mma = double(c.bm) * c.bn * kBK / kMacsPerClk + 4.0 * c.mt * kWgmmaIssueClk + kKTileSyncClk;
-  const double compute = double(waves) * kt * mma;
-  // Memory: whole-GPU HBM and L2 limits, and the per-SM stream limit along one CTA's k range.
-  const double w_total = w_tile * n_tiles * kgs, x_total = double(m) * k;
-  const double hbm = (w_total + x_total) / kHbmBytesPerClk;
-  const double l2 = (w_total * m_tiles + x_total * n_tiles) / kL2BytesPerClk;
-  const double stream = double(waves) * kt * (w_tile + x_tile) / kSmStreamBytesPerClk;
-  const double memory = std::max({hbm, l2, stream});
-  const double tile_acc = bm_eff * c.bn * 4.0;  // INT32 accumulator bytes of one tile
-  double epi = 300.0;
-  if (splits == 1) {
-    epi += bm_eff * c.bn * 2.0 / kSmStoreBytesPerClk;
-  } else if (!global_split) {  // each CTA reduces 1/S of the tile from the S-1 peers, stores 1/S of the outputs
-    epi += kClusterSyncClk + tile_acc * (splits - 1) / splits / kSmDsmemBytesPerClk +
-           bm_eff * c.bn * 2.0 / splits / kSmStoreBytesPerClk;
-  } else {  // every CTA writes its partial; the last one reads all S through L2 and stores the outputs
-    epi += tile_acc / kSmStoreBytesPerClk + splits * tile_acc / kSmStreamBytesPerClk + kClusterSyncClk / 2 +
-           bm_eff * c.bn * 2.0 / kSmStoreBytesPerClk;
-  }
-  return kPrologueClk + std::max(compute, memory) + double(waves) * epi;
+  const double x_tile = double(std::min(c.bm, m)) * kBK;
+  const double loaded_mb = double(ctas) * kt * (w_tile + x_tile) / 1e6;
+  const double split = std::max(0.0, split_cost(splits, global_split));
+  return waves * (kUsPerWave + kt * (kUsPerKTile + kUsPerKTileArea * area) + split * area) +
+         kUsPerLoadedMB * loaded_mb;
 }
 
 }  // namespace
@@ -133,8 +119,7 @@ QGemmPlan qgemm_plan_for(WeightFormat v, int m, int n, int k, int config, int sp
 
 double qgemm_plan_cost_us(const QGemmPlan& plan, int m, int n, int k, int num_sms) {
   if (!qgemm_config_is_sm90(plan.config)) return -1.0;
-  return sm90_cost_clk(WeightFormat::kW4A8PerChannel, plan.config, plan.splits, plan.global_split, m, n, k, num_sms) /
-         (kClockGHz * 1e3);
+  return sm90_cost_us(WeightFormat::kW4A8PerChannel, plan.config, plan.splits, plan.global_split, m, n, k, num_sms);
 }
 
 namespace {
@@ -142,27 +127,32 @@ namespace {
 QGemmPlan plan_uncached(WeightFormat v, int m, int n, int k, int num_sms, int sm_version, int splits_override) {
   const int kgs = std::max(1, k / kBK);
   if (sm_version >= 90 && m > 16) {
-    // wgmma kernel: the cheapest (config, cluster split) by the cost model; ties keep the earlier candidate
-    // (fewer splits, earlier table entry) unless the later one is more than 1% cheaper.
+    // wgmma kernel: the cheapest (config, split) by the fitted cost model over the offered splits (no split, and
+    // kSplitCosts); ties keep the earlier candidate (no split, earlier table entry) unless the later one is more
+    // than 1% cheaper. A forced split factor (tests) is priced in both modes.
     QGemmPlan best;
     double best_cost = 0;
     bool have = false;
+    std::vector<std::pair<int, bool>> offered;  // (splits, global)
+    if (splits_override > 0) {
+      offered = {{splits_override, false}, {splits_override, true}};
+    } else {
+      offered.push_back({1, false});
+      for (const SplitCost& sc : kSplitCosts)
+        if (sc.global || kQGemmClusterSplits) offered.push_back({sc.splits, sc.global});
+    }
     for (int c = 0; c < kQGemmNumConfigs; ++c) {
       if (!kQGemmConfigs[c].sm90) continue;
-      const int lo = splits_override > 0 ? splits_override : 1;
-      const int hi = splits_override > 0 ? splits_override : qgemm_max_splits(c, k);
-      for (int s = lo; s <= hi; ++s)
-        for (int mode = 0; mode < (s > 1 ? kSm90SplitModes : 1); ++mode) {
-          const bool global = kSm90SplitModes == 1 ? !kSm90ClusterSplit : mode == 1;
-          const QGemmPlan p = qgemm_plan_for(v, m, n, k, c, s, global);
-          if (splits_override <= 0 && p.splits != s) continue;  // would leave a split empty: same as fewer splits
-          const double cost = sm90_cost_clk(v, p.config, p.splits, p.global_split, m, n, k, num_sms);
-          if (!have || cost < best_cost * 0.99) {
-            best = p;
-            best_cost = cost;
-            have = true;
-          }
+      for (const auto& [s, global] : offered) {
+        const QGemmPlan p = qgemm_plan_for(v, m, n, k, c, s, global);
+        if (splits_override <= 0 && p.splits != s) continue;  // would leave a split empty: same as fewer splits
+        const double cost = sm90_cost_us(v, p.config, p.splits, p.global_split, m, n, k, num_sms);
+        if (!have || cost < best_cost * 0.99) {
+          best = p;
+          best_cost = cost;
+          have = true;
         }
+      }
     }
     return best;
   }

@@ -4,11 +4,10 @@
 //
 // Schedule: below 17 tokens (or before sm_90) the mma.sync kernel, split over K through a global INT32 workspace
 // with an in-kernel fixup when the tiles fill less than half a wave. From 17 tokens on sm_90 the wgmma kernel;
-// its (config, splits) pair is chosen by a cost model over every sm90 config of the table and every split
-// 1..8: waves of CTAs (a split-K cluster of S CTAs occupies S SMs at once) x the per-CTA time (k tiles x
-// max(MMA, weight + activation bytes at the per-SM share of bandwidth) + fixed prologue/epilogue + the split-K
-// reduction), so the machine is filled for M 64-512. A split runs as a thread-block cluster reducing through
-// DSMEM (no workspace) or through the global workspace; the model prices both and picks.
+// its (config, split) pair is the cheapest by a cost model FITTED to bench_gemm sweeps on an H200 (waves of CTAs x
+// per-wave and per-k-tile costs, the split-K reduction, the bytes loaded; qgemm_plan.cc), over every sm90 config
+// of the table and the splits the measurements favour: none, 2 as a thread-block cluster reducing through DSMEM,
+// or 2 / 4 / 8 through the global workspace.
 #pragma once
 
 #include <cstddef>
