@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <stdexcept>
 #include <nlohmann/json.hpp>
 
 #include "core/dtype.h"
@@ -48,7 +49,9 @@ struct Case {
 };
 
 std::vector<Case> reference_cases() {
-  std::ifstream f(test::data_path("fixtures/reference_generations.json"));
+  const std::string path = test::data_path("fixtures/reference_generations.json");
+  std::ifstream f(path);
+  if (!f) throw std::runtime_error("cannot open " + path + " (set QSERVE_DATA to the shared data folder)");
   const auto j = nlohmann::json::parse(f);
   std::vector<Case> out;
   for (const auto& c : j["cases"])
