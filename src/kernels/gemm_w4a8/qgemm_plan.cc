@@ -35,10 +35,12 @@ size_t sm80_workspace(int config, int m, int n, int splits) {
 
 // The sm90 cost model, in microseconds, FITTED to measurements (not derived from datasheet rates: the first,
 // hand-derived model assumed ~100 B/cycle streamed per SM and cheap cluster reductions, and picked 5-8-way cluster
-// splits that ran 2-4x slower than no split). Fit: weighted least squares (relative error) over the 420 timings of
-// `bench_gemm --sweep` on an NVIDIA H200 (132 SMs; commit feb7216, 2026-12-01: every sm90 config x {1, 2, 4, 8}
-// splits x {cluster, global} at M 64-512 on the Llama-3-8B o / gate_up / down shapes); median error 8%, and the
-// plan it picks is within 1% of the fastest measured candidate in total (leave-one-shape-out: within 9% per shape).
+// splits that ran 2-4x slower than no split). The sweep: `bench_gemm --sweep` on an NVIDIA H200 (132 SMs; commit
+// feb7216, 2026-12-01), every sm90 config x {1, 2, 4, 8} splits x {cluster, global} at M 64-512 on the Llama-3-8B
+// o / gate_up / down shapes, 420 timings (bench/results/gemm-sweep-h200-feb7216.md); the fit: least squares on the
+// relative error over the 300 of them the plan can pick (bench/fit_gemm_plan.py prints these constants). Median
+// error 8%; the plan it implies is within 1% of the fastest measured candidate in total (leaving one shape out of
+// the fit: within 9% on that shape).
 // Terms, per wave of CTAs (one CTA per SM): a fixed start/finish cost, per k tile a fixed cost plus one
 // proportional to the tile area, the split-K reduction proportional to the tile area, and for the whole launch the
 // bytes every CTA loads (weights + activation tile per k tile, through L2). 4- and 8-way clusters were measured
