@@ -140,6 +140,69 @@ TEST(SmoothAttentionSearch, ErrorIsZeroWithoutQuantizationAndPositiveWithIt) {
   }
 }
 
+// The search's attention (score blocks of 16 positions and channel blocks of 16 in SIMD lanes) against the plain
+// loops it replaced, written here: the FP output norm must agree to the last bit, with a length that is not a
+// multiple of 16, queries at position 0, and a sliding window that starts blocks at odd positions.
+// Per KV head, summed in fp_attention_norm's order (window, head, query head, query, channel).
+std::vector<double> plain_fp_norm(const AttentionSample& s, const io::ModelConfig& c) {
+  const int64_t d = c.head_dim, nq = s.nq(), qsz = c.q_size(), kv = c.kv_size(), r = c.gqa_ratio();
+  const double scale = 1.0 / std::sqrt(double(d));
+  std::vector<double> norm(size_t(c.num_kv_heads), 0.0);
+  for (int64_t w = 0; w < s.windows; ++w)
+    for (int64_t g = 0; g < c.num_kv_heads; ++g)
+      for (int64_t hh = 0; hh < r; ++hh)
+        for (int64_t i = 0; i < nq; ++i) {
+          const int64_t pos = s.q_pos[size_t(i)];
+          const int64_t t0 = c.sliding_window > 0 ? std::max<int64_t>(0, pos - c.sliding_window + 1) : 0;
+          const float* q = s.q.data() + (w * nq + i) * qsz + (g * r + hh) * d;
+          std::vector<double> p(size_t(pos + 1));
+          double mx = -INFINITY, sum_e = 0.0;
+          for (int64_t t = t0; t <= pos; ++t) {
+            float dot = 0.0f;
+            for (int64_t j = 0; j < d; ++j) dot += q[j] * s.k[size_t((w * s.len + t) * kv + g * d + j)];
+            p[size_t(t)] = double(dot) * scale;
+            mx = std::max(mx, p[size_t(t)]);
+          }
+          std::vector<double> acc(size_t(d), 0.0);
+          for (int64_t t = t0; t <= pos; ++t) {
+            const double e = std::exp(p[size_t(t)] - mx);
+            sum_e += e;
+            for (int64_t j = 0; j < d; ++j) acc[size_t(j)] += e * double(s.v[size_t((w * s.len + t) * kv + g * d + j)]);
+          }
+          std::vector<float> o(static_cast<size_t>(d));
+          for (int64_t j = 0; j < d; ++j) o[size_t(j)] = float(acc[size_t(j)] / sum_e);
+          for (float x : o) norm[size_t(g)] += double(x) * double(x);
+        }
+  return norm;
+}
+
+TEST(SmoothAttentionSearch, VectorizedAttentionEqualsThePlainLoopsBitForBit) {
+  for (int sliding : {0, 13}) {
+    auto c = synth_config();
+    c.sliding_window = sliding;
+    AttentionSample s = synth_sample(c, true, 9);
+    s.q_pos.insert(s.q_pos.begin(), 0);
+    s.q.insert(s.q.begin(), s.q.begin(), s.q.begin() + c.q_size());  // window 0 gets one more query (at 0)
+    s.q.insert(s.q.begin() + (s.nq()) * c.q_size(), s.q.begin() + (s.nq()) * c.q_size(),
+               s.q.begin() + (s.nq() + 1) * c.q_size());  // and window 1 too
+    ASSERT_EQ(int64_t(s.q.size()), s.windows * s.nq() * c.q_size());
+    EXPECT_EQ(fp_attention_norm(s, c), plain_fp_norm(s, c)) << "sliding window " << sliding;
+  }
+}
+
+TEST(SmoothAttentionSearch, ProbesEqualSeparateEvaluations) {
+  const auto c = synth_config();
+  const AttentionSample s = synth_sample(c, true, 4);
+  const auto lam = smooth_attention_scales(key_max(s, c), c, 0.6f);
+  const std::vector<float> vs(size_t(c.kv_size()), 1.5f);
+  const auto all = kv4_attention_errors(s, c, {{lam, true, false, {}}, {lam, false, true, vs}, {{}, true, true, {}}});
+  ASSERT_EQ(all.size(), 3u);
+  EXPECT_EQ(all[0], kv4_attention_error(s, c, lam, true, false));
+  EXPECT_EQ(all[1], kv4_attention_error(s, c, lam, false, true, vs));
+  EXPECT_EQ(all[2], kv4_attention_error(s, c, {}, true, true));
+  EXPECT_GT(sum(all[2]), 0.0);
+}
+
 TEST(SmoothAttentionSearch, BadInputIsAClearError) {
   const auto c = synth_config();
   AttentionSample s = synth_sample(c, false, 5);

@@ -194,6 +194,7 @@ LayerReport quantize_layer(model::Model& model, CalibrationRunner& runner, int m
   if (opt.smooth_attn) {
     std::vector<float> lambda;
     if (opt.smooth_attn_search) {
+      const auto t_search = Clock::now();
       const std::vector<float> grid = default_alpha_grid();
       const SmoothAttentionChoice ch =
           search_smooth_attention(cap.attn, cap.key_max, c, grid, opt.smooth_attn_per_head);
@@ -208,14 +209,16 @@ LayerReport quantize_layer(model::Model& model, CalibrationRunner& runner, int m
       rep.attn_err_half = std::sqrt(half / norm);
       rep.attn_err_none = std::sqrt(none / norm);
       // Diagnostics (3 more evaluations): keys-only / values-only KV4, and a per-channel value smoothing probe.
-      rep.attn_err_k = std::sqrt(sum_of(kv4_attention_error(cap.attn, c, ch.lambda, true, false)) / norm);
-      rep.attn_err_v = std::sqrt(sum_of(kv4_attention_error(cap.attn, c, ch.lambda, false, true)) / norm);
       std::vector<float> vmax(size_t(c.kv_size()), 0.0f);
       for (size_t i = 0; i < cap.attn.v.size(); ++i)
         vmax[i % vmax.size()] = std::max(vmax[i % vmax.size()], std::fabs(cap.attn.v[i]));
       for (float& x : vmax) x = x > 0.0f ? std::sqrt(x) : 1.0f;
-      rep.attn_err_v_smooth =
-          std::sqrt(sum_of(kv4_attention_error(cap.attn, c, ch.lambda, false, true, vmax)) / norm);
+      const auto diag = kv4_attention_errors(
+          cap.attn, c, {{ch.lambda, true, false, {}}, {ch.lambda, false, true, {}}, {ch.lambda, false, true, vmax}});
+      rep.attn_err_k = std::sqrt(sum_of(diag[0]) / norm);
+      rep.attn_err_v = std::sqrt(sum_of(diag[1]) / norm);
+      rep.attn_err_v_smooth = std::sqrt(sum_of(diag[2]) / norm);
+      rep.search_seconds += since(t_search);
       rep.attn_alpha = ch.alpha;
       lambda = ch.lambda;
     } else {
@@ -228,10 +231,12 @@ LayerReport quantize_layer(model::Model& model, CalibrationRunner& runner, int m
   const std::vector<float>& down_max = cap.absmax[int(LinearInput::kDown)];
   std::vector<float> s(size_t(c.intermediate_size), 1.0f);
   if (opt.smooth_down) {
+    const auto t_search = Clock::now();
     std::tie(rep.down_alpha, rep.down_beta) =
         opt.smooth_down_search
             ? search_smooth_down(be, lw, down_max, in.rows[int(LinearInput::kGateUp)], opt.variant)
             : std::make_pair(opt.down_alpha(), opt.down_beta());
+    rep.search_seconds += since(t_search);
     if (rep.down_alpha != 0.0f || rep.down_beta != 0.0f) {
       s = smooth_down_scales(down_max, *lw.down, rep.down_alpha, rep.down_beta);
       apply_smooth_down(lw, s);
@@ -298,8 +303,10 @@ LayerReport quantize_layer(model::Model& model, CalibrationRunner& runner, int m
       deq = q.dequant;
       out.emplace(name, std::move(q));
     }
+    const auto t_report = Clock::now();
     const std::vector<float> y = matmul(be, rows.data<float>(), rows.dim(0), wt);
     lr.rel_error = std::sqrt(sq_dist(matmul(be, rows.data<float>(), rows.dim(0), deq), y) / std::max(sq_norm(y), 1e-300));
+    rep.report_seconds += since(t_report);
     rep.linears.push_back(lr);
   }
   rep.phase_seconds[2] = since(t_phase);

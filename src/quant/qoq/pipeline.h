@@ -88,6 +88,9 @@ struct LayerReport {
   // Wall time of the phases: calibration pass, transformations with their searches, quantization (GPTQ + the
   // error report), propagation pass (not kept in a resume state: 0 for resumed layers).
   double phase_seconds[4] = {0, 0, 0, 0};
+  // Parts of them: the SmoothAttention / down_proj searches (with the diagnostics) in phase 1, and the error
+  // report's two matmuls per linear in phase 2.
+  double search_seconds = 0.0, report_seconds = 0.0;
   std::vector<LinearReport> linears;
 };
 

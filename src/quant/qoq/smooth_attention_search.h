@@ -31,6 +31,16 @@ std::vector<double> kv4_attention_error(const AttentionSample& s, const io::Mode
                                         const std::vector<float>& lambda, bool quant_keys = true,
                                         bool quant_values = true, const std::vector<float>& value_scale = {});
 
+// Several kv4_attention_error evaluations of one sample with the FP reference computed once (equal, bit for bit,
+// to calling kv4_attention_error for each probe).
+struct Kv4AttentionProbe {
+  std::vector<float> lambda;  // key scales [kv_size] or empty
+  bool quant_keys = true, quant_values = true;
+  std::vector<float> value_scale;  // [kv_size] or empty
+};
+std::vector<std::vector<double>> kv4_attention_errors(const AttentionSample& s, const io::ModelConfig& c,
+                                                      const std::vector<Kv4AttentionProbe>& probes);
+
 // The squared norm of the FP attention output per KV head (to turn errors into relative errors).
 std::vector<double> fp_attention_norm(const AttentionSample& s, const io::ModelConfig& c);
 

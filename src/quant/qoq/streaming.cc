@@ -518,11 +518,14 @@ StreamingResult run_qoq_streaming(const std::string& model_dir, const backends::
     if (opt.progress) {
       const int done = li + 1 - out.resumed_layers, left = c.num_layers - li - 1;
       const double eta = since(t_layers) / double(done) * double(left);
-      const double* ph = res.layers.back().phase_seconds;
+      const LayerReport& lr = res.layers.back();
+      const double* ph = lr.phase_seconds;
       std::fprintf(stderr,
-                   "\nlayer %d/%d done in %.1f s (load %.1f, rotate %.1f, calibrate %.1f, transform+search %.1f, "
-                   "quantize %.1f, propagate %.1f, save %.1f); ETA %s; peak host memory %s%s\n",
-                   li + 1, c.num_layers, since(t_layer), t_load - t_rotate, t_rotate, ph[0], ph[1], ph[2], ph[3],
+                   "\nlayer %d/%d done in %.1f s (load %.1f, rotate %.1f, calibrate %.1f, transform+search %.1f "
+                   "[searches %.1f], quantize %.1f [report %.1f], propagate %.1f, save %.1f); ETA %s; peak host "
+                   "memory %s%s\n",
+                   li + 1, c.num_layers, since(t_layer), t_load - t_rotate, t_rotate, ph[0], ph[1], lr.search_seconds,
+                   ph[2], lr.report_seconds, ph[3],
                    since(t_saving), format_duration(eta).c_str(), gib(peak_host_memory_bytes()).c_str(),
                    opt.cuda ? ("; peak GPU memory " + gib(cuda_peak_memory_bytes())).c_str() : "");
     }
