@@ -101,18 +101,26 @@ __global__ void subtract_update(float* w, const double* acc, int64_t n, int64_t 
 
 unsigned blocks(int64_t n) { return unsigned((n + 255) / 256); }
 
+// a[i, i] = (a[i, i] == 0 ? 1 : a[i, i]) + add: dead inputs get a unit diagonal, then the damping (the host
+// path's two steps, the same double operations).
+__global__ void damp_diagonal(double* a, int64_t k, double add) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= k) return;
+  double& d = a[i * k + i];
+  if (d == 0.0) d = 1.0;
+  d += add;
+}
+
 // U (row-major, upper) with U^T U = (H + damp * mean(diag H) * I)^-1, as gptq_inverse_hessian_factor, on the GPU.
-DeviceBuffer<double> inverse_factor(std::vector<double> h, int64_t k, double damp) {
+// H is uploaded as it is (no host copy: 1.6 GB for a 14336-wide down_proj) and damped on the device.
+DeviceBuffer<double> inverse_factor(const std::vector<double>& h, int64_t k, double damp) {
   double mean = 0.0;
-  for (int64_t i = 0; i < k; ++i) {
-    if (h[size_t(i * k + i)] == 0.0) h[size_t(i * k + i)] = 1.0;  // dead input
-    mean += h[size_t(i * k + i)];
-  }
+  for (int64_t i = 0; i < k; ++i) mean += h[size_t(i * k + i)] == 0.0 ? 1.0 : h[size_t(i * k + i)];  // dead input: 1
   mean /= double(k);
-  for (int64_t i = 0; i < k; ++i) h[size_t(i * k + i)] += damp * mean;
   const Cusolver& cs = cusolver();
   DeviceBuffer<double> a(h);  // symmetric: row- and column-major alike
-  h = std::vector<double>();
+  damp_diagonal<<<blocks(k), 256>>>(a.get(), k, damp * mean);
+  QS_CUDA_CHECK(cudaGetLastError());
   DeviceBuffer<int> info(1);
   int lwork = 0, lwork2 = 0;
   QS_CUSOLVER(cs.potrf_size(cs.handle, CUBLAS_FILL_MODE_LOWER, int(k), a.get(), int(k), &lwork));
@@ -165,7 +173,7 @@ Tensor gptq_cuda(const Tensor& w, const std::vector<double>& h, GptqRounding& ro
   Tensor q(DType::F32, {n, k});
   float* qp = q.data<float>();
   std::vector<float> blk(static_cast<size_t>(n * bs)), err(static_cast<size_t>(n * bs));
-  std::vector<double> ublk(static_cast<size_t>(bs * k));
+  std::vector<double> ublk(static_cast<size_t>(bs * bs));  // U's diagonal block of the current columns
   DeviceBuffer<float> derr(size_t(n * bs));
   DeviceBuffer<double> derr_d(size_t(n * bs)), acc(size_t(n * std::max<int64_t>(k - bs, 1)));
   qoq::note_cuda_memory();
@@ -174,7 +182,9 @@ Tensor gptq_cuda(const Tensor& w, const std::vector<double>& h, GptqRounding& ro
     // This block's columns (as updated by the earlier blocks) and U's rows i1..i2.
     QS_CUDA_CHECK(cudaMemcpy2D(blk.data(), size_t(w_) * 4, dw.get() + i1, size_t(k) * 4, size_t(w_) * 4, size_t(n),
                                cudaMemcpyDeviceToHost));
-    QS_CUDA_CHECK(cudaMemcpy(ublk.data(), u.get() + i1 * k, size_t(w_ * k) * 8, cudaMemcpyDeviceToHost));
+    // Only U[i1:i2, i1:i2] is read on the host (the rest of rows i1..i2 is applied on the GPU below).
+    QS_CUDA_CHECK(cudaMemcpy2D(ublk.data(), size_t(w_) * 8, u.get() + i1 * k + i1, size_t(k) * 8, size_t(w_) * 8,
+                               size_t(w_), cudaMemcpyDeviceToHost));
     parallel_for(n, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) {
         float* row = blk.data() + r * w_ - i1;  // row[i] for i in [i1, i2)
@@ -185,7 +195,7 @@ Tensor gptq_cuda(const Tensor& w, const std::vector<double>& h, GptqRounding& ro
           const float x = row[i];
           const float dq = rounding.round(r, i, x);
           qp[r * k + i] = dq;
-          const double* ui = ublk.data() + (i - i1) * k;
+          const double* ui = ublk.data() + (i - i1) * w_ - i1;  // ui[j] = U[i, j] for j in [i1, i2)
           const float ev = float(double(x - dq) / ui[i]);
           er[i - i1] = ev;
           for (int64_t j = i + 1; j < i2; ++j) row[j] -= float(double(ev) * ui[j]);
