@@ -86,6 +86,30 @@ __global__ void upper_to_row_major(const double* uc, double* urm, int64_t k) {
   urm[idx] = j >= i ? uc[i + j * k] : 0.0;
 }
 
+// w[r, i] = 0 for the dead input columns i (dead[i] != 0).
+__global__ void zero_columns(float* w, const uint8_t* dead, int64_t n, int64_t k) {
+  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx < n * k && dead[idx % k]) w[idx] = 0.0f;
+}
+
+// Page-locked host memory of n elements (cudaMallocHost), freed on destruction.
+template <typename T>
+class PinnedBuffer {
+ public:
+  explicit PinnedBuffer(size_t n) {
+    void* p = nullptr;
+    QS_CUDA_CHECK(cudaMallocHost(&p, std::max<size_t>(n, 1) * sizeof(T)));
+    p_ = static_cast<T*>(p);
+  }
+  ~PinnedBuffer() { cudaFreeHost(p_); }
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  T* data() { return p_; }
+
+ private:
+  T* p_ = nullptr;
+};
+
 __global__ void to_double(const float* x, double* y, int64_t n) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) y[i] = double(x[i]);
@@ -157,22 +181,25 @@ Tensor gptq_cuda(const Tensor& w, const std::vector<double>& h, GptqRounding& ro
       << "gptq: group size " << gs << " must divide the block size " << bs << " and K = " << k;
   QS_CHECK(k < (int64_t(1) << 31) / 1 && n < (int64_t(1) << 31)) << "gptq: weight too large for the GPU path";
   const DeviceBuffer<double> u = inverse_factor(h, k, opt.damp);
-  std::vector<char> dead(static_cast<size_t>(k));
-  for (int64_t i = 0; i < k; ++i) dead[size_t(i)] = h[size_t(i * k + i)] == 0.0;
+  std::vector<uint8_t> dead(static_cast<size_t>(k));
+  bool any_dead = false;
+  for (int64_t i = 0; i < k; ++i) any_dead |= (dead[size_t(i)] = h[size_t(i * k + i)] == 0.0);
 
-  Tensor work = w.clone();
-  float* wp = work.data<float>();
+  // The running weights live on the GPU (uploaded as they are, dead columns zeroed there); each block's columns
+  // come back below.
   const float* orig = w.data<float>();
-  for (int64_t r = 0; r < n; ++r)
-    for (int64_t i = 0; i < k; ++i)
-      if (dead[size_t(i)]) wp[r * k + i] = 0.0f;
   DeviceBuffer<float> dw(size_t(n * k));
-  QS_CUDA_CHECK(cudaMemcpy(dw.get(), wp, size_t(n * k) * 4, cudaMemcpyHostToDevice));
-  work = Tensor();  // the running weights live on the GPU; each block's columns come back below
+  QS_CUDA_CHECK(cudaMemcpy(dw.get(), orig, size_t(n * k) * 4, cudaMemcpyHostToDevice));
+  if (any_dead) {
+    const DeviceBuffer<uint8_t> ddead(dead);
+    zero_columns<<<blocks(n * k), 256>>>(dw.get(), ddead.get(), n, k);
+    QS_CUDA_CHECK(cudaGetLastError());
+    QS_CUDA_CHECK(cudaDeviceSynchronize());
+  }
 
   Tensor q(DType::F32, {n, k});
   float* qp = q.data<float>();
-  std::vector<float> blk(static_cast<size_t>(n * bs)), err(static_cast<size_t>(n * bs));
+  PinnedBuffer<float> blk(size_t(n * bs)), err(size_t(n * bs));  // page-locked: the per-block copies run at full speed
   std::vector<double> ublk(static_cast<size_t>(bs * bs));  // U's diagonal block of the current columns
   DeviceBuffer<float> derr(size_t(n * bs));
   DeviceBuffer<double> derr_d(size_t(n * bs)), acc(size_t(n * std::max<int64_t>(k - bs, 1)));

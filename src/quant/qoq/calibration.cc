@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <mutex>
 #include <numeric>
 #include <random>
 #include <sstream>
@@ -222,12 +223,20 @@ void permute_scale_input(LayerInputs& in, LinearInput which, const std::vector<i
   auto factor = [&](int64_t j) { return f.empty() ? 1.0 : double(f[size_t(j)]); };
   if (!in.hessian[w].empty()) {
     QS_CHECK(int64_t(in.hessian[w].size()) == k * k) << "permute_scale_input: Hessian is not " << k << " x " << k;
-    const std::vector<double> old = in.hessian[w];
+    // A copy of H to gather from, in a buffer kept across calls (its pages are touched once, not per layer: a
+    // 14336-wide down_proj Hessian is 1.6 GB), copied in parallel.
+    static std::vector<double> scratch;
+    static std::mutex scratch_mu;
+    std::lock_guard<std::mutex> lock(scratch_mu);
+    if (scratch.size() < size_t(k * k)) scratch.resize(size_t(k * k));
+    const double* src = in.hessian[w].data();
+    double* old = scratch.data();
+    parallel_for(k, [&](int64_t i0, int64_t i1) { std::copy(src + i0 * k, src + i1 * k, old + i0 * k); });
     parallel_for(k, [&](int64_t i0, int64_t i1) {  // rows are independent: the same result for any split
       for (int64_t i = i0; i < i1; ++i)
         for (int64_t j = 0; j < k; ++j) {
           const int64_t pi = perm[size_t(i)], pj = perm[size_t(j)];
-          in.hessian[w][size_t(i * k + j)] = old[size_t(pi * k + pj)] * factor(pi) * factor(pj);
+          in.hessian[w][size_t(i * k + j)] = old[pi * k + pj] * factor(pi) * factor(pj);
         }
     });
   }
