@@ -222,10 +222,10 @@ Tensor gptq_cuda(const Tensor& w, const std::vector<double>& h, GptqRounding& ro
           const float x = row[i];
           const float dq = rounding.round(r, i, x);
           qp[r * k + i] = dq;
-          const double* ui = ublk.data() + (i - i1) * w_ - i1;  // ui[j] = U[i, j] for j in [i1, i2)
-          const float ev = float(double(x - dq) / ui[i]);
+          const double* ui = ublk.data() + (i - i1) * w_;  // ui[j - i1] = U[i, j] for j in [i1, i2)
+          const float ev = float(double(x - dq) / ui[i - i1]);
           er[i - i1] = ev;
-          for (int64_t j = i + 1; j < i2; ++j) row[j] -= float(double(ev) * ui[j]);
+          for (int64_t j = i + 1; j < i2; ++j) row[j] -= float(double(ev) * ui[j - i1]);
         }
       }
     });
