@@ -1,9 +1,10 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 # Fits the sm90 GEMM plan's cost model (src/kernels/gemm_w4a8/qgemm_plan.cc: kUsPerWave, kUsPerKTile,
 # kUsPerKTileArea, kSplitCosts, kUsPerLoadedMB) to a `bench_gemm --sweep` table, by least squares on the relative
 # error, and reports the fit error and the regret of the plan it implies (the measured time of the candidate the
 # model ranks first over the fastest measured candidate), in sample and leaving one shape out.
-#   bench/fit_gemm_plan.py [bench/results/gemm-sweep-h200-feb7216.md] [--sms 132]      (needs python3-numpy)
+#   bench/fit_gemm_plan.py [bench/results/gemm-sweep-h200-feb7216.md] [--sms 132]
+# Needs numpy (Debian: python3-numpy, for /usr/bin/python3); a developer tool, not run by the tests.
 # 4- and 8-way clusters are left out: they were never the fastest, and the plan does not offer them.
 import argparse, collections, math, sys
 import numpy as np
