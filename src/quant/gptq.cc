@@ -189,23 +189,7 @@ Tensor gptq(const Tensor& w, const std::vector<double>& h, GptqRounding& roundin
   std::vector<float> err(static_cast<size_t>(n * bs));
   for (int64_t i1 = 0; i1 < k; i1 += bs) {
     const int64_t i2 = std::min(i1 + bs, k);
-    parallel_for(n, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) {
-        float* row = wp + r * k;
-        float* er = err.data() + r * bs;
-        if (i1 == 0 && gs == 0) rounding.set_group(r, 0, orig + r * k, k);
-        for (int64_t i = i1; i < i2; ++i) {
-          if (gs > 0 && i % gs == 0) rounding.set_group(r, i, row + i, gs);
-          const float x = row[i];
-          const float dq = rounding.round(r, i, x);
-          qp[r * k + i] = dq;
-          const double* ui = u.data() + i * k;
-          const float ev = float(double(x - dq) / ui[i]);
-          er[i - i1] = ev;
-          for (int64_t j = i + 1; j < i2; ++j) row[j] -= float(double(ev) * ui[j]);
-        }
-      }
-    });
+    gptq_column_block(rounding, n, k, i1, i2, orig, wp + i1, k, u.data() + i1 * k + i1, k, err.data(), bs, qp);
     if (i2 == k) break;
     // Lazy batch update of the trailing columns: W[:, i2:] -= Err [N, i2-i1] x U[i1:i2, i2:].
     parallel_for(n, [&](int64_t b, int64_t e) {
@@ -228,7 +212,7 @@ Tensor gptq(const Tensor& w, const std::vector<double>& h, GptqRounding& roundin
 
 namespace {
 
-class PerChannelRounding : public GptqRounding {
+class PerChannelRounding final : public GptqRounding {
  public:
   PerChannelRounding(int64_t n, int64_t k, const std::vector<float>& clip)
       : k_(k), clip_(clip), params_(size_t(n)), codes_(size_t(n * k)) {}
@@ -248,7 +232,7 @@ class PerChannelRounding : public GptqRounding {
   std::vector<uint8_t> codes_;
 };
 
-class G128Rounding : public GptqRounding {
+class G128Rounding final : public GptqRounding {
  public:
   G128Rounding(const Tensor& w, int p) : k_(w.dim(1)), p_(p), s1_(size_t(w.dim(0))), codes_(size_t(w.numel())) {
     const int64_t n = w.dim(0), ng = k_ / fmt4::kGroupSize;
@@ -282,7 +266,42 @@ class G128Rounding : public GptqRounding {
   std::vector<uint8_t> codes_;
 };
 
+// gptq_column_block for one rounding type: with a final class the per-element calls are direct (inlined).
+template <class R>
+void column_block(R& rounding, int64_t n, int64_t k, int64_t i1, int64_t i2, const float* orig, float* cols,
+                  int64_t col_stride, const double* ud, int64_t u_stride, float* err, int64_t err_stride, float* q) {
+  const int64_t gs = rounding.group_size();
+  parallel_for(n, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      float* row = cols + r * col_stride;  // row[i - i1]: column i
+      float* er = err + r * err_stride;
+      if (i1 == 0 && gs == 0) rounding.set_group(r, 0, orig + r * k, k);
+      for (int64_t i = i1; i < i2; ++i) {
+        if (gs > 0 && i % gs == 0) rounding.set_group(r, i, row + (i - i1), gs);
+        const float x = row[i - i1];
+        const float dq = rounding.round(r, i, x);
+        q[r * k + i] = dq;
+        const double* ui = ud + (i - i1) * u_stride;  // ui[j - i1] = U[i, j]
+        const float ev = float(double(x - dq) / ui[i - i1]);
+        er[i - i1] = ev;
+        for (int64_t j = i + 1; j < i2; ++j) row[j - i1] -= float(double(ev) * ui[j - i1]);
+      }
+    }
+  });
+}
+
 }  // namespace
+
+void gptq_column_block(GptqRounding& rounding, int64_t n, int64_t k, int64_t i1, int64_t i2, const float* orig,
+                       float* cols, int64_t col_stride, const double* ud, int64_t u_stride, float* err,
+                       int64_t err_stride, float* q) {
+  if (auto* g = dynamic_cast<G128Rounding*>(&rounding))
+    column_block(*g, n, k, i1, i2, orig, cols, col_stride, ud, u_stride, err, err_stride, q);
+  else if (auto* c = dynamic_cast<PerChannelRounding*>(&rounding))
+    column_block(*c, n, k, i1, i2, orig, cols, col_stride, ud, u_stride, err, err_stride, q);
+  else
+    column_block(rounding, n, k, i1, i2, orig, cols, col_stride, ud, u_stride, err, err_stride, q);
+}
 
 W4PerChannelWeight gptq_w4_per_channel(const Tensor& w, const std::vector<double>& h,
                                        const std::vector<float>& clip_ratios, const GptqOptions& opt) {

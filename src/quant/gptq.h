@@ -55,6 +55,15 @@ struct GptqOptions {
 // K x K row-major. Throws if the damped H is not positive definite.
 std::vector<double> gptq_inverse_hessian_factor(std::vector<double> h, int64_t k, double damp);
 
+// One GPTQ column block [i1, i2) of every row, in parallel over the N rows (the step gptq() and gptq_cuda() share):
+// rounds each column through `rounding` (set_group at every group start, or once per row from orig [N, K] when
+// group_size() is 0), writes the dequantized values to q [N, K] and the scaled rounding errors of row r to
+// err + r * err_stride, and updates the block's later columns of the row. Row r's column i is
+// cols[r * col_stride + i - i1]; ud points at U[i1, i1] with row stride u_stride.
+void gptq_column_block(GptqRounding& rounding, int64_t n, int64_t k, int64_t i1, int64_t i2, const float* orig,
+                       float* cols, int64_t col_stride, const double* ud, int64_t u_stride, float* err,
+                       int64_t err_stride, float* q);
+
 // Runs GPTQ on w (F32 [N, K], not modified) with Hessian h (K x K). Returns the dequantized weights (F32 [N, K]);
 // the codes and parameters are wherever `rounding` keeps them. Columns whose input is never active (diag 0)
 // are set to 0 before quantization, as in the reference GPTQ.

@@ -212,23 +212,7 @@ Tensor gptq_cuda(const Tensor& w, const std::vector<double>& h, GptqRounding& ro
     // Only U[i1:i2, i1:i2] is read on the host (the rest of rows i1..i2 is applied on the GPU below).
     QS_CUDA_CHECK(cudaMemcpy2D(ublk.data(), size_t(w_) * 8, u.get() + i1 * k + i1, size_t(k) * 8, size_t(w_) * 8,
                                size_t(w_), cudaMemcpyDeviceToHost));
-    parallel_for(n, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) {
-        float* row = blk.data() + r * w_ - i1;  // row[i] for i in [i1, i2)
-        float* er = err.data() + r * w_;
-        if (i1 == 0 && gs == 0) rounding.set_group(r, 0, orig + r * k, k);
-        for (int64_t i = i1; i < i2; ++i) {
-          if (gs > 0 && i % gs == 0) rounding.set_group(r, i, row + i, gs);
-          const float x = row[i];
-          const float dq = rounding.round(r, i, x);
-          qp[r * k + i] = dq;
-          const double* ui = ublk.data() + (i - i1) * w_;  // ui[j - i1] = U[i, j] for j in [i1, i2)
-          const float ev = float(double(x - dq) / ui[i - i1]);
-          er[i - i1] = ev;
-          for (int64_t j = i + 1; j < i2; ++j) row[j] -= float(double(ev) * ui[j - i1]);
-        }
-      }
-    });
+    gptq_column_block(rounding, n, k, i1, i2, orig, blk.data(), w_, ublk.data(), w_, err.data(), w_, qp);
     if (i2 == k) break;
     // W[:, i2:] -= Err [N, w_] x U[i1:i2, i2:] (double), on the GPU.
     QS_CUDA_CHECK(cudaMemcpy(derr.get(), err.data(), size_t(n * w_) * 4, cudaMemcpyHostToDevice));
