@@ -136,4 +136,20 @@ void write_file_checked(const std::string& path, const std::string& data) {
   QS_CHECK(ok && flushed && closed) << "writing " << path << " failed: " << std::strerror(ok ? errno : err);
 }
 
+void write_fd_all(int fd, const void* data, size_t n, const std::string& partial, const std::string& what) {
+  const char* c = static_cast<const char*>(data);
+  while (n > 0) {
+    const ssize_t w = ::write(fd, c, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      const std::string err = w < 0 ? std::strerror(errno) : "no bytes written";
+      ::close(fd);
+      ::unlink(partial.c_str());
+      QS_FAIL() << "writing " << what << " failed: " << err;
+    }
+    c += w;
+    n -= size_t(w);
+  }
+}
+
 }  // namespace qs

@@ -4,8 +4,8 @@
 //     the size read;
 //   - json_error_text turns a nlohmann::json exception into a message that never quotes the input (a parse error
 //     reports only the byte offset: a file's bytes are not echoed into logs or HTTP responses);
-//   - CheckedWriter / write_file_checked check every write and the final flush/close, so `--json /dev/full` or a
-//     full disk is an error, not a silently truncated result.
+//   - CheckedWriter / write_file_checked / write_fd_all check every write and the final flush/close, so
+//     `--json /dev/full` or a full disk is an error, not a silently truncated result.
 #pragma once
 
 #include <cstdio>
@@ -43,5 +43,9 @@ class CheckedWriter {
 
 // Writes `data` to `path` (created or truncated), checking every write and the close. "-" means stdout.
 void write_file_checked(const std::string& path, const std::string& data);
+
+// Writes all `n` bytes to the descriptor (short writes and EINTR retried). On failure closes `fd`, removes
+// `partial` (the file being written, which the caller created) and throws qs::Error "writing <what> failed: ...".
+void write_fd_all(int fd, const void* data, size_t n, const std::string& partial, const std::string& what);
 
 }  // namespace qs

@@ -11,6 +11,7 @@
 #include <fstream>
 
 #include "core/error.h"
+#include "core/file_io.h"
 #include "core/thread_pool.h"
 #include "io/model_config.h"
 
@@ -167,21 +168,7 @@ RandomCheckpointStats write_random_checkpoint(const RandomCheckpointOptions& opt
     const std::string path = (dir / name).string();
     const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     QS_CHECK(fd >= 0) << "cannot write " << path << ": " << std::strerror(errno);
-    auto write_all = [&](const void* p, size_t n) {
-      const char* c = static_cast<const char*>(p);
-      while (n > 0) {
-        const ssize_t w = ::write(fd, c, n);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) {
-          const std::string err = std::strerror(errno);
-          ::close(fd);
-          ::unlink(path.c_str());
-          QS_FAIL() << "writing " << path << " failed: " << err;
-        }
-        c += w;
-        n -= size_t(w);
-      }
-    };
+    auto write_all = [&](const void* p, size_t n) { write_fd_all(fd, p, n, path, path); };
     write_all(&hlen, 8);
     write_all(header.data(), header.size());
     for (size_t i : shards[size_t(s)]) {

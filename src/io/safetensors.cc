@@ -261,21 +261,7 @@ void SafetensorsWriter::write(const std::string& path) const {
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   QS_CHECK(fd >= 0) << "cannot write " << path << ": " << errno_str();
-  auto write_all = [&](const void* p, size_t n) {
-    const char* c = static_cast<const char*>(p);
-    while (n > 0) {
-      const ssize_t w = ::write(fd, c, n);
-      if (w < 0 && errno == EINTR) continue;
-      if (w <= 0) {
-        const std::string err = errno_str();
-        ::close(fd);
-        ::unlink(tmp.c_str());
-        QS_FAIL() << "writing " << path << " failed: " << err;
-      }
-      c += w;
-      n -= size_t(w);
-    }
-  };
+  auto write_all = [&](const void* p, size_t n) { write_fd_all(fd, p, n, tmp, path); };
   write_all(&hlen, 8);
   write_all(header.data(), header.size());
   for (const auto& e : entries_) write_all(e.tensor.raw(), e.tensor.nbytes());
