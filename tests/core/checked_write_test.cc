@@ -1,8 +1,10 @@
 // Checked writes (core/file_io.h; issue 13: "unchecked writes: ppl --json /dev/full exits 0"): write_file_checked
 // and CheckedWriter report a full device as an error naming the path, including the case where every fwrite is
-// buffered and only the flush fails; a normal write round-trips; an unwritable path is an error.
+// buffered and only the flush fails; a normal write round-trips; an unwritable path is an error; write_fd_all
+// fails on a full device and removes the partial file.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -49,6 +51,27 @@ TEST(CheckedWrite, NormalWritesRoundTripAndBadPathsAreErrors) {
   std::filesystem::remove(p);
   EXPECT_THAT(qs::test::error_of([] { qs::write_file_checked("/nonexistent/dir/out.json", "x"); }),
               HasSubstr("cannot write /nonexistent/dir/out.json"));
+}
+
+TEST(CheckedWrite, DescriptorWritesFailOnAFullDeviceAndRemoveThePartialFile) {
+  if (!std::filesystem::exists("/dev/full")) GTEST_SKIP() << "no /dev/full on this system";
+  const auto partial = std::filesystem::temp_directory_path() / ("qs_partial_" + std::to_string(::getpid()));
+  std::ofstream(partial) << "half a file";
+  ASSERT_TRUE(std::filesystem::exists(partial));
+  const int fd = ::open("/dev/full", O_WRONLY);
+  ASSERT_GE(fd, 0);
+  const std::string data(1 << 16, 'x');
+  EXPECT_THAT(qs::test::error_of([&] { qs::write_fd_all(fd, data.data(), data.size(), partial.string(), "out.st"); }),
+              HasSubstr("writing out.st failed"));
+  EXPECT_FALSE(std::filesystem::exists(partial)) << "the partial file is removed";
+  // A good descriptor gets every byte.
+  const auto ok = std::filesystem::temp_directory_path() / ("qs_full_write_" + std::to_string(::getpid()));
+  const int fd2 = ::open(ok.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  ASSERT_GE(fd2, 0);
+  qs::write_fd_all(fd2, data.data(), data.size(), ok.string(), "ok");
+  ::close(fd2);
+  EXPECT_EQ(std::filesystem::file_size(ok), data.size());
+  std::filesystem::remove(ok);
 }
 
 }  // namespace
