@@ -160,13 +160,17 @@ TensorStore TensorStore::open(const std::string& path) {
       for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
         QS_CHECK(it.value().is_string()) << index.string() << ": weight_map entry '" << it.key() << "' is not a string";
         const std::string shard = it.value().get<std::string>();
-        // Confined to the checkpoint folder: a relative path without '..' (an index is untrusted input).
+        // Confined to the checkpoint folder: a file name in it, after lexical normalization ("./x" is "x"); absolute
+        // paths, '..' and subfolders are refused (an index is untrusted input; Hugging Face indexes are flat).
         const fs::path sp(shard);
         bool inside = !shard.empty() && !sp.is_absolute() && shard.find('\0') == std::string::npos;
         for (const auto& part : sp) inside = inside && part != ".." && !part.is_absolute();
+        const fs::path name = sp.lexically_normal();
+        inside = inside && !name.has_parent_path() && name.has_filename() && name != "." && name != "..";
         QS_CHECK(inside) << index.string() << ": weight_map entry '" << it.key() << "' names the shard '" << shard
-                         << "', which is not a file inside the checkpoint folder (absolute paths and '..' are refused)";
-        wm[it.key()] = shard;
+                         << "', which is not a file inside the checkpoint folder (absolute paths, '..' and subfolders "
+                            "are refused)";
+        wm[it.key()] = name.string();
       }
       std::map<std::string, size_t> file_idx;
       for (const auto& [name, shard] : wm) {

@@ -117,6 +117,17 @@ TEST_F(HostileFolder, ShardPathsAreConfinedToTheFolder) {
   EXPECT_THAT(open_error(), HasSubstr("not a file inside the checkpoint folder"));
   index("");
   EXPECT_THAT(open_error(), HasSubstr("not a file inside the checkpoint folder"));
+  // Subfolders are refused; "./name" is the file name itself (found by the fuzzer: the stored path was "ck/./name").
+  fs::create_directories(dir_ / "ck" / "sub");
+  fs::copy_file(dir_ / "ck" / "shard.safetensors", dir_ / "ck" / "sub" / "shard.safetensors");
+  index("sub/shard.safetensors");
+  EXPECT_THAT(open_error(), HasSubstr("not a file inside the checkpoint folder"));
+  index(".");
+  EXPECT_THAT(open_error(), HasSubstr("not a file inside the checkpoint folder"));
+  index("./shard.safetensors");
+  EXPECT_EQ(open_error(), "(no error)");
+  const auto store = TensorStore::open((dir_ / "ck").string());
+  EXPECT_EQ(fs::path(store.info("a").file), dir_ / "ck" / "shard.safetensors");
 }
 
 TEST_F(HostileFolder, FifosAndDirectoriesAreErrorsNamingThePath) {
