@@ -8,7 +8,6 @@
 #include <mutex>
 
 #include "core/error.h"
-#include "core/thread_pool.h"
 #include "kernels/common/device_buffer.h"
 #include "quant/cuda/gptq_cuda.h"
 #include "quant/cuda/layer_runner_cuda.h"
