@@ -7,7 +7,11 @@
 // before it); median of 15 after 3 warm-ups, CUDA events. Prefill: Llama-3-8B heads, 16384 tokens split into
 // sequences of 1024..8192, causal FLOPs = 4 * tokens_pairs * head_dim * heads. The PyTorch SDPA baselines run in
 // bench/sdpa_baseline.py in the same device call (scripts/gpu/attention.sh).
-//   bench_attention [out_dir] [--quick]      prints a table; writes out_dir/attention.json (JSON lines)
+// L2 is made cold by a read pass (bench_timing.cuh); --flush-dirty times after the old 256 MiB memset instead, and
+// a short table at the end compares the two on a few decode shapes.
+//   bench_attention [out_dir] [--quick] [--flush-dirty]   prints a table; writes out_dir/attention.json (JSON lines)
+//   bench_attention [out_dir] --plan-sweep   KV4 decode only: every split of 1..8 chunks per shape (batch 32-512,
+//     context 512-4096, both head configurations) against plan_decode's choice; writes out_dir/decode_plan.json
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -91,7 +95,9 @@ struct DecodeResult {
   double bytes = 0;
 };
 
-DecodeResult bench_decode(int batch, int hq, int hkv, int ctx, KvDType dt, int sms, const Dev& flush, int reps) {
+// chunks > 0: time the plan with that split (plan_decode_chunks) instead of plan_decode's choice.
+DecodeResult bench_decode(int batch, int hq, int hkv, int ctx, KvDType dt, int sms, const Dev& flush, int reps,
+                          int chunks = 0) {
   KvCacheLayout L{64, hkv, 128, dt};
   const int pages_per = (ctx + 63) / 64;
   const int64_t pages = int64_t(batch) * pages_per;
@@ -116,7 +122,7 @@ DecodeResult bench_decode(int batch, int hq, int hkv, int ctx, KvDType dt, int s
   std::vector<int32_t> cl(size_t(batch), ctx);
   QS_CUDA_CHECK(cudaMemcpy(lens.p, cl.data(), cl.size() * 4, cudaMemcpyHostToDevice));
   fill_half<<<256, 256>>>(q.as<__half>(), int64_t(batch) * hq * 128, 8);
-  const DecodePlan plan = plan_decode(batch, hq, L, ctx, sms);
+  const DecodePlan plan = chunks > 0 ? plan_decode_chunks(batch, hq, L, ctx, chunks) : plan_decode(batch, hq, L, ctx, sms);
   Dev ws(plan.workspace_bytes);
   DecodeParams p;
   p.q = q.as<uint16_t>(); p.out = out.as<uint16_t>();
@@ -149,22 +155,81 @@ float bench_prefill(int len, int hq, int hkv, const Dev& flush, int reps, double
   return median_ms([&] { run_prefill(p, 0).throw_if_error(); }, reps, flush.p);
 }
 
+// KV4 decode at every split of 1..8 chunks against plan_decode's choice: the data the plan's cost model is fitted
+// to. Prints per shape the time of each split, the best, and the plan's pick with its loss against the best.
+int plan_sweep(const std::string& out_dir, const cudaDeviceProp& prop, double copy_tbs, const Dev& flush) {
+  std::FILE* js = std::fopen((out_dir + "/decode_plan.json").c_str(), "w");
+  std::printf("device %s, %d SMs; copy bandwidth %.3f TB/s; L2 flush %s\n", prop.name, prop.multiProcessorCount,
+              copy_tbs, qs::bench::flush_name());
+  if (js) std::fprintf(js, "{\"device\":\"%s\",\"sms\":%d,\"copy_tbs\":%.4f}\n", prop.name,
+                       prop.multiProcessorCount, copy_tbs);
+  constexpr int kMaxChunks = 8;
+  std::printf("\n%-7s %5s %5s |", "kv4", "batch", "ctx");
+  for (int c = 1; c <= kMaxChunks; ++c) std::printf(" %6s%d", "c=", c);
+  std::printf(" | best  plan  loss  %%copy(plan)\n");
+  struct Model { const char* name; int hq, hkv; };
+  double worst = 0;
+  for (const Model& m : {Model{"l3-8b", 32, 8}, Model{"l2-70b", 64, 8}})
+    for (int b : {32, 64, 128, 256, 512})
+      for (int ctx : {512, 1024, 2048, 4096}) {
+        const KvCacheLayout L{64, m.hkv, 128, KvDType::kKv4};
+        const DecodePlan plan = plan_decode(b, m.hq, L, ctx, prop.multiProcessorCount);
+        float us[kMaxChunks + 1] = {};
+        int best = 1, pick = 0;
+        double bytes = 0;
+        std::printf("%-7s %5d %5d |", m.name, b, ctx);
+        for (int c = 1; c <= kMaxChunks; ++c) {
+          const DecodePlan pc = plan_decode_chunks(b, m.hq, L, ctx, c);
+          if (c > 1 && pc.max_chunks == plan_decode_chunks(b, m.hq, L, ctx, c - 1).max_chunks) {
+            us[c] = us[c - 1];  // same split after rounding (64-token minimum)
+          } else {
+            const DecodeResult r = bench_decode(b, m.hq, m.hkv, ctx, KvDType::kKv4, prop.multiProcessorCount, flush,
+                                                9, c);
+            us[c] = r.ms * 1e3f;
+            bytes = r.bytes;
+          }
+          if (pc.max_chunks == plan.max_chunks && pick == 0) pick = c;
+          if (us[c] < us[best]) best = c;
+          std::printf(" %7.1f", us[c]);
+        }
+        const float plan_us = pick ? us[pick] : bench_decode(b, m.hq, m.hkv, ctx, KvDType::kKv4,
+                                                              prop.multiProcessorCount, flush, 9).ms * 1e3f;
+        const double loss = plan_us / us[best] - 1;
+        worst = std::max(worst, loss);
+        std::printf(" | %4d  %4d  %4.0f%%  %4.0f%%\n", best, plan.max_chunks, 100 * loss,
+                    100 * bytes / (plan_us * 1e-6) / 1e12 / copy_tbs);
+        if (js) {
+          std::fprintf(js, "{\"model\":\"%s\",\"batch\":%d,\"ctx\":%d,\"plan_chunks\":%d,\"plan_us\":%.2f,\"us\":[",
+                       m.name, b, ctx, plan.max_chunks, plan_us);
+          for (int c = 1; c <= kMaxChunks; ++c) std::fprintf(js, "%s%.2f", c > 1 ? "," : "", us[c]);
+          std::fprintf(js, "],\"bytes\":%.0f}\n", bytes);
+        }
+        std::fflush(stdout);
+      }
+  std::printf("worst loss of the plan against the best split: %.0f%%\n", 100 * worst);
+  if (js) std::fclose(js);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string out_dir = ".";
-  bool quick = false;
+  bool quick = false, sweep = false;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) quick = true;
+    else if (std::strcmp(argv[i], "--plan-sweep") == 0) sweep = true;
+    else if (std::strcmp(argv[i], "--flush-dirty") == 0) qs::bench::set_flush(qs::bench::Flush::kDirty);
     else out_dir = argv[i];
   }
   cudaDeviceProp prop;
   QS_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-  Dev flush(256 << 20);
+  Dev flush(qs::bench::kL2FlushBytes);
   const double copy_tbs = copy_bandwidth(flush);
+  if (sweep) return plan_sweep(out_dir, prop, copy_tbs, flush);
   std::FILE* js = std::fopen((out_dir + "/attention.json").c_str(), "w");
-  std::printf("device %s, %d SMs; copy bandwidth %.3f TB/s (read+write)\n", prop.name, prop.multiProcessorCount,
-              copy_tbs);
+  std::printf("device %s, %d SMs; copy bandwidth %.3f TB/s (read+write); L2 flush %s\n", prop.name,
+              prop.multiProcessorCount, copy_tbs, qs::bench::flush_name());
   if (js) std::fprintf(js, "{\"device\":\"%s\",\"copy_tbs\":%.4f}\n", prop.name, copy_tbs);
   const int reps = quick ? 5 : 15;
   std::printf("\n%-8s %5s %6s | %9s %7s %6s | %9s %7s %6s | %9s %7s %6s | %8s %8s\n", "decode", "batch", "ctx",
@@ -194,6 +259,24 @@ int main(int argc, char** argv) {
                        m.name, b, c, k4.ms * 1e3, t4, f16.ms * 1e3, t16, f8.ms * 1e3, t8);
         std::fflush(stdout);
       }
+  // The two ways of making L2 cold on the same shapes (KV4 decode): what the dirty memset charges a kernel.
+  std::printf("\n%-8s %5s %6s | %9s %6s | %9s %6s  (KV4 decode, L2 flush)\n", "flush", "batch", "ctx", "clean us",
+              "%copy", "dirty us", "%copy");
+  const qs::bench::Flush mode = qs::bench::flush_mode();
+  for (const auto& [b, c] : std::vector<std::pair<int, int>>{{64, 1024}, {64, 4096}, {256, 1024}}) {
+    DecodeResult r[2];
+    for (int f = 0; f < 2; ++f) {
+      qs::bench::set_flush(f ? qs::bench::Flush::kDirty : qs::bench::Flush::kClean);
+      r[f] = bench_decode(b, 32, 8, c, KvDType::kKv4, prop.multiProcessorCount, flush, reps);
+    }
+    auto pct = [&](const DecodeResult& x) { return 100 * x.bytes / (x.ms * 1e-3) / 1e12 / copy_tbs; };
+    std::printf("%-8s %5d %6d | %9.1f %5.0f%% | %9.1f %5.0f%%\n", "l3-8b", b, c, r[0].ms * 1e3, pct(r[0]),
+                r[1].ms * 1e3, pct(r[1]));
+    if (js)
+      std::fprintf(js, "{\"op\":\"flush\",\"batch\":%d,\"ctx\":%d,\"clean_us\":%.2f,\"dirty_us\":%.2f}\n", b, c,
+                   r[0].ms * 1e3, r[1].ms * 1e3);
+  }
+  qs::bench::set_flush(mode);
   std::printf("\n%-8s %6s %6s | %9s %8s\n", "prefill", "len", "batch", "us", "TFLOP/s");
   for (int len : {1024, 2048, 4096, 8192}) {
     double flops = 0;

@@ -44,7 +44,7 @@ int main(int argc, char** argv) {
   }
   cudaDeviceProp prop;
   QS_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-  Dev flush(256 << 20);
+  Dev flush(qs::bench::kL2FlushBytes);
   const int reps = quick ? 5 : 15;
   double copy_tbs = 0;
   {
@@ -55,7 +55,8 @@ int main(int argc, char** argv) {
         median_ms([&] { QS_CUDA_CHECK(cudaMemcpyAsync(b.p, a.p, n, cudaMemcpyDeviceToDevice)); }, 10, flush.p);
     copy_tbs = 2.0 * double(n) / (ms * 1e-3) / 1e12;
   }
-  std::printf("device %s; copy bandwidth %.3f TB/s (read+write)\n", prop.name, copy_tbs);
+  std::printf("device %s; copy bandwidth %.3f TB/s (read+write); L2 flush %s\n", prop.name, copy_tbs,
+              qs::bench::flush_name());
   std::FILE* js = std::fopen((out_dir + "/fused.json").c_str(), "w");
   if (js) std::fprintf(js, "{\"device\":\"%s\",\"copy_tbs\":%.4f}\n", prop.name, copy_tbs);
   std::printf("\n%-14s %6s %6s | %9s %7s %6s\n", "op", "rows", "cols", "us", "TB/s", "%copy");

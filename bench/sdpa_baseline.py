@@ -4,8 +4,10 @@
 Decode: q [B, 32|64, 1, 128] against an FP16 KV cache k/v [B, 8, ctx, 128] (GQA via enable_gqa), the flash backend
 (and cuDNN where available), same batch x context grid as bench_attention (batch x ctx <= 4M). Bandwidth is counted
 on the K/V bytes plus q and output, as for our kernels. Prefill: causal, Llama-3-8B heads, 16384 tokens in
-sequences of 1024..8192, TFLOP/s with the same FLOP count. Cold L2 before each timed call; median of 15.
-Usage: sdpa_baseline.py OUT_DIR [--quick]   (prints a table, writes OUT_DIR/sdpa.json as JSON lines)
+sequences of 1024..8192, TFLOP/s with the same FLOP count. Cold L2 before each timed call, made as bench_attention
+makes it (bench/bench_timing.cuh): a read pass over 256 MiB (clean lines), or with --flush-dirty the old 256 MiB
+fill (dirty lines the timed call must write back). Median of 15.
+Usage: sdpa_baseline.py OUT_DIR [--quick] [--flush-dirty]   (prints a table, writes OUT_DIR/sdpa.json as JSON lines)
 """
 import json
 import sys
@@ -15,12 +17,18 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
+DIRTY = "--flush-dirty" in sys.argv
+
+
 def time_ms(fn, reps, flush):
     for _ in range(3):
         fn()
     ts = []
     for i in range(reps):
-        flush.fill_(i)
+        if DIRTY:
+            flush.fill_(i)
+        else:
+            flush.view(torch.int32).sum()
         a = torch.cuda.Event(enable_timing=True)
         b = torch.cuda.Event(enable_timing=True)
         a.record()
@@ -40,7 +48,7 @@ def main():
     flush = torch.empty(256 << 20, dtype=torch.uint8, device=dev)
     js = open(f"{out_dir}/sdpa.json", "w")
     name = torch.cuda.get_device_name()
-    print(f"device {name}; torch {torch.__version__}")
+    print(f"device {name}; torch {torch.__version__}; L2 flush {'dirty (fill)' if DIRTY else 'clean (read pass)'}")
     js.write(json.dumps({"device": name, "torch": torch.__version__}) + "\n")
     batches = [1, 64] if quick else [1, 8, 32, 64, 128, 256]
     ctxs = [1024, 4096] if quick else [512, 1024, 2048, 4096, 8192, 32768]

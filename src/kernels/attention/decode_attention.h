@@ -26,6 +26,12 @@ struct DecodePlan {
 DecodePlan plan_decode(int32_t batch, int32_t num_q_heads, const KvCacheLayout& layout, int32_t max_context,
                        int32_t num_sms);
 
+// The plan that splits contexts of at most `max_context` tokens into `chunks` chunks (chunk length rounded up to a
+// multiple of 16, at least 64 tokens; 1 chunk = no split). plan_decode's choice goes through it; benchmarks use it
+// to time every split.
+DecodePlan plan_decode_chunks(int32_t batch, int32_t num_q_heads, const KvCacheLayout& layout, int32_t max_context,
+                              int64_t chunks);
+
 // Launches only (no allocation, no sync): every context_lens[b] must be <= the plan's max_context.
 Status run_decode(const DecodeParams& p, const DecodePlan& plan, void* workspace, cudaStream_t stream);
 
