@@ -21,6 +21,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -200,7 +201,10 @@ void run(Args a) {
       streamed = true;
       auto r = qs::quant::qoq::run_qoq_streaming(a.model, backend, calib, opt, so);
       result = std::move(r.result);
+      const auto t_write = std::chrono::steady_clock::now();
       qs::quant::qoq::make_checkpoint(r.fp, result, cfg.num_layers, hf, source).write(tmp.string());
+      std::fprintf(stderr, "qserve quantize: checkpoint written in %.1f s\n",
+                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t_write).count());
     }
     for (const char* f : {"tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja",
                           "special_tokens_map.json", "tokenizer.model"})

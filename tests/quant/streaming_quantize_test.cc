@@ -179,6 +179,35 @@ TEST_F(StreamingTest, HiddenStatesSavedOnlyAtIntervalsAndAtTheStop) {
   expect_same(full.result, full.fp, resumed.result, resumed.fp);
 }
 
+// Saves are written in the background and only the newest hidden state is kept: a stop at layer 1, a resume that
+// stops at layer 3 (no save in between) leaves hidden-3.bin alone; after the last layer no hidden state is kept, and
+// a finished state resumes with nothing left to run.
+TEST_F(StreamingTest, OnlyTheNewestHiddenStateIsKeptAndNoneAfterTheLastLayer) {
+  const QoqOptions opt = small(WeightFormat::kW4A8PerChannel);
+  StreamingOptions so;
+  so.state_dir = (tmp_ / "state").string();
+  so.save_every_seconds = 1e9;
+  so.stop_after_layers = 1;
+  EXPECT_THAT(qs::test::error_of([&] { run_qoq_streaming(dir_, backends::cpu_backend(), calib_, opt, so); }),
+              HasSubstr("stopped after layer 1"));
+  EXPECT_TRUE(fs::exists(tmp_ / "state" / "hidden-1.bin"));
+  so.stop_after_layers = 3;
+  EXPECT_THAT(qs::test::error_of([&] { run_qoq_streaming(dir_, backends::cpu_backend(), calib_, opt, so); }),
+              HasSubstr("stopped after layer 3"));
+  EXPECT_TRUE(fs::exists(tmp_ / "state" / "hidden-3.bin"));
+  EXPECT_FALSE(fs::exists(tmp_ / "state" / "hidden-1.bin"));
+  so.stop_after_layers = -1;
+  const StreamingResult resumed = run_qoq_streaming(dir_, backends::cpu_backend(), calib_, opt, so);
+  EXPECT_EQ(resumed.resumed_layers, 3);
+  for (const auto& e : fs::directory_iterator(tmp_ / "state"))
+    EXPECT_FALSE(e.path().filename().string().starts_with("hidden-")) << e.path();
+  const StreamingResult finished = run_qoq_streaming(dir_, backends::cpu_backend(), calib_, opt, so);
+  EXPECT_EQ(finished.resumed_layers, 4);
+  expect_same(resumed.result, resumed.fp, finished.result, finished.fp);
+  const StreamingResult full = run_qoq_streaming(dir_, backends::cpu_backend(), calib_, opt, {});
+  expect_same(full.result, full.fp, resumed.result, resumed.fp);
+}
+
 TEST_F(StreamingTest, StateFromOtherSettingsIsRefusedOrDiscarded) {
   QoqOptions opt = small(WeightFormat::kW4A8G128);
   StreamingOptions so;

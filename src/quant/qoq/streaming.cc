@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <set>
 #include <sstream>
 
@@ -304,7 +305,9 @@ ResumeState open_state(const fs::path& dir, const nlohmann::json& key, bool fres
   }
   if (why.empty()) {
     st.layers_done = j.value("layers_done", 0);
-    if (st.layers_done < 0 || st.layers_done > num_layers || !fs::exists(hidden_file(dir, st.layers_done)))
+    // After the last layer no hidden state is kept (nothing is left to run on it).
+    if (st.layers_done < 0 || st.layers_done > num_layers ||
+        (st.layers_done < num_layers && !fs::exists(hidden_file(dir, st.layers_done))))
       why = "its files are incomplete";
     for (int i = 0; why.empty() && i < st.layers_done; ++i)
       if (!fs::exists(layer_file(dir, i))) why = "layer " + std::to_string(i) + " is missing";
@@ -325,9 +328,11 @@ ResumeState open_state(const fs::path& dir, const nlohmann::json& key, bool fres
   return ResumeState();
 }
 
+// hidden empty: the state after the last layer (no hidden file). Every older hidden-N.bin is removed once the new
+// state is in place (only one save is ever resumed from).
 void save_state(const fs::path& dir, const nlohmann::json& key, int layers_done,
                 const std::vector<LayerReport>& reports, const std::vector<float>& hidden) {
-  write_atomic(hidden_file(dir, layers_done), hidden.data(), hidden.size() * sizeof(float));
+  if (!hidden.empty()) write_atomic(hidden_file(dir, layers_done), hidden.data(), hidden.size() * sizeof(float));
   nlohmann::json j = key;
   j["version"] = kStateVersion;
   j["layers_done"] = layers_done;
@@ -336,8 +341,12 @@ void save_state(const fs::path& dir, const nlohmann::json& key, int layers_done,
   j["reports"] = reps;
   const std::string text = j.dump(1);
   write_atomic(dir / "state.json", text.data(), text.size());
-  std::error_code ec;
-  if (layers_done > 0) fs::remove(hidden_file(dir, layers_done - 1), ec);
+  const std::string keep = hidden.empty() ? std::string() : hidden_file(dir, layers_done).filename().string();
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string n = e.path().filename().string();
+    std::error_code ec;
+    if (n != keep && n.starts_with("hidden-") && n.ends_with(".bin") && e.is_regular_file(ec)) fs::remove(e.path(), ec);
+  }
 }
 
 void restore_hidden(const fs::path& dir, int layers_done, std::vector<float>& hidden) {
@@ -460,9 +469,11 @@ StreamingResult run_qoq_streaming(const std::string& model_dir, const backends::
   if (st.layers_done > 0) {
     for (int i = 0; i < st.layers_done; ++i)
       load_layer_state(state_dir, i, opt.variant == WeightFormat::kW4A8G128, res.linears, fp);
-    std::vector<float> hidden = runner.hidden_host();
-    restore_hidden(state_dir, st.layers_done, hidden);
-    runner.set_hidden(hidden);
+    if (st.layers_done < c.num_layers) {
+      std::vector<float> hidden = runner.hidden_host();
+      restore_hidden(state_dir, st.layers_done, hidden);
+      runner.set_hidden(hidden);
+    }
     res.layers = st.reports;
     out.resumed_layers = st.layers_done;
     bar.advance(double(st.layers_done) * (opt.propagate_quantized ? 5 : 4),
@@ -472,13 +483,27 @@ StreamingResult run_qoq_streaming(const std::string& model_dir, const backends::
                    state_dir.string().c_str());
   }
 
+  if (opt.progress)
+    std::fprintf(stderr, "\nqserve quantize: embeddings, lm_head and calibration inputs ready in %.1f s\n",
+                 since(t_start));
   const auto t_layers = Clock::now();
   auto last_save = Clock::now();
+  // Overlapped with the layer in work: the next layer's load (a background task; its parallel_for regions take turns
+  // with the calibration's in the one thread pool) and the last resume-state save (the hidden states are 2 GB for
+  // an 8B model). Both futures are waited for before they are replaced and before this function returns; on an
+  // error their destructors wait.
+  std::future<model::DecoderLayer> next_layer;
+  std::future<void> saving;
+  auto prefetch = [&](int i) {
+    if (i < c.num_layers)
+      next_layer = std::async(std::launch::async, [&store, &c, &be, i] { return load_layer(store, c, i, be); });
+  };
   for (int li = st.layers_done; li < c.num_layers; ++li) {
     const auto t_layer = Clock::now();
     QS_CHECK(!(opt.cancelled && opt.cancelled())) << "interrupted";
     if (li != st.layers_done || shell.weights().layers[0].q_proj == nullptr)
-      shell.weights().layers[0] = load_layer(store, c, li, be);
+      shell.weights().layers[0] = next_layer.valid() ? next_layer.get() : load_layer(store, c, li, be);
+    prefetch(li + 1);
     const auto t_loaded = Clock::now();
     ModelWeights view = weights_view(shell);
     LayerWeights& lw = view.layers[0];
@@ -510,8 +535,14 @@ StreamingResult run_qoq_streaming(const std::string& model_dir, const backends::
       for (const char* n : model::kLayerLinearNames)
         saved[layer_prefix(li) + n] = res.linears.at(layer_prefix(li) + n);
       save_layer(state_dir, li, saved, fp);
-      if (stop || li + 1 == c.num_layers || since(last_save) >= sopt.save_every_seconds) {
-        save_state(state_dir, key, li + 1, res.layers, runner.hidden_host());
+      const bool last = li + 1 == c.num_layers;
+      if (stop || last || since(last_save) >= sopt.save_every_seconds) {
+        if (saving.valid()) saving.get();  // one save at a time; rethrows its error
+        std::vector<float> hidden = last ? std::vector<float>() : runner.hidden_host();
+        saving = std::async(std::launch::async, [&state_dir, &key, li, reports = res.layers, h = std::move(hidden)] {
+          save_state(state_dir, key, li + 1, reports, h);
+        });
+        if (stop || last) saving.get();
         last_save = Clock::now();
       }
     }
