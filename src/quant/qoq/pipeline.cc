@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <future>
 #include <numeric>
 #include <sstream>
 
@@ -273,8 +274,10 @@ LayerReport quantize_layer(model::Model& model, CalibrationRunner& runner, int m
   }
   rep.phase_seconds[1] = since(t_phase);
   t_phase = Clock::now();
-  // (4) quantize the seven linears.
+  // (4) quantize the seven linears. Each one's error report (two matmuls on the backend) runs as a background task
+  // while the next linears are quantized; the phase waits for the reports at its end.
   Tensor* weights[7] = {lw.q, lw.k, lw.v, lw.o, lw.gate, lw.up, lw.down};
+  std::vector<std::future<double>> errors;
   for (int j = 0; j < 7; ++j) {
     QS_CHECK(!(opt.cancelled && opt.cancelled())) << "interrupted";
     const std::string name = "model.layers." + std::to_string(li) + "." + names[j];
@@ -303,12 +306,16 @@ LayerReport quantize_layer(model::Model& model, CalibrationRunner& runner, int m
       deq = q.dequant;
       out.emplace(name, std::move(q));
     }
-    const auto t_report = Clock::now();
-    const std::vector<float> y = matmul(be, rows.data<float>(), rows.dim(0), wt);
-    lr.rel_error = std::sqrt(sq_dist(matmul(be, rows.data<float>(), rows.dim(0), deq), y) / std::max(sq_norm(y), 1e-300));
-    rep.report_seconds += since(t_report);
+    errors.push_back(std::async(std::launch::async, [&be, &rows, &wt, deq] {
+      const std::vector<float> y = matmul(be, rows.data<float>(), rows.dim(0), wt);
+      return std::sqrt(sq_dist(matmul(be, rows.data<float>(), rows.dim(0), deq), y) / std::max(sq_norm(y), 1e-300));
+    }));
     rep.linears.push_back(lr);
   }
+  const auto t_report = Clock::now();
+  const size_t first = rep.linears.size() - errors.size();
+  for (size_t j = 0; j < errors.size(); ++j) rep.linears[first + j].rel_error = errors[j].get();
+  rep.report_seconds = since(t_report);
   rep.phase_seconds[2] = since(t_phase);
   t_phase = Clock::now();
   if (opt.propagate_quantized) {

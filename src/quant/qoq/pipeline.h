@@ -88,8 +88,8 @@ struct LayerReport {
   // Wall time of the phases: calibration pass, transformations with their searches, quantization (GPTQ + the
   // error report), propagation pass (not kept in a resume state: 0 for resumed layers).
   double phase_seconds[4] = {0, 0, 0, 0};
-  // Parts of them: the SmoothAttention / down_proj searches (with the diagnostics) in phase 1, and the error
-  // report's two matmuls per linear in phase 2.
+  // Parts of them: the SmoothAttention / down_proj searches (with the diagnostics) in phase 1, and in phase 2 the
+  // wait for the error reports (two matmuls per linear, run in the background while the next linears quantize).
   double search_seconds = 0.0, report_seconds = 0.0;
   std::vector<LinearReport> linears;
 };
