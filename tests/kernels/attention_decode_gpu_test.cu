@@ -201,6 +201,11 @@ TEST(DecodeGpuPlan, SplitsOnlyWhenTheBatchCannotFillTheGpu) {
   const auto big = kernels::plan_decode(1024, 32, l, 1024, 132);
   EXPECT_EQ(big.max_chunks, 1);
   EXPECT_EQ(big.workspace_bytes, 0u);
+  // About 8 warps per SM (bench/results/attention.md, plan sweep on the H200): batch 128 x 8 KV heads (1024 warps)
+  // is not split (a 3-way split measured 13-75% slower), batch 32 (256 warps) gets 4 chunks, batch 64 gets 2.
+  EXPECT_EQ(kernels::plan_decode(128, 32, l, 1024, 132).max_chunks, 1);
+  EXPECT_EQ(kernels::plan_decode(32, 32, l, 1024, 132).max_chunks, 4);
+  EXPECT_EQ(kernels::plan_decode(64, 64, l, 2048, 132).max_chunks, 2);
 }
 
 TEST(DecodeGpuPlan, UnsupportedGroupIsAnError) {

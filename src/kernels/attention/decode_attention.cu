@@ -327,55 +327,79 @@ struct DecodeWarp {
   float qoff[NH][2];  // KV4: 1024 * sum of the (pre-divided) query of heads 2t, 2t+1: the K fragments' offset
   float zc[NH][2];    // KV4: sum_tok p_tok * s_v * z_v of heads 2t, 2t+1 (this lane's tokens), to subtract
 
-  __device__ void step(const typename L::Raw& raw, int tok0, int end, float sl2, int g) {
-    // Two independent mma chains over the dims (even / odd k-steps) halve the dependent HMMA latency per tile.
-    float s[NH][4], s2[NH][4];
+  // One step over T consecutive tiles (tokens tok0 .. tok0 + 16T - 1; tiles past `end` are fully masked): the
+  // tiles' mma chains are independent, and the softmax's max (three shuffles per head column), rescale and
+  // O correction are paid once per step instead of once per tile. T = 2 halves the dependent latency per token of a
+  // warp, which bounds a warp's throughput at short contexts.
+  template <int T>
+  __device__ void step(const typename L::Raw* raw, int tok0, int end, float sl2, int g) {
+    // Two independent mma chains per tile over the dims (even / odd k-steps).
+    float s[T][NH][4], s2[T][NH][4];
 #pragma unroll
-    for (int nh = 0; nh < NH; ++nh)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) s[nh][i] = s2[nh][i] = 0.0f;
-#pragma unroll
-    for (int c = 0; c < D / 16; ++c) {
-      const uint32_t a[4] = {L::k_reg(raw, 0, 2 * c), L::k_reg(raw, 1, 2 * c), L::k_reg(raw, 0, 2 * c + 1),
-                             L::k_reg(raw, 1, 2 * c + 1)};
-#pragma unroll
-      for (int nh = 0; nh < NH; ++nh) mma_f16_16816(c % 2 ? s2[nh] : s[nh], a, qb[nh][c][0], qb[nh][c][1]);
-    }
-#pragma unroll
-    for (int nh = 0; nh < NH; ++nh)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) s[nh][i] += s2[nh][i];
-    float vs[2] = {1.0f, 1.0f}, vz[2] = {0.0f, 0.0f};
-    if constexpr (L::kScaled) {
-#pragma unroll
-      for (int nt = 0; nt < 2; ++nt) {  // tokens 2g (nt 0), 2g+1 (nt 1): S log2 = sl2 s_k (acc - qoff - z_k sum(q))
-        const float ksl = (nt ? hi_f(raw.ks) : lo_f(raw.ks)) * sl2, kz = nt ? hi_f(raw.kz) : lo_f(raw.kz);
-#pragma unroll
-        for (int nh = 0; nh < NH; ++nh)
-#pragma unroll
-          for (int e = 0; e < 2; ++e)
-            s[nh][2 * nt + e] = L::kCodes ? (s[nh][2 * nt + e] - fmaf(kz, sumq[nh][e], qoff[nh][e])) * ksl
-                                          : s[nh][2 * nt + e] * ksl;
-        vs[nt] = (nt ? hi_f(raw.vs) : lo_f(raw.vs)) * L::kVScale;
-        vz[nt] = nt ? hi_f(raw.vz) : lo_f(raw.vz);
-      }
-    } else {
+    for (int u = 0; u < T; ++u)
 #pragma unroll
       for (int nh = 0; nh < NH; ++nh)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) s[nh][i] *= sl2;
+        for (int i = 0; i < 4; ++i) s[u][nh][i] = s2[u][nh][i] = 0.0f;
+#pragma unroll
+    for (int c = 0; c < D / 16; ++c)
+#pragma unroll
+      for (int u = 0; u < T; ++u) {
+        const uint32_t a[4] = {L::k_reg(raw[u], 0, 2 * c), L::k_reg(raw[u], 1, 2 * c), L::k_reg(raw[u], 0, 2 * c + 1),
+                               L::k_reg(raw[u], 1, 2 * c + 1)};
+#pragma unroll
+        for (int nh = 0; nh < NH; ++nh) mma_f16_16816(c % 2 ? s2[u][nh] : s[u][nh], a, qb[nh][c][0], qb[nh][c][1]);
+      }
+    float vs[T][2], vz[T][2];
+#pragma unroll
+    for (int u = 0; u < T; ++u) {
+#pragma unroll
+      for (int nh = 0; nh < NH; ++nh)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) s[u][nh][i] += s2[u][nh][i];
+      vs[u][0] = vs[u][1] = 1.0f;
+      vz[u][0] = vz[u][1] = 0.0f;
+      if constexpr (L::kScaled) {
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {  // tokens 2g (nt 0), 2g+1 (nt 1): S log2 = sl2 s_k (acc - qoff - z_k sum(q))
+          const float ksl = (nt ? hi_f(raw[u].ks) : lo_f(raw[u].ks)) * sl2;
+          const float kz = nt ? hi_f(raw[u].kz) : lo_f(raw[u].kz);
+#pragma unroll
+          for (int nh = 0; nh < NH; ++nh)
+#pragma unroll
+            for (int e = 0; e < 2; ++e)
+              s[u][nh][2 * nt + e] = L::kCodes ? (s[u][nh][2 * nt + e] - fmaf(kz, sumq[nh][e], qoff[nh][e])) * ksl
+                                               : s[u][nh][2 * nt + e] * ksl;
+          vs[u][nt] = (nt ? hi_f(raw[u].vs) : lo_f(raw[u].vs)) * L::kVScale;
+          vz[u][nt] = nt ? hi_f(raw[u].vz) : lo_f(raw[u].vz);
+        }
+      } else {
+#pragma unroll
+        for (int nh = 0; nh < NH; ++nh)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) s[u][nh][i] *= sl2;
+      }
     }
-    const bool ok0 = tok0 + L::row_tok(0, g) < end, ok1 = tok0 + L::row_tok(1, g) < end;
-    uint32_t pb[NH][2];
+    bool ok[T][2];
+#pragma unroll
+    for (int u = 0; u < T; ++u)
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) ok[u][nt] = tok0 + 16 * u + L::row_tok(nt, g) < end;
+    uint32_t pb[T][NH][2];
     float corr[NH][2];
     bool grew = false;
 #pragma unroll
     for (int nh = 0; nh < NH; ++nh) {
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {  // head column 2t + e: mma rows g (s[e]) and g + 8 (s[2 + e])
-        const float v0 = ok0 ? s[nh][e] : -INFINITY;
-        const float v1 = ok1 ? s[nh][2 + e] : -INFINITY;
-        float mx = fmaxf(v0, v1);
+      for (int e = 0; e < 2; ++e) {  // head column 2t + e: mma rows g (s[e]) and g + 8 (s[2 + e]) of every tile
+        float v[T][2];
+        float mx = -INFINITY;
+#pragma unroll
+        for (int u = 0; u < T; ++u) {
+          v[u][0] = ok[u][0] ? s[u][nh][e] : -INFINITY;
+          v[u][1] = ok[u][1] ? s[u][nh][2 + e] : -INFINITY;
+          mx = fmaxf(mx, fmaxf(v[u][0], v[u][1]));
+        }
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
@@ -384,14 +408,23 @@ struct DecodeWarp {
         const float c = exp2f(m[nh][e] - mnew);
         corr[nh][e] = c;
         m[nh][e] = mnew;
-        const float p0 = exp2f(v0 - mnew), p1 = exp2f(v1 - mnew);
-        l[nh][e] = l[nh][e] * c + p0 + p1;
-        s[nh][e] = p0 * vs[0];  // P pre-scaled by the V scale of its token (1 for FP16)
-        s[nh][2 + e] = p1 * vs[1];
-        if constexpr (L::kCodes) zc[nh][e] = zc[nh][e] * c + s[nh][e] * vz[0] + s[nh][2 + e] * vz[1];
+        float lsum = l[nh][e] * c, zsum = zc[nh][e] * c;
+#pragma unroll
+        for (int u = 0; u < T; ++u) {
+          const float p0 = exp2f(v[u][0] - mnew), p1 = exp2f(v[u][1] - mnew);
+          lsum += p0 + p1;
+          s[u][nh][e] = p0 * vs[u][0];  // P pre-scaled by the V scale of its token (1 for FP16)
+          s[u][nh][2 + e] = p1 * vs[u][1];
+          if constexpr (L::kCodes) zsum += s[u][nh][e] * vz[u][0] + s[u][nh][2 + e] * vz[u][1];
+        }
+        l[nh][e] = lsum;
+        zc[nh][e] = zsum;
       }
-      pb[nh][0] = movmatrix_trans(pack_h2(s[nh][0], s[nh][1]));  // rows 0..7 x heads -> B rows 0..7
-      pb[nh][1] = movmatrix_trans(pack_h2(s[nh][2], s[nh][3]));  // rows 8..15
+#pragma unroll
+      for (int u = 0; u < T; ++u) {
+        pb[u][nh][0] = movmatrix_trans(pack_h2(s[u][nh][0], s[u][nh][1]));  // rows 0..7 x heads -> B rows 0..7
+        pb[u][nh][1] = movmatrix_trans(pack_h2(s[u][nh][2], s[u][nh][3]));  // rows 8..15
+      }
     }
     // The running maxima rarely grow after the first tiles: rescale O only when one did (warp-uniform branch).
     if (__any_sync(0xffffffffu, grew)) {
@@ -404,17 +437,19 @@ struct DecodeWarp {
     }
     constexpr int VG = L::kVGroup;
 #pragma unroll
-    for (int w = 0; w < D / 8 / VG; ++w) {
-      uint32_t v0[VG], v1[VG];
-      L::v_group(raw, 0, w, v0);
-      L::v_group(raw, 1, w, v1);
+    for (int u = 0; u < T; ++u)
 #pragma unroll
-      for (int i = 0; i < VG / 2; ++i) {
-        const uint32_t a[4] = {v0[2 * i], v0[2 * i + 1], v1[2 * i], v1[2 * i + 1]};
+      for (int w = 0; w < D / 8 / VG; ++w) {
+        uint32_t v0[VG], v1[VG];
+        L::v_group(raw[u], 0, w, v0);
+        L::v_group(raw[u], 1, w, v1);
 #pragma unroll
-        for (int nh = 0; nh < NH; ++nh) mma_f16_16816(o[nh][w * VG / 2 + i], a, pb[nh][0], pb[nh][1]);
+        for (int i = 0; i < VG / 2; ++i) {
+          const uint32_t a[4] = {v0[2 * i], v0[2 * i + 1], v1[2 * i], v1[2 * i + 1]};
+#pragma unroll
+          for (int nh = 0; nh < NH; ++nh) mma_f16_16816(o[nh][w * VG / 2 + i], a, pb[u][nh][0], pb[u][nh][1]);
+        }
       }
-    }
   }
 };
 
@@ -515,7 +550,7 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas)
       for (int i = 0; i < kB; ++i) {
         const int tk = tok0 + 16 * i;
         if (tk < end) {
-          w.step(r[i], tk, end, sl2, g);
+          w.template step<1>(&r[i], tk, end, sl2, g);
           if (tk + 16 * kB < end) load(r[i], tk + 16 * kB);
         }
       }
@@ -531,24 +566,33 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas)
       const int64_t blk = int64_t(pages.get(pidx, lane)) * page_bytes + head;
       L::issue(ring_s + stage * L::tile_bytes(), p.k_pool + blk, p.v_pool + blk, tok0 - pidx * psize, psize, lane);
     };
+    // Two tiles per step (DecodeWarp::step<2>). The ring holds S tiles: S - 2 are issued ahead, and a step's two new
+    // tiles go to the stages the previous step read (never to the ones this step reads). Every issue slot commits
+    // one cp.async group (empty past the chunk) so the group count is fixed.
+    constexpr int P = 2;
+    static_assert(S % P == 0 && S >= 2 * P, "ring of whole steps");
     const int ntiles = (end - start + 15) / 16;
 #pragma unroll
-    for (int i = 0; i < S - 1; ++i) {
+    for (int i = 0; i < S - P; ++i) {
       if (i < ntiles) issue(i, i);
       cp_async_commit();
     }
-    int rd = 0, wr = S - 1;  // stages of tile i and of tile i + S - 1
-    for (int i = 0; i < ntiles; ++i) {
-      cp_async_wait<S - 2>();
-      __syncwarp();  // every lane's copies of tile i landed; every lane is done reading tile i - 1's stage
+    int rd = 0;  // stage of tile i
+    for (int i = 0; i < ntiles; i += P) {
+      cp_async_wait<S - 2 * P>();
+      __syncwarp();  // every lane's copies of tiles i, i+1 landed; every lane is done reading the previous step's
       const int tk = start + 16 * i;
-      typename L::Raw raw;
-      L::load_smem(raw, ring + rd * L::tile_bytes(), end - tk, g, t);
-      if (i + S - 1 < ntiles) issue(i + S - 1, wr);
-      cp_async_commit();
-      rd = rd + 1 == S ? 0 : rd + 1;
-      wr = wr + 1 == S ? 0 : wr + 1;
-      w.step(raw, tk, end, sl2, g);
+      typename L::Raw raw[P];
+#pragma unroll
+      for (int u = 0; u < P; ++u) L::load_smem(raw[u], ring + (rd + u) * L::tile_bytes(), end - tk - 16 * u, g, t);
+      const int wr = rd == 0 ? S - P : rd - P;  // the previous step's stages
+#pragma unroll
+      for (int u = 0; u < P; ++u) {
+        if (i + S - P + u < ntiles) issue(i + S - P + u, wr + u);
+        cp_async_commit();
+      }
+      rd = rd + P == S ? 0 : rd + P;
+      w.template step<P>(raw, tk, end, sl2, g);
     }
   }
 
@@ -667,19 +711,16 @@ DecodePlan plan_decode(int32_t batch, int32_t num_q_heads, const KvCacheLayout& 
   const int64_t target_warps = int64_t(std::max(num_sms, 1)) * 32;  // ~2 waves of resident warps
   int64_t chunks = std::max<int64_t>(1, (target_warps + pairs - 1) / pairs);
   if (layout.dtype == KvDType::kKv4 && layout.head_dim == 128) {
-    // Shared-memory ring kernel (12 resident warps per SM): fewest waves x tokens per warp, a warp's fixed cost
-    // (query load, pipeline fill, partial write and merge) counted as 64 tokens; e.g. batch 64 x 8 KV heads on 132
-    // SMs: 3 chunks (1536 warps, one wave) instead of 9 (4608 warps).
-    const int64_t resident = int64_t(std::max(num_sms, 1)) * 12;
-    // A batch that fills the resident warps by itself is not split (many waves: quantization does not matter).
-    const int64_t max_chunks = pairs >= resident ? 1 : std::max<int64_t>(1, max_context / 64);
-    int64_t best = -1;
-    for (int64_t c = 1; c <= max_chunks; ++c) {
-      const int64_t waves = (pairs * c + resident - 1) / resident;
-      const int64_t tokens = ((max_context + c - 1) / c + 15) / 16 * 16;
-      const int64_t cost = waves * (tokens + 64);
-      if (best < 0 || cost < best) best = cost, chunks = c;
-    }
+    // Shared-memory ring kernel: split until there are about 8 warps per SM (of the 12 that fit), rounded to the
+    // nearest count: a warp streams a chunk at a rate that falls as an SM fills (measured on the H200: ~32 tokens/us
+    // per warp at 4 warps per SM, ~23 at 8, ~17.5 at 12), while every extra chunk costs its partial write and the
+    // merge kernel. Fitted to `bench_attention --plan-sweep` (every split of 1..8 chunks, batch 32-512, context
+    // 512-4096, group 4 and 8; bench/results/attention.md): mean loss against the best split 1.0%, worst 18%
+    // (batch 64 x 512 tokens, group 8), where the cost model this replaces lost 7.1% on average and up to 75% (it
+    // split batch 128 three ways; one chunk is fastest there). The same rule on the previous kernel's sweep:
+    // mean 1.2%, worst 13%.
+    const double target = 8.0 * std::max(num_sms, 1);
+    chunks = std::max<int64_t>(1, std::llround(target / double(pairs)));
   }
   return plan_decode_chunks(batch, num_q_heads, layout, max_context, chunks);
 }
@@ -725,8 +766,8 @@ Status run_decode(const DecodeParams& p, const DecodePlan& plan, void* workspace
       // Shared-memory ring of 6 tiles per warp; 3 CTAs per SM (2 for GQA groups over 8). The register-buffer loop
       // (S = 0) and rings of 4 or 8 tiles, 4 CTAs per SM or prefetching were measured slower on H100
       // (bench/results/attention.md, runs 6-7).
-      return wide ? launch<128, KvDType::kKv4, 2, 6, 2>(p, plan, workspace, stream)
-                  : launch<128, KvDType::kKv4, 1, 6, 3>(p, plan, workspace, stream);
+      return wide ? launch<128, KvDType::kKv4, 2, 8, 2>(p, plan, workspace, stream)
+                  : launch<128, KvDType::kKv4, 1, 8, 3>(p, plan, workspace, stream);
     }
     if (fp8)
       return wide ? launch<128, KvDType::kFp8, 2>(p, plan, workspace, stream)
