@@ -14,9 +14,10 @@
 //     two tokens so each half2 holds one dim of both tokens, as the A operand wants; register j = dim g*D/8 + j.
 // Online softmax in the log2 domain (FA2); a lane's S columns are its O columns (heads 2t, 2t+1). Tokens past the
 // chunk end are masked (scores -inf, V scale 0). The block table is read 32 pages at a time into lanes. KV4 with
-// head_dim 128 stages tiles through a per-warp shared-memory ring (cp.async 16 B, 6 stages, 5 tiles = 10.9 KB in
-// flight per warp, ~130 KB per SM at 3 CTAs/SM) and reads fragments with conflict-free LDS; the other paths keep
-// 2-3 tiles of loads in flight in register buffers. With more than one chunk, each warp writes (O/l, m + log2 l)
+// head_dim 128 stages tiles through a per-warp shared-memory ring (cp.async 16 B, 8 stages, 6 tiles = 13 KB in
+// flight per warp, ~157 KB per SM at 3 CTAs/SM), reads fragments with conflict-free LDS and works on two tiles per
+// step (one softmax max and rescale per 32 tokens); the other paths keep 2-3 tiles of loads in flight in register
+// buffers, one tile per step. With more than one chunk, each warp writes (O/l, m + log2 l)
 // to the workspace and merge_kernel (launched with programmatic dependent launch) combines the chunks. O is
 // rescaled only in tiles where some running maximum grew. Tile addresses: per-lane base pointers set once, one
 // 64-bit add per pointer and tile, page index by shift when the page size is a power of two.
@@ -763,9 +764,9 @@ Status run_decode(const DecodeParams& p, const DecodePlan& plan, void* workspace
   const bool wide = p.num_q_heads / p.layout.num_kv_heads > 8;
   if (d == 128) {
     if (kv4) {
-      // Shared-memory ring of 6 tiles per warp; 3 CTAs per SM (2 for GQA groups over 8). The register-buffer loop
-      // (S = 0) and rings of 4 or 8 tiles, 4 CTAs per SM or prefetching were measured slower on H100
-      // (bench/results/attention.md, runs 6-7).
+      // Shared-memory ring of 8 tiles per warp, two tiles per step; 3 CTAs per SM (2 for GQA groups over 8). The
+      // register-buffer loop (S = 0), 4 CTAs per SM or prefetching were measured slower on H100, and one tile per
+      // step (6-tile ring) 1-5% slower on the H200 (bench/results/attention.md).
       return wide ? launch<128, KvDType::kKv4, 2, 8, 2>(p, plan, workspace, stream)
                   : launch<128, KvDType::kKv4, 1, 8, 3>(p, plan, workspace, stream);
     }
