@@ -715,11 +715,11 @@ DecodePlan plan_decode(int32_t batch, int32_t num_q_heads, const KvCacheLayout& 
     // Shared-memory ring kernel: split until there are about 8 warps per SM (of the 12 that fit), rounded to the
     // nearest count: a warp streams a chunk at a rate that falls as an SM fills (measured on the H200: ~32 tokens/us
     // per warp at 4 warps per SM, ~23 at 8, ~17.5 at 12), while every extra chunk costs its partial write and the
-    // merge kernel. Fitted to `bench_attention --plan-sweep` (every split of 1..8 chunks, batch 32-512, context
-    // 512-4096, group 4 and 8; bench/results/attention.md): mean loss against the best split 1.0%, worst 18%
-    // (batch 64 x 512 tokens, group 8), where the cost model this replaces lost 7.1% on average and up to 75% (it
-    // split batch 128 three ways; one chunk is fastest there). The same rule on the previous kernel's sweep:
-    // mean 1.2%, worst 13%.
+    // merge kernel. Fitted to `bench_attention --plan-sweep` on the H200 (every split of 1..8 chunks, batch
+    // 32-512, context 512-4096, group 4 and 8; data bench/results/decode-plan-sweep-h200-*.jsonl, check
+    // bench/fit_decode_plan.py): mean loss against the best split 1.0%, worst 18% (batch 64 x 512 tokens, group 8)
+    // where the cost model this replaces lost 7.1% and up to 75% (it split batch 128 three ways; one chunk is
+    // fastest there); 1.2% / 20% in the confirming sweep, 1.2% / 13% on the previous kernel's sweep.
     const double target = 8.0 * std::max(num_sms, 1);
     chunks = std::max<int64_t>(1, std::llround(target / double(pairs)));
   }
