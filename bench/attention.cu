@@ -3,12 +3,12 @@
 // attention, with the device copy bandwidth measured in the same process. Decode: Llama-3-8B heads (32 q / 8 kv)
 // and Llama-2-70B heads (64 / 8), head_dim 128, page 64, batch {1,8,32,64,128,256} x context {512..32768}
 // (skipping batch x context > 4M tokens); bandwidth is counted on the bytes the kernel must read (KV data +
-// scales/zeros + q) plus the output. Every timed launch starts with a cold L2 (a 256 MiB buffer is rewritten
-// before it); median of 15 after 3 warm-ups, CUDA events. Prefill: Llama-3-8B heads, 16384 tokens split into
+// scales/zeros + q) plus the output. Every timed launch starts with a cold L2 (bench_timing.cuh: a read pass over
+// 256 MiB); median of 15 after 3 warm-ups, CUDA events. Prefill: Llama-3-8B heads, 16384 tokens split into
 // sequences of 1024..8192, causal FLOPs = 4 * tokens_pairs * head_dim * heads. The PyTorch SDPA baselines run in
 // bench/sdpa_baseline.py in the same device call (scripts/gpu/attention.sh).
-// L2 is made cold by a read pass (bench_timing.cuh); --flush-dirty times after the old 256 MiB memset instead, and
-// a short table at the end compares the two on a few decode shapes.
+// --flush-dirty times after the old 256 MiB memset instead, and a short table at the end compares the two on a few
+// decode shapes.
 //   bench_attention [out_dir] [--quick] [--flush-dirty]   prints a table; writes out_dir/attention.json (JSON lines)
 //   bench_attention [out_dir] --plan-sweep   KV4 decode only: every split of 1..8 chunks per shape (batch 32-512,
 //     context 512-4096, both head configurations) against plan_decode's choice; writes out_dir/decode_plan.json

@@ -709,13 +709,15 @@ DecodePlan plan_decode(int32_t batch, int32_t num_q_heads, const KvCacheLayout& 
   check_shape(num_q_heads, layout);
   QS_CHECK(batch > 0 && max_context > 0) << "decode attention: empty batch or context";
   const int64_t pairs = int64_t(batch) * layout.num_kv_heads;
-  const int64_t target_warps = int64_t(std::max(num_sms, 1)) * 32;  // ~2 waves of resident warps
-  int64_t chunks = std::max<int64_t>(1, (target_warps + pairs - 1) / pairs);
-  if (layout.dtype == KvDType::kKv4 && layout.head_dim == 128) {
-    // Shared-memory ring kernel: split until there are about 8 warps per SM (of the 12 that fit), rounded to the
-    // nearest count: a warp streams a chunk at a rate that falls as an SM fills (measured on the H200: ~32 tokens/us
-    // per warp at 4 warps per SM, ~23 at 8, ~17.5 at 12), while every extra chunk costs its partial write and the
-    // merge kernel. Fitted to `bench_attention --plan-sweep` on the H200 (every split of 1..8 chunks, batch
+  int64_t chunks = 1;
+  if (layout.dtype != KvDType::kKv4 || layout.head_dim != 128) {
+    const int64_t target_warps = int64_t(std::max(num_sms, 1)) * 32;  // ~2 waves of resident warps
+    chunks = std::max<int64_t>(1, (target_warps + pairs - 1) / pairs);
+  } else {
+    // KV4, head_dim 128 (the shared-memory ring kernel): split until there are about 8 warps per SM (of the 12
+    // that fit), rounded to the nearest count: a warp streams a chunk at a rate that falls as an SM fills (measured
+    // on the H200: ~32 tokens/us per warp at 4 warps per SM, ~23 at 8, ~17.5 at 12), while every extra chunk costs
+    // its partial write and the merge kernel. Fitted to `bench_attention --plan-sweep` on the H200 (every split of 1..8 chunks, batch
     // 32-512, context 512-4096, group 4 and 8; data bench/results/decode-plan-sweep-h200-*.jsonl, check
     // bench/fit_decode_plan.py): mean loss against the best split 1.0%, worst 18% (batch 64 x 512 tokens, group 8)
     // where the cost model this replaces lost 7.1% and up to 75% (it split batch 128 three ways; one chunk is
