@@ -333,30 +333,33 @@ void run_sweep(Ctx& c, const std::string& out_dir) {
   std::ofstream md(out_dir + "/gemm_sweep.md");
   md << "| N | K | M | config | splits | us | model us | plan |\n|---|---|---|---|---|---|---|---|\n";
   std::printf("sweep (W4A8 pc): N K M config splits | us model_us plan\n");
-  const int shapes[][2] = {{4096, 4096}, {28672, 4096}, {4096, 14336}};
+  const int shapes[][2] = {{6144, 4096}, {4096, 4096}, {28672, 4096}, {4096, 14336}};
   for (const auto& s : shapes)
     for (int m : {64, 128, 256, 512}) {
       const auto chosen = qs::kernels::qgemm_plan(qs::WeightFormat::kW4A8PerChannel, m, s[0], s[1], c.sms, c.sm_version);
       for (int cfg = 0; cfg < qs::kernels::qgemm_num_configs(); ++cfg) {
         if (!qs::kernels::qgemm_config_is_sm90(cfg)) continue;
-        for (int sp : {1, 2, 4, 8})
+        // splits 0 = stream-K over one CTA per SM; 1, 2, 4, 8 = split-K (c: cluster, g: global workspace).
+        for (int sp : {0, 1, 2, 4, 8})
           for (bool global : {false, true}) {
-          if (sp == 1 && global) continue;
-          const auto plan = qs::kernels::qgemm_plan_for(qs::WeightFormat::kW4A8PerChannel, m, s[0], s[1], cfg, sp, global);
-          if (plan.splits != sp) continue;
+          if (sp <= 1 && global) continue;
+          const auto plan = sp == 0 ? qs::kernels::qgemm_plan_stream_k(qs::WeightFormat::kW4A8PerChannel, m, s[0], s[1], cfg, c.sms)
+                                    : qs::kernels::qgemm_plan_for(qs::WeightFormat::kW4A8PerChannel, m, s[0], s[1], cfg, sp, global);
+          if (sp > 0 && plan.splits != sp) continue;
           const double t = bench_ours(c, qs::WeightFormat::kW4A8PerChannel, m, s[0], s[1], c.sm_version, plan);
           const double est = qs::kernels::qgemm_plan_cost_us(plan, m, s[0], s[1], c.sms);
           const bool is_plan = plan.config == chosen.config && plan.splits == chosen.splits &&
-                               plan.global_split == chosen.global_split;
-          std::printf("%6d %6d %4d %-18s %d%s | %7.1f %7.1f %s\n", s[0], s[1], m, qs::kernels::qgemm_config_name(cfg), sp,
-                      global ? "g" : "c", t, est, is_plan ? "<- plan" : "");
-          md << "| " << s[0] << " | " << s[1] << " | " << m << " | " << qs::kernels::qgemm_config_name(cfg) << " | " << sp
-             << (sp == 1 ? "" : global ? " global" : " cluster") << " | " << t << " | " << est << " | "
-             << (is_plan ? "plan" : "") << " |\n";
+                               plan.global_split == chosen.global_split && plan.stream_k_ctas == chosen.stream_k_ctas;
+          const char* mode = sp == 0 ? "sk" : sp == 1 ? "" : global ? "g" : "c";
+          std::printf("%6d %6d %4d %-18s %d%-2s | %7.1f %7.1f %s\n", s[0], s[1], m, qs::kernels::qgemm_config_name(cfg), sp,
+                      mode, t, est, is_plan ? "<- plan" : "");
+          md << "| " << s[0] << " | " << s[1] << " | " << m << " | " << qs::kernels::qgemm_config_name(cfg) << " | "
+             << (sp == 0 ? "stream-K" : std::to_string(sp) + (sp == 1 ? "" : global ? " global" : " cluster")) << " | "
+             << t << " | " << est << " | " << (is_plan ? "plan" : "") << " |\n";
           }
       }
-      if (!qs::kernels::qgemm_config_is_sm90(chosen.config) || (chosen.splits != 1 && chosen.splits != 2 &&
-                                                                 chosen.splits != 4 && chosen.splits != 8)) {
+      if (!qs::kernels::qgemm_config_is_sm90(chosen.config) || (chosen.stream_k_ctas > 0 && chosen.stream_k_ctas != c.sms) ||
+          (chosen.splits != 1 && chosen.splits != 2 && chosen.splits != 4 && chosen.splits != 8)) {
         const double t = bench_ours(c, qs::WeightFormat::kW4A8PerChannel, m, s[0], s[1], c.sm_version);
         std::printf("%6d %6d %4d %-18s %d | %7.1f %7s <- plan\n", s[0], s[1], m,
                     qs::kernels::qgemm_config_name(chosen.config), chosen.splits, t, "");
@@ -456,8 +459,8 @@ int main(int argc, char** argv) {
       Sum& sum = sums[model][m];
       const qs::kernels::QGemmPlan plan = qs::kernels::qgemm_plan(qs::WeightFormat::kW4A8PerChannel, m, n, k, c.sms, c.sm_version);
       sum.pc += t_pc, sum.g128 += t_g, sum.fp8 += t_f8, sum.fp8rw += t_f8rw;
-      sum.plans += std::string(sum.plans.empty() ? "" : ", ") + qs::kernels::qgemm_config_name(plan.config) + " x" +
-                   std::to_string(plan.splits);
+      sum.plans += std::string(sum.plans.empty() ? "" : ", ") + qs::kernels::qgemm_config_name(plan.config) +
+                   (plan.stream_k_ctas > 0 ? " sk" + std::to_string(plan.stream_k_ctas) : " x" + std::to_string(plan.splits));
     }
   }
   // Issue 11's figure: the four linears of a layer summed, per M, against cuBLASLt FP8 in the same run.

@@ -29,12 +29,13 @@ namespace {
 using ::testing::HasSubstr;
 
 // Runs one problem on the GPU with a given plan override and checks INT32 and FP16 results against the reference.
+// stream_k_ctas > 0 (with a config override): a persistent stream-K plan over that many CTAs.
 void check_problem(const test::QGemmProblem& pr, int splits_override, int config_override = -1,
-                   bool global_split = false) {
+                   bool global_split = false, int stream_k_ctas = 0) {
   const int64_t m = pr.m, n = pr.n;
   SCOPED_TRACE(testing::Message() << weight_format_name(pr.variant) << " m=" << m << " n=" << n
                                   << " k=" << pr.k << " splits=" << splits_override << " config=" << config_override
-                                  << (global_split ? " global split" : ""));
+                                  << (global_split ? " global split" : "") << " stream-K ctas=" << stream_k_ctas);
   std::vector<float> ref(size_t(m * n));
   std::vector<int32_t> ref_acc(size_t(m * n));
   ref_cpu::qgemm(pr.weights(), pr.acts(), pr.epilogue(), ref.data(), ref_acc.data());
@@ -49,6 +50,8 @@ void check_problem(const test::QGemmProblem& pr, int splits_override, int config
   if (config_override >= 0)
     plan = kernels::qgemm_plan_for(pr.variant, int(m), int(n), int(pr.k), config_override,
                                    splits_override > 0 ? splits_override : 1, global_split);
+  if (config_override >= 0 && stream_k_ctas > 0)
+    plan = kernels::qgemm_plan_stream_k(pr.variant, int(m), int(n), int(pr.k), config_override, stream_k_ctas);
   SCOPED_TRACE(testing::Message() << "plan " << kernels::qgemm_config_name(plan.config) << " x" << plan.splits
                                   << (plan.global_split ? " (global split)" : ""));
   DeviceBuffer<uint8_t> ws(plan.workspace_bytes);
@@ -154,6 +157,22 @@ TEST_P(QGemmGpu, ServingRegimePlans) {
         check_problem(pr, splits, config);
         check_problem(pr, splits, config, true);
       }
+}
+
+// Persistent stream-K on every sm90 config: CTA counts that cut tiles anywhere (a tile shared by up to 10 CTAs,
+// a CTA spanning several tiles, ranges that end mid-tile), partial token and channel tiles, every variant. Each
+// check runs the plan twice on one workspace (INT32 then FP16), so the per-tile counters must reset themselves.
+TEST_P(QGemmGpu, StreamK) {
+  QS_REQUIRE_GPU();
+  const test::QGemmProblem problems[] = {
+      test::make_qgemm_problem(GetParam(), 67, 208, 1280, 11, true, true),   // 10 k tiles
+      test::make_qgemm_problem(GetParam(), 300, 512, 1152, 12, false, true),  // 9 k tiles, 3 token tiles of 128
+      test::make_qgemm_problem(GetParam(), 5, 4096, 512, 13, true, false),    // more tiles than CTAs
+  };
+  for (const auto& pr : problems)
+    for (int config : runnable_configs())
+      if (kernels::qgemm_config_is_sm90(config))
+        for (int ctas : {1, 3, 7, 16, 61, 132, 100000}) check_problem(pr, 1, config, false, ctas);
 }
 
 TEST_P(QGemmGpu, ModelShapes) {

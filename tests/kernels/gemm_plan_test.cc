@@ -39,7 +39,13 @@ void check_plan(const QGemmPlan& p, WeightFormat v, int m, int n, int k, int sms
   const int tps = int(cdiv(kgs, p.splits));
   EXPECT_LT((p.splits - 1) * tps, kgs) << "an empty split";
   if (!c.sm90 || p.splits == 1) EXPECT_FALSE(p.global_split) << "global_split is only an sm90 split's mode";
-  if (p.splits == 1 || (c.sm90 && !p.global_split)) {
+  if (p.stream_k_ctas > 0) {
+    EXPECT_TRUE(c.sm90) << "stream-K is the wgmma kernel's schedule";
+    EXPECT_EQ(p.splits, 1);
+    EXPECT_LE(p.stream_k_ctas, sms) << "one persistent CTA per SM at most";
+    EXPECT_EQ(p.stream_k_ctas, kernels::qgemm_stream_k_grid(m, n, k, p.config, p.stream_k_ctas));
+    EXPECT_EQ(p.workspace_bytes, kernels::qgemm_stream_k_workspace(p.config, p.stream_k_ctas));
+  } else if (p.splits == 1 || (c.sm90 && !p.global_split)) {
     EXPECT_EQ(p.workspace_bytes, 0u);
   } else {
     const size_t counters = (size_t(cdiv(n, c.bn) * cdiv(m, c.bm)) * 4 + 255) / 256 * 256;
@@ -142,17 +148,44 @@ TEST(GemmPlan, ServingRegimeFillsTheGpu) {
         const QGemmPlan p = kernels::qgemm_plan(v, m, s[0], s[1], 132, 90);
         check_plan(p, v, m, s[0], s[1], 132, 90);
         const auto& c = kQGemmConfigs[p.config];
-        const int64_t ctas = cdiv(s[0], c.bn) * cdiv(m, c.bm) * p.splits;
+        const int64_t ctas = p.stream_k_ctas > 0 ? p.stream_k_ctas : cdiv(s[0], c.bn) * cdiv(m, c.bm) * p.splits;
         if (v != WeightFormat::kW8A8)
           EXPECT_GE(std::min<int64_t>(ctas, 132), 66)
             << weight_format_name(v) << " " << s[0] << "x" << s[1] << " m=" << m << ": " << c.name << " x" << p.splits
             << " = " << ctas << " CTAs";
-        if (!p.global_split) EXPECT_EQ(p.workspace_bytes, 0u);
+        if (!p.global_split && p.stream_k_ctas == 0) EXPECT_EQ(p.workspace_bytes, 0u);
         if (!p.global_split) EXPECT_LE(p.splits, 2) << "a cluster wider than 2 was never faster on the H200";
         EXPECT_GT(kernels::qgemm_plan_cost_us(p, m, s[0], s[1], 132), 0.0);
       }
   const QGemmPlan p = kernels::qgemm_plan(WeightFormat::kW4A8PerChannel, 128, 4096, 4096, 132, 90);
-  EXPECT_GT(p.splits, 1) << "4096x4096 at M=128 has too few output tiles for 132 SMs: split along K";
+  EXPECT_TRUE(p.splits > 1 || p.stream_k_ctas > 0)
+      << "4096x4096 at M=128 has too few output tiles for 132 SMs: split along K (or stream-K)";
+}
+
+// Stream-K arithmetic: every unit (output tile x k tile) belongs to exactly one CTA of the grid, no CTA is empty,
+// no more CTAs than asked for, and the workspace holds the counters and two partial tiles per CTA.
+TEST(GemmPlan, StreamKCoversEveryUnitOnce) {
+  for (int config = 0; config < kernels::qgemm_num_configs(); ++config) {
+    if (!kQGemmConfigs[config].sm90) continue;
+    const auto& c = kQGemmConfigs[config];
+    for (int m : {1, 17, 64, 130, 512, 4097})
+      for (int n : {16, 208, 4096, 28672})
+        for (int k : {128, 1280, 4096, 14336})
+          for (int ctas : {1, 3, 61, 132, 1 << 20}) {
+            SCOPED_TRACE(testing::Message() << c.name << " m=" << m << " n=" << n << " k=" << k << " ctas=" << ctas);
+            const int64_t units = cdiv(n, c.bn) * cdiv(m, c.bm) * (k / 128);
+            const int per = kernels::qgemm_stream_k_per(m, n, k, config, ctas);
+            const int grid = kernels::qgemm_stream_k_grid(m, n, k, config, ctas);
+            ASSERT_GE(per, 1);
+            EXPECT_LE(grid, ctas);
+            EXPECT_GE(int64_t(grid) * per, units) << "a unit without a CTA";
+            EXPECT_LT(int64_t(grid - 1) * per, units) << "an empty CTA";
+            const QGemmPlan p = kernels::qgemm_plan_stream_k(WeightFormat::kW4A8PerChannel, m, n, k, config, ctas);
+            EXPECT_EQ(p.stream_k_ctas, grid);
+            EXPECT_EQ(p.workspace_bytes,
+                      (size_t(grid) * 4 + 255) / 256 * 256 + 2 * size_t(grid) * c.bm * c.bn * 4);
+          }
+  }
 }
 
 }  // namespace

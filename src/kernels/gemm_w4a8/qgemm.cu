@@ -20,12 +20,12 @@ namespace qgemm_detail {
                                                         cudaStream_t);                                          \
   extern template Status launch_qgemm<2, kQGemm_##name>(const QGemmParams&, int, int, int32_t*, int*, cudaStream_t);
 #define QS_QGEMM_SM90(name, bm, mt)                                                                               \
-  extern template Status launch_qgemm_sm90<0, kQGemm_##name>(const QGemmParams&, int, int, int32_t*, int*,        \
-                                                             const CUtensorMap&, const CUtensorMap&, cudaStream_t); \
-  extern template Status launch_qgemm_sm90<1, kQGemm_##name>(const QGemmParams&, int, int, int32_t*, int*,        \
-                                                             const CUtensorMap&, const CUtensorMap&, cudaStream_t); \
-  extern template Status launch_qgemm_sm90<2, kQGemm_##name>(const QGemmParams&, int, int, int32_t*, int*,        \
-                                                             const CUtensorMap&, const CUtensorMap&, cudaStream_t);
+  extern template Status launch_qgemm_sm90<0, kQGemm_##name>(const QGemmParams&, int, int, int32_t*, int*, int, \
+                                                             int, const CUtensorMap&, const CUtensorMap&, cudaStream_t); \
+  extern template Status launch_qgemm_sm90<1, kQGemm_##name>(const QGemmParams&, int, int, int32_t*, int*, int, \
+                                                             int, const CUtensorMap&, const CUtensorMap&, cudaStream_t); \
+  extern template Status launch_qgemm_sm90<2, kQGemm_##name>(const QGemmParams&, int, int, int32_t*, int*, int, \
+                                                             int, const CUtensorMap&, const CUtensorMap&, cudaStream_t);
 #include "kernels/gemm_w4a8/qgemm_configs.def"
 #undef QS_QGEMM_SM80
 #undef QS_QGEMM_SM90
@@ -93,13 +93,13 @@ size_t counter_bytes(int config, int m, int n) {
 // The dispatch switch over the table, for one variant. `wmap` / `smap`: the sm90 configs' weight maps.
 template <int V>
 Status launch_variant(int config, const QGemmParams& p, int splits, int tps, int32_t* partial, int* ctr,
-                      const CUtensorMap& wmap, const CUtensorMap& smap, cudaStream_t s) {
-  (void)wmap, (void)smap, (void)partial, (void)ctr;
+                      int sk_grid, int sk_per, const CUtensorMap& wmap, const CUtensorMap& smap, cudaStream_t s) {
+  (void)wmap, (void)smap, (void)partial, (void)ctr, (void)sk_grid, (void)sk_per;
   switch (config) {
 #define QS_QGEMM_SM80(name, bn, bm, wn, wm) \
   case kQGemm_##name: return launch_qgemm<V, kQGemm_##name>(p, splits, tps, partial, ctr, s);
 #define QS_QGEMM_SM90(name, bm, mt) \
-  case kQGemm_##name: return launch_qgemm_sm90<V, kQGemm_##name>(p, splits, tps, partial, ctr, wmap, smap, s);
+  case kQGemm_##name: return launch_qgemm_sm90<V, kQGemm_##name>(p, splits, tps, partial, ctr, sk_grid, sk_per, wmap, smap, s);
 #include "kernels/gemm_w4a8/qgemm_configs.def"
 #undef QS_QGEMM_SM80
 #undef QS_QGEMM_SM90
@@ -172,7 +172,17 @@ Status qgemm_run(const QGemmParams& p, const QGemmPlan& plan, cudaStream_t strea
   const bool sm90 = qgemm_config_is_sm90(plan.config);
   if (sm90 && splits > kQGemmMaxClusterSplits)
     return Status::error("qgemm: sm90 plans split K at most 8 ways (one cluster), got " + std::to_string(splits));
-  if (splits > 1 && (!sm90 || plan.global_split)) {
+  int sk_grid = 0, sk_per = 0;
+  if (plan.stream_k_ctas > 0) {
+    if (!sm90 || splits != 1) return Status::error("qgemm: a stream-K plan needs an sm90 config and no split");
+    sk_grid = qgemm_stream_k_grid(p.m, p.n, p.k, plan.config, plan.stream_k_ctas);
+    sk_per = qgemm_stream_k_per(p.m, p.n, p.k, plan.config, plan.stream_k_ctas);
+    const size_t need = qgemm_stream_k_workspace(plan.config, sk_grid);
+    if (!p.workspace || plan.workspace_bytes < need)
+      return Status::error("qgemm: a stream-K plan needs a workspace of plan.workspace_bytes (plan for this M)");
+    counters = static_cast<int*>(p.workspace);
+    partial = reinterpret_cast<int32_t*>(static_cast<char*>(p.workspace) + (size_t(sk_grid) * sizeof(int) + 255) / 256 * 256);
+  } else if (splits > 1 && (!sm90 || plan.global_split)) {
     const size_t cb = counter_bytes(plan.config, p.m, p.n);
     if (!p.workspace || plan.workspace_bytes < cb + size_t(splits) * p.m * p.n * sizeof(int32_t))
       return Status::error("qgemm: split-K needs a workspace of plan.workspace_bytes (plan for this M)");
@@ -199,9 +209,9 @@ Status qgemm_run(const QGemmParams& p, const QGemmPlan& plan, cudaStream_t strea
   }
   Status st;
   switch (p.variant) {
-    case WeightFormat::kW4A8PerChannel: st = launch_variant<0>(plan.config, p, splits, tps, partial, counters, *wmap, *smap, stream); break;
-    case WeightFormat::kW4A8G128: st = launch_variant<1>(plan.config, p, splits, tps, partial, counters, *wmap, *smap, stream); break;
-    case WeightFormat::kW8A8: st = launch_variant<2>(plan.config, p, splits, tps, partial, counters, *wmap, *smap, stream); break;
+    case WeightFormat::kW4A8PerChannel: st = launch_variant<0>(plan.config, p, splits, tps, partial, counters, sk_grid, sk_per, *wmap, *smap, stream); break;
+    case WeightFormat::kW4A8G128: st = launch_variant<1>(plan.config, p, splits, tps, partial, counters, sk_grid, sk_per, *wmap, *smap, stream); break;
+    case WeightFormat::kW8A8: st = launch_variant<2>(plan.config, p, splits, tps, partial, counters, sk_grid, sk_per, *wmap, *smap, stream); break;
     default: return Status::error("qgemm: unknown variant");
   }
   QS_RETURN_IF_ERROR(st);

@@ -120,21 +120,22 @@ __device__ __forceinline__ void splitk_fixup(const QGemmParams& p, const int32_t
   }
 }
 
-// After every thread of the block wrote its partial and `bar()` synchronized them: counts the split in, and
-// returns true in every thread of the block that completed the tile last (which then resets the counter).
+// After every thread of the block wrote its partial and `bar()` synchronized them: counts this block in on the
+// tile's `counter` (of `contributors` blocks), and returns true in every thread of the block that completed the
+// tile last (which then resets the counter). The caller synchronizes again before a next call reuses the flag.
 template <typename Barrier>
-__device__ __forceinline__ bool splitk_is_last(int* counters, bool leader, Barrier bar) {
+__device__ __forceinline__ bool splitk_is_last(int* counter, int contributors, bool leader, Barrier bar) {
   __shared__ int s_last;
   if (leader) {
     __threadfence();
-    int* c = counters + blockIdx.y * gridDim.x + blockIdx.x;
-    const int prev = atomicAdd(c, 1);
-    s_last = prev == int(gridDim.z) - 1;
-    if (s_last) atomicExch(c, 0);
+    const int prev = atomicAdd(counter, 1);
+    s_last = prev == contributors - 1;
+    if (s_last) atomicExch(counter, 0);
   }
   bar();
-  if (s_last) __threadfence();
-  return s_last;
+  const bool last = s_last;
+  if (last) __threadfence();
+  return last;
 }
 
 template <int V, int CONFIG>
@@ -299,7 +300,8 @@ __global__ void __launch_bounds__(Cfg<V, CONFIG>::kThreads)
   if (gridDim.z > 1) {
     __threadfence();
     __syncthreads();
-    if (splitk_is_last(counters, tid == 0, [] { __syncthreads(); }))
+    if (splitk_is_last(counters + blockIdx.y * gridDim.x + blockIdx.x, int(gridDim.z), tid == 0,
+                       [] { __syncthreads(); }))
       splitk_fixup<C::BM, C::BN>(p, partial, m0, n0, tid, C::kThreads);
   }
 }

@@ -92,7 +92,32 @@ double sm90_cost_us(WeightFormat v, int config, int splits, bool global_split, i
          kUsPerLoadedMB * loaded_mb;
 }
 
+// Stream-K (plan.stream_k_ctas > 0): one wave of `ctas` persistent CTAs, each running `per` units (output tile x
+// k tile) back to back with the same per-k-tile costs, plus the fixup of the tiles cut between CTAs (each CTA
+// writes at most two INT32 partial tiles; kUsStreamKFixPerArea per 128x128 of tile area, a guess until fitted).
+constexpr double kUsStreamKFixPerArea = 2.104;
+constexpr bool kPlanOffersStreamK = false;
+double stream_k_cost_us(WeightFormat v, int config, int ctas, int m, int n, int k) {
+  const QGemmConfig& c = kQGemmConfigs[config];
+  const int kgs = std::max(1, k / kBK);
+  const int64_t units = tiles_of(config, m, n) * kgs;
+  const int64_t per = cdiv(units, std::clamp<int64_t>(ctas, 1, units));
+  const double area = double(c.bm) * c.bn / 16384.0;
+  const double w_tile = double(c.bn) * kBK / (v == WeightFormat::kW8A8 ? 1 : 2) +
+                        (v == WeightFormat::kW4A8G128 ? c.bn * 2.0 : 0.0);
+  const double x_tile = double(std::min(c.bm, std::max(m, 1))) * kBK;
+  const bool cut = units % per != 0 || per % kgs != 0;  // some tile is cut between CTAs
+  return kUsPerWave + double(per) * (kUsPerKTile + kUsPerKTileArea * area) + (cut ? kUsStreamKFixPerArea * area : 0.0) +
+         kUsPerLoadedMB * double(units) * (w_tile + x_tile) / 1e6;
+}
+
 }  // namespace
+
+size_t qgemm_stream_k_workspace(int config, int grid) {
+  const QGemmConfig& c = kQGemmConfigs[std::clamp(config, 0, kQGemmNumConfigs - 1)];
+  const size_t counters = (size_t(std::max(grid, 1)) * sizeof(int) + 255) / 256 * 256;
+  return counters + 2 * size_t(std::max(grid, 1)) * size_t(c.bm) * size_t(c.bn) * sizeof(int32_t);
+}
 
 int qgemm_num_configs() { return kQGemmNumConfigs; }
 bool qgemm_config_is_sm90(int config) { return config >= 0 && config < kQGemmNumConfigs && kQGemmConfigs[config].sm90; }
@@ -119,8 +144,29 @@ QGemmPlan qgemm_plan_for(WeightFormat v, int m, int n, int k, int config, int sp
   return plan;
 }
 
+int qgemm_stream_k_per(int m, int n, int k, int config, int ctas) {
+  const int64_t units = tiles_of(config, m, n) * std::max(1, k / kBK);
+  return int(cdiv(units, std::clamp<int64_t>(ctas, 1, units)));
+}
+
+int qgemm_stream_k_grid(int m, int n, int k, int config, int ctas) {
+  const int64_t units = tiles_of(config, m, n) * std::max(1, k / kBK);
+  return int(cdiv(units, qgemm_stream_k_per(m, n, k, config, ctas)));
+}
+
+QGemmPlan qgemm_plan_stream_k(WeightFormat v, int m, int n, int k, int config, int ctas) {
+  QGemmPlan plan = qgemm_plan_for(v, m, n, k, config, 1);
+  if (!qgemm_config_is_sm90(plan.config)) return plan;
+  const int grid = qgemm_stream_k_grid(m, n, k, plan.config, ctas);
+  plan.stream_k_ctas = grid;
+  plan.workspace_bytes = qgemm_stream_k_workspace(plan.config, grid);
+  return plan;
+}
+
 double qgemm_plan_cost_us(const QGemmPlan& plan, int m, int n, int k, int num_sms) {
   if (!qgemm_config_is_sm90(plan.config)) return -1.0;
+  if (plan.stream_k_ctas > 0)
+    return stream_k_cost_us(WeightFormat::kW4A8PerChannel, plan.config, plan.stream_k_ctas, m, n, k);
   return sm90_cost_us(WeightFormat::kW4A8PerChannel, plan.config, plan.splits, plan.global_split, m, n, k, num_sms);
 }
 
@@ -153,6 +199,14 @@ QGemmPlan plan_uncached(WeightFormat v, int m, int n, int k, int num_sms, int sm
           best = p;
           best_cost = cost;
           have = true;
+        }
+      }
+      if (kPlanOffersStreamK && splits_override <= 0) {
+        const QGemmPlan p = qgemm_plan_stream_k(v, m, n, k, c, num_sms);
+        const double cost = stream_k_cost_us(v, c, p.stream_k_ctas, m, n, k);
+        if (cost < best_cost * 0.99) {
+          best = p;
+          best_cost = cost;
         }
       }
     }

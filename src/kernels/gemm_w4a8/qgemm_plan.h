@@ -24,6 +24,11 @@ struct QGemmPlan {
   // the last CTA of a tile sums them, as the sm80 kernel does); false = one thread-block cluster per tile with a
   // DSMEM reduction. sm80 configs always split through the workspace (the field is ignored).
   bool global_split = false;
+  // sm90 configs: > 0 = a persistent stream-K launch of this many CTAs (at most one per SM), splits == 1. The
+  // (output tile, k tile) units, output tiles in order and k inner, are cut into equal contiguous ranges, one per
+  // CTA: no wave quantization, and the TMA ring runs on across tile boundaries. A tile cut between CTAs is summed
+  // by the CTA that finishes its share last (INT32 partials in the workspace, a self-resetting counter per tile).
+  int stream_k_ctas = 0;
 };
 
 // Chooses the tile config and split-K for a problem on a GPU with `num_sms` multiprocessors and compute
@@ -33,6 +38,15 @@ QGemmPlan qgemm_plan(WeightFormat v, int m, int n, int k, int num_sms, int sm_ve
 // A plan for a forced config and split factor (tests, benchmark sweeps): splits clamped to [1, max], with no
 // empty split, and the workspace that config needs.
 QGemmPlan qgemm_plan_for(WeightFormat v, int m, int n, int k, int config, int splits, bool global_split = false);
+// A persistent stream-K plan for a forced sm90 config over `ctas` CTAs (clamped to [1, units]), with the workspace
+// it needs. Not for sm80 configs (returns the plain plan).
+QGemmPlan qgemm_plan_stream_k(WeightFormat v, int m, int n, int k, int config, int ctas);
+// Units (output tile x k tile) per CTA of a stream-K plan, and the CTAs that then get work (the launch grid).
+int qgemm_stream_k_per(int m, int n, int k, int config, int ctas);
+int qgemm_stream_k_grid(int m, int n, int k, int config, int ctas);
+// A stream-K launch's workspace: [per-tile counters: `grid` ints, 256-byte aligned][2 x grid INT32 partial tiles
+// of bm x bn] (a CTA cuts at most two tiles: the one it starts inside and the one it stops inside).
+size_t qgemm_stream_k_workspace(int config, int grid);
 // Largest split-K factor `config` supports for K (sm90: cluster limit 8; sm80: 16; never more than k/128).
 int qgemm_max_splits(int config, int k);
 // The cost model's estimate for a plan, in microseconds (relative; used to rank candidates, printed by bench_gemm).

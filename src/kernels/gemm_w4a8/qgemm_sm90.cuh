@@ -46,17 +46,22 @@ struct Sm90Cfg {
   static constexpr int kStageBytes = (kTxBytes + 1023) / 1024 * 1024;
   static constexpr int STAGES = (200 * 1024) / kStageBytes > 8 ? 8 : (200 * 1024) / kStageBytes;
   static constexpr int kCPitch = BN + 4;
-  static constexpr int kSmemBytes =
-      (STAGES * kStageBytes > BM * kCPitch * 4 ? STAGES * kStageBytes : BM * kCPitch * 4) + 1024;
+  // Per-warp staging of the persistent (stream-K) epilogue, after the ring (which the producer keeps filling for
+  // the next tile meanwhile): 32 tokens x 16 channels (+4 pad: conflict-free) INT32 per consumer warp.
+  static constexpr int kEpiPitch = 20;
+  static constexpr int kEpiOffset = STAGES * kStageBytes > BM * kCPitch * 4 ? STAGES * kStageBytes : BM * kCPitch * 4;
+  static constexpr int kEpiBytes = 4 * kConsumers * 32 * kEpiPitch * 4;
+  static constexpr int kSmemBytes = kEpiOffset + kEpiBytes + 1024;
+  static_assert(BM % 32 == 0, "the staged epilogue takes 32 tokens at a time");
   static_assert(STAGES >= 2, "stage too large");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory over the sm_90 limit");
 };
 
-template <int V, int CONFIG>
+template <int V, int CONFIG, bool SK>
 __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
     qgemm_sm90_kernel(const QGemmParams p, const __grid_constant__ CUtensorMap tm_x,
                       const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ CUtensorMap tm_s,
-                      int tiles_per_split, int32_t* partial, int* counters) {
+                      int tiles_per_split, int32_t* partial, int* counters, int sk_per) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using C = Sm90Cfg<V, CONFIG>;
   extern __shared__ uint8_t smem_raw[];
@@ -65,10 +70,22 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
   const uint32_t base = (raw + 1023u) & ~1023u;
   uint8_t* smem = smem_raw + (base - raw);
   const int tid = threadIdx.x, wg = tid / 128, lane = tid & 31;
-  const int n0 = blockIdx.x * C::BN, m0 = blockIdx.y * C::BM;
   const int kgs = p.k / kBK;
-  const int kt_begin = blockIdx.z * tiles_per_split;
-  const int nk = min(kgs, kt_begin + tiles_per_split) - kt_begin;
+  const int tiles_m = (p.m + C::BM - 1) / C::BM;
+  // The CTA's work: units (output tile, k tile), numbered tile * kgs + k tile, output tiles token-tile fastest (the
+  // CTAs running at one time share weight tiles through L2). Stream-K (SK, sk_per units per CTA): the contiguous range of sk_per
+  // units of this CTA, crossing tile boundaries. Otherwise one segment: the output tile (blockIdx.x, blockIdx.y)
+  // and split blockIdx.z's k range.
+  int u_begin, u_end;
+  if constexpr (SK) {
+    const int units = ((p.n + C::BN - 1) / C::BN) * tiles_m * kgs;
+    u_begin = int(blockIdx.x) * sk_per;
+    u_end = min(units, u_begin + sk_per);
+  } else {
+    const int tile = int(blockIdx.x) * tiles_m + int(blockIdx.y);
+    u_begin = tile * kgs + int(blockIdx.z) * tiles_per_split;
+    u_end = min((tile + 1) * kgs, u_begin + tiles_per_split);
+  }
   const uint32_t full0 = ptx::smem_addr(full_bar), empty0 = ptx::smem_addr(empty_bar);
 
   if (tid == 0) {
@@ -83,29 +100,28 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
   if (wg == 0) {
     ptx::setmaxnreg_dec<40>();
     if (tid == 0) {
-      for (int it = 0; it < nk; ++it) {
+      int it = 0;  // ring position, continuous across the CTA's tiles
+      for (int u = u_begin; u < u_end; ++u, ++it) {
+        const int tile = u / kgs, kt = u - tile * kgs;
+        const int n0 = (tile / tiles_m) * C::BN, m0 = (tile % tiles_m) * C::BM;
         const int slot = it % C::STAGES;
         if (it >= C::STAGES) ptx::mbar_wait(empty0 + 8 * slot, ((it / C::STAGES) + 1) & 1);
         const uint32_t st = base + slot * C::kStageBytes, bar = full0 + 8 * slot;
-        const int kt = kt_begin + it;
         ptx::mbar_arrive_expect_tx(bar, C::kTxBytes);
         ptx::tma_load_2d(st, &tm_x, bar, kt * kBK, m0);
         ptx::tma_load_2d(st + C::kXBytes, &tm_w, bar, kt * (C::kTileBytes / 8), n0 / 16);
         if constexpr (C::kG128) ptx::tma_load_2d(st + C::kXBytes + C::kWBytes, &tm_s, bar, n0, kt);
       }
     }
-    if (gridDim.z > 1 && !counters) {  // the consumers' two cluster barriers count every thread of the cluster
+    if (!SK && gridDim.z > 1 && !counters) {  // the consumers' two cluster barriers count every thread
       ptx::cluster_sync();
       ptx::cluster_sync();
     }
   } else {
     ptx::setmaxnreg_inc<232>();
     const int cw = wg - 1, w = (tid / 32) & 3, g = lane >> 2, t = lane & 3;
+    const int nthreads = 128 * C::kConsumers, t0 = tid - 128;
     int32_t acc[C::MT][C::BM / 2];
-#pragma unroll
-    for (int i = 0; i < C::MT; ++i)
-#pragma unroll
-      for (int e = 0; e < C::BM / 2; ++e) acc[i][e] = 0;
 
     // A fragments of one k tile (4 k32 steps x MT m64 tiles), read from the ring slot and dequantized to INT8.
     auto prep = [&](int slot, uint32_t(&a)[4][C::MT][4]) {
@@ -151,11 +167,11 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
         }
       }
     };
-    // One k tile: issue its wgmmas with `cur`, then wait until only this group is in flight (so the previous
-    // group, which read `next` and the previous ring slot, is done), hand that slot back to the producer, and
-    // prepare the next tile's fragments into `next` while this group runs: the tensor cores always have one
-    // group queued, and the dequantization overlaps the MMAs.
-    auto step = [&](int it, uint32_t(&cur)[4][C::MT][4], uint32_t(&next)[4][C::MT][4]) {
+    // k tile i of a segment of nk (ring position it): issue its wgmmas with `cur`, then wait until only this group
+    // is in flight (so the previous group, which read `next` and the previous ring slot, is done), hand that slot
+    // back to the producer, and prepare the next tile's fragments into `next` while this group runs: the tensor
+    // cores always have one group queued, and the dequantization overlaps the MMAs.
+    auto step = [&](int it, int i, int nk, uint32_t(&cur)[4][C::MT][4], uint32_t(&next)[4][C::MT][4]) {
       const int slot = it % C::STAGES;
       const uint32_t st = base + slot * C::kStageBytes;
       ptx::wgmma_fence();
@@ -167,110 +183,209 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
       }
       ptx::wgmma_commit();
       ptx::wgmma_wait<1>();
-      if (it > 0) {
+      if (i > 0) {
         __syncwarp();
         if (lane == 0) ptx::mbar_arrive(empty0 + 8 * ((it - 1) % C::STAGES));
       }
-      if (it + 1 < nk) {
+      if (i + 1 < nk) {
         const int nslot = (it + 1) % C::STAGES;
         ptx::mbar_wait(full0 + 8 * nslot, ((it + 1) / C::STAGES) & 1);
         prep(nslot, next);
       }
     };
-    uint32_t a0[4][C::MT][4], a1[4][C::MT][4];
-    ptx::mbar_wait(full0, 0);
-    prep(0, a0);
-    for (int it = 0; it < nk; it += 2) {
-      step(it, a0, a1);
-      if (it + 1 < nk) step(it + 1, a1, a0);
-    }
-    ptx::wgmma_wait<0>();
+    // Stream-K epilogue of a finished tile, per warp (no barrier with the other consumers; the ring stays the
+    // producer's): 32 tokens x the warp's 16 channels of one m64 tile at a time through the warp's staging area,
+    // written as 8-channel rows.
+    auto staged_epilogue = [&](int m0, int n0) {
+      int32_t* ebuf = reinterpret_cast<int32_t*>(smem + C::kEpiOffset) + (cw * 4 + w) * 32 * C::kEpiPitch;
+#pragma unroll
+      for (int mt = 0; mt < C::MT; ++mt) {
+        const int cb = n0 + (cw * C::MT + mt) * 64 + 16 * w;
+#pragma unroll
+        for (int jc = 0; jc < C::BM / 32; ++jc) {
+          __syncwarp();
+#pragma unroll
+          for (int jj = 0; jj < 4; ++jj)
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+              ebuf[(8 * jj + 2 * t + (e & 1)) * C::kEpiPitch + g + 8 * (e >> 1)] = acc[mt][4 * (4 * jc + jj) + e];
+          __syncwarp();
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            const int i = lane + 32 * r, tl = i >> 1, half = i & 1;
+            const int m = m0 + 32 * jc + tl, n = cb + 8 * half;
+            if (m >= p.m || n >= p.n) continue;
+            const int4 v0 = *reinterpret_cast<const int4*>(ebuf + tl * C::kEpiPitch + 8 * half);
+            const int4 v1 = *reinterpret_cast<const int4*>(ebuf + tl * C::kEpiPitch + 8 * half + 4);
+            if (p.acc_out) {
+              int4* dst = reinterpret_cast<int4*>(p.acc_out + size_t(m) * p.n + n);
+              dst[0] = v0;
+              dst[1] = v1;
+            } else {
+              const int32_t a8[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+              epilogue8(p, m, n, a8);
+            }
+          }
+        }
+      }
+    };
 
-    // Epilogue: every consumer is done with the ring (all TMAs it waited for have landed).
-    ptx::named_barrier(1, 128 * C::kConsumers);
-    int32_t* cs = reinterpret_cast<int32_t*>(smem);
+    // One segment: units [u, seg_end) of one output tile, ring positions from it0.
+    auto segment = [&](int u, int seg_end, int it0) {
+      const int tile = u / kgs, kt0 = u - tile * kgs, nk = seg_end - u;
+      const int n0 = (tile / tiles_m) * C::BN, m0 = (tile % tiles_m) * C::BM;
 #pragma unroll
-    for (int mt = 0; mt < C::MT; ++mt)
+      for (int i = 0; i < C::MT; ++i)
 #pragma unroll
-      for (int j = 0; j < C::BM / 8; ++j)
+        for (int e = 0; e < C::BM / 2; ++e) acc[i][e] = 0;
+      uint32_t a0[4][C::MT][4], a1[4][C::MT][4];
+      ptx::mbar_wait(full0 + 8 * (it0 % C::STAGES), (it0 / C::STAGES) & 1);
+      prep(it0 % C::STAGES, a0);
+      for (int i = 0; i < nk; i += 2) {
+        step(it0 + i, i, nk, a0, a1);
+        if (i + 1 < nk) step(it0 + i + 1, i + 1, nk, a1, a0);
+      }
+      ptx::wgmma_wait<0>();
+
+      if constexpr (SK) {
+        // The segment's last slot goes back too: the producer is loading the next tile.
+        __syncwarp();
+        if (lane == 0) ptx::mbar_arrive(empty0 + 8 * ((it0 + nk - 1) % C::STAGES));
+        bool emit = kt0 == 0 && nk == kgs;  // the whole tile is this CTA's
+        if (!emit) {
+          // A cut tile: CTAs b_first..b_last share it. Each writes its INT32 partial (in its own slot: slot 0 for
+          // a CTA's first segment, 1 for its last; a fragment-order layout, coalesced) and the one that finishes
+          // last adds the others' partials to its registers and writes the tile.
+          const int a = tile * kgs, b_first = a / sk_per, b_last = (a + kgs - 1) / sk_per, me = int(blockIdx.x);
+          auto slot_of = [&](int b) {
+            return reinterpret_cast<int4*>(partial) + size_t(2 * b + (b * sk_per >= a ? 0 : 1)) * (C::BM * C::BN / 4);
+          };
+          int4* mine = slot_of(me);
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int ch = (cw * C::MT + mt) * 64 + 16 * w + g + 8 * (e >> 1);
-          const int tok = 8 * j + 2 * t + (e & 1);
-          cs[tok * C::kCPitch + ch] = acc[mt][4 * j + e];
+          for (int mt = 0; mt < C::MT; ++mt)
+#pragma unroll
+            for (int q = 0; q < C::BM / 8; ++q)
+              __stcg(mine + (mt * (C::BM / 8) + q) * nthreads + t0,
+                     make_int4(acc[mt][4 * q], acc[mt][4 * q + 1], acc[mt][4 * q + 2], acc[mt][4 * q + 3]));
+          __threadfence();
+          ptx::named_barrier(1, nthreads);
+          emit = splitk_is_last(counters + b_first, b_last - b_first + 1, tid == 128,
+                                [] { ptx::named_barrier(1, 128 * C::kConsumers); });
+          ptx::named_barrier(1, nthreads);  // every consumer has read the shared flag before it is reused
+          if (emit) {
+            for (int b = b_first; b <= b_last; ++b) {
+              if (b == me) continue;
+              const int4* src = slot_of(b);
+#pragma unroll
+              for (int mt = 0; mt < C::MT; ++mt)
+#pragma unroll
+                for (int q = 0; q < C::BM / 8; ++q) {
+                  const int4 v = __ldcg(src + (mt * (C::BM / 8) + q) * nthreads + t0);
+                  acc[mt][4 * q] += v.x, acc[mt][4 * q + 1] += v.y, acc[mt][4 * q + 2] += v.z,
+                      acc[mt][4 * q + 3] += v.w;
+                }
+            }
+          }
         }
-    const int nthreads = 128 * C::kConsumers, t0 = tid - 128;
-    if (gridDim.z == 1) {
-      ptx::named_barrier(1, nthreads);
-      for (int i = t0; i < C::BM * C::BN / 8; i += nthreads) {
-        const int r = i / (C::BN / 8), c8 = (i % (C::BN / 8)) * 8;
-        const int m = m0 + r, n = n0 + c8;
-        if (m >= p.m || n >= p.n) continue;
-        const int4 v0 = *reinterpret_cast<const int4*>(cs + r * C::kCPitch + c8);
-        const int4 v1 = *reinterpret_cast<const int4*>(cs + r * C::kCPitch + c8 + 4);
-        if (p.acc_out) {
-          int4* dst = reinterpret_cast<int4*>(p.acc_out + size_t(m) * p.n + n);
-          dst[0] = v0;
-          dst[1] = v1;
+        if (emit) staged_epilogue(m0, n0);
+      } else {
+        // Epilogue: every consumer is done with the ring (all TMAs it waited for have landed).
+        ptx::named_barrier(1, nthreads);
+        int32_t* cs = reinterpret_cast<int32_t*>(smem);
+#pragma unroll
+        for (int mt = 0; mt < C::MT; ++mt)
+#pragma unroll
+          for (int j = 0; j < C::BM / 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int ch = (cw * C::MT + mt) * 64 + 16 * w + g + 8 * (e >> 1);
+              const int tok = 8 * j + 2 * t + (e & 1);
+              cs[tok * C::kCPitch + ch] = acc[mt][4 * j + e];
+            }
+        if (gridDim.z == 1) {
+          ptx::named_barrier(1, nthreads);
+          for (int i = t0; i < C::BM * C::BN / 8; i += nthreads) {
+            const int r = i / (C::BN / 8), c8 = (i % (C::BN / 8)) * 8;
+            const int m = m0 + r, n = n0 + c8;
+            if (m >= p.m || n >= p.n) continue;
+            const int4 v0 = *reinterpret_cast<const int4*>(cs + r * C::kCPitch + c8);
+            const int4 v1 = *reinterpret_cast<const int4*>(cs + r * C::kCPitch + c8 + 4);
+            if (p.acc_out) {
+              int4* dst = reinterpret_cast<int4*>(p.acc_out + size_t(m) * p.n + n);
+              dst[0] = v0;
+              dst[1] = v1;
+            } else {
+              const int32_t a8[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+              epilogue8(p, m, n, a8);
+            }
+          }
+        } else if (counters) {
+          // Global split-K: write this split's INT32 partial tile; the CTA that completes the tile last sums the
+          // partials (through L2) and applies the epilogue.
+          ptx::named_barrier(1, nthreads);
+          for (int i = t0; i < C::BM * C::BN / 8; i += nthreads) {
+            const int r = i / (C::BN / 8), c8 = (i % (C::BN / 8)) * 8;
+            const int m = m0 + r, n = n0 + c8;
+            if (m >= p.m || n >= p.n) continue;
+            int4* dst = reinterpret_cast<int4*>(partial + (size_t(blockIdx.z) * p.m + m) * p.n + n);
+            dst[0] = *reinterpret_cast<const int4*>(cs + r * C::kCPitch + c8);
+            dst[1] = *reinterpret_cast<const int4*>(cs + r * C::kCPitch + c8 + 4);
+          }
+          __threadfence();
+          ptx::named_barrier(1, nthreads);
+          if (splitk_is_last(counters + blockIdx.y * gridDim.x + blockIdx.x, int(gridDim.z), tid == 128,
+                             [] { ptx::named_barrier(1, 128 * C::kConsumers); }))
+            splitk_fixup<C::BM, C::BN>(p, partial, m0, n0, t0, nthreads);
         } else {
-          const int32_t a8[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
-          epilogue8(p, m, n, a8);
+          // Cluster split-K: every CTA's partial tile is staged; this CTA reduces its share of the valid rows.
+          ptx::cluster_sync();
+          const int splits = int(gridDim.z);
+          const int rows = min(C::BM, p.m - m0);
+          const int items = rows * (C::BN / 8);
+          const int per = (items + splits - 1) / splits;
+          const int i0 = int(blockIdx.z) * per, i1 = min(items, i0 + per);
+          const uint32_t cs_addr = ptx::smem_addr(cs);
+          for (int i = i0 + t0; i < i1; i += nthreads) {
+            const int r = i / (C::BN / 8), c8 = (i % (C::BN / 8)) * 8;
+            const int m = m0 + r, n = n0 + c8;
+            if (n >= p.n) continue;
+            const uint32_t off = cs_addr + uint32_t(r * C::kCPitch + c8) * 4u;
+            int4 v[kQGemmMaxClusterSplits][2];
+#pragma unroll
+            for (int sp = 0; sp < kQGemmMaxClusterSplits; ++sp)
+              if (sp < splits) {
+                const uint32_t a = ptx::dsmem_map(off, uint32_t(sp));
+                v[sp][0] = ptx::dsmem_ld128(a);
+                v[sp][1] = ptx::dsmem_ld128(a + 16);
+              }
+            int32_t a8[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+#pragma unroll
+            for (int sp = 0; sp < kQGemmMaxClusterSplits; ++sp)
+              if (sp < splits) {
+                a8[0] += v[sp][0].x, a8[1] += v[sp][0].y, a8[2] += v[sp][0].z, a8[3] += v[sp][0].w;
+                a8[4] += v[sp][1].x, a8[5] += v[sp][1].y, a8[6] += v[sp][1].z, a8[7] += v[sp][1].w;
+              }
+            if (p.acc_out) {
+              int4* dst = reinterpret_cast<int4*>(p.acc_out + size_t(m) * p.n + n);
+              dst[0] = make_int4(a8[0], a8[1], a8[2], a8[3]);
+              dst[1] = make_int4(a8[4], a8[5], a8[6], a8[7]);
+            } else {
+              epilogue8(p, m, n, a8);
+            }
+          }
+          ptx::cluster_sync();  // the peers have read this CTA's shared memory: it may exit
         }
       }
-    } else if (counters) {
-      // Global split-K: write this split's INT32 partial tile; the CTA that completes the tile last sums the
-      // partials (through L2) and applies the epilogue.
-      ptx::named_barrier(1, nthreads);
-      for (int i = t0; i < C::BM * C::BN / 8; i += nthreads) {
-        const int r = i / (C::BN / 8), c8 = (i % (C::BN / 8)) * 8;
-        const int m = m0 + r, n = n0 + c8;
-        if (m >= p.m || n >= p.n) continue;
-        int4* dst = reinterpret_cast<int4*>(partial + (size_t(blockIdx.z) * p.m + m) * p.n + n);
-        dst[0] = *reinterpret_cast<const int4*>(cs + r * C::kCPitch + c8);
-        dst[1] = *reinterpret_cast<const int4*>(cs + r * C::kCPitch + c8 + 4);
+    };
+    if constexpr (SK) {
+      for (int u = u_begin, it0 = 0; u < u_end;) {
+        const int seg_end = min(u_end, (u / kgs + 1) * kgs);
+        segment(u, seg_end, it0);
+        it0 += seg_end - u;
+        u = seg_end;
       }
-      __threadfence();
-      ptx::named_barrier(1, nthreads);
-      if (splitk_is_last(counters, tid == 128, [] { ptx::named_barrier(1, 128 * C::kConsumers); }))
-        splitk_fixup<C::BM, C::BN>(p, partial, m0, n0, t0, nthreads);
     } else {
-      // Cluster split-K: every CTA's partial tile is staged; this CTA reduces its share of the valid rows.
-      ptx::cluster_sync();
-      const int splits = int(gridDim.z);
-      const int rows = min(C::BM, p.m - m0);
-      const int items = rows * (C::BN / 8);
-      const int per = (items + splits - 1) / splits;
-      const int i0 = int(blockIdx.z) * per, i1 = min(items, i0 + per);
-      const uint32_t cs_addr = ptx::smem_addr(cs);
-      for (int i = i0 + t0; i < i1; i += nthreads) {
-        const int r = i / (C::BN / 8), c8 = (i % (C::BN / 8)) * 8;
-        const int m = m0 + r, n = n0 + c8;
-        if (n >= p.n) continue;
-        const uint32_t off = cs_addr + uint32_t(r * C::kCPitch + c8) * 4u;
-        int4 v[kQGemmMaxClusterSplits][2];
-#pragma unroll
-        for (int sp = 0; sp < kQGemmMaxClusterSplits; ++sp)
-          if (sp < splits) {
-            const uint32_t a = ptx::dsmem_map(off, uint32_t(sp));
-            v[sp][0] = ptx::dsmem_ld128(a);
-            v[sp][1] = ptx::dsmem_ld128(a + 16);
-          }
-        int32_t a8[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-#pragma unroll
-        for (int sp = 0; sp < kQGemmMaxClusterSplits; ++sp)
-          if (sp < splits) {
-            a8[0] += v[sp][0].x, a8[1] += v[sp][0].y, a8[2] += v[sp][0].z, a8[3] += v[sp][0].w;
-            a8[4] += v[sp][1].x, a8[5] += v[sp][1].y, a8[6] += v[sp][1].z, a8[7] += v[sp][1].w;
-          }
-        if (p.acc_out) {
-          int4* dst = reinterpret_cast<int4*>(p.acc_out + size_t(m) * p.n + n);
-          dst[0] = make_int4(a8[0], a8[1], a8[2], a8[3]);
-          dst[1] = make_int4(a8[4], a8[5], a8[6], a8[7]);
-        } else {
-          epilogue8(p, m, n, a8);
-        }
-      }
-      ptx::cluster_sync();  // the peers have read this CTA's shared memory: it may exit
+      segment(u_begin, u_end, 0);
     }
   }
 #endif
@@ -283,15 +398,18 @@ Status make_sm90_weight_maps(WeightFormat v, int n, int k, const void* w, const 
                              CUtensorMap* wmap, CUtensorMap* smap);
 
 // splits > 1 with `counters` (and `partial`, the workspace's INT32 planes): global split-K; without: one cluster
-// of `splits` CTAs per output tile.
+// of `splits` CTAs per output tile. sk_per > 0: stream-K, sk_grid CTAs of sk_per units each (splits must be 1;
+// `counters` and `partial` from qgemm_stream_k_workspace's layout).
 template <int V, int CONFIG>
 Status launch_qgemm_sm90(const QGemmParams& p, int splits, int tiles_per_split, int32_t* partial, int* counters,
-                         const CUtensorMap& wmap, const CUtensorMap& smap, cudaStream_t stream) {
+                         int sk_grid, int sk_per, const CUtensorMap& wmap, const CUtensorMap& smap, cudaStream_t stream) {
   using C = Sm90Cfg<V, CONFIG>;
   static std::atomic<uint64_t> attr_set{0};  // per device (device_once.h)
   QS_RETURN_IF_ERROR(once_per_device(attr_set, [] {
-    QS_CUDA_RETURN(cudaFuncSetAttribute(qgemm_sm90_kernel<V, CONFIG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        C::kSmemBytes));
+    QS_CUDA_RETURN(cudaFuncSetAttribute(qgemm_sm90_kernel<V, CONFIG, false>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
+    QS_CUDA_RETURN(cudaFuncSetAttribute(qgemm_sm90_kernel<V, CONFIG, true>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
     return Status::ok();
   }));
   if (splits < 1 || splits > kQGemmMaxClusterSplits)
@@ -299,10 +417,15 @@ Status launch_qgemm_sm90(const QGemmParams& p, int splits, int tiles_per_split, 
   CUtensorMap xmap;
   QS_RETURN_IF_ERROR(make_sm90_x_map(p, C::BM, &xmap));
   const dim3 grid((p.n + C::BN - 1) / C::BN, (p.m + C::BM - 1) / C::BM, splits);
-  if (splits == 1 || counters) {
-    qgemm_sm90_kernel<V, CONFIG><<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, xmap, wmap, smap, tiles_per_split,
+  if (sk_per > 0) {
+    if (splits != 1 || !counters || !partial || sk_grid < 1)
+      return Status::error("qgemm: a stream-K launch needs splits == 1, a grid and its workspace");
+    qgemm_sm90_kernel<V, CONFIG, true><<<dim3(sk_grid), C::kThreads, C::kSmemBytes, stream>>>(
+        p, xmap, wmap, smap, tiles_per_split, partial, counters, sk_per);
+  } else if (splits == 1 || counters) {
+    qgemm_sm90_kernel<V, CONFIG, false><<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, xmap, wmap, smap, tiles_per_split,
                                                                                splits > 1 ? partial : nullptr,
-                                                                               splits > 1 ? counters : nullptr);
+                                                                               splits > 1 ? counters : nullptr, 0);
   } else {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
@@ -316,8 +439,8 @@ Status launch_qgemm_sm90(const QGemmParams& p, int splits, int tiles_per_split, 
     attr[0].val.clusterDim.z = unsigned(splits);
     cfg.attrs = attr;
     cfg.numAttrs = 1;
-    QS_CUDA_RETURN(cudaLaunchKernelEx(&cfg, qgemm_sm90_kernel<V, CONFIG>, p, xmap, wmap, smap, tiles_per_split,
-                                      static_cast<int32_t*>(nullptr), static_cast<int*>(nullptr)));
+    QS_CUDA_RETURN(cudaLaunchKernelEx(&cfg, qgemm_sm90_kernel<V, CONFIG, false>, p, xmap, wmap, smap, tiles_per_split,
+                                      static_cast<int32_t*>(nullptr), static_cast<int*>(nullptr), 0));
   }
   QS_CUDA_RETURN(cudaGetLastError());
   return Status::ok();
