@@ -7,7 +7,8 @@
 // its (config, split) pair is the cheapest by a cost model FITTED to bench_gemm sweeps on an H200 (waves of CTAs x
 // per-wave and per-k-tile costs, the split-K reduction, the bytes loaded; qgemm_plan.cc), over every sm90 config
 // of the table and the splits the measurements favour: none, 2 as a thread-block cluster reducing through DSMEM,
-// or 2 / 4 / 8 through the global workspace.
+// or 2 / 4 / 8 through the global workspace. A persistent stream-K schedule exists for every sm90 config
+// (qgemm_plan_stream_k; tests, sweeps) but the plan does not pick it: measured no faster at M 64-512 (BENCHMARKS.md).
 #pragma once
 
 #include <cstddef>

@@ -16,6 +16,10 @@
 // fixup is parallel, needs no global workspace and no counters (graph-safe), and stays bit-exact (integer sums).
 // The alternative (plan.global_split, the sm80 kernel's scheme): every CTA writes its INT32 partial tile to the
 // workspace and the CTA that completes a tile last (a self-resetting per-tile counter) sums them.
+// Stream-K (template flag SK, plan.stream_k_ctas): a persistent grid of at most one CTA per SM, each taking an
+// equal contiguous range of (output tile, k tile) units; the producer's ring runs on across tile boundaries, a
+// finished tile's epilogue goes through per-warp staging after the ring, and a tile cut between CTAs is summed by
+// the CTA that finishes its share last (INT32 partials in the workspace, a self-resetting counter per tile).
 // Tile configs: the QS_QGEMM_SM90 lines of qgemm_configs.def.
 #pragma once
 
