@@ -7,7 +7,8 @@
 // given as argv[1] (default "."), with issue 11's summary (the four linears of a Llama-3-8B / Llama-2-70B layer
 // summed per M, ratios to cuBLASLt FP8). Our kernels run with their weights' TMA descriptors prepared once
 // (qgemm_prepare, as the engine does at upload). Correctness of our kernels is the job of
-// tests/backends/gemm_w4a8_gpu_test.
+// tests/backends/gemm_w4a8_gpu_test. Then the gate_up + SiLU*up + quantization pair, separate kernels vs the
+// SiLU*up epilogue (gemm_silu.md).
 //   bench_gemm [out_dir] [--quick] [--fast] [--ms 64,128,...] [--sweep]
 //   --fast: only W4A8 pc / g128, cuBLASLt FP8 and the FP8 engine path; --sweep: last, every sm90 config x split
 //   (1, 2, 4, 8; cluster and global workspace) on three shapes at M 64-512 with the plan's cost estimate
@@ -21,6 +22,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -28,6 +30,7 @@
 #include "backends/cuda/fp8_gemm.h"
 #include "kernels/common/cuda_check.h"
 #include "kernels/gemm_w4a8/qgemm.h"
+#include "kernels/norm_quant/norm_quant.h"
 
 namespace {
 
@@ -152,8 +155,12 @@ struct Ctx {
 // Our kernel on (m, n, k) with the plan for `sm_version`, or with `forced` (config >= 0) when given. The weights'
 // TMA descriptors are prepared once per weight copy (qgemm_prepare, as at engine upload); each call encodes only
 // the activation descriptor.
+// `epi` selects the epilogue (kSiluMul: y is [m, n/2]); `post(y)`, when given, is launched after each GEMM in the
+// timed graph (the activation kernel that follows it in a layer) and counted in the time.
 double bench_ours(Ctx& c, qs::WeightFormat v, int m, int n, int k, int sm_version,
-                  qs::kernels::QGemmPlan forced = {-1, 1, 0}) {
+                  qs::kernels::QGemmPlan forced = {-1, 1, 0},
+                  qs::kernels::QGemmEpilogue epi = qs::kernels::QGemmEpilogue::kLinear,
+                  const std::function<bool(const uint16_t*)>& post = {}) {
   Pool pool;
   const size_t wbytes = v == qs::WeightFormat::kW8A8 ? size_t(n) * k : size_t(n) * k / 2;
   const size_t sbytes = v == qs::WeightFormat::kW4A8G128 ? size_t(n) * (k / 128) * 2 : 0;
@@ -195,6 +202,7 @@ double bench_ours(Ctx& c, qs::WeightFormat v, int m, int n, int k, int sm_versio
     p.scale = scale;
     p.szero = szero;
     p.y = y;
+    p.epilogue = epi;
     p.workspace = ws;
     const qs::Status st = qs::kernels::qgemm_prepare(p, &preps[size_t(i)]);
     if (!st.is_ok()) {
@@ -205,7 +213,7 @@ double bench_ours(Ctx& c, qs::WeightFormat v, int m, int n, int k, int sm_versio
   return time_graph(c.s, copies, [&](int i) {
     const qs::Status st = qs::kernels::qgemm_run(ps[size_t(i)], plan, c.s, &preps[size_t(i)]);
     if (!st.is_ok()) std::fprintf(stderr, "qgemm_run: %s\n", st.message().c_str());
-    return st.is_ok();
+    return st.is_ok() && (!post || post(y));
   });
 }
 
@@ -325,6 +333,58 @@ double copy_bandwidth(Ctx& c) {
   fill(a, bytes, 0, 7);
   const double us = time_graph(c.s, 1, [&](int) { return cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, c.s) == cudaSuccess; });
   return 2.0 * bytes / (us * 1e-6) / 1e12;  // TB/s, read + write
+}
+
+// Issue 11's epilogue-fusion figure: the gate_up projection of a layer and its activation quantization, as the
+// W4A8 engine ran them before (GEMM writing gate|up FP16 [m, 2I], then silu_mul_quant) and as it runs them now (the
+// GEMM's SiLU*up epilogue writing FP16 [m, I] over interleaved gate/up rows, then act_quant), W4A8 per-channel,
+// each pair timed as one unit in the graph (the activation kernel reads what the GEMM just wrote, as in a layer).
+void run_silu_fusion(Ctx& c, const std::vector<int>& ms, const std::string& out_dir) {
+  using qs::kernels::QGemmEpilogue;
+  std::ofstream md(out_dir + "/gemm_silu.md");
+  md << "| model | M | GEMM us | GEMM + silu_mul_quant us | SiLU-epilogue GEMM us | + act_quant us | separate / fused |\n"
+     << "|---|---|---|---|---|---|---|\n";
+  std::printf("\ngate_up + SiLU*up + INT8 quant (W4A8 pc): model M | gemm gemm+silu_mul_quant | silu_gemm "
+              "silu_gemm+act_quant (us) | separate/fused\n");
+  const int shapes[][2] = {{14336, 4096}, {28672, 8192}};  // I, H
+  for (const auto& s : shapes) {
+    const int inter = s[0], hidden = s[1];
+    for (int m : ms) {
+      Pool pool;
+      qs::kernels::QuantOut o;
+      o.q = static_cast<int8_t*>(pool.get(size_t(m) * inter));
+      o.scale = static_cast<uint16_t*>(pool.get(size_t(m) * 2));
+      o.xsum = static_cast<uint16_t*>(pool.get(size_t(m) * 2));
+      auto silu_quant = [&](const uint16_t* y) {
+        qs::kernels::SiluMulQuantParams p;
+        p.gate_up = y;
+        p.rows = m;
+        p.cols = inter;
+        p.out = o;
+        return qs::kernels::silu_mul_quant(p, c.s).is_ok();
+      };
+      auto act_quant = [&](const uint16_t* y) {
+        qs::kernels::ActQuantParams p;
+        p.x = y;
+        p.rows = m;
+        p.cols = inter;
+        p.out = o;
+        return qs::kernels::act_quant(p, c.s).is_ok();
+      };
+      const auto pc = qs::WeightFormat::kW4A8PerChannel;
+      const qs::kernels::QGemmPlan plan = {-1, 1, 0};
+      const double t_gemm = bench_ours(c, pc, m, 2 * inter, hidden, c.sm_version);
+      const double t_sep = bench_ours(c, pc, m, 2 * inter, hidden, c.sm_version, plan, QGemmEpilogue::kLinear, silu_quant);
+      const double t_fgemm = bench_ours(c, pc, m, 2 * inter, hidden, c.sm_version, plan, QGemmEpilogue::kSiluMul);
+      const double t_fused = bench_ours(c, pc, m, 2 * inter, hidden, c.sm_version, plan, QGemmEpilogue::kSiluMul, act_quant);
+      const char* name = hidden == 4096 ? "llama-3-8b" : "llama-2-70b";
+      std::printf("%-11s %5d | %8.1f %8.1f | %8.1f %8.1f | %5.2f\n", name, m, t_gemm, t_sep, t_fgemm, t_fused,
+                  t_sep / t_fused);
+      std::fflush(stdout);
+      md << "| " << name << " | " << m << " | " << t_gemm << " | " << t_sep << " | " << t_fgemm << " | " << t_fused
+         << " | " << t_sep / t_fused << " |\n";
+    }
+  }
 }
 
 // --sweep: every sm90 config x split-K factor on a few shapes of the M 64-512 regime (W4A8 per-channel), with the
@@ -482,6 +542,7 @@ int main(int argc, char** argv) {
   js << "\n]}\n";
   js.close();
   md.close();
+  run_silu_fusion(c, ms, out_dir);
   if (sweep) run_sweep(c, out_dir);
   CK(cudaDeviceSynchronize());
   return 0;

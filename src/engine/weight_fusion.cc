@@ -84,6 +84,29 @@ model::QuantizedWeights fuse_quantized_rows(const std::vector<const model::Quant
   return f;
 }
 
+model::QuantizedWeights interleave_quantized_rows(const model::QuantizedWeights& a, const model::QuantizedWeights& b) {
+  QS_CHECK(a.qweight.dim(0) == b.qweight.dim(0))
+      << "fuse: interleaved parts need the same number of rows (" << a.qweight.desc() << " vs " << b.qweight.desc()
+      << ")";
+  model::QuantizedWeights f = fuse_quantized_rows({&a, &b});
+  const int64_t n = a.qweight.dim(0);
+  // Row j of the concatenation's first half -> row 2j, row j of the second half -> row 2j + 1.
+  auto interleave = [n](Tensor& t) {
+    if (!t.raw()) return;
+    const size_t row = t.nbytes() / size_t(2 * n);
+    Tensor out(t.dtype(), t.shape());
+    const uint8_t* src = static_cast<const uint8_t*>(t.raw());
+    uint8_t* dst = static_cast<uint8_t*>(out.raw_mut());
+    for (int64_t j = 0; j < n; ++j) {
+      std::memcpy(dst + size_t(2 * j) * row, src + size_t(j) * row, row);
+      std::memcpy(dst + size_t(2 * j + 1) * row, src + size_t(n + j) * row, row);
+    }
+    t = std::move(out);
+  };
+  for (Tensor* t : {&f.qweight, &f.scale, &f.szero, &f.s2, &f.zn, &f.bias}) interleave(*t);
+  return f;
+}
+
 std::vector<uint16_t> to_fp16_bits(const Tensor& t) {
   std::vector<uint16_t> out(size_t(t.numel()));
   if (t.dtype() == DType::F16) {

@@ -18,6 +18,10 @@ namespace qs::engine {
 // any part has one (zeros for the parts without). Throws qs::Error on a variant or K mismatch.
 model::QuantizedWeights fuse_quantized_rows(const std::vector<const model::QuantizedWeights*>& parts);
 
+// The rows of `a` and `b` (same variant, input size and row count n) interleaved: row 2j = a's row j, row 2j + 1 =
+// b's row j. For gate/up: the layout of the GEMM's SiLU*up epilogue (kernels::QGemmEpilogue::kSiluMul).
+model::QuantizedWeights interleave_quantized_rows(const model::QuantizedWeights& a, const model::QuantizedWeights& b);
+
 // FP16 bits of the concatenated rows of F32/F16/BF16 weights [n_i, k] (all the same k).
 std::vector<uint16_t> fuse_fp16_rows(const std::vector<const Tensor*>& parts);
 

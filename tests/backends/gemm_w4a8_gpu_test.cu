@@ -5,13 +5,15 @@
 // round-to-nearest-even). Awkward M (1, 3, 17, 67, 257, 1000), every tile config of qgemm_configs.def with every
 // split-K factor it supports (sm90: thread-block clusters of 1..8 and the global workspace), the plans of the
 // M 64-512 regime, the Llama-3-8B and Llama-2-70B linear shapes; outputs poisoned (NaN) before each launch, so an unwritten element
-// fails; no NaN anywhere. Skips without a GPU.
+// fails; no NaN anywhere. Every check also runs the SiLU*up epilogue (kSiluMul) against the plain outputs of the
+// same plan (tolerance at check_problem). Skips without a GPU.
 #include <algorithm>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -27,6 +29,9 @@ namespace qs {
 namespace {
 
 using ::testing::HasSubstr;
+
+// FP16 bits -> an integer that orders like the value (ulp distance = difference).
+int fp16_ordinal(uint16_t b) { return (b & 0x8000) ? -int(b & 0x7fff) : int(b); }
 
 // Runs one problem on the GPU with a given plan override and checks INT32 and FP16 results against the reference.
 // stream_k_ctas > 0 (with a config override): a persistent stream-K plan over that many CTAs.
@@ -96,6 +101,36 @@ void check_problem(const test::QGemmProblem& pr, int splits_override, int config
                     << fp16_to_float(want) << " (ref fp32 " << ref[i] << ")";
   }
   EXPECT_EQ(y_bad, 0);
+
+  // 3) The SiLU*up epilogue (rows 2j, 2j + 1 taken as a gate/up pair) against the plain FP16 outputs of the same
+  // plan without a residual: h[m, j] = fp16(silu(g) * u) of the pair. Tolerance: one FP16 ulp, because the epilogue
+  // uses the fast exp and divide (a few fp32 ulp off the host's exact-rounded fp32 value, which moves the FP16
+  // rounding only near a tie); at least 99% of the outputs bit-exact.
+  call.residual = nullptr;
+  ASSERT_TRUE(w.run(plan, call, nullptr).is_ok());
+  QS_CUDA_CHECK(cudaDeviceSynchronize());
+  const std::vector<uint16_t> plain = y.download();
+  DeviceBuffer<uint16_t> h(size_t(m * n / 2));
+  ASSERT_TRUE(kernels::poison_f16(h.get(), int64_t(h.size()), nullptr).is_ok());
+  call.y = h.get();
+  call.epilogue = kernels::QGemmEpilogue::kSiluMul;
+  ASSERT_TRUE(w.run(plan, call, nullptr).is_ok());
+  QS_CUDA_CHECK(cudaDeviceSynchronize());
+  const std::vector<uint16_t> got_h = h.download();
+  int64_t h_bad = 0, h_inexact = 0;
+  for (size_t i = 0; i < got_h.size(); ++i) {
+    const size_t r = i / size_t(n / 2), j = i % size_t(n / 2);
+    const float g = fp16_to_float(plain[r * size_t(n) + 2 * j]), u = fp16_to_float(plain[r * size_t(n) + 2 * j + 1]);
+    const uint16_t want = float_to_fp16((g / (1.0f + std::exp(-g))) * u);
+    if (got_h[i] == want) continue;
+    ++h_inexact;
+    const int ulps = std::abs(fp16_ordinal(got_h[i]) - fp16_ordinal(want));
+    if (ulps > 1 && h_bad++ < 5)
+      ADD_FAILURE() << "silu*up mismatch at (" << r << ", " << j << "): " << fp16_to_float(got_h[i]) << " vs "
+                    << fp16_to_float(want) << " (g " << g << ", u " << u << ")";
+  }
+  EXPECT_EQ(h_bad, 0);
+  EXPECT_LE(h_inexact, int64_t(got_h.size()) / 100);
 }
 
 int sm_version() {
@@ -256,8 +291,14 @@ TEST(QGemmGpuErrors, BadShapesAndPointers) {
       HasSubstr("needs a workspace"));
   call.xsum = nullptr;
   EXPECT_THAT(w.run(w.plan(20, 1), call, nullptr).message(), HasSubstr("needs xsum"));
-  // A prepared object of other weights is refused, never silently used.
+  // The SiLU*up epilogue writes [m, n/2]: a residual [m, n] cannot be added.
   call.xsum = xs.get();
+  call.residual = y.get();
+  call.epilogue = kernels::QGemmEpilogue::kSiluMul;
+  EXPECT_THAT(w.run(w.plan(20, 1), call, nullptr).message(), HasSubstr("takes no residual"));
+  call.residual = nullptr;
+  call.epilogue = kernels::QGemmEpilogue::kLinear;
+  // A prepared object of other weights is refused, never silently used.
   kernels::QGemmParams p2 = w.params(call);
   const auto other = cuda::QGemmDeviceWeights::upload(pc.weights());
   EXPECT_THAT(kernels::qgemm_run(p2, kernels::qgemm_plan_for(pc.variant, 20, 64, 1024, kernels::kQGemm_sm90_bn128_bm32, 1),

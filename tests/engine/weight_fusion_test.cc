@@ -89,6 +89,34 @@ void check_fusion(WeightFormat v) {
 TEST(WeightFusion, PerChannelFusedEqualsSeparateBitExact) { check_fusion(WeightFormat::kW4A8PerChannel); }
 TEST(WeightFusion, G128FusedEqualsSeparateBitExact) { check_fusion(WeightFormat::kW4A8G128); }
 
+// gate/up interleaved for the SiLU*up epilogue: output column 2j is gate's column j, 2j + 1 up's, bit for bit.
+void check_interleave(WeightFormat v) {
+  std::mt19937 rng(11);
+  const int64_t n = 48, k = 256, m = 9;
+  const model::QuantizedWeights g = random_part(v, n, k, true, rng), u = random_part(v, n, k, false, rng);
+  const model::QuantizedWeights f = engine::interleave_quantized_rows(g, u);
+  ASSERT_EQ(f.qweight.dim(0), 2 * n);
+  const std::vector<float> xf = test::random_normal(size_t(m * k), 5);
+  const model::QuantizedActs x = model::quantize_acts(xf.data(), m, k);
+  auto run = [&](const model::QuantizedWeights& w, int64_t cols) {
+    std::vector<float> y(size_t(m * cols));
+    std::vector<int32_t> a(size_t(m * cols));
+    ref_cpu::QGemmEpilogue e;
+    e.bias = static_cast<const uint16_t*>(w.bias.raw());
+    ref_cpu::qgemm(view(w), x.view(m), e, y.data(), a.data());
+    return y;
+  };
+  const std::vector<float> yf = run(f, 2 * n), yg = run(g, n), yu = run(u, n);
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t j = 0; j < n; ++j) {
+      ASSERT_EQ(float_to_bits(yf[size_t(r * 2 * n + 2 * j)]), float_to_bits(yg[size_t(r * n + j)])) << r << "," << j;
+      ASSERT_EQ(float_to_bits(yf[size_t(r * 2 * n + 2 * j + 1)]), float_to_bits(yu[size_t(r * n + j)])) << r << "," << j;
+    }
+}
+
+TEST(WeightFusion, PerChannelInterleavedGateUpPairsColumns) { check_interleave(WeightFormat::kW4A8PerChannel); }
+TEST(WeightFusion, G128InterleavedGateUpPairsColumns) { check_interleave(WeightFormat::kW4A8G128); }
+
 TEST(WeightFusion, MismatchedPartsAreRejected) {
   std::mt19937 rng(1);
   const auto a = random_part(WeightFormat::kW4A8PerChannel, 16, 256, false, rng);
@@ -96,6 +124,9 @@ TEST(WeightFusion, MismatchedPartsAreRejected) {
   const auto c = random_part(WeightFormat::kW4A8PerChannel, 16, 384, false, rng);
   EXPECT_NE(test::error_of([&] { engine::fuse_quantized_rows({&a, &b}); }).find("variant"), std::string::npos);
   EXPECT_NE(test::error_of([&] { engine::fuse_quantized_rows({&a, &c}); }).find("input size"), std::string::npos);
+  const auto d = random_part(WeightFormat::kW4A8PerChannel, 32, 256, false, rng);
+  EXPECT_NE(test::error_of([&] { engine::interleave_quantized_rows(a, d); }).find("same number of rows"),
+            std::string::npos);
 }
 
 TEST(WeightFusion, FpRowsConcatenateInOrder) {

@@ -106,6 +106,7 @@ kernels::QGemmParams QGemmDeviceWeights::params(const QGemmCall& c) const {
   p.bias = c.bias;
   p.residual = c.residual;
   p.y = c.y;
+  p.epilogue = c.epilogue;
   p.acc_out = c.acc_out;
   p.workspace = c.workspace;
   return p;

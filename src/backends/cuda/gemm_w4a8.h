@@ -23,7 +23,8 @@ struct QGemmCall {
   const uint16_t* xsum = nullptr;      // FP16 [m] (per-channel W4A8 only)
   const uint16_t* bias = nullptr;      // FP16 [n] or null
   const uint16_t* residual = nullptr;  // FP16 [m, n] or null (may alias y)
-  uint16_t* y = nullptr;               // FP16 [m, n]
+  uint16_t* y = nullptr;               // FP16 [m, n] ([m, n/2] for kSiluMul)
+  kernels::QGemmEpilogue epilogue = kernels::QGemmEpilogue::kLinear;
   int32_t* acc_out = nullptr;          // debug: INT32 [m, n] accumulators instead of y
   void* workspace = nullptr;           // plan(m).workspace_bytes bytes (null when 0), zero-filled once after
                                        // allocation (split-K counters; every run leaves them zero again)

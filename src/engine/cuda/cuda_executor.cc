@@ -347,11 +347,16 @@ struct CudaExecutor::Impl {
     }
   }
 
-  void load_quant_linear(DevLinear& d, const std::vector<const model::Linear*>& parts, const std::string& name) {
+  // Several parts become one GEMM: rows back to back, or (interleave: gate/up for the SiLU*up epilogue) row pairs.
+  void load_quant_linear(DevLinear& d, const std::vector<const model::Linear*>& parts, const std::string& name,
+                         bool interleave = false) {
     std::vector<const model::QuantizedWeights*> qs;
     for (const auto* p : parts) qs.push_back(&qweights(*p, name));
     if (qs.size() == 1) {
       set_quant_linear(d, *qs[0]);
+    } else if (interleave) {
+      QS_CHECK(qs.size() == 2) << "engine: " << name << ": an interleaved fusion takes two parts";
+      set_quant_linear(d, interleave_quantized_rows(*qs[0], *qs[1]));
     } else {
       set_quant_linear(d, fuse_quantized_rows(qs));
     }
@@ -380,15 +385,16 @@ struct CudaExecutor::Impl {
       const std::string p = "model.layers." + std::to_string(l) + ".";
       d.in_norm = upload16(to_fp16_bits(src.input_norm));
       d.post_norm = upload16(to_fp16_bits(src.post_attn_norm));
-      auto load = [&](DevLinear& dl, std::vector<const model::Linear*> parts, const std::string& name) {
+      auto load = [&](DevLinear& dl, std::vector<const model::Linear*> parts, const std::string& name,
+                      bool interleave = false) {
         if (quant)
-          load_quant_linear(dl, parts, p + name);
+          load_quant_linear(dl, parts, p + name, interleave);
         else
           load_fp_linear(dl, parts, p + name);
       };
       load(d.qkv, {src.q_proj.get(), src.k_proj.get(), src.v_proj.get()}, "self_attn.qkv_proj");
       load(d.o, {src.o_proj.get()}, "self_attn.o_proj");
-      load(d.gate_up, {src.gate_proj.get(), src.up_proj.get()}, "mlp.gate_up_proj");
+      load(d.gate_up, {src.gate_proj.get(), src.up_proj.get()}, "mlp.gate_up_proj", true);
       load(d.down, {src.down_proj.get()}, "mlp.down_proj");
       if (quant) {
         for (const DevLinear* dl : {&d.qkv, &d.o, &d.gate_up, &d.down})
@@ -497,7 +503,7 @@ struct CudaExecutor::Impl {
     kr = alloc<uint16_t>(size_t(M) * KV, c);
     vr = alloc<uint16_t>(size_t(M) * KV, c);
     attn = alloc<uint16_t>(size_t(M) * Q, c);
-    gate_up = alloc<uint16_t>(size_t(M) * 2 * I, c);
+    if (!quant) gate_up = alloc<uint16_t>(size_t(M) * 2 * I, c);  // W4A8 writes SiLU*up straight into xf16
     q8 = alloc<int8_t>(size_t(M) * wide, c);
     if (fp8) {
       x8 = alloc<uint8_t>(size_t(M) * wide, c);
@@ -669,7 +675,8 @@ struct CudaExecutor::Impl {
     evs.push_back({cls, a, b});
   }
 
-  void gemm(const DevLinear& d, int m, const uint16_t* x16, uint16_t* y, bool residual) {
+  // y = x W^T (+ y when `residual`). `silu`: the W4A8 gate_up GEMM with its SiLU*up epilogue (y [m, n/2]).
+  void gemm(const DevLinear& d, int m, const uint16_t* x16, uint16_t* y, bool residual, bool silu = false) {
     if (m == 0) return;
     op(kGemm, [&] {
       if (d.gemm8) {
@@ -692,6 +699,7 @@ struct CudaExecutor::Impl {
         p.bias = d.bias;
         p.residual = residual ? y : nullptr;
         p.y = y;
+        p.epilogue = silu ? kernels::QGemmEpilogue::kSiluMul : kernels::QGemmEpilogue::kLinear;
         p.workspace = gemm_ws;
         check(kernels::qgemm_run(p, gemm_plan(d, m), stream, &d.prep));
       } else {
@@ -820,20 +828,32 @@ struct CudaExecutor::Impl {
       }
       gemm(d.o, m, attn, hidden, true);
       norm(d.post_norm, m);
-      gemm(d.gate_up, m, xf16, gate_up, false);
-      op(kNormQuant, [&] {
-        if (quant || fp8) {
-          kernels::SiluMulQuantParams p;
-          p.gate_up = gate_up;
+      if (quant) {
+        // W4A8: SiLU*up in the gate_up GEMM's epilogue (FP16 [m, I] into xf16), then the per-token quantization.
+        gemm(d.gate_up, m, xf16, xf16, false, true);
+        op(kNormQuant, [&] {
+          kernels::ActQuantParams p;
+          p.x = xf16;
           p.rows = m;
           p.cols = I;
           p.out = qout();
-          p.fp8 = {x8, sx8};
-          check(fp8 ? kernels::silu_mul_quant_fp8(p, stream) : kernels::silu_mul_quant(p, stream));
-        } else {
-          check(kernels::silu_mul_f16(gate_up, m, I, xf16, stream));
-        }
-      });
+          check(kernels::act_quant(p, stream));
+        });
+      } else {
+        gemm(d.gate_up, m, xf16, gate_up, false);
+        op(kNormQuant, [&] {
+          if (fp8) {
+            kernels::SiluMulQuantParams p;
+            p.gate_up = gate_up;
+            p.rows = m;
+            p.cols = I;
+            p.fp8 = {x8, sx8};
+            check(kernels::silu_mul_quant_fp8(p, stream));
+          } else {
+            check(kernels::silu_mul_f16(gate_up, m, I, xf16, stream));
+          }
+        });
+      }
       gemm(d.down, m, xf16, hidden, true);
     }
   }

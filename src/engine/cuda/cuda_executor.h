@@ -6,7 +6,8 @@
 // fused RoPE + KV4 paged write -> attention (sequences with q_len == 1: paged decode kernel, everything from the
 // cache; q_len > 1: causal prefill kernel, own tokens unquantized FP16, prefix from the cache; the CPU reference
 // executor follows the same rule) -> INT8 quant -> o_proj W4A8 with the residual add in its epilogue ->
-// RMSNorm+quant -> fused gate_up W4A8 -> SiLU*up+quant -> down_proj W4A8 with the residual epilogue. FP16 baseline:
+// RMSNorm+quant -> fused gate_up W4A8 with the SiLU*up epilogue (gate/up rows interleaved at load) -> INT8 quant ->
+// down_proj W4A8 with the residual epilogue. FP16 baseline:
 // the same order with cuBLAS FP16 GEMMs (FP32 accumulation; residual as beta = 1), FP16 RMSNorm / SiLU*up and an
 // FP16 paged cache. FP8 baseline: the W4A8KV4 order with FP8 e4m3 per-token activations (the norm_quant _fp8
 // kernels), cuBLASLt FP8 GEMMs (per-channel weight scales; residual as beta = 1) and an FP8 paged cache.

@@ -159,6 +159,8 @@ Status qgemm_run(const QGemmParams& p, const QGemmPlan& plan, cudaStream_t strea
   if (p.variant == WeightFormat::kW4A8PerChannel && (!p.xsum || !p.szero))
     return Status::error("qgemm: per-channel W4A8 needs xsum and szero");
   if (p.variant == WeightFormat::kW4A8G128 && !p.s2zn) return Status::error("qgemm: g128 W4A8 needs s2zn");
+  if (p.epilogue == QGemmEpilogue::kSiluMul && p.residual)
+    return Status::error("qgemm: the SiLU*up epilogue takes no residual");
   for (const void* q : {(const void*)p.x, (const void*)p.w, (const void*)p.scale, (const void*)p.szero,
                         (const void*)p.s2zn, (const void*)p.bias, (const void*)p.residual, (const void*)p.y,
                         (const void*)p.acc_out, (const void*)p.workspace})

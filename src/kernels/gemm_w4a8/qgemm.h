@@ -6,7 +6,8 @@
 //
 // Weights must be repacked at load time (gemm_w4a8/repack.h) into tensor-core fragment order; the epilogue
 // matches ref_cpu/gemm_w4a8.h: per-channel y = acc*s[n]*sx[m] - sz[n]*xsum[m]; g128 y = acc*s1[n]*sx[m];
-// w8a8 y = acc*s_w[n]*sx[m]; then + bias[n] + residual[m, n]; rounded once to FP16.
+// w8a8 y = acc*s_w[n]*sx[m]; then + bias[n] + residual[m, n]; rounded once to FP16. The SiLU*up epilogue
+// (QGemmEpilogue::kSiluMul) pairs the rounded outputs of rows 2j (gate) and 2j+1 (up) instead.
 // Requirements (checked by qgemm_run, which returns an error Status): n % 16 == 0, k % 128 == 0, all pointers
 // 16-byte aligned, m >= 0. Two kernel families: an sm_80 design (mma.sync, cp.async; qgemm_kernel.cuh) and the
 // Hopper one (wgmma with register-A weights, TMA, mbarrier ring, warp specialization; qgemm_sm90.cuh).
@@ -27,6 +28,17 @@
 namespace qs::kernels {
 
 
+// What the epilogue writes.
+//   kLinear:  y FP16 [m, n] as above.
+//   kSiluMul: the gate_up projection with its weight rows interleaved (row 2j = gate channel j, row 2j+1 = up
+//             channel j; engine/weight_fusion.h interleave_quantized_rows): y FP16 [m, n/2] with
+//             y[m, j] = fp16(silu(g) * u), where g and u are the pair's outputs rounded to FP16 exactly as kLinear
+//             writes them and silu(g) * u = g / (1 + exp(-g)) * u in fp32 with the fast exp and divide (within one
+//             FP16 ulp of the exact value). No residual. This halves the bytes
+//             the gate_up GEMM writes and the next quantization reads (act_quant of y replaces silu_mul_quant: it
+//             quantizes the FP16 rounding of the same fp32 value).
+enum class QGemmEpilogue { kLinear, kSiluMul };
+
 struct QGemmParams {
   WeightFormat variant = WeightFormat::kW4A8PerChannel;
   int m = 0, n = 0, k = 0;
@@ -39,7 +51,8 @@ struct QGemmParams {
   const uint16_t* s2zn = nullptr;     // [k/128, n] of (s2 | zn << 8) (g128 only; repack_s2zn)
   const uint16_t* bias = nullptr;     // FP16 [n], optional
   const uint16_t* residual = nullptr; // FP16 [m, n] row-major, optional (may alias y)
-  uint16_t* y = nullptr;              // FP16 [m, n] row-major output
+  uint16_t* y = nullptr;              // FP16 [m, n] row-major output ([m, n/2] for kSiluMul)
+  QGemmEpilogue epilogue = QGemmEpilogue::kLinear;
   int32_t* acc_out = nullptr;         // debug: when set, INT32 [m, n] accumulators are written instead of y
   void* workspace = nullptr;          // plan.workspace_bytes of device memory (sm80 split-K counters + partials),
                                       // or null if 0. Zero-fill it ONCE after allocation: the kernels leave it zeroed.

@@ -66,31 +66,63 @@ __host__ __device__ __forceinline__ void unpack_s2zn(uint32_t v, uint32_t& s2, u
   zb4 = (((v >> 8) ^ 0x80u) & 0xffu) * 0x01010101u;
 }
 
-// Applies the epilogue to 8 consecutive outputs (m, n..n+7) and stores them as FP16 (16 bytes).
-__device__ __forceinline__ void epilogue8(const QGemmParams& p, int m, int n, const int32_t (&a)[8]) {
-  const float sxm = __half2float(__ushort_as_half(p.sx[m]));
+// The inputs of the epilogue of outputs (m, n..n+7) besides the accumulators: the token's scale and (per-channel)
+// activation sum, the 8 channels' scale, scaled zero and bias (zero where absent) and the residual row slice.
+struct EpiIn {
+  float sxm = 0.0f, xs = 0.0f;
+  uint4 sv, zv, bv, rv;
+};
+__device__ __forceinline__ uint4 epi_residual(const QGemmParams& p, int m, int n) {
+  return p.residual ? *reinterpret_cast<const uint4*>(p.residual + size_t(m) * p.n + n) : make_uint4(0, 0, 0, 0);
+}
+// From global memory.
+__device__ __forceinline__ EpiIn epi_in(const QGemmParams& p, int m, int n) {
   const bool per_channel = p.variant == WeightFormat::kW4A8PerChannel;
-  const float xs = per_channel ? __half2float(__ushort_as_half(p.xsum[m])) : 0.0f;
-  const size_t o = size_t(m) * p.n + n;
-  uint4 sv = *reinterpret_cast<const uint4*>(p.scale + n);
-  uint4 zv = per_channel ? *reinterpret_cast<const uint4*>(p.szero + n) : make_uint4(0, 0, 0, 0);
-  uint4 bv = p.bias ? *reinterpret_cast<const uint4*>(p.bias + n) : make_uint4(0, 0, 0, 0);
-  uint4 rv = p.residual ? *reinterpret_cast<const uint4*>(p.residual + o) : make_uint4(0, 0, 0, 0);
-  const __half* s = reinterpret_cast<const __half*>(&sv);
-  const __half* z = reinterpret_cast<const __half*>(&zv);
-  const __half* b = reinterpret_cast<const __half*>(&bv);
-  const __half* r = reinterpret_cast<const __half*>(&rv);
+  EpiIn in;
+  in.sxm = __half2float(__ushort_as_half(p.sx[m]));
+  in.xs = per_channel ? __half2float(__ushort_as_half(p.xsum[m])) : 0.0f;
+  in.sv = *reinterpret_cast<const uint4*>(p.scale + n);
+  in.zv = per_channel ? *reinterpret_cast<const uint4*>(p.szero + n) : make_uint4(0, 0, 0, 0);
+  in.bv = p.bias ? *reinterpret_cast<const uint4*>(p.bias + n) : make_uint4(0, 0, 0, 0);
+  in.rv = epi_residual(p, m, n);
+  return in;
+}
+
+// Applies the epilogue to 8 consecutive outputs (m, n..n+7) and stores them as FP16 (16 bytes; kSiluMul: the 4
+// outputs of their (gate, up) pairs, 8 bytes).
+__device__ __forceinline__ void epilogue8(const QGemmParams& p, int m, int n, const int32_t (&a)[8], const EpiIn& in) {
+  const __half* s = reinterpret_cast<const __half*>(&in.sv);
+  const __half* z = reinterpret_cast<const __half*>(&in.zv);
+  const __half* b = reinterpret_cast<const __half*>(&in.bv);
+  const __half* r = reinterpret_cast<const __half*>(&in.rv);
   uint4 outv;
   __half* out = reinterpret_cast<__half*>(&outv);
 #pragma unroll
   for (int e = 0; e < 8; ++e) {
-    float v = __fmul_rn(__fmul_rn(float(a[e]), __half2float(s[e])), sxm);
-    v = __fsub_rn(v, __fmul_rn(__half2float(z[e]), xs));
+    float v = __fmul_rn(__fmul_rn(float(a[e]), __half2float(s[e])), in.sxm);
+    v = __fsub_rn(v, __fmul_rn(__half2float(z[e]), in.xs));
     v = __fadd_rn(v, __half2float(b[e]));
     v = __fadd_rn(v, __half2float(r[e]));
     out[e] = __float2half_rn(v);
   }
-  *reinterpret_cast<uint4*>(p.y + o) = outv;
+  if (p.epilogue == QGemmEpilogue::kSiluMul) {
+    // Columns n..n+7 are four (gate, up) pairs: four outputs at y[m, n/2 ..]. The fast exp and divide (a few fp32
+    // ulp, so the FP16 result is within one FP16 ulp of the exact one): the epilogue runs after the main loop with
+    // nothing to hide it, and the IEEE expf / division doubled its cost (bench_gemm, H200).
+    uint2 hv;
+    __half* h = reinterpret_cast<__half*>(&hv);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float g = __half2float(out[2 * e]), u = __half2float(out[2 * e + 1]);
+      h[e] = __float2half_rn(__fdividef(g, 1.0f + __expf(-g)) * u);
+    }
+    *reinterpret_cast<uint2*>(p.y + size_t(m) * (p.n / 2) + n / 2) = hv;
+    return;
+  }
+  *reinterpret_cast<uint4*>(p.y + size_t(m) * p.n + n) = outv;
+}
+__device__ __forceinline__ void epilogue8(const QGemmParams& p, int m, int n, const int32_t (&a)[8]) {
+  epilogue8(p, m, n, a, epi_in(p, m, n));
 }
 
 // Split-K fixup for the block that finished tile (m0, n0) last: sums the gridDim.z INT32 partials

@@ -20,6 +20,10 @@
 // equal contiguous range of (output tile, k tile) units; the producer's ring runs on across tile boundaries, a
 // finished tile's epilogue goes through per-warp staging after the ring, and a tile cut between CTAs is summed by
 // the CTA that finishes its share last (INT32 partials in the workspace, a self-resetting counter per tile).
+// Epilogue (non-persistent launches): while the consumers run the main loop, the producer warpgroup's three idle
+// warps copy the tile's per-token (sx, xsum) and per-channel (scale, szero, bias) inputs into shared memory, so the
+// epilogue reads only the residual from global memory (two output vectors per thread in flight); the SiLU*up
+// variant (QGemmEpilogue::kSiluMul) is epilogue8's.
 // Tile configs: the QS_QGEMM_SM90 lines of qgemm_configs.def.
 #pragma once
 
@@ -55,6 +59,10 @@ struct Sm90Cfg {
   static constexpr int kEpiPitch = 20;
   static constexpr int kEpiOffset = STAGES * kStageBytes > BM * kCPitch * 4 ? STAGES * kStageBytes : BM * kCPitch * 4;
   static constexpr int kEpiBytes = 4 * kConsumers * 32 * kEpiPitch * 4;
+  // The non-persistent kernel's epilogue inputs, loaded into the same area (unused without stream-K) by the idle
+  // producer warps while the main loop runs: FP16 sx[BM], xsum[BM], scale[BN], szero[BN], bias[BN].
+  static constexpr int kParamBytes = 2 * (2 * BM + 3 * BN);
+  static_assert(kParamBytes <= kEpiBytes, "epilogue inputs exceed their area");
   static constexpr int kSmemBytes = kEpiOffset + kEpiBytes + 1024;
   static_assert(BM % 32 == 0, "the staged epilogue takes 32 tokens at a time");
   static_assert(STAGES >= 2, "stage too large");
@@ -116,6 +124,25 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
         ptx::tma_load_2d(st + C::kXBytes, &tm_w, bar, kt * (C::kTileBytes / 8), n0 / 16);
         if constexpr (C::kG128) ptx::tma_load_2d(st + C::kXBytes + C::kWBytes, &tm_s, bar, n0, kt);
       }
+    } else if (!SK && tid >= 32) {
+      // Warps 1..3: the tile's epilogue inputs into shared memory (zero where absent or out of range), so the
+      // epilogue after the main loop reads no global memory but the residual; then signal the consumers.
+      uint16_t* es = reinterpret_cast<uint16_t*>(smem + C::kEpiOffset);
+      const int m0 = int(blockIdx.y) * C::BM, n0 = int(blockIdx.x) * C::BN;
+      const bool per_channel = p.variant == WeightFormat::kW4A8PerChannel;
+      for (int i = tid - 32; i < C::BM; i += 96) {
+        const int m = m0 + i;
+        es[i] = m < p.m ? p.sx[m] : uint16_t(0);
+        es[C::BM + i] = m < p.m && per_channel ? p.xsum[m] : uint16_t(0);
+      }
+      for (int i = tid - 32; i < C::BN; i += 96) {
+        const int n = n0 + i;
+        const bool ok = n < p.n;
+        es[2 * C::BM + i] = ok ? p.scale[n] : uint16_t(0);
+        es[2 * C::BM + C::BN + i] = ok && per_channel ? p.szero[n] : uint16_t(0);
+        es[2 * C::BM + 2 * C::BN + i] = ok && p.bias ? p.bias[n] : uint16_t(0);
+      }
+      ptx::named_barrier_arrive(2, 128 * C::kConsumers + 96);
     }
     if (!SK && gridDim.z > 1 && !counters) {  // the consumers' two cluster barriers count every thread
       ptx::cluster_sync();
@@ -234,6 +261,19 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
       }
     };
 
+    // The epilogue inputs of outputs (m, n..n+7) of the CTA's tile (m0, n0) from the producer warps' copy (non-SK).
+    auto epi_in_smem = [&](int m, int n, int m0, int n0) {
+      const uint16_t* es = reinterpret_cast<const uint16_t*>(smem + C::kEpiOffset);
+      EpiIn in;
+      in.sxm = __half2float(__ushort_as_half(es[m - m0]));
+      in.xs = __half2float(__ushort_as_half(es[C::BM + m - m0]));
+      in.sv = *reinterpret_cast<const uint4*>(es + 2 * C::BM + (n - n0));
+      in.zv = *reinterpret_cast<const uint4*>(es + 2 * C::BM + C::BN + (n - n0));
+      in.bv = *reinterpret_cast<const uint4*>(es + 2 * C::BM + 2 * C::BN + (n - n0));
+      in.rv = epi_residual(p, m, n);
+      return in;
+    };
+
     // One segment: units [u, seg_end) of one output tile, ring positions from it0.
     auto segment = [&](int u, int seg_end, int it0) {
       const int tile = u / kgs, kt0 = u - tile * kgs, nk = seg_end - u;
@@ -293,8 +333,9 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
         }
         if (emit) staged_epilogue(m0, n0);
       } else {
-        // Epilogue: every consumer is done with the ring (all TMAs it waited for have landed).
-        ptx::named_barrier(1, nthreads);
+        // Epilogue: every consumer is done with the ring (all TMAs it waited for have landed), and the producer
+        // warps' copy of the epilogue inputs is complete.
+        ptx::named_barrier(2, nthreads + 96);
         int32_t* cs = reinterpret_cast<int32_t*>(smem);
 #pragma unroll
         for (int mt = 0; mt < C::MT; ++mt)
@@ -308,19 +349,36 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
             }
         if (gridDim.z == 1) {
           ptx::named_barrier(1, nthreads);
-          for (int i = t0; i < C::BM * C::BN / 8; i += nthreads) {
-            const int r = i / (C::BN / 8), c8 = (i % (C::BN / 8)) * 8;
-            const int m = m0 + r, n = n0 + c8;
-            if (m >= p.m || n >= p.n) continue;
-            const int4 v0 = *reinterpret_cast<const int4*>(cs + r * C::kCPitch + c8);
-            const int4 v1 = *reinterpret_cast<const int4*>(cs + r * C::kCPitch + c8 + 4);
-            if (p.acc_out) {
-              int4* dst = reinterpret_cast<int4*>(p.acc_out + size_t(m) * p.n + n);
-              dst[0] = v0;
-              dst[1] = v1;
-            } else {
-              const int32_t a8[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
-              epilogue8(p, m, n, a8);
+          // Two output vectors per thread at a time, their residual loads issued before either is stored.
+          constexpr int kPer = C::BM * C::BN / 8 / (128 * C::kConsumers);
+          static_assert(kPer % 2 == 0, "the epilogue takes output vectors in pairs");
+          for (int j = 0; j < kPer; j += 2) {
+            int mm[2], nn[2];
+            bool ok[2];
+            EpiIn in[2];
+            int32_t a8[2][8];
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const int i = t0 + (j + h) * nthreads;
+              const int r = i / (C::BN / 8), c8 = (i % (C::BN / 8)) * 8;
+              mm[h] = m0 + r, nn[h] = n0 + c8;
+              ok[h] = mm[h] < p.m && nn[h] < p.n;
+              const int4 v0 = *reinterpret_cast<const int4*>(cs + r * C::kCPitch + c8);
+              const int4 v1 = *reinterpret_cast<const int4*>(cs + r * C::kCPitch + c8 + 4);
+              a8[h][0] = v0.x, a8[h][1] = v0.y, a8[h][2] = v0.z, a8[h][3] = v0.w;
+              a8[h][4] = v1.x, a8[h][5] = v1.y, a8[h][6] = v1.z, a8[h][7] = v1.w;
+              if (ok[h] && !p.acc_out) in[h] = epi_in_smem(mm[h], nn[h], m0, n0);
+            }
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              if (!ok[h]) continue;
+              if (p.acc_out) {
+                int4* dst = reinterpret_cast<int4*>(p.acc_out + size_t(mm[h]) * p.n + nn[h]);
+                dst[0] = make_int4(a8[h][0], a8[h][1], a8[h][2], a8[h][3]);
+                dst[1] = make_int4(a8[h][4], a8[h][5], a8[h][6], a8[h][7]);
+              } else {
+                epilogue8(p, mm[h], nn[h], a8[h], in[h]);
+              }
             }
           }
         } else if (counters) {
@@ -374,7 +432,7 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
               dst[0] = make_int4(a8[0], a8[1], a8[2], a8[3]);
               dst[1] = make_int4(a8[4], a8[5], a8[6], a8[7]);
             } else {
-              epilogue8(p, m, n, a8);
+              epilogue8(p, m, n, a8, epi_in_smem(m, n, m0, n0));
             }
           }
           ptx::cluster_sync();  // the peers have read this CTA's shared memory: it may exit
