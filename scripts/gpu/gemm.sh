@@ -10,7 +10,8 @@
 # Llama-3-8B / Llama-2-70B linears at M 64..4096 with cuBLASLt FP8 in the same process, the gate_up + SiLU*up
 # epilogue-fusion pair, and the config x split sweep. Files in $OUT: tests.log, bench.log, gemm.md, gemm.json,
 # gemm_silu.md, gemm_sweep.md.
-#   device options: GEMM_MS (default 64,128,256,512,1024,4096), GEMM_NO_SWEEP=1, GEMM_NO_BENCH=1 (tests only)
+#   device options: GEMM_MS (default 64,128,256,512,1024,4096), GEMM_NO_SWEEP=1, GEMM_NO_BENCH=1 (tests only),
+#   GEMM_EXTRA (more bench_gemm flags, e.g. --multicast)
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 if [ "${1:-}" = pack ]; then
@@ -42,8 +43,9 @@ done
 [ $rc = 0 ] || echo "TESTS FAILED: the numbers of a failing config are not valid" | tee -a "$LOG"
 [ "${GEMM_NO_BENCH:-0}" = 1 ] && exit $rc
 SWEEP=--sweep; [ "${GEMM_NO_SWEEP:-0}" = 1 ] && SWEEP=""
-timeout ${GEMM_BENCH_TIMEOUT:-200} "$W/bench_gemm" "$OUT" --fast --ms "${GEMM_MS:-64,128,256,512,1024,4096}" $SWEEP \
+timeout ${GEMM_BENCH_TIMEOUT:-200} "$W/bench_gemm" "$OUT" --fast --ms "${GEMM_MS:-64,128,256,512,1024,4096}" $SWEEP ${GEMM_EXTRA:-} \
   > "$OUT/bench.log" 2>&1 || rc=1
 grep -A 20 "layer linears summed" "$OUT/bench.log"
 grep -A 14 "gate_up + SiLU" "$OUT/bench.log"
+grep -A 40 "^multicast" "$OUT/bench.log"
 exit $rc
