@@ -9,11 +9,10 @@
 // (qgemm_prepare, as the engine does at upload). Correctness of our kernels is the job of
 // tests/backends/gemm_w4a8_gpu_test. Then the gate_up + SiLU*up + quantization pair, separate kernels vs the
 // SiLU*up epilogue (gemm_silu.md).
-//   bench_gemm [out_dir] [--quick] [--fast] [--ms 64,128,...] [--sweep] [--probe] [--multicast]
+//   bench_gemm [out_dir] [--quick] [--fast] [--ms 64,128,...] [--sweep] [--probe]
 //   --fast: only W4A8 pc / g128, cuBLASLt FP8 and the FP8 engine path; --sweep: last, every sm90 config x split
 //   (1, 2, 4, 8; cluster and global workspace) on three shapes at M 64-512 with the plan's cost estimate
-//   (gemm_sweep.md); --probe: only the main-loop probe (run_probe); --multicast: the token-tile multicast vs
-//   the same unsplit configs (run_multicast).
+//   (gemm_sweep.md); --probe: only the main-loop probe (run_probe).
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_fp16.h>
@@ -406,7 +405,7 @@ bool launch_probe(Ctx& c, const qs::kernels::QGemmParams& p, const qs::kernels::
   if (!make_sm90_x_map(p, C::BM, &xmap).is_ok()) return false;
   const dim3 grid((p.n + C::BN - 1) / C::BN, (p.m + C::BM - 1) / C::BM, 1);
   qgemm_sm90_kernel<0, CONFIG, false, PROBE><<<grid, C::kThreads, C::kSmemBytes, c.s>>>(
-      p, xmap, prep.wmap[CONFIG], prep.smap[CONFIG], p.k / kBK, nullptr, nullptr, 0, 0);
+      p, xmap, prep.wmap[CONFIG], prep.smap[CONFIG], p.k / kBK, nullptr, nullptr, 0);
   return cudaGetLastError() == cudaSuccess;
 }
 
@@ -473,31 +472,6 @@ void run_probe(Ctx& c) {
       }
 }
 
-// --multicast: the token-tile multicast against the same unsplit config without it, for the configs the plan picks
-// at M 64-512, on the eight layer shapes, and the plan's own time: where sharing the token tile pays.
-void run_multicast(Ctx& c, const std::vector<int>& ms) {
-  using namespace qs::kernels;
-  std::printf("\nmulticast (W4A8 pc, unsplit): N K M | plan (config splits) us | per config: plain / multicast us\n");
-  const int shapes[][2] = {{6144, 4096},  {4096, 4096},  {28672, 4096}, {4096, 14336},
-                           {10240, 8192}, {8192, 8192}, {57344, 8192}, {8192, 28672}};
-  const auto v = qs::WeightFormat::kW4A8PerChannel;
-  for (const auto& s : shapes)
-    for (int m : ms) {
-      const QGemmPlan plan = qgemm_plan(v, m, s[0], s[1], c.sms, c.sm_version);
-      std::printf("%6d %6d %4d | %-18s x%d %7.1f |", s[0], s[1], m, qgemm_config_name(plan.config), plan.splits,
-                  bench_ours(c, v, m, s[0], s[1], c.sm_version));
-      for (int cfg : {int(kQGemm_sm90_bn256_bm64), int(kQGemm_sm90_bn128_bm64), int(kQGemm_sm90_bn128_bm128),
-                      int(kQGemm_sm90_bn256_bm128)}) {
-        const double t0 = bench_ours(c, v, m, s[0], s[1], c.sm_version, qgemm_plan_for(v, m, s[0], s[1], cfg, 1));
-        const double t1 =
-            bench_ours(c, v, m, s[0], s[1], c.sm_version, qgemm_plan_for(v, m, s[0], s[1], cfg, 1, false, true));
-        std::printf(" %s %6.1f/%6.1f", qgemm_config_name(cfg) + 5, t0, t1);
-      }
-      std::printf("\n");
-      std::fflush(stdout);
-    }
-}
-
 // --sweep: every sm90 config x split-K factor on a few shapes of the M 64-512 regime (W4A8 per-channel), with the
 // plan's cost-model estimate and its choice marked, so the model can be checked against the hardware.
 void run_sweep(Ctx& c, const std::string& out_dir) {
@@ -510,25 +484,22 @@ void run_sweep(Ctx& c, const std::string& out_dir) {
       const auto chosen = qs::kernels::qgemm_plan(qs::WeightFormat::kW4A8PerChannel, m, s[0], s[1], c.sms, c.sm_version);
       for (int cfg = 0; cfg < qs::kernels::qgemm_num_configs(); ++cfg) {
         if (!qs::kernels::qgemm_config_is_sm90(cfg)) continue;
-        // splits 0 = stream-K over one CTA per SM; 1, 2, 4, 8 = split-K (c: cluster, g: global workspace); with
-        // `global` at sp == 1: unsplit with the token-tile multicast (m).
+        // splits 0 = stream-K over one CTA per SM; 1, 2, 4, 8 = split-K (c: cluster, g: global workspace).
         for (int sp : {0, 1, 2, 4, 8})
           for (bool global : {false, true}) {
-          if (sp == 0 && global) continue;
+          if (sp <= 1 && global) continue;
           const auto plan = sp == 0 ? qs::kernels::qgemm_plan_stream_k(qs::WeightFormat::kW4A8PerChannel, m, s[0], s[1], cfg, c.sms)
-                            : sp == 1 ? qs::kernels::qgemm_plan_for(qs::WeightFormat::kW4A8PerChannel, m, s[0], s[1], cfg, 1, false, global)
                                     : qs::kernels::qgemm_plan_for(qs::WeightFormat::kW4A8PerChannel, m, s[0], s[1], cfg, sp, global);
           if (sp > 0 && plan.splits != sp) continue;
           const double t = bench_ours(c, qs::WeightFormat::kW4A8PerChannel, m, s[0], s[1], c.sm_version, plan);
           const double est = qs::kernels::qgemm_plan_cost_us(plan, m, s[0], s[1], c.sms);
           const bool is_plan = plan.config == chosen.config && plan.splits == chosen.splits &&
-                               plan.global_split == chosen.global_split && plan.stream_k_ctas == chosen.stream_k_ctas &&
-                               plan.multicast == chosen.multicast;
-          const char* mode = sp == 0 ? "sk" : sp == 1 ? (global ? "m" : "") : global ? "g" : "c";
+                               plan.global_split == chosen.global_split && plan.stream_k_ctas == chosen.stream_k_ctas;
+          const char* mode = sp == 0 ? "sk" : sp == 1 ? "" : global ? "g" : "c";
           std::printf("%6d %6d %4d %-18s %d%-2s | %7.1f %7.1f %s\n", s[0], s[1], m, qs::kernels::qgemm_config_name(cfg), sp,
                       mode, t, est, is_plan ? "<- plan" : "");
           md << "| " << s[0] << " | " << s[1] << " | " << m << " | " << qs::kernels::qgemm_config_name(cfg) << " | "
-             << (sp == 0 ? "stream-K" : std::to_string(sp) + (sp == 1 ? (global ? " multicast" : "") : global ? " global" : " cluster")) << " | "
+             << (sp == 0 ? "stream-K" : std::to_string(sp) + (sp == 1 ? "" : global ? " global" : " cluster")) << " | "
              << t << " | " << est << " | " << (is_plan ? "plan" : "") << " |\n";
           }
       }
@@ -548,7 +519,7 @@ void run_sweep(Ctx& c, const std::string& out_dir) {
 
 int main(int argc, char** argv) {
   const std::string out_dir = argc > 1 && argv[1][0] != '-' ? argv[1] : ".";
-  bool quick = false, fast = false, sweep = false, probe = false, multicast = false;
+  bool quick = false, fast = false, sweep = false, probe = false;
   std::vector<int> ms_arg;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -556,7 +527,6 @@ int main(int argc, char** argv) {
     fast = fast || a == "--fast";
     sweep = sweep || a == "--sweep";
     probe = probe || a == "--probe";
-    multicast = multicast || a == "--multicast";
     if (a == "--ms" && i + 1 < argc) {
       std::string list = argv[++i];
       for (size_t pos = 0; pos <= list.size();) {
@@ -663,7 +633,6 @@ int main(int argc, char** argv) {
   js.close();
   md.close();
   run_silu_fusion(c, ms, out_dir);
-  if (multicast) run_multicast(c, std::vector<int>{64, 128, 256, 512});
   if (sweep) run_sweep(c, out_dir);
   CK(cudaDeviceSynchronize());
   return 0;

@@ -3,8 +3,7 @@
 // the reference FP32 result rounded to FP16 (tolerance: 0, because the GPU epilogue performs the same IEEE fp32
 // operations, in the same order, without contraction: acc*s*sx - sz*xsum + bias + residual, then one
 // round-to-nearest-even). Awkward M (1, 3, 17, 67, 257, 1000), every tile config of qgemm_configs.def with every
-// split-K factor it supports (sm90: thread-block clusters of 1..8 and the global workspace; the token-tile multicast
-// of CTA pairs, with an odd number of N tiles too), the plans of the
+// split-K factor it supports (sm90: thread-block clusters of 1..8 and the global workspace), the plans of the
 // M 64-512 regime, the Llama-3-8B and Llama-2-70B linear shapes; outputs poisoned (NaN) before each launch, so an unwritten element
 // fails; no NaN anywhere. Every check also runs the SiLU*up epilogue (kSiluMul) against the plain outputs of the
 // same plan (tolerance at check_problem). Skips without a GPU.
@@ -37,12 +36,11 @@ int fp16_ordinal(uint16_t b) { return (b & 0x8000) ? -int(b & 0x7fff) : int(b); 
 // Runs one problem on the GPU with a given plan override and checks INT32 and FP16 results against the reference.
 // stream_k_ctas > 0 (with a config override): a persistent stream-K plan over that many CTAs.
 void check_problem(const test::QGemmProblem& pr, int splits_override, int config_override = -1,
-                   bool global_split = false, int stream_k_ctas = 0, bool multicast = false) {
+                   bool global_split = false, int stream_k_ctas = 0) {
   const int64_t m = pr.m, n = pr.n;
   SCOPED_TRACE(testing::Message() << weight_format_name(pr.variant) << " m=" << m << " n=" << n
                                   << " k=" << pr.k << " splits=" << splits_override << " config=" << config_override
-                                  << (global_split ? " global split" : "") << " stream-K ctas=" << stream_k_ctas
-                                  << (multicast ? " multicast" : ""));
+                                  << (global_split ? " global split" : "") << " stream-K ctas=" << stream_k_ctas);
   std::vector<float> ref(size_t(m * n));
   std::vector<int32_t> ref_acc(size_t(m * n));
   ref_cpu::qgemm(pr.weights(), pr.acts(), pr.epilogue(), ref.data(), ref_acc.data());
@@ -57,8 +55,6 @@ void check_problem(const test::QGemmProblem& pr, int splits_override, int config
   if (config_override >= 0)
     plan = kernels::qgemm_plan_for(pr.variant, int(m), int(n), int(pr.k), config_override,
                                    splits_override > 0 ? splits_override : 1, global_split);
-  if (config_override >= 0 && multicast)
-    plan = kernels::qgemm_plan_for(pr.variant, int(m), int(n), int(pr.k), config_override, 1, false, true);
   if (config_override >= 0 && stream_k_ctas > 0)
     plan = kernels::qgemm_plan_stream_k(pr.variant, int(m), int(n), int(pr.k), config_override, stream_k_ctas);
   SCOPED_TRACE(testing::Message() << "plan " << kernels::qgemm_config_name(plan.config) << " x" << plan.splits
@@ -164,10 +160,7 @@ TEST_P(QGemmGpu, AwkwardTokenCountsEveryConfig) {
     for (int config : runnable_configs()) {
       check_problem(pr, 1, config);
       check_problem(pr, 3, config);
-      if (kernels::qgemm_config_is_sm90(config)) {
-        check_problem(pr, 3, config, /*global_split=*/true);
-        check_problem(pr, 1, config, false, 0, /*multicast=*/true);
-      }
+      if (kernels::qgemm_config_is_sm90(config)) check_problem(pr, 3, config, /*global_split=*/true);
     }
   }
 }
@@ -195,12 +188,9 @@ TEST_P(QGemmGpu, ServingRegimePlans) {
   const auto pr = test::make_qgemm_problem(GetParam(), 130, 512, 4096, 77, false, true);
   for (int config : runnable_configs())
     if (kernels::qgemm_config_is_sm90(config))
-      {
-        for (int splits : {2, 8}) {
-          check_problem(pr, splits, config);
-          check_problem(pr, splits, config, true);
-        }
-        check_problem(pr, 1, config, false, 0, /*multicast=*/true);
+      for (int splits : {2, 8}) {
+        check_problem(pr, splits, config);
+        check_problem(pr, splits, config, true);
       }
 }
 

@@ -39,7 +39,6 @@ void check_plan(const QGemmPlan& p, WeightFormat v, int m, int n, int k, int sms
   const int tps = int(cdiv(kgs, p.splits));
   EXPECT_LT((p.splits - 1) * tps, kgs) << "an empty split";
   if (!c.sm90 || p.splits == 1) EXPECT_FALSE(p.global_split) << "global_split is only an sm90 split's mode";
-  if (p.multicast) EXPECT_TRUE(c.sm90 && p.splits == 1 && p.stream_k_ctas == 0) << "multicast: unsplit sm90 only";
   if (p.stream_k_ctas > 0) {
     EXPECT_TRUE(c.sm90) << "stream-K is the wgmma kernel's schedule";
     EXPECT_EQ(p.splits, 1);
@@ -111,13 +110,6 @@ TEST(GemmPlan, ForcedConfigAndSplits) {
         const int kgs = k / 128, want = std::clamp(s, 1, kernels::qgemm_max_splits(c, k));
         EXPECT_EQ(p.splits, cdiv(kgs, cdiv(kgs, want))) << "k=" << k << " s=" << s;
         }
-  // The token-tile multicast: kept only for an unsplit sm90 plan (no workspace).
-  for (int c = 0; c < kernels::qgemm_num_configs(); ++c)
-    for (int s : {1, 2}) {
-      const QGemmPlan p = kernels::qgemm_plan_for(WeightFormat::kW4A8PerChannel, 67, 208, 1280, c, s, false, true);
-      EXPECT_EQ(p.multicast, kQGemmConfigs[c].sm90 && p.splits == 1) << kQGemmConfigs[c].name << " splits " << s;
-      if (p.multicast) EXPECT_EQ(p.workspace_bytes, 0u);
-    }
   // The cluster limit: 8 CTAs; the sm80 kernel up to 16 (k tiles permitting).
   EXPECT_EQ(kernels::qgemm_max_splits(kernels::kQGemm_sm90_bn128_bm64, 4096), 8);
   EXPECT_EQ(kernels::qgemm_max_splits(kernels::kQGemm_bn64_bm16, 4096), 16);

@@ -130,8 +130,7 @@ int qgemm_max_splits(int config, int k) {
   return std::min(qgemm_config_is_sm90(config) ? kQGemmMaxClusterSplits : 16, kgs);
 }
 
-QGemmPlan qgemm_plan_for(WeightFormat v, int m, int n, int k, int config, int splits, bool global_split,
-                         bool multicast) {
+QGemmPlan qgemm_plan_for(WeightFormat v, int m, int n, int k, int config, int splits, bool global_split) {
   (void)v;
   QGemmPlan plan;
   plan.config = std::clamp(config, 0, kQGemmNumConfigs - 1);
@@ -142,7 +141,6 @@ QGemmPlan qgemm_plan_for(WeightFormat v, int m, int n, int k, int config, int sp
   const bool sm90 = qgemm_config_is_sm90(plan.config);
   plan.global_split = sm90 && plan.splits > 1 && (global_split || !kQGemmClusterSplits);
   plan.workspace_bytes = sm90 && !plan.global_split ? 0 : sm80_workspace(plan.config, m, n, plan.splits);
-  plan.multicast = sm90 && plan.splits == 1 && multicast;
   return plan;
 }
 

@@ -30,9 +30,6 @@ struct QGemmPlan {
   // CTA: no wave quantization, and the TMA ring runs on across tile boundaries. A tile cut between CTAs is summed
   // by the CTA that finishes its share last (INT32 partials in the workspace, a self-resetting counter per tile).
   int stream_k_ctas = 0;
-  // sm90 configs, splits == 1, no stream-K: CTA pairs along N form a 2-CTA cluster and share the token tile, each
-  // loading half of it by TMA multicast into both (the activation bytes read from L2 per weight byte halve).
-  bool multicast = false;
 };
 
 // Chooses the tile config and split-K for a problem on a GPU with `num_sms` multiprocessors and compute
@@ -41,9 +38,7 @@ struct QGemmPlan {
 QGemmPlan qgemm_plan(WeightFormat v, int m, int n, int k, int num_sms, int sm_version, int splits_override = 0);
 // A plan for a forced config and split factor (tests, benchmark sweeps): splits clamped to [1, max], with no
 // empty split, and the workspace that config needs.
-// multicast: the token-tile multicast of QGemmPlan (kept only where allowed: sm90 config, no split).
-QGemmPlan qgemm_plan_for(WeightFormat v, int m, int n, int k, int config, int splits, bool global_split = false,
-                         bool multicast = false);
+QGemmPlan qgemm_plan_for(WeightFormat v, int m, int n, int k, int config, int splits, bool global_split = false);
 // A persistent stream-K plan for a forced sm90 config over `ctas` CTAs (clamped to [1, units]), with the workspace
 // it needs. Not for sm80 configs (returns the plain plan).
 QGemmPlan qgemm_plan_stream_k(WeightFormat v, int m, int n, int k, int config, int ctas);

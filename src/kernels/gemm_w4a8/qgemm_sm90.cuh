@@ -76,7 +76,7 @@ template <int V, int CONFIG, bool SK, int PROBE = 0>
 __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
     qgemm_sm90_kernel(const QGemmParams p, const __grid_constant__ CUtensorMap tm_x,
                       const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ CUtensorMap tm_s,
-                      int tiles_per_split, int32_t* partial, int* counters, int sk_per, int multicast) {
+                      int tiles_per_split, int32_t* partial, int* counters, int sk_per) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using C = Sm90Cfg<V, CONFIG>;
   extern __shared__ uint8_t smem_raw[];
@@ -102,20 +102,15 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
     u_end = min((tile + 1) * kgs, u_begin + tiles_per_split);
   }
   const uint32_t full0 = ptx::smem_addr(full_bar), empty0 = ptx::smem_addr(empty_bar);
-  // Token-tile multicast (plan.multicast): this CTA and its cluster peer (the neighbouring N tile) each load half of
-  // the token tile into both; a ring slot is refilled only after the consumers of both CTAs released it.
-  const bool mc = !SK && multicast != 0;
-  const uint32_t rank = mc ? ptx::cluster_ctarank() : 0u;
 
   if (tid == 0) {
     for (int s = 0; s < C::STAGES; ++s) {
       ptx::mbar_init(full0 + 8 * s, 1);
-      ptx::mbar_init(empty0 + 8 * s, 4 * C::kConsumers * (mc ? 2 : 1));  // one arrive per consumer warp (of both)
+      ptx::mbar_init(empty0 + 8 * s, 4 * C::kConsumers);  // one arrive per consumer warp
     }
     ptx::fence_barrier_init();
   }
   __syncthreads();
-  if (mc) ptx::cluster_sync();  // the peer's barriers are initialized before any multicast or remote arrive
 
   if (wg == 0) {
     ptx::setmaxnreg_dec<40>();
@@ -128,11 +123,7 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
         if (it >= C::STAGES) ptx::mbar_wait(empty0 + 8 * slot, ((it / C::STAGES) + 1) & 1);
         const uint32_t st = base + slot * C::kStageBytes, bar = full0 + 8 * slot;
         ptx::mbar_arrive_expect_tx(bar, C::kTxBytes);
-        if (mc)
-          ptx::tma_load_2d_multicast(st + rank * (C::BM / 2) * kBK, &tm_x, bar, kt * kBK, m0 + int(rank) * (C::BM / 2),
-                                     uint16_t(0x3));
-        else
-          ptx::tma_load_2d(st, &tm_x, bar, kt * kBK, m0);
+        ptx::tma_load_2d(st, &tm_x, bar, kt * kBK, m0);
         ptx::tma_load_2d(st + C::kXBytes, &tm_w, bar, kt * (C::kTileBytes / 8), n0 / 16);
         if constexpr (C::kG128) ptx::tma_load_2d(st + C::kXBytes + C::kWBytes, &tm_s, bar, n0, kt);
       }
@@ -235,11 +226,7 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
       ptx::wgmma_wait<1>();
       if (i > 0) {
         __syncwarp();
-        if (lane == 0) {
-          const uint32_t eb = empty0 + 8 * ((it - 1) % C::STAGES);
-          ptx::mbar_arrive(eb);
-          if (mc) ptx::mbar_arrive_cluster(ptx::dsmem_map(eb, rank ^ 1u));
-        }
+        if (lane == 0) ptx::mbar_arrive(empty0 + 8 * ((it - 1) % C::STAGES));
       }
       if (i + 1 < nk) {
         const int nslot = (it + 1) % C::STAGES;
@@ -481,7 +468,6 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
       segment(u_begin, u_end, 0);
     }
   }
-  if (mc) ptx::cluster_sync();  // neither CTA exits while its peer may still multicast into it or arrive on it
 #endif
 }
 
@@ -494,12 +480,9 @@ Status make_sm90_weight_maps(WeightFormat v, int n, int k, const void* w, const 
 // splits > 1 with `counters` (and `partial`, the workspace's INT32 planes): global split-K; without: one cluster
 // of `splits` CTAs per output tile. sk_per > 0: stream-K, sk_grid CTAs of sk_per units each (splits must be 1;
 // `counters` and `partial` from qgemm_stream_k_workspace's layout).
-// multicast: plan.multicast (splits must be 1, no stream-K): the grid's N tiles are padded to an even count and
-// launched as 2-CTA clusters along N (a padding CTA loads its half of the token tile and writes nothing).
 template <int V, int CONFIG>
 Status launch_qgemm_sm90(const QGemmParams& p, int splits, int tiles_per_split, int32_t* partial, int* counters,
-                         int sk_grid, int sk_per, bool multicast, const CUtensorMap& wmap, const CUtensorMap& smap,
-                         cudaStream_t stream) {
+                         int sk_grid, int sk_per, const CUtensorMap& wmap, const CUtensorMap& smap, cudaStream_t stream) {
   using C = Sm90Cfg<V, CONFIG>;
   static std::atomic<uint64_t> attr_set{0};  // per device (device_once.h)
   QS_RETURN_IF_ERROR(once_per_device(attr_set, [] {
@@ -511,35 +494,18 @@ Status launch_qgemm_sm90(const QGemmParams& p, int splits, int tiles_per_split, 
   }));
   if (splits < 1 || splits > kQGemmMaxClusterSplits)
     return Status::error("qgemm: sm90 split-K factor must be in [1, 8] (a cluster), got " + std::to_string(splits));
-  if (multicast && (splits != 1 || sk_per > 0))
-    return Status::error("qgemm: the token-tile multicast needs an unsplit, non-stream-K plan");
   CUtensorMap xmap;
-  QS_RETURN_IF_ERROR(make_sm90_x_map(p, multicast ? C::BM / 2 : C::BM, &xmap));
+  QS_RETURN_IF_ERROR(make_sm90_x_map(p, C::BM, &xmap));
   const dim3 grid((p.n + C::BN - 1) / C::BN, (p.m + C::BM - 1) / C::BM, splits);
-  if (multicast) {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((grid.x + 1) / 2 * 2, grid.y, 1);
-    cfg.blockDim = dim3(C::kThreads);
-    cfg.dynamicSmemBytes = C::kSmemBytes;
-    cfg.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = 2;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    QS_CUDA_RETURN(cudaLaunchKernelEx(&cfg, qgemm_sm90_kernel<V, CONFIG, false>, p, xmap, wmap, smap, tiles_per_split,
-                                      static_cast<int32_t*>(nullptr), static_cast<int*>(nullptr), 0, 1));
-  } else if (sk_per > 0) {
+  if (sk_per > 0) {
     if (splits != 1 || !counters || !partial || sk_grid < 1)
       return Status::error("qgemm: a stream-K launch needs splits == 1, a grid and its workspace");
     qgemm_sm90_kernel<V, CONFIG, true><<<dim3(sk_grid), C::kThreads, C::kSmemBytes, stream>>>(
-        p, xmap, wmap, smap, tiles_per_split, partial, counters, sk_per, 0);
+        p, xmap, wmap, smap, tiles_per_split, partial, counters, sk_per);
   } else if (splits == 1 || counters) {
     qgemm_sm90_kernel<V, CONFIG, false><<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, xmap, wmap, smap, tiles_per_split,
                                                                                splits > 1 ? partial : nullptr,
-                                                                               splits > 1 ? counters : nullptr, 0, 0);
+                                                                               splits > 1 ? counters : nullptr, 0);
   } else {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
@@ -554,7 +520,7 @@ Status launch_qgemm_sm90(const QGemmParams& p, int splits, int tiles_per_split, 
     cfg.attrs = attr;
     cfg.numAttrs = 1;
     QS_CUDA_RETURN(cudaLaunchKernelEx(&cfg, qgemm_sm90_kernel<V, CONFIG, false>, p, xmap, wmap, smap, tiles_per_split,
-                                      static_cast<int32_t*>(nullptr), static_cast<int*>(nullptr), 0, 0));
+                                      static_cast<int32_t*>(nullptr), static_cast<int*>(nullptr), 0));
   }
   QS_CUDA_RETURN(cudaGetLastError());
   return Status::ok();
