@@ -52,7 +52,9 @@ struct Sm90Cfg {
   static constexpr int kSBytes = kG128 ? BN * 2 : 0;
   static constexpr int kTxBytes = kXBytes + kWBytes + kSBytes;
   static constexpr int kStageBytes = (kTxBytes + 1023) / 1024 * 1024;
-  static constexpr int STAGES = (200 * 1024) / kStageBytes > 8 ? 8 : (200 * 1024) / kStageBytes;
+  // As many stages as 200 KB hold (up to 16): at M <= 128 the k-tile rate is bound by the bytes the ring keeps in
+  // flight (bench_gemm --probe), so the small-tile configs get 10-16 stages.
+  static constexpr int STAGES = (200 * 1024) / kStageBytes > 16 ? 16 : (200 * 1024) / kStageBytes;
   static constexpr int kCPitch = BN + 4;
   // Per-warp staging of the persistent (stream-K) epilogue, after the ring (which the producer keeps filling for
   // the next tile meanwhile): 32 tokens x 16 channels (+4 pad: conflict-free) INT32 per consumer warp.
