@@ -157,11 +157,13 @@ struct Ctx {
 // TMA descriptors are prepared once per weight copy (qgemm_prepare, as at engine upload); each call encodes only
 // the activation descriptor.
 // `epi` selects the epilogue (kSiluMul: y is [m, n/2]); `post(y)`, when given, is launched after each GEMM in the
-// timed graph (the activation kernel that follows it in a layer) and counted in the time.
+// timed graph (the activation kernel that follows it in a layer) and counted in the time; `launch`, when given,
+// replaces qgemm_run (the probe's direct kernel launches).
+using Launch = std::function<bool(const qs::kernels::QGemmParams&, const qs::kernels::QGemmPrepared&)>;
 double bench_ours(Ctx& c, qs::WeightFormat v, int m, int n, int k, int sm_version,
                   qs::kernels::QGemmPlan forced = {-1, 1, 0},
                   qs::kernels::QGemmEpilogue epi = qs::kernels::QGemmEpilogue::kLinear,
-                  const std::function<bool(const uint16_t*)>& post = {}) {
+                  const std::function<bool(const uint16_t*)>& post = {}, const Launch& launch = {}) {
   Pool pool;
   const size_t wbytes = v == qs::WeightFormat::kW8A8 ? size_t(n) * k : size_t(n) * k / 2;
   const size_t sbytes = v == qs::WeightFormat::kW4A8G128 ? size_t(n) * (k / 128) * 2 : 0;
@@ -212,6 +214,7 @@ double bench_ours(Ctx& c, qs::WeightFormat v, int m, int n, int k, int sm_versio
     }
   }
   return time_graph(c.s, copies, [&](int i) {
+    if (launch) return launch(ps[size_t(i)], preps[size_t(i)]) && (!post || post(y));
     const qs::Status st = qs::kernels::qgemm_run(ps[size_t(i)], plan, c.s, &preps[size_t(i)]);
     if (!st.is_ok()) std::fprintf(stderr, "qgemm_run: %s\n", st.message().c_str());
     return st.is_ok() && (!post || post(y));
@@ -411,41 +414,17 @@ bool launch_probe(Ctx& c, const qs::kernels::QGemmParams& p, const qs::kernels::
 
 template <int CONFIG>
 double bench_probe(Ctx& c, int probe, int m, int n, int k) {
-  Pool pool;
-  const size_t wbytes = size_t(n) * k / 2;
-  const int copies = copies_for(wbytes + size_t(m) * k);
-  std::vector<qs::kernels::QGemmParams> ps(static_cast<size_t>(copies));
-  std::vector<qs::kernels::QGemmPrepared> preps(static_cast<size_t>(copies));
-  auto* scale = static_cast<uint16_t*>(pool.get(size_t(n) * 2));
-  auto* szero = static_cast<uint16_t*>(pool.get(size_t(n) * 2));
-  auto* sx = static_cast<uint16_t*>(pool.get(size_t(m) * 2));
-  auto* xsum = static_cast<uint16_t*>(pool.get(size_t(m) * 2));
-  auto* y = static_cast<uint16_t*>(pool.get(size_t(m) * n * 2));
-  fill(scale, n, 2, 1, 1e-3f, 2e-3f);
-  fill(szero, n, 2, 2, 0.0f, 1e-2f);
-  fill(sx, m, 2, 3, 1e-3f, 2e-2f);
-  fill(xsum, m, 2, 4, -1.0f, 1.0f);
-  for (int i = 0; i < copies; ++i) {
-    auto& p = ps[size_t(i)];
-    p.variant = qs::WeightFormat::kW4A8PerChannel;
-    p.m = m, p.n = n, p.k = k;
-    p.w = pool.get(wbytes);
-    fill(const_cast<void*>(p.w), wbytes, 0, 10 + i);
-    auto* x = static_cast<int8_t*>(pool.get(size_t(m) * k));
-    fill(x, size_t(m) * k, 1, 100 + i);
-    p.x = x, p.sx = sx, p.xsum = xsum, p.scale = scale, p.szero = szero, p.y = y;
-    if (!qs::kernels::qgemm_prepare(p, &preps[size_t(i)]).is_ok()) return -1.0;
-  }
-  return time_graph(c.s, copies, [&](int i) {
-    const auto& p = ps[size_t(i)];
-    const auto& pr = preps[size_t(i)];
-    switch (probe) {
-      case 0: return launch_probe<0, CONFIG>(c, p, pr);
-      case 1: return launch_probe<1, CONFIG>(c, p, pr);
-      case 2: return launch_probe<2, CONFIG>(c, p, pr);
-      default: return launch_probe<3, CONFIG>(c, p, pr);
-    }
-  });
+  const auto v = qs::WeightFormat::kW4A8PerChannel;
+  return bench_ours(c, v, m, n, k, c.sm_version, qs::kernels::qgemm_plan_for(v, m, n, k, CONFIG, 1),
+                    qs::kernels::QGemmEpilogue::kLinear, {},
+                    [&](const qs::kernels::QGemmParams& p, const qs::kernels::QGemmPrepared& pr) {
+                      switch (probe) {
+                        case 0: return launch_probe<0, CONFIG>(c, p, pr);
+                        case 1: return launch_probe<1, CONFIG>(c, p, pr);
+                        case 2: return launch_probe<2, CONFIG>(c, p, pr);
+                        default: return launch_probe<3, CONFIG>(c, p, pr);
+                      }
+                    });
 }
 
 void run_probe(Ctx& c) {
