@@ -34,9 +34,9 @@ namespace qs::kernels {
 //             channel j; engine/weight_fusion.h interleave_quantized_rows): y FP16 [m, n/2] with
 //             y[m, j] = fp16(silu(g) * u), where g and u are the pair's outputs rounded to FP16 exactly as kLinear
 //             writes them and silu(g) * u = g / (1 + exp(-g)) * u in fp32 with the fast exp and divide (within one
-//             FP16 ulp of the exact value). No residual. This halves the bytes
-//             the gate_up GEMM writes and the next quantization reads (act_quant of y replaces silu_mul_quant: it
-//             quantizes the FP16 rounding of the same fp32 value).
+//             FP16 ulp of the exact value). No residual. This halves the bytes the gate_up GEMM writes and the next
+//             quantization reads (act_quant of y replaces silu_mul_quant: it quantizes the FP16 rounding of the
+//             same fp32 value).
 enum class QGemmEpilogue { kLinear, kSiluMul };
 
 struct QGemmParams {
