@@ -52,8 +52,9 @@ struct Sm90Cfg {
   static constexpr int kSBytes = kG128 ? BN * 2 : 0;
   static constexpr int kTxBytes = kXBytes + kWBytes + kSBytes;
   static constexpr int kStageBytes = (kTxBytes + 1023) / 1024 * 1024;
-  // As many stages as 200 KB hold (up to 16): at M <= 128 the k-tile rate is bound by the bytes the ring keeps in
-  // flight (bench_gemm --probe), so the small-tile configs get 10-16 stages.
+  // As many stages as 200 KB hold (up to 16): the k-tile rate is bound by how fast the ring streams the tiles
+  // (bench_gemm --probe), and more stages keep more bytes in flight for the small-tile configs (10-16 stages; 2-5%
+  // on a layer's linears at M 64-128, BENCHMARKS.md).
   static constexpr int STAGES = (200 * 1024) / kStageBytes > 16 ? 16 : (200 * 1024) / kStageBytes;
   static constexpr int kCPitch = BN + 4;
   // Per-warp staging of the persistent (stream-K) epilogue, after the ring (which the producer keeps filling for
@@ -62,8 +63,13 @@ struct Sm90Cfg {
   static constexpr int kEpiOffset = STAGES * kStageBytes > BM * kCPitch * 4 ? STAGES * kStageBytes : BM * kCPitch * 4;
   static constexpr int kEpiBytes = 4 * kConsumers * 32 * kEpiPitch * 4;
   // The non-persistent kernel's epilogue inputs, loaded into the same area (unused without stream-K) by the idle
-  // producer warps while the main loop runs: FP16 sx[BM], xsum[BM], scale[BN], szero[BN], bias[BN].
+  // producer warps (warps 1..3) while the main loop runs: FP16 sx[BM], xsum[BM], scale[BN], szero[BN], bias[BN]
+  // (element offsets below); named barrier 2 joins those warps and the consumers before the epilogue reads them.
+  static constexpr int kParamSx = 0, kParamXsum = BM, kParamScale = 2 * BM, kParamSzero = 2 * BM + BN,
+                       kParamBias = 2 * BM + 2 * BN;
   static constexpr int kParamBytes = 2 * (2 * BM + 3 * BN);
+  static constexpr int kParamWarpThreads = 96;
+  static constexpr int kParamBarrierThreads = 128 * kConsumers + kParamWarpThreads;
   static_assert(kParamBytes <= kEpiBytes, "epilogue inputs exceed their area");
   static constexpr int kSmemBytes = kEpiOffset + kEpiBytes + 1024;
   static_assert(BM % 32 == 0, "the staged epilogue takes 32 tokens at a time");
@@ -135,19 +141,19 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
       uint16_t* es = reinterpret_cast<uint16_t*>(smem + C::kEpiOffset);
       const int m0 = int(blockIdx.y) * C::BM, n0 = int(blockIdx.x) * C::BN;
       const bool per_channel = p.variant == WeightFormat::kW4A8PerChannel;
-      for (int i = tid - 32; i < C::BM; i += 96) {
+      for (int i = tid - 32; i < C::BM; i += C::kParamWarpThreads) {
         const int m = m0 + i;
-        es[i] = m < p.m ? p.sx[m] : uint16_t(0);
-        es[C::BM + i] = m < p.m && per_channel ? p.xsum[m] : uint16_t(0);
+        es[C::kParamSx + i] = m < p.m ? p.sx[m] : uint16_t(0);
+        es[C::kParamXsum + i] = m < p.m && per_channel ? p.xsum[m] : uint16_t(0);
       }
-      for (int i = tid - 32; i < C::BN; i += 96) {
+      for (int i = tid - 32; i < C::BN; i += C::kParamWarpThreads) {
         const int n = n0 + i;
         const bool ok = n < p.n;
-        es[2 * C::BM + i] = ok ? p.scale[n] : uint16_t(0);
-        es[2 * C::BM + C::BN + i] = ok && per_channel ? p.szero[n] : uint16_t(0);
-        es[2 * C::BM + 2 * C::BN + i] = ok && p.bias ? p.bias[n] : uint16_t(0);
+        es[C::kParamScale + i] = ok ? p.scale[n] : uint16_t(0);
+        es[C::kParamSzero + i] = ok && per_channel ? p.szero[n] : uint16_t(0);
+        es[C::kParamBias + i] = ok && p.bias ? p.bias[n] : uint16_t(0);
       }
-      ptx::named_barrier_arrive(2, 128 * C::kConsumers + 96);
+      ptx::named_barrier_arrive(2, C::kParamBarrierThreads);
     }
     if (!SK && gridDim.z > 1 && !counters) {  // the consumers' two cluster barriers count every thread
       ptx::cluster_sync();
@@ -277,11 +283,11 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
     auto epi_in_smem = [&](int m, int n, int m0, int n0) {
       const uint16_t* es = reinterpret_cast<const uint16_t*>(smem + C::kEpiOffset);
       EpiIn in;
-      in.sxm = __half2float(__ushort_as_half(es[m - m0]));
-      in.xs = __half2float(__ushort_as_half(es[C::BM + m - m0]));
-      in.sv = *reinterpret_cast<const uint4*>(es + 2 * C::BM + (n - n0));
-      in.zv = *reinterpret_cast<const uint4*>(es + 2 * C::BM + C::BN + (n - n0));
-      in.bv = *reinterpret_cast<const uint4*>(es + 2 * C::BM + 2 * C::BN + (n - n0));
+      in.sxm = __half2float(__ushort_as_half(es[C::kParamSx + m - m0]));
+      in.xs = __half2float(__ushort_as_half(es[C::kParamXsum + m - m0]));
+      in.sv = *reinterpret_cast<const uint4*>(es + C::kParamScale + (n - n0));
+      in.zv = *reinterpret_cast<const uint4*>(es + C::kParamSzero + (n - n0));
+      in.bv = *reinterpret_cast<const uint4*>(es + C::kParamBias + (n - n0));
       in.rv = epi_residual(p, m, n);
       return in;
     };
@@ -355,7 +361,7 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
       } else {
         // Epilogue: every consumer is done with the ring (all TMAs it waited for have landed), and the producer
         // warps' copy of the epilogue inputs is complete.
-        ptx::named_barrier(2, nthreads + 96);
+        ptx::named_barrier(2, C::kParamBarrierThreads);
         int32_t* cs = reinterpret_cast<int32_t*>(smem);
 #pragma unroll
         for (int mt = 0; mt < C::MT; ++mt)
