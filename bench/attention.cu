@@ -99,9 +99,8 @@ struct DecodeResult {
 
 // chunks > 0: time the plan with that split (plan_decode_chunks) instead of plan_decode's choice. ragged: the
 // contexts are drawn uniformly from [ctx/2, 3 ctx/2] (seeded) instead of all ctx; plans get max_context 3 ctx/2.
-// min_tiles > 0: plan_decode's balanced split with that many tiles per warp at least.
 DecodeResult bench_decode(int batch, int hq, int hkv, int ctx, KvDType dt, int sms, const Dev& flush, int reps,
-                          int chunks = 0, bool ragged = false, int min_tiles = 0) {
+                          int chunks = 0, bool ragged = false) {
   KvCacheLayout L{64, hkv, 128, dt};
   std::vector<int32_t> cl(size_t(batch), ctx);
   if (ragged) {
@@ -131,9 +130,8 @@ DecodeResult bench_decode(int batch, int hq, int hkv, int ctx, KvDType dt, int s
   QS_CUDA_CHECK(cudaMemcpy(bt.p, perm.data(), perm.size() * 4, cudaMemcpyHostToDevice));
   QS_CUDA_CHECK(cudaMemcpy(lens.p, cl.data(), cl.size() * 4, cudaMemcpyHostToDevice));
   fill_half<<<256, 256>>>(q.as<__half>(), int64_t(batch) * hq * 128, 8);
-  DecodePlan plan =
+  const DecodePlan plan =
       chunks > 0 ? plan_decode_chunks(batch, hq, L, max_ctx, chunks) : plan_decode(batch, hq, L, max_ctx, sms);
-  if (min_tiles > 0) plan = plan_decode_balanced(batch, hq, L, max_ctx, plan.warps, min_tiles);
   Dev ws(plan.workspace_bytes);
   DecodeParams p;
   p.q = q.as<uint16_t>(); p.out = out.as<uint16_t>();
@@ -213,12 +211,8 @@ int plan_sweep(const std::string& out_dir, const cudaDeviceProp& prop, double co
         bench_decode(b, m.hq, m.hkv, ctx, KvDType::kKv4, prop.multiProcessorCount, flush, 9, 0, ragged).ms * 1e3f;
     const double gain = us[best] / bal_us;
     gains.push_back(gain);
-    std::printf(" | %d %7.1f | %7.1f  %5.2fx  %4.0f%% |", best, us[best], bal_us, gain,
+    std::printf(" | %d %7.1f | %7.1f  %5.2fx  %4.0f%%\n", best, us[best], bal_us, gain,
                 100 * bytes / (bal_us * 1e-6) / 1e12 / copy_tbs);
-    for (int mt : {8, 16, 32})
-      std::printf(" mt%d %7.1f", mt, bench_decode(b, m.hq, m.hkv, ctx, KvDType::kKv4, prop.multiProcessorCount, flush,
-                                                 9, 0, ragged, mt).ms * 1e3f);
-    std::printf("\n");
     if (js) {
       std::fprintf(js, "{\"model\":\"%s\",\"batch\":%d,\"ctx\":%d,\"balanced_us\":%.2f,\"us\":[", m.name, b,
                    ctx, bal_us);

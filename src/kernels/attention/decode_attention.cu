@@ -678,9 +678,6 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas)
   const int hkv = p.layout.num_kv_heads, group = p.num_q_heads / hkv;
   const int warp = int(blockIdx.x) * kWarpsPerCta + int(threadIdx.x >> 5);
   const int nwarps = int(gridDim.x) * kWarpsPerCta;
-  // Warp w serves KV head w % hkv over range w / hkv of the sequence tiles: the hkv warps of one range stream the
-  // same pages in step (the heads of a page are adjacent in the pool), as the chunk split's CTAs do.
-  const int kvh = warp % hkv, r = warp / hkv, ranges = nwarps / hkv;
   const int per = (p.batch + 31) / 32, lo = min(p.batch, lane * per), hi = min(p.batch, lo + per);
   int mine = 0;
 #pragma unroll 4
@@ -691,21 +688,21 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas)
     const int v = __shfl_up_sync(0xffffffffu, incl, x);
     if (lane >= x) incl += v;
   }
-  const int total = __shfl_sync(0xffffffffu, incl, 31);  // tiles of all sequences (plan checks x hkv < 2^31)
-  const int T = max(min_tiles, (total + ranges - 1) / ranges);
-  const int s0 = int(min(int64_t(r) * T, int64_t(total)));
-  const int e = r < ranges ? min(total, s0 + T) : s0;
+  const int total = __shfl_sync(0xffffffffu, incl, 31) * hkv;  // tiles of all items (plan checks < 2^31)
+  const int T = max(min_tiles, (total + nwarps - 1) / nwarps);
+  const int s0 = int(min(int64_t(warp) * T, int64_t(total)));
+  const int e = min(total, s0 + T);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");  // the merge grid may queue up behind this one
 #endif
   if (s0 >= e) return;
   // The sequence holding tile s0: the lane whose slice does, then a walk over its slice.
-  const uint32_t own = __ballot_sync(0xffffffffu, incl - mine <= s0 && s0 < incl);
+  const uint32_t own = __ballot_sync(0xffffffffu, (incl - mine) * hkv <= s0 && s0 < incl * hkv);
   const int src = __ffs(own) - 1;
-  int b = 0, acc = 0;  // acc: first tile of sequence b
+  int b = 0, acc = 0;  // acc: first tile of sequence b's items
   if (lane == src) {
-    b = lo, acc = incl - mine;
-    for (int n; acc + (n = (p.context_lens[b] + 15) >> 4) <= s0; ++b) acc += n;
+    b = lo, acc = (incl - mine) * hkv;
+    for (int n; acc + (n = ((p.context_lens[b] + 15) >> 4) * hkv) <= s0; ++b) acc += n;
   }
   b = __shfl_sync(0xffffffffu, b, src);
   acc = __shfl_sync(0xffffffffu, acc, src);
@@ -713,7 +710,7 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas)
   const uint8_t* ring = warp_ring<D, DT, S>();
   int ctx = p.context_lens[b];
   int ni = (ctx + 15) >> 4;
-  int off = s0 - acc;
+  int kvh = (s0 - acc) / ni, off = (s0 - acc) - kvh * ni;
   for (int s = s0; s < e;) {
     const int len = min(ni - off, e - s);
     DecodeWarp<D, DT, NH> w;
@@ -729,10 +726,13 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas)
       meta[item] = make_int2(slot, whole ? 1 : (s + ni - 1) / T - s / T + 1);
     s += len;
     off += len;
-    if (off == ni && s < e) {  // the next sequence
+    if (off == ni && s < e) {  // next item: next KV head, or the next sequence's first
       off = 0;
-      ctx = p.context_lens[++b];
-      ni = (ctx + 15) >> 4;
+      if (++kvh == hkv) {
+        kvh = 0;
+        ctx = p.context_lens[++b];
+        ni = (ctx + 15) >> 4;
+      }
     }
   }
 }
@@ -761,8 +761,8 @@ __global__ void __launch_bounds__(D) merge_kernel(const DecodeParams p, const in
 }
 
 // Balanced split: one warp per (sequence, query head) row, 8 rows per CTA; rows of items a single warp covered are
-// already written. Piece j of an item lies in slot meta.x (j = 0), then 2 * (meta.x / 2 + j * hkv) (the range
-// openings of the same KV head's warps of the next ranges).
+// already written. Piece j of an item lies in slot meta.x (j = 0), then 2 * (meta.x / 2 + j) (the range openings of
+// the next warps).
 template <int D>
 __global__ void __launch_bounds__(256) balanced_merge_kernel(const DecodeParams p, const float* __restrict__ ws_o,
                                                              const float* __restrict__ ws_m,
@@ -772,13 +772,13 @@ __global__ void __launch_bounds__(256) balanced_merge_kernel(const DecodeParams 
 #endif
   const int64_t row = int64_t(blockIdx.x) * 8 + (threadIdx.x >> 5);  // b * num_q_heads + h
   if (row >= int64_t(p.batch) * p.num_q_heads) return;
-  const int hkv = p.layout.num_kv_heads, group = p.num_q_heads / hkv;
+  const int group = p.num_q_heads / p.layout.num_kv_heads;
   const int b = int(row / p.num_q_heads), h = int(row % p.num_q_heads);
-  const int2 m = meta[int64_t(b) * hkv + h / group];
+  const int2 m = meta[int64_t(b) * p.layout.num_kv_heads + h / group];
   if (m.y <= 1) return;
   const int lane = threadIdx.x & 31, hg = h % group;
   constexpr int kPer = D / 32;  // dims per lane
-  auto slot = [&](int j) { return j == 0 ? m.x : 2 * (m.x / 2 + j * hkv); };
+  auto slot = [&](int j) { return j == 0 ? m.x : 2 * (m.x / 2 + j); };
   float mx = -INFINITY;
   for (int j = 0; j < m.y; ++j) mx = fmaxf(mx, ws_m[int64_t(slot(j)) * group + hg]);
   float acc[kPer] = {}, wsum = 0.0f;
@@ -883,9 +883,8 @@ DecodePlan plan_decode_balanced(int32_t batch, int32_t num_q_heads, const KvCach
                                 int32_t warps, int32_t min_tiles) {
   check_shape(num_q_heads, layout);
   QS_CHECK(batch > 0 && max_context > 0) << "decode attention: empty batch or context";
-  QS_CHECK(warps > 0 && warps % kWarpsPerCta == 0 && warps >= layout.num_kv_heads && min_tiles > 0)
-      << "decode attention: balanced split needs a positive multiple of " << kWarpsPerCta << " warps, at least the "
-      << layout.num_kv_heads << " KV heads, got " << warps;
+  QS_CHECK(warps > 0 && warps % kWarpsPerCta == 0 && min_tiles > 0)
+      << "decode attention: balanced split needs a positive multiple of " << kWarpsPerCta << " warps, got " << warps;
   QS_CHECK(int64_t(batch) * layout.num_kv_heads * ((int64_t(max_context) + 15) / 16) < (int64_t(1) << 31))
       << "decode attention: batch " << batch << " x context " << max_context << " has 2^31 or more tiles";
   DecodePlan plan;
