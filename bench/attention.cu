@@ -10,14 +10,12 @@
 // --flush-dirty times after the old 256 MiB memset instead, and a short table at the end compares the two on a few
 // decode shapes.
 //   bench_attention [out_dir] [--quick] [--flush-dirty]   prints a table; writes out_dir/attention.json (JSON lines)
-//   bench_attention [out_dir] --plan-sweep   KV4 decode only: every chunk split of 1..8 chunks per shape (batch
-//     32-1024, context 512-4096, both head configurations) against plan_decode's choice (the balanced split);
-//     writes out_dir/decode_plan.json
+//   bench_attention [out_dir] --plan-sweep   KV4 decode only: every split of 1..8 chunks per shape (batch 32-512,
+//     context 512-4096, both head configurations) against plan_decode's choice; writes out_dir/decode_plan.json
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <numeric>
@@ -97,18 +95,11 @@ struct DecodeResult {
   double bytes = 0;
 };
 
-// chunks > 0: time the plan with that split (plan_decode_chunks) instead of plan_decode's choice. ragged: the
-// contexts are drawn uniformly from [ctx/2, 3 ctx/2] (seeded) instead of all ctx; plans get max_context 3 ctx/2.
+// chunks > 0: time the plan with that split (plan_decode_chunks) instead of plan_decode's choice.
 DecodeResult bench_decode(int batch, int hq, int hkv, int ctx, KvDType dt, int sms, const Dev& flush, int reps,
-                          int chunks = 0, bool ragged = false) {
+                          int chunks = 0) {
   KvCacheLayout L{64, hkv, 128, dt};
-  std::vector<int32_t> cl(size_t(batch), ctx);
-  if (ragged) {
-    std::mt19937 rng(11);
-    for (int32_t& c : cl) c = ctx / 2 + int32_t(rng() % uint32_t(ctx + 1));
-  }
-  const int max_ctx = ragged ? ctx / 2 + ctx : ctx;
-  const int pages_per = (max_ctx + 63) / 64;
+  const int pages_per = (ctx + 63) / 64;
   const int64_t pages = int64_t(batch) * pages_per;
   Dev kp(size_t(pages * L.page_bytes())), vp(size_t(pages * L.page_bytes()));
   rand_bytes(kp.p, size_t(pages * L.page_bytes()), 3);
@@ -128,10 +119,10 @@ DecodeResult bench_decode(int batch, int hq, int hkv, int ctx, KvDType dt, int s
   std::shuffle(perm.begin(), perm.end(), std::mt19937(7));
   Dev bt(perm.size() * 4), lens(size_t(batch) * 4), q(size_t(batch) * hq * 128 * 2), out(size_t(batch) * hq * 128 * 2);
   QS_CUDA_CHECK(cudaMemcpy(bt.p, perm.data(), perm.size() * 4, cudaMemcpyHostToDevice));
+  std::vector<int32_t> cl(size_t(batch), ctx);
   QS_CUDA_CHECK(cudaMemcpy(lens.p, cl.data(), cl.size() * 4, cudaMemcpyHostToDevice));
   fill_half<<<256, 256>>>(q.as<__half>(), int64_t(batch) * hq * 128, 8);
-  const DecodePlan plan =
-      chunks > 0 ? plan_decode_chunks(batch, hq, L, max_ctx, chunks) : plan_decode(batch, hq, L, max_ctx, sms);
+  const DecodePlan plan = chunks > 0 ? plan_decode_chunks(batch, hq, L, ctx, chunks) : plan_decode(batch, hq, L, ctx, sms);
   Dev ws(plan.workspace_bytes);
   DecodeParams p;
   p.q = q.as<uint16_t>(); p.out = out.as<uint16_t>();
@@ -142,7 +133,7 @@ DecodeResult bench_decode(int batch, int hq, int hkv, int ctx, KvDType dt, int s
   DecodeResult r;
   r.ms = median_ms([&] { run_decode(p, plan, ws.p, 0).throw_if_error(); }, reps, flush.p);
   const double per_token = dt == KvDType::kKv4 ? 2.0 * (64 + 4) : dt == KvDType::kFp8 ? 2.0 * (128 + 2) : 2.0 * 256;
-  r.bytes = double(std::accumulate(cl.begin(), cl.end(), int64_t(0))) * hkv * per_token + 2.0 * batch * hq * 128 * 2;
+  r.bytes = double(batch) * hkv * ctx * per_token + 2.0 * batch * hq * 128 * 2;
   return r;
 }
 
@@ -164,8 +155,8 @@ float bench_prefill(int len, int hq, int hkv, const Dev& flush, int reps, double
   return median_ms([&] { run_prefill(p, 0).throw_if_error(); }, reps, flush.p);
 }
 
-// KV4 decode at every chunk split of 1..8 chunks against plan_decode's choice (the balanced split): prints per
-// shape the time of each chunk split, the best of them, the balanced split and its speed against that best.
+// KV4 decode at every split of 1..8 chunks against plan_decode's choice: the data the plan's cost model is fitted
+// to. Prints per shape the time of each split, the best, and the plan's pick with its loss against the best.
 int plan_sweep(const std::string& out_dir, const cudaDeviceProp& prop, double copy_tbs, const Dev& flush) {
   std::FILE* js = std::fopen((out_dir + "/decode_plan.json").c_str(), "w");
   std::printf("device %s, %d SMs; copy bandwidth %.3f TB/s; L2 flush %s\n", prop.name, prop.multiProcessorCount,
@@ -175,57 +166,47 @@ int plan_sweep(const std::string& out_dir, const cudaDeviceProp& prop, double co
   constexpr int kMaxChunks = 8;
   std::printf("\n%-7s %5s %5s |", "kv4", "batch", "ctx");
   for (int c = 1; c <= kMaxChunks; ++c) std::printf(" %6s%d", "c=", c);
-  std::printf(" | best chunks (us) | balanced us  best/bal  %%copy(bal)\n");
+  std::printf(" | best  plan  loss  %%copy(plan)\n");
   struct Model { const char* name; int hq, hkv; };
-  std::vector<double> gains;
-  // Uniform contexts for both head configurations, then ragged ones (contexts drawn from [ctx/2, 3 ctx/2], as in a
-  // serving batch; the chunk splits sized for the longest).
-  struct Shape { Model m; int b, ctx; bool ragged; };
-  std::vector<Shape> shapes;
+  double worst = 0;
   for (const Model& m : {Model{"l3-8b", 32, 8}, Model{"l2-70b", 64, 8}})
-    for (int b : {32, 64, 128, 256, 512, 1024})
-      for (int ctx : {512, 1024, 2048, 4096}) shapes.push_back({m, b, ctx, false});
-  for (int b : {64, 256, 1024})
-    for (int ctx : {1024, 2048}) shapes.push_back({Model{"l3-8b~", 32, 8}, b, ctx, true});
-  for (const auto& [m, b, ctx, ragged] : shapes) {
-    const KvCacheLayout L{64, m.hkv, 128, KvDType::kKv4};
-    const int max_ctx = ragged ? ctx / 2 + ctx : ctx;
-    float us[kMaxChunks + 1] = {};
-    int best = 1;
-    double bytes = 0;
-    std::printf("%-7s %5d %5d |", m.name, b, ctx);
-    for (int c = 1; c <= kMaxChunks; ++c) {
-      const DecodePlan pc = plan_decode_chunks(b, m.hq, L, max_ctx, c);
-      if (c > 1 && pc.max_chunks == plan_decode_chunks(b, m.hq, L, max_ctx, c - 1).max_chunks) {
-        us[c] = us[c - 1];  // same split after rounding (64-token minimum)
-      } else {
-        const DecodeResult r = bench_decode(b, m.hq, m.hkv, ctx, KvDType::kKv4, prop.multiProcessorCount, flush,
-                                            9, c, ragged);
-        us[c] = r.ms * 1e3f;
-        bytes = r.bytes;
+    for (int b : {32, 64, 128, 256, 512})
+      for (int ctx : {512, 1024, 2048, 4096}) {
+        const KvCacheLayout L{64, m.hkv, 128, KvDType::kKv4};
+        const DecodePlan plan = plan_decode(b, m.hq, L, ctx, prop.multiProcessorCount);
+        float us[kMaxChunks + 1] = {};
+        int best = 1, pick = 0;
+        double bytes = 0;
+        std::printf("%-7s %5d %5d |", m.name, b, ctx);
+        for (int c = 1; c <= kMaxChunks; ++c) {
+          const DecodePlan pc = plan_decode_chunks(b, m.hq, L, ctx, c);
+          if (c > 1 && pc.max_chunks == plan_decode_chunks(b, m.hq, L, ctx, c - 1).max_chunks) {
+            us[c] = us[c - 1];  // same split after rounding (64-token minimum)
+          } else {
+            const DecodeResult r = bench_decode(b, m.hq, m.hkv, ctx, KvDType::kKv4, prop.multiProcessorCount, flush,
+                                                9, c);
+            us[c] = r.ms * 1e3f;
+            bytes = r.bytes;
+          }
+          if (pc.max_chunks == plan.max_chunks && pick == 0) pick = c;
+          if (us[c] < us[best]) best = c;
+          std::printf(" %7.1f", us[c]);
+        }
+        const float plan_us = pick ? us[pick] : bench_decode(b, m.hq, m.hkv, ctx, KvDType::kKv4,
+                                                              prop.multiProcessorCount, flush, 9).ms * 1e3f;
+        const double loss = plan_us / us[best] - 1;
+        worst = std::max(worst, loss);
+        std::printf(" | %4d  %4d  %4.0f%%  %4.0f%%\n", best, plan.max_chunks, 100 * loss,
+                    100 * bytes / (plan_us * 1e-6) / 1e12 / copy_tbs);
+        if (js) {
+          std::fprintf(js, "{\"model\":\"%s\",\"batch\":%d,\"ctx\":%d,\"plan_chunks\":%d,\"plan_us\":%.2f,\"us\":[",
+                       m.name, b, ctx, plan.max_chunks, plan_us);
+          for (int c = 1; c <= kMaxChunks; ++c) std::fprintf(js, "%s%.2f", c > 1 ? "," : "", us[c]);
+          std::fprintf(js, "],\"bytes\":%.0f}\n", bytes);
+        }
+        std::fflush(stdout);
       }
-      if (us[c] < us[best]) best = c;
-      std::printf(" %7.1f", us[c]);
-    }
-    const float bal_us =
-        bench_decode(b, m.hq, m.hkv, ctx, KvDType::kKv4, prop.multiProcessorCount, flush, 9, 0, ragged).ms * 1e3f;
-    const double gain = us[best] / bal_us;
-    gains.push_back(gain);
-    std::printf(" | %d %7.1f | %7.1f  %5.2fx  %4.0f%%\n", best, us[best], bal_us, gain,
-                100 * bytes / (bal_us * 1e-6) / 1e12 / copy_tbs);
-    if (js) {
-      std::fprintf(js, "{\"model\":\"%s\",\"batch\":%d,\"ctx\":%d,\"balanced_us\":%.2f,\"us\":[", m.name, b,
-                   ctx, bal_us);
-      for (int c = 1; c <= kMaxChunks; ++c) std::fprintf(js, "%s%.2f", c > 1 ? "," : "", us[c]);
-      std::fprintf(js, "],\"bytes\":%.0f,\"ragged\":%d}\n", bytes, int(ragged));
-    }
-    std::fflush(stdout);
-  }
-  double lg = 0;
-  for (double g : gains) lg += std::log(g);
-  std::printf("balanced split vs the best chunk split of each shape: geomean %.3fx, min %.3fx, max %.3fx\n",
-              std::exp(lg / double(gains.size())), *std::min_element(gains.begin(), gains.end()),
-              *std::max_element(gains.begin(), gains.end()));
+  std::printf("worst loss of the plan against the best split: %.0f%%\n", 100 * worst);
   if (js) std::fclose(js);
   return 0;
 }

@@ -461,27 +461,30 @@ constexpr int kMinCtas = DT == KvDType::kKv4 && NH == 1 ? 3 : 2;
 template <KvDType DT>
 constexpr int kBufs = DT == KvDType::kFp16 ? 2 : 3;  // FP8 tiles are half the FP16 size
 
-// This warp's part of the shared-memory ring (S tiles; none for S = 0).
-template <int D, KvDType DT, int S>
-__device__ __forceinline__ const uint8_t* warp_ring() {
-  if constexpr (S == 0) {
-    return nullptr;
-  } else {
-    extern __shared__ uint4 smem_ring[];
-    return reinterpret_cast<const uint8_t*>(smem_ring) + (threadIdx.x >> 5) * (S * Loader<D, DT>::tile_bytes());
-  }
-}
-
-// Streams tokens [start, end) of sequence b's cache for KV head kvh into w (state reset first). S > 0 (KV4,
-// D = 128): tiles staged through this warp's shared-memory ring of S tiles with cp.async; S = 0: register buffers.
-template <int D, KvDType DT, int NH, int S>
-__device__ __forceinline__ void decode_range(DecodeWarp<D, DT, NH>& w, const DecodeParams& p, int b, int kvh,
-                                             int start, int end, const uint8_t* ring) {
+// S > 0 (KV4, D = 128): tiles staged through a per-warp shared-memory ring of S tiles (S - 1 in flight) with
+// cp.async instead of register buffers; MinCtas CTAs per SM.
+template <int D, KvDType DT, int NH, int S, int MinCtas>
+__global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas)
+    decode_kernel(const DecodeParams p, const int32_t chunk_tokens, const int32_t max_chunks, float* __restrict__ ws_o,
+                  float* __restrict__ ws_m) {
   using L = Loader<D, DT>;
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const KvCacheLayout& Lay = p.layout;
-  const int group = p.num_q_heads / Lay.num_kv_heads;
-  const uint16_t* qg = p.q + (int64_t(b) * p.num_q_heads + int64_t(kvh) * group) * D;
+  const int hkv = Lay.num_kv_heads;
+  const int64_t item = int64_t(blockIdx.x) * kWarpsPerCta + (threadIdx.x >> 5);
+  const int chunk = int(item % max_chunks);
+  const int64_t bh = item / max_chunks;
+  if (bh >= int64_t(p.batch) * hkv) return;
+  const int b = int(bh / hkv), kvh = int(bh % hkv);
+  const int ctx = p.context_lens[b];
+  const int start = chunk * chunk_tokens;
+  if (start >= ctx) return;
+  const int end = min(ctx, start + chunk_tokens);
+  const int group = p.num_q_heads / hkv;
+  const int64_t head0 = int64_t(b) * p.num_q_heads + int64_t(kvh) * group;  // first q head row of the group
+
+  DecodeWarp<D, DT, NH> w;
+  const uint16_t* qg = p.q + head0 * D;
 #pragma unroll
   for (int nh = 0; nh < NH; ++nh)
 #pragma unroll
@@ -554,6 +557,8 @@ __device__ __forceinline__ void decode_range(DecodeWarp<D, DT, NH>& w, const Dec
       }
     }
   } else {
+    extern __shared__ uint4 smem_ring[];
+    const uint8_t* ring = reinterpret_cast<const uint8_t*>(smem_ring) + (threadIdx.x >> 5) * (S * L::tile_bytes());
     const uint32_t ring_s = smem_addr(ring);
     const int64_t head = int64_t(kvh) * Lay.block_bytes();
     auto issue = [&](int tile, int stage) {
@@ -564,12 +569,10 @@ __device__ __forceinline__ void decode_range(DecodeWarp<D, DT, NH>& w, const Dec
     };
     // Two tiles per step (DecodeWarp::step<2>). The ring holds S tiles: S - 2 are issued ahead, and a step's two new
     // tiles go to the stages the previous step read (never to the ones this step reads). Every issue slot commits
-    // one cp.async group (empty past the range) so the group count is fixed; groups left from an earlier range of
-    // the same warp are empty or complete.
+    // one cp.async group (empty past the chunk) so the group count is fixed.
     constexpr int P = 2;
     static_assert(S % P == 0 && S >= 2 * P, "ring of whole steps");
     const int ntiles = (end - start + 15) / 16;
-    __syncwarp();  // every lane is done reading an earlier range's stages
 #pragma unroll
     for (int i = 0; i < S - P; ++i) {
       if (i < ntiles) issue(i, i);
@@ -593,15 +596,10 @@ __device__ __forceinline__ void decode_range(DecodeWarp<D, DT, NH>& w, const Dec
       w.template step<P>(raw, tk, end, sl2, g);
     }
   }
-}
 
-// Writes w's result for the query heads of its group: the output rows (ws_o == nullptr; first head's row
-// `out_row`) or normalized partials (O/l, m + log2 l) at ws_o + h * stride * D and ws_m + h * stride for group head h.
-template <int D, KvDType DT, int NH>
-__device__ __forceinline__ void decode_store(const DecodeWarp<D, DT, NH>& w, const DecodeParams& p, int64_t out_row,
-                                             int group, float* ws_o, float* ws_m, int64_t stride) {
-  using L = Loader<D, DT>;
-  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");  // the merge kernel may start launching
+#endif
 #pragma unroll
   for (int nh = 0; nh < NH; ++nh)
 #pragma unroll
@@ -616,125 +614,20 @@ __device__ __forceinline__ void decode_store(const DecodeWarp<D, DT, NH>& w, con
       if (head >= group) continue;
       constexpr float kOdd = L::kCodes ? 0.0625f : 1.0f;  // KV4 V codes of odd dims carry a factor 16
       const float inv = (1.0f / L::kVScale) / lsum;
-      if (ws_o == nullptr) {
-        __half2* out = reinterpret_cast<__half2*>(p.out + (out_row + head) * D + (D / 8) * g);
+      if (max_chunks == 1) {
+        __half2* out = reinterpret_cast<__half2*>(p.out + (head0 + head) * D + (D / 8) * g);
 #pragma unroll
         for (int mt = 0; mt < D / 16; ++mt)
           out[mt] = __floats2half2_rn((w.o[nh][mt][e] - zsum) * inv, (w.o[nh][mt][2 + e] * kOdd - zsum) * inv);
       } else {
-        float2* out = reinterpret_cast<float2*>(ws_o + head * stride * D + (D / 8) * g);
+        const int64_t row = (head0 + head) * max_chunks + chunk;
+        float2* out = reinterpret_cast<float2*>(ws_o + row * D + (D / 8) * g);
 #pragma unroll
         for (int mt = 0; mt < D / 16; ++mt)
           out[mt] = make_float2((w.o[nh][mt][e] - zsum) * inv, (w.o[nh][mt][2 + e] * kOdd - zsum) * inv);
-        if (g == 0) ws_m[head * stride] = w.m[nh][e] + log2f(lsum);
+        if (g == 0) ws_m[row] = w.m[nh][e] + log2f(lsum);
       }
     }
-}
-
-// Chunk split: work item = (sequence, KV head, chunk of chunk_tokens); one warp per item.
-template <int D, KvDType DT, int NH, int S, int MinCtas>
-__global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas)
-    decode_kernel(const DecodeParams p, const int32_t chunk_tokens, const int32_t max_chunks, float* __restrict__ ws_o,
-                  float* __restrict__ ws_m) {
-  const int hkv = p.layout.num_kv_heads;
-  const int64_t item = int64_t(blockIdx.x) * kWarpsPerCta + (threadIdx.x >> 5);
-  const int chunk = int(item % max_chunks);
-  const int64_t bh = item / max_chunks;
-  if (bh >= int64_t(p.batch) * hkv) return;
-  const int b = int(bh / hkv), kvh = int(bh % hkv);
-  const int ctx = p.context_lens[b];
-  const int start = chunk * chunk_tokens;
-  if (start >= ctx) return;
-  const int end = min(ctx, start + chunk_tokens);
-  const int group = p.num_q_heads / hkv;
-  const int64_t head0 = int64_t(b) * p.num_q_heads + int64_t(kvh) * group;  // first q head row of the group
-
-  const uint8_t* ring = warp_ring<D, DT, S>();
-  DecodeWarp<D, DT, NH> w;
-  decode_range<D, DT, NH, S>(w, p, b, kvh, start, end, ring);
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");  // the merge kernel may start launching
-#endif
-  if (max_chunks == 1)
-    decode_store(w, p, head0, group, nullptr, nullptr, 0);
-  else
-    decode_store(w, p, head0, group, ws_o + (head0 * max_chunks + chunk) * D, ws_m + head0 * max_chunks + chunk,
-                 max_chunks);
-}
-
-// Balanced split (stream-K over the whole batch): the work items (sequence b, KV head) are laid end to end in
-// 16-token tiles, item (b, h) holding tiles(b) = ceil(context_lens[b] / 16), and every warp of the grid takes the
-// same number T of consecutive tiles (at least min_tiles): the warps finish together whatever the batch and context
-// lengths, with no tail wave. A warp walks the items its range touches; an item it covers whole is written to the
-// output, a piece of one to the workspace slot (warp, 0) when the piece opens the warp's range, else (warp, 1)
-// (a range holds at most two pieces: its first and its last item). The warp that holds an item's first tile
-// records (first slot, piece count) in meta[item] for balanced_merge_kernel. Each warp derives the tile prefix of
-// the batch itself: lane i sums the tiles of a contiguous slice of sequences, one shuffle scan, one ballot.
-template <int D, KvDType DT, int NH, int S, int MinCtas>
-__global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas)
-    decode_balanced_kernel(const DecodeParams p, const int32_t min_tiles, float* __restrict__ ws_o,
-                           float* __restrict__ ws_m, int2* __restrict__ meta) {
-  const int lane = threadIdx.x & 31;
-  const int hkv = p.layout.num_kv_heads, group = p.num_q_heads / hkv;
-  const int warp = int(blockIdx.x) * kWarpsPerCta + int(threadIdx.x >> 5);
-  const int nwarps = int(gridDim.x) * kWarpsPerCta;
-  const int per = (p.batch + 31) / 32, lo = min(p.batch, lane * per), hi = min(p.batch, lo + per);
-  int mine = 0;
-#pragma unroll 4
-  for (int i = lo; i < hi; ++i) mine += (p.context_lens[i] + 15) >> 4;
-  int incl = mine;
-#pragma unroll
-  for (int x = 1; x < 32; x <<= 1) {
-    const int v = __shfl_up_sync(0xffffffffu, incl, x);
-    if (lane >= x) incl += v;
-  }
-  const int total = __shfl_sync(0xffffffffu, incl, 31) * hkv;  // tiles of all items (plan checks < 2^31)
-  const int T = max(min_tiles, (total + nwarps - 1) / nwarps);
-  const int s0 = int(min(int64_t(warp) * T, int64_t(total)));
-  const int e = min(total, s0 + T);
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");  // the merge grid may queue up behind this one
-#endif
-  if (s0 >= e) return;
-  // The sequence holding tile s0: the lane whose slice does, then a walk over its slice.
-  const uint32_t own = __ballot_sync(0xffffffffu, (incl - mine) * hkv <= s0 && s0 < incl * hkv);
-  const int src = __ffs(own) - 1;
-  int b = 0, acc = 0;  // acc: first tile of sequence b's items
-  if (lane == src) {
-    b = lo, acc = (incl - mine) * hkv;
-    for (int n; acc + (n = ((p.context_lens[b] + 15) >> 4) * hkv) <= s0; ++b) acc += n;
-  }
-  b = __shfl_sync(0xffffffffu, b, src);
-  acc = __shfl_sync(0xffffffffu, acc, src);
-
-  const uint8_t* ring = warp_ring<D, DT, S>();
-  int ctx = p.context_lens[b];
-  int ni = (ctx + 15) >> 4;
-  int kvh = (s0 - acc) / ni, off = (s0 - acc) - kvh * ni;
-  for (int s = s0; s < e;) {
-    const int len = min(ni - off, e - s);
-    DecodeWarp<D, DT, NH> w;
-    decode_range<D, DT, NH, S>(w, p, b, kvh, 16 * off, min(ctx, 16 * (off + len)), ring);
-    const int64_t item = int64_t(b) * hkv + kvh;
-    const bool whole = off == 0 && len == ni;
-    const int slot = 2 * warp + (s == s0 ? 0 : 1);
-    if (whole)
-      decode_store(w, p, item * group, group, nullptr, nullptr, 0);
-    else
-      decode_store(w, p, 0, group, ws_o + int64_t(slot) * group * D, ws_m + int64_t(slot) * group, 1);
-    if (off == 0 && lane == 0)  // this warp holds the item's first tile (s): record its pieces for the merge
-      meta[item] = make_int2(slot, whole ? 1 : (s + ni - 1) / T - s / T + 1);
-    s += len;
-    off += len;
-    if (off == ni && s < e) {  // next item: next KV head, or the next sequence's first
-      off = 0;
-      if (++kvh == hkv) {
-        kvh = 0;
-        ctx = p.context_lens[++b];
-        ni = (ctx + 15) >> 4;
-      }
-    }
-  }
 }
 
 // One CTA of D threads per (sequence, query head): weighted sum of the chunks' normalized partial outputs.
@@ -760,41 +653,6 @@ __global__ void __launch_bounds__(D) merge_kernel(const DecodeParams p, const in
   reinterpret_cast<__half*>(p.out)[row * D + threadIdx.x] = __float2half_rn(acc / wsum);
 }
 
-// Balanced split: one warp per (sequence, query head) row, 8 rows per CTA; rows of items a single warp covered are
-// already written. Piece j of an item lies in slot meta.x (j = 0), then 2 * (meta.x / 2 + j) (the range openings of
-// the next warps).
-template <int D>
-__global__ void __launch_bounds__(256) balanced_merge_kernel(const DecodeParams p, const float* __restrict__ ws_o,
-                                                             const float* __restrict__ ws_m,
-                                                             const int2* __restrict__ meta) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");  // launched early (PDL): wait for the decode grid's writes
-#endif
-  const int64_t row = int64_t(blockIdx.x) * 8 + (threadIdx.x >> 5);  // b * num_q_heads + h
-  if (row >= int64_t(p.batch) * p.num_q_heads) return;
-  const int group = p.num_q_heads / p.layout.num_kv_heads;
-  const int b = int(row / p.num_q_heads), h = int(row % p.num_q_heads);
-  const int2 m = meta[int64_t(b) * p.layout.num_kv_heads + h / group];
-  if (m.y <= 1) return;
-  const int lane = threadIdx.x & 31, hg = h % group;
-  constexpr int kPer = D / 32;  // dims per lane
-  auto slot = [&](int j) { return j == 0 ? m.x : 2 * (m.x / 2 + j); };
-  float mx = -INFINITY;
-  for (int j = 0; j < m.y; ++j) mx = fmaxf(mx, ws_m[int64_t(slot(j)) * group + hg]);
-  float acc[kPer] = {}, wsum = 0.0f;
-  for (int j = 0; j < m.y; ++j) {
-    const int64_t r = int64_t(slot(j)) * group + hg;
-    const float wgt = exp2f(ws_m[r] - mx);
-    wsum += wgt;
-#pragma unroll
-    for (int i = 0; i < kPer; ++i) acc[i] += wgt * ws_o[r * D + lane * kPer + i];
-  }
-  const float inv = 1.0f / wsum;
-#pragma unroll
-  for (int i = 0; i < kPer; ++i)
-    reinterpret_cast<__half*>(p.out)[row * D + lane * kPer + i] = __float2half_rn(acc[i] * inv);
-}
-
 void check_shape(int32_t num_q_heads, const KvCacheLayout& l) {
   QS_CHECK(l.head_dim == 64 || l.head_dim == 128) << "decode attention: head_dim must be 64 or 128, got "
                                                   << l.head_dim;
@@ -806,27 +664,12 @@ void check_shape(int32_t num_q_heads, const KvCacheLayout& l) {
       << "decode attention: GQA group " << num_q_heads / l.num_kv_heads << " > " << kMaxGroup << " not supported";
 }
 
-// Programmatic dependent launch of a merge grid: it is launched while the decode grid drains and waits in
-// griddepcontrol.wait, which hides one launch latency (small batches are latency-bound).
-template <typename... KArgs, typename... Args>
-Status launch_merge(void (*kernel)(KArgs...), unsigned grid, unsigned block, cudaStream_t stream, Args... args) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(grid);
-  cfg.blockDim = dim3(block);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  QS_CUDA_RETURN(cudaLaunchKernelEx(&cfg, kernel, args...));
-  QS_CUDA_RETURN(cudaGetLastError());
-  return Status::ok();
-}
-
 template <int D, KvDType DT, int NH, int S = 0, int MinCtas = kMinCtas<DT, NH>>
 Status launch(const DecodeParams& p, const DecodePlan& plan, void* workspace, cudaStream_t stream) {
-  static_assert(MinCtas == kMinCtas<DT, NH>, "plan_decode sizes the balanced grid with kMinCtas");
+  float* ws_o = static_cast<float*>(workspace);
+  float* ws_m = ws_o + int64_t(p.batch) * p.num_q_heads * plan.max_chunks * D;
+  const int64_t items = int64_t(p.batch) * p.layout.num_kv_heads * plan.max_chunks;
+  const int64_t ctas = (items + kWarpsPerCta - 1) / kWarpsPerCta;
   int smem = 0;
   if constexpr (S > 0) {
     smem = kWarpsPerCta * S * Loader<D, DT>::tile_bytes();
@@ -834,68 +677,55 @@ Status launch(const DecodeParams& p, const DecodePlan& plan, void* workspace, cu
     QS_RETURN_IF_ERROR(once_per_device(raised, [smem] {
       QS_CUDA_RETURN(
           cudaFuncSetAttribute(decode_kernel<D, DT, NH, S, MinCtas>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-      QS_CUDA_RETURN(cudaFuncSetAttribute(decode_balanced_kernel<D, DT, NH, S, MinCtas>,
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
       return Status::ok();
     }));
   }
-  const int group = p.num_q_heads / p.layout.num_kv_heads;
-  float* ws_o = static_cast<float*>(workspace);
-  if (plan.warps > 0) {
-    float* ws_m = ws_o + int64_t(plan.warps) * 2 * group * D;
-    int2* meta = reinterpret_cast<int2*>(ws_m + int64_t(plan.warps) * 2 * group);
-    decode_balanced_kernel<D, DT, NH, S, MinCtas><<<unsigned(plan.warps / kWarpsPerCta), kWarpsPerCta * 32, smem,
-                                                    stream>>>(p, plan.min_tiles, ws_o, ws_m, meta);
-    QS_CUDA_RETURN(cudaGetLastError());
-    const int64_t rows = int64_t(p.batch) * p.num_q_heads;
-    return launch_merge(balanced_merge_kernel<D>, unsigned((rows + 7) / 8), 256u, stream, p,
-                        static_cast<const float*>(ws_o), static_cast<const float*>(ws_m),
-                        static_cast<const int2*>(meta));
-  }
-  float* ws_m = ws_o + int64_t(p.batch) * p.num_q_heads * plan.max_chunks * D;
-  const int64_t items = int64_t(p.batch) * p.layout.num_kv_heads * plan.max_chunks;
-  const int64_t ctas = (items + kWarpsPerCta - 1) / kWarpsPerCta;
   decode_kernel<D, DT, NH, S, MinCtas><<<unsigned(ctas), kWarpsPerCta * 32, smem, stream>>>(
       p, plan.chunk_tokens, plan.max_chunks, ws_o, ws_m);
   QS_CUDA_RETURN(cudaGetLastError());
-  if (plan.max_chunks == 1) return Status::ok();
-  return launch_merge(merge_kernel<D>, unsigned(int64_t(p.batch) * p.num_q_heads), unsigned(D), stream, p,
-                      plan.chunk_tokens, plan.max_chunks, static_cast<const float*>(ws_o),
-                      static_cast<const float*>(ws_m));
+  if (plan.max_chunks > 1) {
+    // Programmatic dependent launch: the merge grid is launched while the decode grid drains and waits in
+    // griddepcontrol.wait, which hides one launch latency (small batches are latency-bound).
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(unsigned(int64_t(p.batch) * p.num_q_heads));
+    cfg.blockDim = dim3(D);
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    QS_CUDA_RETURN(cudaLaunchKernelEx(&cfg, merge_kernel<D>, p, plan.chunk_tokens, plan.max_chunks,
+                                      static_cast<const float*>(ws_o), static_cast<const float*>(ws_m)));
+    QS_CUDA_RETURN(cudaGetLastError());
+  }
+  return Status::ok();
 }
 
 }  // namespace
 
 DecodePlan plan_decode(int32_t batch, int32_t num_q_heads, const KvCacheLayout& layout, int32_t max_context,
                        int32_t num_sms) {
-  // One resident wave of warps, each streaming at least 4 tiles (64 tokens: amortizes a piece's partial write).
-  // Replaces a chunk split fitted to the H200 sweep (about 8 warps per SM): that left a tail wave whenever the
-  // items did not divide the resident warps (batch 256 x 8 KV heads = 1.3 waves of the 1584 warps), sized the
-  // chunks for max_context rather than the actual contexts, and could not split one long sequence among more
-  // warps than chunks (bench/results/attention.md, "balanced split").
-  check_shape(num_q_heads, layout);
-  const int ctas = layout.dtype == KvDType::kKv4 && num_q_heads / layout.num_kv_heads <= 8 ? 3 : 2;  // kMinCtas
-  return plan_decode_balanced(batch, num_q_heads, layout, max_context, std::max(num_sms, 1) * ctas * kWarpsPerCta,
-                              4);
-}
-
-DecodePlan plan_decode_balanced(int32_t batch, int32_t num_q_heads, const KvCacheLayout& layout, int32_t max_context,
-                                int32_t warps, int32_t min_tiles) {
   check_shape(num_q_heads, layout);
   QS_CHECK(batch > 0 && max_context > 0) << "decode attention: empty batch or context";
-  QS_CHECK(warps > 0 && warps % kWarpsPerCta == 0 && min_tiles > 0)
-      << "decode attention: balanced split needs a positive multiple of " << kWarpsPerCta << " warps, got " << warps;
-  QS_CHECK(int64_t(batch) * layout.num_kv_heads * ((int64_t(max_context) + 15) / 16) < (int64_t(1) << 31))
-      << "decode attention: batch " << batch << " x context " << max_context << " has 2^31 or more tiles";
-  DecodePlan plan;
-  plan.chunk_tokens = (max_context + 15) / 16 * 16;
-  plan.max_chunks = 1;
-  plan.warps = warps;
-  plan.min_tiles = min_tiles;
-  const int64_t group = num_q_heads / layout.num_kv_heads;
-  plan.workspace_bytes = size_t(warps) * 2 * group * (layout.head_dim + 1) * sizeof(float) +
-                         size_t(batch) * layout.num_kv_heads * 2 * sizeof(int32_t);
-  return plan;
+  const int64_t pairs = int64_t(batch) * layout.num_kv_heads;
+  int64_t chunks = 1;
+  if (layout.dtype != KvDType::kKv4 || layout.head_dim != 128) {
+    const int64_t target_warps = int64_t(std::max(num_sms, 1)) * 32;  // ~2 waves of resident warps
+    chunks = std::max<int64_t>(1, (target_warps + pairs - 1) / pairs);
+  } else {
+    // KV4, head_dim 128 (the shared-memory ring kernel): split until there are about 8 warps per SM (of the 12
+    // that fit), rounded to the nearest count: a warp streams a chunk at a rate that falls as an SM fills (measured
+    // on the H200: ~32 tokens/us per warp at 4 warps per SM, ~23 at 8, ~17.5 at 12), while every extra chunk costs
+    // its partial write and the merge kernel. Fitted to `bench_attention --plan-sweep` on the H200 (every split of 1..8 chunks, batch
+    // 32-512, context 512-4096, group 4 and 8; data bench/results/decode-plan-sweep-h200-*.jsonl, check
+    // bench/fit_decode_plan.py): mean loss against the best split 1.0%, worst 18% (batch 64 x 512 tokens, group 8)
+    // where the cost model this replaces lost 7.1% and up to 75% (it split batch 128 three ways; one chunk is
+    // fastest there); 1.2% / 20% in the confirming sweep, 1.2% / 13% on the previous kernel's sweep.
+    const double target = 8.0 * std::max(num_sms, 1);
+    chunks = std::max<int64_t>(1, std::llround(target / double(pairs)));
+  }
+  return plan_decode_chunks(batch, num_q_heads, layout, max_context, chunks);
 }
 
 DecodePlan plan_decode_chunks(int32_t batch, int32_t num_q_heads, const KvCacheLayout& layout, int32_t max_context,
@@ -920,10 +750,7 @@ DecodePlan plan_decode_chunks(int32_t batch, int32_t num_q_heads, const KvCacheL
 
 Status run_decode(const DecodeParams& p, const DecodePlan& plan, void* workspace, cudaStream_t stream) {
   if (p.batch == 0) return Status::ok();
-  if ((plan.max_chunks > 1 || plan.warps > 0) && workspace == nullptr)
-    return Status::error("decode attention: workspace required");
-  if (plan.warps < 0 || plan.warps % kWarpsPerCta != 0 || (plan.warps > 0 && plan.min_tiles < 1))
-    return Status::error("decode attention: plan warps must be a multiple of 4 and min_tiles positive");
+  if (plan.max_chunks > 1 && workspace == nullptr) return Status::error("decode attention: workspace required");
   if (plan.chunk_tokens <= 0 || plan.chunk_tokens % 16 != 0 || plan.max_chunks < 1)
     return Status::error("decode attention: plan chunk_tokens must be a positive multiple of 16");
   const int d = p.layout.head_dim;
