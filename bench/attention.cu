@@ -10,6 +10,7 @@
 // --flush-dirty times after the old 256 MiB memset instead, and a short table at the end compares the two on a few
 // decode shapes.
 //   bench_attention [out_dir] [--quick] [--flush-dirty]   prints a table; writes out_dir/attention.json (JSON lines)
+//   bench_attention [out_dir] --prefill      the prefill table only
 //   bench_attention [out_dir] --plan-sweep   KV4 decode only: every split of 1..8 chunks per shape (batch 32-512,
 //     context 512-4096, both head configurations) against plan_decode's choice; writes out_dir/decode_plan.json
 #include <cuda_fp16.h>
@@ -211,14 +212,31 @@ int plan_sweep(const std::string& out_dir, const cudaDeviceProp& prop, double co
   return 0;
 }
 
+// Causal prefill over 16384 tokens per call, Llama-3-8B heads, sequences of 1024..8192: a table and JSON lines;
+// closes `js`.
+int bench_prefill_table(std::FILE* js, const Dev& flush, int reps) {
+  std::printf("\n%-8s %6s %6s | %9s %8s\n", "prefill", "len", "batch", "us", "TFLOP/s");
+  for (int len : {1024, 2048, 4096, 8192}) {
+    double flops = 0;
+    const float ms = bench_prefill(len, 32, 8, flush, reps, &flops);
+    std::printf("%-8s %6d %6d | %9.1f %8.1f\n", "l3-8b", len, 16384 / len, ms * 1e3, flops / (ms * 1e-3) / 1e12);
+    if (js)
+      std::fprintf(js, "{\"op\":\"prefill\",\"len\":%d,\"batch\":%d,\"us\":%.2f,\"tflops\":%.2f}\n", len, 16384 / len,
+                   ms * 1e3, flops / (ms * 1e-3) / 1e12);
+  }
+  if (js) std::fclose(js);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string out_dir = ".";
-  bool quick = false, sweep = false;
+  bool quick = false, sweep = false, prefill_only = false;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) quick = true;
     else if (std::strcmp(argv[i], "--plan-sweep") == 0) sweep = true;
+    else if (std::strcmp(argv[i], "--prefill") == 0) prefill_only = true;
     else if (std::strcmp(argv[i], "--flush-dirty") == 0) qs::bench::set_flush(qs::bench::Flush::kDirty);
     else out_dir = argv[i];
   }
@@ -232,6 +250,7 @@ int main(int argc, char** argv) {
               prop.multiProcessorCount, copy_tbs, qs::bench::flush_name());
   if (js) std::fprintf(js, "{\"device\":\"%s\",\"copy_tbs\":%.4f}\n", prop.name, copy_tbs);
   const int reps = quick ? 5 : 15;
+  if (prefill_only) return bench_prefill_table(js, flush, reps);
   std::printf("\n%-8s %5s %6s | %9s %7s %6s | %9s %7s %6s | %9s %7s %6s | %8s %8s\n", "decode", "batch", "ctx",
               "kv4 us", "TB/s", "%copy", "fp16 us", "TB/s", "%copy", "fp8 us", "TB/s", "%copy", "fp16/kv4",
               "fp8/kv4");
@@ -277,15 +296,5 @@ int main(int argc, char** argv) {
                    r[0].ms * 1e3, r[1].ms * 1e3);
   }
   qs::bench::set_flush(mode);
-  std::printf("\n%-8s %6s %6s | %9s %8s\n", "prefill", "len", "batch", "us", "TFLOP/s");
-  for (int len : {1024, 2048, 4096, 8192}) {
-    double flops = 0;
-    const float ms = bench_prefill(len, 32, 8, flush, reps, &flops);
-    std::printf("%-8s %6d %6d | %9.1f %8.1f\n", "l3-8b", len, 16384 / len, ms * 1e3, flops / (ms * 1e-3) / 1e12);
-    if (js)
-      std::fprintf(js, "{\"op\":\"prefill\",\"len\":%d,\"batch\":%d,\"us\":%.2f,\"tflops\":%.2f}\n", len, 16384 / len,
-                   ms * 1e3, flops / (ms * 1e-3) / 1e12);
-  }
-  if (js) std::fclose(js);
-  return 0;
+  return bench_prefill_table(js, flush, reps);
 }

@@ -7,7 +7,7 @@ on the K/V bytes plus q and output, as for our kernels. Prefill: causal, Llama-3
 sequences of 1024..8192, TFLOP/s with the same FLOP count. Cold L2 before each timed call, made as bench_attention
 makes it (bench/bench_timing.cuh): a read pass over 256 MiB (clean lines), or with --flush-dirty the old 256 MiB
 fill (dirty lines the timed call must write back). Median of 15.
-Usage: sdpa_baseline.py OUT_DIR [--quick] [--flush-dirty]   (prints a table, writes OUT_DIR/sdpa.json as JSON lines)
+Usage: sdpa_baseline.py OUT_DIR [--quick] [--flush-dirty] [--prefill]   (prints a table, writes OUT_DIR/sdpa.json as JSON lines)
 """
 import json
 import sys
@@ -50,7 +50,8 @@ def main():
     name = torch.cuda.get_device_name()
     print(f"device {name}; torch {torch.__version__}; L2 flush {'dirty (fill)' if DIRTY else 'clean (read pass)'}")
     js.write(json.dumps({"device": name, "torch": torch.__version__}) + "\n")
-    batches = [1, 64] if quick else [1, 8, 32, 64, 128, 256]
+    prefill_only = "--prefill" in sys.argv  # the prefill table only
+    batches = [] if prefill_only else [1, 64] if quick else [1, 8, 32, 64, 128, 256]
     ctxs = [1024, 4096] if quick else [512, 1024, 2048, 4096, 8192, 32768]
     backends = [("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION)]
     print(f"{'decode':8} {'batch':>5} {'ctx':>6} | {'flash us':>9} {'TB/s':>7} | {'cudnn us':>9} {'TB/s':>7}")

@@ -1,6 +1,6 @@
 // GPU tests of causal prefill attention over packed variable-length sequences, with and without earlier context in
 // the paged cache (KV4, FP16 and FP8; page sizes 16, 32, 48 and 64), against the double-precision reference;
-// batched == request by request. Lengths 1, 63, 64, 65, 200, 1000 in one batch; GQA 1, 4, 7; head_dim 64 and 128
+// batched == request by request. Lengths 1, 63, 64, 65, 128, 129, 200, 257, 1000 in one batch; GQA 1, 4, 7; head_dim 64 and 128
 // (the shape list in attention_test_util.h covers every head_dim x prefix dtype of run_prefill's dispatch).
 // Tolerance (normalized error, batch and every sequence; derived in TESTING.md "Attention tolerances"): FP16 keys
 // and values 1e-3 (2u: P and output roundings); a KV4 / FP8 prefix dequantized in fp32 and rounded to fp16 in the
@@ -78,7 +78,7 @@ TEST_P(PrefillGpu, MatchesReference) {
   for (size_t s = 0; s < ctx.size(); ++s)
     if (ctx[s] - prefix[s] >= 63) EXPECT_GT(bad_seq[s], tol) << "1% scale error, sequence " << s;
   // Request by request: the sequence alone gives the same bits.
-  for (size_t s : {size_t(3), size_t(5)}) {
+  for (size_t s : {size_t(3), size_t(5), size_t(8)}) {
     PagedBatch one = pb;
     Packed ps;
     ps.q.assign(pk.q.begin() + pk.cu[s] * row, pk.q.begin() + pk.cu[s + 1] * row);

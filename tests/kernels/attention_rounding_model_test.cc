@@ -145,7 +145,7 @@ TEST(AttentionRoundingModel, DecodeBoundsHaveRoomOnTheGpuTestInputs) {
   std::printf("decode: worst modelled sequence error / bound = %.2f\n", worst_ratio);
 }
 
-// Prefill: the kernel's tiles of 64 keys, a KV4 / FP8 prefix dequantized in fp32 then rounded to fp16, FP16
+// Prefill: the kernel's tiles of 128 keys, a KV4 / FP8 prefix dequantized in fp32 then rounded to fp16, FP16
 // prefix and new K/V exact, P rounded to fp16, fp16 output. The head_dim 64 shape of each prefix mode (the larger
 // score errors: scale 1/8); the reference costs seconds per batch here.
 TEST(AttentionRoundingModel, PrefillBoundsHaveRoomOnTheGpuTestInputs) {
@@ -188,8 +188,8 @@ TEST(AttentionRoundingModel, PrefillBoundsHaveRoomOnTheGpuTestInputs) {
             const int32_t visible = prefix[b] + r + 1;
             std::vector<float> o(size_t(d), 0.0f);
             float m = -INFINITY, lsum = 0;
-            for (int32_t t0 = 0; t0 < visible; t0 += 64) {
-              const int32_t t1 = std::min(visible, t0 + 64);
+            for (int32_t t0 = 0; t0 < visible; t0 += 128) {
+              const int32_t t1 = std::min(visible, t0 + 128);
               std::vector<float> s;
               float tmax = -INFINITY;
               for (int32_t j = t0; j < t1; ++j) {

@@ -201,11 +201,11 @@ inline KvDType prefill_dtype(int mode) {
   return mode == 2 ? KvDType::kFp16 : mode == 3 ? KvDType::kFp8 : KvDType::kKv4;
 }
 inline const std::vector<int32_t>& prefill_contexts() {
-  static const std::vector<int32_t> c = {1, 63, 64, 65, 200, 1000};
+  static const std::vector<int32_t> c = {1, 63, 64, 65, 128, 129, 200, 257, 1000};  // tile edges at 64 and 128
   return c;
 }
 inline std::vector<int32_t> prefill_prefixes(int mode) {
-  return mode == 0 ? std::vector<int32_t>(prefill_contexts().size(), 0) : std::vector<int32_t>{0, 62, 16, 1, 77, 640};
+  return mode == 0 ? std::vector<int32_t>(prefill_contexts().size(), 0) : std::vector<int32_t>{0, 62, 16, 1, 0, 128, 77, 130, 640};
 }
 inline uint64_t prefill_seed(const PrefillShape& s) { return uint64_t(50 + s.d); }
 

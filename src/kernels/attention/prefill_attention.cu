@@ -1,41 +1,48 @@
-// Causal prefill attention (see prefill_attention.h).
+// Causal prefill attention (see prefill_attention.h) on Hopper warpgroup MMA (sm_90a).
 //
-// CTA = 4 warps = 64 query rows of one (sequence, query head); grid (ceil(max_q_len/64), heads, batch), longest
-// causal blocks scheduled first; Q fragments come straight from global memory into registers. Keys are
-// walked in tiles of 64 over the absolute positions [0, prefix + q_len): positions < prefix come from the paged
-// cache (FP16 rows by cp.async; KV4 rows dequantized in registers as (q - zero) * scale in fp32, rounded to fp16;
-// FP8 rows as e4m3 * scale in fp32, rounded to fp16),
-// the rest from the packed k/v by cp.async, double-buffered. Shared-memory rows are D halves with 16-byte chunks
-// XOR-swizzled by (row & 7), so ldmatrix (Q, K) and ldmatrix.trans (V) are conflict-free. Each warp: S = Q K^T
-// (16 x 64, fp32), causal mask (key position <= prefix + query index), online softmax in the log2 domain, P to
-// fp16 A fragments straight from the accumulators, O += P V.
+// CTA = 2 warpgroups (256 threads) = 128 query rows of one (sequence, query head), 64 rows per warpgroup; grid
+// (ceil(max_q_len/128), heads, batch), longest causal blocks first. Keys are walked in tiles of 128 over the
+// absolute positions [0, prefix + q_len): positions < prefix come from the paged cache (FP16 rows by cp.async; KV4
+// rows dequantized in registers as (q - zero) * scale in fp32, rounded to fp16; FP8 rows as e4m3 * scale in fp32,
+// rounded to fp16), the rest from the packed k/v by cp.async, staged by all 256 threads into a 3-stage ring.
+// Shared-memory tiles are [D/64][128 rows][64 halves] with the 128-byte swizzle wgmma's descriptors read (16-byte
+// chunk c of row r at c ^ (r & 7)): Q and K K-major for S = Q K^T (wgmma SS m64n128k16, fp32), V MN-major for
+// O += P V (wgmma RS m64nDk16 with B transposed; P is packed to fp16 straight from the S accumulators, whose
+// per-warp layout is mma.m16n8's). Causal mask (key position <= query position), online softmax in the log2
+// domain, per row.
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
+
+#include <array>
 
 #include "kernels/common/device_once.h"
 #include "kernels/attention/attn_ptx.cuh"
 #include "kernels/attention/prefill_attention.h"
 #include "kernels/common/cuda_check.h"
+#include "kernels/common/tma.h"
+#include "kernels/common/wgmma.h"
 
 namespace qs::kernels {
 namespace {
 
 using namespace attn;  // NOLINT
 
-constexpr int kBM = 64, kBN = 64, kThreads = 128;
+constexpr int kBM = 128, kBN = 128, kThreads = 256;  // query rows, key rows per tile; 2 warpgroups
+static_assert(kBM == kBN, "one swizzled tile shape for Q, K and V");
 
-template <int D>
-__device__ __forceinline__ int swz(int row, int chunk) {  // half offset of 16-byte chunk `chunk` of row `row`
-  return row * D + ((chunk ^ (row & 7)) << 3);
+// Half offset of 16-byte chunk `chunk` of row `row` in a [D/64][128][64] tile with the 128-byte swizzle.
+__device__ __forceinline__ int swz(int row, int chunk) {
+  return (chunk >> 3) * (kBN * 64) + row * 64 + (((chunk & 7) ^ (row & 7)) << 3);
 }
 
 template <int D>
 struct Smem {
-  __half k[2][kBN * D];
-  __half v[2][kBN * D];
+  __half q[kBM * D];
+  __half k[3][kBN * D];  // 3-stage ring (see prefill_kernel)
+  __half v[3][kBN * D];
 };
 
-// Stages key rows [n0, n0 + 64) of K and V into buffer `buf`.
+// Stages key rows [n0, n0 + 128) of K and V into buffer `buf`.
 template <int D>
 __device__ void load_kv_tile(const PrefillParams& p, Smem<D>& sm, int buf, int b, int kvh, int n0, int kv_len,
                              int prefix, int seq_start) {
@@ -45,7 +52,7 @@ __device__ void load_kv_tile(const PrefillParams& p, Smem<D>& sm, int buf, int b
   for (int u = threadIdx.x; u < kBN * kChunks; u += kThreads) {
     const int r = u / kChunks, c = u % kChunks;
     const int j = n0 + r;
-    const uint32_t dk = smem_addr(&sm.k[buf][swz<D>(r, c)]), dv = smem_addr(&sm.v[buf][swz<D>(r, c)]);
+    const uint32_t dk = smem_addr(&sm.k[buf][swz(r, c)]), dv = smem_addr(&sm.v[buf][swz(r, c)]);
     if (j >= prefix || j >= kv_len) {
       const int64_t row = (int64_t(seq_start) + (j - prefix)) * p.num_kv_heads + kvh;
       const bool ok = j < kv_len;
@@ -75,7 +82,7 @@ __device__ void load_kv_tile(const PrefillParams& p, Smem<D>& sm, int buf, int b
               __nv_fp8x2_storage_t((word >> (16 * (e & 1))) & 0xffffu), __NV_E4M3);
           oh[e] = pack_h2(__half2float(__ushort_as_half(h.x)) * s, __half2float(__ushort_as_half(h.y)) * s);
         }
-        *reinterpret_cast<uint4*>(kv ? &sm.v[buf][swz<D>(r, c)] : &sm.k[buf][swz<D>(r, c)]) = o;
+        *reinterpret_cast<uint4*>(kv ? &sm.v[buf][swz(r, c)] : &sm.k[buf][swz(r, c)]) = o;
       }
       continue;
     }
@@ -92,17 +99,91 @@ __device__ void load_kv_tile(const PrefillParams& p, Smem<D>& sm, int buf, int b
         const float lo = float((w >> (8 * e)) & 0xf), hi = float((w >> (8 * e + 4)) & 0xf);
         oh[e] = pack_h2((lo - z) * s, (hi - z) * s);
       }
-      *reinterpret_cast<uint4*>(kv ? &sm.v[buf][swz<D>(r, c)] : &sm.k[buf][swz<D>(r, c)]) = o;
+      *reinterpret_cast<uint4*>(kv ? &sm.v[buf][swz(r, c)] : &sm.k[buf][swz(r, c)]) = o;
     }
   }
 }
 
-// 3 CTAs (12 warps) per SM: <= 170 registers (a 40-byte spill at d=128), 64 KiB of shared memory each (d=128);
-// measured faster than 2 CTAs with 198 spill-free registers (H100, 190 vs 167 TFLOP/s).
+// S = Q K^T for the warpgroup's 64 rows over key stage `st` (issued and committed, not waited).
 template <int D>
-__global__ void __launch_bounds__(kThreads, 3) prefill_kernel(const PrefillParams p) {
-  extern __shared__ __align__(128) unsigned char smem_raw[];
-  Smem<D>& sm = *reinterpret_cast<Smem<D>*>(smem_raw);
+__device__ __forceinline__ void issue_qk(float (&s)[kBN / 2], uint32_t q_addr, uint32_t k_addr) {
+  // k step kk: 64-dim block kk / 4, 32 bytes per step inside the 128-byte rows (descriptor addresses are in
+  // 16-byte units and stay below 2^14 units, so offsets add to the descriptor directly).
+  const uint64_t dq = wgmma_desc_k128sw(q_addr), dk = wgmma_desc_k128sw(k_addr);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk)
+    wgmma_f16_ss<kBN>(s, dq + (((kk >> 2) * (kBM * 128) + (kk & 3) * 32) >> 4),
+                      dk + (((kk >> 2) * (kBN * 128) + (kk & 3) * 32) >> 4), kk > 0);
+  wgmma_commit();
+}
+
+// O += P V over value stage `v_addr` (issued and committed, not waited).
+template <int D>
+__device__ __forceinline__ void issue_pv(float (&o)[D / 2], const uint32_t (&pa)[kBN / 16][4], uint32_t v_addr) {
+  const uint64_t dv = wgmma_desc_mn128sw(v_addr, kBN * 128);  // 64-dim blocks kBN rows apart
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < kBN / 16; ++kk) wgmma_f16_rs_t<D>(o, pa[kk], dv + ((kk * 16 * 128) >> 4), 1);
+  wgmma_commit();
+}
+
+// Online softmax of one S tile (keys n0..n0+127) for this thread's rows qpos0 and qpos0 + 8: scales to the log2
+// domain, masks (causal, past the keys) where `need_mask`, replaces s by exp2(s - running max) and returns each
+// row's correction factor for the accumulated output.
+__device__ __forceinline__ void softmax_tile(float (&s)[kBN / 2], float (&m)[2], float (&l)[2], float (&corr)[2],
+                                             float sl2, int n0, int qpos0, int kv_len, bool need_mask, int t) {
+#pragma unroll
+  for (int hi = 0; hi < 2; ++hi) {
+    // Key n0 + 8 nt + 2t + e is visible iff 8 nt + e < lim (causal and inside the keys).
+    const int lim = need_mask ? min(qpos0 + 8 * hi + 1, kv_len) - n0 - 2 * t : kBN;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < kBN / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        float& v = s[4 * nt + 2 * hi + e];
+        v = nt * 8 + e < lim ? v * sl2 : -INFINITY;
+        mx = fmaxf(mx, v);
+      }
+    mx = quad_max(mx);
+    const float mnew = fmaxf(m[hi], mx);
+    const float base = mnew == -INFINITY ? 0.0f : mnew;
+    corr[hi] = exp2f(m[hi] - base);
+    m[hi] = mnew;
+    float sum = 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < kBN / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        float& v = s[4 * nt + 2 * hi + e];
+        v = exp2f(v - base);
+        sum += v;
+      }
+    l[hi] = l[hi] * corr[hi] + sum;
+  }
+}
+
+// P as fp16 A fragments of O += P V (the S accumulators' per-warp layout is mma.m16n8's C, the A layout's halves).
+__device__ __forceinline__ void pack_p(const float (&s)[kBN / 2], uint32_t (&pa)[kBN / 16][4]) {
+#pragma unroll
+  for (int kk = 0; kk < kBN / 16; ++kk) {
+    pa[kk][0] = pack_h2(s[8 * kk], s[8 * kk + 1]);
+    pa[kk][1] = pack_h2(s[8 * kk + 2], s[8 * kk + 3]);
+    pa[kk][2] = pack_h2(s[8 * kk + 4], s[8 * kk + 5]);
+    pa[kk][3] = pack_h2(s[8 * kk + 6], s[8 * kk + 7]);
+  }
+}
+
+// One CTA per 128 query rows (see the top of the file). Per warpgroup, software-pipelined as in FlashAttention-3:
+// iteration j issues S(j) = Q K(j)^T and O += P(j-1) V(j-1) back to back, waits for S(j) only, computes the
+// softmax of S(j) on the CUDA cores while the tensor cores run P(j-1) V(j-1), then rescales O and packs P(j).
+// Keys and values live in a 3-stage ring: tile j+1 is loaded into the stage P(j-2) V(j-2) read, after the barrier
+// that follows every warpgroup's wait for it.
+template <int D>
+__global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const PrefillParams p) {
+  extern __shared__ unsigned char smem_raw[];
+  Smem<D>& sm = *reinterpret_cast<Smem<D>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   // Longest causal blocks first (the last query block sees the most keys): less tail at the end of the grid.
   const int b = blockIdx.z, h = blockIdx.y, m0 = (gridDim.x - 1 - blockIdx.x) * kBM;
   const int seq_start = p.cu_seqlens[b], q_len = p.cu_seqlens[b + 1] - seq_start;
@@ -111,125 +192,106 @@ __global__ void __launch_bounds__(kThreads, 3) prefill_kernel(const PrefillParam
   const int kvh = h / (p.num_q_heads / p.num_kv_heads);
   const int kv_len = prefix + q_len;
   const int kv_end = min(kv_len, prefix + m0 + kBM);  // last query of this CTA sees keys < kv_end
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, g = lane >> 2,
+            t = lane & 3;
 
+  {  // Q rows [m0, m0 + 128) (zeros past q_len), with the first key tile
+    constexpr int kChunks = D / 8;
+    for (int u = threadIdx.x; u < kBM * kChunks; u += kThreads) {
+      const int r = u / kChunks, c = u % kChunks, i = m0 + r;
+      const bool ok = i < q_len;
+      cp_async16(smem_addr(&sm.q[swz(r, c)]),
+                 ok ? p.q + ((int64_t(seq_start) + i) * p.num_q_heads + h) * D + c * 8 : p.q, ok);
+    }
+  }
   load_kv_tile<D>(p, sm, 0, b, kvh, 0, kv_len, prefix, seq_start);
   cp_async_commit();
 
-  // Q A-fragments straight from global memory (read once per CTA): rows g and g+8 of the warp's 16.
-  uint32_t qf[D / 16][4];
-  {
-    const int r0 = m0 + warp * 16 + g;
-    const uint32_t* q0 = reinterpret_cast<const uint32_t*>(p.q + ((int64_t(seq_start) + r0) * p.num_q_heads + h) * D);
-    const uint32_t* q1 = q0 + int64_t(8) * p.num_q_heads * D / 2;
-    const bool ok0 = r0 < q_len, ok1 = r0 + 8 < q_len;
-#pragma unroll
-    for (int kc = 0; kc < D / 16; ++kc) {
-      qf[kc][0] = ok0 ? q0[kc * 8 + t] : 0u;
-      qf[kc][1] = ok1 ? q1[kc * 8 + t] : 0u;
-      qf[kc][2] = ok0 ? q0[kc * 8 + 4 + t] : 0u;
-      qf[kc][3] = ok1 ? q1[kc * 8 + 4 + t] : 0u;
-    }
-  }
-  float o[D / 8][4];
-#pragma unroll
-  for (int j = 0; j < D / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-  const float sl2 = p.softmax_scale * 1.4426950408889634f;
-  const int qpos0 = prefix + m0 + warp * 16 + g;  // absolute position of row g (row g+8: +8)
-
+  // This warpgroup's rows: queries [row0, row0 + 64); this thread's rows row0 + 16 warp + g (+ 8). It needs the
+  // key tiles [0, wg_tiles) (causal), the CTA all n_tiles.
+  const int row0 = m0 + wg * 64;
   const int n_tiles = (kv_end + kBN - 1) / kBN;
-  for (int jt = 0; jt < n_tiles; ++jt) {
-    const int buf = jt & 1;
+  const int wg_tiles = row0 < q_len ? min(n_tiles, (prefix + min(row0 + 63, q_len - 1)) / kBN + 1) : 0;
+  const uint32_t q_addr = smem_addr(sm.q) + wg * 64 * 128;
+  float o[D / 2];
+#pragma unroll
+  for (int j = 0; j < D / 2; ++j) o[j] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  uint32_t pa[kBN / 16][4];
+  const float sl2 = p.softmax_scale * 1.4426950408889634f;
+  const int qpos0 = prefix + row0 + warp * 16 + g;  // absolute position of row g (row g+8: +8)
+
+  // Tile jt is in the ring once every thread passed this: stage the next one (into the stage of tile jt - 2).
+  auto next_tile = [&](int jt) {
+    cp_async_wait<0>();   // tile jt (this thread's part)
+    fence_proxy_async();  // this thread's smem writes -> wgmma (async proxy) reads
+    __syncthreads();      // every part of tile jt; every warpgroup done with P(jt-2) V(jt-2)
     if (jt + 1 < n_tiles) {
-      load_kv_tile<D>(p, sm, buf ^ 1, b, kvh, (jt + 1) * kBN, kv_len, prefix, seq_start);
+      load_kv_tile<D>(p, sm, (jt + 1) % 3, b, kvh, (jt + 1) * kBN, kv_len, prefix, seq_start);
       cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
     }
-    __syncthreads();
+  };
+  // Softmax of S(jt): returns each row's correction of O (applied once P(jt-1) V(jt-1) is done).
+  auto softmax_step = [&](float (&s)[kBN / 2], int jt) {
     const int n0 = jt * kBN;
-    if (n0 <= prefix + m0 + warp * 16 + 15) {  // warp-uniform: some key of the tile is visible to the warp
-      float s[kBN / 8][4];
+    // Masks only where needed: tiles reaching past the warpgroup's first query position or past the keys.
+    const bool need_mask = n0 + kBN - 1 > prefix + row0 || n0 + kBN > kv_len;
+    float corr[2];
+    softmax_tile(s, m, l, corr, sl2, n0, qpos0, kv_len, need_mask, t);
+    return std::array<float, 2>{corr[0], corr[1]};
+  };
+  auto rescale_pack = [&](const float (&s)[kBN / 2], const std::array<float, 2>& corr) {
 #pragma unroll
-      for (int nt = 0; nt < kBN / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-#pragma unroll
-      for (int kc = 0; kc < D / 16; ++kc)
-#pragma unroll
-        for (int np = 0; np < kBN / 16; ++np) {
-          const int i = lane >> 3;
-          uint32_t kb[4];
-          ldmatrix_x4(kb, smem_addr(&sm.k[buf][swz<D>(np * 16 + (i >> 1) * 8 + (lane & 7), 2 * kc + (i & 1))]));
-          mma_f16_16816(s[2 * np], qf[kc], kb[0], kb[1]);
-          mma_f16_16816(s[2 * np + 1], qf[kc], kb[2], kb[3]);
-        }
-      // Masks only where needed: tiles reaching past the warp's first query position or past the keys.
-      const bool need_mask = n0 + kBN - 1 > prefix + m0 + warp * 16 || n0 + kBN > kv_len;
-#pragma unroll
-      for (int hi = 0; hi < 2; ++hi) {
-        const int qpos = qpos0 + 8 * hi;
-        float mx = -INFINITY;
-#pragma unroll
-        for (int nt = 0; nt < kBN / 8; ++nt)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int j = n0 + nt * 8 + 2 * t + e;
-            float& v = s[nt][2 * hi + e];
-            v = (!need_mask || (j <= qpos && j < kv_len)) ? v * sl2 : -INFINITY;
-            mx = fmaxf(mx, v);
-          }
-        mx = quad_max(mx);
-        const float mnew = fmaxf(m[hi], mx);
-        const float base = mnew == -INFINITY ? 0.0f : mnew;
-        const float corr = exp2f(m[hi] - base);
-        m[hi] = mnew;
-        float sum = 0.0f;
-#pragma unroll
-        for (int nt = 0; nt < kBN / 8; ++nt)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            float& v = s[nt][2 * hi + e];
-            v = exp2f(v - base);
-            sum += v;
-          }
-        l[hi] = l[hi] * corr + sum;
-#pragma unroll
-        for (int j = 0; j < D / 8; ++j) o[j][2 * hi] *= corr, o[j][2 * hi + 1] *= corr;
-      }
-#pragma unroll
-      for (int kk = 0; kk < kBN / 16; ++kk) {
-        const uint32_t pa[4] = {pack_h2(s[2 * kk][0], s[2 * kk][1]), pack_h2(s[2 * kk][2], s[2 * kk][3]),
-                                pack_h2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                                pack_h2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-        for (int dc = 0; dc < D / 8; dc += 2) {
-          const int i = lane >> 3;
-          uint32_t vb[4];
-          ldmatrix_x4_trans(vb, smem_addr(&sm.v[buf][swz<D>(kk * 16 + (i & 1) * 8 + (lane & 7), dc + (i >> 1))]));
-          mma_f16_16816(o[dc], pa, vb[0], vb[1]);
-          mma_f16_16816(o[dc + 1], pa, vb[2], vb[3]);
-        }
-      }
+    for (int j = 0; j < D / 8; ++j) {
+      o[4 * j] *= corr[0], o[4 * j + 1] *= corr[0];
+      o[4 * j + 2] *= corr[1], o[4 * j + 3] *= corr[1];
     }
-    __syncthreads();  // buffer `buf` is refilled by the next iteration's prefetch
+    pack_p(s, pa);
+  };
+  // The branches below are warpgroup-uniform and every wgmma group is waited inside its branch.
+  next_tile(0);
+  if (wg_tiles > 0) {
+    float s[kBN / 2];
+    issue_qk<D>(s, q_addr, smem_addr(sm.k[0]));
+    wgmma_wait<0>();
+    wgmma_fence_regs(s);
+    rescale_pack(s, softmax_step(s, 0));
   }
+  for (int jt = 1; jt < wg_tiles; ++jt) {
+    next_tile(jt);
+    float s[kBN / 2];
+    issue_qk<D>(s, q_addr, smem_addr(sm.k[jt % 3]));
+    issue_pv<D>(o, pa, smem_addr(sm.v[(jt - 1) % 3]));
+    wgmma_wait<1>();  // S(jt); P(jt-1) V(jt-1) still running during the softmax
+    wgmma_fence_regs(s);
+    const std::array<float, 2> corr = softmax_step(s, jt);
+    wgmma_wait<0>();
+    wgmma_fence_regs(o);
+    rescale_pack(s, corr);
+  }
+  if (wg_tiles > 0) {  // the warpgroup's last P V: its stage is reloaded only after the next barrier
+    issue_pv<D>(o, pa, smem_addr(sm.v[(wg_tiles - 1) % 3]));
+    wgmma_wait<0>();
+    wgmma_fence_regs(o);
+  }
+  for (int jt = max(wg_tiles, 1); jt < n_tiles; ++jt) next_tile(jt);  // the other warpgroup's tiles
 #pragma unroll
   for (int hi = 0; hi < 2; ++hi) {
-    const int i = m0 + warp * 16 + g + 8 * hi;
+    const int i = row0 + warp * 16 + g + 8 * hi;
     const float lsum = quad_sum(l[hi]);
     if (i >= q_len) continue;
     const float inv = 1.0f / lsum;
     __half2* out = reinterpret_cast<__half2*>(p.out + ((int64_t(seq_start) + i) * p.num_q_heads + h) * D);
 #pragma unroll
-    for (int j = 0; j < D / 8; ++j) out[j * 4 + t] = __floats2half2_rn(o[j][2 * hi] * inv, o[j][2 * hi + 1] * inv);
+    for (int j = 0; j < D / 8; ++j)
+      out[j * 4 + t] = __floats2half2_rn(o[4 * j + 2 * hi] * inv, o[4 * j + 2 * hi + 1] * inv);
   }
 }
 
 template <int D>
 Status launch(const PrefillParams& p, cudaStream_t stream) {
   static std::atomic<uint64_t> configured{0};  // per device (device_once.h)
-  const int smem = int(sizeof(Smem<D>));
+  const int smem = int(sizeof(Smem<D>)) + 1024;  // + alignment of the swizzled tiles
   QS_RETURN_IF_ERROR(once_per_device(configured, [smem] {
     QS_CUDA_RETURN(cudaFuncSetAttribute(prefill_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     return Status::ok();
