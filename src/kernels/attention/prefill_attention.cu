@@ -4,7 +4,8 @@
 // (ceil(max_q_len/128), heads, batch), longest causal blocks first. Keys are walked in tiles of 128 over the
 // absolute positions [0, prefix + q_len): positions < prefix come from the paged cache (FP16 rows by cp.async; KV4
 // rows dequantized in registers as (q - zero) * scale in fp32, rounded to fp16; FP8 rows as e4m3 * scale in fp32,
-// rounded to fp16), the rest from the packed k/v by cp.async, staged by all 256 threads into a 3-stage ring.
+// rounded to fp16) and a sequence's last partial tile from the packed k/v by cp.async, staged by all 256 threads;
+// whole tiles of new tokens by TMA, issued by one thread. A 3-stage ring, one tile ahead.
 // Shared-memory tiles are [D/64][128 rows][64 halves] with the 128-byte swizzle wgmma's descriptors read (16-byte
 // chunk c of row r at c ^ (r & 7)): Q and K K-major for S = Q K^T (wgmma SS m64n128k16, fp32), V MN-major for
 // O += P V (wgmma RS m64nDk16 with B transposed; P is packed to fp16 straight from the S accumulators, whose
@@ -19,6 +20,7 @@
 #include "kernels/attention/attn_ptx.cuh"
 #include "kernels/attention/prefill_attention.h"
 #include "kernels/common/cuda_check.h"
+#include "kernels/common/tensor_map.h"
 #include "kernels/common/tma.h"
 #include "kernels/common/wgmma.h"
 
@@ -40,6 +42,7 @@ struct Smem {
   __half q[kBM * D];
   __half k[3][kBN * D];  // 3-stage ring (see prefill_kernel)
   __half v[3][kBN * D];
+  uint64_t full[3];  // per stage: the TMA bytes of its tile landed (one phase per tile, TMA or not)
 };
 
 // Stages key rows [n0, n0 + 128) of K and V into buffer `buf`.
@@ -181,7 +184,9 @@ __device__ __forceinline__ void pack_p(const float (&s)[kBN / 2], uint32_t (&pa)
 // Keys and values live in a 3-stage ring: tile j+1 is loaded into the stage P(j-2) V(j-2) read, after the barrier
 // that follows every warpgroup's wait for it.
 template <int D>
-__global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const PrefillParams p) {
+__global__ void __launch_bounds__(kThreads, 1)
+    prefill_kernel(const PrefillParams p, const __grid_constant__ CUtensorMap k_map,
+                   const __grid_constant__ CUtensorMap v_map) {
   extern __shared__ unsigned char smem_raw[];
   Smem<D>& sm = *reinterpret_cast<Smem<D>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   // Longest causal blocks first (the last query block sees the most keys): less tail at the end of the grid.
@@ -204,8 +209,35 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const PrefillParam
                  ok ? p.q + ((int64_t(seq_start) + i) * p.num_q_heads + h) * D + c * 8 : p.q, ok);
     }
   }
-  load_kv_tile<D>(p, sm, 0, b, kvh, 0, kv_len, prefix, seq_start);
-  cp_async_commit();
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int st = 0; st < 3; ++st) mbar_init(smem_addr(&sm.full[st]), 1);
+    fence_barrier_init();
+  }
+  __syncthreads();  // the barriers exist before anyone waits on them
+  // Tile jt into stage jt % 3: whole tiles of new tokens by TMA (one thread: K and V, 64-dim boxes of 128 rows,
+  // the 128-byte swizzle of the tile layout), the rest (rows from the cache, a sequence's last partial tile) by
+  // every thread as in load_kv_tile. Either way one arrival completes the stage's barrier phase.
+  auto stage_tile = [&](int jt) {
+    const int n0 = jt * kBN, st = jt % 3;
+    const uint32_t bar = smem_addr(&sm.full[st]);
+    if (n0 >= prefix && n0 + kBN <= kv_len) {  // CTA-uniform
+      if (threadIdx.x == 0) {
+        mbar_arrive_expect_tx(bar, 2 * kBN * D * 2);
+        const int row = seq_start + n0 - prefix;
+#pragma unroll
+        for (int blk = 0; blk < D / 64; ++blk) {
+          tma_load_3d(smem_addr(sm.k[st]) + blk * kBN * 128, &k_map, bar, blk * 64, kvh, row);
+          tma_load_3d(smem_addr(sm.v[st]) + blk * kBN * 128, &v_map, bar, blk * 64, kvh, row);
+        }
+      }
+    } else {
+      load_kv_tile<D>(p, sm, st, b, kvh, n0, kv_len, prefix, seq_start);
+      if (threadIdx.x == 0) mbar_arrive(bar);
+    }
+    cp_async_commit();
+  };
+  stage_tile(0);
 
   // This warpgroup's rows: queries [row0, row0 + 64); this thread's rows row0 + 16 warp + g (+ 8). It needs the
   // key tiles [0, wg_tiles) (causal), the CTA all n_tiles.
@@ -223,13 +255,11 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const PrefillParam
 
   // Tile jt is in the ring once every thread passed this: stage the next one (into the stage of tile jt - 2).
   auto next_tile = [&](int jt) {
-    cp_async_wait<0>();   // tile jt (this thread's part)
+    cp_async_wait<0>();                                   // tile jt: this thread's part, if loaded by threads
+    mbar_wait(smem_addr(&sm.full[jt % 3]), (jt / 3) & 1);  // its TMA bytes, if loaded by TMA
     fence_proxy_async();  // this thread's smem writes -> wgmma (async proxy) reads
     __syncthreads();      // every part of tile jt; every warpgroup done with P(jt-2) V(jt-2)
-    if (jt + 1 < n_tiles) {
-      load_kv_tile<D>(p, sm, (jt + 1) % 3, b, kvh, (jt + 1) * kBN, kv_len, prefix, seq_start);
-      cp_async_commit();
-    }
+    if (jt + 1 < n_tiles) stage_tile(jt + 1);
   };
   // Softmax of S(jt): returns each row's correction of O (applied once P(jt-1) V(jt-1) is done).
   auto softmax_step = [&](float (&s)[kBN / 2], int jt) {
@@ -296,8 +326,18 @@ Status launch(const PrefillParams& p, cudaStream_t stream) {
     QS_CUDA_RETURN(cudaFuncSetAttribute(prefill_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     return Status::ok();
   }));
+  // K and V as [tokens][kv heads][D] (tokens <= batch x max_q_len; the kernel reads only whole tiles inside a
+  // sequence), boxes of 64 dims x 1 head x 128 tokens.
+  CUtensorMap maps[2];
+  for (int kv = 0; kv < 2; ++kv) {
+    const uint64_t dims[3] = {uint64_t(D), uint64_t(p.num_kv_heads), uint64_t(p.batch) * uint64_t(p.max_q_len)};
+    const uint64_t strides[2] = {uint64_t(D) * 2, uint64_t(p.num_kv_heads) * D * 2};
+    const uint32_t box[3] = {64, 1, kBN};
+    QS_RETURN_IF_ERROR(encode_tensor_map(&maps[kv], CU_TENSOR_MAP_DATA_TYPE_UINT16, 3, kv ? p.v : p.k, dims, strides,
+                                         box, CU_TENSOR_MAP_SWIZZLE_128B, "prefill attention"));
+  }
   const dim3 grid((p.max_q_len + kBM - 1) / kBM, p.num_q_heads, p.batch);
-  prefill_kernel<D><<<grid, kThreads, smem, stream>>>(p);
+  prefill_kernel<D><<<grid, kThreads, smem, stream>>>(p, maps[0], maps[1]);
   QS_CUDA_RETURN(cudaGetLastError());
   return Status::ok();
 }

@@ -1,7 +1,6 @@
 // PTX wrappers for Hopper asynchronous copies (sm_90): mbarriers (init, arrive, expect-tx, parity wait), the
-// bulk tensor copy engine (TMA, 2D tile loads completing on an mbarrier), the async-proxy fence, and setmaxnreg.
-// Tensor maps are built on the host (qgemm.cu) through cuTensorMapEncodeTiled obtained with
-// cudaGetDriverEntryPoint (no libcuda link). Device-only; include from .cu files.
+// bulk tensor copy engine (TMA, 2D and 3D tile loads completing on an mbarrier), the async-proxy fence, setmaxnreg.
+// Tensor maps are built on the host (tensor_map.h). Device-only; include from .cu files.
 #pragma once
 
 #include <cuda.h>
@@ -37,6 +36,15 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map
   asm volatile(
       "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];\n"
       ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1)
+      : "memory");
+}
+
+// 3D tile load: box at coordinates (c0 = innermost, c1, c2) of `map` into shared memory `dst`, completing `bar`.
+__device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1,
+                                            int c2) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5}], [%2];\n"
+      ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "r"(c2)
       : "memory");
 }
 

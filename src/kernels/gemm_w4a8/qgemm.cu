@@ -1,11 +1,10 @@
 // Prepare and run for the quantized GEMMs (qgemm.h): TMA descriptor encoding (weights once per upload through
 // qgemm_prepare, activations per call), argument checks and the dispatch to the instantiated kernels, all
 // generated from the config table (qgemm_configs.def). The plan is host code in qgemm_plan.cc.
-#include <cudaTypedefs.h>
-
 #include <cstring>
 #include <string>
 
+#include "kernels/common/tensor_map.h"
 #include "kernels/gemm_w4a8/qgemm_kernel.cuh"
 #include "kernels/gemm_w4a8/qgemm_sm90.cuh"
 
@@ -32,32 +31,11 @@ namespace qgemm_detail {
 
 namespace {
 
-PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
-  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* ptr = nullptr;
-    cudaDriverEntryPointQueryResult q;
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &q) !=
-            cudaSuccess ||
-        q != cudaDriverEntryPointSuccess)
-      ptr = nullptr;
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
-  }();
-  return fn;
-}
-
 Status encode_2d(CUtensorMap* map, CUtensorMapDataType type, const void* ptr, uint64_t dim0, uint64_t dim1,
                  uint64_t stride1_bytes, uint32_t box0, uint32_t box1, CUtensorMapSwizzle swizzle) {
-  const auto encode = tensor_map_encoder();
-  if (!encode) return Status::error("qgemm: cuTensorMapEncodeTiled is not available from the driver");
-  const cuuint64_t dims[2] = {dim0, dim1};
-  const cuuint64_t strides[1] = {stride1_bytes};
-  const cuuint32_t box[2] = {box0, box1};
-  const cuuint32_t elem[2] = {1, 1};
-  const CUresult r = encode(map, type, 2, const_cast<void*>(ptr), dims, strides, box, elem,
-                            CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS) return Status::error("qgemm: cuTensorMapEncodeTiled failed with CUresult " + std::to_string(int(r)));
-  return Status::ok();
+  const uint64_t dims[2] = {dim0, dim1};
+  const uint32_t box[2] = {box0, box1};
+  return encode_tensor_map(map, type, 2, ptr, dims, &stride1_bytes, box, swizzle, "qgemm");
 }
 
 }  // namespace
