@@ -1,11 +1,12 @@
 // Causal prefill attention (see prefill_attention.h) on Hopper warpgroup MMA (sm_90a).
 //
-// CTA = 2 warpgroups (256 threads) = 128 query rows of one (sequence, query head), 64 rows per warpgroup; grid
+// CTA = 3 warpgroups (a producer and two consumers of 64 query rows each) = 128 query rows of one (sequence,
+// query head); grid
 // (ceil(max_q_len/128), heads, batch), longest causal blocks first. Keys are walked in tiles of 128 over the
 // absolute positions [0, prefix + q_len): positions < prefix come from the paged cache (FP16 rows by cp.async; KV4
 // rows dequantized in registers as (q - zero) * scale in fp32, rounded to fp16; FP8 rows as e4m3 * scale in fp32,
-// rounded to fp16) and a sequence's last partial tile from the packed k/v by cp.async, staged by all 256 threads;
-// whole tiles of new tokens by TMA, issued by one thread. A 3-stage ring, one tile ahead.
+// rounded to fp16) and a sequence's last partial tile from the packed k/v by cp.async, staged by the producer's
+// 128 threads; whole tiles of new tokens by TMA, issued by one producer thread. A 3-stage ring.
 // Shared-memory tiles are [D/64][128 rows][64 halves] with the 128-byte swizzle wgmma's descriptors read (16-byte
 // chunk c of row r at c ^ (r & 7)): Q and K K-major for S = Q K^T (wgmma SS m64n128k16, fp32), V MN-major for
 // O += P V (wgmma RS m64nDk16 with B transposed; P is packed to fp16 straight from the S accumulators, whose
@@ -29,7 +30,10 @@ namespace {
 
 using namespace attn;  // NOLINT
 
-constexpr int kBM = 128, kBN = 128, kThreads = 256;  // query rows, key rows per tile; 2 warpgroups
+constexpr int kBM = 128, kBN = 128;  // query rows, key rows per tile
+constexpr int kThreads = 384;        // warpgroup 0: producer; warpgroups 1, 2: consumers of 64 query rows each
+constexpr int kLoaders = 128;        // the producer warpgroup's threads stage what TMA cannot
+constexpr bool kPingpong = true;     // consumers take turns issuing their MMAs (see prefill_kernel)
 static_assert(kBM == kBN, "one swizzled tile shape for Q, K and V");
 
 // Half offset of 16-byte chunk `chunk` of row `row` in a [D/64][128][64] tile with the 128-byte swizzle.
@@ -42,17 +46,19 @@ struct Smem {
   __half q[kBM * D];
   __half k[3][kBN * D];  // 3-stage ring (see prefill_kernel)
   __half v[3][kBN * D];
-  uint64_t full[3];  // per stage: the TMA bytes of its tile landed (one phase per tile, TMA or not)
+  uint64_t full[3];   // per stage: its tile landed (one arrival, plus the TMA bytes; one phase per tile)
+  uint64_t empty[3];  // per stage: both consumer warpgroups are done with its tile (two arrivals)
+  uint64_t q_full;    // Q landed (one arrival)
 };
 
-// Stages key rows [n0, n0 + 128) of K and V into buffer `buf`.
+// Stages key rows [n0, n0 + 128) of K and V into buffer `buf` (the producer warpgroup's threads).
 template <int D>
 __device__ void load_kv_tile(const PrefillParams& p, Smem<D>& sm, int buf, int b, int kvh, int n0, int kv_len,
                              int prefix, int seq_start) {
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
   const int32_t* bt = p.block_table + int64_t(b) * p.block_table_stride;
   const KvCacheLayout& L = p.layout;
-  for (int u = threadIdx.x; u < kBN * kChunks; u += kThreads) {
+  for (int u = threadIdx.x; u < kBN * kChunks; u += kLoaders) {
     const int r = u / kChunks, c = u % kChunks;
     const int j = n0 + r;
     const uint32_t dk = smem_addr(&sm.k[buf][swz(r, c)]), dv = smem_addr(&sm.v[buf][swz(r, c)]);
@@ -178,11 +184,13 @@ __device__ __forceinline__ void pack_p(const float (&s)[kBN / 2], uint32_t (&pa)
   }
 }
 
-// One CTA per 128 query rows (see the top of the file). Per warpgroup, software-pipelined as in FlashAttention-3:
-// iteration j issues S(j) = Q K(j)^T and O += P(j-1) V(j-1) back to back, waits for S(j) only, computes the
-// softmax of S(j) on the CUDA cores while the tensor cores run P(j-1) V(j-1), then rescales O and packs P(j).
-// Keys and values live in a 3-stage ring: tile j+1 is loaded into the stage P(j-2) V(j-2) read, after the barrier
-// that follows every warpgroup's wait for it.
+// One CTA per 128 query rows (see the top of the file), warp-specialized as in FlashAttention-3. The producer
+// warpgroup fills a 3-stage ring of K/V tiles (full/empty mbarriers; whole tiles of new tokens by TMA from one
+// thread, the rest staged by its 128 threads) and gives its registers to the consumers. Each consumer warpgroup
+// is software-pipelined: step j waits for tile j, issues S(j) = Q K(j)^T and O += P(j-1) V(j-1) back to back,
+// waits for S(j) only, computes the softmax of S(j) on the CUDA cores while the tensor cores run P(j-1) V(j-1),
+// then releases tile j-1, rescales O and packs P(j). No CTA-wide barrier after the start: the two consumer
+// warpgroups drift apart and overlap each other's softmax with their MMAs.
 template <int D>
 __global__ void __launch_bounds__(kThreads, 1)
     prefill_kernel(const PrefillParams p, const __grid_constant__ CUtensorMap k_map,
@@ -197,54 +205,66 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int kvh = h / (p.num_q_heads / p.num_kv_heads);
   const int kv_len = prefix + q_len;
   const int kv_end = min(kv_len, prefix + m0 + kBM);  // last query of this CTA sees keys < kv_end
-  const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, g = lane >> 2,
-            t = lane & 3;
+  const int n_tiles = (kv_end + kBN - 1) / kBN;
+  const int wg = threadIdx.x >> 7;
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int st = 0; st < 3; ++st) {
+      mbar_init(smem_addr(&sm.full[st]), 1);
+      mbar_init(smem_addr(&sm.empty[st]), 2);
+    }
+    mbar_init(smem_addr(&sm.q_full), 1);
+    fence_barrier_init();
+  }
+  __syncthreads();  // the barriers exist before anyone uses them; no CTA-wide barrier after this
 
-  {  // Q rows [m0, m0 + 128) (zeros past q_len), with the first key tile
+  if (wg == 0) {  // producer
+    setmaxnreg_dec<40>();
     constexpr int kChunks = D / 8;
-    for (int u = threadIdx.x; u < kBM * kChunks; u += kThreads) {
+    for (int u = threadIdx.x; u < kBM * kChunks; u += kLoaders) {  // Q rows [m0, m0 + 128), zeros past q_len
       const int r = u / kChunks, c = u % kChunks, i = m0 + r;
       const bool ok = i < q_len;
       cp_async16(smem_addr(&sm.q[swz(r, c)]),
                  ok ? p.q + ((int64_t(seq_start) + i) * p.num_q_heads + h) * D + c * 8 : p.q, ok);
     }
-  }
-  if (threadIdx.x == 0) {
-#pragma unroll
-    for (int st = 0; st < 3; ++st) mbar_init(smem_addr(&sm.full[st]), 1);
-    fence_barrier_init();
-  }
-  __syncthreads();  // the barriers exist before anyone waits on them
-  // Tile jt into stage jt % 3: whole tiles of new tokens by TMA (one thread: K and V, 64-dim boxes of 128 rows,
-  // the 128-byte swizzle of the tile layout), the rest (rows from the cache, a sequence's last partial tile) by
-  // every thread as in load_kv_tile. Either way one arrival completes the stage's barrier phase.
-  auto stage_tile = [&](int jt) {
-    const int n0 = jt * kBN, st = jt % 3;
-    const uint32_t bar = smem_addr(&sm.full[st]);
-    if (n0 >= prefix && n0 + kBN <= kv_len) {  // CTA-uniform
-      if (threadIdx.x == 0) {
-        mbar_arrive_expect_tx(bar, 2 * kBN * D * 2);
-        const int row = seq_start + n0 - prefix;
-#pragma unroll
-        for (int blk = 0; blk < D / 64; ++blk) {
-          tma_load_3d(smem_addr(sm.k[st]) + blk * kBN * 128, &k_map, bar, blk * 64, kvh, row);
-          tma_load_3d(smem_addr(sm.v[st]) + blk * kBN * 128, &v_map, bar, blk * 64, kvh, row);
-        }
-      }
-    } else {
-      load_kv_tile<D>(p, sm, st, b, kvh, n0, kv_len, prefix, seq_start);
-      if (threadIdx.x == 0) mbar_arrive(bar);
-    }
     cp_async_commit();
-  };
-  stage_tile(0);
+    cp_async_wait<0>();
+    fence_proxy_async();  // this thread's smem writes -> wgmma (async proxy) reads
+    named_barrier(1, kLoaders);
+    if (threadIdx.x == 0) mbar_arrive(smem_addr(&sm.q_full));
+    for (int jt = 0; jt < n_tiles; ++jt) {
+      const int n0 = jt * kBN, st = jt % 3;
+      const uint32_t full = smem_addr(&sm.full[st]);
+      if (jt >= 3) mbar_wait(smem_addr(&sm.empty[st]), (jt / 3 - 1) & 1);  // both consumers done with tile jt-3
+      if (n0 >= prefix && n0 + kBN <= kv_len) {  // whole tile of new tokens: TMA, 64-dim boxes of 128 rows
+        if (threadIdx.x == 0) {
+          mbar_arrive_expect_tx(full, 2 * kBN * D * 2);
+          const int row = seq_start + n0 - prefix;
+#pragma unroll
+          for (int blk = 0; blk < D / 64; ++blk) {
+            tma_load_3d(smem_addr(sm.k[st]) + blk * kBN * 128, &k_map, full, blk * 64, kvh, row);
+            tma_load_3d(smem_addr(sm.v[st]) + blk * kBN * 128, &v_map, full, blk * 64, kvh, row);
+          }
+        }
+      } else {  // rows from the cache or past the keys: every producer thread
+        load_kv_tile<D>(p, sm, st, b, kvh, n0, kv_len, prefix, seq_start);
+        cp_async_commit();
+        cp_async_wait<0>();
+        fence_proxy_async();
+        named_barrier(1, kLoaders);
+        if (threadIdx.x == 0) mbar_arrive(full);
+      }
+    }
+    return;
+  }
 
+  setmaxnreg_inc<232>();
+  const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   // This warpgroup's rows: queries [row0, row0 + 64); this thread's rows row0 + 16 warp + g (+ 8). It needs the
-  // key tiles [0, wg_tiles) (causal), the CTA all n_tiles.
-  const int row0 = m0 + wg * 64;
-  const int n_tiles = (kv_end + kBN - 1) / kBN;
+  // key tiles [0, wg_tiles) (causal) and releases all n_tiles, in order.
+  const int row0 = m0 + (wg - 1) * 64;
   const int wg_tiles = row0 < q_len ? min(n_tiles, (prefix + min(row0 + 63, q_len - 1)) / kBN + 1) : 0;
-  const uint32_t q_addr = smem_addr(sm.q) + wg * 64 * 128;
+  const uint32_t q_addr = smem_addr(sm.q) + (wg - 1) * 64 * 128;
   float o[D / 2];
 #pragma unroll
   for (int j = 0; j < D / 2; ++j) o[j] = 0.0f;
@@ -253,13 +273,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   const float sl2 = p.softmax_scale * 1.4426950408889634f;
   const int qpos0 = prefix + row0 + warp * 16 + g;  // absolute position of row g (row g+8: +8)
 
-  // Tile jt is in the ring once every thread passed this: stage the next one (into the stage of tile jt - 2).
-  auto next_tile = [&](int jt) {
-    cp_async_wait<0>();                                   // tile jt: this thread's part, if loaded by threads
-    mbar_wait(smem_addr(&sm.full[jt % 3]), (jt / 3) & 1);  // its TMA bytes, if loaded by TMA
-    fence_proxy_async();  // this thread's smem writes -> wgmma (async proxy) reads
-    __syncthreads();      // every part of tile jt; every warpgroup done with P(jt-2) V(jt-2)
-    if (jt + 1 < n_tiles) stage_tile(jt + 1);
+  auto wait_tile = [&](int jt) { mbar_wait(smem_addr(&sm.full[jt % 3]), (jt / 3) & 1); };
+  auto release = [&](int jt) {  // after this warpgroup's last wgmma reading tile jt was waited
+    if ((threadIdx.x & 127) == 0) mbar_arrive(smem_addr(&sm.empty[jt % 3]));
   };
   // Softmax of S(jt): returns each row's correction of O (applied once P(jt-1) V(jt-1) is done).
   auto softmax_step = [&](float (&s)[kBN / 2], int jt) {
@@ -278,33 +294,67 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     pack_p(s, pa);
   };
+  // Ping-pong: the consumers take turns to issue their MMAs of a round (named barrier 2 + c is consumer c's turn,
+  // 256 threads: its own 128 syncing, the other's 128 arriving), so that one's softmax runs under the other's
+  // MMAs. Rounds: S(0), then S(j) + P V(j-1) for j >= 1, then the last P V. Consumer 1 gives consumer 0 its
+  // first turn; consumer c waits at round k and gives a turn after it only while the other has a matching round
+  // (r = the other's rounds): consumer 0 waits iff k <= r, gives iff k < r; consumer 1 waits iff k < r, gives iff
+  // k + 1 < r. Every arrival meets exactly one wait and never runs a generation ahead of it.
+  const int c = wg - 1;
+  const int row0_other = m0 + (1 - c) * 64;
+  const int other_tiles =
+      row0_other < q_len ? min(n_tiles, (prefix + min(row0_other + 63, q_len - 1)) / kBN + 1) : 0;
+  const int other_rounds = other_tiles > 0 ? other_tiles + 1 : 0;
+  int round = 0;
+  auto my_turn = [&] {
+    if (kPingpong && (c == 0 ? round <= other_rounds : round < other_rounds)) named_barrier(2 + c, 256);
+  };
+  auto give_turn = [&] {
+    if (kPingpong && (c == 0 ? round < other_rounds : round + 1 < other_rounds)) named_barrier_arrive(3 - c, 256);
+    ++round;
+  };
+  if (kPingpong && c == 1 && other_rounds > 0) named_barrier_arrive(2, 256);
   // The branches below are warpgroup-uniform and every wgmma group is waited inside its branch.
-  next_tile(0);
+  mbar_wait(smem_addr(&sm.q_full), 0);
   if (wg_tiles > 0) {
+    wait_tile(0);
     float s[kBN / 2];
+    my_turn();
     issue_qk<D>(s, q_addr, smem_addr(sm.k[0]));
+    give_turn();
     wgmma_wait<0>();
     wgmma_fence_regs(s);
     rescale_pack(s, softmax_step(s, 0));
   }
   for (int jt = 1; jt < wg_tiles; ++jt) {
-    next_tile(jt);
+    wait_tile(jt);
     float s[kBN / 2];
+    my_turn();
     issue_qk<D>(s, q_addr, smem_addr(sm.k[jt % 3]));
     issue_pv<D>(o, pa, smem_addr(sm.v[(jt - 1) % 3]));
+    give_turn();
     wgmma_wait<1>();  // S(jt); P(jt-1) V(jt-1) still running during the softmax
     wgmma_fence_regs(s);
     const std::array<float, 2> corr = softmax_step(s, jt);
     wgmma_wait<0>();
     wgmma_fence_regs(o);
+    release(jt - 1);
     rescale_pack(s, corr);
   }
-  if (wg_tiles > 0) {  // the warpgroup's last P V: its stage is reloaded only after the next barrier
+  if (wg_tiles > 0) {  // the warpgroup's last P V
+    my_turn();
     issue_pv<D>(o, pa, smem_addr(sm.v[(wg_tiles - 1) % 3]));
+    give_turn();
     wgmma_wait<0>();
     wgmma_fence_regs(o);
+    release(wg_tiles - 1);
   }
-  for (int jt = max(wg_tiles, 1); jt < n_tiles; ++jt) next_tile(jt);  // the other warpgroup's tiles
+  // Tiles only the other warpgroup needs: released in order, each once it landed (so that no arrival runs a phase
+  // ahead of the other warpgroup's).
+  for (int jt = wg_tiles; jt < n_tiles; ++jt) {
+    wait_tile(jt);
+    release(jt);
+  }
 #pragma unroll
   for (int hi = 0; hi < 2; ++hi) {
     const int i = row0 + warp * 16 + g + 8 * hi;
