@@ -16,6 +16,7 @@
 #include <cuda_fp8.h>
 
 #include <array>
+#include <cmath>
 
 #include "kernels/common/device_once.h"
 #include "kernels/attention/attn_ptx.cuh"
@@ -137,39 +138,48 @@ __device__ __forceinline__ void issue_pv(float (&o)[D / 2], const uint32_t (&pa)
   wgmma_commit();
 }
 
-// Online softmax of one S tile (keys n0..n0+127) for this thread's rows qpos0 and qpos0 + 8: scales to the log2
-// domain, masks (causal, past the keys) where `need_mask`, replaces s by exp2(s - running max) and returns each
-// row's correction factor for the accumulated output.
+// 2^x on the special-function unit, denormal results flushed to zero (P is rounded to fp16 anyway, whose
+// smallest value is 2^-24): one MUFU.EX2 instead of exp2f's denormal-safe sequence.
+__device__ __forceinline__ float ex2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// Online softmax of one S tile (keys n0..n0+127) for this thread's rows qpos0 and qpos0 + 8: masks (causal, past
+// the keys) if kMask, replaces s by 2^(s sl2 - running max sl2) (one FFMA + MUFU per score; max of the raw
+// scores, sl2 = scale log2 e > 0) and returns each row's correction factor for the accumulated output. The max
+// and the sum run as 4 independent chains.
+template <bool kMask>
 __device__ __forceinline__ void softmax_tile(float (&s)[kBN / 2], float (&m)[2], float (&l)[2], float (&corr)[2],
-                                             float sl2, int n0, int qpos0, int kv_len, bool need_mask, int t) {
+                                             float sl2, int n0, int qpos0, int kv_len, int t) {
 #pragma unroll
   for (int hi = 0; hi < 2; ++hi) {
     // Key n0 + 8 nt + 2t + e is visible iff 8 nt + e < lim (causal and inside the keys).
-    const int lim = need_mask ? min(qpos0 + 8 * hi + 1, kv_len) - n0 - 2 * t : kBN;
-    float mx = -INFINITY;
+    const int lim = kMask ? min(qpos0 + 8 * hi + 1, kv_len) - n0 - 2 * t : kBN;
+    float mx[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
 #pragma unroll
     for (int nt = 0; nt < kBN / 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         float& v = s[4 * nt + 2 * hi + e];
-        v = nt * 8 + e < lim ? v * sl2 : -INFINITY;
-        mx = fmaxf(mx, v);
+        if (kMask && nt * 8 + e >= lim) v = -INFINITY;
+        mx[nt & 3] = fmaxf(mx[nt & 3], v);
       }
-    mx = quad_max(mx);
-    const float mnew = fmaxf(m[hi], mx);
-    const float base = mnew == -INFINITY ? 0.0f : mnew;
-    corr[hi] = exp2f(m[hi] - base);
+    const float mnew = fmaxf(m[hi], quad_max(fmaxf(fmaxf(mx[0], mx[1]), fmaxf(mx[2], mx[3]))));
+    const float base = mnew == -INFINITY ? 0.0f : mnew * sl2;  // a fully masked row so far: everything 0
+    corr[hi] = ex2_ftz(m[hi] * sl2 - base);
     m[hi] = mnew;
-    float sum = 0.0f;
+    float sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
     for (int nt = 0; nt < kBN / 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         float& v = s[4 * nt + 2 * hi + e];
-        v = exp2f(v - base);
-        sum += v;
+        v = ex2_ftz(fmaf(v, sl2, -base));
+        sum[nt & 3] += v;
       }
-    l[hi] = l[hi] * corr[hi] + sum;
+    l[hi] = l[hi] * corr[hi] + ((sum[0] + sum[1]) + (sum[2] + sum[3]));
   }
 }
 
@@ -283,7 +293,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     // Masks only where needed: tiles reaching past the warpgroup's first query position or past the keys.
     const bool need_mask = n0 + kBN - 1 > prefix + row0 || n0 + kBN > kv_len;
     float corr[2];
-    softmax_tile(s, m, l, corr, sl2, n0, qpos0, kv_len, need_mask, t);
+    if (need_mask)
+      softmax_tile<true>(s, m, l, corr, sl2, n0, qpos0, kv_len, t);
+    else
+      softmax_tile<false>(s, m, l, corr, sl2, n0, qpos0, kv_len, t);
     return std::array<float, 2>{corr[0], corr[1]};
   };
   auto rescale_pack = [&](const float (&s)[kBN / 2], const std::array<float, 2>& corr) {
@@ -406,6 +419,8 @@ Status run_prefill(const PrefillParams& p, cudaStream_t stream) {
     if (L.page_size <= 0 || L.page_size % 16 != 0)
       return Status::error("prefill attention: page_size must be a positive multiple of 16");
   }
+  if (!(p.softmax_scale > 0.0f) || !std::isfinite(p.softmax_scale))
+    return Status::error("prefill attention: softmax_scale must be positive and finite");
   if (p.batch == 0 || p.max_q_len == 0) return Status::ok();
   return p.head_dim == 128 ? launch<128>(p, stream) : launch<64>(p, stream);
 }
