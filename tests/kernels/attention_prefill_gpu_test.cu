@@ -1,7 +1,9 @@
 // GPU tests of causal prefill attention over packed variable-length sequences, with and without earlier context in
 // the paged cache (KV4, FP16 and FP8; page sizes 16, 32, 48 and 64), against the double-precision reference;
-// batched == request by request. Lengths 1, 63, 64, 65, 128, 129, 200, 257, 1000 in one batch; GQA 1, 4, 7; head_dim 64 and 128
-// (the shape list in attention_test_util.h covers every head_dim x prefix dtype of run_prefill's dispatch).
+// batched == request by request. Lengths 1, 63, 64, 65, 128, 129, 200, 257, 1000 in one batch (the kernel's 64-row
+// consumer halves and 128-key tiles, whole and partial; more items than SMs, so persistent CTAs take several);
+// GQA 1, 4, 7; head_dim 64 and 128 (the shape list in attention_test_util.h covers every head_dim x prefix dtype of
+// run_prefill's dispatch).
 // Tolerance (normalized error, batch and every sequence; derived in TESTING.md "Attention tolerances"): FP16 keys
 // and values 1e-3 (2u: P and output roundings); a KV4 / FP8 prefix dequantized in fp32 and rounded to fp16 in the
 // kernel 3e-3 (5.5u: + the V and K roundings). Negative control: the softmax scale off by 1% exceeds the bound.

@@ -1,20 +1,20 @@
-// Causal prefill attention (see prefill_attention.h) on Hopper warpgroup MMA (sm_90a).
+// Causal prefill attention (see prefill_attention.h) on Hopper warpgroup MMA (sm_90a), FlashAttention-3 style.
 //
-// CTA = 3 warpgroups (a producer and two consumers of 64 query rows each) = 128 query rows of one (sequence,
-// query head); grid
-// (ceil(max_q_len/128), heads, batch), longest causal blocks first. Keys are walked in tiles of 128 over the
-// absolute positions [0, prefix + q_len): positions < prefix come from the paged cache (FP16 rows by cp.async; KV4
-// rows dequantized in registers as (q - zero) * scale in fp32, rounded to fp16; FP8 rows as e4m3 * scale in fp32,
-// rounded to fp16) and a sequence's last partial tile from the packed k/v by cp.async, staged by the producer's
-// 128 threads; whole tiles of new tokens by TMA, issued by one producer thread. A 3-stage ring.
-// Shared-memory tiles are [D/64][128 rows][64 halves] with the 128-byte swizzle wgmma's descriptors read (16-byte
-// chunk c of row r at c ^ (r & 7)): Q and K K-major for S = Q K^T (wgmma SS m64n128k16, fp32), V MN-major for
-// O += P V (wgmma RS m64nDk16 with B transposed; P is packed to fp16 straight from the S accumulators, whose
-// per-warp layout is mma.m16n8's). Causal mask (key position <= query position), online softmax in the log2
-// domain, per row.
+// Work item = 128 query rows of one (sequence, query head); persistent CTAs (one per SM) of 3 warpgroups walk the
+// items longest causal block first: a producer warpgroup and two consumers of 64 query rows each. Keys are walked
+// in tiles of 128 over the absolute positions [0, prefix + q_len): whole tiles of new tokens by TMA from the
+// packed k/v (one producer thread), the rest by the producer's 128 threads: positions < prefix from the paged
+// cache (FP16 rows by cp.async; KV4 rows dequantized in registers as (q - zero) * scale in fp32, rounded to fp16;
+// FP8 rows as e4m3 * scale in fp32, rounded to fp16) and a sequence's last partial tile by cp.async (zeros past
+// the keys). Shared-memory tiles are [D/64][128 rows][64 halves] with the 128-byte swizzle wgmma's descriptors
+// read (16-byte chunk c of row r at c ^ (r & 7)): Q and K K-major for S = Q K^T (wgmma SS m64n128k16, fp32), V
+// MN-major for O += P V (wgmma RS m64nDk16 with B transposed; P is packed to fp16 straight from the S
+// accumulators, whose per-warp layout is mma.m16n8's). Causal mask (key position <= query position), online
+// softmax in the log2 domain, per row. Pipeline and synchronization: see prefill_kernel.
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 
@@ -34,7 +34,6 @@ using namespace attn;  // NOLINT
 constexpr int kBM = 128, kBN = 128;  // query rows, key rows per tile
 constexpr int kThreads = 384;        // warpgroup 0: producer; warpgroups 1, 2: consumers of 64 query rows each
 constexpr int kLoaders = 128;        // the producer warpgroup's threads stage what TMA cannot
-constexpr bool kPingpong = true;     // consumers take turns issuing their MMAs (see prefill_kernel)
 static_assert(kBM == kBN, "one swizzled tile shape for Q, K and V");
 
 // Half offset of 16-byte chunk `chunk` of row `row` in a [D/64][128][64] tile with the 128-byte swizzle.
@@ -50,6 +49,7 @@ struct Smem {
   uint64_t full[3];   // per stage: its tile landed (one arrival, plus the TMA bytes; one phase per tile)
   uint64_t empty[3];  // per stage: both consumer warpgroups are done with its tile (two arrivals)
   uint64_t q_full;    // Q landed (one arrival)
+  uint64_t q_empty;   // both consumers issued and waited their last S of the item (two arrivals)
 };
 
 // Stages key rows [n0, n0 + 128) of K and V into buffer `buf` (the producer warpgroup's threads).
@@ -194,28 +194,44 @@ __device__ __forceinline__ void pack_p(const float (&s)[kBN / 2], uint32_t (&pa)
   }
 }
 
-// One CTA per 128 query rows (see the top of the file), warp-specialized as in FlashAttention-3. The producer
-// warpgroup fills a 3-stage ring of K/V tiles (full/empty mbarriers; whole tiles of new tokens by TMA from one
-// thread, the rest staged by its 128 threads) and gives its registers to the consumers. Each consumer warpgroup
-// is software-pipelined: step j waits for tile j, issues S(j) = Q K(j)^T and O += P(j-1) V(j-1) back to back,
-// waits for S(j) only, computes the softmax of S(j) on the CUDA cores while the tensor cores run P(j-1) V(j-1),
-// then releases tile j-1, rescales O and packs P(j). No CTA-wide barrier after the start: the two consumer
-// warpgroups drift apart and overlap each other's softmax with their MMAs.
+// One work item = 128 query rows of one (sequence, query head): `it.m0` rows in, tiles [0, n_tiles) of keys.
+// Items are numbered longest causal block first (the last query block of every sequence and head, then the one
+// before, ...), the heads of one KV head adjacent; items past a sequence's new tokens are empty.
+struct Item {
+  int b, h, m0, seq_start, q_len, prefix, kvh, kv_len, n_tiles;
+};
+__device__ __forceinline__ bool item_at(const PrefillParams& p, int i, int n_mblocks, Item& it) {
+  const int per_block = p.num_q_heads * p.batch;
+  const int rest = i % per_block;
+  it.h = rest % p.num_q_heads;
+  it.b = rest / p.num_q_heads;
+  it.m0 = (n_mblocks - 1 - i / per_block) * kBM;
+  it.seq_start = p.cu_seqlens[it.b];
+  it.q_len = p.cu_seqlens[it.b + 1] - it.seq_start;
+  if (it.m0 >= it.q_len) return false;
+  it.prefix = p.prefix_lens ? p.prefix_lens[it.b] : 0;
+  it.kvh = it.h / (p.num_q_heads / p.num_kv_heads);
+  it.kv_len = it.prefix + it.q_len;
+  const int kv_end = min(it.kv_len, it.prefix + it.m0 + kBM);  // the item's last query sees keys < kv_end
+  it.n_tiles = (kv_end + kBN - 1) / kBN;
+  return true;
+}
+
+// Persistent CTAs (one per SM) take items blockIdx.x, + gridDim.x, ..., warp-specialized as in FlashAttention-3.
+// The producer warpgroup loads each item's Q (once both consumers issued their last S of the previous item) and
+// fills a 3-stage ring of K/V tiles that runs on across items (full/empty mbarriers; whole tiles of new tokens
+// by TMA from one thread, the rest staged by its 128 threads), and gives its registers to the consumers. Each
+// consumer warpgroup is software-pipelined: step j waits for tile j, issues S(j) = Q K(j)^T and
+// O += P(j-1) V(j-1) back to back, waits for S(j) only, computes the softmax of S(j) on the CUDA cores while the
+// tensor cores run P(j-1) V(j-1), then releases tile j-1, rescales O and packs P(j). No CTA-wide barrier after the
+// start; the consumers take turns issuing their MMAs (ping-pong) so that one's softmax runs under the other's.
 template <int D>
 __global__ void __launch_bounds__(kThreads, 1)
     prefill_kernel(const PrefillParams p, const __grid_constant__ CUtensorMap k_map,
-                   const __grid_constant__ CUtensorMap v_map) {
+                   const __grid_constant__ CUtensorMap v_map, int n_mblocks) {
   extern __shared__ unsigned char smem_raw[];
   Smem<D>& sm = *reinterpret_cast<Smem<D>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  // Longest causal blocks first (the last query block sees the most keys): less tail at the end of the grid.
-  const int b = blockIdx.z, h = blockIdx.y, m0 = (gridDim.x - 1 - blockIdx.x) * kBM;
-  const int seq_start = p.cu_seqlens[b], q_len = p.cu_seqlens[b + 1] - seq_start;
-  if (m0 >= q_len) return;
-  const int prefix = p.prefix_lens ? p.prefix_lens[b] : 0;
-  const int kvh = h / (p.num_q_heads / p.num_kv_heads);
-  const int kv_len = prefix + q_len;
-  const int kv_end = min(kv_len, prefix + m0 + kBM);  // last query of this CTA sees keys < kv_end
-  const int n_tiles = (kv_end + kBN - 1) / kBN;
+  const int n_items = n_mblocks * p.num_q_heads * p.batch;
   const int wg = threadIdx.x >> 7;
   if (threadIdx.x == 0) {
 #pragma unroll
@@ -224,160 +240,184 @@ __global__ void __launch_bounds__(kThreads, 1)
       mbar_init(smem_addr(&sm.empty[st]), 2);
     }
     mbar_init(smem_addr(&sm.q_full), 1);
+    mbar_init(smem_addr(&sm.q_empty), 2);
     fence_barrier_init();
   }
   __syncthreads();  // the barriers exist before anyone uses them; no CTA-wide barrier after this
 
   if (wg == 0) {  // producer
     setmaxnreg_dec<40>();
-    constexpr int kChunks = D / 8;
-    for (int u = threadIdx.x; u < kBM * kChunks; u += kLoaders) {  // Q rows [m0, m0 + 128), zeros past q_len
-      const int r = u / kChunks, c = u % kChunks, i = m0 + r;
-      const bool ok = i < q_len;
-      cp_async16(smem_addr(&sm.q[swz(r, c)]),
-                 ok ? p.q + ((int64_t(seq_start) + i) * p.num_q_heads + h) * D + c * 8 : p.q, ok);
-    }
-    cp_async_commit();
-    cp_async_wait<0>();
-    fence_proxy_async();  // this thread's smem writes -> wgmma (async proxy) reads
-    named_barrier(1, kLoaders);
-    if (threadIdx.x == 0) mbar_arrive(smem_addr(&sm.q_full));
-    for (int jt = 0; jt < n_tiles; ++jt) {
-      const int n0 = jt * kBN, st = jt % 3;
-      const uint32_t full = smem_addr(&sm.full[st]);
-      if (jt >= 3) mbar_wait(smem_addr(&sm.empty[st]), (jt / 3 - 1) & 1);  // both consumers done with tile jt-3
-      if (n0 >= prefix && n0 + kBN <= kv_len) {  // whole tile of new tokens: TMA, 64-dim boxes of 128 rows
-        if (threadIdx.x == 0) {
-          mbar_arrive_expect_tx(full, 2 * kBN * D * 2);
-          const int row = seq_start + n0 - prefix;
-#pragma unroll
-          for (int blk = 0; blk < D / 64; ++blk) {
-            tma_load_3d(smem_addr(sm.k[st]) + blk * kBN * 128, &k_map, full, blk * 64, kvh, row);
-            tma_load_3d(smem_addr(sm.v[st]) + blk * kBN * 128, &v_map, full, blk * 64, kvh, row);
-          }
-        }
-      } else {  // rows from the cache or past the keys: every producer thread
-        load_kv_tile<D>(p, sm, st, b, kvh, n0, kv_len, prefix, seq_start);
-        cp_async_commit();
-        cp_async_wait<0>();
-        fence_proxy_async();
-        named_barrier(1, kLoaders);
-        if (threadIdx.x == 0) mbar_arrive(full);
+    int ring = 0, k = 0;  // ring position of the item's first tile; this CTA's item count
+    for (int i = blockIdx.x; i < n_items; i += gridDim.x) {
+      Item it;
+      if (!item_at(p, i, n_mblocks, it)) continue;
+      if (k > 0) mbar_wait(smem_addr(&sm.q_empty), (k - 1) & 1);  // both consumers issued their last S of item k-1
+      constexpr int kChunks = D / 8;
+      for (int u = threadIdx.x; u < kBM * kChunks; u += kLoaders) {  // Q rows [m0, m0 + 128), zeros past q_len
+        const int r = u / kChunks, c = u % kChunks, q = it.m0 + r;
+        const bool ok = q < it.q_len;
+        cp_async16(smem_addr(&sm.q[swz(r, c)]),
+                   ok ? p.q + ((int64_t(it.seq_start) + q) * p.num_q_heads + it.h) * D + c * 8 : p.q, ok);
       }
+      cp_async_commit();
+      cp_async_wait<0>();
+      fence_proxy_async();  // this thread's smem writes -> wgmma (async proxy) reads
+      named_barrier(1, kLoaders);
+      if (threadIdx.x == 0) mbar_arrive(smem_addr(&sm.q_full));
+      for (int jt = 0; jt < it.n_tiles; ++jt) {
+        const int n0 = jt * kBN, pos = ring + jt, st = pos % 3;
+        const uint32_t full = smem_addr(&sm.full[st]);
+        if (pos >= 3) mbar_wait(smem_addr(&sm.empty[st]), (pos / 3 - 1) & 1);  // both consumers done with pos-3
+        if (n0 >= it.prefix && n0 + kBN <= it.kv_len) {  // whole tile of new tokens: TMA, 64-dim boxes of 128 rows
+          if (threadIdx.x == 0) {
+            mbar_arrive_expect_tx(full, 2 * kBN * D * 2);
+            const int row = it.seq_start + n0 - it.prefix;
+#pragma unroll
+            for (int blk = 0; blk < D / 64; ++blk) {
+              tma_load_3d(smem_addr(sm.k[st]) + blk * kBN * 128, &k_map, full, blk * 64, it.kvh, row);
+              tma_load_3d(smem_addr(sm.v[st]) + blk * kBN * 128, &v_map, full, blk * 64, it.kvh, row);
+            }
+          }
+        } else {  // rows from the cache or past the keys: every producer thread
+          load_kv_tile<D>(p, sm, st, it.b, it.kvh, n0, it.kv_len, it.prefix, it.seq_start);
+          cp_async_commit();
+          cp_async_wait<0>();
+          fence_proxy_async();
+          named_barrier(1, kLoaders);
+          if (threadIdx.x == 0) mbar_arrive(full);
+        }
+      }
+      ring += it.n_tiles;
+      ++k;
     }
     return;
   }
 
   setmaxnreg_inc<232>();
   const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  // This warpgroup's rows: queries [row0, row0 + 64); this thread's rows row0 + 16 warp + g (+ 8). It needs the
-  // key tiles [0, wg_tiles) (causal) and releases all n_tiles, in order.
-  const int row0 = m0 + (wg - 1) * 64;
-  const int wg_tiles = row0 < q_len ? min(n_tiles, (prefix + min(row0 + 63, q_len - 1)) / kBN + 1) : 0;
-  const uint32_t q_addr = smem_addr(sm.q) + (wg - 1) * 64 * 128;
-  float o[D / 2];
-#pragma unroll
-  for (int j = 0; j < D / 2; ++j) o[j] = 0.0f;
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-  uint32_t pa[kBN / 16][4];
+  const int c = wg - 1;  // consumer 0 or 1
+  const uint32_t q_addr = smem_addr(sm.q) + c * 64 * 128;
   const float sl2 = p.softmax_scale * 1.4426950408889634f;
-  const int qpos0 = prefix + row0 + warp * 16 + g;  // absolute position of row g (row g+8: +8)
+  int ring = 0, k = 0;
+  for (int i = blockIdx.x; i < n_items; i += gridDim.x) {
+    Item it;
+    if (!item_at(p, i, n_mblocks, it)) continue;
+    const int prefix = it.prefix, kv_len = it.kv_len, n_tiles = it.n_tiles;
+    // This warpgroup's rows: queries [row0, row0 + 64); this thread's rows row0 + 16 warp + g (+ 8). It needs the
+    // key tiles [0, wg_tiles) (causal) and releases all n_tiles, in order. Consumer 1's rows come later, so it
+    // needs at least as many tiles as consumer 0 whenever it has rows.
+    auto tiles_of = [&](int r0) {
+      return r0 < it.q_len ? min(n_tiles, (prefix + min(r0 + 63, it.q_len - 1)) / kBN + 1) : 0;
+    };
+    const int row0 = it.m0 + c * 64;
+    const int wg_tiles = tiles_of(row0);
+    float o[D / 2];
+#pragma unroll
+    for (int j = 0; j < D / 2; ++j) o[j] = 0.0f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    uint32_t pa[kBN / 16][4];
+    const int qpos0 = prefix + row0 + warp * 16 + g;  // absolute position of row g (row g+8: +8)
 
-  auto wait_tile = [&](int jt) { mbar_wait(smem_addr(&sm.full[jt % 3]), (jt / 3) & 1); };
-  auto release = [&](int jt) {  // after this warpgroup's last wgmma reading tile jt was waited
-    if ((threadIdx.x & 127) == 0) mbar_arrive(smem_addr(&sm.empty[jt % 3]));
-  };
-  // Softmax of S(jt): returns each row's correction of O (applied once P(jt-1) V(jt-1) is done).
-  auto softmax_step = [&](float (&s)[kBN / 2], int jt) {
-    const int n0 = jt * kBN;
-    // Masks only where needed: tiles reaching past the warpgroup's first query position or past the keys.
-    const bool need_mask = n0 + kBN - 1 > prefix + row0 || n0 + kBN > kv_len;
-    float corr[2];
-    if (need_mask)
-      softmax_tile<true>(s, m, l, corr, sl2, n0, qpos0, kv_len, t);
-    else
-      softmax_tile<false>(s, m, l, corr, sl2, n0, qpos0, kv_len, t);
-    return std::array<float, 2>{corr[0], corr[1]};
-  };
-  auto rescale_pack = [&](const float (&s)[kBN / 2], const std::array<float, 2>& corr) {
+    // Tile jt of the item sits at ring position ring + jt.
+    auto wait_tile = [&](int jt) { mbar_wait(smem_addr(&sm.full[(ring + jt) % 3]), ((ring + jt) / 3) & 1); };
+    auto release = [&](int jt) {  // after this warpgroup's last wgmma reading tile jt was waited
+      if ((threadIdx.x & 127) == 0) mbar_arrive(smem_addr(&sm.empty[(ring + jt) % 3]));
+    };
+    // Softmax of S(jt): returns each row's correction of O (applied once P(jt-1) V(jt-1) is done).
+    auto softmax_step = [&](float (&s)[kBN / 2], int jt) {
+      const int n0 = jt * kBN;
+      // Masks only where needed: tiles reaching past the warpgroup's first query position or past the keys.
+      const bool need_mask = n0 + kBN - 1 > prefix + row0 || n0 + kBN > kv_len;
+      float corr[2];
+      if (need_mask)
+        softmax_tile<true>(s, m, l, corr, sl2, n0, qpos0, kv_len, t);
+      else
+        softmax_tile<false>(s, m, l, corr, sl2, n0, qpos0, kv_len, t);
+      return std::array<float, 2>{corr[0], corr[1]};
+    };
+    auto rescale_pack = [&](const float (&s)[kBN / 2], const std::array<float, 2>& corr) {
 #pragma unroll
-    for (int j = 0; j < D / 8; ++j) {
-      o[4 * j] *= corr[0], o[4 * j + 1] *= corr[0];
-      o[4 * j + 2] *= corr[1], o[4 * j + 3] *= corr[1];
+      for (int j = 0; j < D / 8; ++j) {
+        o[4 * j] *= corr[0], o[4 * j + 1] *= corr[0];
+        o[4 * j + 2] *= corr[1], o[4 * j + 3] *= corr[1];
+      }
+      pack_p(s, pa);
+    };
+    // Ping-pong, when both consumers have rows: they take turns to issue their MMAs of a round (named barrier
+    // 2 + c is consumer c's turn, 256 threads: its own 128 syncing, the other's 128 arriving). Rounds: S(0), then
+    // S(j) + P V(j-1) for j >= 1, then the last P V; r0 <= r1 rounds. Consumer 1 gives consumer 0 its first turn;
+    // consumer 0 waits at round k iff k <= r1 and gives a turn after it iff k < r1; consumer 1 waits iff k < r0
+    // and gives iff k + 1 < r0. Every arrival meets exactly one wait and never runs a generation ahead of it, also
+    // across items (consumer 1's last wait of an item follows consumer 0's use of its last turn).
+    const int other_rounds = tiles_of(it.m0 + (1 - c) * 64) + 1;
+    const bool pingpong = it.m0 + 64 < it.q_len;  // both have rows (then both have >= 1 tile)
+    int round = 0;
+    auto my_turn = [&] {
+      if (pingpong && (c == 0 ? round <= other_rounds : round < other_rounds)) named_barrier(2 + c, 256);
+    };
+    auto give_turn = [&] {
+      if (pingpong && (c == 0 ? round < other_rounds : round + 1 < other_rounds)) named_barrier_arrive(3 - c, 256);
+      ++round;
+    };
+    if (pingpong && c == 1) named_barrier_arrive(2, 256);
+    auto q_done = [&] {  // this warpgroup's last S of the item was waited: Q may be reloaded
+      if ((threadIdx.x & 127) == 0) mbar_arrive(smem_addr(&sm.q_empty));
+    };
+    // The branches below are warpgroup-uniform and every wgmma group is waited inside its branch.
+    mbar_wait(smem_addr(&sm.q_full), k & 1);
+    if (wg_tiles > 0) {
+      wait_tile(0);
+      float s[kBN / 2];
+      my_turn();
+      issue_qk<D>(s, q_addr, smem_addr(sm.k[ring % 3]));
+      give_turn();
+      wgmma_wait<0>();
+      wgmma_fence_regs(s);
+      rescale_pack(s, softmax_step(s, 0));
     }
-    pack_p(s, pa);
-  };
-  // Ping-pong: the consumers take turns to issue their MMAs of a round (named barrier 2 + c is consumer c's turn,
-  // 256 threads: its own 128 syncing, the other's 128 arriving), so that one's softmax runs under the other's
-  // MMAs. Rounds: S(0), then S(j) + P V(j-1) for j >= 1, then the last P V. Consumer 1 gives consumer 0 its
-  // first turn; consumer c waits at round k and gives a turn after it only while the other has a matching round
-  // (r = the other's rounds): consumer 0 waits iff k <= r, gives iff k < r; consumer 1 waits iff k < r, gives iff
-  // k + 1 < r. Every arrival meets exactly one wait and never runs a generation ahead of it.
-  const int c = wg - 1;
-  const int row0_other = m0 + (1 - c) * 64;
-  const int other_tiles =
-      row0_other < q_len ? min(n_tiles, (prefix + min(row0_other + 63, q_len - 1)) / kBN + 1) : 0;
-  const int other_rounds = other_tiles > 0 ? other_tiles + 1 : 0;
-  int round = 0;
-  auto my_turn = [&] {
-    if (kPingpong && (c == 0 ? round <= other_rounds : round < other_rounds)) named_barrier(2 + c, 256);
-  };
-  auto give_turn = [&] {
-    if (kPingpong && (c == 0 ? round < other_rounds : round + 1 < other_rounds)) named_barrier_arrive(3 - c, 256);
-    ++round;
-  };
-  if (kPingpong && c == 1 && other_rounds > 0) named_barrier_arrive(2, 256);
-  // The branches below are warpgroup-uniform and every wgmma group is waited inside its branch.
-  mbar_wait(smem_addr(&sm.q_full), 0);
-  if (wg_tiles > 0) {
-    wait_tile(0);
-    float s[kBN / 2];
-    my_turn();
-    issue_qk<D>(s, q_addr, smem_addr(sm.k[0]));
-    give_turn();
-    wgmma_wait<0>();
-    wgmma_fence_regs(s);
-    rescale_pack(s, softmax_step(s, 0));
-  }
-  for (int jt = 1; jt < wg_tiles; ++jt) {
-    wait_tile(jt);
-    float s[kBN / 2];
-    my_turn();
-    issue_qk<D>(s, q_addr, smem_addr(sm.k[jt % 3]));
-    issue_pv<D>(o, pa, smem_addr(sm.v[(jt - 1) % 3]));
-    give_turn();
-    wgmma_wait<1>();  // S(jt); P(jt-1) V(jt-1) still running during the softmax
-    wgmma_fence_regs(s);
-    const std::array<float, 2> corr = softmax_step(s, jt);
-    wgmma_wait<0>();
-    wgmma_fence_regs(o);
-    release(jt - 1);
-    rescale_pack(s, corr);
-  }
-  if (wg_tiles > 0) {  // the warpgroup's last P V
-    my_turn();
-    issue_pv<D>(o, pa, smem_addr(sm.v[(wg_tiles - 1) % 3]));
-    give_turn();
-    wgmma_wait<0>();
-    wgmma_fence_regs(o);
-    release(wg_tiles - 1);
-  }
-  // Tiles only the other warpgroup needs: released in order, each once it landed (so that no arrival runs a phase
-  // ahead of the other warpgroup's).
-  for (int jt = wg_tiles; jt < n_tiles; ++jt) {
-    wait_tile(jt);
-    release(jt);
-  }
+    for (int jt = 1; jt < wg_tiles; ++jt) {
+      wait_tile(jt);
+      float s[kBN / 2];
+      my_turn();
+      issue_qk<D>(s, q_addr, smem_addr(sm.k[(ring + jt) % 3]));
+      issue_pv<D>(o, pa, smem_addr(sm.v[(ring + jt - 1) % 3]));
+      give_turn();
+      wgmma_wait<1>();  // S(jt); P(jt-1) V(jt-1) still running during the softmax
+      wgmma_fence_regs(s);
+      const std::array<float, 2> corr = softmax_step(s, jt);
+      wgmma_wait<0>();
+      wgmma_fence_regs(o);
+      release(jt - 1);
+      rescale_pack(s, corr);
+    }
+    q_done();
+    if (wg_tiles > 0) {  // the warpgroup's last P V
+      my_turn();
+      issue_pv<D>(o, pa, smem_addr(sm.v[(ring + wg_tiles - 1) % 3]));
+      give_turn();
+      wgmma_wait<0>();
+      wgmma_fence_regs(o);
+      release(wg_tiles - 1);
+    }
+    // Tiles only the other warpgroup needs: released in order, each once it landed (so that no arrival runs a
+    // phase ahead of the other warpgroup's).
+    for (int jt = wg_tiles; jt < n_tiles; ++jt) {
+      wait_tile(jt);
+      release(jt);
+    }
 #pragma unroll
-  for (int hi = 0; hi < 2; ++hi) {
-    const int i = row0 + warp * 16 + g + 8 * hi;
-    const float lsum = quad_sum(l[hi]);
-    if (i >= q_len) continue;
-    const float inv = 1.0f / lsum;
-    __half2* out = reinterpret_cast<__half2*>(p.out + ((int64_t(seq_start) + i) * p.num_q_heads + h) * D);
+    for (int hi = 0; hi < 2; ++hi) {
+      const int q = row0 + warp * 16 + g + 8 * hi;
+      const float lsum = quad_sum(l[hi]);
+      if (q >= it.q_len) continue;
+      const float inv = 1.0f / lsum;
+      __half2* out = reinterpret_cast<__half2*>(p.out + ((int64_t(it.seq_start) + q) * p.num_q_heads + it.h) * D);
 #pragma unroll
-    for (int j = 0; j < D / 8; ++j)
-      out[j * 4 + t] = __floats2half2_rn(o[4 * j + 2 * hi] * inv, o[4 * j + 2 * hi + 1] * inv);
+      for (int j = 0; j < D / 8; ++j)
+        out[j * 4 + t] = __floats2half2_rn(o[4 * j + 2 * hi] * inv, o[4 * j + 2 * hi + 1] * inv);
+    }
+    ring += n_tiles;
+    ++k;
   }
 }
 
@@ -399,8 +439,14 @@ Status launch(const PrefillParams& p, cudaStream_t stream) {
     QS_RETURN_IF_ERROR(encode_tensor_map(&maps[kv], CU_TENSOR_MAP_DATA_TYPE_UINT16, 3, kv ? p.v : p.k, dims, strides,
                                          box, CU_TENSOR_MAP_SWIZZLE_128B, "prefill attention"));
   }
-  const dim3 grid((p.max_q_len + kBM - 1) / kBM, p.num_q_heads, p.batch);
-  prefill_kernel<D><<<grid, kThreads, smem, stream>>>(p, maps[0], maps[1]);
+  const int n_mblocks = (p.max_q_len + kBM - 1) / kBM;
+  const int64_t n_items = int64_t(n_mblocks) * p.num_q_heads * p.batch;
+  if (n_items > INT32_MAX) return Status::error("prefill attention: too many query blocks x heads x sequences");
+  int dev = 0, sms = 0;
+  QS_CUDA_RETURN(cudaGetDevice(&dev));
+  QS_CUDA_RETURN(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const int grid = int(std::min<int64_t>(n_items, sms));  // persistent: one CTA per SM
+  prefill_kernel<D><<<grid, kThreads, smem, stream>>>(p, maps[0], maps[1], n_mblocks);
   QS_CUDA_RETURN(cudaGetLastError());
   return Status::ok();
 }

@@ -1,6 +1,7 @@
-// Causal prefill attention (FlashAttention-2 style, FP16 tensor cores via mma.sync m16n8k16) over packed
-// variable-length sequences, with optional earlier context read from the paged KV cache (chunked prefill; KV4
-// dequantized per formats.h while staging into shared memory). Parameters in attention_params.h.
+// Causal prefill attention (FlashAttention-3 style on Hopper: warp-specialized persistent CTAs, TMA, wgmma with
+// fp32 accumulation, ping-pong softmax) over packed variable-length sequences, with optional earlier context read
+// from the paged KV cache (chunked prefill; KV4 / FP8 dequantized per formats.h while staging into shared memory).
+// Parameters in attention_params.h.
 #pragma once
 
 #include <cuda_runtime.h>
