@@ -1,6 +1,6 @@
 // Device helpers of the attention and KV-cache kernels on top of the common PTX wrappers (common/mma.h, pulled into
 // this namespace): the lop3 + 0x6400 magic-number 4-bit -> fp16 conversion, half2 bit casts, byte permutes and
-// quad (4-lane) reductions of the mma C fragments.
+// quad (4-lane) reductions of the mma C fragments, the flush-to-zero 2^x of the softmaxes.
 #pragma once
 
 #include <cuda_fp16.h>
@@ -26,6 +26,14 @@ __device__ __forceinline__ __half2 nibbles_to_h2(uint32_t w, int p) {
 }
 
 __device__ __forceinline__ uint32_t pack_h2(float lo, float hi) { return h2_bits(__floats2half2_rn(lo, hi)); }
+
+// 2^x on the special-function unit, denormal results flushed to zero (softmax weights are rounded to fp16 or
+// summed with ones near 1, so nothing below 2^-126 matters): one MUFU.EX2 instead of exp2f's denormal-safe sequence.
+__device__ __forceinline__ float ex2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
 
 __device__ __forceinline__ float quad_max(float v) {
   v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));

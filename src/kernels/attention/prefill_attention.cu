@@ -138,14 +138,6 @@ __device__ __forceinline__ void issue_pv(float (&o)[D / 2], const uint32_t (&pa)
   wgmma_commit();
 }
 
-// 2^x on the special-function unit, denormal results flushed to zero (P is rounded to fp16 anyway, whose
-// smallest value is 2^-24): one MUFU.EX2 instead of exp2f's denormal-safe sequence.
-__device__ __forceinline__ float ex2_ftz(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-
 // Online softmax of one S tile (keys n0..n0+127) for this thread's rows qpos0 and qpos0 + 8: masks (causal, past
 // the keys) if kMask, replaces s by 2^(s sl2 - running max sl2) (one FFMA + MUFU per score; max of the raw
 // scores, sl2 = scale log2 e > 0) and returns each row's correction factor for the accumulated output. The max
