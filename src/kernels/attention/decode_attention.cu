@@ -406,13 +406,13 @@ struct DecodeWarp {
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
         const float mnew = fmaxf(m[nh][e], mx);
         grew |= mnew > m[nh][e];
-        const float c = ex2_ftz(m[nh][e] - mnew);
+        const float c = exp2f(m[nh][e] - mnew);
         corr[nh][e] = c;
         m[nh][e] = mnew;
         float lsum = l[nh][e] * c, zsum = zc[nh][e] * c;
 #pragma unroll
         for (int u = 0; u < T; ++u) {
-          const float p0 = ex2_ftz(v[u][0] - mnew), p1 = ex2_ftz(v[u][1] - mnew);
+          const float p0 = exp2f(v[u][0] - mnew), p1 = exp2f(v[u][1] - mnew);
           lsum += p0 + p1;
           s[u][nh][e] = p0 * vs[u][0];  // P pre-scaled by the V scale of its token (1 for FP16)
           s[u][nh][2 + e] = p1 * vs[u][1];
@@ -646,7 +646,7 @@ __global__ void __launch_bounds__(D) merge_kernel(const DecodeParams p, const in
   for (int c = 0; c < n; ++c) mx = fmaxf(mx, lse[c]);
   float acc = 0.0f, wsum = 0.0f;
   for (int c = 0; c < n; ++c) {
-    const float wgt = ex2_ftz(lse[c] - mx);
+    const float wgt = exp2f(lse[c] - mx);
     wsum += wgt;
     acc += wgt * ws_o[(row * max_chunks + c) * D + threadIdx.x];
   }
