@@ -114,7 +114,7 @@ __device__ void load_kv_tile(const PrefillParams& p, Smem<D>& sm, int buf, int b
   }
 }
 
-// S = Q K^T for the warpgroup's 64 rows over key stage `st` (issued and committed, not waited).
+// S = Q K^T for the warpgroup's 64 rows (Q at q_addr) over the K tile at k_addr (issued and committed, not waited).
 template <int D>
 __device__ __forceinline__ void issue_qk(float (&s)[kBN / 2], uint32_t q_addr, uint32_t k_addr) {
   // k step kk: 64-dim block kk / 4, 32 bytes per step inside the 128-byte rows (descriptor addresses are in
@@ -128,7 +128,7 @@ __device__ __forceinline__ void issue_qk(float (&s)[kBN / 2], uint32_t q_addr, u
   wgmma_commit();
 }
 
-// O += P V over value stage `v_addr` (issued and committed, not waited).
+// O += P V over the V tile at v_addr (issued and committed, not waited).
 template <int D>
 __device__ __forceinline__ void issue_pv(float (&o)[D / 2], const uint32_t (&pa)[kBN / 16][4], uint32_t v_addr) {
   const uint64_t dv = wgmma_desc_mn128sw(v_addr, kBN * 128);  // 64-dim blocks kBN rows apart
