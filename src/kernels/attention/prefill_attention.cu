@@ -15,7 +15,6 @@
 #include <cuda_fp8.h>
 
 #include <algorithm>
-#include <array>
 #include <cmath>
 
 #include "kernels/common/device_once.h"
@@ -239,6 +238,15 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   if (wg == 0) {  // producer
     setmaxnreg_dec<40>();
+    // After the producer threads' cp.async / st.shared staging: their writes complete and become visible to
+    // wgmma (async proxy), then one arrival on `bar`.
+    auto publish = [](uint32_t bar) {
+      cp_async_commit();
+      cp_async_wait<0>();
+      fence_proxy_async();
+      named_barrier(1, kLoaders);
+      if (threadIdx.x == 0) mbar_arrive(bar);
+    };
     int ring = 0, k = 0;  // ring position of the item's first tile; this CTA's item count
     for (int i = blockIdx.x; i < n_items; i += gridDim.x) {
       Item it;
@@ -251,11 +259,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         cp_async16(smem_addr(&sm.q[swz(r, c)]),
                    ok ? p.q + ((int64_t(it.seq_start) + q) * p.num_q_heads + it.h) * D + c * 8 : p.q, ok);
       }
-      cp_async_commit();
-      cp_async_wait<0>();
-      fence_proxy_async();  // this thread's smem writes -> wgmma (async proxy) reads
-      named_barrier(1, kLoaders);
-      if (threadIdx.x == 0) mbar_arrive(smem_addr(&sm.q_full));
+      publish(smem_addr(&sm.q_full));
       for (int jt = 0; jt < it.n_tiles; ++jt) {
         const int n0 = jt * kBN, pos = ring + jt, st = pos % 3;
         const uint32_t full = smem_addr(&sm.full[st]);
@@ -272,11 +276,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           }
         } else {  // rows from the cache or past the keys: every producer thread
           load_kv_tile<D>(p, sm, st, it.b, it.kvh, n0, it.kv_len, it.prefix, it.seq_start);
-          cp_async_commit();
-          cp_async_wait<0>();
-          fence_proxy_async();
-          named_barrier(1, kLoaders);
-          if (threadIdx.x == 0) mbar_arrive(full);
+          publish(full);
         }
       }
       ring += it.n_tiles;
@@ -315,19 +315,16 @@ __global__ void __launch_bounds__(kThreads, 1)
     auto release = [&](int jt) {  // after this warpgroup's last wgmma reading tile jt was waited
       if ((threadIdx.x & 127) == 0) mbar_arrive(smem_addr(&sm.empty[(ring + jt) % 3]));
     };
-    // Softmax of S(jt): returns each row's correction of O (applied once P(jt-1) V(jt-1) is done).
-    auto softmax_step = [&](float (&s)[kBN / 2], int jt) {
+    // Softmax of S(jt): each row's correction of O into corr (applied once P(jt-1) V(jt-1) is done).
+    auto softmax_step = [&](float (&s)[kBN / 2], int jt, float (&corr)[2]) {
       const int n0 = jt * kBN;
       // Masks only where needed: tiles reaching past the warpgroup's first query position or past the keys.
-      const bool need_mask = n0 + kBN - 1 > prefix + row0 || n0 + kBN > kv_len;
-      float corr[2];
-      if (need_mask)
+      if (n0 + kBN - 1 > prefix + row0 || n0 + kBN > kv_len)
         softmax_tile<true>(s, m, l, corr, sl2, n0, qpos0, kv_len, t);
       else
         softmax_tile<false>(s, m, l, corr, sl2, n0, qpos0, kv_len, t);
-      return std::array<float, 2>{corr[0], corr[1]};
     };
-    auto rescale_pack = [&](const float (&s)[kBN / 2], const std::array<float, 2>& corr) {
+    auto rescale_pack = [&](const float (&s)[kBN / 2], const float (&corr)[2]) {
 #pragma unroll
       for (int j = 0; j < D / 8; ++j) {
         o[4 * j] *= corr[0], o[4 * j + 1] *= corr[0];
@@ -365,7 +362,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       give_turn();
       wgmma_wait<0>();
       wgmma_fence_regs(s);
-      rescale_pack(s, softmax_step(s, 0));
+      float corr[2];
+      softmax_step(s, 0, corr);
+      rescale_pack(s, corr);
     }
     for (int jt = 1; jt < wg_tiles; ++jt) {
       wait_tile(jt);
@@ -376,7 +375,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       give_turn();
       wgmma_wait<1>();  // S(jt); P(jt-1) V(jt-1) still running during the softmax
       wgmma_fence_regs(s);
-      const std::array<float, 2> corr = softmax_step(s, jt);
+      float corr[2];
+      softmax_step(s, jt, corr);
       wgmma_wait<0>();
       wgmma_fence_regs(o);
       release(jt - 1);
