@@ -11,8 +11,11 @@
 // decode shapes.
 //   bench_attention [out_dir] [--quick] [--flush-dirty]   prints a table; writes out_dir/attention.json (JSON lines)
 //   bench_attention [out_dir] --prefill      the prefill table only
-//   bench_attention [out_dir] --plan-sweep   KV4 decode only: every split of 1..8 chunks per shape (batch 32-512,
-//     context 512-4096, both head configurations) against plan_decode's choice; writes out_dir/decode_plan.json
+//   bench_attention [out_dir] --plan-sweep   KV4 decode only: every split (1..8 chunks of one warp, 1..4 chunks of 2
+//     or 4 warps) per shape (batch 32-1024, context 512-4096 up to 2M tokens, both head configurations) against
+//     plan_decode's choice; writes out_dir/decode_plan.json
+//   bench_attention [out_dir] --decode B:C[,B:C...]   KV4 and FP16-cache decode at these shapes only (Llama-3-8B
+//     heads, plan_decode's split): the short run for profiling (ncu) and A/B runs of kernel variants
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -96,9 +99,9 @@ struct DecodeResult {
   double bytes = 0;
 };
 
-// chunks > 0: time the plan with that split (plan_decode_chunks) instead of plan_decode's choice.
+// chunks > 0: time the plan with that split (plan_decode_chunks, `warps` per chunk) instead of plan_decode's choice.
 DecodeResult bench_decode(int batch, int hq, int hkv, int ctx, KvDType dt, int sms, const Dev& flush, int reps,
-                          int chunks = 0) {
+                          int chunks = 0, int warps = 1) {
   KvCacheLayout L{64, hkv, 128, dt};
   const int pages_per = (ctx + 63) / 64;
   const int64_t pages = int64_t(batch) * pages_per;
@@ -123,7 +126,8 @@ DecodeResult bench_decode(int batch, int hq, int hkv, int ctx, KvDType dt, int s
   std::vector<int32_t> cl(size_t(batch), ctx);
   QS_CUDA_CHECK(cudaMemcpy(lens.p, cl.data(), cl.size() * 4, cudaMemcpyHostToDevice));
   fill_half<<<256, 256>>>(q.as<__half>(), int64_t(batch) * hq * 128, 8);
-  const DecodePlan plan = chunks > 0 ? plan_decode_chunks(batch, hq, L, ctx, chunks) : plan_decode(batch, hq, L, ctx, sms);
+  const DecodePlan plan =
+      chunks > 0 ? plan_decode_chunks(batch, hq, L, ctx, chunks, warps) : plan_decode(batch, hq, L, ctx, sms);
   Dev ws(plan.workspace_bytes);
   DecodeParams p;
   p.q = q.as<uint16_t>(); p.out = out.as<uint16_t>();
@@ -156,54 +160,70 @@ float bench_prefill(int len, int hq, int hkv, const Dev& flush, int reps, double
   return median_ms([&] { run_prefill(p, 0).throw_if_error(); }, reps, flush.p);
 }
 
-// KV4 decode at every split of 1..8 chunks against plan_decode's choice: the data the plan's cost model is fitted
-// to. Prints per shape the time of each split, the best, and the plan's pick with its loss against the best.
+// KV4 decode at every split (1..8 chunks with one warp per chunk, 1..4 chunks with 2 or 4 warps per chunk) against
+// plan_decode's choice: the data the plan's cost model is fitted to. Prints per shape the time of each split, the
+// best, and the plan's pick with its loss against the best.
 int plan_sweep(const std::string& out_dir, const cudaDeviceProp& prop, double copy_tbs, const Dev& flush) {
   std::FILE* js = std::fopen((out_dir + "/decode_plan.json").c_str(), "w");
   std::printf("device %s, %d SMs; copy bandwidth %.3f TB/s; L2 flush %s\n", prop.name, prop.multiProcessorCount,
               copy_tbs, qs::bench::flush_name());
   if (js) std::fprintf(js, "{\"device\":\"%s\",\"sms\":%d,\"copy_tbs\":%.4f}\n", prop.name,
                        prop.multiProcessorCount, copy_tbs);
-  constexpr int kMaxChunks = 8;
+  struct Split { int chunks, warps; };
+  std::vector<Split> splits;
+  for (int c = 1; c <= 8; ++c) splits.push_back({c, 1});
+  for (int w : {2, 4})
+    for (int c = 1; c <= 4; ++c) splits.push_back({c, w});
   std::printf("\n%-7s %5s %5s |", "kv4", "batch", "ctx");
-  for (int c = 1; c <= kMaxChunks; ++c) std::printf(" %6s%d", "c=", c);
-  std::printf(" | best  plan  loss  %%copy(plan)\n");
+  for (const Split& sp : splits) std::printf(" %4dx%d", sp.chunks, sp.warps);
+  std::printf(" | best  plan  loss  %%copy(plan)   (chunks x warps per chunk)\n");
   struct Model { const char* name; int hq, hkv; };
   double worst = 0;
   for (const Model& m : {Model{"l3-8b", 32, 8}, Model{"l2-70b", 64, 8}})
-    for (int b : {32, 64, 128, 256, 512})
+    for (int b : {32, 64, 128, 256, 512, 1024})
       for (int ctx : {512, 1024, 2048, 4096}) {
+        if (int64_t(b) * ctx > (int64_t(2) << 20)) continue;
         const KvCacheLayout L{64, m.hkv, 128, KvDType::kKv4};
         const DecodePlan plan = plan_decode(b, m.hq, L, ctx, prop.multiProcessorCount);
-        float us[kMaxChunks + 1] = {};
-        int best = 1, pick = 0;
+        std::vector<float> us(splits.size());
+        size_t best = 0;
+        int pick = -1;
         double bytes = 0;
         std::printf("%-7s %5d %5d |", m.name, b, ctx);
-        for (int c = 1; c <= kMaxChunks; ++c) {
-          const DecodePlan pc = plan_decode_chunks(b, m.hq, L, ctx, c);
-          if (c > 1 && pc.max_chunks == plan_decode_chunks(b, m.hq, L, ctx, c - 1).max_chunks) {
-            us[c] = us[c - 1];  // same split after rounding (64-token minimum)
+        for (size_t i = 0; i < splits.size(); ++i) {
+          const DecodePlan pc = plan_decode_chunks(b, m.hq, L, ctx, splits[i].chunks, splits[i].warps);
+          if (i > 0 && splits[i - 1].warps == splits[i].warps &&
+              pc.max_chunks == plan_decode_chunks(b, m.hq, L, ctx, splits[i - 1].chunks, splits[i].warps).max_chunks) {
+            us[i] = us[i - 1];  // same split after rounding (64-token minimum)
           } else {
             const DecodeResult r = bench_decode(b, m.hq, m.hkv, ctx, KvDType::kKv4, prop.multiProcessorCount, flush,
-                                                9, c);
-            us[c] = r.ms * 1e3f;
+                                                9, splits[i].chunks, splits[i].warps);
+            us[i] = r.ms * 1e3f;
             bytes = r.bytes;
           }
-          if (pc.max_chunks == plan.max_chunks && pick == 0) pick = c;
-          if (us[c] < us[best]) best = c;
-          std::printf(" %7.1f", us[c]);
+          if (pc.max_chunks == plan.max_chunks && pc.warps_per_chunk == plan.warps_per_chunk && pick < 0)
+            pick = int(i);
+          if (us[i] < us[best]) best = i;
+          std::printf(" %6.1f", us[i]);
         }
-        const float plan_us = pick ? us[pick] : bench_decode(b, m.hq, m.hkv, ctx, KvDType::kKv4,
-                                                              prop.multiProcessorCount, flush, 9).ms * 1e3f;
+        const float plan_us = pick >= 0 ? us[size_t(pick)]
+                                        : bench_decode(b, m.hq, m.hkv, ctx, KvDType::kKv4, prop.multiProcessorCount,
+                                                       flush, 9).ms * 1e3f;
         const double loss = plan_us / us[best] - 1;
         worst = std::max(worst, loss);
-        std::printf(" | %4d  %4d  %4.0f%%  %4.0f%%\n", best, plan.max_chunks, 100 * loss,
-                    100 * bytes / (plan_us * 1e-6) / 1e12 / copy_tbs);
+        std::printf(" | %2dx%d  %2dx%d  %4.0f%%  %4.0f%%\n", splits[best].chunks, splits[best].warps, plan.max_chunks,
+                    plan.warps_per_chunk, 100 * loss, 100 * bytes / (plan_us * 1e-6) / 1e12 / copy_tbs);
         if (js) {
-          std::fprintf(js, "{\"model\":\"%s\",\"batch\":%d,\"ctx\":%d,\"plan_chunks\":%d,\"plan_us\":%.2f,\"us\":[",
-                       m.name, b, ctx, plan.max_chunks, plan_us);
-          for (int c = 1; c <= kMaxChunks; ++c) std::fprintf(js, "%s%.2f", c > 1 ? "," : "", us[c]);
-          std::fprintf(js, "],\"bytes\":%.0f}\n", bytes);
+          std::fprintf(js, "{\"model\":\"%s\",\"batch\":%d,\"ctx\":%d,\"plan_chunks\":%d,\"plan_warps\":%d,"
+                       "\"plan_us\":%.2f", m.name, b, ctx, plan.max_chunks, plan.warps_per_chunk, plan_us);
+          for (int w : {1, 2, 4}) {  // "us": one warp per chunk, chunks 1..8; "us_w2" / "us_w4": chunks 1..4
+            std::fprintf(js, w == 1 ? ",\"us\":[" : ",\"us_w%d\":[", w);
+            const char* sep = "";
+            for (size_t i = 0; i < splits.size(); ++i)
+              if (splits[i].warps == w) std::fprintf(js, "%s%.2f", sep, us[i]), sep = ",";
+            std::fprintf(js, "]");
+          }
+          std::fprintf(js, ",\"bytes\":%.0f}\n", bytes);
         }
         std::fflush(stdout);
       }
@@ -233,8 +253,21 @@ int bench_prefill_table(std::FILE* js, const Dev& flush, int reps) {
 int main(int argc, char** argv) {
   std::string out_dir = ".";
   bool quick = false, sweep = false, prefill_only = false;
+  std::vector<std::pair<int, int>> shapes;  // --decode B:C,...
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) quick = true;
+    else if (std::strcmp(argv[i], "--decode") == 0 && i + 1 < argc) {
+      for (const char* s = argv[++i]; *s;) {
+        int b = 0, c = 0, n = 0;
+        if (std::sscanf(s, "%d:%d%n", &b, &c, &n) != 2 || b <= 0 || c <= 0) {
+          std::fprintf(stderr, "--decode wants BATCH:CTX[,BATCH:CTX...], got '%s'\n", argv[i]);
+          return 2;
+        }
+        shapes.emplace_back(b, c);
+        s += n;
+        if (*s == ',') ++s;
+      }
+    }
     else if (std::strcmp(argv[i], "--plan-sweep") == 0) sweep = true;
     else if (std::strcmp(argv[i], "--prefill") == 0) prefill_only = true;
     else if (std::strcmp(argv[i], "--flush-dirty") == 0) qs::bench::set_flush(qs::bench::Flush::kDirty);
@@ -251,6 +284,19 @@ int main(int argc, char** argv) {
   if (js) std::fprintf(js, "{\"device\":\"%s\",\"copy_tbs\":%.4f}\n", prop.name, copy_tbs);
   const int reps = quick ? 5 : 15;
   if (prefill_only) return bench_prefill_table(js, flush, reps);
+  if (!shapes.empty()) {
+    std::printf("\n%-8s %5s %6s | %9s %7s %6s | %9s %7s %6s\n", "decode", "batch", "ctx", "kv4 us", "TB/s", "%copy",
+                "fp16 us", "TB/s", "%copy");
+    for (const auto& [b, c] : shapes) {
+      const DecodeResult k4 = bench_decode(b, 32, 8, c, KvDType::kKv4, prop.multiProcessorCount, flush, reps);
+      const DecodeResult f16 = bench_decode(b, 32, 8, c, KvDType::kFp16, prop.multiProcessorCount, flush, reps);
+      const double t4 = k4.bytes / (k4.ms * 1e-3) / 1e12, t16 = f16.bytes / (f16.ms * 1e-3) / 1e12;
+      std::printf("%-8s %5d %6d | %9.1f %7.3f %5.0f%% | %9.1f %7.3f %5.0f%%\n", "l3-8b", b, c, k4.ms * 1e3, t4,
+                  100 * t4 / copy_tbs, f16.ms * 1e3, t16, 100 * t16 / copy_tbs);
+      std::fflush(stdout);
+    }
+    return 0;
+  }
   std::printf("\n%-8s %5s %6s | %9s %7s %6s | %9s %7s %6s | %9s %7s %6s | %8s %8s\n", "decode", "batch", "ctx",
               "kv4 us", "TB/s", "%copy", "fp16 us", "TB/s", "%copy", "fp8 us", "TB/s", "%copy", "fp16/kv4",
               "fp8/kv4");

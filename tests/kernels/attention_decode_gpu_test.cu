@@ -171,6 +171,24 @@ TEST_P(DecodeGpu, MatchesReferencePagedBatchedAndSplit) {
   EXPECT_GT(e_v, tol) << "one V value one step off passes the bound";
   std::printf("  negative controls: scale +1%% %.2e, one V step %.2e\n", e_bad, e_v);
 
+  // KV4 head_dim 128: chunks shared by 2 or 4 warps of a CTA (shared-memory merge), with and without a global
+  // split; ranges past a short context are empty (1 token: only the first warp has work).
+  if (dt == KvDType::kKv4 && d == 128) {
+    for (int warps : {2, 4})
+      for (int64_t chunks : {int64_t(split.max_chunks), int64_t(1)}) {
+        const auto plan = kernels::plan_decode_chunks(bsz, hq, a.layout, maxc, chunks, warps);
+        ASSERT_EQ(plan.warps_per_chunk, warps);
+        const DecodeRun r = gpu_decode(a, *ca.k, *ca.v, q, ctx, a.block_table, plan);
+        EXPECT_EQ(r.nonfinite, 0) << warps << " warps, " << plan.max_chunks << " chunks";
+        const double e = test::normalized_error(test::from_fp16(r.out), ref);
+        EXPECT_LT(e, tol) << warps << " warps, " << plan.max_chunks << " chunks";
+        const auto seq = test::sequence_errors(test::from_fp16(r.out), ref, test::decode_rows(ctx.size()), row);
+        for (int s = 0; s < bsz; ++s)
+          EXPECT_LT(seq[s], tol) << warps << " warps, " << plan.max_chunks << " chunks, sequence " << s;
+        std::printf("  %d warps per chunk, %d chunks: err %.2e\n", warps, plan.max_chunks, e);
+      }
+  }
+
   // Batched == request by request (same plan, own block-table row).
   for (int s : {0, 4}) {
     std::vector<uint16_t> qs(q.begin() + s * row, q.begin() + (s + 1) * row);
@@ -202,10 +220,35 @@ TEST(DecodeGpuPlan, SplitsOnlyWhenTheBatchCannotFillTheGpu) {
   EXPECT_EQ(big.max_chunks, 1);
   EXPECT_EQ(big.workspace_bytes, 0u);
   // About 8 warps per SM (bench/results/attention.md, plan sweep on the H200): batch 128 x 8 KV heads (1024 warps)
-  // is not split (a 3-way split measured 13-75% slower), batch 32 (256 warps) gets 4 chunks, batch 64 gets 2.
-  EXPECT_EQ(kernels::plan_decode(128, 32, l, 1024, 132).max_chunks, 1);
-  EXPECT_EQ(kernels::plan_decode(32, 32, l, 1024, 132).max_chunks, 4);
-  EXPECT_EQ(kernels::plan_decode(64, 64, l, 2048, 132).max_chunks, 2);
+  // is not split; batch 32 (256 pairs) gets 4 warps per chunk and no global split, batch 64 (group 8) 2 warps;
+  // batch 256 (2048 warps: 1.3 waves of 12 warps per SM) 2 warps per chunk for the tail; batch 1 splits both ways.
+  const auto at = [&](int b, int hq, int ctx) {
+    const auto p = kernels::plan_decode(b, hq, l, ctx, 132);
+    return std::pair{p.max_chunks, p.warps_per_chunk};
+  };
+  EXPECT_EQ(at(128, 32, 1024), (std::pair{1, 1}));
+  EXPECT_EQ(at(32, 32, 1024), (std::pair{1, 4}));
+  EXPECT_EQ(at(64, 64, 2048), (std::pair{1, 2}));
+  EXPECT_EQ(at(256, 32, 1024), (std::pair{1, 2}));
+  EXPECT_EQ(at(512, 32, 1024), (std::pair{1, 1}));
+  EXPECT_EQ(small.warps_per_chunk, 4);
+  EXPECT_EQ(big.warps_per_chunk, 1);
+}
+
+TEST(DecodeGpuPlan, WarpsPerChunkOnlyForKv4HeadDim128) {
+  EXPECT_EQ(kernels::plan_decode_chunks(8, 32, {64, 8, 128, KvDType::kKv4}, 1024, 2, 4).warps_per_chunk, 4);
+  EXPECT_THROW(kernels::plan_decode_chunks(8, 32, {64, 8, 128, KvDType::kFp16}, 1024, 2, 2), Error);
+  EXPECT_THROW(kernels::plan_decode_chunks(8, 32, {64, 8, 64, KvDType::kKv4}, 1024, 2, 2), Error);
+  EXPECT_THROW(kernels::plan_decode_chunks(8, 32, {64, 8, 128, KvDType::kKv4}, 1024, 2, 3), Error);
+  // A hand-made plan is checked at launch (before any device work).
+  kernels::DecodeParams p;
+  p.layout = {64, 8, 128, KvDType::kFp16};
+  p.batch = 1;
+  p.num_q_heads = 32;
+  kernels::DecodePlan plan{1024, 1, 0, 2};
+  const Status s = kernels::run_decode(p, plan, nullptr, 0);
+  EXPECT_FALSE(s.is_ok());
+  EXPECT_THAT(s.message(), ::testing::HasSubstr("warps_per_chunk 2"));
 }
 
 TEST(DecodeGpuPlan, UnsupportedGroupIsAnError) {

@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <string>
 
 #include <cuda_fp8.h>
 
@@ -463,23 +464,34 @@ constexpr int kBufs = DT == KvDType::kFp16 ? 2 : 3;  // FP8 tiles are half the F
 
 // S > 0 (KV4, D = 128): tiles staged through a per-warp shared-memory ring of S tiles (S - 1 in flight) with
 // cp.async instead of register buffers; MinCtas CTAs per SM.
-template <int D, KvDType DT, int NH, int S, int MinCtas>
+// W > 1 (S > 0 only): the W warps of a group (consecutive warps of the CTA) split one chunk into W ranges of whole
+// steps and merge their partial results in shared memory (the ring, free after the main loop) before the output
+// write: more warps on short work without the workspace and the merge kernel of a global split.
+template <int D, KvDType DT, int NH, int S, int MinCtas, int W = 1>
 __global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas)
     decode_kernel(const DecodeParams p, const int32_t chunk_tokens, const int32_t max_chunks, float* __restrict__ ws_o,
                   float* __restrict__ ws_m) {
+  static_assert(W == 1 || (S > 0 && kWarpsPerCta % W == 0), "chunks split across warps need the shared-memory ring");
   using L = Loader<D, DT>;
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int warp = int(threadIdx.x >> 5), sub = warp % W;
   const KvCacheLayout& Lay = p.layout;
   const int hkv = Lay.num_kv_heads;
-  const int64_t item = int64_t(blockIdx.x) * kWarpsPerCta + (threadIdx.x >> 5);
+  const int64_t item = int64_t(blockIdx.x) * (kWarpsPerCta / W) + warp / W;
   const int chunk = int(item % max_chunks);
   const int64_t bh = item / max_chunks;
-  if (bh >= int64_t(p.batch) * hkv) return;
+  if (bh >= int64_t(p.batch) * hkv) return;  // uniform over a group: no warp waits at its barrier
   const int b = int(bh / hkv), kvh = int(bh % hkv);
   const int ctx = p.context_lens[b];
-  const int start = chunk * chunk_tokens;
-  if (start >= ctx) return;
-  const int end = min(ctx, start + chunk_tokens);
+  if (chunk * chunk_tokens >= ctx) return;  // uniform over a group
+  // This warp's tokens [start, end): the chunk, or for W > 1 its sub-th range of `per` tiles (a whole number of
+  // two-tile steps; the last ranges may be short or empty).
+  int start = chunk * chunk_tokens, end = min(ctx, start + chunk_tokens);
+  if constexpr (W > 1) {
+    const int per = (((end - start + 15) / 16 + W - 1) / W + 1) & ~1;
+    start = min(end, start + 16 * per * sub);
+    end = min(end, start + 16 * per);
+  }
   const int group = p.num_q_heads / hkv;
   const int64_t head0 = int64_t(b) * p.num_q_heads + int64_t(kvh) * group;  // first q head row of the group
 
@@ -600,6 +612,9 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");  // the merge kernel may start launching
 #endif
+  // Normalize: O <- (O - zero share) / l per head column (odd KV4 dims without their factor 16), lse = m + log2 l
+  // (an empty range: O = 0, lse = -inf).
+  float lse[NH][2];
 #pragma unroll
   for (int nh = 0; nh < NH; ++nh)
 #pragma unroll
@@ -610,22 +625,88 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas)
         lsum += __shfl_xor_sync(0xffffffffu, lsum, x);
         zsum += __shfl_xor_sync(0xffffffffu, zsum, x);
       }
+      constexpr float kOdd = L::kCodes ? 0.0625f : 1.0f;  // KV4 V codes of odd dims carry a factor 16
+      const float inv = lsum > 0.0f ? (1.0f / L::kVScale) / lsum : 0.0f;
+#pragma unroll
+      for (int mt = 0; mt < D / 16; ++mt) {
+        w.o[nh][mt][e] = (w.o[nh][mt][e] - zsum) * inv;
+        w.o[nh][mt][2 + e] = (w.o[nh][mt][2 + e] * kOdd - zsum) * inv;
+      }
+      lse[nh][e] = lsum > 0.0f ? w.m[nh][e] + log2f(lsum) : -INFINITY;
+    }
+  if constexpr (W > 1) {
+    // Every warp of the group stores its (O, lse) in its ring, lane-major (a lane's values are the same head
+    // columns and dims in every warp); warp sub 0 weighs them by 2^(lse - max) and writes the group's result.
+    constexpr int kVals = NH * (D / 16) * 4, kRingFloats = S * L::tile_bytes() / 4;
+    static_assert((kVals + 2 * NH) * 32 <= kRingFloats, "merge staging exceeds the ring");
+    extern __shared__ uint4 smem_ring[];
+    float* mine = reinterpret_cast<float*>(smem_ring) + warp * kRingFloats;
+    auto peer = [&](int j, int idx) { return mine[j * kRingFloats + idx * 32 + lane]; };  // warp sub + j's value
+    cp_async_wait<0>();
+    __syncwarp();  // every lane is done reading the ring
+    if (sub > 0) {
+#pragma unroll
+      for (int nh = 0; nh < NH; ++nh) {
+#pragma unroll
+        for (int mt = 0; mt < D / 16; ++mt)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) mine[((nh * (D / 16) + mt) * 4 + i) * 32 + lane] = w.o[nh][mt][i];
+        mine[(kVals + 2 * nh) * 32 + lane] = lse[nh][0];
+        mine[(kVals + 2 * nh + 1) * 32 + lane] = lse[nh][1];
+      }
+    }
+    // Named barrier 1 + group over the group's 32 W threads; constant ids (a register id reserves all 16).
+    if (W == 4 || warp < 2)
+      asm volatile("bar.sync 1, %0;\n" ::"n"(32 * W) : "memory");
+    else
+      asm volatile("bar.sync 2, %0;\n" ::"n"(32 * W) : "memory");
+    if (sub > 0) return;
+#pragma unroll
+    for (int nh = 0; nh < NH; ++nh)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        float mx = lse[nh][e];
+#pragma unroll
+        for (int j = 1; j < W; ++j) mx = fmaxf(mx, peer(j, kVals + 2 * nh + e));
+        if (mx == -INFINITY) continue;  // cannot happen (warp 0's range holds the chunk's first tokens)
+        float a[W], asum = 0.0f;
+#pragma unroll
+        for (int j = 0; j < W; ++j) {
+          const float l_j = j ? peer(j, kVals + 2 * nh + e) : lse[nh][e];
+          a[j] = exp2f(l_j - mx);
+          asum += a[j];
+        }
+        const float inv = 1.0f / asum;
+#pragma unroll
+        for (int mt = 0; mt < D / 16; ++mt)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int i = 2 * h + e;
+            float acc = a[0] * w.o[nh][mt][i];
+#pragma unroll
+            for (int j = 1; j < W; ++j)
+              acc += a[j] * peer(j, (nh * (D / 16) + mt) * 4 + i);
+            w.o[nh][mt][i] = acc * inv;
+          }
+        lse[nh][e] = mx + log2f(asum);
+      }
+  }
+#pragma unroll
+  for (int nh = 0; nh < NH; ++nh)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
       const int head = nh * 8 + 2 * t + e;
       if (head >= group) continue;
-      constexpr float kOdd = L::kCodes ? 0.0625f : 1.0f;  // KV4 V codes of odd dims carry a factor 16
-      const float inv = (1.0f / L::kVScale) / lsum;
       if (max_chunks == 1) {
         __half2* out = reinterpret_cast<__half2*>(p.out + (head0 + head) * D + (D / 8) * g);
 #pragma unroll
-        for (int mt = 0; mt < D / 16; ++mt)
-          out[mt] = __floats2half2_rn((w.o[nh][mt][e] - zsum) * inv, (w.o[nh][mt][2 + e] * kOdd - zsum) * inv);
+        for (int mt = 0; mt < D / 16; ++mt) out[mt] = __floats2half2_rn(w.o[nh][mt][e], w.o[nh][mt][2 + e]);
       } else {
         const int64_t row = (head0 + head) * max_chunks + chunk;
         float2* out = reinterpret_cast<float2*>(ws_o + row * D + (D / 8) * g);
 #pragma unroll
-        for (int mt = 0; mt < D / 16; ++mt)
-          out[mt] = make_float2((w.o[nh][mt][e] - zsum) * inv, (w.o[nh][mt][2 + e] * kOdd - zsum) * inv);
-        if (g == 0) ws_m[row] = w.m[nh][e] + log2f(lsum);
+        for (int mt = 0; mt < D / 16; ++mt) out[mt] = make_float2(w.o[nh][mt][e], w.o[nh][mt][2 + e]);
+        if (g == 0) ws_m[row] = lse[nh][e];
       }
     }
 }
@@ -664,23 +745,24 @@ void check_shape(int32_t num_q_heads, const KvCacheLayout& l) {
       << "decode attention: GQA group " << num_q_heads / l.num_kv_heads << " > " << kMaxGroup << " not supported";
 }
 
-template <int D, KvDType DT, int NH, int S = 0, int MinCtas = kMinCtas<DT, NH>>
+template <int D, KvDType DT, int NH, int S = 0, int MinCtas = kMinCtas<DT, NH>, int W = 1>
 Status launch(const DecodeParams& p, const DecodePlan& plan, void* workspace, cudaStream_t stream) {
   float* ws_o = static_cast<float*>(workspace);
   float* ws_m = ws_o + int64_t(p.batch) * p.num_q_heads * plan.max_chunks * D;
   const int64_t items = int64_t(p.batch) * p.layout.num_kv_heads * plan.max_chunks;
-  const int64_t ctas = (items + kWarpsPerCta - 1) / kWarpsPerCta;
+  constexpr int kItemsPerCta = kWarpsPerCta / W;
+  const int64_t ctas = (items + kItemsPerCta - 1) / kItemsPerCta;
   int smem = 0;
   if constexpr (S > 0) {
     smem = kWarpsPerCta * S * Loader<D, DT>::tile_bytes();
     static std::atomic<uint64_t> raised{0};  // once per instantiation and device (device_once.h)
     QS_RETURN_IF_ERROR(once_per_device(raised, [smem] {
-      QS_CUDA_RETURN(
-          cudaFuncSetAttribute(decode_kernel<D, DT, NH, S, MinCtas>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+      QS_CUDA_RETURN(cudaFuncSetAttribute(decode_kernel<D, DT, NH, S, MinCtas, W>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
       return Status::ok();
     }));
   }
-  decode_kernel<D, DT, NH, S, MinCtas><<<unsigned(ctas), kWarpsPerCta * 32, smem, stream>>>(
+  decode_kernel<D, DT, NH, S, MinCtas, W><<<unsigned(ctas), kWarpsPerCta * 32, smem, stream>>>(
       p, plan.chunk_tokens, plan.max_chunks, ws_o, ws_m);
   QS_CUDA_RETURN(cudaGetLastError());
   if (plan.max_chunks > 1) {
@@ -709,28 +791,41 @@ DecodePlan plan_decode(int32_t batch, int32_t num_q_heads, const KvCacheLayout& 
   check_shape(num_q_heads, layout);
   QS_CHECK(batch > 0 && max_context > 0) << "decode attention: empty batch or context";
   const int64_t pairs = int64_t(batch) * layout.num_kv_heads;
+  const int sms = std::max(num_sms, 1);
   int64_t chunks = 1;
+  int32_t warps = 1;
   if (layout.dtype != KvDType::kKv4 || layout.head_dim != 128) {
-    const int64_t target_warps = int64_t(std::max(num_sms, 1)) * 32;  // ~2 waves of resident warps
+    const int64_t target_warps = int64_t(sms) * 32;  // ~2 waves of resident warps
     chunks = std::max<int64_t>(1, (target_warps + pairs - 1) / pairs);
   } else {
-    // KV4, head_dim 128 (the shared-memory ring kernel): split until there are about 8 warps per SM (of the 12
-    // that fit), rounded to the nearest count: a warp streams a chunk at a rate that falls as an SM fills (measured
-    // on the H200: ~32 tokens/us per warp at 4 warps per SM, ~23 at 8, ~17.5 at 12), while every extra chunk costs
-    // its partial write and the merge kernel. Fitted to `bench_attention --plan-sweep` on the H200 (every split of 1..8 chunks, batch
-    // 32-512, context 512-4096, group 4 and 8; data bench/results/decode-plan-sweep-h200-*.jsonl, check
-    // bench/fit_decode_plan.py): mean loss against the best split 1.0%, worst 18% (batch 64 x 512 tokens, group 8)
-    // where the cost model this replaces lost 7.1% and up to 75% (it split batch 128 three ways; one chunk is
-    // fastest there); 1.2% / 20% in the confirming sweep, 1.2% / 13% on the previous kernel's sweep.
-    const double target = 8.0 * std::max(num_sms, 1);
-    chunks = std::max<int64_t>(1, std::llround(target / double(pairs)));
+    // KV4, head_dim 128 (the shared-memory ring kernel): about 8 warps per SM (of the 12 that fit), n = round(8 SMs
+    // / pairs) warps per (sequence, KV head): a warp streams its tokens at a rate that falls as an SM fills
+    // (measured on the H200: ~32 tokens/us per warp at 4 warps per SM, ~23 at 8, ~17.5 at 12). The first 2 / 4 of
+    // them share one chunk inside a CTA (shared-memory merge: no workspace, no merge kernel), the rest split the
+    // context into chunks (flash-decoding). n <= 1: one warp per chunk, except when that fills 1 to 1.5 waves of
+    // the resident warps: then 2 warps per chunk shorten the half-empty last wave. Fitted to `bench_attention
+    // --plan-sweep` on the H200 (every split of 1..8 chunks x 1 warp and 1..4 chunks x 2 / 4 warps, batch 32-1024,
+    // context 512-4096, GQA groups 4 and 8; data bench/results/decode-plan-sweep-h200-w.jsonl, check
+    // bench/fit_decode_plan.py --tail): mean loss against the best split 0.2%, worst 5%, where the previous rule
+    // (chunks only) lost 6.5% and up to 44%.
+    const int64_t n = std::llround(8.0 * sms / double(pairs));
+    if (n <= 1) {
+      const int resident = kWarpsPerCta * (num_q_heads / layout.num_kv_heads > 8 ? 2 : 3) * sms;
+      const double waves = double(pairs) / resident;
+      warps = waves > 1.0 && waves < 1.5 ? 2 : 1;
+    } else {
+      warps = n >= 4 ? 4 : 2;
+      chunks = std::max<int64_t>(1, std::llround(double(n) / warps));
+    }
   }
-  return plan_decode_chunks(batch, num_q_heads, layout, max_context, chunks);
+  return plan_decode_chunks(batch, num_q_heads, layout, max_context, chunks, warps);
 }
 
 DecodePlan plan_decode_chunks(int32_t batch, int32_t num_q_heads, const KvCacheLayout& layout, int32_t max_context,
-                              int64_t chunks) {
+                              int64_t chunks, int32_t warps) {
   QS_CHECK(batch > 0 && max_context > 0 && chunks > 0) << "decode attention: empty batch, context or split";
+  QS_CHECK(warps == 1 || ((warps == 2 || warps == 4) && layout.dtype == KvDType::kKv4 && layout.head_dim == 128))
+      << "decode attention: " << warps << " warps per chunk (1, or 2 / 4 for KV4 with head_dim 128)";
   int64_t chunk = (max_context + chunks - 1) / chunks;
   // At least 64 tokens per chunk: amortizes the partial write; 64 rather than 128 measured 17.2 -> 13.7 us at
   // batch 1, context 1024 on H100 (more warps, shorter load chains) and neutral at batch 64.
@@ -745,6 +840,7 @@ DecodePlan plan_decode_chunks(int32_t batch, int32_t num_q_heads, const KvCacheL
     plan.max_chunks = int32_t((max_context + chunk - 1) / chunk);
     plan.workspace_bytes = size_t(batch) * num_q_heads * plan.max_chunks * (layout.head_dim + 1) * sizeof(float);
   }
+  plan.warps_per_chunk = warps;
   return plan;
 }
 
@@ -764,13 +860,22 @@ Status run_decode(const DecodeParams& p, const DecodePlan& plan, void* workspace
     return Status::error("decode attention: unsupported GQA group");
   if (p.layout.page_bytes() >= (int64_t(1) << 31)) return Status::error("decode attention: page of 2 GiB or more");
   const bool wide = p.num_q_heads / p.layout.num_kv_heads > 8;
+  const int wpc = plan.warps_per_chunk;
+  if (wpc != 1 && !(kv4 && d == 128 && (wpc == 2 || wpc == 4)))
+    return Status::error("decode attention: plan warps_per_chunk " + std::to_string(wpc) +
+                         " (1, or 2 / 4 for KV4 with head_dim 128)");
   if (d == 128) {
     if (kv4) {
       // Shared-memory ring of 8 tiles per warp, two tiles per step; 3 CTAs per SM (2 for GQA groups over 8). The
       // register-buffer loop (S = 0), 4 CTAs per SM or prefetching were measured slower on H100, and one tile per
       // step (6-tile ring) 1-5% slower on the H200 (bench/results/attention.md).
-      return wide ? launch<128, KvDType::kKv4, 2, 8, 2>(p, plan, workspace, stream)
-                  : launch<128, KvDType::kKv4, 1, 8, 3>(p, plan, workspace, stream);
+      if (wide)
+        return wpc == 4   ? launch<128, KvDType::kKv4, 2, 8, 2, 4>(p, plan, workspace, stream)
+               : wpc == 2 ? launch<128, KvDType::kKv4, 2, 8, 2, 2>(p, plan, workspace, stream)
+                          : launch<128, KvDType::kKv4, 2, 8, 2>(p, plan, workspace, stream);
+      return wpc == 4   ? launch<128, KvDType::kKv4, 1, 8, 3, 4>(p, plan, workspace, stream)
+             : wpc == 2 ? launch<128, KvDType::kKv4, 1, 8, 3, 2>(p, plan, workspace, stream)
+                        : launch<128, KvDType::kKv4, 1, 8, 3>(p, plan, workspace, stream);
     }
     if (fp8)
       return wide ? launch<128, KvDType::kFp8, 2>(p, plan, workspace, stream)
