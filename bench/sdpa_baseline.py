@@ -7,7 +7,9 @@ on the K/V bytes plus q and output, as for our kernels. Prefill: causal, Llama-3
 sequences of 1024..8192, TFLOP/s with the same FLOP count. Cold L2 before each timed call, made as bench_attention
 makes it (bench/bench_timing.cuh): a read pass over 256 MiB (clean lines), or with --flush-dirty the old 256 MiB
 fill (dirty lines the timed call must write back). Median of 15.
-Usage: sdpa_baseline.py OUT_DIR [--quick] [--flush-dirty] [--prefill]   (prints a table, writes OUT_DIR/sdpa.json as JSON lines)
+--decode B:C[,B:C...] times decode at these shapes only (Llama-3-8B heads), as bench_attention --decode does.
+Usage: sdpa_baseline.py OUT_DIR [--quick] [--flush-dirty] [--prefill] [--decode B:C,...]
+  (prints a table, writes OUT_DIR/sdpa.json as JSON lines)
 """
 import json
 import sys
@@ -54,33 +56,33 @@ def main():
     batches = [] if prefill_only else [1, 64] if quick else [1, 8, 32, 64, 128, 256]
     ctxs = [1024, 4096] if quick else [512, 1024, 2048, 4096, 8192, 32768]
     backends = [("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION)]
+    shapes = [(m, b, c) for m in (("l3-8b", 32, 8), ("l2-70b", 64, 8)) for b in batches for c in ctxs if b * c <= 4 << 20]
+    if "--decode" in sys.argv:  # only these shapes, Llama-3-8B heads; no prefill table
+        spec = sys.argv[sys.argv.index("--decode") + 1]
+        shapes = [(("l3-8b", 32, 8), int(x.split(":")[0]), int(x.split(":")[1])) for x in spec.split(",")]
     print(f"{'decode':8} {'batch':>5} {'ctx':>6} | {'flash us':>9} {'TB/s':>7} | {'cudnn us':>9} {'TB/s':>7}")
-    for model, hq, hkv in (("l3-8b", 32, 8), ("l2-70b", 64, 8)):
-        for b in batches:
-            for c in ctxs:
-                if b * c > 4 << 20:
-                    continue
-                q = torch.randn(b, hq, 1, 128, device=dev, dtype=torch.float16)
-                k = torch.randn(b, hkv, c, 128, device=dev, dtype=torch.float16)
-                v = torch.randn(b, hkv, c, 128, device=dev, dtype=torch.float16)
-                nbytes = 2.0 * b * hkv * c * 128 * 2 + 2.0 * b * hq * 128 * 2
-                row = {"op": "decode", "model": model, "batch": b, "ctx": c}
-                cells = []
-                for bn, be in backends:
-                    try:
-                        with sdpa_kernel(be):
-                            ms = time_ms(lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True), reps, flush)
-                        row[f"{bn}_us"] = ms * 1e3
-                        row[f"{bn}_tbs"] = nbytes / (ms * 1e-3) / 1e12
-                        cells.append(f"{ms * 1e3:9.1f} {row[f'{bn}_tbs']:7.3f}")
-                    except RuntimeError as e:  # backend unavailable for this shape
-                        row[f"{bn}_error"] = str(e).splitlines()[0][:120]
-                        cells.append(f"{'n/a':>9} {'':>7}")
-                print(f"{model:8} {b:5d} {c:6d} | " + " | ".join(cells), flush=True)
-                js.write(json.dumps(row) + "\n")
-                del q, k, v
+    for (model, hq, hkv), b, c in shapes:
+        q = torch.randn(b, hq, 1, 128, device=dev, dtype=torch.float16)
+        k = torch.randn(b, hkv, c, 128, device=dev, dtype=torch.float16)
+        v = torch.randn(b, hkv, c, 128, device=dev, dtype=torch.float16)
+        nbytes = 2.0 * b * hkv * c * 128 * 2 + 2.0 * b * hq * 128 * 2
+        row = {"op": "decode", "model": model, "batch": b, "ctx": c}
+        cells = []
+        for bn, be in backends:
+            try:
+                with sdpa_kernel(be):
+                    ms = time_ms(lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True), reps, flush)
+                row[f"{bn}_us"] = ms * 1e3
+                row[f"{bn}_tbs"] = nbytes / (ms * 1e-3) / 1e12
+                cells.append(f"{ms * 1e3:9.1f} {row[f'{bn}_tbs']:7.3f}")
+            except RuntimeError as e:  # backend unavailable for this shape
+                row[f"{bn}_error"] = str(e).splitlines()[0][:120]
+                cells.append(f"{'n/a':>9} {'':>7}")
+        print(f"{model:8} {b:5d} {c:6d} | " + " | ".join(cells), flush=True)
+        js.write(json.dumps(row) + "\n")
+        del q, k, v
     print(f"\n{'prefill':8} {'len':>6} {'batch':>6} | {'flash us':>9} {'TFLOP/s':>8} | {'cudnn us':>9} {'TFLOP/s':>8}")
-    for ln in (1024, 2048, 4096, 8192):
+    for ln in () if "--decode" in sys.argv else (1024, 2048, 4096, 8192):
         b = 16384 // ln
         q = torch.randn(b, 32, ln, 128, device=dev, dtype=torch.float16)
         k = torch.randn(b, 8, ln, 128, device=dev, dtype=torch.float16)

@@ -18,9 +18,12 @@
 // flight per warp, ~157 KB per SM at 3 CTAs/SM), reads fragments with conflict-free LDS and works on two tiles per
 // step (one softmax max and rescale per 32 tokens); the other paths keep 2-3 tiles of loads in flight in register
 // buffers, one tile per step. With more than one chunk, each warp writes (O/l, m + log2 l)
-// to the workspace and merge_kernel (launched with programmatic dependent launch) combines the chunks. O is
-// rescaled only in tiles where some running maximum grew. Tile addresses: per-lane base pointers set once, one
-// 64-bit add per pointer and tile, page index by shift when the page size is a power of two.
+// to the workspace and merge_kernel (launched with programmatic dependent launch) combines the chunks. KV4 with
+// head_dim 128 can also share a chunk between 2 or 4 warps of a CTA (plan.warps_per_chunk): each takes a range of
+// whole steps and the group merges in shared memory (the rings, free after the main loop). O is
+// rescaled only in tiles where some running maximum grew; softmax exponentials are ex2.approx.ftz. Tile addresses:
+// per-lane base pointers set once, one 64-bit add per pointer and tile, page index by shift when the page size is
+// a power of two; the ring's cp.async issue walks a cursor that reads the block table only on entering a page.
 #include "kernels/common/device_once.h"
 #include "kernels/attention/decode_attention.h"
 
@@ -407,13 +410,13 @@ struct DecodeWarp {
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
         const float mnew = fmaxf(m[nh][e], mx);
         grew |= mnew > m[nh][e];
-        const float c = exp2f(m[nh][e] - mnew);
+        const float c = ex2_ftz(m[nh][e] - mnew);
         corr[nh][e] = c;
         m[nh][e] = mnew;
         float lsum = l[nh][e] * c, zsum = zc[nh][e] * c;
 #pragma unroll
         for (int u = 0; u < T; ++u) {
-          const float p0 = exp2f(v[u][0] - mnew), p1 = exp2f(v[u][1] - mnew);
+          const float p0 = ex2_ftz(v[u][0] - mnew), p1 = ex2_ftz(v[u][1] - mnew);
           lsum += p0 + p1;
           s[u][nh][e] = p0 * vs[u][0];  // P pre-scaled by the V scale of its token (1 for FP16)
           s[u][nh][2 + e] = p1 * vs[u][1];
@@ -573,11 +576,18 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas)
     const uint8_t* ring = reinterpret_cast<const uint8_t*>(smem_ring) + (threadIdx.x >> 5) * (S * L::tile_bytes());
     const uint32_t ring_s = smem_addr(ring);
     const int64_t head = int64_t(kvh) * Lay.block_bytes();
-    auto issue = [&](int tile, int stage) {
-      const int tok0 = start + 16 * tile;
-      const int pidx = pshift >= 0 ? tok0 >> pshift : tok0 / psize;
-      const int64_t blk = int64_t(pages.get(pidx, lane)) * page_bytes + head;
-      L::issue(ring_s + stage * L::tile_bytes(), p.k_pool + blk, p.v_pool + blk, tok0 - pidx * psize, psize, lane);
+    // Tiles are issued in order: a cursor (page index, token offset in the page, the page's block offset) moves 16
+    // tokens per tile and reads the block table only when it enters a new page (a tile never straddles a page).
+    int cur_page = pshift >= 0 ? start >> pshift : start / psize;
+    int cur_off = start - cur_page * psize;
+    int64_t cur_blk = int64_t(pages.get(cur_page, lane)) * page_bytes + head;
+    auto issue = [&](int stage) {
+      L::issue(ring_s + stage * L::tile_bytes(), p.k_pool + cur_blk, p.v_pool + cur_blk, cur_off, psize, lane);
+      cur_off += 16;
+      if (cur_off == psize) {
+        cur_off = 0;
+        cur_blk = int64_t(pages.get(++cur_page, lane)) * page_bytes + head;
+      }
     };
     // Two tiles per step (DecodeWarp::step<2>). The ring holds S tiles: S - 2 are issued ahead, and a step's two new
     // tiles go to the stages the previous step read (never to the ones this step reads). Every issue slot commits
@@ -587,7 +597,7 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas)
     const int ntiles = (end - start + 15) / 16;
 #pragma unroll
     for (int i = 0; i < S - P; ++i) {
-      if (i < ntiles) issue(i, i);
+      if (i < ntiles) issue(i);
       cp_async_commit();
     }
     int rd = 0;  // stage of tile i
@@ -601,7 +611,7 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas)
       const int wr = rd == 0 ? S - P : rd - P;  // the previous step's stages
 #pragma unroll
       for (int u = 0; u < P; ++u) {
-        if (i + S - P + u < ntiles) issue(i + S - P + u, wr + u);
+        if (i + S - P + u < ntiles) issue(wr + u);
         cp_async_commit();
       }
       rd = rd + P == S ? 0 : rd + P;
