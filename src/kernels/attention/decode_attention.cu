@@ -138,21 +138,28 @@ struct Loader<D, KvDType::kKv4> {
   __device__ static int swz(int r, int c) {
     return (r >> 1) * 128 + ((((r & 1) * 4 + c) ^ (((r >> 2) & 3) << 1) ^ (((r >> 1) & 1) << 2)) * 16);
   }
-  // Issues the cp.async copies of the tile at token `off` of blocks kb / vb (K / V block of the page and KV head).
-  __device__ static void issue(uint32_t st, const uint8_t* kb, const uint8_t* vb, int off, int page_size, int lane) {
+  // A lane's source pointers for the tile at token `off` of blocks kb / vb (K / V block of the page and KV head):
+  // data chunks `lane` and `lane` + 32 (+512 B) of K and V, and for lanes 0..7 one 16-byte chunk of the K or V
+  // scales / zeros. advance() moves them to the next tile of the page.
+  struct Cursor {
+    const uint8_t *k, *v, *s;
+    __device__ void advance() { k += 16 * (D / 2), v += 16 * (D / 2), s += 32; }
+  };
+  __device__ static Cursor cursor(const uint8_t* kb, const uint8_t* vb, int off, int page_size, int lane) {
+    const int64_t d = int64_t(off) * (D / 2) + 16 * lane;
+    const int sl = lane & 7;  // lanes 0..7: K scales, K zeros, V scales, V zeros, 32 B (two chunks) each
+    const int64_t o = int64_t(page_size) * (D / 2) + ((sl >> 1) & 1) * 2 * page_size + 2 * off + 16 * (sl & 1);
+    return {kb + d, vb + d, (sl < 4 ? kb : vb) + o};
+  }
+  // Issues the cp.async copies of the cursor's tile into stage `st` (predicated on `live`: no branch).
+  __device__ static void issue(uint32_t st, const Cursor& c, int lane, bool live) {
     static_assert(D == 128, "shared-memory staging is laid out for head_dim 128");
-    const int64_t d = int64_t(off) * (D / 2);
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int c = lane + 32 * j;  // data chunk: row c / 4, column c % 4
-      cp_async16(st + swz(c >> 2, c & 3), kb + d + 16 * c, true);
-      cp_async16(st + 1024 + swz(c >> 2, c & 3), vb + d + 16 * c, true);
-    }
-    if (lane < 8) {  // scales then zeros, 32 B each (two chunks)
-      const uint8_t* b = lane < 4 ? kb : vb;
-      const int64_t o = int64_t(page_size) * (D / 2) + ((lane >> 1) & 1) * 2 * page_size + 2 * off + 16 * (lane & 1);
-      cp_async16(st + 2048 + 16 * lane, b + o, true);
-    }
+    const uint32_t d0 = swz(lane >> 2, lane & 3), d1 = swz((lane >> 2) + 8, lane & 3);
+    cp_async16_if(st + d0, c.k, live);
+    cp_async16_if(st + d1, c.k + 512, live);
+    cp_async16_if(st + 1024 + d0, c.v, live);
+    cp_async16_if(st + 1024 + d1, c.v + 512, live);
+    cp_async16_if(st + 2048 + 16 * lane, c.s, live && lane < 8);
   }
   // Reads this lane's fragments of a staged tile (same registers as load()).
   __device__ static void load_smem(Raw& r, const uint8_t* st, int valid, int g, int t) {
@@ -576,17 +583,25 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas)
     const uint8_t* ring = reinterpret_cast<const uint8_t*>(smem_ring) + (threadIdx.x >> 5) * (S * L::tile_bytes());
     const uint32_t ring_s = smem_addr(ring);
     const int64_t head = int64_t(kvh) * Lay.block_bytes();
-    // Tiles are issued in order: a cursor (page index, token offset in the page, the page's block offset) moves 16
-    // tokens per tile and reads the block table only when it enters a new page (a tile never straddles a page).
+    // Tiles are issued in order: a cursor (page index, token offset in the page, the lane's source pointers) moves
+    // 16 tokens per tile and reads the block table only when it enters a new page (a tile never straddles a page).
+    // Past the chunk the copies are predicated off (the cursor may point at page 0: never read).
     int cur_page = pshift >= 0 ? start >> pshift : start / psize;
     int cur_off = start - cur_page * psize;
-    int64_t cur_blk = int64_t(pages.get(cur_page, lane)) * page_bytes + head;
-    auto issue = [&](int stage) {
-      L::issue(ring_s + stage * L::tile_bytes(), p.k_pool + cur_blk, p.v_pool + cur_blk, cur_off, psize, lane);
+    typename L::Cursor cur;
+    auto seek = [&] {
+      const int64_t blk = int64_t(pages.get(cur_page, lane)) * page_bytes + head;
+      cur = L::cursor(p.k_pool + blk, p.v_pool + blk, cur_off, psize, lane);
+    };
+    seek();
+    auto issue = [&](int stage, bool live) {
+      L::issue(ring_s + stage * L::tile_bytes(), cur, lane, live);
+      cur.advance();
       cur_off += 16;
       if (cur_off == psize) {
         cur_off = 0;
-        cur_blk = int64_t(pages.get(++cur_page, lane)) * page_bytes + head;
+        ++cur_page;
+        seek();
       }
     };
     // Two tiles per step (DecodeWarp::step<2>). The ring holds S tiles: S - 2 are issued ahead, and a step's two new
@@ -597,7 +612,7 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas)
     const int ntiles = (end - start + 15) / 16;
 #pragma unroll
     for (int i = 0; i < S - P; ++i) {
-      if (i < ntiles) issue(i);
+      issue(i, i < ntiles);
       cp_async_commit();
     }
     int rd = 0;  // stage of tile i
@@ -611,7 +626,7 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas)
       const int wr = rd == 0 ? S - P : rd - P;  // the previous step's stages
 #pragma unroll
       for (int u = 0; u < P; ++u) {
-        if (i + S - P + u < ntiles) issue(wr + u);
+        issue(wr + u, i + S - P + u < ntiles);
         cp_async_commit();
       }
       rd = rd + P == S ? 0 : rd + P;
