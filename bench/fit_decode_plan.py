@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """Checks decode attention's split rule against a `bench_attention --plan-sweep` file (JSON lines: per shape the
 time of every split: "us" = 1..8 chunks of one warp each, "us_w2" / "us_w4" = 1..4 chunks shared by 2 / 4 warps of a
-CTA; older files have "us" only).
+CTA; older files have "us" only; decode-plan-sweep-h200-w3.jsonl also has "us_w3", an experimental 3-warp CTA that
+never won and was removed: its times count as candidates for the best split).
 
 The rule of plan_decode (KV4, head_dim 128): n = round(T x SMs / (batch x KV heads)) warps per (sequence, KV head),
 T warps per SM; n <= 1: one chunk of one warp (with --tail: of 2 warps when one warp per pair fills 1 to 1.5 waves);
@@ -24,7 +25,7 @@ def max_chunks(ctx, c):  # plan_decode_chunks: chunk length rounded up to 16, at
 
 def times(r):  # {(chunks, warps): us} of the measured splits
     t = {(c + 1, 1): u for c, u in enumerate(r["us"])}
-    for w in (2, 4):
+    for w in (2, 3, 4):
         t.update({(c + 1, w): u for c, u in enumerate(r.get(f"us_w{w}", []))})
     return t
 
@@ -62,7 +63,7 @@ def main():
     lines = [json.loads(l) for l in open(sys.argv[1])]
     head, rows = lines[0], lines[1:]
     sms = head.get("sms", 132)
-    avail = (1, 2, 4) if "us_w2" in rows[0] else (1,)
+    avail = tuple(w for w in (1, 2, 4) if w == 1 or f"us_w{w}" in rows[0])  # what plan_decode picks from
     print(f"{sys.argv[1]}: {head['device']}, {sms} SMs, {len(rows)} shapes, warps per chunk {avail}")
     rules = [("plan in the file", lambda r: (r["plan_chunks"], r.get("plan_warps", 1)))]
     rules += [(f"T={t}", rule(t, sms, avail)) for t in (6, 7, 8, 9, 10, 12, 14, 16)]

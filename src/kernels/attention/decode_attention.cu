@@ -832,7 +832,8 @@ DecodePlan plan_decode(int32_t batch, int32_t num_q_heads, const KvCacheLayout& 
     // --plan-sweep` on the H200 (every split of 1..8 chunks x 1 warp and 1..4 chunks x 2 / 4 warps, batch 32-1024,
     // context 512-4096, GQA groups 4 and 8; data bench/results/decode-plan-sweep-h200-w.jsonl, check
     // bench/fit_decode_plan.py --tail): mean loss against the best split 0.2%, worst 5%, where the previous rule
-    // (chunks only) lost 6.5% and up to 44%.
+    // (chunks only) lost 6.5% and up to 44%; on the final kernel's sweeps (-74b9f9c.jsonl, -w3.jsonl) 0.2-0.3%,
+    // worst 4.6-5.0%. 3 warps per chunk (3-warp CTAs, 4 per SM) never won (-w3.jsonl) and was not kept.
     const int64_t n = std::llround(8.0 * sms / double(pairs));
     if (n <= 1) {
       const int resident = kWarpsPerCta * (num_q_heads / layout.num_kv_heads > 8 ? 2 : 3) * sms;
