@@ -29,6 +29,7 @@
 
 #include "backends/cuda/fp8_gemm.h"
 #include "kernels/common/cuda_check.h"
+#include "kernels/common/tensor_map.h"
 #include "kernels/gemm_w4a8/qgemm.h"
 #include "kernels/gemm_w4a8/qgemm_sm90.cuh"
 #include "kernels/norm_quant/norm_quant.h"
@@ -404,11 +405,18 @@ bool launch_probe(Ctx& c, const qs::kernels::QGemmParams& p, const qs::kernels::
                             C::kSmemBytes));
     attr = true;
   }
-  CUtensorMap xmap;
+  CUtensorMap xmap, wflat = prep.wmap[CONFIG];
   if (!make_sm90_x_map(p, C::BM, &xmap).is_ok()) return false;
+  if constexpr (PROBE == 4) {  // the weights as rows of one 1 KB tile (u64 words), boxes of BN/16 rows
+    const uint64_t dims[2] = {128, uint64_t(p.n / 16) * uint64_t(p.k / kBK)}, stride = 1024;
+    const uint32_t box[2] = {128, uint32_t(C::BN / 16)};
+    if (!qs::kernels::encode_tensor_map(&wflat, CU_TENSOR_MAP_DATA_TYPE_UINT64, 2, p.w, dims, &stride, box,
+                                        CU_TENSOR_MAP_SWIZZLE_NONE, "probe").is_ok())
+      return false;
+  }
   const dim3 grid((p.n + C::BN - 1) / C::BN, (p.m + C::BM - 1) / C::BM, 1);
   qgemm_sm90_kernel<0, CONFIG, false, PROBE><<<grid, C::kThreads, C::kSmemBytes, c.s>>>(
-      p, xmap, prep.wmap[CONFIG], prep.smap[CONFIG], p.k / kBK, nullptr, nullptr, 0);
+      p, xmap, wflat, prep.smap[CONFIG], p.k / kBK, nullptr, nullptr, 0);
   return cudaGetLastError() == cudaSuccess;
 }
 
@@ -422,21 +430,23 @@ double bench_probe(Ctx& c, int probe, int m, int n, int k) {
                         case 0: return launch_probe<0, CONFIG>(c, p, pr);
                         case 1: return launch_probe<1, CONFIG>(c, p, pr);
                         case 2: return launch_probe<2, CONFIG>(c, p, pr);
-                        default: return launch_probe<3, CONFIG>(c, p, pr);
+                        case 3: return launch_probe<3, CONFIG>(c, p, pr);
+                        default: return launch_probe<4, CONFIG>(c, p, pr);
                       }
                     });
 }
 
-void run_probe(Ctx& c) {
+void run_probe(Ctx& c, const std::vector<int>& ms) {
   using namespace qs::kernels;
-  std::printf("\nprobe (W4A8 pc, unsplit): N K M config | full no_mma no_frag neither (us) | weight TB/s of each\n");
+  std::printf("\nprobe (W4A8 pc, unsplit): N K M config | full no_mma no_frag neither neither_contiguous_w (us) | "
+              "weight TB/s of each\n");
   const int shapes[][2] = {{28672, 4096}, {6144, 4096}, {4096, 14336}};
   for (const auto& s : shapes)
-    for (int m : {64, 128, 256, 512})
+    for (int m : ms)
       for (int cfg : {int(kQGemm_sm90_bn256_bm64), int(kQGemm_sm90_bn128_bm64), int(kQGemm_sm90_bn128_bm128),
                       int(kQGemm_sm90_bn256_bm128)}) {
-        double t[4];
-        for (int pr = 0; pr < 4; ++pr) {
+        double t[5];
+        for (int pr = 0; pr < 5; ++pr) {
           switch (cfg) {
             case kQGemm_sm90_bn256_bm64: t[pr] = bench_probe<kQGemm_sm90_bn256_bm64>(c, pr, m, s[0], s[1]); break;
             case kQGemm_sm90_bn128_bm64: t[pr] = bench_probe<kQGemm_sm90_bn128_bm64>(c, pr, m, s[0], s[1]); break;
@@ -445,8 +455,9 @@ void run_probe(Ctx& c) {
           }
         }
         const double wb = double(s[0]) * s[1] / 2 / 1e6;  // MB -> TB/s with us
-        std::printf("%6d %6d %4d %-18s | %7.1f %7.1f %7.1f %7.1f | %5.2f %5.2f %5.2f %5.2f\n", s[0], s[1], m,
-                    qgemm_config_name(cfg), t[0], t[1], t[2], t[3], wb / t[0], wb / t[1], wb / t[2], wb / t[3]);
+        std::printf("%6d %6d %4d %-18s | %7.1f %7.1f %7.1f %7.1f %7.1f | %5.2f %5.2f %5.2f %5.2f %5.2f\n", s[0], s[1],
+                    m, qgemm_config_name(cfg), t[0], t[1], t[2], t[3], t[4], wb / t[0], wb / t[1], wb / t[2],
+                    wb / t[3], wb / t[4]);
         std::fflush(stdout);
       }
 }
@@ -531,7 +542,7 @@ int main(int argc, char** argv) {
   const double bw = copy_bandwidth(c);
   std::printf("device: %s, %d SMs; copy bandwidth %.2f TB/s\n", prop.name, c.sms, bw);
   if (probe) {
-    run_probe(c);
+    run_probe(c, ms_arg.empty() ? std::vector<int>{64, 128, 256, 512} : ms_arg);
     return 0;
   }
 

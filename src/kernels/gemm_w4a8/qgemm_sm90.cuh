@@ -79,7 +79,9 @@ struct Sm90Cfg {
 
 // PROBE (bench_gemm --probe only; 0 everywhere else) removes one part of the main loop to see what limits it:
 // 1 = no MMAs (the dequantized fragments are folded into the accumulators, so the loads and dequantization stay),
-// 2 = no fragment loads or dequantization (MMAs on zero fragments), 3 = neither (the TMA ring's streaming rate).
+// 2 = no fragment loads or dequantization (MMAs on zero fragments), 3 = neither (the TMA ring's streaming rate),
+// 4 = neither, with tm_w a contiguous view of the weights (rows of one 1 KB tile): each box reads BN/16 KB of
+// consecutive memory instead of BN/16 tiles K/128 KB apart (what a contiguous weight layout would stream).
 template <int V, int CONFIG, bool SK, int PROBE = 0>
 __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
     qgemm_sm90_kernel(const QGemmParams p, const __grid_constant__ CUtensorMap tm_x,
@@ -132,7 +134,10 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
         const uint32_t st = base + slot * C::kStageBytes, bar = full0 + 8 * slot;
         ptx::mbar_arrive_expect_tx(bar, C::kTxBytes);
         ptx::tma_load_2d(st, &tm_x, bar, kt * kBK, m0);
-        ptx::tma_load_2d(st + C::kXBytes, &tm_w, bar, kt * (C::kTileBytes / 8), n0 / 16);
+        if constexpr (PROBE == 4)
+          ptx::tma_load_2d(st + C::kXBytes, &tm_w, bar, 0, ((n0 / C::BN) * kgs + kt) * (C::BN / 16));
+        else
+          ptx::tma_load_2d(st + C::kXBytes, &tm_w, bar, kt * (C::kTileBytes / 8), n0 / 16);
         if constexpr (C::kG128) ptx::tma_load_2d(st + C::kXBytes + C::kWBytes, &tm_s, bar, n0, kt);
       }
     } else if (!SK && tid >= 32) {
@@ -222,7 +227,7 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
         const uint64_t desc = ptx::wgmma_desc_k128sw(st + s * 32);
 #pragma unroll
         for (int mt = 0; mt < C::MT; ++mt) {
-          if constexpr (PROBE == 1 || PROBE == 3) {
+          if constexpr (PROBE == 1 || PROBE >= 3) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[mt][e] ^= int32_t(cur[s][mt][e]);
           } else {
