@@ -666,7 +666,8 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas)
     static_assert((kVals + 2 * NH) * 32 <= kRingFloats, "merge staging exceeds the ring");
     extern __shared__ uint4 smem_ring[];
     float* mine = reinterpret_cast<float*>(smem_ring) + warp * kRingFloats;
-    auto peer = [&](int j, int idx) { return mine[j * kRingFloats + idx * 32 + lane]; };  // warp sub + j's value
+    // Value idx of warp sub + j: O (nh, mt, i) at (nh * D/16 + mt) * 4 + i, lse (nh, e) at kVals + 2 nh + e.
+    auto slot = [&](int j, int idx) -> float& { return mine[j * kRingFloats + idx * 32 + lane]; };
     cp_async_wait<0>();
     __syncwarp();  // every lane is done reading the ring
     if (sub > 0) {
@@ -675,9 +676,9 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas)
 #pragma unroll
         for (int mt = 0; mt < D / 16; ++mt)
 #pragma unroll
-          for (int i = 0; i < 4; ++i) mine[((nh * (D / 16) + mt) * 4 + i) * 32 + lane] = w.o[nh][mt][i];
-        mine[(kVals + 2 * nh) * 32 + lane] = lse[nh][0];
-        mine[(kVals + 2 * nh + 1) * 32 + lane] = lse[nh][1];
+          for (int i = 0; i < 4; ++i) slot(0, (nh * (D / 16) + mt) * 4 + i) = w.o[nh][mt][i];
+        slot(0, kVals + 2 * nh) = lse[nh][0];
+        slot(0, kVals + 2 * nh + 1) = lse[nh][1];
       }
     }
     // Named barrier 1 + group over the group's 32 W threads; constant ids (a register id reserves all 16).
@@ -690,14 +691,13 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas)
     for (int nh = 0; nh < NH; ++nh)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        float mx = lse[nh][e];
+        float mx = lse[nh][e];  // the max is finite: warp 0's range is never empty
 #pragma unroll
-        for (int j = 1; j < W; ++j) mx = fmaxf(mx, peer(j, kVals + 2 * nh + e));
-        if (mx == -INFINITY) continue;  // cannot happen (warp 0's range holds the chunk's first tokens)
+        for (int j = 1; j < W; ++j) mx = fmaxf(mx, slot(j, kVals + 2 * nh + e));
         float a[W], asum = 0.0f;
 #pragma unroll
         for (int j = 0; j < W; ++j) {
-          const float l_j = j ? peer(j, kVals + 2 * nh + e) : lse[nh][e];
+          const float l_j = j ? slot(j, kVals + 2 * nh + e) : lse[nh][e];
           a[j] = exp2f(l_j - mx);
           asum += a[j];
         }
@@ -710,7 +710,7 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas)
             float acc = a[0] * w.o[nh][mt][i];
 #pragma unroll
             for (int j = 1; j < W; ++j)
-              acc += a[j] * peer(j, (nh * (D / 16) + mt) * 4 + i);
+              acc += a[j] * slot(j, (nh * (D / 16) + mt) * 4 + i);
             w.o[nh][mt][i] = acc * inv;
           }
         lse[nh][e] = mx + log2f(asum);
@@ -757,6 +757,11 @@ __global__ void __launch_bounds__(D) merge_kernel(const DecodeParams p, const in
     acc += wgt * ws_o[(row * max_chunks + c) * D + threadIdx.x];
   }
   reinterpret_cast<__half*>(p.out)[row * D + threadIdx.x] = __float2half_rn(acc / wsum);
+}
+
+// Warps per chunk the kernels implement: 1, or 2 / 4 for the KV4 head_dim 128 ring kernel.
+bool warps_per_chunk_ok(const KvCacheLayout& l, int warps) {
+  return warps == 1 || ((warps == 2 || warps == 4) && l.dtype == KvDType::kKv4 && l.head_dim == 128);
 }
 
 void check_shape(int32_t num_q_heads, const KvCacheLayout& l) {
@@ -836,7 +841,9 @@ DecodePlan plan_decode(int32_t batch, int32_t num_q_heads, const KvCacheLayout& 
     // worst 4.6-5.0%. 3 warps per chunk (3-warp CTAs, 4 per SM) never won (-w3.jsonl) and was not kept.
     const int64_t n = std::llround(8.0 * sms / double(pairs));
     if (n <= 1) {
-      const int resident = kWarpsPerCta * (num_q_heads / layout.num_kv_heads > 8 ? 2 : 3) * sms;
+      const int ctas_per_sm =
+          num_q_heads / layout.num_kv_heads > 8 ? kMinCtas<KvDType::kKv4, 2> : kMinCtas<KvDType::kKv4, 1>;
+      const int resident = kWarpsPerCta * ctas_per_sm * sms;
       const double waves = double(pairs) / resident;
       warps = waves > 1.0 && waves < 1.5 ? 2 : 1;
     } else {
@@ -850,7 +857,7 @@ DecodePlan plan_decode(int32_t batch, int32_t num_q_heads, const KvCacheLayout& 
 DecodePlan plan_decode_chunks(int32_t batch, int32_t num_q_heads, const KvCacheLayout& layout, int32_t max_context,
                               int64_t chunks, int32_t warps) {
   QS_CHECK(batch > 0 && max_context > 0 && chunks > 0) << "decode attention: empty batch, context or split";
-  QS_CHECK(warps == 1 || ((warps == 2 || warps == 4) && layout.dtype == KvDType::kKv4 && layout.head_dim == 128))
+  QS_CHECK(warps_per_chunk_ok(layout, warps))
       << "decode attention: " << warps << " warps per chunk (1, or 2 / 4 for KV4 with head_dim 128)";
   int64_t chunk = (max_context + chunks - 1) / chunks;
   // At least 64 tokens per chunk: amortizes the partial write; 64 rather than 128 measured 17.2 -> 13.7 us at
@@ -887,7 +894,7 @@ Status run_decode(const DecodeParams& p, const DecodePlan& plan, void* workspace
   if (p.layout.page_bytes() >= (int64_t(1) << 31)) return Status::error("decode attention: page of 2 GiB or more");
   const bool wide = p.num_q_heads / p.layout.num_kv_heads > 8;
   const int wpc = plan.warps_per_chunk;
-  if (wpc != 1 && !(kv4 && d == 128 && (wpc == 2 || wpc == 4)))
+  if (!warps_per_chunk_ok(p.layout, wpc))
     return Status::error("decode attention: plan warps_per_chunk " + std::to_string(wpc) +
                          " (1, or 2 / 4 for KV4 with head_dim 128)");
   if (d == 128) {
