@@ -1,8 +1,9 @@
 // Benchmark of the fused quantization kernels (kernels/norm_quant) against the device copy bandwidth measured in
 // the same process: RMSNorm + residual add + INT8 quantization + activation sum (reads x and residual, writes the
 // new residual, q, scale, sum), SiLU(gate)*up + quantization, plain per-token quantization. Llama-3-8B widths
-// (hidden 4096, intermediate 14336) and Llama-2-70B (8192, 28672); rows 1..16384 tokens. Cold L2 for every timed
-// launch, median of 15 after 3 warm-ups.
+// (hidden 4096, intermediate 14336) and Llama-2-70B (8192, 28672); plain quantization at both widths (the
+// intermediate one is the engine's MLP input after the SiLU*up GEMM epilogue); rows 1..16384 tokens. Cold L2 for
+// every timed launch, median of 15 after 3 warm-ups.
 //   bench_fused [out_dir] [--quick]     prints a table; writes out_dir/fused.json (JSON lines)
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -60,7 +61,7 @@ int main(int argc, char** argv) {
   std::FILE* js = std::fopen((out_dir + "/fused.json").c_str(), "w");
   if (js) std::fprintf(js, "{\"device\":\"%s\",\"copy_tbs\":%.4f}\n", prop.name, copy_tbs);
   std::printf("\n%-14s %6s %6s | %9s %7s %6s\n", "op", "rows", "cols", "us", "TB/s", "%copy");
-  const std::vector<int> rows_list = quick ? std::vector<int>{256, 8192} : std::vector<int>{1, 64, 256, 1024, 4096, 16384};
+  const std::vector<int> rows_list = quick ? std::vector<int>{256, 8192} : std::vector<int>{1, 64, 256, 1024, 4096, 8192, 16384};
   for (int hidden : {4096, 8192}) {
     const int inter = hidden == 4096 ? 14336 : 28672;
     for (int rows : rows_list) {
@@ -97,6 +98,12 @@ int main(int argc, char** argv) {
         p.x = x.as<uint16_t>(); p.rows = rows; p.cols = hidden; p.out = o;
         const float ms = median_ms([&] { act_quant(p, 0).throw_if_error(); }, reps, flush.p);
         cases.push_back({"act_quant", hidden, double(nh) * (2 + 1) + rows * 4.0, ms});
+      }
+      {  // the engine's MLP input: the SiLU*up GEMM epilogue's FP16 output, quantized
+        ActQuantParams p;
+        p.x = gu.as<uint16_t>(); p.rows = rows; p.cols = inter; p.out = o;
+        const float ms = median_ms([&] { act_quant(p, 0).throw_if_error(); }, reps, flush.p);
+        cases.push_back({"act_quant", inter, double(ni) * (2 + 1) + rows * 4.0, ms});
       }
       for (const Case& c : cases) {
         const double tbs = c.bytes / (c.ms * 1e-3) / 1e12;

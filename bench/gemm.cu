@@ -9,10 +9,10 @@
 // (qgemm_prepare, as the engine does at upload). Correctness of our kernels is the job of
 // tests/backends/gemm_w4a8_gpu_test. Then the gate_up + SiLU*up + quantization pair, separate kernels vs the
 // SiLU*up epilogue (gemm_silu.md).
-//   bench_gemm [out_dir] [--quick] [--fast] [--ms 64,128,...] [--sweep] [--probe]
+//   bench_gemm [out_dir] [--quick] [--fast] [--ms 64,128,...] [--sweep | --sweep-only] [--probe]
 //   --fast: only W4A8 pc / g128, cuBLASLt FP8 and the FP8 engine path; --sweep: last, every sm90 config x split
-//   (1, 2, 4, 8; cluster and global workspace) on three shapes at M 64-512 with the plan's cost estimate
-//   (gemm_sweep.md); --probe: only the main-loop probe (run_probe).
+//   (1, 2, 4, 8; cluster and global workspace) and stream-K on four shapes at M 64-512 (or --ms) with the plan's
+//   cost estimate (gemm_sweep.md); --sweep-only: that sweep alone; --probe: only the main-loop probe (run_probe).
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_fp16.h>
@@ -463,21 +463,22 @@ void run_probe(Ctx& c, const std::vector<int>& ms) {
 }
 
 // --sweep: every sm90 config x split-K factor on a few shapes of the M 64-512 regime (W4A8 per-channel), with the
-// plan's cost-model estimate and its choice marked, so the model can be checked against the hardware.
-void run_sweep(Ctx& c, const std::string& out_dir) {
+// plan's cost-model estimate and its choice marked, so the model can be checked against the hardware. At M > 512
+// (--ms) only the unsplit launch and stream-K over one CTA per SM (the tiles fill the machine there).
+void run_sweep(Ctx& c, const std::string& out_dir, const std::vector<int>& ms) {
   std::ofstream md(out_dir + "/gemm_sweep.md");
   md << "| N | K | M | config | splits | us | model us | plan |\n|---|---|---|---|---|---|---|---|\n";
   std::printf("sweep (W4A8 pc): N K M config splits | us model_us plan\n");
   const int shapes[][2] = {{6144, 4096}, {4096, 4096}, {28672, 4096}, {4096, 14336}};
   for (const auto& s : shapes)
-    for (int m : {64, 128, 256, 512}) {
+    for (int m : ms) {
       const auto chosen = qs::kernels::qgemm_plan(qs::WeightFormat::kW4A8PerChannel, m, s[0], s[1], c.sms, c.sm_version);
       for (int cfg = 0; cfg < qs::kernels::qgemm_num_configs(); ++cfg) {
         if (!qs::kernels::qgemm_config_is_sm90(cfg)) continue;
         // splits 0 = stream-K over one CTA per SM; 1, 2, 4, 8 = split-K (c: cluster, g: global workspace).
         for (int sp : {0, 1, 2, 4, 8})
           for (bool global : {false, true}) {
-          if (sp <= 1 && global) continue;
+          if ((sp <= 1 && global) || (m > 512 && sp > 1)) continue;
           const auto plan = sp == 0 ? qs::kernels::qgemm_plan_stream_k(qs::WeightFormat::kW4A8PerChannel, m, s[0], s[1], cfg, c.sms)
                                     : qs::kernels::qgemm_plan_for(qs::WeightFormat::kW4A8PerChannel, m, s[0], s[1], cfg, sp, global);
           if (sp > 0 && plan.splits != sp) continue;
@@ -509,13 +510,14 @@ void run_sweep(Ctx& c, const std::string& out_dir) {
 
 int main(int argc, char** argv) {
   const std::string out_dir = argc > 1 && argv[1][0] != '-' ? argv[1] : ".";
-  bool quick = false, fast = false, sweep = false, probe = false;
+  bool quick = false, fast = false, sweep = false, sweep_only = false, probe = false;
   std::vector<int> ms_arg;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     quick = quick || a == "--quick";
     fast = fast || a == "--fast";
     sweep = sweep || a == "--sweep";
+    sweep_only = sweep_only || a == "--sweep-only";
     probe = probe || a == "--probe";
     if (a == "--ms" && i + 1 < argc) {
       std::string list = argv[++i];
@@ -543,6 +545,11 @@ int main(int argc, char** argv) {
   std::printf("device: %s, %d SMs; copy bandwidth %.2f TB/s\n", prop.name, c.sms, bw);
   if (probe) {
     run_probe(c, ms_arg.empty() ? std::vector<int>{64, 128, 256, 512} : ms_arg);
+    return 0;
+  }
+  const std::vector<int> sweep_ms = ms_arg.empty() ? std::vector<int>{64, 128, 256, 512} : ms_arg;
+  if (sweep_only) {
+    run_sweep(c, out_dir, sweep_ms);
     return 0;
   }
 
@@ -623,7 +630,7 @@ int main(int argc, char** argv) {
   js.close();
   md.close();
   run_silu_fusion(c, ms, out_dir);
-  if (sweep) run_sweep(c, out_dir);
+  if (sweep) run_sweep(c, out_dir, sweep_ms);
   CK(cudaDeviceSynchronize());
   return 0;
 }

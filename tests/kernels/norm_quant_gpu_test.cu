@@ -2,9 +2,12 @@
 // quantization bit-exact; RMSNorm and SiLU*up may differ from the reference only where the fp32 value they quantize
 // differs in its last bits (the order of RMSNorm's double sum; expf vs the host's exp): at most one quantization
 // step per element, on a tiny fraction of elements, and scales within one fp16 ulp. Outputs are poisoned before
-// the launch (q with -128, which the quantizer never produces; scales with NaN). Awkward widths 1, 67, 257 and the
-// real 4096 / 14336. The activation sum is checked bit-exactly against the kernel's own codes and scale
-// (xsum_check.h), with a negative control (the sum of the unquantized activations must fail).
+// the launch (q with -128, which the quantizer never produces; scales with NaN). Awkward widths 1, 67, 257 (the
+// streamed kernels' scalar path), 8 and 14336 (register rows with some vectors of a thread unused), the real
+// 4096 / 8192 / 28672 (register rows of 2, 4 and 16 vectors per thread; RMSNorm at 8192 with its weight in
+// registers at 64 rows and read from L1 at 1200 rows, more than one wave) and 40960 (over the register-row limit:
+// the streamed kernels' vector path). The activation sum is checked bit-exactly against the kernel's own codes and
+// scale (xsum_check.h), with a negative control (the sum of the unquantized activations must fail).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -202,7 +205,9 @@ TEST_P(NormQuantGpu, Fp8OutputsMatchReference) {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, NormQuantGpu,
                          ::testing::Values(std::tuple{1, 1}, std::tuple{3, 67}, std::tuple{17, 257},
-                                           std::tuple{5, 4096}, std::tuple{2, 14336}, std::tuple{64, 8192}));
+                                           std::tuple{4, 8}, std::tuple{5, 4096}, std::tuple{2, 14336},
+                                           std::tuple{64, 8192}, std::tuple{1200, 8192}, std::tuple{2, 28672},
+                                           std::tuple{1, 40960}));
 
 TEST(NormQuantGpuErrors, MissingOutputsAreReported) {
   QS_REQUIRE_GPU();

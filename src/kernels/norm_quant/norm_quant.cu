@@ -1,9 +1,16 @@
-// Fused quantization kernels (see norm_quant.h). One CTA of 256 threads per row; a row is walked in vectors of
-// V halves (8 when the row length allows 16-byte accesses, else 1). The op is a functor that produces the fp32
-// value y_k to quantize; passes over the row: [statistics (RMSNorm)], amax (y cached in shared memory for rows
-// up to 28672 values), quantize. Re-reads of the row hit L1/L2, so DRAM traffic is one read of the inputs and
-// one write of the outputs. Every fp32 operation is written as an IEEE intrinsic (no contraction), so y and the quantized values
-// match the reference bit for bit (SiLU up to expf's last-ulp differences).
+// Fused quantization kernels (see norm_quant.h). One CTA of 256 threads per row. Two schedules:
+//  - register rows (cols % 8 == 0 and cols <= kRegCols; RMSNorm and plain quantization): each thread keeps its
+//    8-value vectors of the row (vector i * 256 + thread) in registers, so the row is read from memory once and
+//    the passes (statistics, amax, quantize) run on registers, y recomputed from them. On the H200 1.03-1.19x the
+//    streamed schedule at the engine's shapes (bench_fused; BENCHMARKS.md): decode-size launches stay bound by
+//    latency (one DRAM round trip and two or three CTA reductions per row).
+//  - streamed rows (the rest, and SiLU*up): a row is walked in vectors of V halves (8 when the row length allows
+//    16-byte accesses, else 1); the op is a functor that produces the fp32 value y_k to quantize; passes over the
+//    row: [statistics (RMSNorm)], amax (y cached in shared memory for rows up to 28672 values), quantize. Re-reads
+//    of the row hit L1/L2, so DRAM traffic is one read of the inputs and one write of the outputs.
+// Every fp32 operation is written as an IEEE intrinsic (no contraction), so y and the quantized values match the
+// reference bit for bit, up to the order of RMSNorm's double sum of squares and expf's last-ulp differences in
+// SiLU (norm_quant_gpu_test's tolerance); amax and the integer sum are order-free.
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
@@ -34,16 +41,19 @@ __device__ float fmax_op(float a, float b) { return fmaxf(a, b); }
 __device__ double dadd_op(double a, double b) { return a + b; }
 __device__ int iadd_op(int a, int b) { return a + b; }
 
+__device__ __forceinline__ void unpack8(const uint4& u, float (&f)[8]) {
+  const __half2* h = reinterpret_cast<const __half2*>(&u);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 x = __half22float2(h[i]);
+    f[2 * i] = x.x, f[2 * i + 1] = x.y;
+  }
+}
+
 template <int V>
 __device__ __forceinline__ void load_h(const uint16_t* p, float (&f)[V]) {
   if constexpr (V == 8) {
-    const uint4 u = *reinterpret_cast<const uint4*>(p);
-    const __half2* h = reinterpret_cast<const __half2*>(&u);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float2 x = __half22float2(h[i]);
-      f[2 * i] = x.x, f[2 * i + 1] = x.y;
-    }
+    unpack8(*reinterpret_cast<const uint4*>(p), f);
   } else {
     f[0] = __half2float(__ushort_as_half(*p));
   }
@@ -65,13 +75,70 @@ __device__ __forceinline__ void store_h(uint16_t* p, const float (&f)[V]) {
 // so y is computed once; longer rows recompute it.
 constexpr int kCacheCols = 28672;
 
+// The row's quantization scale from its amax: INT8 (formats.h quantize_act_row: fp16(amax / 127), used as its
+// fp32 value) or FP8 (formats/fp8.h quantize_fp8_row: amax / 448 in fp32).
+struct RowScale {
+  float s;      // the divisor
+  __half s_h;   // INT8: the stored fp16 scale
+};
+template <bool kFp8>
+__device__ __forceinline__ RowScale row_scale(float amax) {
+  if constexpr (kFp8) {
+    return {__fdiv_rn(amax, 448.0f), __float2half_rn(0.0f)};
+  } else {
+    const __half s_h = __float2half_rn(__fdiv_rn(amax, 127.0f));
+    return {__half2float(s_h), s_h};
+  }
+}
+
+// Quantizes V values of y into dst (element offset `at` of the output rows) and adds the INT8 codes to `sum`.
+template <int V, typename Out>
+__device__ __forceinline__ void quantize_store(const float (&y)[V], const RowScale& rs, const Out& out, int64_t at,
+                                               int& sum) {
+  const float s = rs.s;
+  if constexpr (std::is_same_v<Out, Fp8QuantOut>) {
+    uint8_t q[V];
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+      q[i] = s > 0.0f ? uint8_t(__nv_cvt_float_to_fp8(__fdiv_rn(y[i], s), __NV_SATFINITE, __NV_E4M3)) : 0;
+    uint8_t* dst = out.q + at;
+    if constexpr (V == 8) *reinterpret_cast<uint2*>(dst) = *reinterpret_cast<const uint2*>(q);
+    else *dst = q[0];
+  } else {
+    int8_t q[V];
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      const int v = s > 0.0f ? min(max(__float2int_rn(__fdiv_rn(y[i], s)), -127), 127) : 0;
+      q[i] = int8_t(v);
+      sum += v;
+    }
+    int8_t* dst = out.q + at;
+    if constexpr (V == 8) *reinterpret_cast<uint2*>(dst) = *reinterpret_cast<const uint2*>(q);
+    else *dst = q[0];
+  }
+}
+
+// Writes the row's scale (and for INT8 with xsum, fp16(s * sum q) after reducing `sum` over the CTA).
+template <typename Out>
+__device__ __forceinline__ void finish_row(const RowScale& rs, int sum, const Out& out, int64_t row) {
+  __shared__ int ism[kThreads / 32];
+  if constexpr (std::is_same_v<Out, Fp8QuantOut>) {
+    if (threadIdx.x == 0) out.scale[row] = rs.s;
+  } else {
+    if (out.xsum) sum = block_reduce(sum, iadd_op, ism);
+    if (threadIdx.x == 0) {
+      out.scale[row] = __half_as_ushort(rs.s_h);
+      if (out.xsum) out.xsum[row] = __half_as_ushort(__float2half_rn(__fmul_rn(rs.s, float(sum))));
+    }
+  }
+}
+
 // Quantizes the row given by op.y(row, k0, y[V]): Out = QuantOut: INT8 (formats.h quantize_act_row);
 // Out = Fp8QuantOut: e4m3 + FP32 scale (formats/fp8.h quantize_fp8_row).
 template <int V, typename Op, typename Out>
 __device__ void quantize_row(const Op& op, int64_t row, int cols, const Out& out) {
   constexpr bool kFp8 = std::is_same_v<Out, Fp8QuantOut>;
   __shared__ float fsm[kThreads / 32];
-  __shared__ int ism[kThreads / 32];
   extern __shared__ float4 cache4[];
   float* cache = reinterpret_cast<float*>(cache4);
   const bool cached = Op::kCache && cols <= kCacheCols;
@@ -86,15 +153,7 @@ __device__ void quantize_row(const Op& op, int64_t row, int cols, const Out& out
       for (int i = 0; i < V; ++i) cache[k + i] = y[i];
     }
   }
-  amax = block_reduce(amax, fmax_op, fsm);
-  __half s_h = __float2half_rn(0.0f);
-  float s;
-  if constexpr (kFp8) {
-    s = __fdiv_rn(amax, 448.0f);
-  } else {
-    s_h = __float2half_rn(__fdiv_rn(amax, 127.0f));
-    s = __half2float(s_h);
-  }
+  const RowScale rs = row_scale<kFp8>(block_reduce(amax, fmax_op, fsm));
   int sum = 0;
   for (int k = threadIdx.x * V; k < cols; k += kThreads * V) {
     float y[V];
@@ -104,36 +163,49 @@ __device__ void quantize_row(const Op& op, int64_t row, int cols, const Out& out
     } else {
       op.y(row, k, y);
     }
-    if constexpr (kFp8) {
-      uint8_t q[V];
-#pragma unroll
-      for (int i = 0; i < V; ++i)
-        q[i] = s > 0.0f ? uint8_t(__nv_cvt_float_to_fp8(__fdiv_rn(y[i], s), __NV_SATFINITE, __NV_E4M3)) : 0;
-      uint8_t* dst = out.q + row * cols + k;
-      if constexpr (V == 8) *reinterpret_cast<uint2*>(dst) = *reinterpret_cast<const uint2*>(q);
-      else *dst = q[0];
-    } else {
-      int8_t q[V];
-#pragma unroll
-      for (int i = 0; i < V; ++i) {
-        const int v = s > 0.0f ? min(max(__float2int_rn(__fdiv_rn(y[i], s)), -127), 127) : 0;
-        q[i] = int8_t(v);
-        sum += v;
-      }
-      int8_t* dst = out.q + row * cols + k;
-      if constexpr (V == 8) *reinterpret_cast<uint2*>(dst) = *reinterpret_cast<const uint2*>(q);
-      else *dst = q[0];
-    }
+    quantize_store<V>(y, rs, out, row * cols + k, sum);
   }
-  if constexpr (kFp8) {
-    if (threadIdx.x == 0) out.scale[row] = s;
-  } else {
-    if (out.xsum) sum = block_reduce(sum, iadd_op, ism);
-    if (threadIdx.x == 0) {
-      out.scale[row] = __half_as_ushort(s_h);
-      if (out.xsum) out.xsum[row] = __half_as_ushort(__float2half_rn(__fmul_rn(s, float(sum))));
-    }
+  finish_row(rs, sum, out, row);
+}
+
+// Register rows: thread t holds vectors i * kThreads + t (i < NV) of the row, 8 values each; rows of at most
+// kRegCols values (NV <= kMaxRegVecs). y(i, y[8]) computes the values of the thread's vector i from its registers.
+constexpr int kMaxRegVecs = 16;
+constexpr int kRegCols = kThreads * 8 * kMaxRegVecs;  // 32768
+// Resident CTAs per SM asked of the register allocator (the most that compile without spills): plain
+// quantization holds a row's values, RMSNorm also its weight vectors.
+template <int NV>
+constexpr int kActMinCtas = NV <= 2 ? 8 : NV <= 4 ? 6 : NV <= 8 ? 4 : 2;
+template <int NV, bool kWRegs>
+constexpr int kRmsMinCtas = NV <= 1   ? 8
+                            : NV <= 2 ? 6
+                            : kWRegs  ? (NV <= 4 ? 4 : NV <= 8 ? 2 : 1)
+                                      : (NV <= 4 ? 6 : NV <= 8 ? 4 : 2);
+__device__ __forceinline__ int reg_vec_col(int i) { return (i * kThreads + int(threadIdx.x)) * 8; }
+
+template <int NV, typename Y, typename Out>
+__device__ __forceinline__ void quantize_regs(const Y& y_of, int64_t row, int cols, const Out& out) {
+  constexpr bool kFp8 = std::is_same_v<Out, Fp8QuantOut>;
+  __shared__ float fsm[kThreads / 32];
+  float amax = 0.0f;
+#pragma unroll
+  for (int i = 0; i < NV; ++i) {
+    if (reg_vec_col(i) >= cols) break;
+    float y[8];
+    y_of(i, y);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) amax = fmaxf(amax, fabsf(y[j]));
   }
+  const RowScale rs = row_scale<kFp8>(block_reduce(amax, fmax_op, fsm));
+  int sum = 0;
+#pragma unroll
+  for (int i = 0; i < NV; ++i) {
+    if (reg_vec_col(i) >= cols) break;
+    float y[8];
+    y_of(i, y);
+    quantize_store<8>(y, rs, out, row * cols + reg_vec_col(i), sum);
+  }
+  finish_row(rs, sum, out, row);
 }
 
 template <int V>
@@ -210,6 +282,121 @@ __global__ void __launch_bounds__(kThreads) act_quant_kernel(const ActQuantParam
   else quantize_row<V>(PlainOp<V>{p}, blockIdx.x, p.cols, p.out);
 }
 
+// RMSNorm (+ residual) + quantization on register rows (see the file comment): h = fp16(x + residual) stays in
+// registers as fp16 (exactly the value the streamed kernel re-reads). kWRegs: the weight vectors are loaded with
+// h (off the critical path: latency-bound launches); else read from L1 where used, which keeps registers, and so
+// resident rows, for launches of more than one wave (see RmsRegs).
+template <int NV, bool kFp8, bool kWRegs>
+__global__ void __launch_bounds__(kThreads, kRmsMinCtas<NV, kWRegs>)
+    rmsnorm_quant_regs_kernel(const RmsNormQuantParams p) {
+  __shared__ double dsm[kThreads / 32];
+  const int64_t row = blockIdx.x;
+  const int cols = p.cols;
+  uint4 h[NV], w[kWRegs ? NV : 1];
+  double ss = 0.0;
+#pragma unroll
+  for (int i = 0; i < NV; ++i) {
+    const int k = reg_vec_col(i);
+    if (k >= cols) break;
+    h[i] = *reinterpret_cast<const uint4*>(p.x + row * cols + k);
+    if constexpr (kWRegs) w[i] = __ldg(reinterpret_cast<const uint4*>(p.weight + k));
+  }
+  if (p.residual_in) {
+#pragma unroll
+    for (int i = 0; i < NV; ++i) {
+      const int k = reg_vec_col(i);
+      if (k >= cols) break;
+      float x[8], r[8];
+      unpack8(h[i], x);
+      unpack8(*reinterpret_cast<const uint4*>(p.residual_in + row * cols + k), r);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) x[j] = __fadd_rn(x[j], r[j]);
+      store_h<8>(p.residual_out + row * cols + k, x);  // fp16(x + r): also what h holds below
+      __half2* hh = reinterpret_cast<__half2*>(&h[i]);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) hh[j] = __floats2half2_rn(x[2 * j], x[2 * j + 1]);
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < NV; ++i) {
+    if (reg_vec_col(i) >= cols) break;
+    float x[8];
+    unpack8(h[i], x);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) ss += double(x[j]) * double(x[j]);
+  }
+  ss = block_reduce(ss, dadd_op, dsm);
+  const float inv = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(float(ss), float(cols)), p.eps)));
+  auto y_of = [&](int i, float(&y)[8]) {
+    float x[8], ww[8];
+    unpack8(h[i], x);
+    if constexpr (kWRegs) unpack8(w[i], ww);
+    else unpack8(__ldg(reinterpret_cast<const uint4*>(p.weight + reg_vec_col(i))), ww);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) y[j] = __fmul_rn(__fmul_rn(x[j], inv), ww[j]);
+  };
+  if constexpr (kFp8) quantize_regs<NV>(y_of, row, cols, p.fp8);
+  else quantize_regs<NV>(y_of, row, cols, p.out);
+}
+
+// Plain per-token quantization on register rows.
+template <int NV, bool kFp8>
+__global__ void __launch_bounds__(kThreads, kActMinCtas<NV>) act_quant_regs_kernel(const ActQuantParams p) {
+  const int64_t row = blockIdx.x;
+  const int cols = p.cols;
+  uint4 x[NV];
+#pragma unroll
+  for (int i = 0; i < NV; ++i) {
+    const int k = reg_vec_col(i);
+    if (k >= cols) break;
+    x[i] = *reinterpret_cast<const uint4*>(p.x + row * cols + k);
+  }
+  auto y_of = [&](int i, float(&y)[8]) { unpack8(x[i], y); };
+  if constexpr (kFp8) quantize_regs<NV>(y_of, row, cols, p.fp8);
+  else quantize_regs<NV>(y_of, row, cols, p.out);
+}
+
+// Launches Kernel<NV> with the smallest NV in {1, 2, 4, 8, 16} that holds a row of `cols` values (cols % 8 == 0,
+// cols <= kRegCols).
+template <template <int, bool> class K, bool kFp8, typename P>
+Status launch_regs(const P& p, cudaStream_t stream) {
+  const int nv = (p.cols / 8 + kThreads - 1) / kThreads;
+  const dim3 grid(unsigned(p.rows)), block(kThreads);
+  int dev = 0, sms = 0;
+  QS_CUDA_RETURN(cudaGetDevice(&dev));
+  QS_CUDA_RETURN(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  if (nv <= 1) K<1, kFp8>::launch(p, grid, block, stream, sms);
+  else if (nv <= 2) K<2, kFp8>::launch(p, grid, block, stream, sms);
+  else if (nv <= 4) K<4, kFp8>::launch(p, grid, block, stream, sms);
+  else if (nv <= 8) K<8, kFp8>::launch(p, grid, block, stream, sms);
+  else K<16, kFp8>::launch(p, grid, block, stream, sms);
+  QS_CUDA_RETURN(cudaGetLastError());
+  return Status::ok();
+}
+// RMSNorm: the weight in registers for rows of up to 2 vectors per thread (no cost in resident CTAs), and for
+// longer rows when the launch fits one wave of CTAs at that occupancy (H200, 8192 columns, bench_fused in two
+// calls: the weight in registers 8-20% faster at <= 256 rows, 9-14% slower at >= 4096 rows than read from L1).
+template <int NV, bool kFp8>
+struct RmsRegs {
+  static void launch(const RmsNormQuantParams& p, dim3 g, dim3 b, cudaStream_t s, int sms) {
+    if constexpr (NV <= 2) {
+      rmsnorm_quant_regs_kernel<NV, kFp8, true><<<g, b, 0, s>>>(p);
+    } else {
+      if (int64_t(p.rows) <= int64_t(kRmsMinCtas<NV, true>) * sms)
+        rmsnorm_quant_regs_kernel<NV, kFp8, true><<<g, b, 0, s>>>(p);
+      else
+        rmsnorm_quant_regs_kernel<NV, kFp8, false><<<g, b, 0, s>>>(p);
+    }
+  }
+};
+template <int NV, bool kFp8>
+struct ActRegs {
+  static void launch(const ActQuantParams& p, dim3 g, dim3 b, cudaStream_t s, int) {
+    act_quant_regs_kernel<NV, kFp8><<<g, b, 0, s>>>(p);
+  }
+};
+bool regs_fit(int cols) { return cols % 8 == 0 && cols <= kRegCols; }
+
 Status check(int32_t rows, int32_t cols, const QuantOut& o, const char* what) {
   if (rows < 0 || cols <= 0)
     return Status::error(std::string(what) + ": bad shape [" + std::to_string(rows) + ", " + std::to_string(cols) +
@@ -244,6 +431,7 @@ Status rmsnorm_launch(const RmsNormQuantParams& p, cudaStream_t stream, const ch
   else QS_RETURN_IF_ERROR(check(p.rows, p.cols, p.out, what));
   if (p.residual_in && !p.residual_out) return Status::error(std::string(what) + ": residual_in needs residual_out");
   if (p.rows == 0) return Status::ok();
+  if (regs_fit(p.cols)) return launch_regs<RmsRegs, kFp8>(p, stream);
   const size_t smem = cache_bytes(p.cols);
   if (p.cols % 8 == 0) {
     QS_RETURN_IF_ERROR((allow_smem<rmsnorm_quant_kernel<8, kFp8>>()));
@@ -278,6 +466,7 @@ Status act_launch(const ActQuantParams& p, cudaStream_t stream, const char* what
   if constexpr (kFp8) QS_RETURN_IF_ERROR(check(p.rows, p.cols, p.fp8, what));
   else QS_RETURN_IF_ERROR(check(p.rows, p.cols, p.out, what));
   if (p.rows == 0) return Status::ok();
+  if (regs_fit(p.cols)) return launch_regs<ActRegs, kFp8>(p, stream);
   if (p.cols % 8 == 0) act_quant_kernel<8, kFp8><<<p.rows, kThreads, 0, stream>>>(p);
   else act_quant_kernel<1, kFp8><<<p.rows, kThreads, 0, stream>>>(p);
   QS_CUDA_RETURN(cudaGetLastError());
