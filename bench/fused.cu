@@ -61,7 +61,8 @@ int main(int argc, char** argv) {
   std::FILE* js = std::fopen((out_dir + "/fused.json").c_str(), "w");
   if (js) std::fprintf(js, "{\"device\":\"%s\",\"copy_tbs\":%.4f}\n", prop.name, copy_tbs);
   std::printf("\n%-14s %6s %6s | %9s %7s %6s\n", "op", "rows", "cols", "us", "TB/s", "%copy");
-  const std::vector<int> rows_list = quick ? std::vector<int>{256, 8192} : std::vector<int>{1, 64, 256, 1024, 4096, 8192, 16384};
+  const std::vector<int> rows_list =
+      quick ? std::vector<int>{256, 8192} : std::vector<int>{1, 64, 256, 1024, 4096, 8192, 16384};
   for (int hidden : {4096, 8192}) {
     const int inter = hidden == 4096 ? 14336 : 28672;
     for (int rows : rows_list) {

@@ -1,8 +1,8 @@
 // Fused quantization kernels (see norm_quant.h). One CTA of 256 threads per row. Two schedules:
 //  - register rows (cols % 8 == 0 and cols <= kRegCols; RMSNorm and plain quantization): each thread keeps its
 //    8-value vectors of the row (vector i * 256 + thread) in registers, so the row is read from memory once and
-//    the passes (statistics, amax, quantize) run on registers, y recomputed from them. On the H200 1.03-1.19x the
-//    streamed schedule at the engine's shapes (bench_fused; BENCHMARKS.md): decode-size launches stay bound by
+//    the passes (statistics, amax, quantize) run on registers, y recomputed from them. On the H200 1.01-1.18x the
+//    streamed schedule over bench_fused's shapes (BENCHMARKS.md): decode-size launches stay bound by
 //    latency (one DRAM round trip and two or three CTA reductions per row).
 //  - streamed rows (the rest, and SiLU*up): a row is walked in vectors of V halves (8 when the row length allows
 //    16-byte accesses, else 1); the op is a functor that produces the fp32 value y_k to quantize; passes over the
@@ -309,12 +309,11 @@ __global__ void __launch_bounds__(kThreads, kRmsMinCtas<NV, kWRegs>)
       float x[8], r[8];
       unpack8(h[i], x);
       unpack8(*reinterpret_cast<const uint4*>(p.residual_in + row * cols + k), r);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) x[j] = __fadd_rn(x[j], r[j]);
-      store_h<8>(p.residual_out + row * cols + k, x);  // fp16(x + r): also what h holds below
       __half2* hh = reinterpret_cast<__half2*>(&h[i]);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) hh[j] = __floats2half2_rn(x[2 * j], x[2 * j + 1]);
+      for (int j = 0; j < 4; ++j)
+        hh[j] = __floats2half2_rn(__fadd_rn(x[2 * j], r[2 * j]), __fadd_rn(x[2 * j + 1], r[2 * j + 1]));
+      *reinterpret_cast<uint4*>(p.residual_out + row * cols + k) = h[i];  // the new residual fp16(x + r)
     }
   }
 #pragma unroll
@@ -362,14 +361,11 @@ template <template <int, bool> class K, bool kFp8, typename P>
 Status launch_regs(const P& p, cudaStream_t stream) {
   const int nv = (p.cols / 8 + kThreads - 1) / kThreads;
   const dim3 grid(unsigned(p.rows)), block(kThreads);
-  int dev = 0, sms = 0;
-  QS_CUDA_RETURN(cudaGetDevice(&dev));
-  QS_CUDA_RETURN(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  if (nv <= 1) K<1, kFp8>::launch(p, grid, block, stream, sms);
-  else if (nv <= 2) K<2, kFp8>::launch(p, grid, block, stream, sms);
-  else if (nv <= 4) K<4, kFp8>::launch(p, grid, block, stream, sms);
-  else if (nv <= 8) K<8, kFp8>::launch(p, grid, block, stream, sms);
-  else K<16, kFp8>::launch(p, grid, block, stream, sms);
+  if (nv <= 1) QS_RETURN_IF_ERROR((K<1, kFp8>::launch(p, grid, block, stream)));
+  else if (nv <= 2) QS_RETURN_IF_ERROR((K<2, kFp8>::launch(p, grid, block, stream)));
+  else if (nv <= 4) QS_RETURN_IF_ERROR((K<4, kFp8>::launch(p, grid, block, stream)));
+  else if (nv <= 8) QS_RETURN_IF_ERROR((K<8, kFp8>::launch(p, grid, block, stream)));
+  else QS_RETURN_IF_ERROR((K<16, kFp8>::launch(p, grid, block, stream)));
   QS_CUDA_RETURN(cudaGetLastError());
   return Status::ok();
 }
@@ -378,21 +374,25 @@ Status launch_regs(const P& p, cudaStream_t stream) {
 // calls: the weight in registers 8-20% faster at <= 256 rows, 9-14% slower at >= 4096 rows than read from L1).
 template <int NV, bool kFp8>
 struct RmsRegs {
-  static void launch(const RmsNormQuantParams& p, dim3 g, dim3 b, cudaStream_t s, int sms) {
-    if constexpr (NV <= 2) {
-      rmsnorm_quant_regs_kernel<NV, kFp8, true><<<g, b, 0, s>>>(p);
-    } else {
-      if (int64_t(p.rows) <= int64_t(kRmsMinCtas<NV, true>) * sms)
-        rmsnorm_quant_regs_kernel<NV, kFp8, true><<<g, b, 0, s>>>(p);
-      else
+  static Status launch(const RmsNormQuantParams& p, dim3 g, dim3 b, cudaStream_t s) {
+    if constexpr (NV > 2) {
+      int dev = 0, sms = 0;
+      QS_CUDA_RETURN(cudaGetDevice(&dev));
+      QS_CUDA_RETURN(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+      if (int64_t(p.rows) > int64_t(kRmsMinCtas<NV, true>) * sms) {
         rmsnorm_quant_regs_kernel<NV, kFp8, false><<<g, b, 0, s>>>(p);
+        return Status::ok();
+      }
     }
+    rmsnorm_quant_regs_kernel<NV, kFp8, true><<<g, b, 0, s>>>(p);
+    return Status::ok();
   }
 };
 template <int NV, bool kFp8>
 struct ActRegs {
-  static void launch(const ActQuantParams& p, dim3 g, dim3 b, cudaStream_t s, int) {
+  static Status launch(const ActQuantParams& p, dim3 g, dim3 b, cudaStream_t s) {
     act_quant_regs_kernel<NV, kFp8><<<g, b, 0, s>>>(p);
+    return Status::ok();
   }
 };
 bool regs_fit(int cols) { return cols % 8 == 0 && cols <= kRegCols; }
