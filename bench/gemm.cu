@@ -12,7 +12,9 @@
 //   bench_gemm [out_dir] [--quick] [--fast] [--ms 64,128,...] [--sweep | --sweep-only] [--probe]
 //   --fast: only W4A8 pc / g128, cuBLASLt FP8 and the FP8 engine path; --sweep: last, every sm90 config x split
 //   (1, 2, 4, 8; cluster and global workspace) and stream-K on four shapes at M 64-512 (or --ms) with the plan's
-//   cost estimate (gemm_sweep.md); --sweep-only: that sweep alone; --probe: only the main-loop probe (run_probe).
+//   cost estimate (gemm_sweep.md); --sweep-only: that sweep alone; --probe: only the main-loop probe (run_probe),
+//   its launches in the default raster order or --probe-raster R; --raster: only the launch-order comparison
+//   (run_raster: the plan with every raster group size, cuBLASLt FP8 in the same rows; gemm_raster.md).
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_fp16.h>
@@ -20,6 +22,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <fstream>
 #include <functional>
@@ -35,6 +38,8 @@
 #include "kernels/norm_quant/norm_quant.h"
 
 namespace {
+
+int g_probe_raster = 0;  // --probe-raster: the probe launches' raster group (0 = the plan's rule, qgemm_raster_m)
 
 
 #define CK(x) QS_CUDA_CHECK(x)
@@ -414,9 +419,10 @@ bool launch_probe(Ctx& c, const qs::kernels::QGemmParams& p, const qs::kernels::
                                         CU_TENSOR_MAP_SWIZZLE_NONE, "probe").is_ok())
       return false;
   }
-  const dim3 grid((p.n + C::BN - 1) / C::BN, (p.m + C::BM - 1) / C::BM, 1);
+  const dim3 grid(((p.n + C::BN - 1) / C::BN) * ((p.m + C::BM - 1) / C::BM), 1, 1);
   qgemm_sm90_kernel<0, CONFIG, false, PROBE><<<grid, C::kThreads, C::kSmemBytes, c.s>>>(
-      p, xmap, wflat, prep.smap[CONFIG], p.k / kBK, nullptr, nullptr, 0);
+      p, xmap, wflat, prep.smap[CONFIG], p.k / kBK, nullptr, nullptr, 0,
+      g_probe_raster > 0 ? g_probe_raster : qs::kernels::qgemm_raster_m(CONFIG, p.m, p.n, c.sms));
   return cudaGetLastError() == cudaSuccess;
 }
 
@@ -460,6 +466,66 @@ void run_probe(Ctx& c, const std::vector<int>& ms) {
                     wb / t[3], wb / t[4]);
         std::fflush(stdout);
       }
+}
+
+// --raster: the plan of each Llama-3-8B / Llama-2-70B linear at each M launched with raster groups of 1 (weight
+// tiles fastest), 2, 4, ... token tiles and all of them (token tiles fastest), and the default (qgemm_raster_m),
+// cuBLASLt FP8 in the same row; then the four linears summed per model and M for raster 1, the default and FP8.
+void run_raster(Ctx& c, const std::string& out_dir, const std::vector<int>& ms) {
+  using namespace qs::kernels;
+  const auto v = qs::WeightFormat::kW4A8PerChannel;
+  std::ofstream md(out_dir + "/gemm_raster.md");
+  md << "| N | K | M | plan | Lt FP8 us | raster: us ... | default raster | default us | FP8 / default |\n"
+     << "|---|---|---|---|---|---|---|---|---|\n";
+  std::printf("raster (W4A8 pc, the plan's config and split): N K M plan | fp8 us | raster:us ... | default "
+              "raster us | fp8/default raster1/default\n");
+  const int shapes[][2] = {{6144, 4096},  {4096, 4096},  {28672, 4096}, {4096, 14336},
+                           {10240, 8192}, {8192, 8192}, {57344, 8192}, {8192, 28672}};
+  std::map<int, std::array<double, 3>> sums[2];  // raster 1, default, fp8
+  for (const auto& s : shapes)
+    for (int m : ms) {
+      QGemmPlan plan = qgemm_plan(v, m, s[0], s[1], c.sms, c.sm_version);
+      if (!qgemm_config_is_sm90(plan.config)) continue;
+      const int tiles_m = (m + kQGemmConfigs[plan.config].bm - 1) / kQGemmConfigs[plan.config].bm;
+      const int def = plan.raster_m;
+      std::vector<int> rs;
+      for (int r = 1; r < tiles_m; r *= 2) rs.push_back(r);
+      rs.push_back(tiles_m);
+      const double fp8 = bench_lt(c, true, m, s[0], s[1]);
+      std::printf("%6d %6d %5d %-16s x%d%s | %7.1f |", s[0], s[1], m, qgemm_config_name(plan.config), plan.splits,
+                  plan.stream_k_ctas > 0 ? "sk" : "", fp8);
+      md << "| " << s[0] << " | " << s[1] << " | " << m << " | " << qgemm_config_name(plan.config) << " x"
+         << plan.splits << " | " << fp8 << " | ";
+      double t1 = 0, tdef = 0;
+      for (int r : rs) {
+        plan.raster_m = r;
+        const double t = bench_ours(c, v, m, s[0], s[1], c.sm_version, plan);
+        if (r == 1) t1 = t;
+        if (r == def) tdef = t;
+        std::printf(" %d:%.1f", r, t);
+        md << r << ": " << t << " ";
+      }
+      if (tdef == 0) {
+        plan.raster_m = def;
+        tdef = bench_ours(c, v, m, s[0], s[1], c.sm_version, plan);
+      }
+      std::printf(" | %d %7.1f | %5.2f %5.2f\n", def, tdef, fp8 / tdef, t1 / tdef);
+      md << "| " << def << " | " << tdef << " | " << fp8 / tdef << " |\n";
+      std::fflush(stdout);
+      auto& sum = sums[(&s - &shapes[0]) < 4 ? 0 : 1][m];
+      sum[0] += t1, sum[1] += tdef, sum[2] += fp8;
+    }
+  std::printf("\nraster, layer linears summed: model M | raster1 default fp8 (us) | fp8/raster1 fp8/default\n");
+  md << "\n| model | M | raster 1 us | default us | Lt FP8 us | FP8/raster 1 | FP8/default |\n|---|---|---|---|---|---|---|\n";
+  for (int model = 0; model < 2; ++model)
+    for (const auto& [m, sum] : sums[model]) {
+      const char* name = model == 0 ? "llama-3-8b" : "llama-2-70b";
+      std::printf("%-11s %5d | %8.1f %8.1f %8.1f | %5.2f %5.2f\n", name, m, sum[0], sum[1], sum[2], sum[2] / sum[0],
+                  sum[2] / sum[1]);
+      md << "| " << name << " | " << m << " | " << sum[0] << " | " << sum[1] << " | " << sum[2] << " | "
+         << sum[2] / sum[0] << " | " << sum[2] / sum[1] << " |\n";
+    }
+  std::fflush(stdout);
 }
 
 // --sweep: every sm90 config x split-K factor on a few shapes of the M 64-512 regime (W4A8 per-channel), with the
@@ -510,7 +576,7 @@ void run_sweep(Ctx& c, const std::string& out_dir, const std::vector<int>& ms) {
 
 int main(int argc, char** argv) {
   const std::string out_dir = argc > 1 && argv[1][0] != '-' ? argv[1] : ".";
-  bool quick = false, fast = false, sweep = false, sweep_only = false, probe = false;
+  bool quick = false, fast = false, sweep = false, sweep_only = false, probe = false, raster = false;
   std::vector<int> ms_arg;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -519,6 +585,8 @@ int main(int argc, char** argv) {
     sweep = sweep || a == "--sweep";
     sweep_only = sweep_only || a == "--sweep-only";
     probe = probe || a == "--probe";
+    raster = raster || a == "--raster";
+    if (a == "--probe-raster" && i + 1 < argc) g_probe_raster = std::stoi(argv[++i]);
     if (a == "--ms" && i + 1 < argc) {
       std::string list = argv[++i];
       for (size_t pos = 0; pos <= list.size();) {
@@ -545,6 +613,10 @@ int main(int argc, char** argv) {
   std::printf("device: %s, %d SMs; copy bandwidth %.2f TB/s\n", prop.name, c.sms, bw);
   if (probe) {
     run_probe(c, ms_arg.empty() ? std::vector<int>{64, 128, 256, 512} : ms_arg);
+    return 0;
+  }
+  if (raster) {
+    run_raster(c, out_dir, ms_arg.empty() ? std::vector<int>{256, 512, 1024, 4096, 8192} : ms_arg);
     return 0;
   }
   const std::vector<int> sweep_ms = ms_arg.empty() ? std::vector<int>{64, 128, 256, 512} : ms_arg;
@@ -607,7 +679,8 @@ int main(int argc, char** argv) {
       const qs::kernels::QGemmPlan plan = qs::kernels::qgemm_plan(qs::WeightFormat::kW4A8PerChannel, m, n, k, c.sms, c.sm_version);
       sum.pc += t_pc, sum.g128 += t_g, sum.fp8 += t_f8, sum.fp8rw += t_f8rw;
       sum.plans += std::string(sum.plans.empty() ? "" : ", ") + qs::kernels::qgemm_config_name(plan.config) +
-                   (plan.stream_k_ctas > 0 ? " sk" + std::to_string(plan.stream_k_ctas) : " x" + std::to_string(plan.splits));
+                   (plan.stream_k_ctas > 0 ? " sk" + std::to_string(plan.stream_k_ctas) : " x" + std::to_string(plan.splits)) +
+                   (plan.raster_m > 1 ? " r" + std::to_string(plan.raster_m) : "");
     }
   }
   // Issue 11's figure: the four linears of a layer summed, per M, against cuBLASLt FP8 in the same run.

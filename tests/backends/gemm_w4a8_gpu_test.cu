@@ -34,13 +34,15 @@ using ::testing::HasSubstr;
 int fp16_ordinal(uint16_t b) { return (b & 0x8000) ? -int(b & 0x7fff) : int(b); }
 
 // Runs one problem on the GPU with a given plan override and checks INT32 and FP16 results against the reference.
-// stream_k_ctas > 0 (with a config override): a persistent stream-K plan over that many CTAs.
+// stream_k_ctas > 0 (with a config override): a persistent stream-K plan over that many CTAs. raster_m > 0: that
+// launch order (token tiles per raster group) instead of the default.
 void check_problem(const test::QGemmProblem& pr, int splits_override, int config_override = -1,
-                   bool global_split = false, int stream_k_ctas = 0) {
+                   bool global_split = false, int stream_k_ctas = 0, int raster_m = 0) {
   const int64_t m = pr.m, n = pr.n;
   SCOPED_TRACE(testing::Message() << weight_format_name(pr.variant) << " m=" << m << " n=" << n
                                   << " k=" << pr.k << " splits=" << splits_override << " config=" << config_override
-                                  << (global_split ? " global split" : "") << " stream-K ctas=" << stream_k_ctas);
+                                  << (global_split ? " global split" : "") << " stream-K ctas=" << stream_k_ctas
+                                  << " raster=" << raster_m);
   std::vector<float> ref(size_t(m * n));
   std::vector<int32_t> ref_acc(size_t(m * n));
   ref_cpu::qgemm(pr.weights(), pr.acts(), pr.epilogue(), ref.data(), ref_acc.data());
@@ -57,6 +59,7 @@ void check_problem(const test::QGemmProblem& pr, int splits_override, int config
                                    splits_override > 0 ? splits_override : 1, global_split);
   if (config_override >= 0 && stream_k_ctas > 0)
     plan = kernels::qgemm_plan_stream_k(pr.variant, int(m), int(n), int(pr.k), config_override, stream_k_ctas);
+  if (raster_m > 0) plan.raster_m = raster_m;
   SCOPED_TRACE(testing::Message() << "plan " << kernels::qgemm_config_name(plan.config) << " x" << plan.splits
                                   << (plan.global_split ? " (global split)" : ""));
   DeviceBuffer<uint8_t> ws(plan.workspace_bytes);
@@ -208,6 +211,22 @@ TEST_P(QGemmGpu, StreamK) {
     for (int config : runnable_configs())
       if (kernels::qgemm_config_is_sm90(config))
         for (int ctas : {1, 3, 7, 16, 61, 132, 100000}) check_problem(pr, 1, config, false, ctas);
+}
+
+// Launch orders (qgemm_raster_tile): raster groups of 1 (weight tiles fastest), 2, 3 (a short last group) and more
+// token tiles than there are (token tiles fastest) on every sm90 config, unsplit; a group of 3 also split 2 ways
+// (cluster and global) and as stream-K: the same integers and outputs in any order. 1000 tokens = 4..32 token
+// tiles, 384 channels = 2..3 channel tiles (a partial one at BN 256).
+TEST_P(QGemmGpu, RasterOrders) {
+  QS_REQUIRE_GPU();
+  const auto pr = test::make_qgemm_problem(GetParam(), 1000, 384, 256, 21, true, true);
+  for (int config : runnable_configs())
+    if (kernels::qgemm_config_is_sm90(config)) {
+      for (int raster : {1, 2, 3, 1000}) check_problem(pr, 1, config, false, 0, raster);
+      check_problem(pr, 2, config, false, 0, 3);
+      check_problem(pr, 2, config, true, 0, 3);
+      check_problem(pr, 1, config, false, 61, 3);
+    }
 }
 
 TEST_P(QGemmGpu, ModelShapes) {

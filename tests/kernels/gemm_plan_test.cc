@@ -188,5 +188,49 @@ TEST(GemmPlan, StreamKCoversEveryUnitOnce) {
   }
 }
 
+// The launch order (qgemm_raster_tile) visits every output tile exactly once for any raster group size, groups
+// of token tiles in order, and the two ends are the plain orders (weight tiles fastest / token tiles fastest); the
+// plan's group follows the measured rule (qgemm_raster_m).
+TEST(QGemmRaster, EveryTileOnceInGroupOrder) {
+  for (int tiles_m : {1, 2, 3, 7, 8, 64})
+    for (int tiles_n : {1, 5, 112})
+      for (int raster : {1, 2, 3, 4, 8, 32, 1000}) {
+        SCOPED_TRACE(testing::Message() << tiles_m << " x " << tiles_n << " raster " << raster);
+        std::set<std::pair<int, int>> seen;
+        int last_group = 0;
+        for (int t = 0; t < tiles_m * tiles_n; ++t) {
+          int nt = -1, mt = -1;
+          kernels::qgemm_raster_tile(t, tiles_m, tiles_n, raster, nt, mt);
+          ASSERT_GE(nt, 0);
+          ASSERT_LT(nt, tiles_n);
+          ASSERT_GE(mt, 0);
+          ASSERT_LT(mt, tiles_m);
+          EXPECT_TRUE(seen.insert({nt, mt}).second) << "tile " << t << " repeats (" << nt << ", " << mt << ")";
+          const int group = mt / std::min(raster, tiles_m);
+          EXPECT_GE(group, last_group) << "groups of token tiles run in order";
+          last_group = group;
+          if (raster == 1) EXPECT_EQ(t, mt * tiles_n + nt) << "raster 1 = weight tiles fastest";
+          if (raster >= tiles_m) EXPECT_EQ(t, nt * tiles_m + mt) << "a whole-M group = token tiles fastest";
+        }
+        EXPECT_EQ(int(seen.size()), tiles_m * tiles_n);
+      }
+  // The plan's group: 1 up to 1024 tokens and on narrow layers (>= 8 resident CTAs per weight tile: N = 4096 at
+  // BN 256 on 132 SMs), else 2048 tokens' worth of token tiles, at most all of them.
+  using kernels::qgemm_raster_m;
+  EXPECT_EQ(qgemm_raster_m(kernels::kQGemm_sm90_bn256_bm128, 8192, 28672, 132), 16);
+  EXPECT_EQ(qgemm_raster_m(kernels::kQGemm_sm90_bn256_bm128, 8192, 6144, 132), 16);
+  EXPECT_EQ(qgemm_raster_m(kernels::kQGemm_sm90_bn256_bm64, 8192, 28672, 132), 32);
+  EXPECT_EQ(qgemm_raster_m(kernels::kQGemm_sm90_bn256_bm128, 1100, 28672, 132), 9);
+  EXPECT_EQ(qgemm_raster_m(kernels::kQGemm_sm90_bn256_bm128, 1024, 28672, 132), 1);
+  EXPECT_EQ(qgemm_raster_m(kernels::kQGemm_sm90_bn256_bm128, 8192, 4096, 132), 1);
+  EXPECT_EQ(qgemm_raster_m(kernels::kQGemm_sm90_bn128_bm128, 8192, 4096, 132), 16) << "32 weight tiles";
+  EXPECT_EQ(qgemm_raster_m(kernels::kQGemm_sm90_bn256_bm128, 8192, 4096, 264), 1);
+  for (int m : {64, 512, 4096, 8192})
+    for (int n : {4096, 28672}) {
+      const QGemmPlan p = kernels::qgemm_plan(WeightFormat::kW4A8PerChannel, m, n, 4096, 132, 90);
+      EXPECT_EQ(p.raster_m, kernels::qgemm_raster_m(p.config, m, n, 132)) << "m=" << m << " n=" << n;
+    }
+}
+
 }  // namespace
 }  // namespace qs

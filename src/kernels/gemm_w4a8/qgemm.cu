@@ -20,11 +20,11 @@ namespace qgemm_detail {
   extern template Status launch_qgemm<2, kQGemm_##name>(const QGemmParams&, int, int, int32_t*, int*, cudaStream_t);
 #define QS_QGEMM_SM90(name, bm, mt)                                                                               \
   extern template Status launch_qgemm_sm90<0, kQGemm_##name>(const QGemmParams&, int, int, int32_t*, int*, int, \
-                                                             int, const CUtensorMap&, const CUtensorMap&, cudaStream_t); \
+                                                             int, int, const CUtensorMap&, const CUtensorMap&, cudaStream_t); \
   extern template Status launch_qgemm_sm90<1, kQGemm_##name>(const QGemmParams&, int, int, int32_t*, int*, int, \
-                                                             int, const CUtensorMap&, const CUtensorMap&, cudaStream_t); \
+                                                             int, int, const CUtensorMap&, const CUtensorMap&, cudaStream_t); \
   extern template Status launch_qgemm_sm90<2, kQGemm_##name>(const QGemmParams&, int, int, int32_t*, int*, int, \
-                                                             int, const CUtensorMap&, const CUtensorMap&, cudaStream_t);
+                                                             int, int, const CUtensorMap&, const CUtensorMap&, cudaStream_t);
 #include "kernels/gemm_w4a8/qgemm_configs.def"
 #undef QS_QGEMM_SM80
 #undef QS_QGEMM_SM90
@@ -71,13 +71,14 @@ size_t counter_bytes(int config, int m, int n) {
 // The dispatch switch over the table, for one variant. `wmap` / `smap`: the sm90 configs' weight maps.
 template <int V>
 Status launch_variant(int config, const QGemmParams& p, int splits, int tps, int32_t* partial, int* ctr,
-                      int sk_grid, int sk_per, const CUtensorMap& wmap, const CUtensorMap& smap, cudaStream_t s) {
-  (void)wmap, (void)smap, (void)partial, (void)ctr, (void)sk_grid, (void)sk_per;
+                      int sk_grid, int sk_per, int raster_m, const CUtensorMap& wmap, const CUtensorMap& smap,
+                      cudaStream_t s) {
+  (void)wmap, (void)smap, (void)partial, (void)ctr, (void)sk_grid, (void)sk_per, (void)raster_m;
   switch (config) {
 #define QS_QGEMM_SM80(name, bn, bm, wn, wm) \
   case kQGemm_##name: return launch_qgemm<V, kQGemm_##name>(p, splits, tps, partial, ctr, s);
 #define QS_QGEMM_SM90(name, bm, mt) \
-  case kQGemm_##name: return launch_qgemm_sm90<V, kQGemm_##name>(p, splits, tps, partial, ctr, sk_grid, sk_per, wmap, smap, s);
+  case kQGemm_##name: return launch_qgemm_sm90<V, kQGemm_##name>(p, splits, tps, partial, ctr, sk_grid, sk_per, raster_m, wmap, smap, s);
 #include "kernels/gemm_w4a8/qgemm_configs.def"
 #undef QS_QGEMM_SM80
 #undef QS_QGEMM_SM90
@@ -189,9 +190,9 @@ Status qgemm_run(const QGemmParams& p, const QGemmPlan& plan, cudaStream_t strea
   }
   Status st;
   switch (p.variant) {
-    case WeightFormat::kW4A8PerChannel: st = launch_variant<0>(plan.config, p, splits, tps, partial, counters, sk_grid, sk_per, *wmap, *smap, stream); break;
-    case WeightFormat::kW4A8G128: st = launch_variant<1>(plan.config, p, splits, tps, partial, counters, sk_grid, sk_per, *wmap, *smap, stream); break;
-    case WeightFormat::kW8A8: st = launch_variant<2>(plan.config, p, splits, tps, partial, counters, sk_grid, sk_per, *wmap, *smap, stream); break;
+    case WeightFormat::kW4A8PerChannel: st = launch_variant<0>(plan.config, p, splits, tps, partial, counters, sk_grid, sk_per, plan.raster_m, *wmap, *smap, stream); break;
+    case WeightFormat::kW4A8G128: st = launch_variant<1>(plan.config, p, splits, tps, partial, counters, sk_grid, sk_per, plan.raster_m, *wmap, *smap, stream); break;
+    case WeightFormat::kW8A8: st = launch_variant<2>(plan.config, p, splits, tps, partial, counters, sk_grid, sk_per, plan.raster_m, *wmap, *smap, stream); break;
     default: return Status::error("qgemm: unknown variant");
   }
   QS_RETURN_IF_ERROR(st);

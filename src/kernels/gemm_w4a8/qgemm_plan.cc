@@ -210,6 +210,7 @@ QGemmPlan plan_uncached(WeightFormat v, int m, int n, int k, int num_sms, int sm
         }
       }
     }
+    best.raster_m = qgemm_raster_m(best.config, m, n, num_sms);
     return best;
   }
   // mma.sync kernel (also the fastest on sm_90 for m <= 16: 128-thread blocks, several per SM).
@@ -258,6 +259,23 @@ QGemmPlan qgemm_plan(WeightFormat v, int m, int n, int k, int num_sms, int sm_ve
   if (memo.size() >= (size_t(1) << 16)) memo.clear();
   memo.emplace(key, plan);
   return plan;
+}
+
+// The launch order, MEASURED (bench_gemm --raster; NVIDIA H200, 2026-12-03; the plan's config on the eight
+// Llama-3-8B / Llama-2-70B linears at M 256-8192, every group size 1, 2, 4, ... in the same process;
+// bench/results/gemm-serving.md). At M >= 4096 the weight-fastest order re-reads each weight tile from DRAM once
+// per token tile (the weights of a wide layer do not stay in L2 between token tiles): groups of 2048 tokens
+// (16 tiles of 128) were 1.08-1.33x faster on the wide shapes (N / 256 >= 24 weight tiles) and within 0-3.5% of the
+// best group size everywhere but one cell. With few weight tiles (N = 4096: 16 tiles, 132 / 16 >= 8 token tiles
+// resident per weight tile) the weight-fastest order already shares them and streams the large activation matrix
+// once: group 1 was best there (4096 x 14336 at M = 4096: 320 vs 347-377 us). At M <= 1024 no group beat the
+// weight-fastest order by more than 4% and some lost 7-12% (28672 x 4096 at M = 1024: 197 vs 212 us), so 1.
+int qgemm_raster_m(int config, int m, int n, int num_sms) {
+  if (config < 0 || config >= kQGemmNumConfigs) return 1;
+  const QGemmConfig& c = kQGemmConfigs[config];
+  const int64_t tiles_m = cdiv(std::max(m, 1), c.bm), tiles_n = cdiv(std::max(n, 1), c.bn);
+  if (m <= kQGemmRasterMinTokens || std::max(num_sms, 1) / tiles_n >= 8) return 1;
+  return int(std::clamp<int64_t>(kQGemmRasterTokens / c.bm, 1, tiles_m));
 }
 
 }  // namespace qs::kernels

@@ -9,6 +9,8 @@
 // of the table and the splits the measurements favour: none, 2 as a thread-block cluster reducing through DSMEM,
 // or 2 / 4 / 8 through the global workspace. A persistent stream-K schedule exists for every sm90 config
 // (qgemm_plan_stream_k; tests, sweeps) but the plan does not pick it: measured no faster at M 64-512 (BENCHMARKS.md).
+// The sm90 launch order (raster_m, qgemm_raster_m): weight tiles fastest up to 1024 tokens and on narrow layers;
+// beyond, groups of 2048 tokens' token tiles, so that resident CTAs share the weight tiles of wide layers.
 #pragma once
 
 #include <cstddef>
@@ -30,7 +32,30 @@ struct QGemmPlan {
   // CTA: no wave quantization, and the TMA ring runs on across tile boundaries. A tile cut between CTAs is summed
   // by the CTA that finishes its share last (INT32 partials in the workspace, a self-resetting counter per tile).
   int stream_k_ctas = 0;
+  // sm90 configs: the output tiles' launch order (qgemm_raster_tile), in token tiles per raster group (>= 1; 1 =
+  // weight tiles fastest). qgemm_plan sets qgemm_raster_m's choice. Any value gives the same results.
+  int raster_m = 1;
 };
+
+// Output tile `tile` of an sm90 launch (linear launch / stream-K order) -> its weight tile `nt` and token tile `mt`.
+// Consecutive tiles take the `raster_m` token tiles of one group for one weight tile, then the same token tiles for
+// the next weight tile, and so on, group after group: the CTAs resident at one time share each weight tile, which
+// comes from DRAM once instead of once per token tile, and a group's activations stay in L2. raster_m = 1: weight
+// tiles fastest; raster_m >= tiles_m: token tiles fastest over the whole launch.
+constexpr void qgemm_raster_tile(int tile, int tiles_m, int tiles_n, int raster_m, int& nt, int& mt) {
+  raster_m = raster_m < tiles_m ? raster_m : tiles_m;
+  const int span = raster_m * tiles_n;  // tiles of one full group
+  const int g = tile / span, r = tile - g * span;
+  const int rem = tiles_m - g * raster_m;
+  const int gm = rem < raster_m ? rem : raster_m;  // the last group may hold fewer token tiles
+  nt = r / gm;
+  mt = g * raster_m + (r - nt * gm);
+}
+// The raster group qgemm_plan gives an sm90 config for (M, N) on `num_sms` SMs (measured rule in qgemm_plan.cc):
+// 1 up to kQGemmRasterMinTokens tokens, or when the weight-fastest order already has every weight tile shared by
+// >= 8 resident CTAs (num_sms / weight tiles >= 8); otherwise kQGemmRasterTokens tokens' worth of token tiles.
+constexpr int kQGemmRasterMinTokens = 1024, kQGemmRasterTokens = 2048;
+int qgemm_raster_m(int config, int m, int n, int num_sms);
 
 // Chooses the tile config and split-K for a problem on a GPU with `num_sms` multiprocessors and compute
 // capability `sm_version` (e.g. 90; >= 90 selects the wgmma kernel above 16 tokens). `splits_override` > 0 forces

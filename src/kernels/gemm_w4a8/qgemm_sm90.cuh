@@ -24,6 +24,9 @@
 // warps copy the tile's per-token (sx, xsum) and per-channel (scale, szero, bias) inputs into shared memory, so the
 // epilogue reads only the residual from global memory (two output vectors per thread in flight); the SiLU*up
 // variant (QGemmEpilogue::kSiluMul) is epilogue8's.
+// Launch order: the grid is (output tiles, 1, splits), output tile blockIdx.x in raster order (qgemm_raster_tile,
+// the plan's raster_m): groups of raster_m token tiles, token tiles fastest within a group, so that CTAs resident at
+// once share weight tiles through L2 at large M (1 = weight tiles fastest).
 // Tile configs: the QS_QGEMM_SM90 lines of qgemm_configs.def.
 #pragma once
 
@@ -86,7 +89,7 @@ template <int V, int CONFIG, bool SK, int PROBE = 0>
 __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
     qgemm_sm90_kernel(const QGemmParams p, const __grid_constant__ CUtensorMap tm_x,
                       const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ CUtensorMap tm_s,
-                      int tiles_per_split, int32_t* partial, int* counters, int sk_per) {
+                      int tiles_per_split, int32_t* partial, int* counters, int sk_per, int raster_m) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using C = Sm90Cfg<V, CONFIG>;
   extern __shared__ uint8_t smem_raw[];
@@ -96,21 +99,27 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
   uint8_t* smem = smem_raw + (base - raw);
   const int tid = threadIdx.x, wg = tid / 128, lane = tid & 31;
   const int kgs = p.k / kBK;
-  const int tiles_m = (p.m + C::BM - 1) / C::BM;
-  // The CTA's work: units (output tile, k tile), numbered tile * kgs + k tile, output tiles token-tile fastest (the
-  // CTAs running at one time share weight tiles through L2). Stream-K (SK, sk_per units per CTA): the contiguous range of sk_per
-  // units of this CTA, crossing tile boundaries. Otherwise one segment: the output tile (blockIdx.x, blockIdx.y)
-  // and split blockIdx.z's k range.
+  const int tiles_m = (p.m + C::BM - 1) / C::BM, tiles_n = (p.n + C::BN - 1) / C::BN;
+  // The CTA's work: units (output tile, k tile), numbered tile * kgs + k tile, output tiles in raster order
+  // (raster_tile: the token tiles of a group fastest). Stream-K (SK, sk_per units per CTA): the contiguous range of
+  // sk_per units of this CTA, crossing tile boundaries. Otherwise one segment: output tile blockIdx.x and split
+  // blockIdx.z's k range.
   int u_begin, u_end;
   if constexpr (SK) {
-    const int units = ((p.n + C::BN - 1) / C::BN) * tiles_m * kgs;
+    const int units = tiles_n * tiles_m * kgs;
     u_begin = int(blockIdx.x) * sk_per;
     u_end = min(units, u_begin + sk_per);
   } else {
-    const int tile = int(blockIdx.x) * tiles_m + int(blockIdx.y);
+    const int tile = int(blockIdx.x);
     u_begin = tile * kgs + int(blockIdx.z) * tiles_per_split;
     u_end = min((tile + 1) * kgs, u_begin + tiles_per_split);
   }
+  // Output tile -> its first channel and token.
+  auto tile_origin = [&](int tile, int& n0, int& m0) {
+    int nt, mt;
+    qgemm_raster_tile(tile, tiles_m, tiles_n, raster_m, nt, mt);
+    n0 = nt * C::BN, m0 = mt * C::BM;
+  };
   const uint32_t full0 = ptx::smem_addr(full_bar), empty0 = ptx::smem_addr(empty_bar);
 
   if (tid == 0) {
@@ -128,7 +137,8 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
       int it = 0;  // ring position, continuous across the CTA's tiles
       for (int u = u_begin; u < u_end; ++u, ++it) {
         const int tile = u / kgs, kt = u - tile * kgs;
-        const int n0 = (tile / tiles_m) * C::BN, m0 = (tile % tiles_m) * C::BM;
+        int n0, m0;
+        tile_origin(tile, n0, m0);
         const int slot = it % C::STAGES;
         if (it >= C::STAGES) ptx::mbar_wait(empty0 + 8 * slot, ((it / C::STAGES) + 1) & 1);
         const uint32_t st = base + slot * C::kStageBytes, bar = full0 + 8 * slot;
@@ -144,7 +154,8 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
       // Warps 1..3: the tile's epilogue inputs into shared memory (zero where absent or out of range), so the
       // epilogue after the main loop reads no global memory but the residual; then signal the consumers.
       uint16_t* es = reinterpret_cast<uint16_t*>(smem + C::kEpiOffset);
-      const int m0 = int(blockIdx.y) * C::BM, n0 = int(blockIdx.x) * C::BN;
+      int n0, m0;
+      tile_origin(int(blockIdx.x), n0, m0);
       const bool per_channel = p.variant == WeightFormat::kW4A8PerChannel;
       for (int i = tid - 32; i < C::BM; i += C::kParamWarpThreads) {
         const int m = m0 + i;
@@ -300,7 +311,8 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
     // One segment: units [u, seg_end) of one output tile, ring positions from it0.
     auto segment = [&](int u, int seg_end, int it0) {
       const int tile = u / kgs, kt0 = u - tile * kgs, nk = seg_end - u;
-      const int n0 = (tile / tiles_m) * C::BN, m0 = (tile % tiles_m) * C::BM;
+      int n0, m0;
+      tile_origin(tile, n0, m0);
 #pragma unroll
       for (int i = 0; i < C::MT; ++i)
 #pragma unroll
@@ -426,7 +438,7 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
           }
           __threadfence();
           ptx::named_barrier(1, nthreads);
-          if (splitk_is_last(counters + blockIdx.y * gridDim.x + blockIdx.x, int(gridDim.z), tid == 128,
+          if (splitk_is_last(counters + blockIdx.x, int(gridDim.z), tid == 128,
                              [] { ptx::named_barrier(1, 128 * C::kConsumers); }))
             splitk_fixup<C::BM, C::BN>(p, partial, m0, n0, t0, nthreads);
         } else {
@@ -495,7 +507,8 @@ Status make_sm90_weight_maps(WeightFormat v, int n, int k, const void* w, const 
 // `counters` and `partial` from qgemm_stream_k_workspace's layout).
 template <int V, int CONFIG>
 Status launch_qgemm_sm90(const QGemmParams& p, int splits, int tiles_per_split, int32_t* partial, int* counters,
-                         int sk_grid, int sk_per, const CUtensorMap& wmap, const CUtensorMap& smap, cudaStream_t stream) {
+                         int sk_grid, int sk_per, int raster_m, const CUtensorMap& wmap, const CUtensorMap& smap,
+                         cudaStream_t stream) {
   using C = Sm90Cfg<V, CONFIG>;
   static std::atomic<uint64_t> attr_set{0};  // per device (device_once.h)
   QS_RETURN_IF_ERROR(once_per_device(attr_set, [] {
@@ -509,16 +522,19 @@ Status launch_qgemm_sm90(const QGemmParams& p, int splits, int tiles_per_split, 
     return Status::error("qgemm: sm90 split-K factor must be in [1, 8] (a cluster), got " + std::to_string(splits));
   CUtensorMap xmap;
   QS_RETURN_IF_ERROR(make_sm90_x_map(p, C::BM, &xmap));
-  const dim3 grid((p.n + C::BN - 1) / C::BN, (p.m + C::BM - 1) / C::BM, splits);
+  if (raster_m < 1) return Status::error("qgemm: raster group must be >= 1 token tile, got " + std::to_string(raster_m));
+  const int64_t tiles = int64_t((p.n + C::BN - 1) / C::BN) * ((p.m + C::BM - 1) / C::BM);
+  if (tiles * (p.k / kBK) > INT32_MAX) return Status::error("qgemm: too many output tiles x k tiles for one launch");
+  const dim3 grid(unsigned(tiles), 1, splits);
   if (sk_per > 0) {
     if (splits != 1 || !counters || !partial || sk_grid < 1)
       return Status::error("qgemm: a stream-K launch needs splits == 1, a grid and its workspace");
     qgemm_sm90_kernel<V, CONFIG, true><<<dim3(sk_grid), C::kThreads, C::kSmemBytes, stream>>>(
-        p, xmap, wmap, smap, tiles_per_split, partial, counters, sk_per);
+        p, xmap, wmap, smap, tiles_per_split, partial, counters, sk_per, raster_m);
   } else if (splits == 1 || counters) {
     qgemm_sm90_kernel<V, CONFIG, false><<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, xmap, wmap, smap, tiles_per_split,
                                                                                splits > 1 ? partial : nullptr,
-                                                                               splits > 1 ? counters : nullptr, 0);
+                                                                               splits > 1 ? counters : nullptr, 0, raster_m);
   } else {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
@@ -533,7 +549,7 @@ Status launch_qgemm_sm90(const QGemmParams& p, int splits, int tiles_per_split, 
     cfg.attrs = attr;
     cfg.numAttrs = 1;
     QS_CUDA_RETURN(cudaLaunchKernelEx(&cfg, qgemm_sm90_kernel<V, CONFIG, false>, p, xmap, wmap, smap, tiles_per_split,
-                                      static_cast<int32_t*>(nullptr), static_cast<int*>(nullptr), 0));
+                                      static_cast<int32_t*>(nullptr), static_cast<int*>(nullptr), 0, raster_m));
   }
   QS_CUDA_RETURN(cudaGetLastError());
   return Status::ok();
