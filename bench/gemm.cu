@@ -398,7 +398,8 @@ void run_silu_fusion(Ctx& c, const std::vector<int>& ms, const std::string& out_
 }
 
 // --probe: the per-channel sm90 kernel with parts of its main loop removed (qgemm_sm90_kernel's PROBE: 1 no MMAs,
-// 2 no fragment loads / dequantization, 3 neither), unsplit, on gate_up / qkv / down at M 64-512 for the configs
+// 2 no fragment loads / dequantization, 3 neither, 4 neither with contiguous weight boxes, 5 MMAs only without TMA,
+// 6 no weight TMA, 7 MMAs back to back without waits), unsplit, on gate_up / qkv / down at M 64-512 (or --ms) for the configs
 // the plan picks there: which part bounds the k-tile rate. Outputs are garbage (timing only).
 template <int PROBE, int CONFIG>
 bool launch_probe(Ctx& c, const qs::kernels::QGemmParams& p, const qs::kernels::QGemmPrepared& prep) {
@@ -437,22 +438,25 @@ double bench_probe(Ctx& c, int probe, int m, int n, int k) {
                         case 1: return launch_probe<1, CONFIG>(c, p, pr);
                         case 2: return launch_probe<2, CONFIG>(c, p, pr);
                         case 3: return launch_probe<3, CONFIG>(c, p, pr);
-                        default: return launch_probe<4, CONFIG>(c, p, pr);
+                        case 4: return launch_probe<4, CONFIG>(c, p, pr);
+                        case 5: return launch_probe<5, CONFIG>(c, p, pr);
+                        case 6: return launch_probe<6, CONFIG>(c, p, pr);
+                        default: return launch_probe<7, CONFIG>(c, p, pr);
                       }
                     });
 }
 
 void run_probe(Ctx& c, const std::vector<int>& ms) {
   using namespace qs::kernels;
-  std::printf("\nprobe (W4A8 pc, unsplit): N K M config | full no_mma no_frag neither neither_contiguous_w (us) | "
-              "weight TB/s of each\n");
+  std::printf("\nprobe (W4A8 pc, unsplit): N K M config | full no_mma no_frag neither neither_contiguous_w mma_only "
+              "no_w_load mma_peak (us) | weight TB/s of full, no_mma, no_frag, neither, neither_contiguous_w\n");
   const int shapes[][2] = {{28672, 4096}, {6144, 4096}, {4096, 14336}};
   for (const auto& s : shapes)
     for (int m : ms)
       for (int cfg : {int(kQGemm_sm90_bn256_bm64), int(kQGemm_sm90_bn128_bm64), int(kQGemm_sm90_bn128_bm128),
                       int(kQGemm_sm90_bn256_bm128)}) {
-        double t[5];
-        for (int pr = 0; pr < 5; ++pr) {
+        double t[8];
+        for (int pr = 0; pr < 8; ++pr) {
           switch (cfg) {
             case kQGemm_sm90_bn256_bm64: t[pr] = bench_probe<kQGemm_sm90_bn256_bm64>(c, pr, m, s[0], s[1]); break;
             case kQGemm_sm90_bn128_bm64: t[pr] = bench_probe<kQGemm_sm90_bn128_bm64>(c, pr, m, s[0], s[1]); break;
@@ -461,9 +465,9 @@ void run_probe(Ctx& c, const std::vector<int>& ms) {
           }
         }
         const double wb = double(s[0]) * s[1] / 2 / 1e6;  // MB -> TB/s with us
-        std::printf("%6d %6d %4d %-18s | %7.1f %7.1f %7.1f %7.1f %7.1f | %5.2f %5.2f %5.2f %5.2f %5.2f\n", s[0], s[1],
-                    m, qgemm_config_name(cfg), t[0], t[1], t[2], t[3], t[4], wb / t[0], wb / t[1], wb / t[2],
-                    wb / t[3], wb / t[4]);
+        std::printf("%6d %6d %4d %-18s | %7.1f %7.1f %7.1f %7.1f %7.1f %7.1f %7.1f %7.1f | %5.2f %5.2f %5.2f %5.2f %5.2f\n",
+                    s[0], s[1], m, qgemm_config_name(cfg), t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], wb / t[0],
+                    wb / t[1], wb / t[2], wb / t[3], wb / t[4]);
         std::fflush(stdout);
       }
 }

@@ -84,7 +84,10 @@ struct Sm90Cfg {
 // 1 = no MMAs (the dequantized fragments are folded into the accumulators, so the loads and dequantization stay),
 // 2 = no fragment loads or dequantization (MMAs on zero fragments), 3 = neither (the TMA ring's streaming rate),
 // 4 = neither, with tm_w a contiguous view of the weights (rows of one 1 KB tile): each box reads BN/16 KB of
-// consecutive memory instead of BN/16 tiles K/128 KB apart (what a contiguous weight layout would stream).
+// consecutive memory instead of BN/16 tiles K/128 KB apart (what a contiguous weight layout would stream),
+// 5 = MMAs on zero fragments and no TMA (the producer only arrives: the tensor cores' rate in this loop),
+// 6 = the full consumer loop with only the activation tile loaded (weight fragments from stale shared memory),
+// 7 = MMAs on zero fragments issued back to back (no TMA, no barrier, no wait until the end: the wgmma peak).
 template <int V, int CONFIG, bool SK, int PROBE = 0>
 __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
     qgemm_sm90_kernel(const QGemmParams p, const __grid_constant__ CUtensorMap tm_x,
@@ -133,7 +136,7 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
 
   if (wg == 0) {
     ptx::setmaxnreg_dec<40>();
-    if (tid == 0) {
+    if (tid == 0 && PROBE != 7) {
       int it = 0;  // ring position, continuous across the CTA's tiles
       for (int u = u_begin; u < u_end; ++u, ++it) {
         const int tile = u / kgs, kt = u - tile * kgs;
@@ -142,8 +145,13 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
         const int slot = it % C::STAGES;
         if (it >= C::STAGES) ptx::mbar_wait(empty0 + 8 * slot, ((it / C::STAGES) + 1) & 1);
         const uint32_t st = base + slot * C::kStageBytes, bar = full0 + 8 * slot;
-        ptx::mbar_arrive_expect_tx(bar, C::kTxBytes);
+        if constexpr (PROBE == 5) {
+          ptx::mbar_arrive(bar);
+          continue;
+        }
+        ptx::mbar_arrive_expect_tx(bar, PROBE == 6 ? C::kXBytes : C::kTxBytes);
         ptx::tma_load_2d(st, &tm_x, bar, kt * kBK, m0);
+        if constexpr (PROBE == 6) continue;
         if constexpr (PROBE == 4)
           ptx::tma_load_2d(st + C::kXBytes, &tm_w, bar, 0, ((n0 / C::BN) * kgs + kt) * (C::BN / 16));
         else
@@ -238,7 +246,7 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
         const uint64_t desc = ptx::wgmma_desc_k128sw(st + s * 32);
 #pragma unroll
         for (int mt = 0; mt < C::MT; ++mt) {
-          if constexpr (PROBE == 1 || PROBE >= 3) {
+          if constexpr (PROBE == 1 || PROBE == 3 || PROBE == 4) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[mt][e] ^= int32_t(cur[s][mt][e]);
           } else {
@@ -247,6 +255,7 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
         }
       }
       ptx::wgmma_commit();
+      if constexpr (PROBE == 7) return;
       ptx::wgmma_wait<1>();
       if (i > 0) {
         __syncwarp();
@@ -255,7 +264,7 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
       if (i + 1 < nk) {
         const int nslot = (it + 1) % C::STAGES;
         ptx::mbar_wait(full0 + 8 * nslot, ((it + 1) / C::STAGES) & 1);
-        if constexpr (PROBE < 2) prep(nslot, next);
+        if constexpr (PROBE < 2 || PROBE == 6) prep(nslot, next);
       }
     };
     // Stream-K epilogue of a finished tile, per warp (no barrier with the other consumers; the ring stays the
@@ -318,7 +327,7 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
 #pragma unroll
         for (int e = 0; e < C::BM / 2; ++e) acc[i][e] = 0;
       uint32_t a0[4][C::MT][4], a1[4][C::MT][4];
-      if constexpr (PROBE >= 2) {
+      if constexpr (PROBE >= 2 && PROBE != 6) {
 #pragma unroll
         for (int s = 0; s < 4; ++s)
 #pragma unroll
@@ -326,8 +335,8 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
 #pragma unroll
             for (int e = 0; e < 4; ++e) a0[s][mt][e] = a1[s][mt][e] = 0;
       }
-      ptx::mbar_wait(full0 + 8 * (it0 % C::STAGES), (it0 / C::STAGES) & 1);
-      if constexpr (PROBE < 2) prep(it0 % C::STAGES, a0);
+      if constexpr (PROBE != 7) ptx::mbar_wait(full0 + 8 * (it0 % C::STAGES), (it0 / C::STAGES) & 1);
+      if constexpr (PROBE < 2 || PROBE == 6) prep(it0 % C::STAGES, a0);
       for (int i = 0; i < nk; i += 2) {
         step(it0 + i, i, nk, a0, a1);
         if (i + 1 < nk) step(it0 + i + 1, i + 1, nk, a1, a0);
