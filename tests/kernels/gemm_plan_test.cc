@@ -225,6 +225,9 @@ TEST(QGemmRaster, EveryTileOnceInGroupOrder) {
   EXPECT_EQ(qgemm_raster_m(kernels::kQGemm_sm90_bn256_bm128, 8192, 4096, 132), 1);
   EXPECT_EQ(qgemm_raster_m(kernels::kQGemm_sm90_bn128_bm128, 8192, 4096, 132), 16) << "32 weight tiles";
   EXPECT_EQ(qgemm_raster_m(kernels::kQGemm_sm90_bn256_bm128, 8192, 4096, 264), 1);
+  EXPECT_EQ(kernels::qgemm_plan_stream_k(WeightFormat::kW4A8PerChannel, 1000, 4096, 4096,
+                                         kernels::kQGemm_sm90_bn256_bm128, 132).raster_m, 8)
+      << "stream-K keeps token tiles fastest";
   for (int m : {64, 512, 4096, 8192})
     for (int n : {4096, 28672}) {
       const QGemmPlan p = kernels::qgemm_plan(WeightFormat::kW4A8PerChannel, m, n, 4096, 132, 90);

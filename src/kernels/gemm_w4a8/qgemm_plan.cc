@@ -160,6 +160,9 @@ QGemmPlan qgemm_plan_stream_k(WeightFormat v, int m, int n, int k, int config, i
   const int grid = qgemm_stream_k_grid(m, n, k, plan.config, ctas);
   plan.stream_k_ctas = grid;
   plan.workspace_bytes = qgemm_stream_k_workspace(plan.config, grid);
+  // Token tiles fastest over the whole launch (the order stream-K was measured with): consecutive CTAs' unit
+  // ranges then share weight tiles.
+  plan.raster_m = int(std::max<int64_t>(1, cdiv(std::max(m, 1), kQGemmConfigs[plan.config].bm)));
   return plan;
 }
 

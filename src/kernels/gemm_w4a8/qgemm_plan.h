@@ -33,7 +33,8 @@ struct QGemmPlan {
   // by the CTA that finishes its share last (INT32 partials in the workspace, a self-resetting counter per tile).
   int stream_k_ctas = 0;
   // sm90 configs: the output tiles' launch order (qgemm_raster_tile), in token tiles per raster group (>= 1; 1 =
-  // weight tiles fastest). qgemm_plan sets qgemm_raster_m's choice. Any value gives the same results.
+  // weight tiles fastest). qgemm_plan sets qgemm_raster_m's choice, qgemm_plan_stream_k all token tiles (token
+  // tiles fastest). Any value gives the same results.
   int raster_m = 1;
 };
 
