@@ -104,9 +104,9 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
   const int kgs = p.k / kBK;
   const int tiles_m = (p.m + C::BM - 1) / C::BM, tiles_n = (p.n + C::BN - 1) / C::BN;
   // The CTA's work: units (output tile, k tile), numbered tile * kgs + k tile, output tiles in raster order
-  // (raster_tile: the token tiles of a group fastest). Stream-K (SK, sk_per units per CTA): the contiguous range of
-  // sk_per units of this CTA, crossing tile boundaries. Otherwise one segment: output tile blockIdx.x and split
-  // blockIdx.z's k range.
+  // (qgemm_raster_tile: the token tiles of a group fastest). Stream-K (SK, sk_per units per CTA): the contiguous
+  // range of sk_per units of this CTA, crossing tile boundaries. Otherwise one segment: output tile blockIdx.x and
+  // split blockIdx.z's k range.
   int u_begin, u_end;
   if constexpr (SK) {
     const int units = tiles_n * tiles_m * kgs;
