@@ -95,6 +95,11 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
                       int tiles_per_split, int32_t* partial, int* counters, int sk_per, int raster_m) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using C = Sm90Cfg<V, CONFIG>;
+  // What the probes keep: the MMAs (else the fragments are folded into the accumulators), the fragment loads and
+  // dequantization (else zero fragments), the producer's ring and the consumers' barriers and waits.
+  constexpr bool kMma = !(PROBE == 1 || PROBE == 3 || PROBE == 4);
+  constexpr bool kFrags = PROBE < 2 || PROBE == 6;
+  constexpr bool kRing = PROBE != 7;
   extern __shared__ uint8_t smem_raw[];
   __shared__ __align__(8) uint64_t full_bar[C::STAGES], empty_bar[C::STAGES];
   const uint32_t raw = ptx::smem_addr(smem_raw);
@@ -136,7 +141,7 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
 
   if (wg == 0) {
     ptx::setmaxnreg_dec<40>();
-    if (tid == 0 && PROBE != 7) {
+    if (tid == 0 && kRing) {
       int it = 0;  // ring position, continuous across the CTA's tiles
       for (int u = u_begin; u < u_end; ++u, ++it) {
         const int tile = u / kgs, kt = u - tile * kgs;
@@ -246,7 +251,7 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
         const uint64_t desc = ptx::wgmma_desc_k128sw(st + s * 32);
 #pragma unroll
         for (int mt = 0; mt < C::MT; ++mt) {
-          if constexpr (PROBE == 1 || PROBE == 3 || PROBE == 4) {
+          if constexpr (!kMma) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[mt][e] ^= int32_t(cur[s][mt][e]);
           } else {
@@ -255,7 +260,7 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
         }
       }
       ptx::wgmma_commit();
-      if constexpr (PROBE == 7) return;
+      if constexpr (!kRing) return;
       ptx::wgmma_wait<1>();
       if (i > 0) {
         __syncwarp();
@@ -264,7 +269,7 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
       if (i + 1 < nk) {
         const int nslot = (it + 1) % C::STAGES;
         ptx::mbar_wait(full0 + 8 * nslot, ((it + 1) / C::STAGES) & 1);
-        if constexpr (PROBE < 2 || PROBE == 6) prep(nslot, next);
+        if constexpr (kFrags) prep(nslot, next);
       }
     };
     // Stream-K epilogue of a finished tile, per warp (no barrier with the other consumers; the ring stays the
@@ -327,7 +332,7 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
 #pragma unroll
         for (int e = 0; e < C::BM / 2; ++e) acc[i][e] = 0;
       uint32_t a0[4][C::MT][4], a1[4][C::MT][4];
-      if constexpr (PROBE >= 2 && PROBE != 6) {
+      if constexpr (!kFrags) {
 #pragma unroll
         for (int s = 0; s < 4; ++s)
 #pragma unroll
@@ -335,8 +340,8 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
 #pragma unroll
             for (int e = 0; e < 4; ++e) a0[s][mt][e] = a1[s][mt][e] = 0;
       }
-      if constexpr (PROBE != 7) ptx::mbar_wait(full0 + 8 * (it0 % C::STAGES), (it0 / C::STAGES) & 1);
-      if constexpr (PROBE < 2 || PROBE == 6) prep(it0 % C::STAGES, a0);
+      if constexpr (kRing) ptx::mbar_wait(full0 + 8 * (it0 % C::STAGES), (it0 / C::STAGES) & 1);
+      if constexpr (kFrags) prep(it0 % C::STAGES, a0);
       for (int i = 0; i < nk; i += 2) {
         step(it0 + i, i, nk, a0, a1);
         if (i + 1 < nk) step(it0 + i + 1, i + 1, nk, a1, a0);
