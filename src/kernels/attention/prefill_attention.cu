@@ -209,17 +209,19 @@ __device__ __forceinline__ bool item_at(const PrefillParams& p, int i, int n_mbl
 }
 
 // Persistent CTAs (one per SM) take items blockIdx.x, + gridDim.x, ..., warp-specialized as in FlashAttention-3.
-// The producer warpgroup loads each item's Q (once both consumers issued their last S of the previous item) and
-// fills a 3-stage ring of K/V tiles that runs on across items (full/empty mbarriers; whole tiles of new tokens
-// by TMA from one thread, the rest staged by its 128 threads), and gives its registers to the consumers. Each
+// The producer warpgroup fills a 3-stage ring of K/V tiles that runs on across items (full/empty mbarriers; whole
+// tiles of new tokens by TMA from one thread, the rest staged by its 128 threads) and loads each item's Q (once
+// both consumers issued their last S of the previous item; a whole Q tile by TMA too) right after the item's first
+// K/V tile, and gives its registers to the consumers. Each
 // consumer warpgroup is software-pipelined: step j waits for tile j, issues S(j) = Q K(j)^T and
 // O += P(j-1) V(j-1) back to back, waits for S(j) only, computes the softmax of S(j) on the CUDA cores while the
 // tensor cores run P(j-1) V(j-1), then releases tile j-1, rescales O and packs P(j). No CTA-wide barrier after the
 // start; the consumers take turns issuing their MMAs (ping-pong) so that one's softmax runs under the other's.
 template <int D>
 __global__ void __launch_bounds__(kThreads, 1)
-    prefill_kernel(const PrefillParams p, const __grid_constant__ CUtensorMap k_map,
-                   const __grid_constant__ CUtensorMap v_map, int n_mblocks) {
+    prefill_kernel(const PrefillParams p, const __grid_constant__ CUtensorMap q_map,
+                   const __grid_constant__ CUtensorMap k_map, const __grid_constant__ CUtensorMap v_map,
+                   int n_mblocks) {
   extern __shared__ unsigned char smem_raw[];
   Smem<D>& sm = *reinterpret_cast<Smem<D>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   const int n_items = n_mblocks * p.num_q_heads * p.batch;
@@ -248,37 +250,57 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (threadIdx.x == 0) mbar_arrive(bar);
     };
     int ring = 0, k = 0;  // ring position of the item's first tile; this CTA's item count
-    for (int i = blockIdx.x; i < n_items; i += gridDim.x) {
-      Item it;
-      if (!item_at(p, i, n_mblocks, it)) continue;
-      if (k > 0) mbar_wait(smem_addr(&sm.q_empty), (k - 1) & 1);  // both consumers issued their last S of item k-1
+    // Tile jt of item `it` into ring position ring + jt, once both consumers are done with position ring + jt - 3.
+    auto load_tile = [&](const Item& it, int jt) {
+      const int n0 = jt * kBN, pos = ring + jt, st = pos % 3;
+      const uint32_t full = smem_addr(&sm.full[st]);
+      if (pos >= 3) mbar_wait(smem_addr(&sm.empty[st]), (pos / 3 - 1) & 1);
+      if (n0 >= it.prefix && n0 + kBN <= it.kv_len) {  // whole tile of new tokens: TMA, 64-dim boxes of 128 rows
+        if (threadIdx.x == 0) {
+          mbar_arrive_expect_tx(full, 2 * kBN * D * 2);
+          const int row = it.seq_start + n0 - it.prefix;
+#pragma unroll
+          for (int blk = 0; blk < D / 64; ++blk) {
+            tma_load_3d(smem_addr(sm.k[st]) + blk * kBN * 128, &k_map, full, blk * 64, it.kvh, row);
+            tma_load_3d(smem_addr(sm.v[st]) + blk * kBN * 128, &v_map, full, blk * 64, it.kvh, row);
+          }
+        }
+      } else {  // rows from the cache or past the keys: every producer thread
+        load_kv_tile<D>(p, sm, st, it.b, it.kvh, n0, it.kv_len, it.prefix, it.seq_start);
+        publish(full);
+      }
+    };
+    // The item's Q rows [m0, m0 + 128), once both consumers issued and waited their last S of item k - 1: a whole
+    // tile by TMA from one thread (no wait here), a sequence's last partial tile by every thread (zeros past q_len).
+    auto load_q = [&](const Item& it) {
+      if (k > 0) mbar_wait(smem_addr(&sm.q_empty), (k - 1) & 1);
+      const uint32_t q_full = smem_addr(&sm.q_full);
+      if (it.m0 + kBM <= it.q_len) {
+        if (threadIdx.x == 0) {
+          mbar_arrive_expect_tx(q_full, kBM * D * 2);
+#pragma unroll
+          for (int blk = 0; blk < D / 64; ++blk)
+            tma_load_3d(smem_addr(sm.q) + blk * kBM * 128, &q_map, q_full, blk * 64, it.h, it.seq_start + it.m0);
+        }
+        return;
+      }
       constexpr int kChunks = D / 8;
-      for (int u = threadIdx.x; u < kBM * kChunks; u += kLoaders) {  // Q rows [m0, m0 + 128), zeros past q_len
+      for (int u = threadIdx.x; u < kBM * kChunks; u += kLoaders) {
         const int r = u / kChunks, c = u % kChunks, q = it.m0 + r;
         const bool ok = q < it.q_len;
         cp_async16(smem_addr(&sm.q[swz(r, c)]),
                    ok ? p.q + ((int64_t(it.seq_start) + q) * p.num_q_heads + it.h) * D + c * 8 : p.q, ok);
       }
-      publish(smem_addr(&sm.q_full));
-      for (int jt = 0; jt < it.n_tiles; ++jt) {
-        const int n0 = jt * kBN, pos = ring + jt, st = pos % 3;
-        const uint32_t full = smem_addr(&sm.full[st]);
-        if (pos >= 3) mbar_wait(smem_addr(&sm.empty[st]), (pos / 3 - 1) & 1);  // both consumers done with pos-3
-        if (n0 >= it.prefix && n0 + kBN <= it.kv_len) {  // whole tile of new tokens: TMA, 64-dim boxes of 128 rows
-          if (threadIdx.x == 0) {
-            mbar_arrive_expect_tx(full, 2 * kBN * D * 2);
-            const int row = it.seq_start + n0 - it.prefix;
-#pragma unroll
-            for (int blk = 0; blk < D / 64; ++blk) {
-              tma_load_3d(smem_addr(sm.k[st]) + blk * kBN * 128, &k_map, full, blk * 64, it.kvh, row);
-              tma_load_3d(smem_addr(sm.v[st]) + blk * kBN * 128, &v_map, full, blk * 64, it.kvh, row);
-            }
-          }
-        } else {  // rows from the cache or past the keys: every producer thread
-          load_kv_tile<D>(p, sm, st, it.b, it.kvh, n0, it.kv_len, it.prefix, it.seq_start);
-          publish(full);
-        }
-      }
+      publish(q_full);
+    };
+    // Tile 0 before Q: its slot frees before the consumers' last S of the previous item, so the first K/V tile and
+    // Q of an item are in flight together (Q waits for that last S).
+    for (int i = blockIdx.x; i < n_items; i += gridDim.x) {
+      Item it;
+      if (!item_at(p, i, n_mblocks, it)) continue;
+      load_tile(it, 0);
+      load_q(it);
+      for (int jt = 1; jt < it.n_tiles; ++jt) load_tile(it, jt);
       ring += it.n_tiles;
       ++k;
     }
@@ -290,6 +312,57 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int c = wg - 1;  // consumer 0 or 1
   const uint32_t q_addr = smem_addr(sm.q) + c * 64 * 128;
   const float sl2 = p.softmax_scale * 1.4426950408889634f;
+  // Ring position `pos`: wait until its tile landed; hand it back once this warpgroup's last wgmma reading it was
+  // waited (both consumers release every position, in order).
+  auto wait_pos = [&](int pos) { mbar_wait(smem_addr(&sm.full[pos % 3]), (pos / 3) & 1); };
+  auto release_pos = [&](int pos) {
+    if ((threadIdx.x & 127) == 0) mbar_arrive(smem_addr(&sm.empty[pos % 3]));
+  };
+  // The warpgroup's last P V of an item runs on into the next item, issued with that item's first S, and the
+  // item's output is written after it: `done` describes the item whose last P V is outstanding (pending).
+  struct Done {
+    int seq_start, q_len, h, row0;
+    int pv_pos, rest_end;  // ring position of the last P V's tile; positions (pv_pos, rest_end) only the other needs
+    float l[2];
+  } done{};
+  bool pending = false;
+  float o[D / 2];
+#pragma unroll
+  for (int j = 0; j < D / 2; ++j) o[j] = 0.0f;
+  uint32_t pa[kBN / 16][4] = {};  // zero until the first P: the first item's S(0) round multiplies it in
+  // After the outstanding P V was waited: release its tile and the later ones only the other warpgroup needs (each
+  // once it landed, so that no arrival runs a phase ahead of the other warpgroup's), write the item's rows, and
+  // clear O and P for the next item.
+  auto finish = [&] {
+    release_pos(done.pv_pos);
+    for (int pos = done.pv_pos + 1; pos < done.rest_end; ++pos) {
+      wait_pos(pos);
+      release_pos(pos);
+    }
+#pragma unroll
+    for (int hi = 0; hi < 2; ++hi) {
+      const int q = done.row0 + warp * 16 + g + 8 * hi;
+      const float lsum = quad_sum(done.l[hi]);
+      if (q >= done.q_len) continue;
+      const float inv = 1.0f / lsum;
+      __half2* out =
+          reinterpret_cast<__half2*>(p.out + ((int64_t(done.seq_start) + q) * p.num_q_heads + done.h) * D);
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j)
+        out[j * 4 + t] = __floats2half2_rn(o[4 * j + 2 * hi] * inv, o[4 * j + 2 * hi + 1] * inv);
+    }
+#pragma unroll
+    for (int j = 0; j < D / 2; ++j) o[j] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk) pa[kk][0] = pa[kk][1] = pa[kk][2] = pa[kk][3] = 0u;
+    pending = false;
+  };
+  auto flush = [&] {  // the outstanding P V alone (no ping-pong turn: the other consumer does not count it)
+    issue_pv<D>(o, pa, smem_addr(sm.v[done.pv_pos % 3]));
+    wgmma_wait<0>();
+    wgmma_fence_regs(o);
+    finish();
+  };
   int ring = 0, k = 0;
   for (int i = blockIdx.x; i < n_items; i += gridDim.x) {
     Item it;
@@ -297,24 +370,16 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int prefix = it.prefix, kv_len = it.kv_len, n_tiles = it.n_tiles;
     // This warpgroup's rows: queries [row0, row0 + 64); this thread's rows row0 + 16 warp + g (+ 8). It needs the
     // key tiles [0, wg_tiles) (causal) and releases all n_tiles, in order. Consumer 1's rows come later, so it
-    // needs at least as many tiles as consumer 0 whenever it has rows.
+    // needs at least as many tiles as consumer 0 whenever it has rows, and a warpgroup with rows needs n_tiles or
+    // n_tiles - 1 tiles (its rows' last key positions are at most 64 apart from the item's).
     auto tiles_of = [&](int r0) {
       return r0 < it.q_len ? min(n_tiles, (prefix + min(r0 + 63, it.q_len - 1)) / kBN + 1) : 0;
     };
     const int row0 = it.m0 + c * 64;
     const int wg_tiles = tiles_of(row0);
-    float o[D / 2];
-#pragma unroll
-    for (int j = 0; j < D / 2; ++j) o[j] = 0.0f;
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-    uint32_t pa[kBN / 16][4];
     const int qpos0 = prefix + row0 + warp * 16 + g;  // absolute position of row g (row g+8: +8)
 
-    // Tile jt of the item sits at ring position ring + jt.
-    auto wait_tile = [&](int jt) { mbar_wait(smem_addr(&sm.full[(ring + jt) % 3]), ((ring + jt) / 3) & 1); };
-    auto release = [&](int jt) {  // after this warpgroup's last wgmma reading tile jt was waited
-      if ((threadIdx.x & 127) == 0) mbar_arrive(smem_addr(&sm.empty[(ring + jt) % 3]));
-    };
     // Softmax of S(jt): each row's correction of O into corr (applied once P(jt-1) V(jt-1) is done).
     auto softmax_step = [&](float (&s)[kBN / 2], int jt, float (&corr)[2]) {
       const int n0 = jt * kBN;
@@ -333,16 +398,17 @@ __global__ void __launch_bounds__(kThreads, 1)
       pack_p(s, pa);
     };
     // Ping-pong, when both consumers have rows: they take turns to issue their MMAs of a round (named barrier
-    // 2 + c is consumer c's turn, 256 threads: its own 128 syncing, the other's 128 arriving). Rounds: S(0), then
-    // S(j) + P V(j-1) for j >= 1, then the last P V; r0 <= r1 rounds. Consumer 1 gives consumer 0 its first turn;
-    // consumer 0 waits at round k iff k <= r1 and gives a turn after it iff k < r1; consumer 1 waits iff k < r0
-    // and gives iff k + 1 < r0. Every arrival meets exactly one wait and never runs a generation ahead of it, also
-    // across items (consumer 1's last wait of an item follows consumer 0's use of its last turn).
-    const int other_rounds = tiles_of(it.m0 + (1 - c) * 64) + 1;
+    // 2 + c is consumer c's turn, 256 threads: its own 128 syncing, the other's 128 arriving). Rounds: S(0) (with
+    // the previous item's last P V when outstanding), then S(j) + P V(j-1) for j >= 1; r0 <= r1 rounds (the tile
+    // counts). Consumer 1 gives consumer 0 its first turn; consumer 0 waits at every round and gives a turn after
+    // it iff k < r1; consumer 1 waits iff k < r0 and gives iff k + 1 < r0. Every arrival meets exactly one wait
+    // and never runs a generation ahead of it, also across items (consumer 1's last wait of an item follows
+    // consumer 0's use of its last turn). A flush (an outstanding P V issued alone) takes no turn.
+    const int other_rounds = tiles_of(it.m0 + (1 - c) * 64);
     const bool pingpong = it.m0 + 64 < it.q_len;  // both have rows (then both have >= 1 tile)
     int round = 0;
     auto my_turn = [&] {
-      if (pingpong && (c == 0 ? round <= other_rounds : round < other_rounds)) named_barrier(2 + c, 256);
+      if (pingpong && (c == 0 || round < other_rounds)) named_barrier(2 + c, 256);
     };
     auto give_turn = [&] {
       if (pingpong && (c == 0 ? round < other_rounds : round + 1 < other_rounds)) named_barrier_arrive(3 - c, 256);
@@ -354,20 +420,27 @@ __global__ void __launch_bounds__(kThreads, 1)
     };
     // The branches below are warpgroup-uniform and every wgmma group is waited inside its branch.
     mbar_wait(smem_addr(&sm.q_full), k & 1);
+    if (pending && wg_tiles == 0) flush();
     if (wg_tiles > 0) {
-      wait_tile(0);
+      wait_pos(ring);
       float s[kBN / 2];
       my_turn();
       issue_qk<D>(s, q_addr, smem_addr(sm.k[ring % 3]));
+      // Without an outstanding P V, P is zero (O += 0): the same wgmma sequence either way (a wgmma under a
+      // data-dependent branch makes ptxas serialize them all).
+      issue_pv<D>(o, pa, smem_addr(sm.v[(pending ? done.pv_pos : ring) % 3]));
       give_turn();
-      wgmma_wait<0>();
+      wgmma_wait<1>();  // S(0); the previous item's last P V still running during the softmax
       wgmma_fence_regs(s);
       float corr[2];
       softmax_step(s, 0, corr);
-      rescale_pack(s, corr);
+      wgmma_wait<0>();
+      wgmma_fence_regs(o);
+      if (pending) finish();
+      pack_p(s, pa);  // O is zero here
     }
     for (int jt = 1; jt < wg_tiles; ++jt) {
-      wait_tile(jt);
+      wait_pos(ring + jt);
       float s[kBN / 2];
       my_turn();
       issue_qk<D>(s, q_addr, smem_addr(sm.k[(ring + jt) % 3]));
@@ -379,38 +452,26 @@ __global__ void __launch_bounds__(kThreads, 1)
       softmax_step(s, jt, corr);
       wgmma_wait<0>();
       wgmma_fence_regs(o);
-      release(jt - 1);
+      release_pos(ring + jt - 1);
       rescale_pack(s, corr);
     }
     q_done();
-    if (wg_tiles > 0) {  // the warpgroup's last P V
-      my_turn();
-      issue_pv<D>(o, pa, smem_addr(sm.v[(ring + wg_tiles - 1) % 3]));
-      give_turn();
-      wgmma_wait<0>();
-      wgmma_fence_regs(o);
-      release(wg_tiles - 1);
-    }
-    // Tiles only the other warpgroup needs: released in order, each once it landed (so that no arrival runs a
-    // phase ahead of the other warpgroup's).
-    for (int jt = wg_tiles; jt < n_tiles; ++jt) {
-      wait_tile(jt);
-      release(jt);
-    }
-#pragma unroll
-    for (int hi = 0; hi < 2; ++hi) {
-      const int q = row0 + warp * 16 + g + 8 * hi;
-      const float lsum = quad_sum(l[hi]);
-      if (q >= it.q_len) continue;
-      const float inv = 1.0f / lsum;
-      __half2* out = reinterpret_cast<__half2*>(p.out + ((int64_t(it.seq_start) + q) * p.num_q_heads + it.h) * D);
-#pragma unroll
-      for (int j = 0; j < D / 8; ++j)
-        out[j * 4 + t] = __floats2half2_rn(o[4 * j + 2 * hi] * inv, o[4 * j + 2 * hi + 1] * inv);
+    if (wg_tiles > 0) {
+      // The last P V stays outstanding. The next item's first tile (position ring + n_tiles) reuses the slot of
+      // position ring + n_tiles - 3, which this warpgroup has released (wg_tiles >= n_tiles - 1), so waiting for
+      // it cannot deadlock.
+      done = {it.seq_start, it.q_len, it.h, row0, ring + wg_tiles - 1, ring + n_tiles, {l[0], l[1]}};
+      pending = true;
+    } else {
+      for (int pos = ring; pos < ring + n_tiles; ++pos) {  // tiles only the other warpgroup needs
+        wait_pos(pos);
+        release_pos(pos);
+      }
     }
     ring += n_tiles;
     ++k;
   }
+  if (pending) flush();
 }
 
 template <int D>
@@ -421,15 +482,17 @@ Status launch(const PrefillParams& p, cudaStream_t stream) {
     QS_CUDA_RETURN(cudaFuncSetAttribute(prefill_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     return Status::ok();
   }));
-  // K and V as [tokens][kv heads][D] (tokens <= batch x max_q_len; the kernel reads only whole tiles inside a
-  // sequence), boxes of 64 dims x 1 head x 128 tokens.
-  CUtensorMap maps[2];
-  for (int kv = 0; kv < 2; ++kv) {
-    const uint64_t dims[3] = {uint64_t(D), uint64_t(p.num_kv_heads), uint64_t(p.batch) * uint64_t(p.max_q_len)};
-    const uint64_t strides[2] = {uint64_t(D) * 2, uint64_t(p.num_kv_heads) * D * 2};
+  // Q, K and V as [tokens][heads][D] (tokens <= batch x max_q_len; the kernel reads only whole tiles inside a
+  // sequence through them), boxes of 64 dims x 1 head x 128 tokens.
+  CUtensorMap maps[3];  // q, k, v
+  for (int t = 0; t < 3; ++t) {
+    const uint64_t heads = uint64_t(t == 0 ? p.num_q_heads : p.num_kv_heads);
+    const uint64_t dims[3] = {uint64_t(D), heads, uint64_t(p.batch) * uint64_t(p.max_q_len)};
+    const uint64_t strides[2] = {uint64_t(D) * 2, heads * D * 2};
     const uint32_t box[3] = {64, 1, kBN};
-    QS_RETURN_IF_ERROR(encode_tensor_map(&maps[kv], CU_TENSOR_MAP_DATA_TYPE_UINT16, 3, kv ? p.v : p.k, dims, strides,
-                                         box, CU_TENSOR_MAP_SWIZZLE_128B, "prefill attention"));
+    const uint16_t* src = t == 0 ? p.q : t == 1 ? p.k : p.v;
+    QS_RETURN_IF_ERROR(encode_tensor_map(&maps[t], CU_TENSOR_MAP_DATA_TYPE_UINT16, 3, src, dims, strides, box,
+                                         CU_TENSOR_MAP_SWIZZLE_128B, "prefill attention"));
   }
   const int n_mblocks = (p.max_q_len + kBM - 1) / kBM;
   const int64_t n_items = int64_t(n_mblocks) * p.num_q_heads * p.batch;
@@ -438,7 +501,7 @@ Status launch(const PrefillParams& p, cudaStream_t stream) {
   QS_CUDA_RETURN(cudaGetDevice(&dev));
   QS_CUDA_RETURN(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   const int grid = int(std::min<int64_t>(n_items, sms));  // persistent: one CTA per SM
-  prefill_kernel<D><<<grid, kThreads, smem, stream>>>(p, maps[0], maps[1], n_mblocks);
+  prefill_kernel<D><<<grid, kThreads, smem, stream>>>(p, maps[0], maps[1], maps[2], n_mblocks);
   QS_CUDA_RETURN(cudaGetLastError());
   return Status::ok();
 }
