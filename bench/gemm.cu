@@ -13,7 +13,8 @@
 //   --fast: only W4A8 pc / g128, cuBLASLt FP8 and the FP8 engine path; --sweep: last, every sm90 config x split
 //   (1, 2, 4, 8; cluster and global workspace) and stream-K on four shapes at M 64-512 (or --ms) with the plan's
 //   cost estimate (gemm_sweep.md); --sweep-only: that sweep alone; --probe: only the main-loop probe (run_probe),
-//   its launches in the default raster order or --probe-raster R; --raster: only the launch-order comparison
+//   its launches in the default raster order or --probe-raster R; --probe-g128: what g128 costs over per-channel
+//   (run_probe_g128); --raster: only the launch-order comparison
 //   (run_raster: the plan with every raster group size, cuBLASLt FP8 in the same rows; gemm_raster.md).
 #include <cublasLt.h>
 #include <cublas_v2.h>
@@ -403,13 +404,13 @@ void run_silu_fusion(Ctx& c, const std::vector<int>& ms, const std::string& out_
 // 2 no fragment loads / dequantization, 3 neither, 4 neither with contiguous weight boxes, 5 MMAs only without TMA,
 // 6 no weight TMA, 7 MMAs back to back without waits), unsplit, on gate_up / qkv / down at M 64-512 (or --ms) for the configs
 // the plan picks there: which part bounds the k-tile rate. Outputs are garbage (timing only).
-template <int PROBE, int CONFIG>
+template <int PROBE, int CONFIG, int V = 0>
 bool launch_probe(Ctx& c, const qs::kernels::QGemmParams& p, const qs::kernels::QGemmPrepared& prep) {
   using namespace qs::kernels::qgemm_detail;
-  using C = Sm90Cfg<0, CONFIG>;
+  using C = Sm90Cfg<V, CONFIG>;
   static bool attr = false;
   if (!attr) {
-    CK(cudaFuncSetAttribute(qgemm_sm90_kernel<0, CONFIG, false, PROBE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    CK(cudaFuncSetAttribute(qgemm_sm90_kernel<V, CONFIG, false, PROBE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                             C::kSmemBytes));
     attr = true;
   }
@@ -423,7 +424,7 @@ bool launch_probe(Ctx& c, const qs::kernels::QGemmParams& p, const qs::kernels::
       return false;
   }
   const dim3 grid(((p.n + C::BN - 1) / C::BN) * ((p.m + C::BM - 1) / C::BM), 1, 1);
-  qgemm_sm90_kernel<0, CONFIG, false, PROBE><<<grid, C::kThreads, C::kSmemBytes, c.s>>>(
+  qgemm_sm90_kernel<V, CONFIG, false, PROBE><<<grid, C::kThreads, C::kSmemBytes, c.s>>>(
       p, xmap, wflat, prep.smap[CONFIG], p.k / kBK, nullptr, nullptr, 0,
       g_probe_raster > 0 ? g_probe_raster : qs::kernels::qgemm_raster_m(CONFIG, p.m, p.n, c.sms));
   return cudaGetLastError() == cudaSuccess;
@@ -446,6 +447,52 @@ double bench_probe(Ctx& c, int probe, int m, int n, int k) {
                         default: return launch_probe<7, CONFIG>(c, p, pr);
                       }
                     });
+}
+
+// --probe-g128: what g128 costs over per-channel on the same config (the g128 plan's pick, unsplit), Llama-3-8B's four
+// linears: per-channel, g128, g128 with the per-channel fragment path (PROBE 8: the ring with the group scales, no
+// dequant math), g128 without the dequant's xor (PROBE 9) and both formats without fragment loads (PROBE 2). Outputs of the probes are garbage (timing only).
+template <int CONFIG>
+void probe_g128_row(Ctx& c, int m, int n, int k) {
+  const auto pc = qs::WeightFormat::kW4A8PerChannel, g = qs::WeightFormat::kW4A8G128;
+  const auto plan_pc = qs::kernels::qgemm_plan_for(pc, m, n, k, CONFIG, 1);
+  const auto plan_g = qs::kernels::qgemm_plan_for(g, m, n, k, CONFIG, 1);
+  const auto ep = qs::kernels::QGemmEpilogue::kLinear;
+  auto probe = [&](qs::WeightFormat v, const qs::kernels::QGemmPlan& plan, auto launch) {
+    return bench_ours(c, v, m, n, k, c.sm_version, plan, ep, {}, launch);
+  };
+  using P = qs::kernels::QGemmParams;
+  using R = qs::kernels::QGemmPrepared;
+  const double t_pc = probe(pc, plan_pc, [&](const P& p, const R& r) { return launch_probe<0, CONFIG, 0>(c, p, r); });
+  const double t_g = probe(g, plan_g, [&](const P& p, const R& r) { return launch_probe<0, CONFIG, 1>(c, p, r); });
+  const double t_g8 = probe(g, plan_g, [&](const P& p, const R& r) { return launch_probe<8, CONFIG, 1>(c, p, r); });
+  const double t_g9 = probe(g, plan_g, [&](const P& p, const R& r) { return launch_probe<9, CONFIG, 1>(c, p, r); });
+  const double t_pc2 = probe(pc, plan_pc, [&](const P& p, const R& r) { return launch_probe<2, CONFIG, 0>(c, p, r); });
+  const double t_g2 = probe(g, plan_g, [&](const P& p, const R& r) { return launch_probe<2, CONFIG, 1>(c, p, r); });
+  std::printf("%6d %6d %5d %-18s | %7.1f %7.1f %7.1f %7.1f %7.1f %7.1f | %5.3f %5.3f %5.3f %5.3f\n", n, k, m,
+              qs::kernels::qgemm_config_name(CONFIG), t_pc, t_g, t_g8, t_g9, t_pc2, t_g2, t_g / t_pc, t_g8 / t_pc,
+              t_g9 / t_pc, t_g2 / t_pc2);
+  std::fflush(stdout);
+}
+
+void run_probe_g128(Ctx& c, const std::vector<int>& ms) {
+  using namespace qs::kernels;
+  std::printf("\nprobe-g128 (unsplit, the g128 plan's config): N K M config | pc g128 g128_pc_frags g128_no_xor "
+              "pc_no_frag g128_no_frag (us) | g128/pc g128_pc_frags/pc g128_no_xor/pc g128_no_frag/pc_no_frag\n");
+  for (int i = 0; i < 4; ++i)
+    for (int m : ms) {
+      const int* s = kLayerShapes[i];
+      const int cfg = qgemm_plan(qs::WeightFormat::kW4A8G128, m, s[0], s[1], c.sms, c.sm_version).config;
+      switch (cfg) {
+        case kQGemm_sm90_bn256_bm64: probe_g128_row<kQGemm_sm90_bn256_bm64>(c, m, s[0], s[1]); break;
+        case kQGemm_sm90_bn128_bm64: probe_g128_row<kQGemm_sm90_bn128_bm64>(c, m, s[0], s[1]); break;
+        case kQGemm_sm90_bn128_bm128: probe_g128_row<kQGemm_sm90_bn128_bm128>(c, m, s[0], s[1]); break;
+        case kQGemm_sm90_bn128_bm32: probe_g128_row<kQGemm_sm90_bn128_bm32>(c, m, s[0], s[1]); break;
+        case kQGemm_sm90_bn256_bm32: probe_g128_row<kQGemm_sm90_bn256_bm32>(c, m, s[0], s[1]); break;
+        case kQGemm_sm90_bn128_bm256: probe_g128_row<kQGemm_sm90_bn128_bm256>(c, m, s[0], s[1]); break;
+        default: probe_g128_row<kQGemm_sm90_bn256_bm128>(c, m, s[0], s[1]); break;
+      }
+    }
 }
 
 void run_probe(Ctx& c, const std::vector<int>& ms) {
@@ -578,6 +625,7 @@ void run_sweep(Ctx& c, const std::string& out_dir, const std::vector<int>& ms) {
 int main(int argc, char** argv) {
   const std::string out_dir = argc > 1 && argv[1][0] != '-' ? argv[1] : ".";
   bool quick = false, fast = false, sweep = false, sweep_only = false, probe = false, raster = false;
+  bool probe_g128 = false;
   std::vector<int> ms_arg;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -586,6 +634,7 @@ int main(int argc, char** argv) {
     sweep = sweep || a == "--sweep";
     sweep_only = sweep_only || a == "--sweep-only";
     probe = probe || a == "--probe";
+    probe_g128 = probe_g128 || a == "--probe-g128";
     raster = raster || a == "--raster";
     if (a == "--probe-raster" && i + 1 < argc) g_probe_raster = std::stoi(argv[++i]);
     if (a == "--ms" && i + 1 < argc) {
@@ -612,6 +661,10 @@ int main(int argc, char** argv) {
   cublasSetWorkspace(c.blas, c.ws, c.ws_bytes);
   const double bw = copy_bandwidth(c);
   std::printf("device: %s, %d SMs; copy bandwidth %.2f TB/s\n", prop.name, c.sms, bw);
+  if (probe_g128) {
+    run_probe_g128(c, ms_arg.empty() ? std::vector<int>{64, 128, 256, 512, 1024, 2048} : ms_arg);
+    return 0;
+  }
   if (probe) {
     run_probe(c, ms_arg.empty() ? std::vector<int>{64, 128, 256, 512} : ms_arg);
     return 0;

@@ -57,8 +57,13 @@ struct Cfg {
 // biased zero zb = zn + 128 (in [0, 128]) each byte of q*s2 + zb lies in [0, 255] whenever the result lies in the
 // INT8 range, which the protective range guarantees, so one 32-bit multiply-add makes no carry between bytes;
 // xor 0x80 removes the bias (w8 + 128 -> w8). Equal to the mod-256 byte-wise add for every in-range weight.
+// dequant_g128x4_biased: the bytes before that xor, w8 + 128 as unsigned bytes (the sm90 kernel's unsigned-A wgmma
+// takes them as they are and subtracts 128 x the token's activation sum from the accumulator).
+__host__ __device__ __forceinline__ uint32_t dequant_g128x4_biased(uint32_t q4x4, uint32_t s2, uint32_t zb4) {
+  return q4x4 * s2 + zb4;
+}
 __host__ __device__ __forceinline__ uint32_t dequant_g128x4(uint32_t q4x4, uint32_t s2, uint32_t zb4) {
-  return (q4x4 * s2 + zb4) ^ 0x80808080u;
+  return dequant_g128x4_biased(q4x4, s2, zb4) ^ 0x80808080u;
 }
 // (s2 | zn << 8) word -> s2 and the broadcast biased zero zb4 = (zn + 128) * 0x01010101.
 __host__ __device__ __forceinline__ void unpack_s2zn(uint32_t v, uint32_t& s2, uint32_t& zb4) {
