@@ -1,8 +1,7 @@
 // The Hopper (sm_90a) kernel template behind qgemm.h: wgmma.mma_async s8 with the weights as the register A
 // operand (output channels on the wgmma M side, dequantized in registers from the repacked fragments: raw nibbles
-// for per-channel, one 32-bit multiply-add for g128 (dequant_g128x4_biased: w8 + 128 into an unsigned-A wgmma; the
-// stream-K kernel adds the xor of dequant_g128x4 and stays signed), INT8 as-is for W8A8) and the tokens as B in
-// shared memory (wgmma N = BM tokens), loaded by TMA with 128-byte swizzle.
+// for per-channel, one 32-bit multiply-add and one xor for g128 (dequant_g128x4), INT8 as-is for W8A8) and the
+// tokens as B in shared memory (wgmma N = BM tokens), loaded by TMA with 128-byte swizzle.
 //
 // Warp specialization: warpgroup 0 is the producer (one thread issues, per 128-wide k tile, a TMA of the
 // activation tile [BM tokens x 128 B], a TMA of the block's repacked weight tiles viewed as a 2D u32 tensor
@@ -23,9 +22,7 @@
 // the CTA that finishes its share last (INT32 partials in the workspace, a self-resetting counter per tile).
 // Epilogue (non-persistent launches): while the consumers run the main loop, the producer warpgroup's three idle
 // warps copy the tile's per-token (sx, xsum) and per-channel (scale, szero, bias) inputs into shared memory, so the
-// epilogue reads only the residual from global memory (two output vectors per thread in flight); for g128 they then
-// sum each token's activations over the CTA's k tiles from the ring (kRowSums), which the consumers use to remove
-// the unsigned weights' bias from the accumulators before any split-K reduction; the SiLU*up
+// epilogue reads only the residual from global memory (two output vectors per thread in flight); the SiLU*up
 // variant (QGemmEpilogue::kSiluMul) is epilogue8's.
 // Launch order: the grid is (output tiles, 1, splits), output tile blockIdx.x in raster order (qgemm_raster_tile,
 // the plan's raster_m): groups of raster_m token tiles, token tiles fastest within a group, so that CTAs resident at
@@ -76,10 +73,7 @@ struct Sm90Cfg {
   static constexpr int kParamBytes = 2 * (2 * BM + 3 * BN);
   static constexpr int kParamWarpThreads = 96;
   static constexpr int kParamBarrierThreads = 128 * kConsumers + kParamWarpThreads;
-  // g128 (non-persistent): the CTA's per-token INT32 activation sums over its k range (the row-sum warps', see
-  // qgemm_sm90_kernel), after the epilogue inputs.
-  static constexpr int kRowSumOffset = (kParamBytes + 15) / 16 * 16;
-  static_assert(kRowSumOffset + 4 * BM <= kEpiBytes, "epilogue inputs exceed their area");
+  static_assert(kParamBytes <= kEpiBytes, "epilogue inputs exceed their area");
   static constexpr int kSmemBytes = kEpiOffset + kEpiBytes + 1024;
   static_assert(BM % 32 == 0, "the staged epilogue takes 32 tokens at a time");
   static_assert(STAGES >= 2, "stage too large");
@@ -109,11 +103,6 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
   constexpr bool kFrags = PROBE < 2 || PROBE == 6;
   constexpr bool kRing = PROBE != 7;
   constexpr bool kG128Math = C::kG128 && PROBE != 8;
-  // g128 without stream-K: the weights go to an unsigned-A wgmma as w8 + 128 (no xor per fragment register), and
-  // producer warps 1..3 sum each token's activations over the CTA's k tiles from the ring (INT32, exact) so that the
-  // consumers subtract 128 x that sum after the main loop (bit-exact). Measured (bench_gemm --probe-g128, PROBE 9):
-  // the xor alone made g128 13-21% slower than per-channel on H200.
-  constexpr bool kRowSums = C::kG128 && !SK && PROBE == 0;
   extern __shared__ uint8_t smem_raw[];
   __shared__ __align__(8) uint64_t full_bar[C::STAGES], empty_bar[C::STAGES];
   const uint32_t raw = ptx::smem_addr(smem_raw);
@@ -147,7 +136,7 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
   if (tid == 0) {
     for (int s = 0; s < C::STAGES; ++s) {
       ptx::mbar_init(full0 + 8 * s, 1);
-      ptx::mbar_init(empty0 + 8 * s, 4 * C::kConsumers + (kRowSums ? 3 : 0));  // one arrive per consumer (row-sum) warp
+      ptx::mbar_init(empty0 + 8 * s, 4 * C::kConsumers);  // one arrive per consumer warp
     }
     ptx::fence_barrier_init();
   }
@@ -196,37 +185,6 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
         es[C::kParamSzero + i] = ok && per_channel ? p.szero[n] : uint16_t(0);
         es[C::kParamBias + i] = ok && p.bias ? p.bias[n] : uint16_t(0);
       }
-      if constexpr (kRowSums) {
-        // Each thread sums tokens i, i + 96, i + 192 of every k tile of the CTA (a swizzled row keeps its 128 bytes,
-        // so the order does not matter) and hands the slot back like a consumer warp.
-        constexpr int kPer = (C::BM + C::kParamWarpThreads - 1) / C::kParamWarpThreads;
-        int sum[kPer] = {};
-        const int i0 = tid - 32;
-        for (int it = 0; it < u_end - u_begin; ++it) {
-          const int slot = it % C::STAGES;
-          ptx::mbar_wait(full0 + 8 * slot, (it / C::STAGES) & 1);
-          const uint32_t xs = base + slot * C::kStageBytes;
-#pragma unroll
-          for (int r = 0; r < kPer; ++r) {
-            const int tok = i0 + r * C::kParamWarpThreads;
-            if (tok >= C::BM) continue;
-#pragma unroll
-            for (int c = 0; c < kBK / 16; ++c) {
-              const uint4 v = ptx::lds128(xs + tok * kBK + c * 16);
-              sum[r] = __dp4a(int(v.x), 0x01010101, sum[r]);
-              sum[r] = __dp4a(int(v.y), 0x01010101, sum[r]);
-              sum[r] = __dp4a(int(v.z), 0x01010101, sum[r]);
-              sum[r] = __dp4a(int(v.w), 0x01010101, sum[r]);
-            }
-          }
-          __syncwarp();
-          if (lane == 0) ptx::mbar_arrive(empty0 + 8 * slot);
-        }
-        int32_t* xsum = reinterpret_cast<int32_t*>(smem + C::kEpiOffset + C::kRowSumOffset);
-#pragma unroll
-        for (int r = 0; r < kPer; ++r)
-          if (i0 + r * C::kParamWarpThreads < C::BM) xsum[i0 + r * C::kParamWarpThreads] = sum[r];
-      }
       ptx::named_barrier_arrive(2, C::kParamBarrierThreads);
     }
     if (!SK && gridDim.z > 1 && !counters) {  // the consumers' two cluster barriers count every thread
@@ -263,7 +221,7 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
               uint32_t lo = words[j] & 0x0f0f0f0fu, hi = (words[j] >> 4) & 0x0f0f0f0fu;
-              if constexpr (kG128Math && (kRowSums || PROBE == 9)) {
+              if constexpr (kG128Math && PROBE == 9) {
                 lo = dequant_g128x4_biased(lo, s2v[0], zn4[0]);
                 hi = dequant_g128x4_biased(hi, s2v[1], zn4[1]);
               } else if constexpr (kG128Math) {
@@ -302,8 +260,6 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
           if constexpr (!kMma) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[mt][e] ^= int32_t(cur[s][mt][e]);
-          } else if constexpr (kRowSums) {
-            ptx::wgmma_u8s8_rs<C::BM>(acc[mt], cur[s][mt], desc, 1);
           } else {
             ptx::wgmma_s8_rs<C::BM>(acc[mt], cur[s][mt], desc, 1);
           }
@@ -443,18 +399,6 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
         // Epilogue: every consumer is done with the ring (all TMAs it waited for have landed), and the producer
         // warps' copy of the epilogue inputs is complete.
         ptx::named_barrier(2, C::kParamBarrierThreads);
-        if constexpr (kRowSums) {  // acc = sum (w8 + 128) x - 128 sum x, exactly (INT32 wraps cancel)
-          const int32_t* xsum = reinterpret_cast<const int32_t*>(smem + C::kEpiOffset + C::kRowSumOffset);
-#pragma unroll
-          for (int j = 0; j < C::BM / 8; ++j) {
-            const int2 xv = *reinterpret_cast<const int2*>(xsum + 8 * j + 2 * t);
-#pragma unroll
-            for (int mt = 0; mt < C::MT; ++mt) {
-              acc[mt][4 * j] -= xv.x * 128, acc[mt][4 * j + 2] -= xv.x * 128;
-              acc[mt][4 * j + 1] -= xv.y * 128, acc[mt][4 * j + 3] -= xv.y * 128;
-            }
-          }
-        }
         int32_t* cs = reinterpret_cast<int32_t*>(smem);
 #pragma unroll
         for (int mt = 0; mt < C::MT; ++mt)
