@@ -451,7 +451,8 @@ double bench_probe(Ctx& c, int probe, int m, int n, int k) {
 
 // --probe-g128: what g128 costs over per-channel on the same config (the g128 plan's pick, unsplit), Llama-3-8B's four
 // linears: per-channel, g128, g128 with the per-channel fragment path (PROBE 8: the ring with the group scales, no
-// dequant math), g128 without the dequant's xor (PROBE 9) and both formats without fragment loads (PROBE 2). Outputs of the probes are garbage (timing only).
+// dequant math), g128 without the dequant's xor (PROBE 9) and both formats without fragment loads (PROBE 2).
+// Outputs of the probes are garbage (timing only).
 template <int CONFIG>
 void probe_g128_row(Ctx& c, int m, int n, int k) {
   const auto pc = qs::WeightFormat::kW4A8PerChannel, g = qs::WeightFormat::kW4A8G128;
