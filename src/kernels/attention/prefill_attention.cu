@@ -212,11 +212,12 @@ __device__ __forceinline__ bool item_at(const PrefillParams& p, int i, int n_mbl
 // The producer warpgroup fills a 3-stage ring of K/V tiles that runs on across items (full/empty mbarriers; whole
 // tiles of new tokens by TMA from one thread, the rest staged by its 128 threads) and loads each item's Q (once
 // both consumers issued their last S of the previous item; a whole Q tile by TMA too) right after the item's first
-// K/V tile, and gives its registers to the consumers. Each
-// consumer warpgroup is software-pipelined: step j waits for tile j, issues S(j) = Q K(j)^T and
-// O += P(j-1) V(j-1) back to back, waits for S(j) only, computes the softmax of S(j) on the CUDA cores while the
-// tensor cores run P(j-1) V(j-1), then releases tile j-1, rescales O and packs P(j). No CTA-wide barrier after the
-// start; the consumers take turns issuing their MMAs (ping-pong) so that one's softmax runs under the other's.
+// K/V tile, and gives its registers to the consumers. Each consumer warpgroup is software-pipelined: step j waits
+// for tile j, issues S(j) = Q K(j)^T and O += P(j-1) V(j-1) back to back, waits for S(j) only, computes the softmax
+// of S(j) on the CUDA cores while the tensor cores run P(j-1) V(j-1), then releases tile j-1, rescales O and packs
+// P(j). The pipeline runs on across items: an item's last P V is issued with the next item's S(0), and the item's
+// rows are written once it is done. No CTA-wide barrier after the start; the consumers take turns issuing their
+// MMAs (ping-pong) so that one's softmax runs under the other's.
 template <int D>
 __global__ void __launch_bounds__(kThreads, 1)
     prefill_kernel(const PrefillParams p, const __grid_constant__ CUtensorMap q_map,
