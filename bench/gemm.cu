@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -449,6 +450,24 @@ double bench_probe(Ctx& c, int probe, int m, int n, int k) {
                     });
 }
 
+// Calls f.template operator()<CONFIG>() with `cfg` as a compile-time config (every sm90 line of qgemm_configs.def).
+template <class F>
+void with_sm90_config(int cfg, F&& f) {
+  switch (cfg) {
+#define QS_QGEMM_SM80(name, bn, bm, wn, wm)
+#define QS_QGEMM_SM90(name, bm, mt)                                  \
+  case qs::kernels::kQGemm_##name:                                   \
+    f.template operator()<qs::kernels::kQGemm_##name>();             \
+    break;
+#include "kernels/gemm_w4a8/qgemm_configs.def"
+#undef QS_QGEMM_SM80
+#undef QS_QGEMM_SM90
+    default:
+      std::fprintf(stderr, "not an sm90 config: %d\n", cfg);
+      std::exit(1);
+  }
+}
+
 // --probe-g128: what g128 costs over per-channel on the same config (the g128 plan's pick, unsplit), Llama-3-8B's four
 // linears: per-channel, g128, g128 with the per-channel fragment path (PROBE 8: the ring with the group scales, no
 // dequant math), g128 without the dequant's xor (PROBE 9) and both formats without fragment loads (PROBE 2).
@@ -484,15 +503,7 @@ void run_probe_g128(Ctx& c, const std::vector<int>& ms) {
     for (int m : ms) {
       const int* s = kLayerShapes[i];
       const int cfg = qgemm_plan(qs::WeightFormat::kW4A8G128, m, s[0], s[1], c.sms, c.sm_version).config;
-      switch (cfg) {
-        case kQGemm_sm90_bn256_bm64: probe_g128_row<kQGemm_sm90_bn256_bm64>(c, m, s[0], s[1]); break;
-        case kQGemm_sm90_bn128_bm64: probe_g128_row<kQGemm_sm90_bn128_bm64>(c, m, s[0], s[1]); break;
-        case kQGemm_sm90_bn128_bm128: probe_g128_row<kQGemm_sm90_bn128_bm128>(c, m, s[0], s[1]); break;
-        case kQGemm_sm90_bn128_bm32: probe_g128_row<kQGemm_sm90_bn128_bm32>(c, m, s[0], s[1]); break;
-        case kQGemm_sm90_bn256_bm32: probe_g128_row<kQGemm_sm90_bn256_bm32>(c, m, s[0], s[1]); break;
-        case kQGemm_sm90_bn128_bm256: probe_g128_row<kQGemm_sm90_bn128_bm256>(c, m, s[0], s[1]); break;
-        default: probe_g128_row<kQGemm_sm90_bn256_bm128>(c, m, s[0], s[1]); break;
-      }
+      with_sm90_config(cfg, [&]<int CONFIG>() { probe_g128_row<CONFIG>(c, m, s[0], s[1]); });
     }
 }
 
@@ -506,14 +517,8 @@ void run_probe(Ctx& c, const std::vector<int>& ms) {
       for (int cfg : {int(kQGemm_sm90_bn256_bm64), int(kQGemm_sm90_bn128_bm64), int(kQGemm_sm90_bn128_bm128),
                       int(kQGemm_sm90_bn256_bm128)}) {
         double t[8];
-        for (int pr = 0; pr < 8; ++pr) {
-          switch (cfg) {
-            case kQGemm_sm90_bn256_bm64: t[pr] = bench_probe<kQGemm_sm90_bn256_bm64>(c, pr, m, s[0], s[1]); break;
-            case kQGemm_sm90_bn128_bm64: t[pr] = bench_probe<kQGemm_sm90_bn128_bm64>(c, pr, m, s[0], s[1]); break;
-            case kQGemm_sm90_bn128_bm128: t[pr] = bench_probe<kQGemm_sm90_bn128_bm128>(c, pr, m, s[0], s[1]); break;
-            default: t[pr] = bench_probe<kQGemm_sm90_bn256_bm128>(c, pr, m, s[0], s[1]); break;
-          }
-        }
+        for (int pr = 0; pr < 8; ++pr)
+          with_sm90_config(cfg, [&]<int CONFIG>() { t[pr] = bench_probe<CONFIG>(c, pr, m, s[0], s[1]); });
         const double wb = double(s[0]) * s[1] / 2 / 1e6;  // MB -> TB/s with us
         std::printf("%6d %6d %4d %-18s | %7.1f %7.1f %7.1f %7.1f %7.1f %7.1f %7.1f %7.1f | %5.2f %5.2f %5.2f %5.2f %5.2f\n",
                     s[0], s[1], m, qgemm_config_name(cfg), t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], wb / t[0],
