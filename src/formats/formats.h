@@ -38,9 +38,12 @@ inline void set_nibble(uint8_t* packed, int64_t i, uint8_t v) {
 //   (s == 0 -> all q = 0). Dequantized: q_k * float(s).
 // Per-channel W4A8 also needs the token's activation sum, defined on the quantized values so that the
 // GEMM equals dequant(W) x dequant(X) up to FP rounding: xsum = fp16(float(s) * sum_k q_k).
+// g128 W4A8 on Hopper needs the exact integer sum qsum = sum_k q_k: its wgmma takes the weights as unsigned bytes
+// w8 + 128 and removes 128 * qsum from the INT32 accumulator (kernels/gemm_w4a8/qgemm_sm90.cuh).
 struct ActQuantRow {
   uint16_t scale;  // FP16 bits
   uint16_t sum;    // FP16 bits (per-channel W4A8 only)
+  int32_t qsum;    // sum_k q_k (g128 W4A8)
 };
 inline ActQuantRow quantize_act_row(const float* x, int64_t k, int8_t* q) {
   float amax = 0.0f;
@@ -53,7 +56,7 @@ inline ActQuantRow quantize_act_row(const float* x, int64_t k, int8_t* q) {
     q[i] = int8_t(v);
     sum += v;
   }
-  return {s_h, float_to_fp16(s * float(sum))};
+  return {s_h, float_to_fp16(s * float(sum)), sum};
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ struct QGemmProblem {
   std::vector<int8_t> zn;
   std::vector<int8_t> xq;
   std::vector<uint16_t> sx, xsum;
+  std::vector<int32_t> qsum;  // g128 only: the exact sum of each row's codes
   std::vector<uint16_t> bias, residual;
 
   ref_cpu::QGemmWeights weights() const {
@@ -47,7 +48,7 @@ struct QGemmProblem {
 
 inline QGemmProblem make_qgemm_problem(WeightFormat v, int64_t m, int64_t n, int64_t k, uint64_t seed,
                                        bool with_bias = false, bool with_residual = false) {
-  QGemmProblem p{v, m, n, k, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}};
+  QGemmProblem p{v, m, n, k, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}};
   std::mt19937_64 rng(seed);
   auto uni = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
   auto fp16u = [&](float lo, float hi) { return float_to_fp16(std::uniform_real_distribution<float>(lo, hi)(rng)); };
@@ -76,12 +77,15 @@ inline QGemmProblem make_qgemm_problem(WeightFormat v, int64_t m, int64_t n, int
   p.xq.resize(size_t(m * k));
   p.sx.resize(size_t(m));
   p.xsum.resize(size_t(m));
+  p.qsum.resize(size_t(m));
   for (int64_t i = 0; i < m; ++i) {
     const fmt4::ActQuantRow r = fmt4::quantize_act_row(x.data() + i * k, k, p.xq.data() + i * k);
     p.sx[size_t(i)] = r.scale;
     p.xsum[size_t(i)] = r.sum;
+    p.qsum[size_t(i)] = r.qsum;
   }
   if (v != WeightFormat::kW4A8PerChannel) p.xsum.clear();
+  if (v != WeightFormat::kW4A8G128) p.qsum.clear();
   if (with_bias) {
     p.bias.resize(size_t(n));
     for (auto& b : p.bias) b = fp16u(-1.0f, 1.0f);

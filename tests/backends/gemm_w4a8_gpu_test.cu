@@ -50,6 +50,7 @@ void check_problem(const test::QGemmProblem& pr, int splits_override, int config
   const cuda::QGemmDeviceWeights w = cuda::QGemmDeviceWeights::upload(pr.weights());
   DeviceBuffer<int8_t> x(pr.xq);
   DeviceBuffer<uint16_t> sx(pr.sx), xsum(pr.xsum), bias(pr.bias), residual(pr.residual);
+  DeviceBuffer<int32_t> qsum(pr.qsum);
   DeviceBuffer<uint16_t> y(size_t(m * n));
   DeviceBuffer<int32_t> acc(size_t(m * n));
   DeviceBuffer<int> bad(1);
@@ -69,6 +70,7 @@ void check_problem(const test::QGemmProblem& pr, int splits_override, int config
   call.x = x.get();
   call.sx = sx.get();
   call.xsum = xsum.get();
+  call.qsum = qsum.get();
   call.bias = bias.get();
   call.residual = residual.get();
   call.workspace = ws.get();
@@ -242,6 +244,31 @@ TEST_P(QGemmGpu, ModelShapes) {
     }
 }
 
+// g128 on Hopper runs an unsigned-weight wgmma (w8 + 128) and takes 128 * qsum off the accumulators: saturated
+// activations (every code +-127, whole rows of one sign) at the largest K of the paper's models (Llama-2-70B's
+// down_proj, 28672) put the biased INT32 sums near 128 * 127 * K = 4.7e8 (and the correction as large) on every
+// path that can hold k tile 0: unsplit, cluster and global split-K, stream-K.
+TEST(QGemmGpuG128, SaturatedActivationsAtTheLargestK) {
+  QS_REQUIRE_GPU();
+  auto pr = test::make_qgemm_problem(WeightFormat::kW4A8G128, 19, 256, 28672, 41, true, false);
+  for (int64_t i = 0; i < pr.m; ++i) {
+    int32_t sum = 0;
+    for (int64_t j = 0; j < pr.k; ++j) {
+      const int8_t v = i % 3 == 0 ? 127 : i % 3 == 1 ? -127 : (j % 7 == 0 ? -127 : 127);
+      pr.xq[size_t(i * pr.k + j)] = v;
+      sum += v;
+    }
+    pr.qsum[size_t(i)] = sum;
+  }
+  check_problem(pr, 0);
+  for (int config : runnable_configs())
+    if (kernels::qgemm_config_is_sm90(config)) {
+      check_problem(pr, 8, config);
+      check_problem(pr, 3, config, /*global_split=*/true);
+      check_problem(pr, 1, config, false, 5);
+    }
+}
+
 INSTANTIATE_TEST_SUITE_P(AllVariants, QGemmGpu,
                          ::testing::Values(WeightFormat::kW4A8PerChannel, WeightFormat::kW4A8G128,
                                            WeightFormat::kW8A8),
@@ -252,7 +279,8 @@ INSTANTIATE_TEST_SUITE_P(AllVariants, QGemmGpu,
                          });
 
 // The kernels' packed g128 dequantization (host-callable) equals formats.h for every in-range combination: all
-// s2, all zn in [-128, 0], four different nibbles a word (so a carry between bytes would show).
+// s2, all zn in [-128, 0], four different nibbles a word (so a carry between bytes would show); the biased bytes
+// (the sm90 kernel's unsigned wgmma operand) are w8 + 128.
 TEST(QGemmDequant, G128PackedMultiplyAddMatchesFormatsExhaustively) {
   int64_t checked = 0;
   for (int s2 = 1; s2 <= 255; ++s2)
@@ -269,9 +297,12 @@ TEST(QGemmDequant, G128PackedMultiplyAddMatchesFormatsExhaustively) {
         uint32_t s2u, zb4;
         kernels::qgemm_detail::unpack_s2zn(uint32_t(s2) | (uint32_t(uint8_t(int8_t(zn))) << 8), s2u, zb4);
         const uint32_t got = kernels::qgemm_detail::dequant_g128x4(word, s2u, zb4);
-        for (int b = 0; b < 4; ++b)
-          ASSERT_EQ(int8_t(got >> (8 * b)), fmt4::dequant_w4_g128_to_int8(uint8_t(q[b]), uint8_t(s2), int8_t(zn)))
-              << "q=" << q[b] << " s2=" << s2 << " zn=" << zn;
+        const uint32_t biased = kernels::qgemm_detail::dequant_g128x4_biased(word, s2u, zb4);  // the sm90 kernel's
+        for (int b = 0; b < 4; ++b) {
+          const int8_t want = fmt4::dequant_w4_g128_to_int8(uint8_t(q[b]), uint8_t(s2), int8_t(zn));
+          ASSERT_EQ(int8_t(got >> (8 * b)), want) << "q=" << q[b] << " s2=" << s2 << " zn=" << zn;
+          ASSERT_EQ(int(uint8_t(biased >> (8 * b))), int(want) + 128) << "q=" << q[b] << " s2=" << s2 << " zn=" << zn;
+        }
         ++checked;
       }
   EXPECT_GT(checked, 10000);
@@ -310,6 +341,14 @@ TEST(QGemmGpuErrors, BadShapesAndPointers) {
       HasSubstr("needs a workspace"));
   call.xsum = nullptr;
   EXPECT_THAT(w.run(w.plan(20, 1), call, nullptr).message(), HasSubstr("needs xsum"));
+  // g128 needs the code sums (its Hopper kernel removes 128 * qsum from the accumulators).
+  {
+    auto pg = test::make_qgemm_problem(WeightFormat::kW4A8G128, 20, 64, 1024, 5);
+    const auto wg = cuda::QGemmDeviceWeights::upload(pg.weights());
+    cuda::QGemmCall cg = call;
+    cg.xsum = nullptr;
+    EXPECT_THAT(wg.run(wg.plan(20, 1), cg, nullptr).message(), HasSubstr("needs s2zn and qsum"));
+  }
   // The SiLU*up epilogue writes [m, n/2]: a residual [m, n] cannot be added.
   call.xsum = xs.get();
   call.residual = y.get();
@@ -342,12 +381,14 @@ TEST_P(QGemmGpu, PreparedEqualsPerCallDescriptors) {
   ASSERT_TRUE(w.prepared().ready);
   DeviceBuffer<int8_t> x(pr.xq);
   DeviceBuffer<uint16_t> sx(pr.sx), xsum(pr.xsum), bias(pr.bias), residual(pr.residual);
+  DeviceBuffer<int32_t> qsum(pr.qsum);
   DeviceBuffer<uint16_t> y1(size_t(77 * 384)), y2(size_t(77 * 384));
   cuda::QGemmCall call;
   call.m = 77;
   call.x = x.get();
   call.sx = sx.get();
   call.xsum = xsum.get();
+  call.qsum = qsum.get();
   call.bias = bias.get();
   call.residual = residual.get();
   for (int config : runnable_configs()) {

@@ -32,12 +32,14 @@ std::vector<uint16_t> fp16_rand(size_t n, uint64_t seed, float sd) {
 struct QBufs {
   DeviceBuffer<int8_t> q;
   DeviceBuffer<uint16_t> s, x;
-  QBufs(int rows, int cols) : q(size_t(rows) * cols), s(rows), x(rows) {
+  DeviceBuffer<int32_t> qsum;
+  QBufs(int rows, int cols) : q(size_t(rows) * cols), s(rows), x(rows), qsum(rows) {
     q.fill_bytes(0x80);
     test::poison(s);
     test::poison(x);
+    qsum.fill_bytes(0x7f);
   }
-  kernels::QuantOut out() { return {q.get(), s.get(), x.get()}; }
+  kernels::QuantOut out() { return {q.get(), s.get(), x.get(), qsum.get()}; }
 };
 
 // Compares a GPU result with the reference; max_mismatch_frac = 0 demands bit-exactness.
@@ -45,6 +47,7 @@ void compare(QBufs& g, const std::vector<int8_t>& q, const std::vector<uint16_t>
              double max_mismatch_frac) {
   const auto gq = g.q.download();
   const auto gs = g.s.download(), gx = g.x.download();
+  const auto gqs = g.qsum.download();
   EXPECT_EQ(test::nonfinite(g.s), 0);
   EXPECT_EQ(test::nonfinite(g.x), 0);
   size_t mism = 0;
@@ -61,6 +64,10 @@ void compare(QBufs& g, const std::vector<int8_t>& q, const std::vector<uint16_t>
     // also where a code may differ from the reference's by one step; and equal to the reference's when q is.
     EXPECT_EQ(gx[r], test::xsum_of_codes(&gq[r * size_t(cols)], cols, gs[r])) << "xsum of row " << r;
     if (max_mismatch_frac == 0) EXPECT_EQ(gx[r], xs[r]) << "xsum of row " << r;
+    // qsum: the exact integer sum of the row's codes (g128's GEMM subtracts 128 * qsum).
+    int32_t sum = 0;
+    for (int64_t c = 0; c < cols; ++c) sum += gq[r * size_t(cols) + size_t(c)];
+    EXPECT_EQ(gqs[r], sum) << "qsum of row " << r;
   }
 }
 

@@ -22,9 +22,11 @@ std::vector<uint16_t> fp16_vec(size_t n, uint64_t seed, float sd) {
   return h;
 }
 
-// Every dequantized element within half a step (plus fp32 slack) of the exact value y; xsum consistent.
+// Every dequantized element within half a step (plus fp32 slack) of the exact value y; xsum (and qsum, when
+// given: the exact sum of the codes) consistent.
 void expect_quantized(const std::vector<double>& y, int rows, int cols, const std::vector<int8_t>& q,
-                      const std::vector<uint16_t>& sc, const std::vector<uint16_t>& xs) {
+                      const std::vector<uint16_t>& sc, const std::vector<uint16_t>& xs,
+                      const std::vector<int32_t>* qs = nullptr) {
   for (int r = 0; r < rows; ++r) {
     const float s = fp16_to_float(sc[r]);
     double amax = 0;
@@ -38,6 +40,7 @@ void expect_quantized(const std::vector<double>& y, int rows, int cols, const st
     }
     EXPECT_EQ(xs[r], float_to_fp16(s * float(sum)));
     EXPECT_EQ(xs[r], test::xsum_of_codes(&q[size_t(r) * cols], cols, sc[r]));
+    if (qs) EXPECT_EQ((*qs)[size_t(r)], sum) << "qsum of row " << r;
   }
 }
 
@@ -47,11 +50,12 @@ TEST(NormQuantRef, RmsNormWithResidualMatchesFormula) {
     auto x = fp16_vec(size_t(rows) * cols, 1, 1.0f), res = fp16_vec(size_t(rows) * cols, 2, 3.0f);
     auto w = fp16_vec(cols, 3, 0.5f);
     std::vector<uint16_t> res_out(x.size()), sc(rows), xs(rows);
+    std::vector<int32_t> qs(rows, 0x7f7f7f7f);
     std::vector<int8_t> q(x.size());
     kernels::RmsNormQuantParams p;
     p.x = x.data(); p.residual_in = res.data(); p.residual_out = res_out.data(); p.weight = w.data();
     p.eps = 1e-5f; p.rows = rows; p.cols = cols;
-    p.out = {q.data(), sc.data(), xs.data()};
+    p.out = {q.data(), sc.data(), xs.data(), qs.data()};
     ref_cpu::rmsnorm_quant(p);
     std::vector<double> y(x.size());
     for (int r = 0; r < rows; ++r) {
@@ -66,7 +70,7 @@ TEST(NormQuantRef, RmsNormWithResidualMatchesFormula) {
         y[i] = fp16_to_float(res_out[i]) / std::sqrt(ss / cols + 1e-5) * fp16_to_float(w[k]);
       }
     }
-    expect_quantized(y, rows, cols, q, sc, xs);
+    expect_quantized(y, rows, cols, q, sc, xs, &qs);
   }
 }
 

@@ -99,6 +99,7 @@ kernels::QGemmParams QGemmDeviceWeights::params(const QGemmCall& c) const {
   p.x = c.x;
   p.sx = c.sx;
   p.xsum = c.xsum;
+  p.qsum = c.qsum;
   p.w = w_;
   p.scale = scale_;
   p.szero = szero_;

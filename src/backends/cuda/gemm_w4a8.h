@@ -21,6 +21,7 @@ struct QGemmCall {
   const int8_t* x = nullptr;           // INT8 [m, k]
   const uint16_t* sx = nullptr;        // FP16 [m]
   const uint16_t* xsum = nullptr;      // FP16 [m] (per-channel W4A8 only)
+  const int32_t* qsum = nullptr;       // INT32 [m] (g128 W4A8 only)
   const uint16_t* bias = nullptr;      // FP16 [n] or null
   const uint16_t* residual = nullptr;  // FP16 [m, n] or null (may alias y)
   uint16_t* y = nullptr;               // FP16 [m, n] ([m, n/2] for kSiluMul)

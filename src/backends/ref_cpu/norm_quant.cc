@@ -16,6 +16,7 @@ static void store_row(const kernels::QuantOut& o, int64_t r, int64_t cols, const
   const fmt4::ActQuantRow qr = fmt4::quantize_act_row(y, cols, o.q + r * cols);
   o.scale[r] = qr.scale;
   if (o.xsum) o.xsum[r] = qr.sum;
+  if (o.qsum) o.qsum[r] = qr.qsum;
 }
 
 static void store_row(const kernels::Fp8QuantOut& o, int64_t r, int64_t cols, const float* y) {

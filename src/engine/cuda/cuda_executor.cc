@@ -109,6 +109,7 @@ struct CudaExecutor::Impl {
   // Activations.
   uint16_t *hidden = nullptr, *xf16 = nullptr, *qkv = nullptr, *qr = nullptr, *kr = nullptr, *vr = nullptr;
   uint16_t *attn = nullptr, *gate_up = nullptr, *head_in = nullptr, *sx = nullptr, *xsum = nullptr;
+  int32_t* qsum = nullptr;  // g128: the exact sum of each token's INT8 codes (qgemm.h)
   int8_t* q8 = nullptr;
   float* logits = nullptr;
   // Evaluation scoring (score_window): labels i32 [M], nll f64 [M], kl f64 [M], top1 u8 [M], non-finite count i32
@@ -511,6 +512,7 @@ struct CudaExecutor::Impl {
     }
     sx = alloc<uint16_t>(size_t(M), c);
     xsum = alloc<uint16_t>(size_t(M), c);
+    qsum = alloc<int32_t>(size_t(M), c);
     head_in = alloc<uint16_t>(size_t(R) * H, c);
     logits = alloc<float>(size_t(R) * V, c);
     score_labels = alloc<int32_t>(size_t(M), c);
@@ -696,6 +698,7 @@ struct CudaExecutor::Impl {
         p.x = q8;
         p.sx = sx;
         p.xsum = xsum;
+        p.qsum = qsum;
         p.bias = d.bias;
         p.residual = residual ? y : nullptr;
         p.y = y;
@@ -717,6 +720,7 @@ struct CudaExecutor::Impl {
     o.q = q8;
     o.scale = sx;
     o.xsum = variant == WeightFormat::kW4A8PerChannel ? xsum : nullptr;
+    o.qsum = variant == WeightFormat::kW4A8G128 ? qsum : nullptr;
     return o;
   }
 

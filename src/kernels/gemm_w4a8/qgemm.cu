@@ -137,7 +137,8 @@ Status qgemm_run(const QGemmParams& p, const QGemmPlan& plan, cudaStream_t strea
     return Status::error("qgemm: a required pointer (x, sx, w, scale, y) is null");
   if (p.variant == WeightFormat::kW4A8PerChannel && (!p.xsum || !p.szero))
     return Status::error("qgemm: per-channel W4A8 needs xsum and szero");
-  if (p.variant == WeightFormat::kW4A8G128 && !p.s2zn) return Status::error("qgemm: g128 W4A8 needs s2zn");
+  if (p.variant == WeightFormat::kW4A8G128 && (!p.s2zn || !p.qsum))
+    return Status::error("qgemm: g128 W4A8 needs s2zn and qsum");
   if (p.epilogue == QGemmEpilogue::kSiluMul && p.residual)
     return Status::error("qgemm: the SiLU*up epilogue takes no residual");
   for (const void* q : {(const void*)p.x, (const void*)p.w, (const void*)p.scale, (const void*)p.szero,

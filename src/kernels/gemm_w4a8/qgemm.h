@@ -6,7 +6,8 @@
 //
 // Weights must be repacked at load time (gemm_w4a8/repack.h) into tensor-core fragment order; the epilogue
 // matches ref_cpu/gemm_w4a8.h: per-channel y = acc*s[n]*sx[m] - sz[n]*xsum[m]; g128 y = acc*s1[n]*sx[m];
-// w8a8 y = acc*s_w[n]*sx[m]; then + bias[n] + residual[m, n]; rounded once to FP16. The SiLU*up epilogue
+// w8a8 y = acc*s_w[n]*sx[m]; then + bias[n] + residual[m, n]; rounded once to FP16. g128's Hopper kernel feeds its
+// wgmma unsigned weight bytes w8 + 128 and takes 128*qsum[m] off the INT32 accumulator (exact). The SiLU*up epilogue
 // (QGemmEpilogue::kSiluMul) pairs the rounded outputs of rows 2j (gate) and 2j+1 (up) instead.
 // Requirements (checked by qgemm_run, which returns an error Status): n % 16 == 0, k % 128 == 0, all pointers
 // 16-byte aligned, m >= 0. Two kernel families: an sm_80 design (mma.sync, cp.async; qgemm_kernel.cuh) and the
@@ -45,6 +46,7 @@ struct QGemmParams {
   const int8_t* x = nullptr;          // INT8 [m, k] row-major activations
   const uint16_t* sx = nullptr;       // FP16 [m] per-token activation scale
   const uint16_t* xsum = nullptr;     // FP16 [m] activation sum (per-channel only)
+  const int32_t* qsum = nullptr;      // INT32 [m] sum of each token's INT8 codes (g128 only; formats.h ActQuantRow)
   const void* w = nullptr;            // repacked weights (repack_w4 / repack_w8 layout)
   const uint16_t* scale = nullptr;    // FP16 [n]: s / s1 / s_w
   const uint16_t* szero = nullptr;    // FP16 [n] scaled zero (per-channel only)

@@ -57,8 +57,8 @@ struct Cfg {
 // biased zero zb = zn + 128 (in [0, 128]) each byte of q*s2 + zb lies in [0, 255] whenever the result lies in the
 // INT8 range, which the protective range guarantees, so one 32-bit multiply-add makes no carry between bytes;
 // xor 0x80 removes the bias (w8 + 128 -> w8). Equal to the mod-256 byte-wise add for every in-range weight.
-// dequant_g128x4_biased: the bytes before that xor, w8 + 128 as unsigned bytes (bench_gemm --probe-g128's PROBE 9
-// times the kernel without the xor; an unsigned-A wgmma would need each token's exact activation sum).
+// dequant_g128x4_biased: the bytes before that xor, w8 + 128 as unsigned bytes: the sm90 kernel feeds them to an
+// unsigned-A wgmma and removes 128 * qsum[m] from the accumulators (the sm80 kernel here xors).
 __host__ __device__ __forceinline__ uint32_t dequant_g128x4_biased(uint32_t q4x4, uint32_t s2, uint32_t zb4) {
   return q4x4 * s2 + zb4;
 }

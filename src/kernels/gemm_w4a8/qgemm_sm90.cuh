@@ -1,7 +1,13 @@
 // The Hopper (sm_90a) kernel template behind qgemm.h: wgmma.mma_async s8 with the weights as the register A
 // operand (output channels on the wgmma M side, dequantized in registers from the repacked fragments: raw nibbles
-// for per-channel, one 32-bit multiply-add and one xor for g128 (dequant_g128x4), INT8 as-is for W8A8) and the
-// tokens as B in shared memory (wgmma N = BM tokens), loaded by TMA with 128-byte swizzle.
+// for per-channel, one 32-bit multiply-add for g128, INT8 as-is for W8A8) and the tokens as B in shared memory
+// (wgmma N = BM tokens), loaded by TMA with 128-byte swizzle.
+// g128: the multiply-add gives the weights as unsigned bytes w8 + 128 (dequant_g128x4_biased), which go to an
+// unsigned-A wgmma (u8 x s8) as they are; the k range that holds k tile 0 takes 128 * qsum[m] (the quantizer's
+// exact INT32 sum of the token's codes) off its accumulators before any split-K sum, so every result is exactly
+// sum w8 * x. This saves the xor per fragment register that a signed wgmma needs, which was the whole of g128's
+// extra time over per-channel from M = 256 on (bench_gemm --probe-g128, BENCHMARKS.md). Magnitudes: |acc| <=
+// 255 * 127 * K < 2^31 for K <= 66,000, and INT32 sums wrap exactly anyway.
 //
 // Warp specialization: warpgroup 0 is the producer (one thread issues, per 128-wide k tile, a TMA of the
 // activation tile [BM tokens x 128 B], a TMA of the block's repacked weight tiles viewed as a 2D u32 tensor
@@ -21,7 +27,7 @@
 // finished tile's epilogue goes through per-warp staging after the ring, and a tile cut between CTAs is summed by
 // the CTA that finishes its share last (INT32 partials in the workspace, a self-resetting counter per tile).
 // Epilogue (non-persistent launches): while the consumers run the main loop, the producer warpgroup's three idle
-// warps copy the tile's per-token (sx, xsum) and per-channel (scale, szero, bias) inputs into shared memory, so the
+// warps copy the tile's per-token (sx, xsum, qsum) and per-channel (scale, szero, bias) inputs into shared memory, so the
 // epilogue reads only the residual from global memory (two output vectors per thread in flight); the SiLU*up
 // variant (QGemmEpilogue::kSiluMul) is epilogue8's.
 // Launch order: the grid is (output tiles, 1, splits), output tile blockIdx.x in raster order (qgemm_raster_tile,
@@ -71,9 +77,11 @@ struct Sm90Cfg {
   static constexpr int kParamSx = 0, kParamXsum = BM, kParamScale = 2 * BM, kParamSzero = 2 * BM + BN,
                        kParamBias = 2 * BM + 2 * BN;
   static constexpr int kParamBytes = 2 * (2 * BM + 3 * BN);
+  // g128: INT32 qsum[BM] after the FP16 inputs (byte offset).
+  static constexpr int kParamQsumOffset = (kParamBytes + 15) / 16 * 16;
   static constexpr int kParamWarpThreads = 96;
   static constexpr int kParamBarrierThreads = 128 * kConsumers + kParamWarpThreads;
-  static_assert(kParamBytes <= kEpiBytes, "epilogue inputs exceed their area");
+  static_assert(kParamQsumOffset + 4 * BM <= kEpiBytes, "epilogue inputs exceed their area");
   static constexpr int kSmemBytes = kEpiOffset + kEpiBytes + 1024;
   static_assert(BM % 32 == 0, "the staged epilogue takes 32 tokens at a time");
   static_assert(STAGES >= 2, "stage too large");
@@ -88,8 +96,7 @@ struct Sm90Cfg {
 // 5 = MMAs on zero fragments and no TMA (the producer only arrives: the tensor cores' rate in this loop),
 // 6 = the full consumer loop with only the activation tile loaded (weight fragments from stale shared memory),
 // 7 = MMAs on zero fragments issued back to back (no TMA, no barrier, no wait until the end: the wgmma peak),
-// 8 = g128 with the per-channel fragment path (no group scale reads, no multiply-add: the g128 dequant's cost),
-// 9 = g128 without the final xor of dequant_g128x4 (what an unsigned-weight wgmma would save).
+// 8 = g128 with the per-channel fragment path (no group scale reads, no multiply-add: the g128 dequant's cost).
 template <int V, int CONFIG, bool SK, int PROBE = 0>
 __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
     qgemm_sm90_kernel(const QGemmParams p, const __grid_constant__ CUtensorMap tm_x,
@@ -173,10 +180,12 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
       int n0, m0;
       tile_origin(int(blockIdx.x), n0, m0);
       const bool per_channel = p.variant == WeightFormat::kW4A8PerChannel;
+      int32_t* qs = reinterpret_cast<int32_t*>(smem + C::kEpiOffset + C::kParamQsumOffset);
       for (int i = tid - 32; i < C::BM; i += C::kParamWarpThreads) {
         const int m = m0 + i;
         es[C::kParamSx + i] = m < p.m ? p.sx[m] : uint16_t(0);
         es[C::kParamXsum + i] = m < p.m && per_channel ? p.xsum[m] : uint16_t(0);
+        if constexpr (C::kG128) qs[i] = m < p.m ? p.qsum[m] : 0;
       }
       for (int i = tid - 32; i < C::BN; i += C::kParamWarpThreads) {
         const int n = n0 + i;
@@ -221,12 +230,9 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
               uint32_t lo = words[j] & 0x0f0f0f0fu, hi = (words[j] >> 4) & 0x0f0f0f0fu;
-              if constexpr (kG128Math && PROBE == 9) {
+              if constexpr (kG128Math) {
                 lo = dequant_g128x4_biased(lo, s2v[0], zn4[0]);
                 hi = dequant_g128x4_biased(hi, s2v[1], zn4[1]);
-              } else if constexpr (kG128Math) {
-                lo = dequant_g128x4(lo, s2v[0], zn4[0]);
-                hi = dequant_g128x4(hi, s2v[1], zn4[1]);
               }
               a[2 * c + j / 2][mt][2 * (j % 2)] = lo;
               a[2 * c + j / 2][mt][2 * (j % 2) + 1] = hi;
@@ -260,6 +266,8 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
           if constexpr (!kMma) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[mt][e] ^= int32_t(cur[s][mt][e]);
+          } else if constexpr (C::kG128) {
+            ptx::wgmma_u8s8_rs<C::BM>(acc[mt], cur[s][mt], desc, 1);
           } else {
             ptx::wgmma_s8_rs<C::BM>(acc[mt], cur[s][mt], desc, 1);
           }
@@ -276,6 +284,18 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
         const int nslot = (it + 1) % C::STAGES;
         ptx::mbar_wait(full0 + 8 * nslot, ((it + 1) / C::STAGES) & 1);
         if constexpr (kFrags) prep(nslot, next);
+      }
+    };
+    // g128: acc -= 128 * qsum of each accumulator's token (tokens m0 + 8j + 2t + {0, 1}), qsum(token offset) -> INT32.
+    auto unbias = [&](auto qsum_at) {
+#pragma unroll
+      for (int j = 0; j < C::BM / 8; ++j) {
+        const int32_t q0 = 128 * qsum_at(8 * j + 2 * t), q1 = 128 * qsum_at(8 * j + 2 * t + 1);
+#pragma unroll
+        for (int mt = 0; mt < C::MT; ++mt) {
+          acc[mt][4 * j] -= q0, acc[mt][4 * j + 2] -= q0;
+          acc[mt][4 * j + 1] -= q1, acc[mt][4 * j + 3] -= q1;
+        }
       }
     };
     // Stream-K epilogue of a finished tile, per warp (no barrier with the other consumers; the ring stays the
@@ -355,6 +375,8 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
       ptx::wgmma_wait<0>();
 
       if constexpr (SK) {
+        if constexpr (C::kG128)
+          if (kt0 == 0) unbias([&](int i) { return m0 + i < p.m ? __ldg(p.qsum + m0 + i) : 0; });
         // The segment's last slot goes back too: the producer is loading the next tile.
         __syncwarp();
         if (lane == 0) ptx::mbar_arrive(empty0 + 8 * ((it0 + nk - 1) % C::STAGES));
@@ -399,6 +421,14 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
         // Epilogue: every consumer is done with the ring (all TMAs it waited for have landed), and the producer
         // warps' copy of the epilogue inputs is complete.
         ptx::named_barrier(2, C::kParamBarrierThreads);
+        if constexpr (C::kG128)
+          if (blockIdx.z == 0) {
+            const int2* qs = reinterpret_cast<const int2*>(smem + C::kEpiOffset + C::kParamQsumOffset);
+            unbias([&](int i) {
+              const int2 v = qs[i >> 1];
+              return (i & 1) ? v.y : v.x;
+            });
+          }
         int32_t* cs = reinterpret_cast<int32_t*>(smem);
 #pragma unroll
         for (int mt = 0; mt < C::MT; ++mt)

@@ -118,17 +118,19 @@ __device__ __forceinline__ void quantize_store(const float (&y)[V], const RowSca
   }
 }
 
-// Writes the row's scale (and for INT8 with xsum, fp16(s * sum q) after reducing `sum` over the CTA).
+// Writes the row's scale (and for INT8 with xsum / qsum, fp16(s * sum q) / sum q after reducing `sum` over the
+// CTA).
 template <typename Out>
 __device__ __forceinline__ void finish_row(const RowScale& rs, int sum, const Out& out, int64_t row) {
   __shared__ int ism[kThreads / 32];
   if constexpr (std::is_same_v<Out, Fp8QuantOut>) {
     if (threadIdx.x == 0) out.scale[row] = rs.s;
   } else {
-    if (out.xsum) sum = block_reduce(sum, iadd_op, ism);
+    if (out.xsum || out.qsum) sum = block_reduce(sum, iadd_op, ism);
     if (threadIdx.x == 0) {
       out.scale[row] = __half_as_ushort(rs.s_h);
       if (out.xsum) out.xsum[row] = __half_as_ushort(__float2half_rn(__fmul_rn(rs.s, float(sum))));
+      if (out.qsum) out.qsum[row] = sum;
     }
   }
 }

@@ -13,11 +13,13 @@
 
 namespace qs::kernels {
 
-// Output of every quantizing op: INT8 rows + FP16 scale (+ FP16 sum of the quantized row for per-channel W4A8).
+// Output of every quantizing op: INT8 rows + FP16 scale (+ FP16 sum of the quantized row for per-channel W4A8,
+// + the exact INT32 sum of the codes for g128 W4A8).
 struct QuantOut {
   int8_t* q = nullptr;         // INT8 [rows][cols]
   uint16_t* scale = nullptr;   // FP16 [rows]
   uint16_t* xsum = nullptr;    // FP16 [rows], optional: fp16(scale * sum_k q_k)
+  int32_t* qsum = nullptr;     // INT32 [rows], optional: sum_k q_k
 };
 
 // Output of the FP8 variants: e4m3 rows + FP32 per-token scale (the outer-vector scale cuBLASLt takes).
