@@ -5,9 +5,9 @@
 // g128: the multiply-add gives the weights as unsigned bytes w8 + 128 (dequant_g128x4_biased), which go to an
 // unsigned-A wgmma (u8 x s8) as they are; the k range that holds k tile 0 takes 128 * qsum[m] (the quantizer's
 // exact INT32 sum of the token's codes) off its accumulators before any split-K sum, so every result is exactly
-// sum w8 * x. This saves the xor per fragment register that a signed wgmma needs, which was the whole of g128's
-// extra time over per-channel from M = 256 on (bench_gemm --probe-g128, BENCHMARKS.md). Magnitudes: |acc| <=
-// 255 * 127 * K < 2^31 for K <= 66,000, and INT32 sums wrap exactly anyway.
+// sum w8 * x. This saves the xor per fragment register that a signed wgmma needs (g128 4-8% faster on H200,
+// BENCHMARKS.md "g128 without the xor"). Magnitudes: |acc| <= 255 * 127 * K < 2^31 for K <= 66,000, and INT32
+// sums wrap exactly anyway.
 //
 // Warp specialization: warpgroup 0 is the producer (one thread issues, per 128-wide k tile, a TMA of the
 // activation tile [BM tokens x 128 B], a TMA of the block's repacked weight tiles viewed as a 2D u32 tensor
@@ -96,7 +96,9 @@ struct Sm90Cfg {
 // 5 = MMAs on zero fragments and no TMA (the producer only arrives: the tensor cores' rate in this loop),
 // 6 = the full consumer loop with only the activation tile loaded (weight fragments from stale shared memory),
 // 7 = MMAs on zero fragments issued back to back (no TMA, no barrier, no wait until the end: the wgmma peak),
-// 8 = g128 with the per-channel fragment path (no group scale reads, no multiply-add: the g128 dequant's cost).
+// 8 = g128 with the per-channel fragment path (no group scale reads, no multiply-add: the g128 dequant's cost),
+// 9 = g128 with the signed wgmma on the same biased bytes (what the unsigned A type costs, if anything),
+// 10 = g128 with a u8 x u8 wgmma, 11 = g128 with an s8 x u8 wgmma (the other operand types' rates).
 template <int V, int CONFIG, bool SK, int PROBE = 0>
 __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
     qgemm_sm90_kernel(const QGemmParams p, const __grid_constant__ CUtensorMap tm_x,
@@ -107,9 +109,13 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
   // What the probes keep: the MMAs (else the fragments are folded into the accumulators), the fragment loads and
   // dequantization (else zero fragments), the producer's ring and the consumers' barriers and waits.
   constexpr bool kMma = !(PROBE == 1 || PROBE == 3 || PROBE == 4);
-  constexpr bool kFrags = PROBE < 2 || PROBE == 6;
+  constexpr bool kFrags = PROBE < 2 || PROBE == 6 || PROBE >= 8;
   constexpr bool kRing = PROBE != 7;
   constexpr bool kG128Math = C::kG128 && PROBE != 8;
+  // The wgmma's operand types: g128's weights are unsigned bytes w8 + 128; the activations signed (probes 9-11 time
+  // the other combinations on the same bytes).
+  constexpr bool kUnsignedA = C::kG128 && PROBE != 9 && PROBE != 11;
+  constexpr bool kUnsignedB = PROBE == 10 || PROBE == 11;
   extern __shared__ uint8_t smem_raw[];
   __shared__ __align__(8) uint64_t full_bar[C::STAGES], empty_bar[C::STAGES];
   const uint32_t raw = ptx::smem_addr(smem_raw);
@@ -266,10 +272,8 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
           if constexpr (!kMma) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[mt][e] ^= int32_t(cur[s][mt][e]);
-          } else if constexpr (C::kG128) {
-            ptx::wgmma_u8s8_rs<C::BM>(acc[mt], cur[s][mt], desc, 1);
           } else {
-            ptx::wgmma_s8_rs<C::BM>(acc[mt], cur[s][mt], desc, 1);
+            ptx::wgmma_i8_rs<C::BM, kUnsignedA, kUnsignedB>(acc[mt], cur[s][mt], desc, 1);
           }
         }
       }
