@@ -97,8 +97,9 @@ struct Sm90Cfg {
 // 6 = the full consumer loop with only the activation tile loaded (weight fragments from stale shared memory),
 // 7 = MMAs on zero fragments issued back to back (no TMA, no barrier, no wait until the end: the wgmma peak),
 // 8 = g128 with the per-channel fragment path (no group scale reads, no multiply-add: the g128 dequant's cost),
-// 9 = g128 with the signed wgmma on the same biased bytes (what the unsigned A type costs, if anything),
-// 10 = g128 with a u8 x u8 wgmma, 11 = g128 with an s8 x u8 wgmma (the other operand types' rates).
+// 9 = g128 without the TMA of the group scales (the consumers read stale ones: what that third copy per stage
+// costs).
+// (The wgmma's operand types do not matter: s8.s8, u8.s8, u8.u8 and s8.u8 ran at the same rate, BENCHMARKS.md.)
 template <int V, int CONFIG, bool SK, int PROBE = 0>
 __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
     qgemm_sm90_kernel(const QGemmParams p, const __grid_constant__ CUtensorMap tm_x,
@@ -112,10 +113,7 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
   constexpr bool kFrags = PROBE < 2 || PROBE == 6 || PROBE >= 8;
   constexpr bool kRing = PROBE != 7;
   constexpr bool kG128Math = C::kG128 && PROBE != 8;
-  // The wgmma's operand types: g128's weights are unsigned bytes w8 + 128; the activations signed (probes 9-11 time
-  // the other combinations on the same bytes).
-  constexpr bool kUnsignedA = C::kG128 && PROBE != 9 && PROBE != 11;
-  constexpr bool kUnsignedB = PROBE == 10 || PROBE == 11;
+  constexpr bool kScaleTma = C::kG128 && PROBE != 9;
   extern __shared__ uint8_t smem_raw[];
   __shared__ __align__(8) uint64_t full_bar[C::STAGES], empty_bar[C::STAGES];
   const uint32_t raw = ptx::smem_addr(smem_raw);
@@ -170,14 +168,14 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
           ptx::mbar_arrive(bar);
           continue;
         }
-        ptx::mbar_arrive_expect_tx(bar, PROBE == 6 ? C::kXBytes : C::kTxBytes);
+        ptx::mbar_arrive_expect_tx(bar, PROBE == 6 ? C::kXBytes : C::kTxBytes - (C::kG128 && !kScaleTma ? C::kSBytes : 0));
         ptx::tma_load_2d(st, &tm_x, bar, kt * kBK, m0);
         if constexpr (PROBE == 6) continue;
         if constexpr (PROBE == 4)
           ptx::tma_load_2d(st + C::kXBytes, &tm_w, bar, 0, ((n0 / C::BN) * kgs + kt) * (C::BN / 16));
         else
           ptx::tma_load_2d(st + C::kXBytes, &tm_w, bar, kt * (C::kTileBytes / 8), n0 / 16);
-        if constexpr (C::kG128) ptx::tma_load_2d(st + C::kXBytes + C::kWBytes, &tm_s, bar, n0, kt);
+        if constexpr (kScaleTma) ptx::tma_load_2d(st + C::kXBytes + C::kWBytes, &tm_s, bar, n0, kt);
       }
     } else if (!SK && tid >= 32) {
       // Warps 1..3: the tile's epilogue inputs into shared memory (zero where absent or out of range), so the
@@ -273,7 +271,7 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[mt][e] ^= int32_t(cur[s][mt][e]);
           } else {
-            ptx::wgmma_i8_rs<C::BM, kUnsignedA, kUnsignedB>(acc[mt], cur[s][mt], desc, 1);
+            ptx::wgmma_i8_rs<C::BM, C::kG128>(acc[mt], cur[s][mt], desc, 1);
           }
         }
       }
