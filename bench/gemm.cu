@@ -473,7 +473,7 @@ void with_sm90_config(int cfg, F&& f) {
 
 // --probe-g128: what g128 costs over per-channel on the same config (the g128 plan's pick, unsplit), Llama-3-8B's four
 // linears: per-channel, g128, g128 with the per-channel fragment path (PROBE 8: the ring with the group scales, no
-// dequant math) and both formats without fragment loads (PROBE 2).
+// dequant math), g128 without the group scales' TMA (PROBE 9) and both formats without fragment loads (PROBE 2).
 // Outputs of the probes are garbage (timing only).
 template <int CONFIG>
 void probe_g128_row(Ctx& c, int m, int n, int k) {
@@ -489,18 +489,20 @@ void probe_g128_row(Ctx& c, int m, int n, int k) {
   const double t_pc = probe(pc, plan_pc, [&](const P& p, const R& r) { return launch_probe<0, CONFIG, 0>(c, p, r); });
   const double t_g = probe(g, plan_g, [&](const P& p, const R& r) { return launch_probe<0, CONFIG, 1>(c, p, r); });
   const double t_g8 = probe(g, plan_g, [&](const P& p, const R& r) { return launch_probe<8, CONFIG, 1>(c, p, r); });
+  const double t_g9 = probe(g, plan_g, [&](const P& p, const R& r) { return launch_probe<9, CONFIG, 1>(c, p, r); });
   const double t_pc2 = probe(pc, plan_pc, [&](const P& p, const R& r) { return launch_probe<2, CONFIG, 0>(c, p, r); });
   const double t_g2 = probe(g, plan_g, [&](const P& p, const R& r) { return launch_probe<2, CONFIG, 1>(c, p, r); });
-  std::printf("%6d %6d %5d %-18s | %7.1f %7.1f %7.1f %7.1f %7.1f | %5.3f %5.3f %5.3f\n", n, k, m,
-              qs::kernels::qgemm_config_name(CONFIG), t_pc, t_g, t_g8, t_pc2, t_g2, t_g / t_pc, t_g8 / t_pc,
-              t_g2 / t_pc2);
+  std::printf("%6d %6d %5d %-18s | %7.1f %7.1f %7.1f %7.1f %7.1f %7.1f | %5.3f %5.3f %5.3f %5.3f\n", n, k, m,
+              qs::kernels::qgemm_config_name(CONFIG), t_pc, t_g, t_g8, t_g9, t_pc2, t_g2, t_g / t_pc, t_g8 / t_pc,
+              t_g9 / t_pc, t_g2 / t_pc2);
   std::fflush(stdout);
 }
 
 void run_probe_g128(Ctx& c, const std::vector<int>& ms) {
   using namespace qs::kernels;
   std::printf("\nprobe-g128 (unsplit, the g128 plan's config): N K M config | pc g128 g128_pc_frags "
-              "pc_no_frag g128_no_frag (us) | g128/pc g128_pc_frags/pc g128_no_frag/pc_no_frag\n");
+              "g128_no_scale_tma pc_no_frag g128_no_frag (us) | g128/pc g128_pc_frags/pc g128_no_scale_tma/pc "
+              "g128_no_frag/pc_no_frag\n");
   for (int i = 0; i < 4; ++i)
     for (int m : ms) {
       const int* s = kLayerShapes[i];

@@ -54,7 +54,7 @@ Status make_sm90_weight_maps(WeightFormat v, int n, int k, const void* w, const 
                                CU_TENSOR_MAP_SWIZZLE_NONE));
   if (v == WeightFormat::kW4A8G128) {
     QS_RETURN_IF_ERROR(encode_2d(smap, CU_TENSOR_MAP_DATA_TYPE_UINT16, s2zn, uint64_t(n), kgs, uint64_t(n) * 2,
-                                 uint32_t(bn), uint32_t(kSm90ScaleChunk), CU_TENSOR_MAP_SWIZZLE_NONE));
+                                 uint32_t(bn), 1, CU_TENSOR_MAP_SWIZZLE_NONE));
   } else {
     *smap = *wmap;  // unused
   }

@@ -46,9 +46,6 @@
 
 namespace qs::kernels::qgemm_detail {
 
-// k tiles of g128 group scales per TMA (the scale map's box height; Sm90Cfg::kScaleChunk).
-constexpr int kSm90ScaleChunk = 8;
-
 template <int V, int CONFIG>
 struct Sm90Cfg {
   static constexpr bool kW4 = V != int(WeightFormat::kW8A8);
@@ -61,19 +58,13 @@ struct Sm90Cfg {
   static constexpr int kTileBytes = kW4 ? 1024 : 2048;
   static constexpr int kXBytes = BM * kBK;
   static constexpr int kWBytes = (BN / 16) * kTileBytes;
-  static constexpr int kTxBytes = kXBytes + kWBytes;
+  static constexpr int kSBytes = kG128 ? BN * 2 : 0;
+  static constexpr int kTxBytes = kXBytes + kWBytes + kSBytes;
   static constexpr int kStageBytes = (kTxBytes + 1023) / 1024 * 1024;
-  // g128's group scales ((s2 | zn << 8) words, BN per k tile) come kScaleChunk k tiles per TMA into a two-buffer
-  // ring of their own (full/empty barriers sfull/sempty), not one 256-512 B copy per stage: that third copy per
-  // stage made g128 4-11% slower (bench_gemm --probe-g128, BENCHMARKS.md).
-  static constexpr int kScaleChunk = kSm90ScaleChunk;
-  static constexpr int kSChunkBytes = kG128 ? BN * 2 * kScaleChunk : 0;
-  static constexpr int kSRingBytes = 2 * kSChunkBytes;
   // As many stages as 200 KB hold (up to 16): the k-tile rate is bound by how fast the ring streams the tiles
   // (bench_gemm --probe), and more stages keep more bytes in flight for the small-tile configs (10-16 stages; 2-5%
   // on a layer's linears at M 64-128, BENCHMARKS.md).
-  static constexpr int kRingBudget = 200 * 1024 - kSRingBytes;
-  static constexpr int STAGES = kRingBudget / kStageBytes > 16 ? 16 : kRingBudget / kStageBytes;
+  static constexpr int STAGES = (200 * 1024) / kStageBytes > 16 ? 16 : (200 * 1024) / kStageBytes;
   static constexpr int kCPitch = BN + 4;
   // Per-warp staging of the persistent (stream-K) epilogue, after the ring (which the producer keeps filling for
   // the next tile meanwhile): 32 tokens x 16 channels (+4 pad: conflict-free) INT32 per consumer warp.
@@ -91,9 +82,7 @@ struct Sm90Cfg {
   static constexpr int kParamWarpThreads = 96;
   static constexpr int kParamBarrierThreads = 128 * kConsumers + kParamWarpThreads;
   static_assert(kParamQsumOffset + 4 * BM <= kEpiBytes, "epilogue inputs exceed their area");
-  static constexpr int kSRingOffset = kEpiOffset + kEpiBytes;  // g128's scale chunks (16-byte aligned)
-  static_assert(kSRingOffset % 16 == 0, "TMA destinations are 16-byte aligned");
-  static constexpr int kSmemBytes = kSRingOffset + kSRingBytes + 1024;
+  static constexpr int kSmemBytes = kEpiOffset + kEpiBytes + 1024;
   static_assert(BM % 32 == 0, "the staged epilogue takes 32 tokens at a time");
   static_assert(STAGES >= 2, "stage too large");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory over the sm_90 limit");
@@ -108,8 +97,9 @@ struct Sm90Cfg {
 // 6 = the full consumer loop with only the activation tile loaded (weight fragments from stale shared memory),
 // 7 = MMAs on zero fragments issued back to back (no TMA, no barrier, no wait until the end: the wgmma peak),
 // 8 = g128 with the per-channel fragment path (no group scale reads, no multiply-add: the g128 dequant's cost),
-// (g128 runs probes 0, 2 and 8 only. The wgmma's operand types do not matter: s8.s8, u8.s8, u8.u8 and s8.u8 ran
-// at the same rate, BENCHMARKS.md.)
+// 9 = g128 without the TMA of the group scales (the consumers read stale ones: what that third copy per stage
+// costs).
+// (The wgmma's operand types do not matter: s8.s8, u8.s8, u8.u8 and s8.u8 ran at the same rate, BENCHMARKS.md.)
 template <int V, int CONFIG, bool SK, int PROBE = 0>
 __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
     qgemm_sm90_kernel(const QGemmParams p, const __grid_constant__ CUtensorMap tm_x,
@@ -123,9 +113,9 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
   constexpr bool kFrags = PROBE < 2 || PROBE == 6 || PROBE >= 8;
   constexpr bool kRing = PROBE != 7;
   constexpr bool kG128Math = C::kG128 && PROBE != 8;
-  static_assert(!C::kG128 || PROBE == 0 || PROBE == 2 || PROBE == 8, "g128 probes: 0, 2, 8");
+  constexpr bool kScaleTma = C::kG128 && PROBE != 9;
   extern __shared__ uint8_t smem_raw[];
-  __shared__ __align__(8) uint64_t full_bar[C::STAGES], empty_bar[C::STAGES], sfull_bar[2], sempty_bar[2];
+  __shared__ __align__(8) uint64_t full_bar[C::STAGES], empty_bar[C::STAGES];
   const uint32_t raw = ptx::smem_addr(smem_raw);
   const uint32_t base = (raw + 1023u) & ~1023u;
   uint8_t* smem = smem_raw + (base - raw);
@@ -153,20 +143,11 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
     n0 = nt * C::BN, m0 = mt * C::BM;
   };
   const uint32_t full0 = ptx::smem_addr(full_bar), empty0 = ptx::smem_addr(empty_bar);
-  // g128 scale chunks: a chunk starts at every segment's first k tile and every kScaleChunk k tiles after (a
-  // segment = the CTA's consecutive k tiles of one output tile); producer and consumers count chunks the same way,
-  // chunk c in buffer c % 2.
-  const uint32_t sfull0 = ptx::smem_addr(sfull_bar), sempty0 = ptx::smem_addr(sempty_bar);
-  const uint32_t sring = base + C::kSRingOffset;
 
   if (tid == 0) {
     for (int s = 0; s < C::STAGES; ++s) {
       ptx::mbar_init(full0 + 8 * s, 1);
       ptx::mbar_init(empty0 + 8 * s, 4 * C::kConsumers);  // one arrive per consumer warp
-    }
-    for (int s = 0; s < 2; ++s) {
-      ptx::mbar_init(sfull0 + 8 * s, 1);
-      ptx::mbar_init(sempty0 + 8 * s, 4 * C::kConsumers);
     }
     ptx::fence_barrier_init();
   }
@@ -175,22 +156,11 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
   if (wg == 0) {
     ptx::setmaxnreg_dec<40>();
     if (tid == 0 && kRing) {
-      int it = 0;           // ring position, continuous across the CTA's tiles
-      int seg_i = 0, ch = 0;  // position in the segment; g128 scale chunks issued
+      int it = 0;  // ring position, continuous across the CTA's tiles
       for (int u = u_begin; u < u_end; ++u, ++it) {
         const int tile = u / kgs, kt = u - tile * kgs;
         int n0, m0;
         tile_origin(tile, n0, m0);
-        seg_i = u == u_begin || kt == 0 ? 0 : seg_i + 1;
-        if constexpr (C::kG128) {
-          if (seg_i % C::kScaleChunk == 0) {
-            const uint32_t sb = sfull0 + 8 * (ch % 2);
-            if (ch >= 2) ptx::mbar_wait(sempty0 + 8 * (ch % 2), ((ch / 2) + 1) & 1);
-            ptx::mbar_arrive_expect_tx(sb, C::kSChunkBytes);
-            ptx::tma_load_2d(sring + (ch % 2) * C::kSChunkBytes, &tm_s, sb, n0, kt);
-            ++ch;
-          }
-        }
         const int slot = it % C::STAGES;
         if (it >= C::STAGES) ptx::mbar_wait(empty0 + 8 * slot, ((it / C::STAGES) + 1) & 1);
         const uint32_t st = base + slot * C::kStageBytes, bar = full0 + 8 * slot;
@@ -198,13 +168,14 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
           ptx::mbar_arrive(bar);
           continue;
         }
-        ptx::mbar_arrive_expect_tx(bar, PROBE == 6 ? C::kXBytes : C::kTxBytes);
+        ptx::mbar_arrive_expect_tx(bar, PROBE == 6 ? C::kXBytes : C::kTxBytes - (C::kG128 && !kScaleTma ? C::kSBytes : 0));
         ptx::tma_load_2d(st, &tm_x, bar, kt * kBK, m0);
         if constexpr (PROBE == 6) continue;
         if constexpr (PROBE == 4)
           ptx::tma_load_2d(st + C::kXBytes, &tm_w, bar, 0, ((n0 / C::BN) * kgs + kt) * (C::BN / 16));
         else
           ptx::tma_load_2d(st + C::kXBytes, &tm_w, bar, kt * (C::kTileBytes / 8), n0 / 16);
+        if constexpr (kScaleTma) ptx::tma_load_2d(st + C::kXBytes + C::kWBytes, &tm_s, bar, n0, kt);
       }
     } else if (!SK && tid >= 32) {
       // Warps 1..3: the tile's epilogue inputs into shared memory (zero where absent or out of range), so the
@@ -239,29 +210,8 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
     const int nthreads = 128 * C::kConsumers, t0 = tid - 128;
     int32_t acc[C::MT][C::BM / 2];
 
-    // g128: the scale chunk of the segment's k tile j (waited for at the chunk's first tile), and its release after
-    // the chunk's last tile has been prepared (the scales are in registers then).
-    int sch = -1;  // the consumers' current scale chunk
-    auto scale_row = [&](int j) -> const uint16_t* {
-      if constexpr (!C::kG128) return nullptr;
-      if (j % C::kScaleChunk == 0) {
-        ++sch;
-        ptx::mbar_wait(sfull0 + 8 * (sch % 2), (sch / 2) & 1);
-      }
-      return reinterpret_cast<const uint16_t*>(smem + C::kSRingOffset + (sch % 2) * C::kSChunkBytes) +
-             (j % C::kScaleChunk) * C::BN;
-    };
-    auto scale_done = [&](int j, int nk) {
-      if constexpr (C::kG128) {
-        if (j % C::kScaleChunk == C::kScaleChunk - 1 || j == nk - 1) {
-          __syncwarp();
-          if (lane == 0) ptx::mbar_arrive(sempty0 + 8 * (sch % 2));
-        }
-      }
-    };
-    // A fragments of one k tile (4 k32 steps x MT m64 tiles), read from the ring slot and dequantized to INT8
-    // (g128: with the group scales of row `ss`).
-    auto prep = [&](int slot, const uint16_t* ss, uint32_t(&a)[4][C::MT][4]) {
+    // A fragments of one k tile (4 k32 steps x MT m64 tiles), read from the ring slot and dequantized to INT8.
+    auto prep = [&](int slot, uint32_t(&a)[4][C::MT][4]) {
       const uint32_t ws = base + slot * C::kStageBytes + C::kXBytes;
 #pragma unroll
       for (int mt = 0; mt < C::MT; ++mt) {
@@ -269,6 +219,8 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
         if constexpr (C::kW4) {
           uint32_t s2v[2] = {0, 0}, zn4[2] = {0, 0};
           if constexpr (kG128Math) {
+            const uint16_t* ss =
+                reinterpret_cast<const uint16_t*>(smem + slot * C::kStageBytes + C::kXBytes + C::kWBytes);
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
               const uint32_t v = ss[rt * 16 + g + 8 * h];
@@ -333,9 +285,7 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
       if (i + 1 < nk) {
         const int nslot = (it + 1) % C::STAGES;
         ptx::mbar_wait(full0 + 8 * nslot, ((it + 1) / C::STAGES) & 1);
-        [[maybe_unused]] const uint16_t* ss = scale_row(i + 1);
-        if constexpr (kFrags) prep(nslot, ss, next);
-        scale_done(i + 1, nk);
+        if constexpr (kFrags) prep(nslot, next);
       }
     };
     // g128: acc -= 128 * qsum of each accumulator's token (tokens m0 + 8j + 2t + {0, 1}), qsum(token offset) -> INT32.
@@ -419,9 +369,7 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
             for (int e = 0; e < 4; ++e) a0[s][mt][e] = a1[s][mt][e] = 0;
       }
       if constexpr (kRing) ptx::mbar_wait(full0 + 8 * (it0 % C::STAGES), (it0 / C::STAGES) & 1);
-      [[maybe_unused]] const uint16_t* ss0 = scale_row(0);
-      if constexpr (kFrags) prep(it0 % C::STAGES, ss0, a0);
-      scale_done(0, nk);
+      if constexpr (kFrags) prep(it0 % C::STAGES, a0);
       for (int i = 0; i < nk; i += 2) {
         step(it0 + i, i, nk, a0, a1);
         if (i + 1 < nk) step(it0 + i + 1, i + 1, nk, a1, a0);
