@@ -12,7 +12,7 @@
 //   bench_gemm [out_dir] [--quick] [--fast] [--ms 64,128,...] [--sweep | --sweep-only] [--probe]
 //   --fast: only W4A8 pc / g128, cuBLASLt FP8 and the FP8 engine path; --sweep: last, every sm90 config x split
 //   (1, 2, 4, 8; cluster and global workspace) and stream-K on four shapes at M 64-512 (or --ms) with the plan's
-//   cost estimate (gemm_sweep.md); --sweep-only: that sweep alone; --probe: only the main-loop probe (run_probe),
+//   cost estimate (gemm_sweep.md); --sweep-only: that sweep alone; --sweep-g128: the sweep on g128 weights; --probe: only the main-loop probe (run_probe),
 //   its launches in the default raster order or --probe-raster R; --probe-g128: what g128 costs over per-channel
 //   (run_probe_g128); --raster: only the launch-order comparison
 //   (run_raster: the plan with every raster group size, cuBLASLt FP8 in the same rows; gemm_raster.md).
@@ -586,27 +586,28 @@ void run_raster(Ctx& c, const std::string& out_dir, const std::vector<int>& ms) 
   std::fflush(stdout);
 }
 
-// --sweep: every sm90 config x split-K factor on a few shapes of the M 64-512 regime (W4A8 per-channel), with the
-// plan's cost-model estimate and its choice marked, so the model can be checked against the hardware. At M > 512
-// (--ms) only the unsplit launch and stream-K over one CTA per SM (the tiles fill the machine there).
-void run_sweep(Ctx& c, const std::string& out_dir, const std::vector<int>& ms) {
+// --sweep: every sm90 config x split-K factor on a few shapes of the M 64-512 regime (W4A8 per-channel, or g128
+// with --sweep-g128), with the plan's cost-model estimate and its choice marked, so the model can be checked against
+// the hardware. At M > 512 (--ms) only the unsplit launch and stream-K over one CTA per SM (the tiles fill the
+// machine there).
+void run_sweep(Ctx& c, const std::string& out_dir, const std::vector<int>& ms, qs::WeightFormat v) {
   std::ofstream md(out_dir + "/gemm_sweep.md");
   md << "| N | K | M | config | splits | us | model us | plan |\n|---|---|---|---|---|---|---|---|\n";
-  std::printf("sweep (W4A8 pc): N K M config splits | us model_us plan\n");
+  std::printf("sweep (W4A8 %s): N K M config splits | us model_us plan\n", qs::weight_format_name(v));
   const int shapes[][2] = {{6144, 4096}, {4096, 4096}, {28672, 4096}, {4096, 14336}};
   for (const auto& s : shapes)
     for (int m : ms) {
-      const auto chosen = qs::kernels::qgemm_plan(qs::WeightFormat::kW4A8PerChannel, m, s[0], s[1], c.sms, c.sm_version);
+      const auto chosen = qs::kernels::qgemm_plan(v, m, s[0], s[1], c.sms, c.sm_version);
       for (int cfg = 0; cfg < qs::kernels::qgemm_num_configs(); ++cfg) {
         if (!qs::kernels::qgemm_config_is_sm90(cfg)) continue;
         // splits 0 = stream-K over one CTA per SM; 1, 2, 4, 8 = split-K (c: cluster, g: global workspace).
         for (int sp : {0, 1, 2, 4, 8})
           for (bool global : {false, true}) {
           if ((sp <= 1 && global) || (m > 512 && sp > 1)) continue;
-          const auto plan = sp == 0 ? qs::kernels::qgemm_plan_stream_k(qs::WeightFormat::kW4A8PerChannel, m, s[0], s[1], cfg, c.sms)
-                                    : qs::kernels::qgemm_plan_for(qs::WeightFormat::kW4A8PerChannel, m, s[0], s[1], cfg, sp, global);
+          const auto plan = sp == 0 ? qs::kernels::qgemm_plan_stream_k(v, m, s[0], s[1], cfg, c.sms)
+                                    : qs::kernels::qgemm_plan_for(v, m, s[0], s[1], cfg, sp, global);
           if (sp > 0 && plan.splits != sp) continue;
-          const double t = bench_ours(c, qs::WeightFormat::kW4A8PerChannel, m, s[0], s[1], c.sm_version, plan);
+          const double t = bench_ours(c, v, m, s[0], s[1], c.sm_version, plan);
           const double est = qs::kernels::qgemm_plan_cost_us(plan, m, s[0], s[1], c.sms);
           const bool is_plan = plan.config == chosen.config && plan.splits == chosen.splits &&
                                plan.global_split == chosen.global_split && plan.stream_k_ctas == chosen.stream_k_ctas;
@@ -620,7 +621,7 @@ void run_sweep(Ctx& c, const std::string& out_dir, const std::vector<int>& ms) {
       }
       if (!qs::kernels::qgemm_config_is_sm90(chosen.config) || (chosen.stream_k_ctas > 0 && chosen.stream_k_ctas != c.sms) ||
           (chosen.splits != 1 && chosen.splits != 2 && chosen.splits != 4 && chosen.splits != 8)) {
-        const double t = bench_ours(c, qs::WeightFormat::kW4A8PerChannel, m, s[0], s[1], c.sm_version);
+        const double t = bench_ours(c, v, m, s[0], s[1], c.sm_version);
         std::printf("%6d %6d %4d %-18s %d | %7.1f %7s <- plan\n", s[0], s[1], m,
                     qs::kernels::qgemm_config_name(chosen.config), chosen.splits, t, "");
         md << "| " << s[0] << " | " << s[1] << " | " << m << " | " << qs::kernels::qgemm_config_name(chosen.config)
@@ -635,7 +636,7 @@ void run_sweep(Ctx& c, const std::string& out_dir, const std::vector<int>& ms) {
 int main(int argc, char** argv) {
   const std::string out_dir = argc > 1 && argv[1][0] != '-' ? argv[1] : ".";
   bool quick = false, fast = false, sweep = false, sweep_only = false, probe = false, raster = false;
-  bool probe_g128 = false;
+  bool probe_g128 = false, sweep_g128 = false;
   std::vector<int> ms_arg;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -645,6 +646,7 @@ int main(int argc, char** argv) {
     sweep_only = sweep_only || a == "--sweep-only";
     probe = probe || a == "--probe";
     probe_g128 = probe_g128 || a == "--probe-g128";
+    sweep_g128 = sweep_g128 || a == "--sweep-g128";
     raster = raster || a == "--raster";
     if (a == "--probe-raster" && i + 1 < argc) g_probe_raster = std::stoi(argv[++i]);
     if (a == "--ms" && i + 1 < argc) {
@@ -684,8 +686,9 @@ int main(int argc, char** argv) {
     return 0;
   }
   const std::vector<int> sweep_ms = ms_arg.empty() ? std::vector<int>{64, 128, 256, 512} : ms_arg;
+  const auto sweep_v = sweep_g128 ? qs::WeightFormat::kW4A8G128 : qs::WeightFormat::kW4A8PerChannel;
   if (sweep_only) {
-    run_sweep(c, out_dir, sweep_ms);
+    run_sweep(c, out_dir, sweep_ms, sweep_v);
     return 0;
   }
 
@@ -766,7 +769,7 @@ int main(int argc, char** argv) {
   js.close();
   md.close();
   run_silu_fusion(c, ms, out_dir);
-  if (sweep) run_sweep(c, out_dir, sweep_ms);
+  if (sweep) run_sweep(c, out_dir, sweep_ms, sweep_v);
   CK(cudaDeviceSynchronize());
   return 0;
 }
