@@ -50,6 +50,13 @@ constexpr double kUsPerWave = 2.735;
 constexpr double kUsPerKTile = 0.120;
 constexpr double kUsPerKTileArea = 0.2409;   // x (bm * bn / 16384)
 constexpr double kUsPerLoadedMB = 0.0327;
+// g128 only, per k tile and wave, x (bn / 128): the group scales' copy and the dequantization's multiply-add, whose
+// cost grows with the weight rows of a tile (bn) and not with its tokens (bm), so larger token tiles amortize it.
+// Chosen on `bench_gemm --sweep-only --sweep-g128 --ms 64,128,256,512` (H200, 2026-12-03, commit 190be24; 16
+// (shape, M) cells of the Llama-3-8B linears): without it the plan's picks summed 6.0% over the fastest candidates
+// it offers, with any value in 0.06-0.12 3.3% (0.15: 0%; 0.3: 5%); 0.08 lies in the 0.04-0.09 us per k tile that
+// the g128 probes imply (bench/results/gemm-serving.md, "g128 plan").
+constexpr double kUsPerKTileG128 = 0.08;
 struct SplitCost {
   int splits;
   bool global;
@@ -88,7 +95,8 @@ double sm90_cost_us(WeightFormat v, int config, int splits, bool global_split, i
   const double x_tile = double(std::min(c.bm, m)) * kBK;
   const double loaded_mb = double(ctas) * kt * (w_tile + x_tile) / 1e6;
   const double split = std::max(0.0, split_cost(splits, global_split));
-  return waves * (kUsPerWave + kt * (kUsPerKTile + kUsPerKTileArea * area) + split * area) +
+  const double g128 = v == WeightFormat::kW4A8G128 ? kUsPerKTileG128 * c.bn / 128.0 : 0.0;
+  return waves * (kUsPerWave + kt * (kUsPerKTile + kUsPerKTileArea * area + g128) + split * area) +
          kUsPerLoadedMB * loaded_mb;
 }
 
@@ -107,7 +115,9 @@ double stream_k_cost_us(WeightFormat v, int config, int ctas, int m, int n, int 
                         (v == WeightFormat::kW4A8G128 ? c.bn * 2.0 : 0.0);
   const double x_tile = double(std::min(c.bm, std::max(m, 1))) * kBK;
   const bool cut = units % per != 0 || per % kgs != 0;  // some tile is cut between CTAs
-  return kUsPerWave + double(per) * (kUsPerKTile + kUsPerKTileArea * area) + (cut ? kUsStreamKFixPerArea * area : 0.0) +
+  const double g128 = v == WeightFormat::kW4A8G128 ? kUsPerKTileG128 * c.bn / 128.0 : 0.0;
+  return kUsPerWave + double(per) * (kUsPerKTile + kUsPerKTileArea * area + g128) +
+         (cut ? kUsStreamKFixPerArea * area : 0.0) +
          kUsPerLoadedMB * double(units) * (w_tile + x_tile) / 1e6;
 }
 
