@@ -53,9 +53,9 @@ constexpr double kUsPerLoadedMB = 0.0327;
 // g128 only, per k tile and wave, x (bn / 128): the group scales' copy and the dequantization's multiply-add, whose
 // cost grows with the weight rows of a tile (bn) and not with its tokens (bm), so larger token tiles amortize it.
 // Chosen on `bench_gemm --sweep-only --sweep-g128 --ms 64,128,256,512` (H200, 2026-12-03, commit 190be24; 16
-// (shape, M) cells of the Llama-3-8B linears): without it the plan's picks summed 6.0% over the fastest candidates
-// it offers, with any value in 0.06-0.12 3.3% (0.15: 0%; 0.3: 5%); 0.08 lies in the 0.04-0.09 us per k tile that
-// the g128 probes imply (bench/results/gemm-serving.md, "g128 plan").
+// (shape, M) cells of the Llama-3-8B linears): without it the plan's picks summed 4.0% over the fastest candidates
+// it offers, with any value in 0.06-0.12 0.6% (0.04: 1.4%; 0.15: 0%; 0.3: 3.1%); 0.08 lies in the 0.04-0.09 us per
+// k tile that the g128 probes imply (bench/results/gemm-serving.md, "g128 plan").
 constexpr double kUsPerKTileG128 = 0.08;
 struct SplitCost {
   int splits;
