@@ -1,11 +1,11 @@
-// The Hopper (sm_90a) kernel template behind qgemm.h: wgmma.mma_async s8 with the weights as the register A
+// The Hopper (sm_90a) kernel template behind qgemm.h: INT8 wgmma.mma_async with the weights as the register A
 // operand (output channels on the wgmma M side, dequantized in registers from the repacked fragments: raw nibbles
 // for per-channel, one 32-bit multiply-add for g128, INT8 as-is for W8A8) and the tokens as B in shared memory
 // (wgmma N = BM tokens), loaded by TMA with 128-byte swizzle.
 // g128: the multiply-add gives the weights as unsigned bytes w8 + 128 (dequant_g128x4_biased), which go to an
 // unsigned-A wgmma (u8 x s8) as they are; the k range that holds k tile 0 takes 128 * qsum[m] (the quantizer's
 // exact INT32 sum of the token's codes) off its accumulators before any split-K sum, so every result is exactly
-// sum w8 * x. This saves the xor per fragment register that a signed wgmma needs (g128 4-8% faster on H200,
+// sum w8 * x. This saves the xor per fragment register that a signed wgmma needs (g128 2-8% faster on H200,
 // BENCHMARKS.md "g128 without the xor"). Magnitudes: |acc| <= 255 * 127 * K < 2^31 for K <= 66,000, and INT32
 // sums wrap exactly anyway.
 //
@@ -27,8 +27,8 @@
 // finished tile's epilogue goes through per-warp staging after the ring, and a tile cut between CTAs is summed by
 // the CTA that finishes its share last (INT32 partials in the workspace, a self-resetting counter per tile).
 // Epilogue (non-persistent launches): while the consumers run the main loop, the producer warpgroup's three idle
-// warps copy the tile's per-token (sx, xsum, qsum) and per-channel (scale, szero, bias) inputs into shared memory, so the
-// epilogue reads only the residual from global memory (two output vectors per thread in flight); the SiLU*up
+// warps copy the tile's per-token (sx, xsum, qsum) and per-channel (scale, szero, bias) inputs into shared memory,
+// so the epilogue reads only the residual from global memory (two output vectors per thread in flight); the SiLU*up
 // variant (QGemmEpilogue::kSiluMul) is epilogue8's.
 // Launch order: the grid is (output tiles, 1, splits), output tile blockIdx.x in raster order (qgemm_raster_tile,
 // the plan's raster_m): groups of raster_m token tiles, token tiles fastest within a group, so that CTAs resident at
@@ -168,7 +168,8 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
           ptx::mbar_arrive(bar);
           continue;
         }
-        ptx::mbar_arrive_expect_tx(bar, PROBE == 6 ? C::kXBytes : C::kTxBytes - (C::kG128 && !kScaleTma ? C::kSBytes : 0));
+        const int tx = PROBE == 6 ? C::kXBytes : C::kTxBytes - (C::kG128 && !kScaleTma ? C::kSBytes : 0);
+        ptx::mbar_arrive_expect_tx(bar, tx);
         ptx::tma_load_2d(st, &tm_x, bar, kt * kBK, m0);
         if constexpr (PROBE == 6) continue;
         if constexpr (PROBE == 4)
