@@ -608,7 +608,7 @@ void run_sweep(Ctx& c, const std::string& out_dir, const std::vector<int>& ms, q
                                     : qs::kernels::qgemm_plan_for(v, m, s[0], s[1], cfg, sp, global);
           if (sp > 0 && plan.splits != sp) continue;
           const double t = bench_ours(c, v, m, s[0], s[1], c.sm_version, plan);
-          const double est = qs::kernels::qgemm_plan_cost_us(plan, m, s[0], s[1], c.sms);
+          const double est = qs::kernels::qgemm_plan_cost_us(v, plan, m, s[0], s[1], c.sms);
           const bool is_plan = plan.config == chosen.config && plan.splits == chosen.splits &&
                                plan.global_split == chosen.global_split && plan.stream_k_ctas == chosen.stream_k_ctas;
           const char* mode = sp == 0 ? "sk" : sp == 1 ? "" : global ? "g" : "c";

@@ -155,7 +155,7 @@ TEST(GemmPlan, ServingRegimeFillsTheGpu) {
             << " = " << ctas << " CTAs";
         if (!p.global_split && p.stream_k_ctas == 0) EXPECT_EQ(p.workspace_bytes, 0u);
         if (!p.global_split) EXPECT_LE(p.splits, 2) << "a cluster wider than 2 was never faster on the H200";
-        EXPECT_GT(kernels::qgemm_plan_cost_us(p, m, s[0], s[1], 132), 0.0);
+        EXPECT_GT(kernels::qgemm_plan_cost_us(v, p, m, s[0], s[1], 132), 0.0);
       }
   const QGemmPlan p = kernels::qgemm_plan(WeightFormat::kW4A8PerChannel, 128, 4096, 4096, 132, 90);
   EXPECT_TRUE(p.splits > 1 || p.stream_k_ctas > 0)
@@ -164,6 +164,32 @@ TEST(GemmPlan, ServingRegimeFillsTheGpu) {
 
 // Stream-K arithmetic: every unit (output tile x k tile) belongs to exactly one CTA of the grid, no CTA is empty,
 // no more CTAs than asked for, and the workspace holds the counters and two partial tiles per CTA.
+// g128 costs more than per-channel for every sm90 candidate (the group scales' bytes and the per-k-tile term of its
+// copy and dequantization), and the gap is larger for wide weight tiles at the same area: at M = 512 on Llama-3-8B's
+// qkv (6144 x 4096) the plan gives g128 the largest token tile (bn128_bm256, the fastest there in the g128 sweep of
+// BENCHMARKS.md "g128 plan"), where per-channel's model keeps bn256_bm128.
+TEST(GemmPlan, G128PricesItsWeightRows) {
+  for (int c = 0; c < kernels::qgemm_num_configs(); ++c) {
+    if (!kernels::qgemm_config_is_sm90(c)) continue;
+    for (int m : {64, 512, 4096}) {
+      const QGemmPlan p = kernels::qgemm_plan_for(WeightFormat::kW4A8G128, m, 4096, 4096, c, 1);
+      EXPECT_GT(kernels::qgemm_plan_cost_us(WeightFormat::kW4A8G128, p, m, 4096, 4096, 132),
+                kernels::qgemm_plan_cost_us(WeightFormat::kW4A8PerChannel, p, m, 4096, 4096, 132))
+          << kQGemmConfigs[c].name << " m=" << m;
+    }
+  }
+  auto extra = [](int config) {
+    const QGemmPlan p = kernels::qgemm_plan_for(WeightFormat::kW4A8G128, 512, 6144, 4096, config, 1);
+    return kernels::qgemm_plan_cost_us(WeightFormat::kW4A8G128, p, 512, 6144, 4096, 132) -
+           kernels::qgemm_plan_cost_us(WeightFormat::kW4A8PerChannel, p, 512, 6144, 4096, 132);
+  };
+  EXPECT_GT(extra(kernels::kQGemm_sm90_bn256_bm128), extra(kernels::kQGemm_sm90_bn128_bm256));
+  EXPECT_EQ(kernels::qgemm_plan(WeightFormat::kW4A8G128, 512, 6144, 4096, 132, 90).config,
+            kernels::kQGemm_sm90_bn128_bm256);
+  EXPECT_EQ(kernels::qgemm_plan(WeightFormat::kW4A8PerChannel, 512, 6144, 4096, 132, 90).config,
+            kernels::kQGemm_sm90_bn256_bm128);
+}
+
 TEST(GemmPlan, StreamKCoversEveryUnitOnce) {
   for (int config = 0; config < kernels::qgemm_num_configs(); ++config) {
     if (!kQGemmConfigs[config].sm90) continue;

@@ -176,11 +176,10 @@ QGemmPlan qgemm_plan_stream_k(WeightFormat v, int m, int n, int k, int config, i
   return plan;
 }
 
-double qgemm_plan_cost_us(const QGemmPlan& plan, int m, int n, int k, int num_sms) {
+double qgemm_plan_cost_us(WeightFormat v, const QGemmPlan& plan, int m, int n, int k, int num_sms) {
   if (!qgemm_config_is_sm90(plan.config)) return -1.0;
-  if (plan.stream_k_ctas > 0)
-    return stream_k_cost_us(WeightFormat::kW4A8PerChannel, plan.config, plan.stream_k_ctas, m, n, k);
-  return sm90_cost_us(WeightFormat::kW4A8PerChannel, plan.config, plan.splits, plan.global_split, m, n, k, num_sms);
+  if (plan.stream_k_ctas > 0) return stream_k_cost_us(v, plan.config, plan.stream_k_ctas, m, n, k);
+  return sm90_cost_us(v, plan.config, plan.splits, plan.global_split, m, n, k, num_sms);
 }
 
 namespace {

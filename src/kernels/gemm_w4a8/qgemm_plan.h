@@ -76,8 +76,9 @@ int qgemm_stream_k_grid(int m, int n, int k, int config, int ctas);
 size_t qgemm_stream_k_workspace(int config, int grid);
 // Largest split-K factor `config` supports for K (sm90: cluster limit 8; sm80: 16; never more than k/128).
 int qgemm_max_splits(int config, int k);
-// The cost model's estimate for a plan, in microseconds (relative; used to rank candidates, printed by bench_gemm).
-double qgemm_plan_cost_us(const QGemmPlan& plan, int m, int n, int k, int num_sms);
+// The cost model's estimate for a plan on weights of format v, in microseconds (relative; used to rank candidates,
+// printed by bench_gemm).
+double qgemm_plan_cost_us(WeightFormat v, const QGemmPlan& plan, int m, int n, int k, int num_sms);
 
 const char* qgemm_config_name(int config);  // e.g. "bn64_bm16", "sm90_bn256_bm128"; "?" when out of range
 int qgemm_num_configs();                    // configs 0..n-1 (any may be forced in a plan)
