@@ -80,6 +80,17 @@ double split_cost(int splits, bool global_split) {
   return -1.0;
 }
 
+// The two per-k-tile terms both launch kinds share: the microseconds one CTA spends per k tile, and the weight bytes
+// it loads per k tile (the g128 group scales included).
+double us_per_ktile(WeightFormat v, const QGemmConfig& c) {
+  const double area = double(c.bm) * c.bn / 16384.0;
+  const double g128 = v == WeightFormat::kW4A8G128 ? kUsPerKTileG128 * c.bn / 128.0 : 0.0;
+  return kUsPerKTile + kUsPerKTileArea * area + g128;
+}
+double weight_tile_bytes(WeightFormat v, const QGemmConfig& c) {
+  return double(c.bn) * kBK / (v == WeightFormat::kW8A8 ? 1 : 2) + (v == WeightFormat::kW4A8G128 ? c.bn * 2.0 : 0.0);
+}
+
 // Estimated microseconds of one sm90 launch (see the constants above).
 double sm90_cost_us(WeightFormat v, int config, int splits, bool global_split, int m, int n, int k, int num_sms) {
   const QGemmConfig& c = kQGemmConfigs[config];
@@ -90,14 +101,10 @@ double sm90_cost_us(WeightFormat v, int config, int splits, bool global_split, i
   const double waves = double(cdiv(ctas, slots));
   const double kt = double(cdiv(kgs, splits));
   const double area = double(c.bm) * c.bn / 16384.0;
-  const double w_tile = double(c.bn) * kBK / (v == WeightFormat::kW8A8 ? 1 : 2) +
-                        (v == WeightFormat::kW4A8G128 ? c.bn * 2.0 : 0.0);
   const double x_tile = double(std::min(c.bm, m)) * kBK;
-  const double loaded_mb = double(ctas) * kt * (w_tile + x_tile) / 1e6;
+  const double loaded_mb = double(ctas) * kt * (weight_tile_bytes(v, c) + x_tile) / 1e6;
   const double split = std::max(0.0, split_cost(splits, global_split));
-  const double g128 = v == WeightFormat::kW4A8G128 ? kUsPerKTileG128 * c.bn / 128.0 : 0.0;
-  return waves * (kUsPerWave + kt * (kUsPerKTile + kUsPerKTileArea * area + g128) + split * area) +
-         kUsPerLoadedMB * loaded_mb;
+  return waves * (kUsPerWave + kt * us_per_ktile(v, c) + split * area) + kUsPerLoadedMB * loaded_mb;
 }
 
 // Stream-K (plan.stream_k_ctas > 0): one wave of `ctas` persistent CTAs, each running `per` units (output tile x
@@ -111,14 +118,10 @@ double stream_k_cost_us(WeightFormat v, int config, int ctas, int m, int n, int 
   const int64_t units = tiles_of(config, m, n) * kgs;
   const int64_t per = cdiv(units, std::clamp<int64_t>(ctas, 1, units));
   const double area = double(c.bm) * c.bn / 16384.0;
-  const double w_tile = double(c.bn) * kBK / (v == WeightFormat::kW8A8 ? 1 : 2) +
-                        (v == WeightFormat::kW4A8G128 ? c.bn * 2.0 : 0.0);
   const double x_tile = double(std::min(c.bm, std::max(m, 1))) * kBK;
   const bool cut = units % per != 0 || per % kgs != 0;  // some tile is cut between CTAs
-  const double g128 = v == WeightFormat::kW4A8G128 ? kUsPerKTileG128 * c.bn / 128.0 : 0.0;
-  return kUsPerWave + double(per) * (kUsPerKTile + kUsPerKTileArea * area + g128) +
-         (cut ? kUsStreamKFixPerArea * area : 0.0) +
-         kUsPerLoadedMB * double(units) * (w_tile + x_tile) / 1e6;
+  return kUsPerWave + double(per) * us_per_ktile(v, c) + (cut ? kUsStreamKFixPerArea * area : 0.0) +
+         kUsPerLoadedMB * double(units) * (weight_tile_bytes(v, c) + x_tile) / 1e6;
 }
 
 }  // namespace
