@@ -9,11 +9,13 @@
 // (qgemm_prepare, as the engine does at upload). Correctness of our kernels is the job of
 // tests/backends/gemm_w4a8_gpu_test. Then the gate_up + SiLU*up + quantization pair, separate kernels vs the
 // SiLU*up epilogue (gemm_silu.md).
-//   bench_gemm [out_dir] [--quick] [--fast] [--ms 64,128,...] [--sweep | --sweep-only] [--probe]
+//   bench_gemm [out_dir] [--quick] [--fast] [--ms 64,128,...] [--sweep | --sweep-only] [--sweep-g128]
+//     [--probe]
 //   --fast: only W4A8 pc / g128, cuBLASLt FP8 and the FP8 engine path; --sweep: last, every sm90 config x split
 //   (1, 2, 4, 8; cluster and global workspace) and stream-K on four shapes at M 64-512 (or --ms) with the plan's
 //   cost estimate (gemm_sweep.md); --sweep-only: that sweep alone; --sweep-g128: the sweep on g128 weights;
-//   --probe: only the main-loop probe (run_probe), its launches in the default raster order or --probe-raster R; --probe-g128: what g128 costs over per-channel
+//   --probe: only the main-loop probe (run_probe), its launches in the default raster order or --probe-raster R;
+//   --probe-g128: what g128 costs over per-channel
 //   (run_probe_g128); --raster: only the launch-order comparison
 //   (run_raster: the plan with every raster group size, cuBLASLt FP8 in the same rows; gemm_raster.md).
 #include <cublasLt.h>
