@@ -9,11 +9,15 @@
 // (qgemm_prepare, as the engine does at upload). Correctness of our kernels is the job of
 // tests/backends/gemm_w4a8_gpu_test. Then the gate_up + SiLU*up + quantization pair, separate kernels vs the
 // SiLU*up epilogue (gemm_silu.md).
+// Our kernels are launched with programmatic dependent launch (kernels/common/pdl.h), so in the replayed graph each
+// launch may start while the previous one finishes (its first weight tiles stream early); QSERVE_PDL=0 times
+// every launch in isolation, as cuBLASLt's are.
 //   bench_gemm [out_dir] [--quick] [--fast] [--ms 64,128,...] [--sweep | --sweep-only] [--sweep-g128]
-//     [--probe]
+//     [--sweep-70b] [--probe]
 //   --fast: only W4A8 pc / g128, cuBLASLt FP8 and the FP8 engine path; --sweep: last, every sm90 config x split
 //   (1, 2, 4, 8; cluster and global workspace) and stream-K on four shapes at M 64-512 (or --ms) with the plan's
 //   cost estimate (gemm_sweep.md); --sweep-only: that sweep alone; --sweep-g128: the sweep on g128 weights;
+//   --sweep-70b: on the four Llama-2-70B shapes instead of Llama-3-8B's;
 //   --probe: only the main-loop probe (run_probe), its launches in the default raster order or --probe-raster R;
 //   --probe-g128: what g128 costs over per-channel
 //   (run_probe_g128); --raster: only the launch-order comparison
@@ -592,11 +596,13 @@ void run_raster(Ctx& c, const std::string& out_dir, const std::vector<int>& ms) 
 // with --sweep-g128), with the plan's cost-model estimate and its choice marked, so the model can be checked against
 // the hardware. At M > 512 (--ms) only the unsplit launch and stream-K over one CTA per SM (the tiles fill the
 // machine there).
-void run_sweep(Ctx& c, const std::string& out_dir, const std::vector<int>& ms, qs::WeightFormat v) {
+void run_sweep(Ctx& c, const std::string& out_dir, const std::vector<int>& ms, qs::WeightFormat v, bool llama70b) {
   std::ofstream md(out_dir + "/gemm_sweep.md");
   md << "| N | K | M | config | splits | us | model us | plan |\n|---|---|---|---|---|---|---|---|\n";
   std::printf("sweep (W4A8 %s): N K M config splits | us model_us plan\n", qs::weight_format_name(v));
-  const int shapes[][2] = {{6144, 4096}, {4096, 4096}, {28672, 4096}, {4096, 14336}};
+  const std::vector<std::array<int, 2>> shapes =
+      llama70b ? std::vector<std::array<int, 2>>{{10240, 8192}, {8192, 8192}, {57344, 8192}, {8192, 28672}}
+               : std::vector<std::array<int, 2>>{{6144, 4096}, {4096, 4096}, {28672, 4096}, {4096, 14336}};
   for (const auto& s : shapes)
     for (int m : ms) {
       const auto chosen = qs::kernels::qgemm_plan(v, m, s[0], s[1], c.sms, c.sm_version);
@@ -638,7 +644,7 @@ void run_sweep(Ctx& c, const std::string& out_dir, const std::vector<int>& ms, q
 int main(int argc, char** argv) {
   const std::string out_dir = argc > 1 && argv[1][0] != '-' ? argv[1] : ".";
   bool quick = false, fast = false, sweep = false, sweep_only = false, probe = false, raster = false;
-  bool probe_g128 = false, sweep_g128 = false;
+  bool probe_g128 = false, sweep_g128 = false, sweep_70b = false;
   std::vector<int> ms_arg;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -649,6 +655,7 @@ int main(int argc, char** argv) {
     probe = probe || a == "--probe";
     probe_g128 = probe_g128 || a == "--probe-g128";
     sweep_g128 = sweep_g128 || a == "--sweep-g128";
+    sweep_70b = sweep_70b || a == "--sweep-70b";
     raster = raster || a == "--raster";
     if (a == "--probe-raster" && i + 1 < argc) g_probe_raster = std::stoi(argv[++i]);
     if (a == "--ms" && i + 1 < argc) {
@@ -690,7 +697,7 @@ int main(int argc, char** argv) {
   const std::vector<int> sweep_ms = ms_arg.empty() ? std::vector<int>{64, 128, 256, 512} : ms_arg;
   const auto sweep_v = sweep_g128 ? qs::WeightFormat::kW4A8G128 : qs::WeightFormat::kW4A8PerChannel;
   if (sweep_only) {
-    run_sweep(c, out_dir, sweep_ms, sweep_v);
+    run_sweep(c, out_dir, sweep_ms, sweep_v, sweep_70b);
     return 0;
   }
 
@@ -771,7 +778,7 @@ int main(int argc, char** argv) {
   js.close();
   md.close();
   run_silu_fusion(c, ms, out_dir);
-  if (sweep) run_sweep(c, out_dir, sweep_ms, sweep_v);
+  if (sweep) run_sweep(c, out_dir, sweep_ms, sweep_v, sweep_70b);
   CK(cudaDeviceSynchronize());
   return 0;
 }

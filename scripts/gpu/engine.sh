@@ -5,7 +5,7 @@
 #   here:    scripts/gpu/engine.sh pack            (build first: cmake --build build --target qserve_cli
 #                                                   test_engine_cuda_executor_gpu_test test_engine_weight_fusion_test)
 #   device:  run(command="bash gpu-pack/engine/engine.sh tests quick", carry=["gpu-pack/engine"])
-# Steps (any order, several allowed): tests | fp8tests | kernels (the kernel GPU tests) | quick (llama-3-8b at batch <= 128, w4a8kv4 + fp16, breakdown) |
+# Steps (any order, several allowed): tests | fp8tests | kernels (the kernel GPU tests) | pdl (PDL on vs off) | quick (llama-3-8b at batch <= 128, w4a8kv4 + fp16, breakdown) |
 # final (llama-3-8b largest batch w4a8kv4,fp8,fp16 + breakdown; llama-2-70b w4a8kv4) | http (http_bench.sh) |
 # accuracy (scripts/accuracy --device cuda: the full 192-window ACCURACY.md tables of both models, KV protocols
 # fake-quant then serving).
@@ -82,6 +82,29 @@ for step in "$@"; do
     quick)
       timeout 400 "$W/bin/qserve" bench --shape llama-3-8b --dtype w4a8kv4,fp16 --input-len 1024 --output-len 512 \
         --max-batch 128 --breakdown --json "$OUT/bench_quick.json" 2>&1 | tee "$OUT/bench_quick.log" | grep -v "decode step\|prefill .*sequences" || rc=1
+      ;;
+    pdl)
+      # Programmatic dependent launch (kernels/common/pdl.h) on vs off (QSERVE_PDL=0), same binary, alternating:
+      # Llama-3-8B w4a8kv4 at PDL_BATCHES (the largest batch, then small-batch decode), PDL_ROUNDS rounds; other
+      # binaries in $W/bin named in PDL_BINS (after qserve) run with PDL on in the same rounds. Greedy tokens of the
+      # tiny model must not change.
+      M="$W/data/models/qs-llama-tiny"
+      for pdl in 1 0; do
+        QSERVE_PDL=$pdl timeout 60 "$W/bin/qserve" generate --device cuda -m "$M" -p "The quick brown fox" -n 48 \
+          > "$OUT/pdl_generate_$pdl.txt" 2>/dev/null || rc=1
+      done
+      cmp -s "$OUT/pdl_generate_1.txt" "$OUT/pdl_generate_0.txt" && echo "pdl: greedy text identical on/off" \
+        || { echo "pdl: greedy text DIFFERS on/off"; rc=1; }
+      for b in ${PDL_BATCHES:-1024 64 16}; do
+        for round in $(seq ${PDL_ROUNDS:-2}); do
+          for run in qserve:1 qserve:0 $(for x in ${PDL_BINS:-}; do echo "$x:1"; done); do
+            bin=${run%:*}; pdl=${run#*:}; tag=${bin}_${b}_${pdl}_$round
+            QSERVE_PDL=$pdl timeout 200 "$W/bin/$bin" bench --shape llama-3-8b --dtype w4a8kv4 --input-len 1024 \
+              --output-len 512 --batch $b --json "$OUT/pdl_$tag.json" > "$OUT/pdl_$tag.log" 2>&1 || rc=1
+            echo "$bin pdl=$pdl batch=$b round=$round: $(grep -E '^w4a8kv4 ' "$OUT/pdl_$tag.log")"
+          done
+        done
+      done
       ;;
     fp8tests)
       timeout 120 "$W/bin/test_engine_cuda_executor_gpu_test" --gtest_filter='*Fp8*:*RandomWeights*:*BadInput*' 2>&1 \

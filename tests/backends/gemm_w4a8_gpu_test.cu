@@ -24,6 +24,7 @@
 #include "kernels/common/device_buffer.h"
 #include "kernels/common/guards.h"
 #include "kernels/gemm_w4a8/qgemm_kernel.cuh"
+#include "kernels/norm_quant/norm_quant.h"
 
 namespace qs {
 namespace {
@@ -267,6 +268,77 @@ TEST(QGemmGpuG128, SaturatedActivationsAtTheLargestK) {
       check_problem(pr, 3, config, /*global_split=*/true);
       check_problem(pr, 1, config, false, 5);
     }
+}
+
+// Programmatic dependent launch (kernels/common/pdl.h): the GEMM and quantization kernels may start while the
+// previous kernel of the stream runs, and must not touch what it produces (or still reads) before pdl_wait. The
+// engine's in-place pattern: y = W x + y (the residual is the output the previous launch wrote), then x = quant(y)
+// (overwriting the activations the previous GEMM read), 8 times back to back on one stream, for each plan kind
+// (the plan's own, cluster and global split-K, stream-K) with grids that leave SMs free for the next kernel; the
+// result must be bit-identical to the same launches with the stream synchronized after each one (no overlap).
+TEST_P(QGemmGpu, PdlChainEqualsSerializedLaunches) {
+  QS_REQUIRE_GPU();
+  const int m = 300, n = 1024, k = 1024;
+  const auto pr = test::make_qgemm_problem(GetParam(), m, n, k, 77, true, true);
+  const cuda::QGemmDeviceWeights w = cuda::QGemmDeviceWeights::upload(pr.weights());
+  std::vector<kernels::QGemmPlan> plans{w.plan(m)};
+  if (sm_version() == 90) {
+    plans.push_back(kernels::qgemm_plan_for(pr.variant, m, n, k, kernels::kQGemm_sm90_bn128_bm64, 2, false));
+    plans.push_back(kernels::qgemm_plan_for(pr.variant, m, n, k, kernels::kQGemm_sm90_bn128_bm64, 3, true));
+    plans.push_back(kernels::qgemm_plan_stream_k(pr.variant, m, n, k, kernels::kQGemm_sm90_bn128_bm128, 40));
+  }
+  DeviceBuffer<int8_t> x(pr.xq);
+  DeviceBuffer<uint16_t> sx(pr.sx), xsum(pr.xsum), bias(pr.bias), y(pr.residual);
+  DeviceBuffer<int32_t> qsum(pr.qsum);
+  cudaStream_t stream = nullptr;
+  QS_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  for (const kernels::QGemmPlan& plan : plans) {
+    SCOPED_TRACE(testing::Message() << "plan " << kernels::qgemm_config_name(plan.config) << " x" << plan.splits
+                                    << (plan.global_split ? " global" : "") << " stream-K " << plan.stream_k_ctas);
+    DeviceBuffer<uint8_t> ws(plan.workspace_bytes);
+    if (ws.size()) QS_CUDA_CHECK(cudaMemset(ws.get(), 0, ws.size()));
+    auto chain = [&](bool serialize) {
+      x.upload(pr.xq);
+      sx.upload(pr.sx);
+      xsum.upload(pr.xsum);
+      qsum.upload(pr.qsum);
+      y.upload(pr.residual);
+      // The uploads run on the legacy stream and may still be in flight (pageable copies return early); `stream`
+      // does not wait for it.
+      QS_CUDA_CHECK(cudaDeviceSynchronize());
+      cuda::QGemmCall call;
+      call.m = m;
+      call.x = x.get();
+      call.sx = sx.get();
+      call.xsum = xsum.get();
+      call.qsum = qsum.get();
+      call.bias = bias.get();
+      call.residual = y.get();
+      call.y = y.get();
+      call.workspace = ws.get();
+      kernels::ActQuantParams q;
+      q.x = y.get();
+      q.rows = m;
+      q.cols = n;
+      q.out = {x.get(), sx.get(), xsum.get(), qsum.get()};
+      for (int i = 0; i < 8; ++i) {
+        EXPECT_TRUE(w.run(plan, call, stream).is_ok());
+        if (serialize) QS_CUDA_CHECK(cudaStreamSynchronize(stream));
+        EXPECT_TRUE(kernels::act_quant(q, stream).is_ok());
+        if (serialize) QS_CUDA_CHECK(cudaStreamSynchronize(stream));
+      }
+      QS_CUDA_CHECK(cudaStreamSynchronize(stream));
+      return std::make_pair(y.download(), x.download());
+    };
+    const auto want = chain(true);
+    for (int round = 0; round < 3; ++round) {
+      const auto got = chain(false);
+      EXPECT_TRUE(got.first == want.first) << "FP16 outputs differ from the serialized chain (round " << round << ")";
+      EXPECT_TRUE(got.second == want.second) << "INT8 activations differ from the serialized chain (round " << round
+                                             << ")";
+    }
+  }
+  QS_CUDA_CHECK(cudaStreamDestroy(stream));
 }
 
 INSTANTIATE_TEST_SUITE_P(AllVariants, QGemmGpu,

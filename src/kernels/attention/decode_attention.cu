@@ -37,6 +37,7 @@
 #include "core/error.h"
 #include "kernels/attention/attn_ptx.cuh"
 #include "kernels/common/cuda_check.h"
+#include "kernels/common/pdl.h"
 
 namespace qs::kernels {
 namespace {
@@ -482,6 +483,7 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas)
     decode_kernel(const DecodeParams p, const int32_t chunk_tokens, const int32_t max_chunks, float* __restrict__ ws_o,
                   float* __restrict__ ws_m) {
   static_assert(W == 1 || (S > 0 && kWarpsPerCta % W == 0), "chunks split across warps need the shared-memory ring");
+  pdl_wait();  // launched by launch_pdl (pdl.h)
   using L = Loader<D, DT>;
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int warp = int(threadIdx.x >> 5), sub = warp % W;
@@ -634,9 +636,7 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32, MinCtas)
     }
   }
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");  // the merge kernel may start launching
-#endif
+  pdl_launch_dependents();  // after the main loop (pdl.h): the merge kernel, if any, may start launching
   // Normalize: O <- (O - zero share) / l per head column (odd KV4 dims without their factor 16), lse = m + log2 l
   // (an empty range: O = 0, lse = -inf).
   float lse[NH][2];
@@ -741,9 +741,7 @@ template <int D>
 __global__ void __launch_bounds__(D) merge_kernel(const DecodeParams p, const int32_t chunk_tokens,
                                                   const int32_t max_chunks, const float* __restrict__ ws_o,
                                                   const float* __restrict__ ws_m) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");  // launched early (PDL): wait for decode_kernel's writes
-#endif
+  pdl_wait();  // launched early (PDL): wait for decode_kernel's writes
   const int64_t row = blockIdx.x;  // b * num_q_heads + h
   const int b = int(row / p.num_q_heads);
   const int n = (p.context_lens[b] + chunk_tokens - 1) / chunk_tokens;
@@ -792,23 +790,16 @@ Status launch(const DecodeParams& p, const DecodePlan& plan, void* workspace, cu
       return Status::ok();
     }));
   }
-  decode_kernel<D, DT, NH, S, MinCtas, W><<<unsigned(ctas), kWarpsPerCta * 32, smem, stream>>>(
-      p, plan.chunk_tokens, plan.max_chunks, ws_o, ws_m);
+  QS_CUDA_RETURN(launch_pdl(LaunchShape{dim3(unsigned(ctas)), dim3(kWarpsPerCta * 32), size_t(smem), stream},
+                            decode_kernel<D, DT, NH, S, MinCtas, W>, p, plan.chunk_tokens, plan.max_chunks, ws_o,
+                            ws_m));
   QS_CUDA_RETURN(cudaGetLastError());
   if (plan.max_chunks > 1) {
-    // Programmatic dependent launch: the merge grid is launched while the decode grid drains and waits in
-    // griddepcontrol.wait, which hides one launch latency (small batches are latency-bound).
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(unsigned(int64_t(p.batch) * p.num_q_heads));
-    cfg.blockDim = dim3(D);
-    cfg.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    QS_CUDA_RETURN(cudaLaunchKernelEx(&cfg, merge_kernel<D>, p, plan.chunk_tokens, plan.max_chunks,
-                                      static_cast<const float*>(ws_o), static_cast<const float*>(ws_m)));
+    // Programmatic dependent launch (pdl.h): the merge grid is launched while the decode grid drains and waits in
+    // pdl_wait, which hides one launch latency (small batches are latency-bound).
+    QS_CUDA_RETURN(launch_pdl(LaunchShape{dim3(unsigned(int64_t(p.batch) * p.num_q_heads)), dim3(D), 0, stream},
+                              merge_kernel<D>, p, plan.chunk_tokens, plan.max_chunks,
+                              static_cast<const float*>(ws_o), static_cast<const float*>(ws_m)));
     QS_CUDA_RETURN(cudaGetLastError());
   }
   return Status::ok();

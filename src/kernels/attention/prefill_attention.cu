@@ -21,6 +21,7 @@
 #include "kernels/attention/attn_ptx.cuh"
 #include "kernels/attention/prefill_attention.h"
 #include "kernels/common/cuda_check.h"
+#include "kernels/common/pdl.h"
 #include "kernels/common/tensor_map.h"
 #include "kernels/common/tma.h"
 #include "kernels/common/wgmma.h"
@@ -238,6 +239,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     fence_barrier_init();
   }
   __syncthreads();  // the barriers exist before anyone uses them; no CTA-wide barrier after this
+  pdl_wait();      // launched by launch_pdl (pdl.h)
 
   if (wg == 0) {  // producer
     setmaxnreg_dec<40>();
@@ -502,7 +504,8 @@ Status launch(const PrefillParams& p, cudaStream_t stream) {
   QS_CUDA_RETURN(cudaGetDevice(&dev));
   QS_CUDA_RETURN(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   const int grid = int(std::min<int64_t>(n_items, sms));  // persistent: one CTA per SM
-  prefill_kernel<D><<<grid, kThreads, smem, stream>>>(p, maps[0], maps[1], maps[2], n_mblocks);
+  QS_CUDA_RETURN(launch_pdl(LaunchShape{dim3(unsigned(grid)), dim3(kThreads), size_t(smem), stream}, prefill_kernel<D>,
+                            p, maps[0], maps[1], maps[2], n_mblocks));
   QS_CUDA_RETURN(cudaGetLastError());
   return Status::ok();
 }

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "kernels/common/cuda_check.h"
+#include "kernels/common/pdl.h"
 
 namespace qs::kernels {
 namespace {
@@ -43,6 +44,7 @@ __device__ float block_sum(float v) {
 
 __global__ void embedding_kernel(const int32_t* __restrict__ ids, const uint16_t* __restrict__ table, int64_t vocab,
                                  int32_t cols, uint16_t* __restrict__ out) {
+  pdl_wait();
   const int64_t r = blockIdx.x;
   const int32_t id = ids[r];
   const bool ok = id >= 0 && id < vocab;
@@ -59,6 +61,7 @@ __global__ void embedding_kernel(const int32_t* __restrict__ ids, const uint16_t
 
 __global__ void rmsnorm_kernel(const uint16_t* __restrict__ x, const int32_t* __restrict__ row_index, int32_t cols,
                                const uint16_t* __restrict__ w, float eps, uint16_t* __restrict__ out) {
+  pdl_wait();
   const int64_t r = blockIdx.x;
   const int64_t src = row_index ? row_index[r] : r;
   const uint16_t* xr = x + src * cols;
@@ -73,6 +76,7 @@ __global__ void rmsnorm_kernel(const uint16_t* __restrict__ x, const int32_t* __
 }
 
 __global__ void silu_mul_kernel(const uint16_t* __restrict__ gu, int32_t cols, uint16_t* __restrict__ out) {
+  pdl_wait();
   const int64_t r = blockIdx.y;
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= cols) return;
@@ -81,6 +85,7 @@ __global__ void silu_mul_kernel(const uint16_t* __restrict__ gu, int32_t cols, u
 }
 
 __global__ void add_bias_kernel(uint16_t* __restrict__ y, const uint16_t* __restrict__ b, int32_t cols) {
+  pdl_wait();
   const int64_t r = blockIdx.y;
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= cols) return;
@@ -147,7 +152,8 @@ Status elementwise_probe() {
 Status embedding_gather_f16(const int32_t* ids, int32_t rows, const uint16_t* table, int64_t vocab, int32_t cols,
                             uint16_t* out, cudaStream_t stream) {
   if (rows <= 0) return Status::ok();
-  embedding_kernel<<<unsigned(rows), 128, 0, stream>>>(ids, table, vocab, cols, out);
+  QS_CUDA_RETURN(launch_pdl(LaunchShape{dim3(unsigned(rows)), dim3(128), 0, stream}, embedding_kernel, ids, table, vocab,
+                            cols, out));
   QS_CUDA_RETURN(cudaGetLastError());
   return Status::ok();
 }
@@ -156,7 +162,8 @@ Status rmsnorm_f16(const uint16_t* x, const int32_t* row_index, int32_t rows, in
                    float eps, uint16_t* out, cudaStream_t stream) {
   if (rows <= 0) return Status::ok();
   if (cols <= 0) return Status::error("rmsnorm_f16: cols must be positive");
-  rmsnorm_kernel<<<unsigned(rows), kThreads, 0, stream>>>(x, row_index, cols, weight, eps, out);
+  QS_CUDA_RETURN(launch_pdl(LaunchShape{dim3(unsigned(rows)), dim3(kThreads), 0, stream}, rmsnorm_kernel, x, row_index,
+                            cols, weight, eps, out));
   QS_CUDA_RETURN(cudaGetLastError());
   return Status::ok();
 }
@@ -164,8 +171,9 @@ Status rmsnorm_f16(const uint16_t* x, const int32_t* row_index, int32_t rows, in
 Status silu_mul_f16(const uint16_t* gate_up, int32_t rows, int32_t cols, uint16_t* out, cudaStream_t stream) {
   if (rows <= 0) return Status::ok();
   if (rows > 65535) return Status::error("silu_mul_f16: more than 65535 rows");
-  silu_mul_kernel<<<dim3(unsigned((cols + kThreads - 1) / kThreads), unsigned(rows)), kThreads, 0, stream>>>(
-      gate_up, cols, out);
+  QS_CUDA_RETURN(launch_pdl(
+      LaunchShape{dim3(unsigned((cols + kThreads - 1) / kThreads), unsigned(rows)), dim3(kThreads), 0, stream},
+      silu_mul_kernel, gate_up, cols, out));
   QS_CUDA_RETURN(cudaGetLastError());
   return Status::ok();
 }
@@ -173,8 +181,9 @@ Status silu_mul_f16(const uint16_t* gate_up, int32_t rows, int32_t cols, uint16_
 Status add_bias_f16(uint16_t* y, const uint16_t* bias, int32_t rows, int32_t cols, cudaStream_t stream) {
   if (rows <= 0) return Status::ok();
   if (rows > 65535) return Status::error("add_bias_f16: more than 65535 rows");
-  add_bias_kernel<<<dim3(unsigned((cols + kThreads - 1) / kThreads), unsigned(rows)), kThreads, 0, stream>>>(y, bias,
-                                                                                                        cols);
+  QS_CUDA_RETURN(launch_pdl(
+      LaunchShape{dim3(unsigned((cols + kThreads - 1) / kThreads), unsigned(rows)), dim3(kThreads), 0, stream},
+      add_bias_kernel, y, bias, cols));
   QS_CUDA_RETURN(cudaGetLastError());
   return Status::ok();
 }

@@ -20,6 +20,7 @@
 #include "kernels/common/device_once.h"
 #include "kernels/common/cuda_check.h"
 #include "kernels/common/mma.h"
+#include "kernels/common/pdl.h"
 #include "kernels/gemm_w4a8/qgemm.h"
 
 namespace qs::kernels::qgemm_detail {
@@ -190,7 +191,8 @@ __global__ void __launch_bounds__(Cfg<V, CONFIG>::kThreads)
   const uint8_t* wg = static_cast<const uint8_t*>(p.w);
   const uint32_t sbase = ptx::smem_addr(smem);
 
-  auto load_stage = [&](int slot, int kt) {
+  // A stage's copies: the weight tiles (and g128 group scales), then the activation tile.
+  auto load_weights = [&](int slot, int kt) {
     const uint32_t st = sbase + slot * C::kStageBytes;
     constexpr int kChunksPerTile = C::kTileBytes / 16;
     for (int i = tid; i < C::kWBytes / 16; i += C::kThreads) {
@@ -199,19 +201,21 @@ __global__ void __launch_bounds__(Cfg<V, CONFIG>::kThreads)
       const uint8_t* src = wg + (size_t(ok ? nt : 0) * kgs + kt) * C::kTileBytes + (i % kChunksPerTile) * 16;
       ptx::cp_async16(st + i * 16, src, ok);
     }
-    const uint32_t xs = st + C::kWBytes;
+    if constexpr (C::kG128) {
+      const uint32_t ss = st + C::kWBytes + C::kXBytes;
+      for (int i = tid; i < C::BN / 8; i += C::kThreads) {
+        const bool ok = n0 + i * 8 < p.n;
+        ptx::cp_async16(ss + i * 16, p.s2zn + size_t(kt) * p.n + (ok ? n0 + i * 8 : 0), ok);
+      }
+    }
+  };
+  auto load_x = [&](int slot, int kt) {
+    const uint32_t xs = sbase + slot * C::kStageBytes + C::kWBytes;
     for (int i = tid; i < C::BM * 8; i += C::kThreads) {
       const int r = i >> 3, c = i & 7;
       const bool ok = m0 + r < p.m;
       const int8_t* src = p.x + size_t(ok ? m0 + r : 0) * p.k + kt * kBK + c * 16;
       ptx::cp_async16(xs + r * kBK + ((c ^ (r & 7)) << 4), src, ok);
-    }
-    if constexpr (C::kG128) {
-      const uint32_t ss = xs + C::kXBytes;
-      for (int i = tid; i < C::BN / 8; i += C::kThreads) {
-        const bool ok = n0 + i * 8 < p.n;
-        ptx::cp_async16(ss + i * 16, p.s2zn + size_t(kt) * p.n + (ok ? n0 + i * 8 : 0), ok);
-      }
     }
   };
 
@@ -223,9 +227,16 @@ __global__ void __launch_bounds__(Cfg<V, CONFIG>::kThreads)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[i][j][e] = 0;
 
+  // PDL (pdl.h): the first stages' weights depend on no earlier kernel and are copied before pdl_wait; the
+  // activations after it. The first commit group then holds every early weight copy and stage 0's activations,
+  // group s stage s's activations: waiting for group s still means stage s is complete.
+#pragma unroll
+  for (int s = 0; s < C::STAGES - 1; ++s)
+    if (s < nk) load_weights(s, kt_begin + s);
+  pdl_wait();
 #pragma unroll
   for (int s = 0; s < C::STAGES - 1; ++s) {
-    if (s < nk) load_stage(s, kt_begin + s);
+    if (s < nk) load_x(s, kt_begin + s);
     ptx::cp_async_commit();
   }
 
@@ -234,7 +245,10 @@ __global__ void __launch_bounds__(Cfg<V, CONFIG>::kThreads)
     __syncthreads();
     {
       const int pf = it + C::STAGES - 1;
-      if (pf < nk) load_stage(pf % C::STAGES, kt_begin + pf);
+      if (pf < nk) {
+        load_weights(pf % C::STAGES, kt_begin + pf);
+        load_x(pf % C::STAGES, kt_begin + pf);
+      }
       ptx::cp_async_commit();
     }
     const int slot = it % C::STAGES;
@@ -305,6 +319,7 @@ __global__ void __launch_bounds__(Cfg<V, CONFIG>::kThreads)
   }
 
   // Epilogue: stage INT32 accumulators as [token][channel] in shared memory, then 16-byte rows.
+  pdl_launch_dependents();  // the MMAs are done (pdl.h)
   ptx::cp_async_wait<0>();
   __syncthreads();
   int32_t* cs = reinterpret_cast<int32_t*>(smem);
@@ -354,7 +369,8 @@ Status launch_qgemm(const QGemmParams& p, int splits, int tiles_per_split, int32
     return Status::ok();
   }));
   const dim3 grid((p.n + C::BN - 1) / C::BN, (p.m + C::BM - 1) / C::BM, splits);
-  qgemm_kernel<V, CONFIG><<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, tiles_per_split, partial, counters);
+  QS_CUDA_RETURN(launch_pdl(LaunchShape{grid, dim3(C::kThreads), size_t(C::kSmemBytes), stream}, qgemm_kernel<V, CONFIG>,
+                            p, tiles_per_split, partial, counters));
   QS_CUDA_RETURN(cudaGetLastError());
   return Status::ok();
 }

@@ -40,6 +40,7 @@
 
 #include "kernels/common/cluster.h"
 #include "kernels/common/device_once.h"
+#include "kernels/common/pdl.h"
 #include "kernels/common/tma.h"
 #include "kernels/common/wgmma.h"
 #include "kernels/gemm_w4a8/qgemm_kernel.cuh"
@@ -156,8 +157,27 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
   if (wg == 0) {
     ptx::setmaxnreg_dec<40>();
     if (tid == 0 && kRing) {
-      int it = 0;  // ring position, continuous across the CTA's tiles
-      for (int u = u_begin; u < u_end; ++u, ++it) {
+      // PDL (pdl.h): the weight and g128 scale copies of the first ring slots depend on no earlier kernel, so they
+      // are issued before pdl_wait() and stream while the previous kernel finishes; their activation copies after.
+      const int pre = PROBE == 0 ? min(C::STAGES, u_end - u_begin) : 0;
+      for (int it = 0; it < pre; ++it) {
+        const int u = u_begin + it, tile = u / kgs, kt = u - tile * kgs;
+        int n0, m0;
+        tile_origin(tile, n0, m0);
+        const uint32_t st = base + it * C::kStageBytes, bar = full0 + 8 * it;
+        ptx::mbar_arrive_expect_tx(bar, C::kTxBytes);
+        ptx::tma_load_2d(st + C::kXBytes, &tm_w, bar, kt * (C::kTileBytes / 8), n0 / 16);
+        if constexpr (C::kG128) ptx::tma_load_2d(st + C::kXBytes + C::kWBytes, &tm_s, bar, n0, kt);
+      }
+      pdl_wait();
+      for (int it = 0; it < pre; ++it) {
+        const int u = u_begin + it, tile = u / kgs, kt = u - tile * kgs;
+        int n0, m0;
+        tile_origin(tile, n0, m0);
+        ptx::tma_load_2d(base + it * C::kStageBytes, &tm_x, full0 + 8 * it, kt * kBK, m0);
+      }
+      int it = pre;  // ring position, continuous across the CTA's tiles
+      for (int u = u_begin + pre; u < u_end; ++u, ++it) {
         const int tile = u / kgs, kt = u - tile * kgs;
         int n0, m0;
         tile_origin(tile, n0, m0);
@@ -181,6 +201,7 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
     } else if (!SK && tid >= 32) {
       // Warps 1..3: the tile's epilogue inputs into shared memory (zero where absent or out of range), so the
       // epilogue after the main loop reads no global memory but the residual; then signal the consumers.
+      pdl_wait();
       uint16_t* es = reinterpret_cast<uint16_t*>(smem + C::kEpiOffset);
       int n0, m0;
       tile_origin(int(blockIdx.x), n0, m0);
@@ -207,6 +228,7 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
     }
   } else {
     ptx::setmaxnreg_inc<232>();
+    pdl_wait();  // the epilogue's residual and the split-K workspace come from earlier kernels
     const int cw = wg - 1, w = (tid / 32) & 3, g = lane >> 2, t = lane & 3;
     const int nthreads = 128 * C::kConsumers, t0 = tid - 128;
     int32_t acc[C::MT][C::BM / 2];
@@ -376,6 +398,7 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
         if (i + 1 < nk) step(it0 + i + 1, i + 1, nk, a1, a0);
       }
       ptx::wgmma_wait<0>();
+      if (seg_end == u_end) pdl_launch_dependents();  // the CTA's MMAs are done (pdl.h)
 
       if constexpr (SK) {
         if constexpr (C::kG128)
@@ -579,30 +602,20 @@ Status launch_qgemm_sm90(const QGemmParams& p, int splits, int tiles_per_split, 
   const int64_t tiles = int64_t((p.n + C::BN - 1) / C::BN) * ((p.m + C::BM - 1) / C::BM);
   if (tiles * (p.k / kBK) > INT32_MAX) return Status::error("qgemm: too many output tiles x k tiles for one launch");
   const dim3 grid(unsigned(tiles), 1, splits);
+  // Programmatic dependent launch (pdl.h): the producer streams its first weight tiles before pdl_wait().
+  LaunchShape l{grid, dim3(C::kThreads), size_t(C::kSmemBytes), stream};
   if (sk_per > 0) {
     if (splits != 1 || !counters || !partial || sk_grid < 1)
       return Status::error("qgemm: a stream-K launch needs splits == 1, a grid and its workspace");
-    qgemm_sm90_kernel<V, CONFIG, true><<<dim3(sk_grid), C::kThreads, C::kSmemBytes, stream>>>(
-        p, xmap, wmap, smap, tiles_per_split, partial, counters, sk_per, raster_m);
-  } else if (splits == 1 || counters) {
-    qgemm_sm90_kernel<V, CONFIG, false><<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, xmap, wmap, smap, tiles_per_split,
-                                                                               splits > 1 ? partial : nullptr,
-                                                                               splits > 1 ? counters : nullptr, 0, raster_m);
+    l.grid = dim3(unsigned(sk_grid));
+    QS_CUDA_RETURN(launch_pdl(l, qgemm_sm90_kernel<V, CONFIG, true>, p, xmap, wmap, smap, tiles_per_split, partial,
+                              counters, sk_per, raster_m));
   } else {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
-    cfg.blockDim = dim3(C::kThreads);
-    cfg.dynamicSmemBytes = C::kSmemBytes;
-    cfg.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = 1;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = unsigned(splits);
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    QS_CUDA_RETURN(cudaLaunchKernelEx(&cfg, qgemm_sm90_kernel<V, CONFIG, false>, p, xmap, wmap, smap, tiles_per_split,
-                                      static_cast<int32_t*>(nullptr), static_cast<int*>(nullptr), 0, raster_m));
+    const bool cluster = splits > 1 && !counters;  // split-K through a (1, 1, splits) cluster
+    if (cluster) l.cluster_z = unsigned(splits);
+    QS_CUDA_RETURN(launch_pdl(l, qgemm_sm90_kernel<V, CONFIG, false>, p, xmap, wmap, smap, tiles_per_split,
+                              cluster || splits == 1 ? static_cast<int32_t*>(nullptr) : partial,
+                              cluster || splits == 1 ? static_cast<int*>(nullptr) : counters, 0, raster_m));
   }
   QS_CUDA_RETURN(cudaGetLastError());
   return Status::ok();

@@ -8,6 +8,7 @@
 #include <cuda_fp8.h>
 
 #include "kernels/common/cuda_check.h"
+#include "kernels/common/pdl.h"
 #include "kernels/kv_cache/kv_cache_write.h"
 
 namespace qs::kernels {
@@ -19,6 +20,7 @@ template <int D>
 __global__ void __launch_bounds__(kWarps * 32) kv_write_kernel(const KvWriteParams p) {
   constexpr int P = D / 64;  // values per lane per half
   __shared__ float cs[D / 2], sn[D / 2];
+  pdl_wait();  // launched by launch_pdl (pdl.h)
   const int tok = blockIdx.x;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int32_t pos = p.positions[tok];
@@ -159,8 +161,9 @@ Status kv_cache_write(const KvWriteParams& p, cudaStream_t stream) {
     return Status::error(std::string("kv_cache_write: cache dtype ") + kv_dtype_name(L.dtype) +
                          " not supported (kv4, fp16, fp8)");
   if (p.num_tokens == 0) return Status::ok();
-  if (L.head_dim == 128) kv_write_kernel<128><<<p.num_tokens, kWarps * 32, 0, stream>>>(p);
-  else kv_write_kernel<64><<<p.num_tokens, kWarps * 32, 0, stream>>>(p);
+  const LaunchShape shape{dim3(unsigned(p.num_tokens)), dim3(kWarps * 32), 0, stream};
+  if (L.head_dim == 128) QS_CUDA_RETURN(launch_pdl(shape, kv_write_kernel<128>, p));
+  else QS_CUDA_RETURN(launch_pdl(shape, kv_write_kernel<64>, p));
   QS_CUDA_RETURN(cudaGetLastError());
   return Status::ok();
 }

@@ -8,6 +8,8 @@
 //    16-byte accesses, else 1); the op is a functor that produces the fp32 value y_k to quantize; passes over the
 //    row: [statistics (RMSNorm)], amax (y cached in shared memory for rows up to 28672 values), quantize. Re-reads
 //    of the row hit L1/L2, so DRAM traffic is one read of the inputs and one write of the outputs.
+// Every kernel is launched with programmatic dependent launch (kernels/common/pdl.h): only RMSNorm's weight is read
+// before pdl_wait, and each lets its dependent (the next GEMM) launch right after it.
 // Every fp32 operation is written as an IEEE intrinsic (no contraction), so y and the quantized values match the
 // reference bit for bit, up to the order of RMSNorm's double sum of squares and expf's last-ulp differences in
 // SiLU (norm_quant_gpu_test's tolerance); amax and the integer sum are order-free.
@@ -18,6 +20,7 @@
 
 #include "kernels/common/device_once.h"
 #include "kernels/common/cuda_check.h"
+#include "kernels/common/pdl.h"
 #include "kernels/norm_quant/norm_quant.h"
 
 namespace qs::kernels {
@@ -228,6 +231,8 @@ struct RmsOp {
 template <int V, bool kFp8>
 __global__ void __launch_bounds__(kThreads) rmsnorm_quant_kernel(const RmsNormQuantParams p) {
   __shared__ double dsm[kThreads / 32];
+  pdl_wait();
+  pdl_launch_dependents();  // the dependent is a GEMM (pdl.h)
   const int64_t row = blockIdx.x;
   const int cols = p.cols;
   double ss = 0.0;
@@ -275,11 +280,15 @@ struct PlainOp {
 
 template <int V, bool kFp8>
 __global__ void __launch_bounds__(kThreads) silu_mul_quant_kernel(const SiluMulQuantParams p) {
+  pdl_wait();
+  pdl_launch_dependents();  // the dependent is a GEMM (pdl.h)
   if constexpr (kFp8) quantize_row<V>(SiluOp<V>{p}, blockIdx.x, p.cols, p.fp8);
   else quantize_row<V>(SiluOp<V>{p}, blockIdx.x, p.cols, p.out);
 }
 template <int V, bool kFp8>
 __global__ void __launch_bounds__(kThreads) act_quant_kernel(const ActQuantParams p) {
+  pdl_wait();
+  pdl_launch_dependents();  // the dependent is a GEMM (pdl.h)
   if constexpr (kFp8) quantize_row<V>(PlainOp<V>{p}, blockIdx.x, p.cols, p.fp8);
   else quantize_row<V>(PlainOp<V>{p}, blockIdx.x, p.cols, p.out);
 }
@@ -296,12 +305,21 @@ __global__ void __launch_bounds__(kThreads, kRmsMinCtas<NV, kWRegs>)
   const int cols = p.cols;
   uint4 h[NV], w[kWRegs ? NV : 1];
   double ss = 0.0;
+  if constexpr (kWRegs) {  // the weight is no earlier kernel's output: loaded before pdl_wait (pdl.h)
+#pragma unroll
+    for (int i = 0; i < NV; ++i) {
+      const int k = reg_vec_col(i);
+      if (k >= cols) break;
+      w[i] = __ldg(reinterpret_cast<const uint4*>(p.weight + k));
+    }
+  }
+  pdl_wait();
+  pdl_launch_dependents();  // the dependent is a GEMM (pdl.h)
 #pragma unroll
   for (int i = 0; i < NV; ++i) {
     const int k = reg_vec_col(i);
     if (k >= cols) break;
     h[i] = *reinterpret_cast<const uint4*>(p.x + row * cols + k);
-    if constexpr (kWRegs) w[i] = __ldg(reinterpret_cast<const uint4*>(p.weight + k));
   }
   if (p.residual_in) {
 #pragma unroll
@@ -343,6 +361,8 @@ __global__ void __launch_bounds__(kThreads, kRmsMinCtas<NV, kWRegs>)
 // Plain per-token quantization on register rows.
 template <int NV, bool kFp8>
 __global__ void __launch_bounds__(kThreads, kActMinCtas<NV>) act_quant_regs_kernel(const ActQuantParams p) {
+  pdl_wait();
+  pdl_launch_dependents();  // the dependent is a GEMM (pdl.h)
   const int64_t row = blockIdx.x;
   const int cols = p.cols;
   uint4 x[NV];
@@ -382,18 +402,18 @@ struct RmsRegs {
       QS_CUDA_RETURN(cudaGetDevice(&dev));
       QS_CUDA_RETURN(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
       if (int64_t(p.rows) > int64_t(kRmsMinCtas<NV, true>) * sms) {
-        rmsnorm_quant_regs_kernel<NV, kFp8, false><<<g, b, 0, s>>>(p);
+        QS_CUDA_RETURN(launch_pdl(LaunchShape{g, b, 0, s}, rmsnorm_quant_regs_kernel<NV, kFp8, false>, p));
         return Status::ok();
       }
     }
-    rmsnorm_quant_regs_kernel<NV, kFp8, true><<<g, b, 0, s>>>(p);
+    QS_CUDA_RETURN(launch_pdl(LaunchShape{g, b, 0, s}, rmsnorm_quant_regs_kernel<NV, kFp8, true>, p));
     return Status::ok();
   }
 };
 template <int NV, bool kFp8>
 struct ActRegs {
   static Status launch(const ActQuantParams& p, dim3 g, dim3 b, cudaStream_t s) {
-    act_quant_regs_kernel<NV, kFp8><<<g, b, 0, s>>>(p);
+    QS_CUDA_RETURN(launch_pdl(LaunchShape{g, b, 0, s}, act_quant_regs_kernel<NV, kFp8>, p));
     return Status::ok();
   }
 };
@@ -412,6 +432,11 @@ Status check(int32_t rows, int32_t cols, const Fp8QuantOut& o, const char* what)
                          "]");
   if (!o.q || !o.scale) return Status::error(std::string(what) + ": fp8 output and scale are required");
   return Status::ok();
+}
+
+// One CTA of kThreads per row, launched by launch_pdl (pdl.h; every kernel here waits first).
+LaunchShape rows_shape(int32_t rows, size_t smem, cudaStream_t stream) {
+  return LaunchShape{dim3(unsigned(rows)), dim3(kThreads), smem, stream};
 }
 
 size_t cache_bytes(int cols) { return cols <= kCacheCols ? size_t(cols) * sizeof(float) : 0; }
@@ -437,10 +462,10 @@ Status rmsnorm_launch(const RmsNormQuantParams& p, cudaStream_t stream, const ch
   const size_t smem = cache_bytes(p.cols);
   if (p.cols % 8 == 0) {
     QS_RETURN_IF_ERROR((allow_smem<rmsnorm_quant_kernel<8, kFp8>>()));
-    rmsnorm_quant_kernel<8, kFp8><<<p.rows, kThreads, smem, stream>>>(p);
+    QS_CUDA_RETURN(launch_pdl(rows_shape(p.rows, smem, stream), rmsnorm_quant_kernel<8, kFp8>, p));
   } else {
     QS_RETURN_IF_ERROR((allow_smem<rmsnorm_quant_kernel<1, kFp8>>()));
-    rmsnorm_quant_kernel<1, kFp8><<<p.rows, kThreads, smem, stream>>>(p);
+    QS_CUDA_RETURN(launch_pdl(rows_shape(p.rows, smem, stream), rmsnorm_quant_kernel<1, kFp8>, p));
   }
   QS_CUDA_RETURN(cudaGetLastError());
   return Status::ok();
@@ -454,10 +479,10 @@ Status silu_launch(const SiluMulQuantParams& p, cudaStream_t stream, const char*
   const size_t smem = cache_bytes(p.cols);
   if (p.cols % 8 == 0) {
     QS_RETURN_IF_ERROR((allow_smem<silu_mul_quant_kernel<8, kFp8>>()));
-    silu_mul_quant_kernel<8, kFp8><<<p.rows, kThreads, smem, stream>>>(p);
+    QS_CUDA_RETURN(launch_pdl(rows_shape(p.rows, smem, stream), silu_mul_quant_kernel<8, kFp8>, p));
   } else {
     QS_RETURN_IF_ERROR((allow_smem<silu_mul_quant_kernel<1, kFp8>>()));
-    silu_mul_quant_kernel<1, kFp8><<<p.rows, kThreads, smem, stream>>>(p);
+    QS_CUDA_RETURN(launch_pdl(rows_shape(p.rows, smem, stream), silu_mul_quant_kernel<1, kFp8>, p));
   }
   QS_CUDA_RETURN(cudaGetLastError());
   return Status::ok();
@@ -469,8 +494,8 @@ Status act_launch(const ActQuantParams& p, cudaStream_t stream, const char* what
   else QS_RETURN_IF_ERROR(check(p.rows, p.cols, p.out, what));
   if (p.rows == 0) return Status::ok();
   if (regs_fit(p.cols)) return launch_regs<ActRegs, kFp8>(p, stream);
-  if (p.cols % 8 == 0) act_quant_kernel<8, kFp8><<<p.rows, kThreads, 0, stream>>>(p);
-  else act_quant_kernel<1, kFp8><<<p.rows, kThreads, 0, stream>>>(p);
+  if (p.cols % 8 == 0) QS_CUDA_RETURN(launch_pdl(rows_shape(p.rows, 0, stream), act_quant_kernel<8, kFp8>, p));
+  else QS_CUDA_RETURN(launch_pdl(rows_shape(p.rows, 0, stream), act_quant_kernel<1, kFp8>, p));
   QS_CUDA_RETURN(cudaGetLastError());
   return Status::ok();
 }

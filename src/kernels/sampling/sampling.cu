@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "kernels/common/cuda_check.h"
+#include "kernels/common/pdl.h"
 #include "kernels/sampling/sampling.h"
 
 namespace qs::kernels {
@@ -258,6 +259,7 @@ __device__ int32_t top_p_and_draw(const Src& src, u64 limit, u64 mass, float top
 
 __global__ void __launch_bounds__(kThreads) sample_kernel(const SampleParams p) {
   __shared__ Smem sm;
+  pdl_wait();  // launched by launch_pdl (pdl.h)
   const int64_t r = blockIdx.x;
   const int vocab = p.vocab;
   const float* row = p.logits + r * (p.ld ? p.ld : vocab);
@@ -313,7 +315,7 @@ Status sample(const SampleParams& p, cudaStream_t stream) {
   if (p.temperature && (!p.seed || !p.step))
     return Status::error("sample: seed and step are required when temperature is given");
   if (p.rows == 0) return Status::ok();
-  sample_kernel<<<p.rows, kThreads, 0, stream>>>(p);
+  QS_CUDA_RETURN(launch_pdl(LaunchShape{dim3(unsigned(p.rows)), dim3(kThreads), 0, stream}, sample_kernel, p));
   QS_CUDA_RETURN(cudaGetLastError());
   return Status::ok();
 }
