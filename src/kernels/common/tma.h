@@ -1,5 +1,6 @@
 // PTX wrappers for Hopper asynchronous copies (sm_90): mbarriers (init, arrive, expect-tx, parity wait), the
-// bulk tensor copy engine (TMA, 2D and 3D tile loads completing on an mbarrier), the async-proxy fence, setmaxnreg.
+// bulk tensor copy engine (TMA, 2D and 3D tile loads completing on an mbarrier; L2 prefetches), the async-proxy
+// fence, setmaxnreg.
 // Tensor maps are built on the host (tensor_map.h). Device-only; include from .cu files.
 #pragma once
 
@@ -46,6 +47,17 @@ __device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap* map
       "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5}], [%2];\n"
       ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "r"(c2)
       : "memory");
+}
+
+// L2 prefetches (no shared memory, no barrier): a 2D box of `map` at (c0, c1), or `bytes` (a multiple of 16,
+// 16-byte aligned) at `p`.
+__device__ __forceinline__ void tma_prefetch_l2_2d(const CUtensorMap* map, int c0, int c1) {
+  asm volatile("cp.async.bulk.prefetch.tensor.2d.L2.global.tile [%0, {%1, %2}];\n"
+               ::"l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_prefetch_l2(const void* p, uint32_t bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
 }
 
 template <int R>

@@ -21,6 +21,7 @@
 #include "kernels/common/cuda_check.h"
 #include "kernels/common/mma.h"
 #include "kernels/common/pdl.h"
+#include "kernels/common/tma.h"
 #include "kernels/gemm_w4a8/qgemm.h"
 
 namespace qs::kernels::qgemm_detail {
@@ -191,8 +192,7 @@ __global__ void __launch_bounds__(Cfg<V, CONFIG>::kThreads)
   const uint8_t* wg = static_cast<const uint8_t*>(p.w);
   const uint32_t sbase = ptx::smem_addr(smem);
 
-  // A stage's copies: the weight tiles (and g128 group scales), then the activation tile.
-  auto load_weights = [&](int slot, int kt) {
+  auto load_stage = [&](int slot, int kt) {
     const uint32_t st = sbase + slot * C::kStageBytes;
     constexpr int kChunksPerTile = C::kTileBytes / 16;
     for (int i = tid; i < C::kWBytes / 16; i += C::kThreads) {
@@ -201,23 +201,31 @@ __global__ void __launch_bounds__(Cfg<V, CONFIG>::kThreads)
       const uint8_t* src = wg + (size_t(ok ? nt : 0) * kgs + kt) * C::kTileBytes + (i % kChunksPerTile) * 16;
       ptx::cp_async16(st + i * 16, src, ok);
     }
-    if constexpr (C::kG128) {
-      const uint32_t ss = st + C::kWBytes + C::kXBytes;
-      for (int i = tid; i < C::BN / 8; i += C::kThreads) {
-        const bool ok = n0 + i * 8 < p.n;
-        ptx::cp_async16(ss + i * 16, p.s2zn + size_t(kt) * p.n + (ok ? n0 + i * 8 : 0), ok);
-      }
-    }
-  };
-  auto load_x = [&](int slot, int kt) {
-    const uint32_t xs = sbase + slot * C::kStageBytes + C::kWBytes;
+    const uint32_t xs = st + C::kWBytes;
     for (int i = tid; i < C::BM * 8; i += C::kThreads) {
       const int r = i >> 3, c = i & 7;
       const bool ok = m0 + r < p.m;
       const int8_t* src = p.x + size_t(ok ? m0 + r : 0) * p.k + kt * kBK + c * 16;
       ptx::cp_async16(xs + r * kBK + ((c ^ (r & 7)) << 4), src, ok);
     }
+    if constexpr (C::kG128) {
+      const uint32_t ss = xs + C::kXBytes;
+      for (int i = tid; i < C::BN / 8; i += C::kThreads) {
+        const bool ok = n0 + i * 8 < p.n;
+        ptx::cp_async16(ss + i * 16, p.s2zn + size_t(kt) * p.n + (ok ? n0 + i * 8 : 0), ok);
+      }
+    }
   };
+
+  // PDL (pdl.h): the first stages' weight tiles depend on no earlier kernel and are prefetched into L2 before
+  // pdl_wait() (one thread per 16-row tile and k tile), while the previous kernel finishes.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  for (int i = tid; i < (C::STAGES - 1) * (C::BN / 16); i += C::kThreads) {
+    const int s = i / (C::BN / 16), nt = n0 / 16 + i % (C::BN / 16);
+    if (s < nk && nt < p.n / 16) ptx::bulk_prefetch_l2(wg + (size_t(nt) * kgs + kt_begin + s) * C::kTileBytes, C::kTileBytes);
+  }
+#endif
+  pdl_wait();
 
   int32_t acc[C::MT][C::NT][4];
 #pragma unroll
@@ -227,16 +235,9 @@ __global__ void __launch_bounds__(Cfg<V, CONFIG>::kThreads)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[i][j][e] = 0;
 
-  // PDL (pdl.h): the first stages' weights depend on no earlier kernel and are copied before pdl_wait; the
-  // activations after it. The first commit group then holds every early weight copy and stage 0's activations,
-  // group s stage s's activations: waiting for group s still means stage s is complete.
-#pragma unroll
-  for (int s = 0; s < C::STAGES - 1; ++s)
-    if (s < nk) load_weights(s, kt_begin + s);
-  pdl_wait();
 #pragma unroll
   for (int s = 0; s < C::STAGES - 1; ++s) {
-    if (s < nk) load_x(s, kt_begin + s);
+    if (s < nk) load_stage(s, kt_begin + s);
     ptx::cp_async_commit();
   }
 
@@ -245,10 +246,7 @@ __global__ void __launch_bounds__(Cfg<V, CONFIG>::kThreads)
     __syncthreads();
     {
       const int pf = it + C::STAGES - 1;
-      if (pf < nk) {
-        load_weights(pf % C::STAGES, kt_begin + pf);
-        load_x(pf % C::STAGES, kt_begin + pf);
-      }
+      if (pf < nk) load_stage(pf % C::STAGES, kt_begin + pf);
       ptx::cp_async_commit();
     }
     const int slot = it % C::STAGES;

@@ -157,27 +157,23 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
   if (wg == 0) {
     ptx::setmaxnreg_dec<40>();
     if (tid == 0 && kRing) {
-      // PDL (pdl.h): the weight and g128 scale copies of the first ring slots depend on no earlier kernel, so they
-      // are issued before pdl_wait() and stream while the previous kernel finishes; their activation copies after.
-      const int pre = PROBE == 0 ? min(C::STAGES, u_end - u_begin) : 0;
-      for (int it = 0; it < pre; ++it) {
-        const int u = u_begin + it, tile = u / kgs, kt = u - tile * kgs;
-        int n0, m0;
-        tile_origin(tile, n0, m0);
-        const uint32_t st = base + it * C::kStageBytes, bar = full0 + 8 * it;
-        ptx::mbar_arrive_expect_tx(bar, C::kTxBytes);
-        ptx::tma_load_2d(st + C::kXBytes, &tm_w, bar, kt * (C::kTileBytes / 8), n0 / 16);
-        if constexpr (C::kG128) ptx::tma_load_2d(st + C::kXBytes + C::kWBytes, &tm_s, bar, n0, kt);
-      }
+      // PDL (pdl.h): the weights (and g128 scales) of the first ring slots depend on no earlier kernel: they are
+      // prefetched into L2 before pdl_wait(), while the previous kernel finishes, and the ring then copies them
+      // from L2 in its usual order. (Copying them into the ring before the wait instead queued every early weight
+      // tile ahead of the first activation tile, so without an earlier kernel to overlap the MMAs started only once
+      // the whole early prefetch had landed: the Llama-3-8B linears at M 64-128 ran 5-9% slower than the same plans
+      // in earlier calls, bench_gemm --fast with QSERVE_PDL=0.)
+      if constexpr (PROBE == 0)
+        for (int u = u_begin; u < min(u_end, u_begin + C::STAGES); ++u) {
+          const int tile = u / kgs, kt = u - tile * kgs;
+          int n0, m0;
+          tile_origin(tile, n0, m0);
+          ptx::tma_prefetch_l2_2d(&tm_w, kt * (C::kTileBytes / 8), n0 / 16);
+          if constexpr (C::kG128) ptx::tma_prefetch_l2_2d(&tm_s, n0, kt);
+        }
       pdl_wait();
-      for (int it = 0; it < pre; ++it) {
-        const int u = u_begin + it, tile = u / kgs, kt = u - tile * kgs;
-        int n0, m0;
-        tile_origin(tile, n0, m0);
-        ptx::tma_load_2d(base + it * C::kStageBytes, &tm_x, full0 + 8 * it, kt * kBK, m0);
-      }
-      int it = pre;  // ring position, continuous across the CTA's tiles
-      for (int u = u_begin + pre; u < u_end; ++u, ++it) {
+      int it = 0;  // ring position, continuous across the CTA's tiles
+      for (int u = u_begin; u < u_end; ++u, ++it) {
         const int tile = u / kgs, kt = u - tile * kgs;
         int n0, m0;
         tile_origin(tile, n0, m0);
@@ -602,7 +598,7 @@ Status launch_qgemm_sm90(const QGemmParams& p, int splits, int tiles_per_split, 
   const int64_t tiles = int64_t((p.n + C::BN - 1) / C::BN) * ((p.m + C::BM - 1) / C::BM);
   if (tiles * (p.k / kBK) > INT32_MAX) return Status::error("qgemm: too many output tiles x k tiles for one launch");
   const dim3 grid(unsigned(tiles), 1, splits);
-  // Programmatic dependent launch (pdl.h): the producer streams its first weight tiles before pdl_wait().
+  // Programmatic dependent launch (pdl.h): the producer prefetches its first weight tiles before pdl_wait().
   LaunchShape l{grid, dim3(C::kThreads), size_t(C::kSmemBytes), stream};
   if (sk_per > 0) {
     if (splits != 1 || !counters || !partial || sk_grid < 1)
