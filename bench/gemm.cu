@@ -9,11 +9,11 @@
 // (qgemm_prepare, as the engine does at upload). Correctness of our kernels is the job of
 // tests/backends/gemm_w4a8_gpu_test. Then the gate_up + SiLU*up + quantization pair, separate kernels vs the
 // SiLU*up epilogue (gemm_silu.md).
-// Our kernels are launched with programmatic dependent launch (kernels/common/pdl.h), so in the replayed graph each
-// launch may start while the previous one finishes (its first weight tiles stream early); QSERVE_PDL=0 times
-// every launch in isolation, as cuBLASLt's are.
+// Every launch is timed in isolation, as cuBLASLt's are; --pdl launches our kernels with programmatic dependent
+// launch (kernels/common/pdl.h, off by default): each launch of the replayed graph may then start while the
+// previous one finishes (GEMMs back to back).
 //   bench_gemm [out_dir] [--quick] [--fast] [--ms 64,128,...] [--sweep | --sweep-only] [--sweep-g128]
-//     [--sweep-70b] [--probe]
+//     [--sweep-70b] [--probe] [--pdl]
 //   --fast: only W4A8 pc / g128, cuBLASLt FP8 and the FP8 engine path; --sweep: last, every sm90 config x split
 //   (1, 2, 4, 8; cluster and global workspace) and stream-K on four shapes at M 64-512 (or --ms) with the plan's
 //   cost estimate (gemm_sweep.md); --sweep-only: that sweep alone; --sweep-g128: the sweep on g128 weights;
@@ -40,6 +40,7 @@
 
 #include "backends/cuda/fp8_gemm.h"
 #include "kernels/common/cuda_check.h"
+#include "kernels/common/pdl.h"
 #include "kernels/common/tensor_map.h"
 #include "kernels/gemm_w4a8/qgemm.h"
 #include "kernels/gemm_w4a8/qgemm_sm90.cuh"
@@ -436,7 +437,7 @@ bool launch_probe(Ctx& c, const qs::kernels::QGemmParams& p, const qs::kernels::
   const dim3 grid(((p.n + C::BN - 1) / C::BN) * ((p.m + C::BM - 1) / C::BM), 1, 1);
   qgemm_sm90_kernel<V, CONFIG, false, PROBE><<<grid, C::kThreads, C::kSmemBytes, c.s>>>(
       p, xmap, wflat, prep.smap[CONFIG], p.k / kBK, nullptr, nullptr, 0,
-      g_probe_raster > 0 ? g_probe_raster : qs::kernels::qgemm_raster_m(CONFIG, p.m, p.n, c.sms));
+      g_probe_raster > 0 ? g_probe_raster : qs::kernels::qgemm_raster_m(CONFIG, p.m, p.n, c.sms), 0);
   return cudaGetLastError() == cudaSuccess;
 }
 
@@ -646,6 +647,9 @@ int main(int argc, char** argv) {
   bool quick = false, fast = false, sweep = false, sweep_only = false, probe = false, raster = false;
   bool probe_g128 = false, sweep_g128 = false, sweep_70b = false;
   std::vector<int> ms_arg;
+  bool pdl = false;
+  for (int i = 1; i < argc; ++i) pdl = pdl || std::string(argv[i]) == "--pdl";
+  qs::kernels::set_pdl_enabled(pdl);
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     quick = quick || a == "--quick";

@@ -84,7 +84,7 @@ for step in "$@"; do
         --max-batch 128 --breakdown --json "$OUT/bench_quick.json" 2>&1 | tee "$OUT/bench_quick.log" | grep -v "decode step\|prefill .*sequences" || rc=1
       ;;
     pdl)
-      # Programmatic dependent launch (kernels/common/pdl.h) on vs off (QSERVE_PDL=0), same binary, alternating:
+      # Programmatic dependent launch (kernels/common/pdl.h) on (QSERVE_PDL=1) vs off (0), same binary, alternating:
       # Llama-3-8B w4a8kv4 at PDL_BATCHES (the largest batch, then small-batch decode), PDL_ROUNDS rounds; other
       # binaries in $W/bin named in PDL_BINS (after qserve) run with PDL on in the same rounds. Greedy tokens of the
       # tiny model must not change.

@@ -23,6 +23,7 @@
 #include "kernels/common/cuda_check.h"
 #include "kernels/common/device_buffer.h"
 #include "kernels/common/guards.h"
+#include "kernels/common/pdl.h"
 #include "kernels/gemm_w4a8/qgemm_kernel.cuh"
 #include "kernels/norm_quant/norm_quant.h"
 
@@ -278,6 +279,8 @@ TEST(QGemmGpuG128, SaturatedActivationsAtTheLargestK) {
 // result must be bit-identical to the same launches with the stream synchronized after each one (no overlap).
 TEST_P(QGemmGpu, PdlChainEqualsSerializedLaunches) {
   QS_REQUIRE_GPU();
+  const bool pdl_was = kernels::pdl_enabled();
+  kernels::set_pdl_enabled(true);  // off by default (pdl.h)
   const int m = 300, n = 1024, k = 1024;
   const auto pr = test::make_qgemm_problem(GetParam(), m, n, k, 77, true, true);
   const cuda::QGemmDeviceWeights w = cuda::QGemmDeviceWeights::upload(pr.weights());
@@ -339,6 +342,7 @@ TEST_P(QGemmGpu, PdlChainEqualsSerializedLaunches) {
     }
   }
   QS_CUDA_CHECK(cudaStreamDestroy(stream));
+  kernels::set_pdl_enabled(pdl_was);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllVariants, QGemmGpu,

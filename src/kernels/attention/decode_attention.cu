@@ -795,10 +795,11 @@ Status launch(const DecodeParams& p, const DecodePlan& plan, void* workspace, cu
                             ws_m));
   QS_CUDA_RETURN(cudaGetLastError());
   if (plan.max_chunks > 1) {
-    // Programmatic dependent launch (pdl.h): the merge grid is launched while the decode grid drains and waits in
-    // pdl_wait, which hides one launch latency (small batches are latency-bound).
-    QS_CUDA_RETURN(launch_pdl(LaunchShape{dim3(unsigned(int64_t(p.batch) * p.num_q_heads)), dim3(D), 0, stream},
-                              merge_kernel<D>, p, plan.chunk_tokens, plan.max_chunks,
+    // Programmatic dependent launch (pdl.h), always (one operation): the merge grid is launched while the decode
+    // grid drains and waits in pdl_wait, which hides one launch latency (small batches are latency-bound).
+    LaunchShape merge{dim3(unsigned(int64_t(p.batch) * p.num_q_heads)), dim3(D), 0, stream};
+    merge.always_pdl = true;
+    QS_CUDA_RETURN(launch_pdl(merge, merge_kernel<D>, p, plan.chunk_tokens, plan.max_chunks,
                               static_cast<const float*>(ws_o), static_cast<const float*>(ws_m)));
     QS_CUDA_RETURN(cudaGetLastError());
   }

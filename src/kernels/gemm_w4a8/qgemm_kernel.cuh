@@ -179,7 +179,7 @@ __device__ __forceinline__ bool splitk_is_last(int* counter, int contributors, b
 
 template <int V, int CONFIG>
 __global__ void __launch_bounds__(Cfg<V, CONFIG>::kThreads)
-    qgemm_kernel(const QGemmParams p, int tiles_per_split, int32_t* partial, int* counters) {
+    qgemm_kernel(const QGemmParams p, int tiles_per_split, int32_t* partial, int* counters, int l2_prefetch) {
   using C = Cfg<V, CONFIG>;
   extern __shared__ __align__(128) uint8_t smem[];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -217,10 +217,11 @@ __global__ void __launch_bounds__(Cfg<V, CONFIG>::kThreads)
     }
   };
 
-  // PDL (pdl.h): the first stages' weight tiles depend on no earlier kernel and are prefetched into L2 before
-  // pdl_wait() (one thread per 16-row tile and k tile), while the previous kernel finishes.
+  // PDL (pdl.h; l2_prefetch when the launch has it): the first stages' weight tiles depend on no earlier kernel and
+  // are prefetched into L2 before pdl_wait() (one thread per 16-row tile and k tile), while the previous kernel
+  // finishes.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  for (int i = tid; i < (C::STAGES - 1) * (C::BN / 16); i += C::kThreads) {
+  for (int i = tid; l2_prefetch && i < (C::STAGES - 1) * (C::BN / 16); i += C::kThreads) {
     const int s = i / (C::BN / 16), nt = n0 / 16 + i % (C::BN / 16);
     if (s < nk && nt < p.n / 16) ptx::bulk_prefetch_l2(wg + (size_t(nt) * kgs + kt_begin + s) * C::kTileBytes, C::kTileBytes);
   }
@@ -368,7 +369,7 @@ Status launch_qgemm(const QGemmParams& p, int splits, int tiles_per_split, int32
   }));
   const dim3 grid((p.n + C::BN - 1) / C::BN, (p.m + C::BM - 1) / C::BM, splits);
   QS_CUDA_RETURN(launch_pdl(LaunchShape{grid, dim3(C::kThreads), size_t(C::kSmemBytes), stream}, qgemm_kernel<V, CONFIG>,
-                            p, tiles_per_split, partial, counters));
+                            p, tiles_per_split, partial, counters, int(pdl_enabled())));
   QS_CUDA_RETURN(cudaGetLastError());
   return Status::ok();
 }

@@ -105,7 +105,8 @@ template <int V, int CONFIG, bool SK, int PROBE = 0>
 __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
     qgemm_sm90_kernel(const QGemmParams p, const __grid_constant__ CUtensorMap tm_x,
                       const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ CUtensorMap tm_s,
-                      int tiles_per_split, int32_t* partial, int* counters, int sk_per, int raster_m) {
+                      int tiles_per_split, int32_t* partial, int* counters, int sk_per, int raster_m,
+                      int l2_prefetch) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using C = Sm90Cfg<V, CONFIG>;
   // What the probes keep: the MMAs (else the fragments are folded into the accumulators), the fragment loads and
@@ -157,13 +158,13 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
   if (wg == 0) {
     ptx::setmaxnreg_dec<40>();
     if (tid == 0 && kRing) {
-      // PDL (pdl.h): the weights (and g128 scales) of the first ring slots depend on no earlier kernel: they are
-      // prefetched into L2 before pdl_wait(), while the previous kernel finishes, and the ring then copies them
-      // from L2 in its usual order. (Copying them into the ring before the wait instead queued every early weight
+      // PDL (pdl.h; l2_prefetch when the launch has it): the weights (and g128 scales) of the first ring slots
+      // depend on no earlier kernel: they are prefetched into L2 before pdl_wait(), while the previous kernel
+      // finishes, and the ring then copies them from L2 in its usual order. (Copying them into the ring before the wait instead queued every early weight
       // tile ahead of the first activation tile, so without an earlier kernel to overlap the MMAs started only once
       // the whole early prefetch had landed: the Llama-3-8B linears at M 64-128 ran 5-9% slower than the same plans
       // in earlier calls, bench_gemm --fast with QSERVE_PDL=0.)
-      if constexpr (PROBE == 0)
+      if (PROBE == 0 && l2_prefetch)
         for (int u = u_begin; u < min(u_end, u_begin + C::STAGES); ++u) {
           const int tile = u / kgs, kt = u - tile * kgs;
           int n0, m0;
@@ -598,20 +599,21 @@ Status launch_qgemm_sm90(const QGemmParams& p, int splits, int tiles_per_split, 
   const int64_t tiles = int64_t((p.n + C::BN - 1) / C::BN) * ((p.m + C::BM - 1) / C::BM);
   if (tiles * (p.k / kBK) > INT32_MAX) return Status::error("qgemm: too many output tiles x k tiles for one launch");
   const dim3 grid(unsigned(tiles), 1, splits);
-  // Programmatic dependent launch (pdl.h): the producer prefetches its first weight tiles before pdl_wait().
+  // Programmatic dependent launch (pdl.h): with it, the producer prefetches its first weight tiles before pdl_wait().
   LaunchShape l{grid, dim3(C::kThreads), size_t(C::kSmemBytes), stream};
   if (sk_per > 0) {
     if (splits != 1 || !counters || !partial || sk_grid < 1)
       return Status::error("qgemm: a stream-K launch needs splits == 1, a grid and its workspace");
     l.grid = dim3(unsigned(sk_grid));
     QS_CUDA_RETURN(launch_pdl(l, qgemm_sm90_kernel<V, CONFIG, true>, p, xmap, wmap, smap, tiles_per_split, partial,
-                              counters, sk_per, raster_m));
+                              counters, sk_per, raster_m, int(pdl_enabled())));
   } else {
     const bool cluster = splits > 1 && !counters;  // split-K through a (1, 1, splits) cluster
     if (cluster) l.cluster_z = unsigned(splits);
     QS_CUDA_RETURN(launch_pdl(l, qgemm_sm90_kernel<V, CONFIG, false>, p, xmap, wmap, smap, tiles_per_split,
                               cluster || splits == 1 ? static_cast<int32_t*>(nullptr) : partial,
-                              cluster || splits == 1 ? static_cast<int*>(nullptr) : counters, 0, raster_m));
+                              cluster || splits == 1 ? static_cast<int*>(nullptr) : counters, 0, raster_m,
+                              int(pdl_enabled())));
   }
   QS_CUDA_RETURN(cudaGetLastError());
   return Status::ok();

@@ -8,8 +8,8 @@
 //    16-byte accesses, else 1); the op is a functor that produces the fp32 value y_k to quantize; passes over the
 //    row: [statistics (RMSNorm)], amax (y cached in shared memory for rows up to 28672 values), quantize. Re-reads
 //    of the row hit L1/L2, so DRAM traffic is one read of the inputs and one write of the outputs.
-// Every kernel is launched with programmatic dependent launch (kernels/common/pdl.h): only RMSNorm's weight is read
-// before pdl_wait, and each lets its dependent (the next GEMM) launch right after it.
+// Every kernel is launched by launch_pdl (kernels/common/pdl.h): only RMSNorm's weight is read before pdl_wait,
+// and each lets its dependent (the next GEMM) launch right after it.
 // Every fp32 operation is written as an IEEE intrinsic (no contraction), so y and the quantized values match the
 // reference bit for bit, up to the order of RMSNorm's double sum of squares and expf's last-ulp differences in
 // SiLU (norm_quant_gpu_test's tolerance); amax and the integer sum are order-free.
