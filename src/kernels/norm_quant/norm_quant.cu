@@ -8,8 +8,8 @@
 //    16-byte accesses, else 1); the op is a functor that produces the fp32 value y_k to quantize; passes over the
 //    row: [statistics (RMSNorm)], amax (y cached in shared memory for rows up to 28672 values), quantize. Re-reads
 //    of the row hit L1/L2, so DRAM traffic is one read of the inputs and one write of the outputs.
-// Every kernel is launched by launch_pdl (kernels/common/pdl.h): only RMSNorm's weight is read before pdl_wait,
-// and each lets its dependent (the next GEMM) launch right after it.
+// Every kernel is launched by launch_pdl (kernels/common/pdl.h): it reads nothing before pdl_wait, and lets its
+// dependent (the next GEMM) launch right after it.
 // Every fp32 operation is written as an IEEE intrinsic (no contraction), so y and the quantized values match the
 // reference bit for bit, up to the order of RMSNorm's double sum of squares and expf's last-ulp differences in
 // SiLU (norm_quant_gpu_test's tolerance); amax and the integer sum are order-free.
@@ -305,14 +305,6 @@ __global__ void __launch_bounds__(kThreads, kRmsMinCtas<NV, kWRegs>)
   const int cols = p.cols;
   uint4 h[NV], w[kWRegs ? NV : 1];
   double ss = 0.0;
-  if constexpr (kWRegs) {  // the weight is no earlier kernel's output: loaded before pdl_wait (pdl.h)
-#pragma unroll
-    for (int i = 0; i < NV; ++i) {
-      const int k = reg_vec_col(i);
-      if (k >= cols) break;
-      w[i] = __ldg(reinterpret_cast<const uint4*>(p.weight + k));
-    }
-  }
   pdl_wait();
   pdl_launch_dependents();  // the dependent is a GEMM (pdl.h)
 #pragma unroll
@@ -320,6 +312,7 @@ __global__ void __launch_bounds__(kThreads, kRmsMinCtas<NV, kWRegs>)
     const int k = reg_vec_col(i);
     if (k >= cols) break;
     h[i] = *reinterpret_cast<const uint4*>(p.x + row * cols + k);
+    if constexpr (kWRegs) w[i] = __ldg(reinterpret_cast<const uint4*>(p.weight + k));
   }
   if (p.residual_in) {
 #pragma unroll
