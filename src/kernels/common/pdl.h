@@ -6,8 +6,9 @@
 // OFF BY DEFAULT; QSERVE_PDL=1 in the environment (or set_pdl_enabled) turns it on for every kernel of a model
 // step. Measured on an H200 (Llama-3-8B W4A8KV4, BENCHMARKS.md "Programmatic dependent launch"), against the engine
 // before PDL in the same call: 3.3% more output tokens/s at batch 16 but 2.7% fewer at batch 64 (within 0.2% of
-// PDL off at batch 256-1024, another call), so it is an opt-in until the trigger placement below is tuned. Decode attention's merge kernel (launch_pdl with always_pdl: one operation) uses it always, as
-// it did before the rest of the step could.
+// PDL off at batch 256-1024, another call), so it is an opt-in until the trigger placement below is tuned.
+// Decode attention's merge kernel (launch_pdl with always_pdl: one operation) uses it always, as it did before the
+// rest of the step could.
 //
 // The contract of every kernel launched this way: before pdl_wait() it reads only memory that no kernel of the
 // stream writes (weights, constant tables) and writes no global memory; pdl_wait() returns once the previous grid

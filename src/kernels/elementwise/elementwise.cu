@@ -152,8 +152,8 @@ Status elementwise_probe() {
 Status embedding_gather_f16(const int32_t* ids, int32_t rows, const uint16_t* table, int64_t vocab, int32_t cols,
                             uint16_t* out, cudaStream_t stream) {
   if (rows <= 0) return Status::ok();
-  QS_CUDA_RETURN(launch_pdl(LaunchShape{dim3(unsigned(rows)), dim3(128), 0, stream}, embedding_kernel, ids, table, vocab,
-                            cols, out));
+  QS_CUDA_RETURN(launch_pdl(LaunchShape{dim3(unsigned(rows)), dim3(128), 0, stream}, embedding_kernel, ids, table,
+                            vocab, cols, out));
   QS_CUDA_RETURN(cudaGetLastError());
   return Status::ok();
 }

@@ -223,7 +223,8 @@ __global__ void __launch_bounds__(Cfg<V, CONFIG>::kThreads)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   for (int i = tid; l2_prefetch && i < (C::STAGES - 1) * (C::BN / 16); i += C::kThreads) {
     const int s = i / (C::BN / 16), nt = n0 / 16 + i % (C::BN / 16);
-    if (s < nk && nt < p.n / 16) ptx::bulk_prefetch_l2(wg + (size_t(nt) * kgs + kt_begin + s) * C::kTileBytes, C::kTileBytes);
+    if (s < nk && nt < p.n / 16)
+      ptx::bulk_prefetch_l2(wg + (size_t(nt) * kgs + kt_begin + s) * C::kTileBytes, C::kTileBytes);
   }
 #endif
   pdl_wait();
@@ -368,8 +369,8 @@ Status launch_qgemm(const QGemmParams& p, int splits, int tiles_per_split, int32
     return Status::ok();
   }));
   const dim3 grid((p.n + C::BN - 1) / C::BN, (p.m + C::BM - 1) / C::BM, splits);
-  QS_CUDA_RETURN(launch_pdl(LaunchShape{grid, dim3(C::kThreads), size_t(C::kSmemBytes), stream}, qgemm_kernel<V, CONFIG>,
-                            p, tiles_per_split, partial, counters, int(pdl_enabled())));
+  QS_CUDA_RETURN(launch_pdl(LaunchShape{grid, dim3(C::kThreads), size_t(C::kSmemBytes), stream},
+                            qgemm_kernel<V, CONFIG>, p, tiles_per_split, partial, counters, int(pdl_enabled())));
   QS_CUDA_RETURN(cudaGetLastError());
   return Status::ok();
 }

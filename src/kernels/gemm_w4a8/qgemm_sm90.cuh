@@ -160,10 +160,10 @@ __global__ void __launch_bounds__(Sm90Cfg<V, CONFIG>::kThreads, 1)
     if (tid == 0 && kRing) {
       // PDL (pdl.h; l2_prefetch when the launch has it): the weights (and g128 scales) of the first ring slots
       // depend on no earlier kernel: they are prefetched into L2 before pdl_wait(), while the previous kernel
-      // finishes, and the ring then copies them from L2 in its usual order. (Copying them into the ring before the wait instead queued every early weight
-      // tile ahead of the first activation tile, so without an earlier kernel to overlap the MMAs started only once
-      // the whole early prefetch had landed: the Llama-3-8B linears at M 64-128 ran 5-9% slower than the same plans
-      // in earlier calls, bench_gemm --fast with QSERVE_PDL=0.)
+      // finishes, and the ring then copies them from L2 in its usual order. (Copying them into the ring before the
+      // wait instead queued every early weight tile ahead of the first activation tile, so without an earlier
+      // kernel to overlap the MMAs started only once the whole early prefetch had landed: the Llama-3-8B linears at
+      // M 64-128 ran 5-9% slower than the same plans in earlier calls.)
       if (PROBE == 0 && l2_prefetch)
         for (int u = u_begin; u < min(u_end, u_begin + C::STAGES); ++u) {
           const int tile = u / kgs, kt = u - tile * kgs;
