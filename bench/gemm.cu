@@ -13,11 +13,12 @@
 // launch (kernels/common/pdl.h, off by default): each launch of the replayed graph may then start while the
 // previous one finishes (GEMMs back to back).
 //   bench_gemm [out_dir] [--quick] [--fast] [--ms 64,128,...] [--sweep | --sweep-only] [--sweep-g128]
-//     [--sweep-70b] [--probe] [--pdl]
+//     [--sweep-70b] [--probe] [--pdl] [--tune]
 //   --fast: only W4A8 pc / g128, cuBLASLt FP8 and the FP8 engine path; --sweep: last, every sm90 config x split
 //   (1, 2, 4, 8; cluster and global workspace) and stream-K on four shapes at M 64-512 (or --ms) with the plan's
 //   cost estimate (gemm_sweep.md); --sweep-only: that sweep alone; --sweep-g128: the sweep on g128 weights;
-//   --sweep-70b: on the four Llama-2-70B shapes instead of Llama-3-8B's;
+//   --sweep-70b: on the four Llama-2-70B shapes instead of Llama-3-8B's; --tune: also each W4A8 cell with the plan
+//   qgemm_tune measures (the engine's start-up tuning) and a summary of model vs measured plans;
 //   --probe: only the main-loop probe (run_probe), its launches in the default raster order or --probe-raster R;
 //   --probe-g128: what g128 costs over per-channel
 //   (run_probe_g128); --raster: only the launch-order comparison
@@ -44,6 +45,7 @@
 #include "kernels/common/tensor_map.h"
 #include "kernels/gemm_w4a8/qgemm.h"
 #include "kernels/gemm_w4a8/qgemm_sm90.cuh"
+#include "kernels/gemm_w4a8/qgemm_tune.h"
 #include "kernels/norm_quant/norm_quant.h"
 
 namespace {
@@ -121,6 +123,14 @@ int copies_for(size_t bytes_per_copy) {
   return int(std::clamp<size_t>((kRotateBytes + bytes_per_copy - 1) / bytes_per_copy, 1, 64));
 }
 
+// "bn256_bm128 x2", "bn128_bm64 sk132", with " r16" for a raster group.
+std::string plan_name(const qs::kernels::QGemmPlan& plan) {
+  return std::string(qs::kernels::qgemm_config_name(plan.config)) +
+         (plan.stream_k_ctas > 0 ? " sk" + std::to_string(plan.stream_k_ctas)
+                                 : " x" + std::to_string(plan.splits) + (plan.global_split ? "g" : "")) +
+         (plan.raster_m > 1 ? " r" + std::to_string(plan.raster_m) : "");
+}
+
 // Times `launch(i)` for i = 0..copies-1 captured in one graph: median over replays of time per launch, in us.
 template <typename F>
 double time_graph(cudaStream_t s, int copies, F&& launch, int replays = 15) {
@@ -177,20 +187,28 @@ struct Ctx {
 // timed graph (the activation kernel that follows it in a layer) and counted in the time; `launch`, when given,
 // replaces qgemm_run (the probe's direct kernel launches).
 using Launch = std::function<bool(const qs::kernels::QGemmParams&, const qs::kernels::QGemmPrepared&)>;
+qs::kernels::QGemmPlan g_last_plan;  // the plan the last bench_ours(..., tune = true) measured
 double bench_ours(Ctx& c, qs::WeightFormat v, int m, int n, int k, int sm_version,
                   qs::kernels::QGemmPlan forced = {-1, 1, 0},
                   qs::kernels::QGemmEpilogue epi = qs::kernels::QGemmEpilogue::kLinear,
-                  const std::function<bool(const uint16_t*)>& post = {}, const Launch& launch = {}) {
+                  const std::function<bool(const uint16_t*)>& post = {}, const Launch& launch = {},
+                  bool tune = false) {
   Pool pool;
   const size_t wbytes = v == qs::WeightFormat::kW8A8 ? size_t(n) * k : size_t(n) * k / 2;
   const size_t sbytes = v == qs::WeightFormat::kW4A8G128 ? size_t(n) * (k / 128) * 2 : 0;
   const int copies = copies_for(wbytes + sbytes + size_t(m) * k);
   std::vector<qs::kernels::QGemmParams> ps(static_cast<size_t>(copies));
-  const qs::kernels::QGemmPlan plan =
+  qs::kernels::QGemmPlan plan =
       forced.config >= 0 ? forced : qs::kernels::qgemm_plan(v, m, n, k, c.sms, sm_version);
+  tune = tune && forced.config < 0 && !launch;
   std::vector<qs::kernels::QGemmPrepared> preps(static_cast<size_t>(copies));
-  void* ws = plan.workspace_bytes ? pool.get(plan.workspace_bytes) : nullptr;
-  if (ws) CK(cudaMemset(ws, 0, plan.workspace_bytes));  // split-K counters start (and stay) zero
+  // --tune: one workspace for every candidate the tuner times (at most 1 GiB; candidates needing more are skipped).
+  const size_t ws_bytes = std::max(plan.workspace_bytes,
+                                   tune ? std::min(qs::kernels::qgemm_tune_workspace_bytes(v, m, n, k, c.sms, sm_version),
+                                                   size_t(1) << 30)
+                                        : size_t(0));
+  void* ws = ws_bytes ? pool.get(ws_bytes) : nullptr;
+  if (ws) CK(cudaMemset(ws, 0, ws_bytes));  // split-K counters start (and stay) zero
   auto* scale = static_cast<uint16_t*>(pool.get(size_t(n) * 2));
   auto* szero = static_cast<uint16_t*>(pool.get(size_t(n) * 2));
   auto* sx = static_cast<uint16_t*>(pool.get(size_t(m) * 2));
@@ -232,6 +250,18 @@ double bench_ours(Ctx& c, qs::WeightFormat v, int m, int n, int k, int sm_versio
       std::fprintf(stderr, "qgemm_prepare: %s\n", st.message().c_str());
       return -1.0;
     }
+  }
+  if (tune) {
+    std::vector<const qs::kernels::QGemmPrepared*> pp;
+    for (const auto& pr : preps) pp.push_back(&pr);
+    qs::kernels::QGemmTuneResult r;
+    const qs::Status st = qs::kernels::qgemm_tune(ps, pp, c.s, ws, ws_bytes, {}, &r);
+    if (!st.is_ok()) {
+      std::fprintf(stderr, "qgemm_tune: %s\n", st.message().c_str());
+      return -1.0;
+    }
+    plan = r.plan;
+    g_last_plan = plan;
   }
   return time_graph(c.s, copies, [&](int i) {
     if (launch) return launch(ps[size_t(i)], preps[size_t(i)]) && (!post || post(y));
@@ -645,7 +675,7 @@ void run_sweep(Ctx& c, const std::string& out_dir, const std::vector<int>& ms, q
 int main(int argc, char** argv) {
   const std::string out_dir = argc > 1 && argv[1][0] != '-' ? argv[1] : ".";
   bool quick = false, fast = false, sweep = false, sweep_only = false, probe = false, raster = false;
-  bool probe_g128 = false, sweep_g128 = false, sweep_70b = false;
+  bool probe_g128 = false, sweep_g128 = false, sweep_70b = false, tune = false;
   std::vector<int> ms_arg;
   bool pdl = false;
   for (int i = 1; i < argc; ++i) pdl = pdl || std::string(argv[i]) == "--pdl";
@@ -661,6 +691,7 @@ int main(int argc, char** argv) {
     sweep_g128 = sweep_g128 || a == "--sweep-g128";
     sweep_70b = sweep_70b || a == "--sweep-70b";
     raster = raster || a == "--raster";
+    tune = tune || a == "--tune";
     if (a == "--probe-raster" && i + 1 < argc) g_probe_raster = std::stoi(argv[++i]);
     if (a == "--ms" && i + 1 < argc) {
       std::string list = argv[++i];
@@ -722,7 +753,8 @@ int main(int argc, char** argv) {
   bool first = true;
   struct Sum {
     double pc = 0, g128 = 0, fp8 = 0, fp8rw = 0;
-    std::string plans;
+    double pc_t = 0, g128_t = 0;  // --tune: with measured plans
+    std::string plans, plans_t;
   };
   std::map<int, Sum> sums[2];
   for (const auto& s : shapes) {
@@ -757,10 +789,31 @@ int main(int argc, char** argv) {
       Sum& sum = sums[model][m];
       const qs::kernels::QGemmPlan plan = qs::kernels::qgemm_plan(qs::WeightFormat::kW4A8PerChannel, m, n, k, c.sms, c.sm_version);
       sum.pc += t_pc, sum.g128 += t_g, sum.fp8 += t_f8, sum.fp8rw += t_f8rw;
-      sum.plans += std::string(sum.plans.empty() ? "" : ", ") + qs::kernels::qgemm_config_name(plan.config) +
-                   (plan.stream_k_ctas > 0 ? " sk" + std::to_string(plan.stream_k_ctas) : " x" + std::to_string(plan.splits)) +
-                   (plan.raster_m > 1 ? " r" + std::to_string(plan.raster_m) : "");
+      sum.plans += std::string(sum.plans.empty() ? "" : ", ") + plan_name(plan);
+      if (tune) {  // the same cell with measured plans (qgemm_tune), right after the model's
+        sum.pc_t += bench_ours(c, qs::WeightFormat::kW4A8PerChannel, m, n, k, c.sm_version, {-1, 1, 0},
+                               qs::kernels::QGemmEpilogue::kLinear, {}, {}, true);
+        sum.plans_t += std::string(sum.plans_t.empty() ? "" : ", ") + plan_name(g_last_plan);
+        sum.g128_t += bench_ours(c, qs::WeightFormat::kW4A8G128, m, n, k, c.sm_version, {-1, 1, 0},
+                                 qs::kernels::QGemmEpilogue::kLinear, {}, {}, true);
+      }
     }
+  }
+  if (tune) {
+    md << "\n### Layer linears summed, cost-model plans vs measured plans (--tune, kernels/gemm_w4a8/qgemm_tune.h)\n\n"
+       << "| model | M | pc model us | pc tuned us | g128 model us | g128 tuned us | Lt FP8 us | FP8/pc tuned | "
+          "g128/pc tuned | pc tuned plans |\n|---|---|---|---|---|---|---|---|---|---|\n";
+    std::printf("\nlayer linears summed, --tune: model M | pc pc_tuned g128 g128_tuned fp8 (us) | fp8/pc_t g128_t/pc_t | "
+                "tuned pc plans\n");
+    for (int model = 0; model < 2; ++model)
+      for (const auto& [m, sum] : sums[model]) {
+        const char* name = model == 0 ? "llama-3-8b" : "llama-2-70b";
+        std::printf("%-11s %5d | %8.1f %8.1f %8.1f %8.1f %8.1f | %5.2f %5.2f | %s\n", name, m, sum.pc, sum.pc_t,
+                    sum.g128, sum.g128_t, sum.fp8, sum.fp8 / sum.pc_t, sum.g128_t / sum.pc_t, sum.plans_t.c_str());
+        md << "| " << name << " | " << m << " | " << sum.pc << " | " << sum.pc_t << " | " << sum.g128 << " | "
+           << sum.g128_t << " | " << sum.fp8 << " | " << sum.fp8 / sum.pc_t << " | " << sum.g128_t / sum.pc_t << " | "
+           << sum.plans_t << " |\n";
+      }
   }
   // Issue 11's figure: the four linears of a layer summed, per M, against cuBLASLt FP8 in the same run.
   md << "\n### Layer linears summed (Llama-3-8B: qkv 6144x4096 + o 4096x4096 + gate_up 28672x4096 + down "

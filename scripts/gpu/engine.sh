@@ -5,7 +5,8 @@
 #   here:    scripts/gpu/engine.sh pack            (build first: cmake --build build --target qserve_cli
 #                                                   test_engine_cuda_executor_gpu_test test_engine_weight_fusion_test)
 #   device:  run(command="bash gpu-pack/engine/engine.sh tests quick", carry=["gpu-pack/engine"])
-# Steps (any order, several allowed): tests | fp8tests | kernels (the kernel GPU tests) | pdl (PDL on vs off) | quick (llama-3-8b at batch <= 128, w4a8kv4 + fp16, breakdown) |
+# Steps (any order, several allowed): tests | fp8tests | kernels (the kernel GPU tests) | pdl (PDL on vs off) |
+# tune (measured GEMM plans: bench_gemm --tune, qserve bench tuning on vs off) | quick (llama-3-8b at batch <= 128, w4a8kv4 + fp16, breakdown) |
 # final (llama-3-8b largest batch w4a8kv4,fp8,fp16 + breakdown; llama-2-70b w4a8kv4) | http (http_bench.sh) |
 # accuracy (scripts/accuracy --device cuda: the full 192-window ACCURACY.md tables of both models, KV protocols
 # fake-quant then serving).
@@ -25,6 +26,8 @@ if [ "${1:-}" = pack ]; then
   for b in "$ROOT"/build/test_*_gpu_test; do
     [ -x "$b" ] && cp "$b" "$T"/ && strip "$T/$(basename "$b")"
   done
+  # bench_gemm for step `tune`, when built.
+  [ -x "$ROOT/build/bench_gemm" ] && cp "$ROOT/build/bench_gemm" "$T"/ && strip "$T/bench_gemm"
   # Shared libraries the GPU machine lacks (Debian's cpp-httplib is a shared library; brotli comes with it).
   for l in libcpp-httplib.so.0.11 libbrotlicommon.so.1 libbrotlidec.so.1 libbrotlienc.so.1; do
     cp -L "/usr/lib/x86_64-linux-gnu/$l" "$T"/
@@ -103,6 +106,26 @@ for step in "$@"; do
               --output-len 512 --batch $b --json "$OUT/pdl_$tag.json" > "$OUT/pdl_$tag.log" 2>&1 || rc=1
             echo "$bin pdl=$pdl batch=$b round=$round: $(grep -E '^w4a8kv4 ' "$OUT/pdl_$tag.log")"
           done
+        done
+      done
+      ;;
+    tune)
+      # Measured GEMM plans (kernels/gemm_w4a8/qgemm_tune.h): bench_gemm's four-linear sums with the cost model's
+      # plans and with the measured ones in one process (cuBLASLt FP8 in the same rows), then `qserve bench` with
+      # start-up tuning on and off (--no-gemm-tuning), alternating, at each of TUNE_BATCHES.
+      if [ -x "$W/bin/bench_gemm" ]; then
+        mkdir -p "$OUT/gemm"
+        timeout ${TUNE_GEMM_TIMEOUT:-240} "$W/bin/bench_gemm" "$OUT/gemm" --fast --tune --ms ${TUNE_MS:-64,128,256,512,1024} \
+          > "$OUT/bench_gemm_tune.log" 2>&1 || rc=1
+        sed -n '/^layer linears summed/,/^silu/p' "$OUT/bench_gemm_tune.log" | head -40
+      fi
+      for b in ${TUNE_BATCHES:-64 1024}; do
+        for t in on off; do
+          flag=""; [ $t = off ] && flag=--no-gemm-tuning
+          timeout 200 "$W/bin/qserve" bench --shape llama-3-8b --dtype w4a8kv4 --input-len 1024 --output-len 512 \
+            --batch $b $flag ${TUNE_BENCH_ARGS:-} --json "$OUT/tune_${b}_$t.json" > "$OUT/tune_${b}_$t.log" 2>&1 || rc=1
+          echo "tuning $t batch $b: $(grep -E '^w4a8kv4 ' "$OUT/tune_${b}_$t.log")"
+          grep -E "measured GEMM plans|^    gemm|^    step" "$OUT/tune_${b}_$t.log" | head -6
         done
       done
       ;;

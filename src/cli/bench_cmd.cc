@@ -135,6 +135,7 @@ Result run_one(const BenchArgs& a, const std::string& dt, const qs::io::ModelCon
   o.max_batch_seqs = a.batch > 0 ? a.batch : a.max_batch;
   o.max_context = a.input_len + a.output_len;
   o.cuda_graphs = !a.no_graphs;
+  o.tune_gemms = a.on.exec.gemm_tuning;
   std::unique_ptr<qs::model::Model> host;  // --model: the loaded checkpoint (kept for a rebuild)
   if (!a.model.empty()) host = std::move(qs::model::load_checkpoint(a.model, {}).model);
   auto make = [&] {

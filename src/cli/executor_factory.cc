@@ -30,6 +30,9 @@ void add_executor_flags(CLI::App* app, ExecutorFlags* f, const std::vector<std::
       ->check(CLI::NonNegativeNumber);
   app->add_option("--max-context", f->max_context, "longest sequence (default: the model's context)")
       ->check(CLI::NonNegativeNumber);
+  app->add_flag_callback(
+      "--no-gemm-tuning", [f] { f->gemm_tuning = false; },
+      "cuda W4A8: keep the cost model's GEMM plans instead of timing the candidates at start-up (~1 s)");
   for (const std::string& name : except) {
     CLI::Option* opt = app->get_option_no_throw(name);
     QS_CHECK(opt != nullptr) << "add_executor_flags: no flag " << name << " to leave out";
@@ -105,6 +108,7 @@ std::unique_ptr<model::Executor> make_executor_for(std::unique_ptr<model::Model>
   eo.max_batch_seqs = f.max_batch_seqs;
   eo.max_context = int32_t(std::min<int64_t>(ctx, 16384));
   eo.cuda_graphs = f.cuda_graphs;
+  eo.tune_gemms = f.gemm_tuning;
   eo.max_num_pages = f.kv_pages;  // 0: as the memory allows; a cap lets several executors share the GPU (ppl)
   eo.keep_logits_rows = f.keep_logits_rows;
   return std::make_unique<engine::CudaExecutor>(*m, eo);

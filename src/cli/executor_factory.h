@@ -36,10 +36,12 @@ struct ExecutorFlags {
   int32_t max_batch_tokens = 8192;
   int32_t max_batch_seqs = 256;
   bool cuda_graphs = true;
+  bool gemm_tuning = true;       // cuda: measured GEMM plans at start-up (engine_options.h tune_gemms)
   int32_t keep_logits_rows = 0;  // cuda: logits rows kept on the device for evaluation (ppl --reference)
 };
 
-// Registers --device, --dtype, --kv, --gpu-memory-utilization, --kv-pages, --max-context on `app`, except the
+// Registers --device, --dtype, --kv, --gpu-memory-utilization, --kv-pages, --max-context, --no-gemm-tuning on `app`,
+// except the
 // flags named in `except` (e.g. {"--dtype"} for `bench`, whose --dtype is a list).
 void add_executor_flags(CLI::App* app, ExecutorFlags* f, const std::vector<std::string>& except = {});
 

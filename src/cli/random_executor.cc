@@ -43,6 +43,7 @@ std::unique_ptr<model::Executor> make_random_weights_executor(const RandomWeight
   const int64_t model_ctx = cfg.max_position_embeddings > 0 ? cfg.max_position_embeddings : 4096;
   o.max_context = int32_t(std::min<int64_t>(f.max_context > 0 ? f.max_context : model_ctx, 16384));
   o.cuda_graphs = f.cuda_graphs;
+  o.tune_gemms = f.gemm_tuning;
   o.max_num_pages = f.kv_pages;
   engine::RandomWeightsOptions rw;
   rw.g128 = s.variant == "g128";

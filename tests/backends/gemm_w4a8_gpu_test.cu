@@ -25,6 +25,7 @@
 #include "kernels/common/guards.h"
 #include "kernels/common/pdl.h"
 #include "kernels/gemm_w4a8/qgemm_kernel.cuh"
+#include "kernels/gemm_w4a8/qgemm_tune.h"
 #include "kernels/norm_quant/norm_quant.h"
 
 namespace qs {
@@ -343,6 +344,84 @@ TEST_P(QGemmGpu, PdlChainEqualsSerializedLaunches) {
   }
   QS_CUDA_CHECK(cudaStreamDestroy(stream));
   kernels::set_pdl_enabled(pdl_was);
+}
+
+// Measured plan selection (qgemm_tune.h) over two weight copies: it times more than one candidate, returns one of
+// qgemm_plan_candidates, reports positive times with the pick no slower than the model's, and the pick's outputs
+// (plain and SiLU*up epilogue) are bit-identical to the cost model's plan; a tuned plan set on the prepared weights
+// is what qgemm_plan(prep, m) returns for that m only. Error paths: mismatched calls, a too-small workspace.
+TEST_P(QGemmGpu, TunedPlanMatchesTheModelPlan) {
+  QS_REQUIRE_GPU();
+  if (sm_version() != 90) GTEST_SKIP() << "the tuner's candidates are the wgmma kernel's (sm_90)";
+  const int m = 200, n = 1024, k = 2048;
+  const auto pr = test::make_qgemm_problem(GetParam(), m, n, k, 91, true, false);
+  const cuda::QGemmDeviceWeights w0 = cuda::QGemmDeviceWeights::upload(pr.weights());
+  const cuda::QGemmDeviceWeights w1 = cuda::QGemmDeviceWeights::upload(pr.weights());
+  DeviceBuffer<int8_t> x(pr.xq);
+  DeviceBuffer<uint16_t> sx(pr.sx), xsum(pr.xsum), bias(pr.bias), y(size_t(m) * n), h(size_t(m) * n / 2);
+  DeviceBuffer<int32_t> qsum(pr.qsum);
+  const kernels::QGemmPrepared& p0 = w0.prepared();
+  const size_t ws_bytes = kernels::qgemm_tune_workspace_bytes(pr.variant, m, n, k, p0.num_sms, p0.sm_version);
+  DeviceBuffer<uint8_t> ws(ws_bytes);
+  if (ws_bytes) QS_CUDA_CHECK(cudaMemset(ws.get(), 0, ws_bytes));
+  cudaStream_t stream = nullptr;
+  QS_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  cuda::QGemmCall call;
+  call.m = m;
+  call.x = x.get();
+  call.sx = sx.get();
+  call.xsum = xsum.get();
+  call.qsum = qsum.get();
+  call.bias = bias.get();
+  call.y = y.get();
+  call.workspace = ws.get();
+  const std::vector<kernels::QGemmParams> calls{w0.params(call), w1.params(call)};
+  const std::vector<const kernels::QGemmPrepared*> preps{&w0.prepared(), &w1.prepared()};
+  kernels::QGemmTuneResult r;
+  const Status st = kernels::qgemm_tune(calls, preps, stream, ws.get(), ws_bytes, {}, &r);
+  ASSERT_TRUE(st.is_ok()) << st.message();
+  EXPECT_GE(r.candidates, 2);
+  EXPECT_GT(r.model_us, 0.0);
+  EXPECT_GT(r.us, 0.0);
+  EXPECT_LE(r.us, r.model_us);
+  const auto cands = kernels::qgemm_plan_candidates(pr.variant, m, n, k, p0.num_sms, p0.sm_version, 6);
+  const auto same = [](const kernels::QGemmPlan& a, const kernels::QGemmPlan& b) {
+    return a.config == b.config && a.splits == b.splits && a.global_split == b.global_split &&
+           a.stream_k_ctas == b.stream_k_ctas && a.raster_m == b.raster_m;
+  };
+  EXPECT_TRUE(same(r.model_plan, w0.plan(m)));
+  EXPECT_TRUE(std::any_of(cands.begin(), cands.end(), [&](const auto& c) { return same(c, r.plan); }));
+  // Outputs of the pick vs the model's plan, both epilogues.
+  for (const auto epi : {kernels::QGemmEpilogue::kLinear, kernels::QGemmEpilogue::kSiluMul}) {
+    call.epilogue = epi;
+    call.y = epi == kernels::QGemmEpilogue::kLinear ? y.get() : h.get();
+    std::vector<uint16_t> outs[2];
+    for (int i = 0; i < 2; ++i) {
+      ASSERT_TRUE(kernels::poison_f16(call.y, int64_t(epi == kernels::QGemmEpilogue::kLinear ? y.size() : h.size()),
+                                      stream).is_ok());
+      ASSERT_TRUE(w0.run(i == 0 ? r.model_plan : r.plan, call, stream).is_ok());
+      QS_CUDA_CHECK(cudaStreamSynchronize(stream));
+      outs[i] = epi == kernels::QGemmEpilogue::kLinear ? y.download() : h.download();
+    }
+    EXPECT_TRUE(outs[0] == outs[1]) << "the tuned plan's outputs differ from the model plan's";
+  }
+  // The prepared weights' table.
+  kernels::QGemmPrepared prep = w0.prepared();
+  ASSERT_TRUE(kernels::qgemm_set_tuned_plan(&prep, m, cands.back()).is_ok());
+  EXPECT_TRUE(same(kernels::qgemm_plan(prep, m), cands.back()));
+  EXPECT_TRUE(same(kernels::qgemm_plan(prep, m + 1), kernels::qgemm_plan(w0.prepared(), m + 1)));
+  // Errors.
+  std::vector<kernels::QGemmParams> bad = calls;
+  bad[1].m = m + 1;
+  EXPECT_THAT(kernels::qgemm_tune(bad, preps, stream, ws.get(), ws_bytes, {}, &r).message(), HasSubstr("differ"));
+  const std::vector<const kernels::QGemmPrepared*> swapped{&w1.prepared(), &w0.prepared()};
+  EXPECT_THAT(kernels::qgemm_tune(calls, swapped, stream, ws.get(), ws_bytes, {}, &r).message(),
+              HasSubstr("prepared"));
+  if (r.model_plan.workspace_bytes > 0)
+    EXPECT_THAT(kernels::qgemm_tune(calls, preps, stream, ws.get(), r.model_plan.workspace_bytes - 1, {}, &r)
+                    .message(),
+                HasSubstr("workspace"));
+  QS_CUDA_CHECK(cudaStreamDestroy(stream));
 }
 
 INSTANTIATE_TEST_SUITE_P(AllVariants, QGemmGpu,

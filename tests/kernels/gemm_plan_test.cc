@@ -214,6 +214,48 @@ TEST(GemmPlan, StreamKCoversEveryUnitOnce) {
   }
 }
 
+// What the measured plan selection times (qgemm_plan_candidates): the plan first, every candidate a valid plan,
+// no candidate twice, at most max_split_plans unsplit / split ones plus one stream-K per config with a token tile
+// of at most max(64, 2 M); the plan alone where the mma.sync kernel runs (M <= 16, before sm_90).
+TEST(GemmPlan, CandidatesStartWithThePlanAndAreDistinctValidPlans) {
+  const auto same = [](const QGemmPlan& a, const QGemmPlan& b) {
+    return a.config == b.config && a.splits == b.splits && a.global_split == b.global_split &&
+           a.stream_k_ctas == b.stream_k_ctas && a.raster_m == b.raster_m;
+  };
+  for (WeightFormat v : kVariants)
+    for (int sm : {80, 90})
+      for (int m : {1, 16, 17, 64, 128, 300, 1024, 8192})
+        for (const auto& nk : {std::pair{4096, 14336}, std::pair{28672, 4096}, std::pair{208, 1280}})
+          for (int max_split : {1, 6}) {
+            const auto [n, k] = nk;
+            SCOPED_TRACE(testing::Message() << weight_format_name(v) << " sm" << sm << " m=" << m << " n=" << n
+                                            << " k=" << k << " max_split=" << max_split);
+            const auto cands = kernels::qgemm_plan_candidates(v, m, n, k, 132, sm, max_split);
+            ASSERT_FALSE(cands.empty());
+            EXPECT_TRUE(same(cands[0], kernels::qgemm_plan(v, m, n, k, 132, sm)));
+            if (sm < 90 || m <= 16) {
+              EXPECT_EQ(cands.size(), 1u);
+              continue;
+            }
+            int split_plans = 0, stream_k = 0;
+            for (size_t i = 0; i < cands.size(); ++i) {
+              check_plan(cands[i], v, m, n, k, 132, sm);
+              for (size_t j = 0; j < i; ++j) EXPECT_FALSE(same(cands[i], cands[j])) << "candidate " << i << " twice";
+              if (cands[i].stream_k_ctas > 0) {
+                ++stream_k;
+                EXPECT_LE(kQGemmConfigs[cands[i].config].bm, std::max(64, 2 * m));
+              } else {
+                ++split_plans;
+              }
+            }
+            EXPECT_EQ(split_plans, max_split);
+            int want_sk = 0;
+            for (int c = 0; c < kernels::qgemm_num_configs(); ++c)
+              want_sk += kQGemmConfigs[c].sm90 && kQGemmConfigs[c].bm <= std::max(64, 2 * m);
+            EXPECT_EQ(stream_k, want_sk);
+          }
+}
+
 // The launch order (qgemm_raster_tile) visits every output tile exactly once for any raster group size, groups
 // of token tiles in order, and the two ends are the plain orders (weight tiles fastest / token tiles fastest); the
 // plan's group follows the measured rule (qgemm_raster_m).

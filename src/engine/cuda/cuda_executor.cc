@@ -6,9 +6,11 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <sstream>
 
 #include "backends/cuda/attention.h"
 #include "backends/cuda/fp8_gemm.h"
@@ -24,6 +26,7 @@
 #include "kernels/elementwise/elementwise.h"
 #include "kernels/eval/logit_scores.h"
 #include "kernels/gemm_w4a8/qgemm.h"
+#include "kernels/gemm_w4a8/qgemm_tune.h"
 #include "kernels/kv_cache/kv_cache_readback.h"
 #include "kernels/kv_cache/kv_cache_write.h"
 #include "kernels/norm_quant/norm_quant.h"
@@ -561,6 +564,84 @@ struct CudaExecutor::Impl {
     return kernels::qgemm_plan(d.prep, m);
   }
 
+  // Measured GEMM plans (kernels/gemm_w4a8/qgemm_tune.h, options tune_gemms) for the token counts the engine runs
+  // most: the decode graph buckets on the wgmma path (> 16 tokens) and the largest step (max_batch_tokens), for
+  // each of a layer's four linears with the epilogue the forward uses, timed over the same linear of successive
+  // layers (weights from DRAM, as in a step) on the activation buffers (before any request). Stored in every
+  // layer's prepared weights, so alloc_workspaces sizes the workspace for them and the decode graphs capture them.
+  void tune_gemms() {
+    if (!quant || !opt.tune_gemms || sm_version < 90) return;
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<int> ms;
+    for (int b = 32; b < S; b <<= 1) ms.push_back(b);  // the decode buckets (alloc_workspaces) above 16
+    if (S > 16) ms.push_back(S);
+    if (M > 16 && M != S) ms.push_back(M);
+    if (ms.empty()) return;
+    const int wide = std::max({H, Q, I});
+    QS_CUDA_CHECK(cudaMemsetAsync(q8, 0x5b, size_t(M) * wide, stream));  // nonzero codes, as in a real step
+    QS_CUDA_CHECK(cudaMemsetAsync(sx, 0, size_t(M) * 2, stream));
+    QS_CUDA_CHECK(cudaMemsetAsync(xsum, 0, size_t(M) * 2, stream));
+    QS_CUDA_CHECK(cudaMemsetAsync(qsum, 0, size_t(M) * 4, stream));
+    const kernels::QGemmTuneOptions topt;
+    // One workspace for every candidate: what the model's plans need, and at least 64 MiB (stream-K partials).
+    size_t ws_bytes = size_t(64) << 20;
+    const DevLayer& l0 = layers[0];
+    for (int m : ms)
+      for (const DevLinear* d : {&l0.qkv, &l0.o, &l0.gate_up, &l0.down})
+        ws_bytes = std::max(ws_bytes, gemm_plan(*d, m).workspace_bytes);
+    DeviceBuffer<uint8_t> ws(ws_bytes);
+    QS_CUDA_CHECK(cudaMemsetAsync(ws.get(), 0, ws_bytes, stream));
+    const char* const names[4] = {"qkv", "o", "gate_up", "down"};  // a layer's fused linears (DevLayer)
+    int cells = 0, changed = 0;
+    double model_us = 0, tuned_us = 0;
+    std::ostringstream picks;
+    for (int j = 0; j < 4; ++j) {
+      auto lin = [&](DevLayer& l) -> DevLinear& { return j == 0 ? l.qkv : j == 1 ? l.o : j == 2 ? l.gate_up : l.down; };
+      const DevLinear& first = lin(layers[0]);
+      const double wbytes = double(first.n) * first.k / (variant == WeightFormat::kW8A8 ? 1 : 2);
+      const int rot = int(std::clamp(std::ceil(192e6 / wbytes), 1.0, double(L)));  // > 3x L2 of weights
+      for (int m : ms) {
+        std::vector<kernels::QGemmParams> calls;
+        std::vector<const kernels::QGemmPrepared*> preps;
+        for (int l = 0; l < rot; ++l) {
+          const DevLinear& d = lin(layers[l]);
+          kernels::QGemmParams p = d.qp;
+          p.m = m;
+          p.x = q8;
+          p.sx = sx;
+          p.xsum = xsum;
+          p.qsum = qsum;
+          p.bias = d.bias;
+          p.y = j == 0 ? qkv : j == 2 ? xf16 : hidden;
+          p.residual = j == 1 || j == 3 ? hidden : nullptr;  // o_proj / down_proj add into the residual stream
+          p.epilogue = j == 2 ? kernels::QGemmEpilogue::kSiluMul : kernels::QGemmEpilogue::kLinear;
+          calls.push_back(p);
+          preps.push_back(&d.prep);
+        }
+        kernels::QGemmTuneResult r;
+        check(kernels::qgemm_tune(calls, preps, stream, ws.get(), ws_bytes, topt, &r));
+        for (DevLayer& l : layers) check(kernels::qgemm_set_tuned_plan(&lin(l).prep, m, r.plan));
+        ++cells;
+        model_us += r.model_us;
+        tuned_us += r.us;
+        if (r.us < r.model_us) {
+          ++changed;
+          picks << " " << names[j] << "@" << m << "=" << kernels::qgemm_config_name(r.plan.config)
+                << (r.plan.stream_k_ctas > 0 ? "/sk" : r.plan.splits > 1 ? (r.plan.global_split ? "/g" : "/c") : "")
+                << (r.plan.splits > 1 ? std::to_string(r.plan.splits) : "");
+        }
+      }
+    }
+    QS_CUDA_CHECK(cudaStreamSynchronize(stream));
+    if (opt.verbose) {
+      const double ms_taken =
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      QS_LOG(INFO) << "engine: measured GEMM plans for " << cells << " (linear, M) cells in " << int(ms_taken)
+                   << " ms: " << changed << " differ from the cost model's, per layer summed " << model_us << " -> "
+                   << tuned_us << " us" << (changed ? ";" : "") << picks.str();
+    }
+  }
+
   void alloc_workspaces() {
     int64_t* c = &mem.workspace_bytes;
     if (quant) {
@@ -654,6 +735,7 @@ struct CudaExecutor::Impl {
   void finish_init() {
     check_linear_shapes();
     alloc_activations();
+    tune_gemms();
     alloc_workspaces();
     alloc_pool();
   }

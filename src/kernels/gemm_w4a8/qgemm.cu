@@ -98,6 +98,7 @@ Status qgemm_prepare(const QGemmParams& wp, QGemmPrepared* out) {
     return Status::error("qgemm_prepare: null weight pointer");
   QGemmPrepared& q = *out;
   q.ready = false;
+  q.num_tuned = 0;
   q.variant = wp.variant;
   q.n = wp.n;
   q.k = wp.k;
@@ -123,7 +124,27 @@ Status qgemm_prepare(const QGemmParams& wp, QGemmPrepared* out) {
 }
 
 QGemmPlan qgemm_plan(const QGemmPrepared& prep, int m) {
+  for (int i = 0; i < prep.num_tuned; ++i)
+    if (prep.tuned[i].m == m) return prep.tuned[i].plan;
   return qgemm_plan(prep.variant, m, prep.n, prep.k, prep.num_sms, prep.sm_version);
+}
+
+Status qgemm_set_tuned_plan(QGemmPrepared* prep, int m, const QGemmPlan& plan) {
+  if (!prep || !prep->ready) return Status::error("qgemm_set_tuned_plan: weights not prepared");
+  if (plan.config < 0 || plan.config >= qgemm_num_configs() ||
+      (qgemm_config_is_sm90(plan.config) && prep->sm_version < 90))
+    return Status::error("qgemm_set_tuned_plan: plan config " + std::to_string(plan.config) +
+                         " does not run on this GPU");
+  for (int i = 0; i < prep->num_tuned; ++i)
+    if (prep->tuned[i].m == m) {
+      prep->tuned[i].plan = plan;
+      return Status::ok();
+    }
+  if (prep->num_tuned >= QGemmPrepared::kMaxTuned)
+    return Status::error("qgemm_set_tuned_plan: at most " + std::to_string(QGemmPrepared::kMaxTuned) +
+                         " tuned token counts per weight");
+  prep->tuned[prep->num_tuned++] = {m, plan};
+  return Status::ok();
 }
 
 Status qgemm_run(const QGemmParams& p, const QGemmPlan& plan, cudaStream_t stream, const QGemmPrepared* prep) {

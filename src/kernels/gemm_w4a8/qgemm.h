@@ -72,13 +72,25 @@ struct QGemmPrepared {
   bool ready = false;
   CUtensorMap wmap[kQGemmNumConfigs];  // sm90 configs only (others unused)
   CUtensorMap smap[kQGemmNumConfigs];  // g128 only
+  // Measured plans (qgemm_tune.h) for exact token counts, which qgemm_plan(prep, m) returns instead of the cost
+  // model's; set through qgemm_set_tuned_plan.
+  static constexpr int kMaxTuned = 24;
+  struct Tuned {
+    int m = 0;
+    QGemmPlan plan;
+  };
+  Tuned tuned[kMaxTuned];
+  int num_tuned = 0;
 };
 
 // Builds `out` for the weight fields of `weights` (variant, n, k, w, s2zn; the rest is ignored) on the current
 // device. Host-only apart from reading the device's SM count and compute capability.
 Status qgemm_prepare(const QGemmParams& weights, QGemmPrepared* out);
-// The plan for m tokens on the weights' device.
+// The plan for m tokens on the weights' device: the tuned one for m when set, else the cost model's (qgemm_plan.h).
 QGemmPlan qgemm_plan(const QGemmPrepared& prep, int m);
+// Makes `plan` prep's plan for exactly m tokens (replacing an earlier one for m). Errors when the table is full or
+// the plan's config is not one for prep's GPU.
+Status qgemm_set_tuned_plan(QGemmPrepared* prep, int m, const QGemmPlan& plan);
 
 // Launches the GEMM on `stream` (no allocation, no sync).
 // With `prep` (built by qgemm_prepare for p.w) the weight descriptors are reused; without, they are encoded

@@ -187,46 +187,50 @@ double qgemm_plan_cost_us(WeightFormat v, const QGemmPlan& plan, int m, int n, i
 
 namespace {
 
+// The wgmma kernel's candidates for (M, N, K) by the fitted cost model, cheapest first (ties keep the earlier
+// candidate: no split, earlier table entry, unless a later one is more than 1% cheaper, so element 0 is the plan's
+// pick): every sm90 config x the offered splits (none, and kSplitCosts), plus, when `with_stream_k`, a stream-K
+// launch over num_sms CTAs of every config whose token tile is not more than twice the tokens (and 64).
+// A forced split factor (tests) is priced in both modes and no stream-K is offered.
+std::vector<std::pair<QGemmPlan, double>> sm90_candidates(WeightFormat v, int m, int n, int k, int num_sms,
+                                                          int splits_override, bool with_stream_k) {
+  std::vector<std::pair<int, bool>> offered;  // (splits, global)
+  if (splits_override > 0) {
+    offered = {{splits_override, false}, {splits_override, true}};
+  } else {
+    offered.push_back({1, false});
+    for (const SplitCost& sc : kSplitCosts)
+      if (sc.global || kQGemmClusterSplits) offered.push_back({sc.splits, sc.global});
+  }
+  std::vector<std::pair<QGemmPlan, double>> out;
+  for (int c = 0; c < kQGemmNumConfigs; ++c) {
+    if (!kQGemmConfigs[c].sm90) continue;
+    for (const auto& [s, global] : offered) {
+      const QGemmPlan p = qgemm_plan_for(v, m, n, k, c, s, global);
+      if (splits_override <= 0 && p.splits != s) continue;  // would leave a split empty: same as fewer splits
+      out.push_back({p, sm90_cost_us(v, p.config, p.splits, p.global_split, m, n, k, num_sms)});
+    }
+    if (with_stream_k && splits_override <= 0 && kQGemmConfigs[c].bm <= std::max(64, 2 * m)) {
+      const QGemmPlan p = qgemm_plan_stream_k(v, m, n, k, c, num_sms);
+      out.push_back({p, stream_k_cost_us(v, c, p.stream_k_ctas, m, n, k)});
+    }
+  }
+  // The plan's pick: the first candidate (in the order above) that no later one undercuts by more than 1%.
+  size_t best = 0;
+  for (size_t i = 1; i < out.size(); ++i)
+    if (out[i].second < out[best].second * 0.99) best = i;
+  std::rotate(out.begin(), out.begin() + best, out.begin() + best + 1);
+  std::stable_sort(out.begin() + 1, out.end(), [](const auto& a, const auto& b) { return a.second < b.second; });
+  for (auto& [p, cost] : out)
+    if (p.stream_k_ctas == 0) p.raster_m = qgemm_raster_m(p.config, m, n, num_sms);
+  return out;
+}
+
 QGemmPlan plan_uncached(WeightFormat v, int m, int n, int k, int num_sms, int sm_version, int splits_override) {
   const int kgs = std::max(1, k / kBK);
   if (sm_version >= 90 && m > 16) {
-    // wgmma kernel: the cheapest (config, split) by the fitted cost model over the offered splits (no split, and
-    // kSplitCosts); ties keep the earlier candidate (no split, earlier table entry) unless the later one is more
-    // than 1% cheaper. A forced split factor (tests) is priced in both modes.
-    QGemmPlan best;
-    double best_cost = 0;
-    bool have = false;
-    std::vector<std::pair<int, bool>> offered;  // (splits, global)
-    if (splits_override > 0) {
-      offered = {{splits_override, false}, {splits_override, true}};
-    } else {
-      offered.push_back({1, false});
-      for (const SplitCost& sc : kSplitCosts)
-        if (sc.global || kQGemmClusterSplits) offered.push_back({sc.splits, sc.global});
-    }
-    for (int c = 0; c < kQGemmNumConfigs; ++c) {
-      if (!kQGemmConfigs[c].sm90) continue;
-      for (const auto& [s, global] : offered) {
-        const QGemmPlan p = qgemm_plan_for(v, m, n, k, c, s, global);
-        if (splits_override <= 0 && p.splits != s) continue;  // would leave a split empty: same as fewer splits
-        const double cost = sm90_cost_us(v, p.config, p.splits, p.global_split, m, n, k, num_sms);
-        if (!have || cost < best_cost * 0.99) {
-          best = p;
-          best_cost = cost;
-          have = true;
-        }
-      }
-      if (kPlanOffersStreamK && splits_override <= 0) {
-        const QGemmPlan p = qgemm_plan_stream_k(v, m, n, k, c, num_sms);
-        const double cost = stream_k_cost_us(v, c, p.stream_k_ctas, m, n, k);
-        if (cost < best_cost * 0.99) {
-          best = p;
-          best_cost = cost;
-        }
-      }
-    }
-    best.raster_m = qgemm_raster_m(best.config, m, n, num_sms);
-    return best;
+    // wgmma kernel: the cheapest (config, split) by the fitted cost model (sm90_candidates).
+    return sm90_candidates(v, m, n, k, num_sms, splits_override, kPlanOffersStreamK).front().first;
   }
   // mma.sync kernel (also the fastest on sm_90 for m <= 16: 128-thread blocks, several per SM).
   int config = m <= 16 ? kQGemm_bn64_bm16 : m <= 64 ? kQGemm_bn64_bm64 : kQGemm_bn128_bm128;
@@ -274,6 +278,21 @@ QGemmPlan qgemm_plan(WeightFormat v, int m, int n, int k, int num_sms, int sm_ve
   if (memo.size() >= (size_t(1) << 16)) memo.clear();
   memo.emplace(key, plan);
   return plan;
+}
+
+std::vector<QGemmPlan> qgemm_plan_candidates(WeightFormat v, int m, int n, int k, int num_sms, int sm_version,
+                                             int max_split_plans) {
+  num_sms = std::max(num_sms, 1);
+  if (!(sm_version >= 90 && m > 16)) return {qgemm_plan(v, m, n, k, num_sms, sm_version)};
+  std::vector<QGemmPlan> out;
+  for (const auto& [p, cost] : sm90_candidates(v, m, n, k, num_sms, 0, false)) {
+    if (int(out.size()) >= std::max(1, max_split_plans)) break;
+    out.push_back(p);
+  }
+  for (int c = 0; c < kQGemmNumConfigs; ++c)
+    if (kQGemmConfigs[c].sm90 && kQGemmConfigs[c].bm <= std::max(64, 2 * m))
+      out.push_back(qgemm_plan_stream_k(v, m, n, k, c, num_sms));
+  return out;
 }
 
 // The launch order, MEASURED (bench_gemm --raster; NVIDIA H200, 2026-12-03; the plan's config on the eight

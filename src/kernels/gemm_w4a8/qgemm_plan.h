@@ -8,12 +8,14 @@
 // per-wave and per-k-tile costs, the split-K reduction, the bytes loaded; qgemm_plan.cc), over every sm90 config
 // of the table and the splits the measurements favour: none, 2 as a thread-block cluster reducing through DSMEM,
 // or 2 / 4 / 8 through the global workspace. A persistent stream-K schedule exists for every sm90 config
-// (qgemm_plan_stream_k; tests, sweeps) but the plan does not pick it: measured no faster at M 64-512 (BENCHMARKS.md).
+// (qgemm_plan_stream_k; tests, sweeps) but the plan does not pick it: the model cannot rank it (it wins by 12-20% on
+// deep-K layers at small M and loses elsewhere, BENCHMARKS.md); the measured plan selection (qgemm_tune.h) times it.
 // The sm90 launch order (raster_m, qgemm_raster_m): weight tiles fastest up to 1024 tokens and on narrow layers;
 // beyond, groups of 2048 tokens' token tiles, so that resident CTAs share the weight tiles of wide layers.
 #pragma once
 
 #include <cstddef>
+#include <vector>
 
 #include "formats/kinds.h"
 
@@ -62,6 +64,12 @@ int qgemm_raster_m(int config, int m, int n, int num_sms);
 // capability `sm_version` (e.g. 90; >= 90 selects the wgmma kernel above 16 tokens). `splits_override` > 0 forces
 // a split-K factor (tests), clamped to what the chosen config allows.
 QGemmPlan qgemm_plan(WeightFormat v, int m, int n, int k, int num_sms, int sm_version, int splits_override = 0);
+// What the measured plan selection (qgemm_tune.h) times for (M, N, K): on the wgmma path (sm_version >= 90,
+// m > 16) qgemm_plan's pick first, then the next `max_split_plans` - 1 cheapest unsplit / split-K plans by the cost
+// model, then a stream-K plan over num_sms CTAs for every config whose token tile is at most max(64, 2 M) (the
+// model does not rank stream-K well: it is timed, not priced). Otherwise the plan alone.
+std::vector<QGemmPlan> qgemm_plan_candidates(WeightFormat v, int m, int n, int k, int num_sms, int sm_version,
+                                             int max_split_plans);
 // A plan for a forced config and split factor (tests, benchmark sweeps): splits clamped to [1, max], with no
 // empty split, and the workspace that config needs.
 QGemmPlan qgemm_plan_for(WeightFormat v, int m, int n, int k, int config, int splits, bool global_split = false);
