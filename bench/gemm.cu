@@ -262,13 +262,18 @@ double bench_ours(Ctx& c, qs::WeightFormat v, int m, int n, int k, int sm_versio
     }
     plan = r.plan;
     g_last_plan = plan;
+    std::printf("tune %-9s %6d %6d %5d: model %-24s %8.1f us -> %-26s %8.1f us (%d candidates)\n",
+                qs::weight_format_name(v), n, k, m, plan_name(r.model_plan).c_str(), r.model_us,
+                plan_name(r.plan).c_str(), r.us, r.candidates);
   }
-  return time_graph(c.s, copies, [&](int i) {
+  const double t = time_graph(c.s, copies, [&](int i) {
     if (launch) return launch(ps[size_t(i)], preps[size_t(i)]) && (!post || post(y));
     const qs::Status st = qs::kernels::qgemm_run(ps[size_t(i)], plan, c.s, &preps[size_t(i)]);
     if (!st.is_ok()) std::fprintf(stderr, "qgemm_run: %s\n", st.message().c_str());
     return st.is_ok() && (!post || post(y));
   });
+  if (tune) std::printf("%*s bench: %8.1f us\n", 100, "", t);
+  return t;
 }
 
 double bench_cublas_fp16(Ctx& c, int m, int n, int k) {

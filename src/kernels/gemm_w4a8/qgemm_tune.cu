@@ -116,12 +116,21 @@ Status qgemm_tune(const std::vector<QGemmParams>& calls, const std::vector<const
     }
   }
   if (!same_plan(r.plan, r.model_plan)) {
-    // Confirm against noise: both once more, alternately; each keeps its faster timing.
-    double again_model = 0, again_best = 0;
-    QS_RETURN_IF_ERROR(time_plan(calls, preps, r.model_plan, workspace, stream, opt.replays, &again_model));
-    QS_RETURN_IF_ERROR(time_plan(calls, preps, r.plan, workspace, stream, opt.replays, &again_best));
-    r.model_us = std::min(r.model_us, again_model);
-    r.us = std::min(r.us, again_best);
+    // Confirm against noise: the model's plan and the winner timed alternately kConfirmRounds more times; the median
+    // of each one's rounds counts (not the minimum: a plan whose time varies between launches would win by luck).
+    constexpr int kConfirmRounds = 3;
+    std::vector<double> tm, tb;
+    for (int round = 0; round < kConfirmRounds; ++round) {
+      double a = 0, b = 0;
+      QS_RETURN_IF_ERROR(time_plan(calls, preps, r.model_plan, workspace, stream, opt.replays, &a));
+      QS_RETURN_IF_ERROR(time_plan(calls, preps, r.plan, workspace, stream, opt.replays, &b));
+      tm.push_back(a);
+      tb.push_back(b);
+    }
+    std::sort(tm.begin(), tm.end());
+    std::sort(tb.begin(), tb.end());
+    r.model_us = tm[kConfirmRounds / 2];
+    r.us = tb[kConfirmRounds / 2];
     if (r.us > r.model_us * (1.0 - opt.min_gain)) {
       r.plan = r.model_plan;
       r.us = r.model_us;

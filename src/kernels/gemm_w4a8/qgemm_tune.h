@@ -38,8 +38,8 @@ size_t qgemm_tune_workspace_bytes(WeightFormat v, int m, int n, int k, int num_s
 // `calls`: launches of one weight shape and format at one m (activations, outputs and weights valid; typically one
 // linear of several layers, so that each launch's weights come from DRAM as in a model step), `preps[i]` the
 // prepared weights of calls[i]. Each candidate runs once eagerly, then as one CUDA graph of all the calls, replayed
-// opt.replays times; when the fastest is not the model's pick, the two are timed once more, alternately, and the
-// faster of each pair of timings counts. `workspace` (zero-filled, left zeroed by the kernels) of
+// opt.replays times (the median counts); when the fastest is not the model's pick, the two are timed three more
+// times, alternately, and the winner is kept only if the median of its rounds beats the model's by opt.min_gain. `workspace` (zero-filled, left zeroed by the kernels) of
 // `workspace_bytes` serves every candidate; candidates that need more are skipped. Overwrites the calls' outputs.
 // Synchronizes `stream` (which must not be capturing and must not be the legacy default stream).
 Status qgemm_tune(const std::vector<QGemmParams>& calls, const std::vector<const QGemmPrepared*>& preps,
