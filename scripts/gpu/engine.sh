@@ -5,7 +5,7 @@
 #   here:    scripts/gpu/engine.sh pack            (build first: cmake --build build --target qserve_cli
 #                                                   test_engine_cuda_executor_gpu_test test_engine_weight_fusion_test)
 #   device:  run(command="bash gpu-pack/engine/engine.sh tests quick", carry=["gpu-pack/engine"])
-# Steps (any order, several allowed): tests | fp8tests | kernels (the kernel GPU tests) | pdl (PDL on vs off) |
+# Steps (any order, several allowed): tests | fp8tests | kernels (the kernel GPU tests) | pdl (PDL: the engine's rule, on, off) |
 # tune (measured GEMM plans: bench_gemm --tune, qserve bench tuning on vs off) | quick (llama-3-8b at batch <= 128, w4a8kv4 + fp16, breakdown) |
 # final (llama-3-8b largest batch w4a8kv4,fp8,fp16 + breakdown; llama-2-70b w4a8kv4) | http (http_bench.sh) |
 # accuracy (scripts/accuracy --device cuda: the full 192-window ACCURACY.md tables of both models, KV protocols
@@ -87,45 +87,29 @@ for step in "$@"; do
         --max-batch 128 --breakdown --json "$OUT/bench_quick.json" 2>&1 | tee "$OUT/bench_quick.log" | grep -v "decode step\|prefill .*sequences" || rc=1
       ;;
     pdl)
-      # Programmatic dependent launch (kernels/common/pdl.h) on (QSERVE_PDL=1) vs off (0), same binary, alternating:
-      # Llama-3-8B w4a8kv4 at PDL_BATCHES (the largest batch, then small-batch decode), PDL_ROUNDS rounds; other
-      # binaries in $W/bin named in PDL_BINS (after qserve) run with PDL on in the same rounds. Greedy tokens of the
-      # tiny model must not change.
+      # Programmatic dependent launch (kernels/common/pdl.h), same binary, alternating over PDL_MODES (default
+      # "auto 1 0": QSERVE_PDL unset = the engine's rule, on for decode steps of <= 32 sequences; 1 = every step;
+      # 0 = none): Llama-3-8B w4a8kv4 at PDL_BATCHES, PDL_ROUNDS rounds; other binaries in $W/bin named in PDL_BINS
+      # (after qserve) run with QSERVE_PDL=1 in the same rounds. Greedy tokens of the tiny model must not change.
       M="$W/data/models/qs-llama-tiny"
-      for pdl in 1 0; do
-        QSERVE_PDL=$pdl timeout 60 "$W/bin/qserve" generate --device cuda -m "$M" -p "The quick brown fox" -n 48 \
+      modes=${PDL_MODES:-auto 1 0}
+      pdl_env() { if [ "$1" = auto ]; then env -u QSERVE_PDL "${@:2}"; else env QSERVE_PDL=$1 "${@:2}"; fi; }
+      for pdl in $modes; do
+        pdl_env $pdl timeout 60 "$W/bin/qserve" generate --device cuda -m "$M" -p "The quick brown fox" -n 48 \
           > "$OUT/pdl_generate_$pdl.txt" 2>/dev/null || rc=1
       done
-      cmp -s "$OUT/pdl_generate_1.txt" "$OUT/pdl_generate_0.txt" && echo "pdl: greedy text identical on/off" \
-        || { echo "pdl: greedy text DIFFERS on/off"; rc=1; }
+      for pdl in $modes; do
+        cmp -s "$OUT/pdl_generate_$pdl.txt" "$OUT/pdl_generate_0.txt" 2>/dev/null || [ ! -f "$OUT/pdl_generate_0.txt" ] \
+          && echo "pdl: greedy text of mode $pdl identical to mode 0 (or no mode 0)" || { echo "pdl: greedy text of mode $pdl DIFFERS"; rc=1; }
+      done
       for b in ${PDL_BATCHES:-1024 64 16}; do
         for round in $(seq ${PDL_ROUNDS:-2}); do
-          for run in qserve:1 qserve:0 $(for x in ${PDL_BINS:-}; do echo "$x:1"; done); do
+          for run in $(for x in $modes; do echo "qserve:$x"; done) $(for x in ${PDL_BINS:-}; do echo "$x:1"; done); do
             bin=${run%:*}; pdl=${run#*:}; tag=${bin}_${b}_${pdl}_$round
-            QSERVE_PDL=$pdl timeout 200 "$W/bin/$bin" bench --shape llama-3-8b --dtype w4a8kv4 --input-len 1024 \
+            pdl_env $pdl timeout 200 "$W/bin/$bin" bench --shape llama-3-8b --dtype w4a8kv4 --input-len 1024 \
               --output-len 512 --batch $b --json "$OUT/pdl_$tag.json" > "$OUT/pdl_$tag.log" 2>&1 || rc=1
             echo "$bin pdl=$pdl batch=$b round=$round: $(grep -E '^w4a8kv4 ' "$OUT/pdl_$tag.log")"
           done
-        done
-      done
-      ;;
-    tune)
-      # Measured GEMM plans (kernels/gemm_w4a8/qgemm_tune.h): bench_gemm's four-linear sums with the cost model's
-      # plans and with the measured ones in one process (cuBLASLt FP8 in the same rows), then `qserve bench` with
-      # start-up tuning on and off (--no-gemm-tuning), alternating, at each of TUNE_BATCHES.
-      if [ -x "$W/bin/bench_gemm" ]; then
-        mkdir -p "$OUT/gemm"
-        timeout ${TUNE_GEMM_TIMEOUT:-240} "$W/bin/bench_gemm" "$OUT/gemm" --fast --tune --ms ${TUNE_MS:-64,128,256,512,1024} \
-          > "$OUT/bench_gemm_tune.log" 2>&1 || rc=1
-        sed -n '/^layer linears summed/,/^silu/p' "$OUT/bench_gemm_tune.log" | head -40
-      fi
-      for b in ${TUNE_BATCHES:-64 1024}; do
-        for t in on off; do
-          flag=""; [ $t = off ] && flag=--no-gemm-tuning
-          timeout 200 "$W/bin/qserve" bench --shape llama-3-8b --dtype w4a8kv4 --input-len 1024 --output-len 512 \
-            --batch $b $flag ${TUNE_BENCH_ARGS:-} --json "$OUT/tune_${b}_$t.json" > "$OUT/tune_${b}_$t.log" 2>&1 || rc=1
-          echo "tuning $t batch $b: $(grep -E '^w4a8kv4 ' "$OUT/tune_${b}_$t.log")"
-          grep -E "measured GEMM plans|^    gemm|^    step" "$OUT/tune_${b}_$t.log" | head -6
         done
       done
       ;;

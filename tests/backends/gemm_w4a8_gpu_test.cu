@@ -280,8 +280,7 @@ TEST(QGemmGpuG128, SaturatedActivationsAtTheLargestK) {
 // result must be bit-identical to the same launches with the stream synchronized after each one (no overlap).
 TEST_P(QGemmGpu, PdlChainEqualsSerializedLaunches) {
   QS_REQUIRE_GPU();
-  const bool pdl_was = kernels::pdl_enabled();
-  kernels::set_pdl_enabled(true);  // off by default (pdl.h)
+  const kernels::PdlScope pdl_on(true);  // off by default for lone GEMMs (pdl.h)
   const int m = 300, n = 1024, k = 1024;
   const auto pr = test::make_qgemm_problem(GetParam(), m, n, k, 77, true, true);
   const cuda::QGemmDeviceWeights w = cuda::QGemmDeviceWeights::upload(pr.weights());
@@ -343,7 +342,6 @@ TEST_P(QGemmGpu, PdlChainEqualsSerializedLaunches) {
     }
   }
   QS_CUDA_CHECK(cudaStreamDestroy(stream));
-  kernels::set_pdl_enabled(pdl_was);
 }
 
 // Measured plan selection (qgemm_tune.h) over two weight copies: it times more than one candidate, returns one of

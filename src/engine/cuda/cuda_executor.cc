@@ -23,6 +23,7 @@
 #include "kernels/attention/prefill_attention.h"
 #include "kernels/common/cuda_check.h"
 #include "kernels/common/device_buffer.h"
+#include "kernels/common/pdl.h"
 #include "kernels/elementwise/elementwise.h"
 #include "kernels/eval/logit_scores.h"
 #include "kernels/gemm_w4a8/qgemm.h"
@@ -1019,6 +1020,10 @@ struct CudaExecutor::Impl {
     }
     const bool use_graph = opt.cuda_graphs && !profiling && b.is_decode() && !b.all_logits;
     const int bucket = use_graph ? *std::lower_bound(buckets.begin(), buckets.end(), ns) : 0;
+    // Programmatic dependent launch for this step's kernels (kernels/common/pdl.h): small decode steps (and their
+    // graphs) by the measured rule unless QSERVE_PDL decides; other steps as QSERVE_PDL says (off by default).
+    const bool decode = b.is_decode() && !b.all_logits;
+    const kernels::PdlScope pdl(decode ? kernels::pdl_for_decode(use_graph ? bucket : ns) : kernels::pdl_enabled());
 
     // Device order: decode sequences (q_len == 1) first, then the prefill ones, each group in batch order.
     std::vector<int> order;

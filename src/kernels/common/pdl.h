@@ -3,10 +3,9 @@
 // (a GEMM's first weight tiles, prefetched into L2) overlap the previous kernel's tail instead of following it.
 // Works inside CUDA graph capture (the graph keeps the programmatic edges).
 //
-// OFF BY DEFAULT; QSERVE_PDL=1 in the environment (or set_pdl_enabled) turns it on for every kernel of a model
-// step. Measured on an H200 (Llama-3-8B W4A8KV4, BENCHMARKS.md "Programmatic dependent launch"), against the engine
-// before PDL in the same call: 3.3% more output tokens/s at batch 16 but 2.7% fewer at batch 64 (within 0.2% of
-// PDL off at batch 256-1024, another call), so it is an opt-in until the trigger placement below is tuned.
+// By default the engine uses it for decode steps of at most kPdlAutoMaxDecodeBatch sequences only (measured faster
+// there and slower from batch 64; BENCHMARKS.md "Programmatic dependent launch"): it opens a PdlScope around those
+// steps (and their graph capture). QSERVE_PDL=1 turns it on for every kernel of every step, QSERVE_PDL=0 off.
 // Decode attention's merge kernel (launch_pdl with always_pdl: one operation) uses it always, as it did before the
 // rest of the step could.
 //
@@ -45,20 +44,52 @@ __device__ __forceinline__ void pdl_launch_dependents() {
 #endif
 }
 
+// The engine's rule when QSERVE_PDL is unset: PDL for the kernels of decode steps of at most this many sequences
+// (their graphs are captured with it), not for larger or mixed steps. Measured on an H200 (BENCHMARKS.md
+// "Programmatic dependent launch"): output tokens/s with PDL vs without, two rounds, Llama-3-8B W4A8KV4: batch 8
+// +4.7-5.7%, 16 +2.3-2.9%, 32 +0.1-1.4%, 64 -2.7-3.4%.
+inline constexpr int kPdlAutoMaxDecodeBatch = 32;
+
 namespace detail {
-inline bool& pdl_state() {
-  static bool on = [] {
+enum class PdlMode { kOff, kOn, kAuto };
+inline PdlMode& pdl_mode() {
+  static PdlMode mode = [] {
     const char* e = std::getenv("QSERVE_PDL");
-    return e && std::strcmp(e, "1") == 0;
+    if (e && std::strcmp(e, "1") == 0) return PdlMode::kOn;
+    if (e && std::strcmp(e, "0") == 0) return PdlMode::kOff;
+    return PdlMode::kAuto;
   }();
-  return on;
+  return mode;
 }
+inline thread_local int pdl_scope = -1;  // PdlScope's setting on this thread (-1: none)
 }  // namespace detail
 
-// True when QSERVE_PDL=1 (read once per process, at the first launch) or after set_pdl_enabled(true).
-inline bool pdl_enabled() { return detail::pdl_state(); }
-// For tests and benchmarks: PDL on or off for the launches that follow (not synchronized with other host threads).
-inline void set_pdl_enabled(bool on) { detail::pdl_state() = on; }
+// Whether launch_pdl launches with PDL now: a PdlScope's setting on this thread if one is open, else true only when
+// QSERVE_PDL=1 (read once per process, at the first use) or after set_pdl_enabled(true).
+inline bool pdl_enabled() {
+  if (detail::pdl_scope >= 0) return detail::pdl_scope != 0;
+  return detail::pdl_mode() == detail::PdlMode::kOn;
+}
+// For tests and benchmarks: PDL on or off for the launches that follow, everywhere (not synchronized with other
+// host threads); overrides QSERVE_PDL and the engine's rule.
+inline void set_pdl_enabled(bool on) { detail::pdl_mode() = on ? detail::PdlMode::kOn : detail::PdlMode::kOff; }
+// Whether a decode step of `batch` sequences runs with PDL: QSERVE_PDL=1 / 0 (or set_pdl_enabled) decide when set,
+// else the measured rule (batch <= kPdlAutoMaxDecodeBatch).
+inline bool pdl_for_decode(int batch) {
+  const detail::PdlMode m = detail::pdl_mode();
+  return m == detail::PdlMode::kOn || (m == detail::PdlMode::kAuto && batch <= kPdlAutoMaxDecodeBatch);
+}
+// PDL on or off for the launches this thread makes while the scope is open (nests; restores on close).
+class PdlScope {
+ public:
+  explicit PdlScope(bool on) : prev_(detail::pdl_scope) { detail::pdl_scope = on ? 1 : 0; }
+  ~PdlScope() { detail::pdl_scope = prev_; }
+  PdlScope(const PdlScope&) = delete;
+  PdlScope& operator=(const PdlScope&) = delete;
+
+ private:
+  int prev_;
+};
 
 // A launch's shape; cluster_z > 1 also makes (1, 1, cluster_z) thread-block clusters; always_pdl: PDL whatever
 // QSERVE_PDL says (a kernel whose predecessor belongs to the same operation).
