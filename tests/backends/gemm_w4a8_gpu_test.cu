@@ -36,6 +36,20 @@ using ::testing::HasSubstr;
 // FP16 bits -> an integer that orders like the value (ulp distance = difference).
 int fp16_ordinal(uint16_t b) { return (b & 0x8000) ? -int(b & 0x7fff) : int(b); }
 
+// A call over device activations (x, sx, xsum, qsum, bias) for m tokens; output, residual and workspace unset.
+cuda::QGemmCall act_call(int m, const DeviceBuffer<int8_t>& x, const DeviceBuffer<uint16_t>& sx,
+                         const DeviceBuffer<uint16_t>& xsum, const DeviceBuffer<int32_t>& qsum,
+                         const DeviceBuffer<uint16_t>& bias) {
+  cuda::QGemmCall call;
+  call.m = m;
+  call.x = x.get();
+  call.sx = sx.get();
+  call.xsum = xsum.get();
+  call.qsum = qsum.get();
+  call.bias = bias.get();
+  return call;
+}
+
 // Runs one problem on the GPU with a given plan override and checks INT32 and FP16 results against the reference.
 // stream_k_ctas > 0 (with a config override): a persistent stream-K plan over that many CTAs. raster_m > 0: that
 // launch order (token tiles per raster group) instead of the default.
@@ -68,13 +82,7 @@ void check_problem(const test::QGemmProblem& pr, int splits_override, int config
                                   << (plan.global_split ? " (global split)" : ""));
   DeviceBuffer<uint8_t> ws(plan.workspace_bytes);
   if (ws.size()) QS_CUDA_CHECK(cudaMemset(ws.get(), 0, ws.size()));  // once: the kernels leave the split-K counters zeroed
-  cuda::QGemmCall call;
-  call.m = int(m);
-  call.x = x.get();
-  call.sx = sx.get();
-  call.xsum = xsum.get();
-  call.qsum = qsum.get();
-  call.bias = bias.get();
+  cuda::QGemmCall call = act_call(int(m), x, sx, xsum, qsum, bias);
   call.residual = residual.get();
   call.workspace = ws.get();
 
@@ -309,13 +317,7 @@ TEST_P(QGemmGpu, PdlChainEqualsSerializedLaunches) {
       // The uploads run on the legacy stream and may still be in flight (pageable copies return early); `stream`
       // does not wait for it.
       QS_CUDA_CHECK(cudaDeviceSynchronize());
-      cuda::QGemmCall call;
-      call.m = m;
-      call.x = x.get();
-      call.sx = sx.get();
-      call.xsum = xsum.get();
-      call.qsum = qsum.get();
-      call.bias = bias.get();
+      cuda::QGemmCall call = act_call(m, x, sx, xsum, qsum, bias);
       call.residual = y.get();
       call.y = y.get();
       call.workspace = ws.get();
@@ -364,13 +366,7 @@ TEST_P(QGemmGpu, TunedPlanMatchesTheModelPlan) {
   if (ws_bytes) QS_CUDA_CHECK(cudaMemset(ws.get(), 0, ws_bytes));
   cudaStream_t stream = nullptr;
   QS_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  cuda::QGemmCall call;
-  call.m = m;
-  call.x = x.get();
-  call.sx = sx.get();
-  call.xsum = xsum.get();
-  call.qsum = qsum.get();
-  call.bias = bias.get();
+  cuda::QGemmCall call = act_call(m, x, sx, xsum, qsum, bias);
   call.y = y.get();
   call.workspace = ws.get();
   const std::vector<kernels::QGemmParams> calls{w0.params(call), w1.params(call)};

@@ -606,17 +606,8 @@ struct CudaExecutor::Impl {
         std::vector<const kernels::QGemmPrepared*> preps;
         for (int l = 0; l < rot; ++l) {
           const DevLinear& d = lin(layers[l]);
-          kernels::QGemmParams p = d.qp;
-          p.m = m;
-          p.x = q8;
-          p.sx = sx;
-          p.xsum = xsum;
-          p.qsum = qsum;
-          p.bias = d.bias;
-          p.y = j == 0 ? qkv : j == 2 ? xf16 : hidden;
-          p.residual = j == 1 || j == 3 ? hidden : nullptr;  // o_proj / down_proj add into the residual stream
-          p.epilogue = j == 2 ? kernels::QGemmEpilogue::kSiluMul : kernels::QGemmEpilogue::kLinear;
-          calls.push_back(p);
+          // As the forward calls it: o_proj / down_proj add into the residual stream, gate_up writes SiLU*up.
+          calls.push_back(quant_params(d, m, j == 0 ? qkv : j == 2 ? xf16 : hidden, j == 1 || j == 3, j == 2));
           preps.push_back(&d.prep);
         }
         kernels::QGemmTuneResult r;
@@ -760,6 +751,23 @@ struct CudaExecutor::Impl {
     evs.push_back({cls, a, b});
   }
 
+  // The W4A8 GEMM call of `d` for m rows of the quantized activations (q8, sx, xsum, qsum) into y (+ y when
+  // `residual`; `silu`: the SiLU*up epilogue, y [m, n/2]).
+  kernels::QGemmParams quant_params(const DevLinear& d, int m, uint16_t* y, bool residual, bool silu) const {
+    kernels::QGemmParams p = d.qp;
+    p.m = m;
+    p.x = q8;
+    p.sx = sx;
+    p.xsum = xsum;
+    p.qsum = qsum;
+    p.bias = d.bias;
+    p.residual = residual ? y : nullptr;
+    p.y = y;
+    p.epilogue = silu ? kernels::QGemmEpilogue::kSiluMul : kernels::QGemmEpilogue::kLinear;
+    p.workspace = gemm_ws;
+    return p;
+  }
+
   // y = x W^T (+ y when `residual`). `silu`: the W4A8 gate_up GEMM with its SiLU*up epilogue (y [m, n/2]).
   void gemm(const DevLinear& d, int m, const uint16_t* x16, uint16_t* y, bool residual, bool silu = false) {
     if (m == 0) return;
@@ -776,18 +784,7 @@ struct CudaExecutor::Impl {
         check(d.gemm8->run(c, fp8_ws, stream));
         if (d.bias) check(kernels::add_bias_f16(y, d.bias, m, d.n, stream));
       } else if (d.quant) {
-        kernels::QGemmParams p = d.qp;
-        p.m = m;
-        p.x = q8;
-        p.sx = sx;
-        p.xsum = xsum;
-        p.qsum = qsum;
-        p.bias = d.bias;
-        p.residual = residual ? y : nullptr;
-        p.y = y;
-        p.epilogue = silu ? kernels::QGemmEpilogue::kSiluMul : kernels::QGemmEpilogue::kLinear;
-        p.workspace = gemm_ws;
-        check(kernels::qgemm_run(p, gemm_plan(d, m), stream, &d.prep));
+        check(kernels::qgemm_run(quant_params(d, m, y, residual, silu), gemm_plan(d, m), stream, &d.prep));
       } else {
         const float alpha = 1.0f, beta = residual ? 1.0f : 0.0f;
         QS_CUBLAS_CHECK(cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, d.n, m, d.k, &alpha, d.w16, CUDA_R_16F, d.k,
