@@ -32,7 +32,7 @@ void add_executor_flags(CLI::App* app, ExecutorFlags* f, const std::vector<std::
       ->check(CLI::NonNegativeNumber);
   app->add_flag_callback(
       "--no-gemm-tuning", [f] { f->gemm_tuning = false; },
-      "cuda W4A8: keep the cost model's GEMM plans instead of timing the candidates at start-up (~1 s)");
+      "cuda W4A8: keep the cost model's GEMM plans instead of timing the candidates at start-up (a few seconds)");
   for (const std::string& name : except) {
     CLI::Option* opt = app->get_option_no_throw(name);
     QS_CHECK(opt != nullptr) << "add_executor_flags: no flag " << name << " to leave out";

@@ -35,7 +35,7 @@ struct CudaExecutorOptions {
   int32_t max_logit_rows = 0;           // FP32 logits rows computed per lm_head pass; 0: max(max_batch_seqs, 256)
   bool cuda_graphs = true;              // capture pure decode steps per padded batch-size bucket
   // W4A8 on sm_90: time the GEMM plan candidates at start-up for the decode buckets and the largest step and keep
-  // the fastest (kernels/gemm_w4a8/qgemm_tune.h; about a second); false: the cost model's plans.
+  // the fastest (kernels/gemm_w4a8/qgemm_tune.h; 4-6 s for Llama-3-8B on an H200); false: the cost model's plans.
   bool tune_gemms = true;
   int64_t max_num_pages = 0;            // > 0: cap on the KV pool (tests); 0: as the memory allows
   bool verbose = true;                  // log the memory plan to stderr

@@ -187,10 +187,16 @@ double qgemm_plan_cost_us(WeightFormat v, const QGemmPlan& plan, int m, int n, i
 
 namespace {
 
+// Whether stream-K over the whole GPU is a candidate for `config` at m tokens: its token tile is at most
+// max(64, 2 m) (larger ones compute mostly padding).
+bool stream_k_candidate(int config, int m) {
+  return kQGemmConfigs[config].sm90 && kQGemmConfigs[config].bm <= std::max(64, 2 * m);
+}
+
 // The wgmma kernel's candidates for (M, N, K) by the fitted cost model, cheapest first (ties keep the earlier
 // candidate: no split, earlier table entry, unless a later one is more than 1% cheaper, so element 0 is the plan's
 // pick): every sm90 config x the offered splits (none, and kSplitCosts), plus, when `with_stream_k`, a stream-K
-// launch over num_sms CTAs of every config whose token tile is not more than twice the tokens (and 64).
+// launch over num_sms CTAs of every stream_k_candidate config.
 // A forced split factor (tests) is priced in both modes and no stream-K is offered.
 std::vector<std::pair<QGemmPlan, double>> sm90_candidates(WeightFormat v, int m, int n, int k, int num_sms,
                                                           int splits_override, bool with_stream_k) {
@@ -210,7 +216,7 @@ std::vector<std::pair<QGemmPlan, double>> sm90_candidates(WeightFormat v, int m,
       if (splits_override <= 0 && p.splits != s) continue;  // would leave a split empty: same as fewer splits
       out.push_back({p, sm90_cost_us(v, p.config, p.splits, p.global_split, m, n, k, num_sms)});
     }
-    if (with_stream_k && splits_override <= 0 && kQGemmConfigs[c].bm <= std::max(64, 2 * m)) {
+    if (with_stream_k && splits_override <= 0 && stream_k_candidate(c, m)) {
       const QGemmPlan p = qgemm_plan_stream_k(v, m, n, k, c, num_sms);
       out.push_back({p, stream_k_cost_us(v, c, p.stream_k_ctas, m, n, k)});
     }
@@ -284,14 +290,15 @@ std::vector<QGemmPlan> qgemm_plan_candidates(WeightFormat v, int m, int n, int k
                                              int max_split_plans) {
   num_sms = std::max(num_sms, 1);
   if (!(sm_version >= 90 && m > 16)) return {qgemm_plan(v, m, n, k, num_sms, sm_version)};
+  // The model-ranked list without stream-K starts with the plan only while the plan does not offer stream-K.
+  static_assert(!kPlanOffersStreamK, "qgemm_plan_candidates: element 0 must stay qgemm_plan's pick");
   std::vector<QGemmPlan> out;
   for (const auto& [p, cost] : sm90_candidates(v, m, n, k, num_sms, 0, false)) {
     if (int(out.size()) >= std::max(1, max_split_plans)) break;
     out.push_back(p);
   }
   for (int c = 0; c < kQGemmNumConfigs; ++c)
-    if (kQGemmConfigs[c].sm90 && kQGemmConfigs[c].bm <= std::max(64, 2 * m))
-      out.push_back(qgemm_plan_stream_k(v, m, n, k, c, num_sms));
+    if (stream_k_candidate(c, m)) out.push_back(qgemm_plan_stream_k(v, m, n, k, c, num_sms));
   return out;
 }
 

@@ -39,8 +39,10 @@ size_t qgemm_tune_workspace_bytes(WeightFormat v, int m, int n, int k, int num_s
 // linear of several layers, so that each launch's weights come from DRAM as in a model step), `preps[i]` the
 // prepared weights of calls[i]. Each candidate runs once eagerly, then as one CUDA graph of all the calls, replayed
 // opt.replays times (the median counts); when the fastest is not the model's pick, the two are timed three more
-// times, alternately, and the winner is kept only if the median of its rounds beats the model's by opt.min_gain. `workspace` (zero-filled, left zeroed by the kernels) of
-// `workspace_bytes` serves every candidate; candidates that need more are skipped. Overwrites the calls' outputs.
+// times, alternately, and the winner is kept only if the median of its rounds beats the model's by opt.min_gain.
+// `workspace` (zero-filled, left zeroed by the kernels) of `workspace_bytes` serves every candidate; candidates that
+// need more are skipped (an error if the model's plan does). Overwrites the calls' outputs. Errors: calls that
+// differ in format, shape or epilogue, a call without its own prepared weights.
 // Synchronizes `stream` (which must not be capturing and must not be the legacy default stream).
 Status qgemm_tune(const std::vector<QGemmParams>& calls, const std::vector<const QGemmPrepared*>& preps,
                   cudaStream_t stream, void* workspace, size_t workspace_bytes, const QGemmTuneOptions& opt,
